@@ -1,0 +1,120 @@
+"""Property tests of the exact arithmetic: multiplying by a rational and dividing back is the identity,
+for any int64 velocities (negative included), any numerators, and through spills onto the stack."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hypercore  # noqa: F401  (turns on x64)
+from hypercore import _fixed
+
+N, STEPS, CAPACITY = 16, 48, 8
+V_LIMIT = 2**62 - 1
+
+
+@functools.cache
+def _roundtrip():
+    @jax.jit
+    def run(v0, numerators):
+        buf = _fixed.empty_buffer(N, CAPACITY)
+
+        def fwd(carry, n):
+            v, buf = carry
+            v, buf, spilled = _fixed.mul_gamma(v, n, buf)
+            return (v, buf), spilled
+
+        (v, buf), spills = jax.lax.scan(fwd, (v0, buf), numerators)
+        used = buf.used
+
+        def bwd(carry, xs):
+            v, buf = carry
+            n, spilled = xs
+            return _fixed.div_gamma(v, n, buf, spilled), None
+
+        (v_back, buf_back), _ = jax.lax.scan(bwd, (v, buf), (numerators, spills), reverse=True)
+        return v, v_back, buf_back, used, spills, buf.overflow
+
+    return run
+
+
+velocities = st.lists(st.integers(-V_LIMIT, V_LIMIT), min_size=N, max_size=N)
+numerator_rows = st.lists(
+    st.lists(st.integers(1, _fixed.D), min_size=N, max_size=N), min_size=STEPS, max_size=STEPS
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(v0=velocities, numerators=numerator_rows)
+def test_multiply_then_divide_restores_everything(v0, numerators):
+    v0 = jnp.asarray(v0, jnp.int64)
+    n = jnp.asarray(numerators, jnp.int64)
+    v, v_back, buf, used, spills, overflow = _roundtrip()(v0, n)
+    if bool(overflow):
+        # the stack was too small for these rationals: reported, and then nothing is promised
+        assert int(used) == CAPACITY
+        return
+    assert np.array_equal(np.asarray(v_back), np.asarray(v0))
+    assert not np.any(np.asarray(buf.head)) and not np.any(np.asarray(buf.stack))
+    assert int(buf.used) == 0
+    assert int(used) == int(np.sum(np.asarray(spills)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(v0=velocities, gamma=st.floats(0.3, 0.999))
+def test_multiplication_is_the_rational_product_up_to_the_popped_bits(v0, gamma):
+    """One step: ``v * n / D`` rounded down, plus at most ``n - 1`` units taken from the buffer."""
+    v0 = np.asarray(v0, np.int64)
+    n = int(_fixed.gamma_numerator(gamma))
+    v, _, _ = _fixed.mul_gamma(jnp.asarray(v0), jnp.full((N,), n, jnp.int64), _fixed.empty_buffer(N, 2))
+    exact = [(int(x) // _fixed.D) * n for x in v0]  # Python ints: floor semantics, no overflow
+    extra = np.asarray(v, dtype=object) - np.asarray(exact, dtype=object)
+    assert all(0 <= e < n for e in extra)
+
+
+def test_small_gammas_spill_and_restore():
+    """gamma = 1/2**16 adds 16 bits a step: the stack fills after a few steps and is emptied exactly."""
+    v0 = jnp.asarray(np.random.default_rng(0).integers(-(2**62), 2**62, N), jnp.int64)
+    numerators = jnp.ones((STEPS, N), jnp.int64)
+    _, v_back, buf, used, spills, overflow = _roundtrip()(v0, numerators)
+    assert bool(overflow)  # 48 steps x 16 bits cannot fit 8 slots: reported, never silent
+    numerators = jnp.full((STEPS, N), 6000, jnp.int64)  # ~3.4 bits a step: ~163 bits, 4 spills
+    _, v_back, buf, used, spills, overflow = _roundtrip()(v0, numerators)
+    assert not bool(overflow) and int(used) >= 3
+    assert np.array_equal(np.asarray(v_back), np.asarray(v0))
+
+
+@pytest.mark.parametrize("x", [0.0, 1.5, -1.5, -(2.0**-48), 1234.5678, -16383.0])
+def test_fixed_point_round_trip(x):
+    i, ok = _fixed.to_fixed(jnp.asarray(x))
+    assert bool(ok) and i.dtype == jnp.int64
+    assert float(_fixed.from_fixed(i)) == x
+
+
+@pytest.mark.parametrize("x", [np.inf, -np.inf, np.nan, 2.0**14, -(2.0**15)])
+def test_fixed_point_flags_values_out_of_range(x):
+    _, ok = _fixed.to_fixed(jnp.asarray(x))
+    assert not bool(ok)
+
+
+def test_gamma_quantisation_is_within_half_a_lattice_step():
+    g = jnp.linspace(0.3, 0.999, 101)
+    q = _fixed.quantize_gamma(g)
+    assert float(jnp.max(jnp.abs(q - g))) <= 2.0**-17
+    assert np.array_equal(np.asarray(q * _fixed.D), np.round(np.asarray(q * _fixed.D)))
+    assert float(jax.grad(lambda x: jnp.sum(_fixed.quantize_gamma(x)))(g)[0]) == 1.0
+
+
+def test_capacity_buckets_and_arguments():
+    assert [_fixed.capacity_for(T, 0.9) for T in (0, 100, 1000, 10000)] == sorted(
+        _fixed.capacity_for(T, 0.9) for T in (0, 100, 1000, 10000)
+    )
+    assert _fixed.capacity_for(1000, 0.9, bucket=False) <= _fixed.capacity_for(1000, 0.9)
+    with pytest.raises(ValueError, match="min_gamma"):
+        _fixed.capacity_for(10, 0.0)
