@@ -40,7 +40,8 @@ RANGE = float(2**14)
 GAMMA_BITS = 16
 D = 2**GAMMA_BITS
 SLOT_BITS = 32
-HEAD_LIMIT = 2 ** (64 - GAMMA_BITS)
+HEAD_BITS = 64 - GAMMA_BITS
+HEAD_LIMIT = 2**HEAD_BITS
 
 _U64 = jnp.uint64
 _I64 = jnp.int64
@@ -91,28 +92,33 @@ def quantize_gamma(gamma: jax.Array) -> jax.Array:
 
 
 class Buffer(NamedTuple):
-    """The information buffer of N parameters.
+    """The information buffer of every parameter, kept as one array per weight leaf.
 
-    ``head``: uint64 (N,). ``stack``: uint64 (W, N), slot ``k`` lives in word ``k // 2``, bits
-    ``32 * (k % 2)`` and up. ``used``: int32, slots in use. ``overflow``: bool, a spill found the
-    stack full (the state is then no longer invertible).
+    ``heads``: uint64 arrays shaped like the leaves. ``stacks``: uint64 ``(W, *leaf.shape)``; slot
+    ``k`` lives in word ``k // 2``, bits ``32 * (k % 2)`` and up. ``used``: int32, slots in use (the
+    same for every parameter: spills are in lock-step). ``overflow``: bool, a spill found the stack
+    full (the state is then no longer invertible).
     """
 
-    head: jax.Array
-    stack: jax.Array
+    heads: list[jax.Array]
+    stacks: list[jax.Array]
     used: jax.Array
     overflow: jax.Array
 
     @property
     def capacity(self) -> int:
-        return 2 * self.stack.shape[0]
+        return 2 * self.stacks[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(h.nbytes for h in self.heads) + sum(s.nbytes for s in self.stacks)
 
 
-def empty_buffer(n_params: int, capacity: int) -> Buffer:
+def empty_buffer(shapes: list[tuple[int, ...]], capacity: int) -> Buffer:
     words = max(1, (capacity + 1) // 2)
     return Buffer(
-        head=jnp.zeros((n_params,), _U64),
-        stack=jnp.zeros((words, n_params), _U64),
+        heads=[jnp.zeros(s, _U64) for s in shapes],
+        stacks=[jnp.zeros((words, *s), _U64) for s in shapes],
         used=jnp.zeros((), jnp.int32),
         overflow=jnp.zeros((), jnp.bool_),
     )
@@ -122,79 +128,115 @@ def _slot_position(k: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
 
 
+def _spill_one(head, stack, do, word, shift):
+    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+    low = head & jnp.asarray(0xFFFFFFFF, _U64)
+    row = jnp.where(do, row | (low << shift), row)
+    stack = jax.lax.dynamic_update_index_in_dim(stack, row, word, 0)
+    return jnp.where(do, head >> jnp.asarray(SLOT_BITS, _U64), head), stack
+
+
 def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
     """Spill every head's low 32 bits onto the stack if any head has reached ``HEAD_LIMIT``."""
-    spill = jnp.any(buf.head >= jnp.asarray(HEAD_LIMIT, _U64))
+    limit = jnp.asarray(HEAD_LIMIT, _U64)
+    spill = jnp.any(jnp.stack([jnp.any(h >= limit) for h in buf.heads]))
     full = buf.used >= buf.capacity
     do = spill & ~full
-    k = jnp.minimum(buf.used, buf.capacity - 1)
-    word, shift = _slot_position(k)
-    row = jax.lax.dynamic_index_in_dim(buf.stack, word, keepdims=False)
-    low = buf.head & jnp.asarray(0xFFFFFFFF, _U64)
-    row = jnp.where(do, row | (low << shift), row)
-    stack = jax.lax.dynamic_update_index_in_dim(buf.stack, row, word, 0)
-    head = jnp.where(do, buf.head >> jnp.asarray(SLOT_BITS, _U64), buf.head)
-    return (
-        Buffer(head, stack, buf.used + do.astype(jnp.int32), buf.overflow | (spill & full)),
-        spill,
-    )
+    word, shift = _slot_position(jnp.minimum(buf.used, buf.capacity - 1))
+    heads, stacks = zip(*[_spill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)],
+                        strict=True)
+    return Buffer(list(heads), list(stacks), buf.used + do.astype(jnp.int32), buf.overflow | (spill & full)), spill
+
+
+def _unspill_one(head, stack, do, word, shift):
+    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+    mask = jnp.asarray(0xFFFFFFFF, _U64) << shift
+    low = (row & mask) >> shift
+    stack = jax.lax.dynamic_update_index_in_dim(stack, jnp.where(do, row & ~mask, row), word, 0)
+    return jnp.where(do, (head << jnp.asarray(SLOT_BITS, _U64)) | low, head), stack
 
 
 def unspill(buf: Buffer, spilled: jax.Array) -> Buffer:
     """Undo `maybe_spill` for a step whose recorded flag is ``spilled``."""
     do = spilled & (buf.used > 0)
-    k = jnp.maximum(buf.used - 1, 0)
-    word, shift = _slot_position(k)
-    row = jax.lax.dynamic_index_in_dim(buf.stack, word, keepdims=False)
-    mask = jnp.asarray(0xFFFFFFFF, _U64) << shift
-    low = (row & mask) >> shift
-    stack = jax.lax.dynamic_update_index_in_dim(buf.stack, jnp.where(do, row & ~mask, row), word, 0)
-    head = jnp.where(do, (buf.head << jnp.asarray(SLOT_BITS, _U64)) | low, buf.head)
-    return Buffer(head, stack, buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
+    word, shift = _slot_position(jnp.maximum(buf.used - 1, 0))
+    heads, stacks = zip(
+        *[_unspill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)], strict=True
+    )
+    return Buffer(list(heads), list(stacks), buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
 
 
-def mul_gamma(v: jax.Array, n: jax.Array, buf: Buffer) -> tuple[jax.Array, Buffer, jax.Array]:
-    """Exactly ``v <- v * n / D``, the lost bits going into the buffer. Returns ``(v, buf, spilled)``."""
-    buf, spilled = maybe_spill(buf)
-    r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)
-    q = v >> jnp.asarray(GAMMA_BITS, _I64)
-    head = (buf.head << jnp.asarray(GAMMA_BITS, _U64)) | r
+def divmod_unsigned(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x // n, x % n)`` for uint64 ``x`` and ``1 <= n <= 2**16``, with a single division."""
     n_u = n.astype(_U64)
-    s = head % n_u
-    head = head // n_u
-    v = q * n + s.astype(_I64)
-    return v, buf._replace(head=head), spilled
+    q = x // n_u
+    return q, x - q * n_u
 
 
-def div_gamma(v: jax.Array, n: jax.Array, buf: Buffer, spilled: jax.Array) -> tuple[jax.Array, Buffer]:
-    """Exactly undo `mul_gamma` for the same ``n`` and the step's recorded spill flag."""
-    s = jnp.remainder(v, n)
-    q = jnp.floor_divide(v, n)
-    head = buf.head * n.astype(_U64) + s.astype(_U64)
-    r = (head & jnp.asarray(D - 1, _U64)).astype(_I64)
-    head = head >> jnp.asarray(GAMMA_BITS, _U64)
-    v = (q << jnp.asarray(GAMMA_BITS, _I64)) + r
-    return v, unspill(buf._replace(head=head), spilled)
+def divmod_signed(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Floor ``(x // n, x mod n)`` for int64 ``|x| < 2**62`` and ``1 <= n <= 2**16``.
+
+    Shifting ``x`` by ``k n > 2**62`` makes it non-negative, so one unsigned division (about half
+    the cost of XLA's signed floor division and remainder) gives the floor quotient. ``k`` comes
+    from a float estimate (``floor(2**62 / n) + 1``, with ``k n < 2**63``), not a second division.
+    """
+    k = (jnp.floor(2.0**62 / n.astype(jnp.float64)) + 1.0).astype(_I64)
+    shifted = jax.lax.bitcast_convert_type(x + k * n, _U64)
+    q = jax.lax.bitcast_convert_type(shifted // n.astype(_U64), _I64) - k
+    return q, x - q * n
+
+
+def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[list, Buffer, jax.Array]:
+    """Exactly ``v <- v * n / D`` for every leaf, the lost bits going into the buffer.
+
+    Returns ``(vs, buf, spilled)``. ``ns`` are int64 numerators broadcastable to the leaves.
+    """
+    buf, spilled = maybe_spill(buf)
+    out_v, out_h = [], []
+    for v, n, head in zip(vs, ns, buf.heads, strict=True):
+        r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)
+        q = v >> jnp.asarray(GAMMA_BITS, _I64)
+        head = (head << jnp.asarray(GAMMA_BITS, _U64)) | r
+        quotient, s = divmod_unsigned(head, n)
+        out_h.append(quotient)
+        out_v.append(q * n + s.astype(_I64))
+    return out_v, buf._replace(heads=out_h), spilled
+
+
+def div_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer, spilled: jax.Array) -> tuple[list, Buffer]:
+    """Exactly undo `mul_gamma` for the same numerators and the step's recorded spill flag."""
+    out_v, out_h = [], []
+    for v, n, head in zip(vs, ns, buf.heads, strict=True):
+        q, s = divmod_signed(v, n)
+        head = head * n.astype(_U64) + s.astype(_U64)
+        r = (head & jnp.asarray(D - 1, _U64)).astype(_I64)
+        out_h.append(head >> jnp.asarray(GAMMA_BITS, _U64))
+        out_v.append((q << jnp.asarray(GAMMA_BITS, _I64)) + r)
+    return out_v, unspill(buf._replace(heads=out_h), spilled)
 
 
 def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
     """Stack slots (32 bits each) enough for ``steps`` steps with every gamma >= ``min_gamma``.
 
-    Each step adds at most ``log2(D / n) + 2**-15`` bits to a head once it holds more than 16 bits,
-    and at most ``log2(D / n) + 1`` bits while it is smaller; each spill removes 32 bits and leaves
-    at least 16. Hence ``ceil((steps * (log2(D / n_min) + 2**-15) - 16) / 32) + 2`` slots suffice.
-    With ``bucket`` the count is rounded up to the next of 2, 3, 4, 6, 8, 12, 16, ..., so that a
-    tuning loop whose gammas drift a little does not recompile.
+    With ``rho = D / n_min``, a head ``h`` obeys ``h' + 1 <= rho (h + 1) + 1``, so over T steps it
+    gains at most ``G = T (log2 rho + 2**-15) + log2(T + 1)`` bits (the last term covers the steps
+    while a head is still small). The first spill happens at 48 bits and leaves at least 16, and
+    each later one needs ``32 - log2 rho`` more bits, so at most
+    ``floor((G - 48) / (32 - log2 rho)) + 1`` spills happen. With ``bucket`` the count is rounded up
+    to the next of 2, 3, 4, 6, 8, 12, 16, ..., so that a tuning loop whose gammas drift a little
+    does not recompile.
 
-    Memory: the buffer holds ``8 * N`` bytes of heads and ``4 * N * capacity`` bytes of stack.
+    Memory: the buffer holds ``8 N`` bytes of heads and ``8 N ceil(capacity / 2)`` bytes of stack.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 0.0 < min_gamma <= 1.0 or not math.isfinite(min_gamma):
         raise ValueError(f"min_gamma must be in (0, 1], got {min_gamma}")
     n_min = min(max(round(min_gamma * D), 1), D)
-    bits = steps * (math.log2(D / n_min) + 2.0**-15)
-    slots = max(0, math.ceil((bits - 16) / SLOT_BITS)) + 2
+    step_bits = math.log2(D / n_min)
+    growth = steps * (step_bits + 2.0**-15) + math.log2(steps + 1)
+    slots = 0 if growth < HEAD_BITS else math.floor((growth - HEAD_BITS) / (SLOT_BITS - step_bits)) + 1
+    slots = max(slots, 1)
     if not bucket:
         return slots
     size = 2

@@ -91,13 +91,11 @@ def empty_report() -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """Where each weight leaf sits in the flat vector of N parameters."""
+    """The weight pytree's structure; the engine works on its list of leaves."""
 
     treedef: Any
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[Any, ...]
-    offsets: tuple[int, ...]
-    size: int
 
     @classmethod
     def of(cls, tree: PyTree) -> _Layout:
@@ -105,81 +103,55 @@ class _Layout:
         for leaf in leaves:
             if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
                 raise TypeError(f"w0 leaves must be floating point arrays, got dtype {jnp.result_type(leaf)}")
-        shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         return cls(
             treedef=treedef,
-            shapes=shapes,
+            shapes=tuple(tuple(jnp.shape(x)) for x in leaves),
             dtypes=tuple(jnp.result_type(x) for x in leaves),
-            offsets=tuple(int(o) for o in np.cumsum([0, *sizes])[:-1]),
-            size=int(sum(sizes)),
         )
 
-    def flatten(self, tree: PyTree, dtype=jnp.float64) -> jax.Array:
-        return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in jax.tree.leaves(tree)])
+    def to_model(self, leaves64: list[jax.Array]) -> PyTree:
+        return jax.tree.unflatten(self.treedef, [x.astype(dt) for x, dt in zip(leaves64, self.dtypes, strict=True)])
 
-    def split(self, flat: jax.Array) -> list[jax.Array]:
-        return [
-            flat[o : o + int(np.prod(s, dtype=np.int64))].reshape(s)
-            for o, s in zip(self.offsets, self.shapes, strict=True)
-        ]
-
-    def unflatten(self, flat: jax.Array) -> PyTree:
-        leaves = [x.astype(dt) for x, dt in zip(self.split(flat), self.dtypes, strict=True)]
-        return jax.tree.unflatten(self.treedef, leaves)
-
-
-def _mix64(x: jax.Array) -> jax.Array:
-    """splitmix64's finaliser: a bijection of uint64 that spreads every input bit."""
-    x = x ^ (x >> jnp.uint64(30))
-    x = x * jnp.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> jnp.uint64(27))
-    x = x * jnp.uint64(0x94D049BB133111EB)
-    return x ^ (x >> jnp.uint64(31))
+    def from_model(self, tree: PyTree) -> list[jax.Array]:
+        return [jnp.asarray(x).astype(jnp.float64) for x in jax.tree.leaves(tree)]
 
 
 def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
-    """A uint64 hash of the exact bits of a gradient: any changed bit changes it (w.h.p.)."""
+    """A uint64 hash of the exact bits of a gradient: ``sum_i bits_i * k_i mod 2**64`` with distinct
+    odd multipliers ``k_i``, so any change of a single element changes it, and several changes
+    cancel only by a 2**-64 coincidence."""
     total = jnp.zeros((), jnp.uint64)
-    for i, g in enumerate(g_leaves):
+    for leaf, g in enumerate(g_leaves):
         g = jnp.ravel(g)
         uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
         bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
-        idx = jnp.arange(g.size, dtype=jnp.uint64) * jnp.uint64(0x9E3779B97F4A7C15)
-        leaf_hash = jnp.sum(_mix64(bits ^ idx ^ jnp.uint64(i)), dtype=jnp.uint64)
-        total = total + _mix64(leaf_hash + jnp.uint64(i))
+        k = jnp.arange(g.size, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(2 * leaf + 1)
+        total = total + jnp.sum(bits * k, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
     return total
 
 
 class _Schedule:
-    """A learning-rate or momentum schedule in one of its three shapes, seen per step and flattened."""
+    """A learning-rate or momentum schedule in one of its three shapes, read one step at a time."""
 
     def __init__(self, sched: PyTree, layout: _Layout):
         self.shared = _schedule.is_shared(sched)
-        self.layout = layout
+        self.n_leaves = len(layout.shapes)
 
     def leaves(self, sched: PyTree) -> list[jax.Array]:
         return [sched] if self.shared else jax.tree.leaves(sched)
 
-    def flat_at(self, leaves_t: list[jax.Array], dtype=jnp.float64) -> jax.Array:
-        """Values at one step (``leaves_t`` = each leaf indexed at t), broadcast to all N parameters."""
-        if self.shared:
-            return jnp.full((self.layout.size,), leaves_t[0], dtype)
-        return jnp.concatenate(
-            [
-                jnp.broadcast_to(jnp.asarray(x, dtype), s).ravel()
-                for x, s in zip(leaves_t, self.layout.shapes, strict=True)
-            ]
-        )
+    def per_leaf(self, leaves_t: list[jax.Array], fn=lambda x: jnp.asarray(x, jnp.float64)) -> list[jax.Array]:
+        """One step's values as one array per weight leaf, each a scalar or shaped like the leaf."""
+        return [fn(leaves_t[0])] * self.n_leaves if self.shared else [fn(x) for x in leaves_t]
 
-    def reduce(self, flat: jax.Array, leaves_t: list[jax.Array]) -> list[jax.Array]:
+    def reduce(self, per_param: list[jax.Array], leaves_t: list[jax.Array]) -> list[jax.Array]:
         """The cotangent of one step's values from a per-parameter one (sum over shared parameters)."""
         if self.shared:
-            return [jnp.sum(flat).astype(leaves_t[0].dtype)]
-        out = []
-        for part, x in zip(self.layout.split(flat), leaves_t, strict=True):
-            out.append((part if jnp.ndim(x) else jnp.sum(part)).astype(jnp.result_type(x)))
-        return out
+            return [sum(jnp.sum(x) for x in per_param).astype(jnp.result_type(leaves_t[0]))]
+        return [
+            (x if jnp.ndim(s) else jnp.sum(x)).astype(jnp.result_type(s))
+            for x, s in zip(per_param, leaves_t, strict=True)
+        ]
 
 
 def _concrete_min_gamma(gammas: PyTree) -> float | None:
@@ -205,12 +177,16 @@ def _resolve_capacity(T: int, gammas: PyTree, capacity: int | None, min_gamma: f
 
 
 class _Forward(NamedTuple):
-    w: jax.Array
-    v: jax.Array
+    w: list[jax.Array]
+    v: list[jax.Array]
     buf: Buffer
     diverged: jax.Array
     fingerprints: jax.Array
     spills: jax.Array
+
+
+def _all(xs: list[jax.Array]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(x) for x in xs]))
 
 
 def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
@@ -220,119 +196,130 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
     g_s = _Schedule(gammas, layout)
     T = _schedule.num_steps(alphas)
 
-    def grad_leaves(w_flat64, meta_all, t):
-        meta, consts = meta_all
-        g = jax.grad(loss)(layout.unflatten(w_flat64), meta, t, *consts)
-        return jax.tree.leaves(g)
+    def grad_w(w_tree, meta, consts, t):
+        return jax.tree.leaves(jax.grad(loss)(w_tree, meta, t, *consts))
 
-    def numerators(g_leaves_t):
-        return g_s.flat_at([_fixed.gamma_numerator(x) for x in g_leaves_t], jnp.int64)
+    def weights(w_fixed):
+        return layout.to_model([_fixed.from_fixed(x) for x in w_fixed])
+
+    def decay_terms(c_t):
+        ns = g_s.per_leaf(c_t, _fixed.gamma_numerator)
+        one_minus = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
+        return ns, one_minus
 
     def forward(w0, meta_all, alphas, gammas) -> _Forward:
-        w, ok_w = _fixed.to_fixed(layout.flatten(w0))
-        v = jnp.zeros((layout.size,), jnp.int64)
-        buf = _fixed.empty_buffer(layout.size, capacity)
+        meta, consts = meta_all
+        w, ok_w = zip(*[_fixed.to_fixed(x) for x in layout.from_model(w0)], strict=True)
+        v = [jnp.zeros(s, jnp.int64) for s in layout.shapes]
+        buf = _fixed.empty_buffer(list(layout.shapes), capacity)
 
         def step(carry, xs):
             w, v, buf, diverged = carry
             t, a_t, c_t = xs
-            g = grad_leaves(_fixed.from_fixed(w), meta_all, t)
-            fp = _fingerprint(g)
-            g64 = jnp.concatenate([jnp.ravel(x).astype(jnp.float64) for x in g])
-            n = numerators(c_t)
-            v, buf, spilled = _fixed.mul_gamma(v, n, buf)
-            one_minus = (jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D
-            dv, ok1 = _fixed.to_fixed(one_minus * g64)
-            v = v - dv
-            dw, ok2 = _fixed.to_fixed(a_s.flat_at(a_t) * _fixed.from_fixed(v))
-            w = w + dw
-            bad = ~jnp.all(ok1 & ok2 & _fixed.in_range(v) & _fixed.in_range(w))
-            return (w, v, buf, diverged | bad), (fp, spilled)
+            g = grad_w(weights(w), meta, consts, t)
+            ns, one_minus = decay_terms(c_t)
+            v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
+            dv, ok1 = zip(*[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
+                          strict=True)
+            v = [vi - d for vi, d in zip(v, dv, strict=True)]
+            dw, ok2 = zip(
+                *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(a_s.per_leaf(a_t), v, strict=True)],
+                strict=True,
+            )
+            w = [wi + d for wi, d in zip(w, dw, strict=True)]
+            ok = _all([*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)])
+            return (w, v, buf, diverged | ~ok), (_fingerprint(g), spilled)
 
         xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas))
-        (w, v, buf, diverged), (fps, spills) = jax.lax.scan(step, (w, v, buf, ~jnp.all(ok_w)), xs)
+        (w, v, buf, diverged), (fps, spills) = jax.lax.scan(step, (list(w), v, buf, ~_all(list(ok_w))), xs)
         return _Forward(w, v, buf, diverged, fps, spills)
 
     def unstep(w, v, a_t):
         """Undo one step's weight update; return ``w_t`` and ``v_{t+1}`` as floats."""
-        v_next = _fixed.from_fixed(v)
-        w = w - _fixed.to_fixed(a_s.flat_at(a_t) * v_next)[0]
+        v_next = [_fixed.from_fixed(x) for x in v]
+        w = [wi - _fixed.to_fixed(a * vn)[0] for wi, a, vn in zip(w, a_s.per_leaf(a_t), v_next, strict=True)]
         return w, v_next
 
-    def unvelocity(v, buf, g64, c_t, spilled):
-        n = numerators(c_t)
-        one_minus = (jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D
-        v = v + _fixed.to_fixed(one_minus * g64)[0]
-        v, buf = _fixed.div_gamma(v, n, buf, spilled)
-        return v, buf, n, one_minus
+    def unvelocity(v, buf, g, c_t, spilled):
+        """Undo one step's velocity update given the recomputed gradient."""
+        ns, one_minus = decay_terms(c_t)
+        v = [vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0] for vi, om, gi in zip(v, one_minus, g, strict=True)]
+        v, buf = _fixed.div_gamma(v, ns, buf, spilled)
+        return v, buf, ns, one_minus
+
+    def scan_backwards(body, init, fwd, alphas, gammas):
+        xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas), fwd.fingerprints, fwd.spills)
+        return jax.lax.scan(body, init, xs, reverse=True)
+
+    def first_mismatch(mismatch, g, fp, t):
+        return jnp.where((mismatch == _NO_STEP) & (_fingerprint(g) != fp), t, mismatch)
 
     def reverse(fwd: _Forward, meta_all, alphas, gammas):
         """Run the training backwards without derivatives; for `check_reversal`."""
+        meta, consts = meta_all
 
         def step(carry, xs):
             w, v, buf, mismatch = carry
             t, a_t, c_t, fp, spilled = xs
             w, _ = unstep(w, v, a_t)
-            g = grad_leaves(_fixed.from_fixed(w), meta_all, t)
-            g64 = jnp.concatenate([jnp.ravel(x).astype(jnp.float64) for x in g])
-            mismatch = jnp.where((mismatch == _NO_STEP) & (_fingerprint(g) != fp), t, mismatch)
-            v, buf, _, _ = unvelocity(v, buf, g64, c_t, spilled)
-            return (w, v, buf, mismatch), None
+            g = grad_w(weights(w), meta, consts, t)
+            v, buf, _, _ = unvelocity(v, buf, g, c_t, spilled)
+            return (w, v, buf, first_mismatch(mismatch, g, fp, t)), None
 
-        xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas), fwd.fingerprints, fwd.spills)
         init = (fwd.w, fwd.v, fwd.buf, jnp.asarray(_NO_STEP, jnp.int32))
-        (w, v, buf, mismatch), _ = jax.lax.scan(step, init, xs, reverse=True)
+        (w, v, buf, mismatch), _ = scan_backwards(step, init, fwd, alphas, gammas)
         return w, v, buf, mismatch
 
-    def backward(fwd: _Forward, w0_fixed, meta_all, alphas, gammas, dw_T):
+    def backward(fwd: _Forward, meta_all, alphas, gammas, dw_T):
         """Algorithm 2: reverse the training and accumulate every hypergradient."""
-        zeros_meta = jax.tree.map(jnp.zeros_like, meta_all)
 
         def step(carry, xs):
             w, v, buf, mismatch, dw, dv, dmeta = carry
             t, a_t, c_t, fp, spilled = xs
             w, v_next = unstep(w, v, a_t)
-            dalpha = a_s.reduce(dw * v_next, a_t)
-            w_tree = layout.unflatten(_fixed.from_fixed(w))
+            alpha = a_s.per_leaf(a_t)
+            dalpha = a_s.reduce([x * y for x, y in zip(dw, v_next, strict=True)], a_t)
             meta, consts = meta_all
-
-            def grad_w(w_tree, meta, consts):
-                return jax.tree.leaves(jax.grad(loss)(w_tree, meta, t, *consts))
-
-            g, vjp = jax.vjp(grad_w, w_tree, meta, consts)
-            g64 = jnp.concatenate([jnp.ravel(x).astype(jnp.float64) for x in g])
-            mismatch = jnp.where((mismatch == _NO_STEP) & (_fingerprint(g) != fp), t, mismatch)
-            v, buf, n, one_minus = unvelocity(v, buf, g64, c_t, spilled)
-            dv = dv + a_s.flat_at(a_t) * dw
-            dgamma = g_s.reduce(dv * (_fixed.from_fixed(v) + g64), c_t)
-            cot = [x.astype(dt) for x, dt in zip(layout.split(one_minus * dv), layout.dtypes, strict=True)]
-            hw, hmeta, hconsts = vjp(cot)
-            dw = dw - layout.flatten(hw)
+            g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), weights(w), meta, consts)
+            v, buf, ns, one_minus = unvelocity(v, buf, g, c_t, spilled)
+            dv = [d + a * x for d, a, x in zip(dv, alpha, dw, strict=True)]
+            dgamma = g_s.reduce(
+                [d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64)) for d, vi, gi in zip(dv, v, g, strict=True)],
+                c_t,
+            )
+            hw, hmeta, hconsts = vjp(
+                [(om * d).astype(dt) for om, d, dt in zip(one_minus, dv, layout.dtypes, strict=True)]
+            )
+            dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]
             dmeta = jax.tree.map(lambda acc, h: acc - h.astype(acc.dtype), dmeta, (hmeta, hconsts))
-            dv = dv * (n.astype(jnp.float64) / _fixed.D)
-            return (w, v, buf, mismatch, dw, dv, dmeta), (dalpha, dgamma)
+            dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
+            return (w, v, buf, first_mismatch(mismatch, g, fp, t), dw, dv, dmeta), (dalpha, dgamma)
 
-        xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas), fwd.fingerprints, fwd.spills)
         init = (
             fwd.w,
             fwd.v,
             fwd.buf,
             jnp.asarray(_NO_STEP, jnp.int32),
             dw_T,
-            jnp.zeros_like(dw_T),
-            zeros_meta,
+            [jnp.zeros_like(x) for x in dw_T],
+            jax.tree.map(jnp.zeros_like, meta_all),
         )
-        (w, v, buf, mismatch, dw, _, dmeta), (dalphas, dgammas) = jax.lax.scan(step, init, xs, reverse=True)
-        restored = (
-            jnp.all(w == w0_fixed)
-            & jnp.all(v == 0)
-            & jnp.all(buf.head == 0)
-            & (buf.used == 0)
-            & jnp.all(buf.stack == 0)
-        )
-        return dw, dmeta, dalphas, dgammas, restored, mismatch
+        (w, v, buf, mismatch, dw, _, dmeta), (dalphas, dgammas) = scan_backwards(step, init, fwd, alphas, gammas)
+        return w, v, buf, mismatch, dw, dmeta, dalphas, dgammas
 
-    return layout, a_s, g_s, forward, reverse, backward
+    def restored(w, v, buf, w0_fixed):
+        return (
+            _all([a == b for a, b in zip(w, w0_fixed, strict=True)])
+            & _all([x == 0 for x in v])
+            & _all([h == 0 for h in buf.heads])
+            & _all([s == 0 for s in buf.stacks])
+            & (buf.used == 0)
+        )
+
+    def to_fixed_w0(w0):
+        return [_fixed.to_fixed(x)[0] for x in layout.from_model(w0)]
+
+    return layout, forward, reverse, backward, restored, to_fixed_w0
 
 
 def reversible_sgd(
@@ -360,8 +347,8 @@ def reversible_sgd(
       capacity: the information buffer's stack, in 32-bit slots (static). Under ``jit``/``grad``
         the gammas are traced, so either pass this, from `buffer_capacity(T, min_gamma)` with the
         smallest gamma you will use, or pass ``min_gamma``. With concrete gammas it may be omitted.
-        Memory: ``8 N`` bytes of heads + ``4 N capacity`` bytes of stack + O(N + T) state, for N
-        parameters; about ``N T log2(1/gamma) / 8`` bytes are really needed.
+        Memory: ``8 N`` bytes of heads + ``8 N ceil(capacity / 2)`` bytes of stack + O(N + T)
+        state, for N parameters; about ``N T log2(1/gamma) / 8`` bytes are really needed.
       min_gamma: a lower bound on every gamma, to size the buffer from (ignored if ``capacity`` is set).
       report: ``empty_report()``; differentiate with respect to it as well and read the result with
         `ReversalReport.from_array`: exactness, the first step whose gradient did not recompute
@@ -381,29 +368,28 @@ def reversible_sgd(
 
     t0 = jnp.zeros((), jnp.int32)
     closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    layout, _, _, forward, _, backward = _make_engine(closed, w0, (meta, consts), alphas, gammas, capacity)
+    layout, forward, _, backward, restored, to_fixed_w0 = _make_engine(
+        closed, w0, (meta, consts), alphas, gammas, capacity
+    )
+
+    def output(fwd: _Forward):
+        w = [jnp.where(fwd.diverged, jnp.nan, _fixed.from_fixed(x)) for x in fwd.w]
+        return layout.to_model(w)
 
     @jax.custom_vjp
     def run(w0, meta_all, alphas, gammas, report):
-        fwd = forward(w0, meta_all, alphas, gammas)
-        return _output(fwd)
-
-    def _output(fwd: _Forward):
-        w = _fixed.from_fixed(fwd.w)
-        return layout.unflatten(jnp.where(fwd.diverged, jnp.nan, w))
+        return output(forward(w0, meta_all, alphas, gammas))
 
     def run_fwd(w0, meta_all, alphas, gammas, report):
         fwd = forward(w0, meta_all, alphas, gammas)
-        w0_fixed, _ = _fixed.to_fixed(layout.flatten(w0))
-        return _output(fwd), (fwd, w0_fixed, meta_all, alphas, gammas)
+        return output(fwd), (fwd, to_fixed_w0(w0), meta_all, alphas, gammas)
 
     def run_bwd(res, w_bar):
         fwd, w0_fixed, meta_all, alphas, gammas = res
-        dw_T = layout.flatten(w_bar)
-        dw, dmeta, dalphas, dgammas, restored, mismatch = backward(
-            fwd, w0_fixed, meta_all, alphas, gammas, dw_T
+        w, v, buf, mismatch, dw, dmeta, dalphas, dgammas = backward(
+            fwd, meta_all, alphas, gammas, layout.from_model(w_bar)
         )
-        exact = restored & (mismatch == _NO_STEP)
+        exact = restored(w, v, buf, w0_fixed) & (mismatch == _NO_STEP)
         trusted = exact & ~fwd.diverged & ~fwd.buf.overflow
         poison = lambda x: jnp.where(trusted, x, jnp.nan).astype(jnp.result_type(x))
         rep = jnp.stack(
@@ -418,13 +404,11 @@ def reversible_sgd(
                 jnp.float64(0.0),
             ]
         )
-        d_alphas = _unstack(alphas, dalphas)
-        d_gammas = _unstack(gammas, dgammas)
         return (
-            jax.tree.map(poison, layout.unflatten(dw)),
+            jax.tree.map(poison, layout.to_model(dw)),
             jax.tree.map(poison, dmeta),
-            jax.tree.map(poison, d_alphas),
-            jax.tree.map(poison, d_gammas),
+            jax.tree.map(poison, _unstack(alphas, dalphas)),
+            jax.tree.map(poison, _unstack(gammas, dgammas)),
             rep,
         )
 
@@ -461,23 +445,16 @@ def check_reversal(
     capacity = _resolve_capacity(T, gammas, capacity, min_gamma)
     t0 = jnp.zeros((), jnp.int32)
     closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    layout, _, _, forward, reverse, _ = _make_engine(closed, w0, (meta, consts), alphas, gammas, capacity)
+    _, forward, reverse, _, restored, to_fixed_w0 = _make_engine(
+        closed, w0, (meta, consts), alphas, gammas, capacity
+    )
 
     @jax.jit
     def roundtrip(w0, meta_all, alphas, gammas):
         fwd = forward(w0, meta_all, alphas, gammas)
         w, v, buf, mismatch = reverse(fwd, meta_all, alphas, gammas)
-        w0_fixed, _ = _fixed.to_fixed(layout.flatten(w0))
-        return (
-            ~fwd.diverged
-            & ~fwd.buf.overflow
-            & (mismatch == _NO_STEP)
-            & jnp.all(w == w0_fixed)
-            & jnp.all(v == 0)
-            & jnp.all(buf.head == 0)
-            & (buf.used == 0)
-            & jnp.all(buf.stack == 0)
-        )
+        ok = ~fwd.diverged & ~fwd.buf.overflow & (mismatch == _NO_STEP)
+        return ok & restored(w, v, buf, to_fixed_w0(w0))
 
     return bool(roundtrip(w0, (meta, consts), alphas, gammas))
 
@@ -499,7 +476,7 @@ def forward_state(
     capacity = _resolve_capacity(T, gammas, capacity, min_gamma)
     t0 = jnp.zeros((), jnp.int32)
     closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    _, _, _, forward, _, _ = _make_engine(closed, w0, (meta, consts), alphas, gammas, capacity)
+    _, forward, _, _, _, _ = _make_engine(closed, w0, (meta, consts), alphas, gammas, capacity)
     return jax.jit(forward)(w0, (meta, consts), alphas, gammas)
 
 

@@ -267,11 +267,13 @@ def test_buffer_overflow_is_detected_and_reported():
     assert check_reversal(loss, w0, {}, jnp.full((T,), 0.05), gammas)
 
 
-def test_capacity_bound_holds_for_the_gammas_it_was_derived_from():
+@pytest.mark.parametrize("gamma,T", [(0.5, 300), (0.9, 1000), (0.3, 200), (0.99, 1000)])
+def test_capacity_bound_holds_for_the_gammas_it_was_derived_from(gamma, T):
     loss, w0, _ = make_problem()
-    for gamma, T in [(0.5, 300), (0.9, 1000), (0.3, 200)]:
-        capacity = hypercore.buffer_capacity(T, gamma)
-        state = hypercore.forward_state(loss, w0, {}, jnp.full((T,), 0.05), jnp.full((T,), gamma),
+    capacity = hypercore._fixed.capacity_for(T, gamma, bucket=False)
+    rng = np.random.default_rng(T)
+    for gammas in (np.full(T, gamma), rng.uniform(gamma, 1.0, T)):
+        state = hypercore.forward_state(loss, w0, {}, jnp.full((T,), 0.05), jnp.asarray(gammas),
                                         capacity=capacity)
         assert not bool(state.buf.overflow)
         assert int(state.buf.used) <= capacity
@@ -300,7 +302,7 @@ def test_schedule_shape_errors_name_the_leaf():
 def test_engine_state_dtypes_are_64_bit():
     loss, w0, _ = make_problem(jnp.float32)
     state = hypercore.forward_state(loss, w0, {}, jnp.full((5,), 0.1), jnp.full((5,), 0.9))
-    assert state.w.dtype == jnp.int64 and state.v.dtype == jnp.int64
-    assert state.buf.head.dtype == jnp.uint64 and state.buf.stack.dtype == jnp.uint64
+    assert state.w[0].dtype == jnp.int64 and state.v[0].dtype == jnp.int64
+    assert state.buf.heads[0].dtype == jnp.uint64 and state.buf.stacks[0].dtype == jnp.uint64
     w_T = reversible_sgd(loss, w0, {}, jnp.full((5,), 0.1), jnp.full((5,), 0.9))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(w_T))
