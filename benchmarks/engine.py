@@ -150,7 +150,9 @@ def run(T: int, gamma: float, repeats: int, time_it: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--gamma", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=5)
@@ -163,10 +165,14 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}, jax {jax.__version__}")
-    print("| T | stored / reversible memory | checkpoint / reversible memory | reversible MiB | stored MiB "
-          "| buffer used / info-theoretic | buffer allocated / info-theoretic | (fwd+bwd) / plain training |")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}, jax {jax.__version__}"
+    )
+    print(
+        "| T | stored / reversible memory | checkpoint / reversible memory | reversible MiB | stored MiB "
+        "| buffer used / info-theoretic | buffer allocated / info-theoretic | (fwd+bwd) / plain training |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         mib = 2**20

@@ -143,9 +143,12 @@ def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
     full = buf.used >= buf.capacity
     do = spill & ~full
     word, shift = _slot_position(jnp.minimum(buf.used, buf.capacity - 1))
-    heads, stacks = zip(*[_spill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)],
-                        strict=True)
-    return Buffer(list(heads), list(stacks), buf.used + do.astype(jnp.int32), buf.overflow | (spill & full)), spill
+    heads, stacks = zip(
+        *[_spill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)], strict=True
+    )
+    return Buffer(
+        list(heads), list(stacks), buf.used + do.astype(jnp.int32), buf.overflow | (spill & full)
+    ), spill
 
 
 def _unspill_one(head, stack, do, word, shift):
@@ -161,7 +164,8 @@ def unspill(buf: Buffer, spilled: jax.Array) -> Buffer:
     do = spilled & (buf.used > 0)
     word, shift = _slot_position(jnp.maximum(buf.used - 1, 0))
     heads, stacks = zip(
-        *[_unspill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)], strict=True
+        *[_unspill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)],
+        strict=True,
     )
     return Buffer(list(heads), list(stacks), buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
 
@@ -203,7 +207,9 @@ def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[li
     return out_v, buf._replace(heads=out_h), spilled
 
 
-def div_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer, spilled: jax.Array) -> tuple[list, Buffer]:
+def div_gamma(
+    vs: list[jax.Array], ns: list[jax.Array], buf: Buffer, spilled: jax.Array
+) -> tuple[list, Buffer]:
     """Exactly undo `mul_gamma` for the same numerators and the step's recorded spill flag."""
     out_v, out_h = [], []
     for v, n, head in zip(vs, ns, buf.heads, strict=True):

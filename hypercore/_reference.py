@@ -7,7 +7,8 @@ It does no fixed-point arithmetic and keeps no information buffer.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -55,4 +55,6 @@ def at_step(schedule: PyTree, w0: PyTree, t) -> list[jax.Array]:
     if is_shared(schedule):
         value = schedule[t]
         return [jnp.broadcast_to(value, jnp.shape(w)) for w in leaves]
-    return [jnp.broadcast_to(s[t], jnp.shape(w)) for s, w in zip(jax.tree.leaves(schedule), leaves, strict=True)]
+    return [
+        jnp.broadcast_to(s[t], jnp.shape(w)) for s, w in zip(jax.tree.leaves(schedule), leaves, strict=True)
+    ]

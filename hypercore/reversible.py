@@ -110,7 +110,9 @@ class _Layout:
         )
 
     def to_model(self, leaves64: list[jax.Array]) -> PyTree:
-        return jax.tree.unflatten(self.treedef, [x.astype(dt) for x, dt in zip(leaves64, self.dtypes, strict=True)])
+        return jax.tree.unflatten(
+            self.treedef, [x.astype(dt) for x, dt in zip(leaves64, self.dtypes, strict=True)]
+        )
 
     def from_model(self, tree: PyTree) -> list[jax.Array]:
         return [jnp.asarray(x).astype(jnp.float64) for x in jax.tree.leaves(tree)]
@@ -125,7 +127,9 @@ def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
         g = jnp.ravel(g)
         uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
         bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
-        k = jnp.arange(g.size, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(2 * leaf + 1)
+        k = jnp.arange(g.size, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(
+            2 * leaf + 1
+        )
         total = total + jnp.sum(bits * k, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
     return total
 
@@ -140,7 +144,9 @@ class _Schedule:
     def leaves(self, sched: PyTree) -> list[jax.Array]:
         return [sched] if self.shared else jax.tree.leaves(sched)
 
-    def per_leaf(self, leaves_t: list[jax.Array], fn=lambda x: jnp.asarray(x, jnp.float64)) -> list[jax.Array]:
+    def per_leaf(
+        self, leaves_t: list[jax.Array], fn=lambda x: jnp.asarray(x, jnp.float64)
+    ) -> list[jax.Array]:
         """One step's values as one array per weight leaf, each a scalar or shaped like the leaf."""
         return [fn(leaves_t[0])] * self.n_leaves if self.shared else [fn(x) for x in leaves_t]
 
@@ -219,11 +225,16 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
             g = grad_w(weights(w), meta, consts, t)
             ns, one_minus = decay_terms(c_t)
             v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
-            dv, ok1 = zip(*[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
-                          strict=True)
+            dv, ok1 = zip(
+                *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
+                strict=True,
+            )
             v = [vi - d for vi, d in zip(v, dv, strict=True)]
             dw, ok2 = zip(
-                *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(a_s.per_leaf(a_t), v, strict=True)],
+                *[
+                    _fixed.to_fixed(a * _fixed.from_fixed(vi))
+                    for a, vi in zip(a_s.per_leaf(a_t), v, strict=True)
+                ],
                 strict=True,
             )
             w = [wi + d for wi, d in zip(w, dw, strict=True)]
@@ -243,12 +254,21 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
     def unvelocity(v, buf, g, c_t, spilled):
         """Undo one step's velocity update given the recomputed gradient."""
         ns, one_minus = decay_terms(c_t)
-        v = [vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0] for vi, om, gi in zip(v, one_minus, g, strict=True)]
+        v = [
+            vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0]
+            for vi, om, gi in zip(v, one_minus, g, strict=True)
+        ]
         v, buf = _fixed.div_gamma(v, ns, buf, spilled)
         return v, buf, ns, one_minus
 
     def scan_backwards(body, init, fwd, alphas, gammas):
-        xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas), fwd.fingerprints, fwd.spills)
+        xs = (
+            jnp.arange(T, dtype=jnp.int32),
+            a_s.leaves(alphas),
+            g_s.leaves(gammas),
+            fwd.fingerprints,
+            fwd.spills,
+        )
         return jax.lax.scan(body, init, xs, reverse=True)
 
     def first_mismatch(mismatch, g, fp, t):
@@ -284,7 +304,10 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
             v, buf, ns, one_minus = unvelocity(v, buf, g, c_t, spilled)
             dv = [d + a * x for d, a, x in zip(dv, alpha, dw, strict=True)]
             dgamma = g_s.reduce(
-                [d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64)) for d, vi, gi in zip(dv, v, g, strict=True)],
+                [
+                    d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64))
+                    for d, vi, gi in zip(dv, v, g, strict=True)
+                ],
                 c_t,
             )
             hw, hmeta, hconsts = vjp(
@@ -304,7 +327,9 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
             [jnp.zeros_like(x) for x in dw_T],
             jax.tree.map(jnp.zeros_like, meta_all),
         )
-        (w, v, buf, mismatch, dw, _, dmeta), (dalphas, dgammas) = scan_backwards(step, init, fwd, alphas, gammas)
+        (w, v, buf, mismatch, dw, _, dmeta), (dalphas, dgammas) = scan_backwards(
+            step, init, fwd, alphas, gammas
+        )
         return w, v, buf, mismatch, dw, dmeta, dalphas, dgammas
 
     def restored(w, v, buf, w0_fixed):

@@ -111,9 +111,7 @@ def _objective(engine, loss, meta_key="l2"):
     return f
 
 
-@pytest.mark.parametrize(
-    "dtype,tol", [(jnp.float64, 1e-6), (jnp.float32, 1e-4)], ids=["float64", "float32"]
-)
+@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-6), (jnp.float32, 1e-4)], ids=["float64", "float32"])
 @pytest.mark.parametrize("kind", ["shared", "per_array", "per_weight"])
 def test_hypergradients_match_unrolled_float64(dtype, tol, kind):
     T = 100
@@ -122,7 +120,9 @@ def test_hypergradients_match_unrolled_float64(dtype, tol, kind):
     gammas = jax.tree.map(hypercore.quantize_gamma, gammas)
     meta = {"l2": jnp.full((N_IN, N_HID), 1e-3), "X": X}
     argnums = (0, 1, 2, 3, 4)
-    g_rev = jax.jit(jax.grad(_objective("reversible", loss), argnums))(w0, meta, alphas, gammas, empty_report())
+    g_rev = jax.jit(jax.grad(_objective("reversible", loss), argnums))(
+        w0, meta, alphas, gammas, empty_report()
+    )
     report = ReversalReport.from_array(g_rev[4])
     assert report.exact and not report.overflow and not report.buffer_overflow
     # the reference keeps its weights in float64; the model casts them to its own dtype, like the engine
@@ -148,17 +148,33 @@ def test_hypergradients_match_central_finite_differences():
     # step, so the engine's loss is smooth only above ~1e-10: perturb by 2**-10 (which also keeps
     # gamma on its 2**-16 lattice) and extrapolate.
     checks = [
-        (lambda e: (jax.tree.map(lambda x: x + e * jnp.ones_like(x), w0), meta, alphas, gammas),
-         lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[0])), 2.0**-10),
-        (lambda e: (w0, {"l2": meta["l2"] + e, "X": meta["X"]}, alphas, gammas),
-         lambda: float(grads[1]["l2"]), 2.0**-10),
-        (lambda e: (w0, {"l2": meta["l2"], "X": meta["X"] + e}, alphas, gammas),
-         lambda: float(jnp.sum(grads[1]["X"])), 2.0**-10),
-        (lambda e: (w0, meta, jax.tree.map(lambda x: x + e, alphas), gammas),
-         lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[2])), 2.0**-10),
-        (lambda e: (w0, meta, alphas, jax.tree.map(lambda x: x + e, gammas)),
-         lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[3])), 2.0**-10),
+        (
+            lambda e: (jax.tree.map(lambda x: x + e * jnp.ones_like(x), w0), meta, alphas, gammas),
+            lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[0])),
+            2.0**-10,
+        ),
+        (
+            lambda e: (w0, {"l2": meta["l2"] + e, "X": meta["X"]}, alphas, gammas),
+            lambda: float(grads[1]["l2"]),
+            2.0**-10,
+        ),
+        (
+            lambda e: (w0, {"l2": meta["l2"], "X": meta["X"] + e}, alphas, gammas),
+            lambda: float(jnp.sum(grads[1]["X"])),
+            2.0**-10,
+        ),
+        (
+            lambda e: (w0, meta, jax.tree.map(lambda x: x + e, alphas), gammas),
+            lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[2])),
+            2.0**-10,
+        ),
+        (
+            lambda e: (w0, meta, alphas, jax.tree.map(lambda x: x + e, gammas)),
+            lambda: sum(float(jnp.sum(x)) for x in jax.tree.leaves(grads[3])),
+            2.0**-10,
+        ),
     ]
+
     def central(perturb, eps):
         return (float(f_val(*perturb(eps))) - float(f_val(*perturb(-eps)))) / (2 * eps)
 
@@ -186,8 +202,13 @@ def test_engine_sees_arrays_closed_over_under_jit():
     def loss_ref(w, meta, t):
         return jnp.mean((X @ w["W"] @ w["V"]) ** 2) + meta * jnp.sum(w["W"] ** 2)
 
-    ref = jax.grad(lambda l2: jnp.sum(unrolled_sgd(loss_ref, w0, l2, jnp.full((20,), 0.1),
-                                                   hypercore.quantize_gamma(jnp.full((20,), 0.9)))["V"]))
+    ref = jax.grad(
+        lambda l2: jnp.sum(
+            unrolled_sgd(
+                loss_ref, w0, l2, jnp.full((20,), 0.1), hypercore.quantize_gamma(jnp.full((20,), 0.9))
+            )["V"]
+        )
+    )
     assert rel_err(grad_l2(jnp.asarray(0.01), X), ref(jnp.asarray(0.01))) < 1e-8
 
 
@@ -198,8 +219,9 @@ def test_second_call_with_new_values_does_not_recompile():
 
     def f(alphas, gammas, report):
         traces.append(1)
-        w_T = reversible_sgd(loss, w0, {}, alphas, gammas, capacity=hypercore.buffer_capacity(T, 0.5),
-                             report=report)
+        w_T = reversible_sgd(
+            loss, w0, {}, alphas, gammas, capacity=hypercore.buffer_capacity(T, 0.5), report=report
+        )
         return jnp.sum(w_T["V"] ** 2)
 
     g = jax.jit(jax.grad(f, (0, 1, 2)))
@@ -239,8 +261,9 @@ def test_divergence_is_reported_not_crashed():
     T = 200
 
     def f(alphas, report):
-        w_T = reversible_sgd(lambda w, m, t: jnp.sum(w["W"] ** 2), w0, {}, alphas,
-                             jnp.full((T,), 0.9), report=report)
+        w_T = reversible_sgd(
+            lambda w, m, t: jnp.sum(w["W"] ** 2), w0, {}, alphas, jnp.full((T,), 0.9), report=report
+        )
         return jnp.sum(w_T["W"])
 
     value = f(jnp.full((T,), 50.0), empty_report())
@@ -273,8 +296,9 @@ def test_capacity_bound_holds_for_the_gammas_it_was_derived_from(gamma, T):
     capacity = hypercore._fixed.capacity_for(T, gamma, bucket=False)
     rng = np.random.default_rng(T)
     for gammas in (np.full(T, gamma), rng.uniform(gamma, 1.0, T)):
-        state = hypercore.forward_state(loss, w0, {}, jnp.full((T,), 0.05), jnp.asarray(gammas),
-                                        capacity=capacity)
+        state = hypercore.forward_state(
+            loss, w0, {}, jnp.full((T,), 0.05), jnp.asarray(gammas), capacity=capacity
+        )
         assert not bool(state.buf.overflow)
         assert int(state.buf.used) <= capacity
 
@@ -293,8 +317,9 @@ def test_traced_gammas_without_capacity_is_a_clear_error():
 def test_schedule_shape_errors_name_the_leaf():
     loss, w0, _ = make_problem()
     with pytest.raises(ValueError, match=r"alphas\['W'\]"):
-        reversible_sgd(loss, w0, {}, {"W": jnp.ones((5, 2)), "b": jnp.ones(5), "V": jnp.ones(5)},
-                       jnp.full((5,), 0.9))
+        reversible_sgd(
+            loss, w0, {}, {"W": jnp.ones((5, 2)), "b": jnp.ones(5), "V": jnp.ones(5)}, jnp.full((5,), 0.9)
+        )
     with pytest.raises(ValueError, match="same number of steps"):
         reversible_sgd(loss, w0, {}, jnp.ones(5), jnp.full((6,), 0.9))
 
