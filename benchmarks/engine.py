@@ -12,7 +12,7 @@ rate and momentum schedules (T,) that are traced and differentiated:
 
 Inputs are Gaussian noise of MNIST's shape: memory and time do not depend on pixel values.
 
-    .venv/bin/python benchmarks/engine.py                 # T in 100, 1000, 10000; writes benchmarks/out/engine.json
+    .venv/bin/python benchmarks/engine.py     # T in 100, 1000, 10000; writes benchmarks/out/engine.json
     .venv/bin/python benchmarks/engine.py --steps 100 1000 --repeats 5
 """
 

@@ -35,7 +35,8 @@ def check(schedule: PyTree, w0: PyTree, name: str) -> int:
     s_def = jax.tree.structure(schedule)
     if w_def != s_def:
         raise ValueError(
-            f"{name}: a per-array or per-weight schedule must have the weights' structure {w_def}, got {s_def}"
+            f"{name}: a per-array or per-weight schedule must have the weights' structure {w_def}, "
+            f"got {s_def}"
         )
     T = num_steps(schedule)
     for path_leaf, s_leaf in zip(jax.tree.leaves_with_path(w0), jax.tree.leaves(schedule), strict=True):
