@@ -128,12 +128,29 @@ def _slot_position(k: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
 
 
-def _spill_one(head, stack, do, word, shift):
+def _spill_one(head, stack, word, shift):
     row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
-    low = head & jnp.asarray(0xFFFFFFFF, _U64)
-    row = jnp.where(do, row | (low << shift), row)
-    stack = jax.lax.dynamic_update_index_in_dim(stack, row, word, 0)
-    return jnp.where(do, head >> jnp.asarray(SLOT_BITS, _U64), head), stack
+    row = row | ((head & jnp.asarray(0xFFFFFFFF, _U64)) << shift)
+    return head >> jnp.asarray(SLOT_BITS, _U64), jax.lax.dynamic_update_index_in_dim(stack, row, word, 0)
+
+
+def _unspill_one(head, stack, word, shift):
+    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+    mask = jnp.asarray(0xFFFFFFFF, _U64) << shift
+    stack = jax.lax.dynamic_update_index_in_dim(stack, row & ~mask, word, 0)
+    return (head << jnp.asarray(SLOT_BITS, _U64)) | ((row & mask) >> shift), stack
+
+
+def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, list]:
+    """Apply ``one`` (spill or unspill) to every leaf at slot ``k`` if ``do``. Spills are rare, so a
+    ``cond`` keeps the common step from touching the stack at all."""
+    word, shift = _slot_position(k)
+
+    def move(heads, stacks):
+        pairs = [one(h, s, word, shift) for h, s in zip(heads, stacks, strict=True)]
+        return [h for h, _ in pairs], [s for _, s in pairs]
+
+    return jax.lax.cond(do, move, lambda heads, stacks: (heads, stacks), buf.heads, buf.stacks)
 
 
 def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
@@ -142,32 +159,16 @@ def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
     spill = jnp.any(jnp.stack([jnp.any(h >= limit) for h in buf.heads]))
     full = buf.used >= buf.capacity
     do = spill & ~full
-    word, shift = _slot_position(jnp.minimum(buf.used, buf.capacity - 1))
-    heads, stacks = zip(
-        *[_spill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)], strict=True
-    )
-    return Buffer(
-        list(heads), list(stacks), buf.used + do.astype(jnp.int32), buf.overflow | (spill & full)
-    ), spill
-
-
-def _unspill_one(head, stack, do, word, shift):
-    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
-    mask = jnp.asarray(0xFFFFFFFF, _U64) << shift
-    low = (row & mask) >> shift
-    stack = jax.lax.dynamic_update_index_in_dim(stack, jnp.where(do, row & ~mask, row), word, 0)
-    return jnp.where(do, (head << jnp.asarray(SLOT_BITS, _U64)) | low, head), stack
+    heads, stacks = _move_slot(buf, do, jnp.minimum(buf.used, buf.capacity - 1), _spill_one)
+    used = buf.used + do.astype(jnp.int32)
+    return Buffer(heads, stacks, used, buf.overflow | (spill & full)), spill
 
 
 def unspill(buf: Buffer, spilled: jax.Array) -> Buffer:
     """Undo `maybe_spill` for a step whose recorded flag is ``spilled``."""
     do = spilled & (buf.used > 0)
-    word, shift = _slot_position(jnp.maximum(buf.used - 1, 0))
-    heads, stacks = zip(
-        *[_unspill_one(h, s, do, word, shift) for h, s in zip(buf.heads, buf.stacks, strict=True)],
-        strict=True,
-    )
-    return Buffer(list(heads), list(stacks), buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
+    heads, stacks = _move_slot(buf, do, jnp.maximum(buf.used - 1, 0), _unspill_one)
+    return Buffer(heads, stacks, buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
 
 
 def divmod_unsigned(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,104 @@
+"""``/v1/jobs``: submit, list, get, cancel, delete."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import RateLimited, SessionDep, SettingsDep, TenantDep
+from api.schemas import JobOut, JobPageOut
+from jobs import repository, templates
+from jobs.spec import validate_spec
+
+log = logging.getLogger("revtune.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# The body's schema is `JobSpec`, put in place by `api.app._openapi`.
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "example": templates.get("lr-schedule-digits"),
+            }
+        },
+    }
+}
+
+
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
+def create_job(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: RateLimited,
+    spec: Annotated[dict[str, Any], Body(include_in_schema=False)],
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    """Submit a job spec (201). With ``Idempotency-Key``, a repeat returns the first job (200).
+
+    The job is committed ``queued`` before it is sent to the workers, and only its id is sent. If
+    the broker is down the job stays queued (nothing is lost) and is enqueued later by the reaper.
+    """
+    valid = validate_spec(
+        spec, settings.limits, resolve_dataset=lambda ds: repository.dataset_shape(session, tenant, ds)
+    )
+    try:
+        job, created = repository.create_job(session, tenant, valid, idempotency_key=idempotency_key)
+        session.commit()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race: answer with its job.
+        session.rollback()
+        job, created = repository.create_job(session, tenant, valid, idempotency_key=idempotency_key)
+    if created:
+        try:
+            request.app.state.enqueue(job.id)
+        except Exception:
+            log.warning(
+                "job %s is queued but could not be sent to the broker; the reaper will", job.id, exc_info=True
+            )
+    else:
+        response.status_code = 200
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobPageOut)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    status: Annotated[
+        str | None, Query(description="queued, running, succeeded, failed or cancelled")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> JobPageOut:
+    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    page = repository.list_jobs(session, tenant, status=status, limit=limit, cursor=cursor)
+    return JobPageOut(items=[JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    return JobOut.of(repository.get_job(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, tenant: RateLimited) -> JobOut:
+    """Cancel: a queued job at once; a running one stops after its current meta-iteration."""
+    job = repository.request_cancel(session, tenant, job_id)
+    session.commit()
+    return JobOut.of(job)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """Delete a finished job and everything recorded for it; 409 while it is queued or running."""
+    repository.delete_job(session, tenant, job_id)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,134 @@
+"""Response bodies: the REST contract's field names (DESIGN.md), built from rows, never rows themselves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobs.models import Dataset, HyperSnapshot, Job, Step
+
+
+class Best(BaseModel):
+    objective: float
+    meta_iter: int
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    spec: dict[str, Any]
+    meta_iter: int
+    meta_iterations: int
+    best: Best | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        best = None
+        if job.best_objective is not None and job.best_meta_iter is not None:
+            best = Best(objective=job.best_objective, meta_iter=job.best_meta_iter)
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            spec=job.spec,
+            meta_iter=job.meta_iter,
+            meta_iterations=job.meta_iterations,
+            best=best,
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobPageOut(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class StepOut(BaseModel):
+    meta_iter: int
+    objective: float | None
+    train_loss: float | None
+    valid_loss: float | None
+    valid_error: float | None
+    test_loss: float | None
+    test_error: float | None
+    hypergrad_norm: float | None
+    elapsed_s: float | None
+    reversal_exact: bool | None
+
+    @classmethod
+    def of(cls, step: Step) -> StepOut:
+        return cls.model_validate(step, from_attributes=True)
+
+
+class StepPageOut(BaseModel):
+    items: list[StepOut]
+    next_after: int | None
+
+
+class HyperparameterInfo(BaseModel):
+    name: str
+    shape: list[int]
+    axes: list[str]
+    labels: dict[str, Any]
+    learned: bool
+
+    @classmethod
+    def of(cls, row: HyperSnapshot) -> HyperparameterInfo:
+        return cls(name=row.name, shape=row.shape, axes=row.axes, labels=row.labels, learned=row.learned)
+
+
+class HyperparameterListOut(BaseModel):
+    meta_iter: int
+    items: list[HyperparameterInfo]
+
+
+class HyperparameterOut(BaseModel):
+    name: str
+    meta_iter: int
+    shape: list[int]
+    axes: list[str]
+    labels: dict[str, Any]
+    learned: bool
+    values: Any
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    n_train: int
+    n_valid: int
+    n_test: int
+    n_features: int
+    n_classes: int
+    sha256: str
+    created_at: datetime
+    layout: str
+    n_rows: int
+    size_bytes: int
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetOut:
+        return cls.model_validate(dataset, from_attributes=True)
+
+
+class DatasetListOut(BaseModel):
+    items: list[DatasetOut]
+
+
+class TemplateInfo(BaseModel):
+    name: str
+    description: str
+
+
+class TemplateListOut(BaseModel):
+    items: list[TemplateInfo]

@@ -1,0 +1,622 @@
+// revtune dashboard: a dependency-free single-page app over the /v1 REST API.
+// Views: "#/" (jobs table + submit form) and "#/jobs/<id>" (one job's curves and learned hyperparameters).
+// Charts are Chart.js instances (vendored); tests read them back with Chart.getChart(canvas).
+'use strict';
+
+(function () {
+  const KEY_STORAGE = 'revtune.apiKey';
+  const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+  const JOB_POLL_MS = 1000;
+  const LIST_POLL_MS = 2000;
+  // Hyperparameters are re-fetched at most this often while a job runs: they can hold thousands of values.
+  const HYPER_REFRESH_MS = 3000;
+  const PALETTE = ['#2f5fd0', '#d0462f', '#1f8a4c', '#b8770b', '#7b3fc4', '#0f8b9a', '#c23b7a', '#5b6b1e',
+    '#8a5a2b', '#4a4a4a', '#3f8fd0', '#d08a2f'];
+  const MAX_IMAGES = 40;
+
+  const view = document.getElementById('view');
+  const notice = document.getElementById('notice');
+  const keyInput = document.getElementById('api-key');
+  // Every poller and chart belongs to one render generation; navigating bumps it so stale loops stop.
+  let generation = 0;
+  const charts = {};
+  window.revtuneDashboard = { charts, state: {} };
+
+  keyInput.value = localStorage.getItem(KEY_STORAGE) || '';
+  keyInput.addEventListener('change', () => {
+    const key = keyInput.value.trim();
+    if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
+    route();
+  });
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(formatDetail(detail) || `HTTP ${status}`);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  function formatDetail(detail) {
+    if (Array.isArray(detail)) {
+      return detail.map((e) => {
+        const loc = (e.loc || []).filter((p, i) => !(i === 0 && ['body', 'query', 'path'].includes(p)));
+        return `${loc.join('.') || '(request)'}: ${e.msg}`;
+      }).join('\n');
+    }
+    return detail == null ? '' : String(detail);
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: 'application/json' };
+    const key = localStorage.getItem(KEY_STORAGE);
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const init = { method, headers };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) {
+      throw new ApiError(0, `cannot reach the server: ${e.message}`);
+    }
+    if (res.status === 204) return null;
+    let payload = null;
+    try { payload = await res.json(); } catch (e) { payload = null; }
+    if (!res.ok) {
+      const err = new ApiError(res.status, payload && payload.detail !== undefined ? payload.detail : res.statusText);
+      if (res.status === 401 || res.status === 403) {
+        showNotice(`${err.message} — enter an API key at the top right.`);
+      }
+      throw err;
+    }
+    return payload;
+  }
+
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = !text;
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') node.className = v;
+      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? '' : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function fmt(x) {
+    if (x === null || x === undefined || Number.isNaN(x)) return '–';
+    if (typeof x !== 'number') return String(x);
+    if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e5)) return x.toExponential(3);
+    return Number(x.toPrecision(4)).toString();
+  }
+
+  function when(stamp) { return stamp ? stamp.slice(0, 19).replace('T', ' ') : '–'; }
+
+  function statusBadge(status) { return el('span', { class: `status ${status}`, 'data-status': status }, status); }
+
+  function progressBar(job) {
+    const total = Math.max(job.meta_iterations || 1, 1);
+    const pct = Math.min(100, (100 * job.meta_iter) / total);
+    return el('span', { class: 'progress-wrap' },
+      el('span', { class: 'progress' }, el('span', { style: `width:${pct.toFixed(1)}%` })),
+      el('span', { class: 'progress-text', 'data-progress': `${job.meta_iter}/${job.meta_iterations}` },
+        `${job.meta_iter}/${job.meta_iterations}`));
+  }
+
+  function destroyCharts() {
+    for (const [name, chart] of Object.entries(charts)) {
+      chart.destroy();
+      delete charts[name];
+    }
+  }
+
+  function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+
+  // ---------------------------------------------------------------- routing
+
+  function route() {
+    generation += 1;
+    destroyCharts();
+    showNotice('');
+    view.replaceChildren();
+    const m = location.hash.match(/^#\/jobs\/([^/?#]+)/);
+    if (m) renderJob(decodeURIComponent(m[1]), generation);
+    else renderHome(generation);
+  }
+
+  window.addEventListener('hashchange', route);
+
+  // ---------------------------------------------------------------- home: jobs table and submit form
+
+  function renderHome(gen) {
+    const statusFilter = el('select', { id: 'status-filter' },
+      ['', 'queued', 'running', 'succeeded', 'failed', 'cancelled'].map((s) => el('option', { value: s }, s || 'all')));
+    const tbody = el('tbody');
+    const table = el('table', { class: 'jobs', id: 'jobs-table' },
+      el('thead', {}, el('tr', {}, ['name', 'status', 'progress', 'best objective', 'created', 'id'].map((h) => el('th', {}, h)))),
+      tbody);
+    const jobsCard = el('section', { class: 'card' },
+      el('div', { class: 'row' }, el('h2', {}, 'Jobs'), el('span', { class: 'muted' }, 'status'), statusFilter),
+      table, el('p', { class: 'muted', id: 'jobs-empty', hidden: true }, 'No jobs yet: submit one below.'));
+    view.append(el('h1', {}, 'Tuning jobs'), jobsCard, submitForm());
+
+    statusFilter.addEventListener('change', () => refresh());
+
+    async function refresh() {
+      if (gen !== generation) return;
+      try {
+        const q = statusFilter.value ? `&status=${encodeURIComponent(statusFilter.value)}` : '';
+        const page = await api('GET', `/v1/jobs?limit=50${q}`);
+        if (gen !== generation) return;
+        tbody.replaceChildren(...page.items.map(jobRow));
+        document.getElementById('jobs-empty').hidden = page.items.length > 0;
+      } catch (e) {
+        if (gen === generation && e.status !== 401 && e.status !== 403) showNotice(`Could not list jobs: ${e.message}`);
+      }
+    }
+
+    (async function poll() {
+      while (gen === generation) {
+        await refresh();
+        await sleep(LIST_POLL_MS);
+      }
+    })();
+  }
+
+  function jobRow(job) {
+    const best = job.best ? fmt(job.best.objective) : '–';
+    return el('tr', { 'data-job-id': job.id },
+      el('td', {}, el('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.name)),
+      el('td', {}, statusBadge(job.status)),
+      el('td', {}, progressBar(job)),
+      el('td', { class: 'num' }, best),
+      el('td', { class: 'num' }, when(job.created_at)),
+      el('td', { class: 'muted' }, job.id));
+  }
+
+  function submitForm() {
+    const templateSelect = el('select', { id: 'template-select' }, el('option', { value: '' }, 'loading templates…'));
+    const formatSelect = el('select', { id: 'spec-format' }, el('option', { value: 'json' }, 'JSON'), el('option', { value: 'yaml' }, 'YAML'));
+    const textarea = el('textarea', { class: 'spec', id: 'spec-text', spellcheck: 'false' });
+    const errors = el('pre', { class: 'errors', id: 'submit-errors' });
+    const submit = el('button', { id: 'submit-job', type: 'submit' }, 'Submit job');
+    let format = 'json';
+
+    function parseSpec() {
+      const text = textarea.value;
+      const spec = format === 'json' ? JSON.parse(text) : jsyaml.load(text);
+      if (!spec || typeof spec !== 'object' || Array.isArray(spec)) throw new Error('the spec must be a mapping of fields');
+      return spec;
+    }
+
+    function showSpec(spec) {
+      textarea.value = format === 'json' ? JSON.stringify(spec, null, 2) : jsyaml.dump(spec, { lineWidth: 100 });
+    }
+
+    formatSelect.addEventListener('change', () => {
+      errors.textContent = '';
+      let spec;
+      try {
+        spec = textarea.value.trim() ? parseSpec() : null;
+      } catch (e) {
+        formatSelect.value = format;
+        errors.textContent = `Fix the ${format.toUpperCase()} before switching: ${e.message}`;
+        return;
+      }
+      format = formatSelect.value;
+      if (spec) showSpec(spec);
+    });
+
+    templateSelect.addEventListener('change', async () => {
+      errors.textContent = '';
+      if (!templateSelect.value) return;
+      try {
+        showSpec(await api('GET', `/v1/templates/${encodeURIComponent(templateSelect.value)}`));
+      } catch (e) {
+        errors.textContent = `Could not load template: ${e.message}`;
+      }
+    });
+
+    const form = el('form', { class: 'card', id: 'submit-form' },
+      el('h2', {}, 'Submit a job'),
+      el('div', { class: 'row' }, el('span', { class: 'muted' }, 'start from template'), templateSelect,
+        el('span', { class: 'muted' }, 'edit as'), formatSelect),
+      el('p', {}, textarea), errors, el('div', { class: 'row' }, submit));
+
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      errors.textContent = '';
+      let spec;
+      try {
+        spec = parseSpec();
+      } catch (e) {
+        errors.textContent = `The spec is not valid ${format.toUpperCase()}: ${e.message}`;
+        return;
+      }
+      submit.disabled = true;
+      try {
+        const job = await api('POST', '/v1/jobs', spec);
+        location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+      } catch (e) {
+        errors.textContent = e.status === 422 ? `The server refused the spec:\n${e.message}` : e.message;
+      } finally {
+        submit.disabled = false;
+      }
+    });
+
+    (async () => {
+      try {
+        const body = await api('GET', '/v1/templates');
+        const items = Array.isArray(body) ? body : body.items;
+        const names = items.map((t) => (typeof t === 'string' ? t : t.name));
+        templateSelect.replaceChildren(el('option', { value: '' }, '(choose)'), ...names.map((n) => el('option', { value: n }, n)));
+        if (names.length) {
+          templateSelect.value = names[0];
+          templateSelect.dispatchEvent(new Event('change'));
+        }
+      } catch (e) {
+        templateSelect.replaceChildren(el('option', { value: '' }, 'no templates'));
+      }
+    })();
+    return form;
+  }
+
+  // ---------------------------------------------------------------- job page
+
+  function renderJob(id, gen) {
+    const state = { job: null, after: null, steps: [], hyperAt: 0, hyperMetaIter: null, polling: true };
+    window.revtuneDashboard.state = state;
+    const title = el('h1', {}, 'job ', id);
+    const summary = el('div', { class: 'summary', id: 'job-summary' });
+    const errorBox = el('pre', { class: 'errors', id: 'job-error' });
+    const cancel = el('button', { class: 'danger', id: 'cancel-job', disabled: true }, 'Cancel');
+    const live = el('span', { class: 'muted', id: 'poll-state', 'data-polling': 'on' }, 'live');
+    const specView = el('pre', { class: 'spec-view', id: 'spec-view' });
+    const hyperGrid = el('div', { class: 'charts', id: 'hyper-charts' });
+
+    cancel.addEventListener('click', async () => {
+      cancel.disabled = true;
+      try {
+        state.job = await api('POST', `/v1/jobs/${encodeURIComponent(id)}/cancel`);
+        drawSummary();
+      } catch (e) {
+        errorBox.textContent = `Cancel failed: ${e.message}`;
+      }
+    });
+
+    view.append(
+      el('div', { class: 'row' }, el('a', { href: '#/' }, '← all jobs')),
+      title,
+      el('section', { class: 'card' }, summary, errorBox, el('div', { class: 'row' }, cancel, live)),
+      el('div', { class: 'charts', id: 'curve-charts' },
+        chartCard('curve', 'Meta-learning curve', 'objective and losses after each meta-iteration'),
+        chartCard('hypergrad', 'Hypergradient norm', '‖∂objective/∂hyperparameters‖ per meta-iteration (log scale)')),
+      el('h2', { style: 'margin-top:1rem' }, 'Learned hyperparameters'),
+      el('p', { class: 'muted', id: 'hyper-meta-iter' }, 'waiting for the first meta-iteration…'),
+      hyperGrid,
+      el('details', { class: 'card' }, el('summary', {}, 'spec'), specView));
+
+    charts.curve = new Chart(document.querySelector('#chart-curve canvas'), {
+      type: 'line',
+      data: { labels: [], datasets: ['objective', 'train_loss', 'valid_loss', 'test_loss'].map((k, i) => ({
+        label: k, data: [], borderColor: PALETTE[i], backgroundColor: PALETTE[i], borderWidth: k === 'objective' ? 2.5 : 1.5,
+        pointRadius: 0, spanGaps: true })) },
+      options: lineOptions('meta-iteration', null),
+    });
+    charts.hypergrad = new Chart(document.querySelector('#chart-hypergrad canvas'), {
+      type: 'line',
+      data: { labels: [], datasets: [{ label: 'hypergradient norm', data: [], borderColor: PALETTE[4], backgroundColor: PALETTE[4], pointRadius: 0 }] },
+      options: lineOptions('meta-iteration', null, 'logarithmic'),
+    });
+
+    function drawSummary() {
+      const job = state.job;
+      title.replaceChildren(job.name, ' ', statusBadge(job.status));
+      const best = job.best ? `${fmt(job.best.objective)} (meta-iteration ${job.best.meta_iter})` : '–';
+      const cells = [
+        ['status', statusBadge(job.status)], ['progress', progressBar(job)], ['best objective', best],
+        ['objective', job.spec && job.spec.objective], ['created', when(job.created_at)],
+        ['started', when(job.started_at)], ['finished', when(job.finished_at)], ['id', job.id],
+      ];
+      summary.replaceChildren(...cells.map(([k, v]) => el('div', {}, el('span', {}, k), v == null ? '–' : v)));
+      errorBox.textContent = job.error || '';
+      cancel.disabled = TERMINAL.has(job.status);
+      if (!specView.textContent) specView.textContent = JSON.stringify(job.spec, null, 2);
+    }
+
+    async function fetchSteps() {
+      for (;;) {
+        const q = state.after === null ? '' : `?after=${state.after}`;
+        const page = await api('GET', `/v1/jobs/${encodeURIComponent(id)}/steps${q}`);
+        if (gen !== generation) return;
+        if (page.items.length) {
+          state.steps.push(...page.items);
+          state.after = page.items[page.items.length - 1].meta_iter;
+          appendSteps(page.items);
+        }
+        if (page.next_after === null || page.next_after === undefined || !page.items.length) return;
+      }
+    }
+
+    function appendSteps(items) {
+      const curve = charts.curve;
+      const hg = charts.hypergrad;
+      for (const s of items) {
+        curve.data.labels.push(s.meta_iter);
+        curve.data.datasets.forEach((d) => d.data.push(s[d.label]));
+        hg.data.labels.push(s.meta_iter);
+        hg.data.datasets[0].data.push(s.hypergrad_norm);
+      }
+      curve.update('none');
+      hg.update('none');
+    }
+
+    async function fetchHyper() {
+      state.hyperAt = Date.now();
+      const index = await api('GET', `/v1/jobs/${encodeURIComponent(id)}/hyperparameters`);
+      if (gen !== generation) return;
+      const values = await Promise.all(index.items.map((h) =>
+        api('GET', `/v1/jobs/${encodeURIComponent(id)}/hyperparameters/${encodeURIComponent(h.name)}?format=json&meta_iter=${index.meta_iter}`)
+          .then((v) => Object.assign(v, { learned: h.learned }))));
+      if (gen !== generation) return;
+      state.hyperMetaIter = index.meta_iter;
+      document.getElementById('hyper-meta-iter').textContent =
+        `after meta-iteration ${index.meta_iter}${state.job && !TERMINAL.has(state.job.status) ? ' (updating)' : ''}`;
+      for (const hp of values) drawHyper(hyperGrid, hp);
+    }
+
+    (async function poll() {
+      while (gen === generation) {
+        try {
+          state.job = await api('GET', `/v1/jobs/${encodeURIComponent(id)}`);
+          if (gen !== generation) return;
+          drawSummary();
+          await fetchSteps();
+          const done = TERMINAL.has(state.job.status);
+          const stale = state.hyperMetaIter !== state.job.meta_iter && Date.now() - state.hyperAt > HYPER_REFRESH_MS;
+          if (state.job.meta_iter > 0 && (done || stale)) await fetchHyper();
+          if (done) {
+            state.polling = false;
+            live.textContent = `${state.job.status}: polling stopped`;
+            live.dataset.polling = 'stopped';
+            return;
+          }
+        } catch (e) {
+          if (gen !== generation) return;
+          if (e.status === 404) {
+            errorBox.textContent = `No job ${id} (or it belongs to another API key).`;
+            live.dataset.polling = 'stopped';
+            return;
+          }
+          errorBox.textContent = `Polling failed, retrying: ${e.message}`;
+        }
+        await sleep(JOB_POLL_MS);
+      }
+    })();
+  }
+
+  function chartCard(name, title, caption) {
+    return el('div', { class: 'chart-card', id: `chart-${name}` },
+      el('h2', {}, title), el('div', { class: 'chart-box' }, el('canvas')), caption ? el('p', { class: 'caption' }, caption) : null);
+  }
+
+  function lineOptions(xTitle, yTitle, yType) {
+    return {
+      animation: false,
+      maintainAspectRatio: false,
+      interaction: { mode: 'nearest', intersect: false },
+      plugins: { legend: { position: 'bottom', labels: { usePointStyle: true, pointStyle: 'line' } } },
+      scales: {
+        x: { title: { display: true, text: xTitle }, ticks: { maxTicksLimit: 11 } },
+        y: { type: yType || 'linear', title: { display: !!yTitle, text: yTitle || '' } },
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- hyperparameter rendering
+
+  const HYPER_TITLES = {
+    learning_rate: 'Learning-rate schedule',
+    momentum: 'Momentum schedule',
+    init_scale: 'Initial weight scales',
+    l2: 'L2 penalties',
+    training_data: 'Learned training examples',
+  };
+
+  function labelsFor(hp, axis) {
+    const i = hp.axes.indexOf(axis);
+    const n = hp.shape[i];
+    const given = hp.labels && hp.labels[axis];
+    return Array.from({ length: n }, (_, j) => (given && given[j] !== undefined ? String(given[j]) : `${axis} ${j}`));
+  }
+
+  // Side of the square image that an input axis of this size holds (784 -> 28x28 MNIST, 64 -> 8x8 digits),
+  // or 0. Only input axes qualify: a training example's features, or the weights into a unit ("in").
+  function imageSide(n, axis) {
+    if (axis !== 'feature' && axis !== 'in') return 0;
+    const s = Math.round(Math.sqrt(n));
+    return s >= 8 && s * s === n ? s : 0;
+  }
+
+  function flatten(values) { return Array.isArray(values) ? values.flat(Infinity) : [values]; }
+
+  function drawHyper(grid, hp) {
+    const name = hp.name;
+    const cardId = `hyper-${name.replace(/[^A-Za-z0-9_-]/g, '-')}`;
+    let card = document.getElementById(cardId);
+    // Per-weight kinds come as one array per parameter array, named "<kind>.<array>" (e.g. l2.layer0.W).
+    const dot = name.indexOf('.');
+    const kind = dot < 0 ? name : name.slice(0, dot);
+    const base = HYPER_TITLES[kind] || kind;
+    const title = `${dot < 0 ? base : `${base}: ${name.slice(dot + 1)}`}${hp.learned ? '' : ' (fixed)'}`;
+    const axes = hp.axes || [];
+    const stepAxis = axes.indexOf('step');
+    const caption = `shape [${hp.shape.join(', ')}], axes [${axes.join(', ')}]`;
+
+    if (stepAxis >= 0 && axes.length <= 2) {
+      card = ensureChartCard(grid, card, cardId, title, caption);
+      drawSchedule(cardId, hp, stepAxis);
+    } else if (axes.length === 1 && !imageSide(hp.shape[0], axes[0])) {
+      card = ensureChartCard(grid, card, cardId, title, caption);
+      drawBars(cardId, hp);
+    } else if (axes.length === 0) {
+      card = replaceCard(grid, card, cardId, title, caption, el('div', { class: 'scalar' }, fmt(Number(hp.values))));
+    } else {
+      card = replaceCard(grid, card, cardId, title, caption, drawImagesOrSummary(hp));
+    }
+    card.dataset.metaIter = hp.meta_iter;
+  }
+
+  function ensureChartCard(grid, card, cardId, title, caption) {
+    if (card && card.querySelector('canvas.chart')) {
+      card.querySelector('.caption').textContent = caption;
+      return card;
+    }
+    const fresh = el('div', { class: 'chart-card', id: cardId },
+      el('h2', {}, title), el('div', { class: 'chart-box' }, el('canvas', { class: 'chart' })), el('p', { class: 'caption' }, caption));
+    if (card) card.replaceWith(fresh); else grid.append(fresh);
+    return fresh;
+  }
+
+  function replaceCard(grid, card, cardId, title, caption, body) {
+    if (charts[cardId]) { charts[cardId].destroy(); delete charts[cardId]; }
+    const fresh = el('div', { class: 'chart-card', id: cardId }, el('h2', {}, title), body, el('p', { class: 'caption' }, caption));
+    if (card) card.replaceWith(fresh); else grid.append(fresh);
+    return fresh;
+  }
+
+  function upsertChart(cardId, config) {
+    const existing = charts[cardId];
+    if (existing && existing.config.type === config.type) {
+      existing.data.labels = config.data.labels;
+      existing.data.datasets = config.data.datasets;
+      existing.update('none');
+      return existing;
+    }
+    if (existing) existing.destroy();
+    charts[cardId] = new Chart(document.querySelector(`#${cardId} canvas`), config);
+    return charts[cardId];
+  }
+
+  // One line per layer over steps, like Figure 2 of the paper (biases dashed).
+  function drawSchedule(cardId, hp, stepAxis) {
+    const steps = hp.shape[stepAxis];
+    const xs = Array.from({ length: steps }, (_, t) => t);
+    let series;
+    if (hp.axes.length === 1) {
+      series = [{ label: hp.name, data: hp.values }];
+    } else {
+      const other = hp.axes[1 - stepAxis];
+      const names = labelsFor(hp, other);
+      series = names.map((label, j) => ({
+        label,
+        data: xs.map((t) => (stepAxis === 0 ? hp.values[t][j] : hp.values[j][t])),
+      }));
+    }
+    const datasets = series.map((s, j) => ({
+      label: s.label, data: s.data, borderColor: PALETTE[j % PALETTE.length], backgroundColor: PALETTE[j % PALETTE.length],
+      borderWidth: 1.5, pointRadius: 0, borderDash: /(^|[._])(b|bias)$/i.test(s.label) ? [5, 3] : [],
+    }));
+    upsertChart(cardId, { type: 'line', data: { labels: xs, datasets }, options: lineOptions('step', hp.name) });
+  }
+
+  function drawBars(cardId, hp) {
+    const axis = hp.axes[0];
+    const names = labelsFor(hp, axis);
+    const colors = names.map((_, j) => PALETTE[j % PALETTE.length]);
+    const options = lineOptions(axis, hp.name);
+    options.plugins.legend.display = false;
+    upsertChart(cardId, {
+      type: 'bar',
+      data: { labels: names, datasets: [{ label: hp.name, data: hp.values, backgroundColor: colors }] },
+      options,
+    });
+  }
+
+  function range(flat) {
+    let lo = Infinity; let hi = -Infinity; let sum = 0;
+    for (const x of flat) { lo = Math.min(lo, x); hi = Math.max(hi, x); sum += x; }
+    return { lo, hi, mean: sum / flat.length };
+  }
+
+  // A weight matrix that is not an image (e.g. penalties on hidden-to-output weights): one heatmap,
+  // rows along the first axis; anything else is summarised in numbers.
+  function heatmapOrSummary(hp, flat) {
+    const { lo, hi, mean } = range(flat);
+    const stats = `${flat.length} values: min ${fmt(lo)}, mean ${fmt(mean)}, max ${fmt(hi)}`;
+    if (hp.shape.length !== 2) return el('p', { class: 'muted' }, stats);
+    const [rows, cols] = hp.shape;
+    const zoom = Math.max(1, Math.min(12, Math.floor(360 / Math.max(rows, cols))));
+    const canvas = el('canvas', { width: cols, height: rows, class: 'heatmap',
+      style: `width:${cols * zoom}px;height:${rows * zoom}px;image-rendering:pixelated` });
+    const ctx = canvas.getContext('2d');
+    const img = ctx.createImageData(cols, rows);
+    const span = hi - lo || 1;
+    flat.forEach((x, p) => {
+      const g = Math.round((255 * (x - lo)) / span);
+      img.data.set([g, g, g, 255], 4 * p);
+    });
+    ctx.putImageData(img, 0, 0);
+    return el('div', {}, canvas,
+      el('p', { class: 'muted' }, `${hp.axes[0]} down, ${hp.axes[1]} across; black ${fmt(lo)} to white ${fmt(hi)}. ${stats}`));
+  }
+
+  // Weight-shaped values: if one axis is a square image (784 -> 28x28, 64 -> 8x8), draw one picture per
+  // index of the other axes (a training example, or the penalties on the weights into one unit).
+  function drawImagesOrSummary(hp) {
+    const flat = flatten(hp.values).map(Number);
+    const shape = hp.shape;
+    let imgAxis = -1;
+    for (let i = shape.length - 1; i >= 0; i -= 1) if (imageSide(shape[i], hp.axes[i])) { imgAxis = i; break; }
+    if (imgAxis < 0) return heatmapOrSummary(hp, flat);
+    const side = imageSide(shape[imgAxis], hp.axes[imgAxis]);
+    const strides = shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
+    const pixels = shape[imgAxis];
+    const count = flat.length / pixels;
+    const otherAxes = shape.map((_, i) => i).filter((i) => i !== imgAxis);
+    const otherName = otherAxes.length === 1 ? hp.axes[otherAxes[0]] : null;
+    const names = otherName ? labelsFor(hp, otherName) : null;
+    const { lo, hi } = range(flat);
+    // Penalties spread over orders of magnitude: shade positive values that do by their logarithm.
+    const logShade = lo > 0 && hi / lo > 100;
+    const shade = logShade ? Math.log10 : (x) => x;
+    const span = shade(hi) - shade(lo) || 1;
+    const zoom = Math.max(2, Math.round(84 / side));
+    const box = el('div', { class: 'images', 'data-image-side': side, 'data-image-count': Math.min(count, MAX_IMAGES) });
+    for (let k = 0; k < Math.min(count, MAX_IMAGES); k += 1) {
+      // Index k enumerates the non-image axes in row-major order; decode it into a base offset.
+      let rem = k; let base = 0;
+      for (let a = otherAxes.length - 1; a >= 0; a -= 1) {
+        const ax = otherAxes[a];
+        base += (rem % shape[ax]) * strides[ax];
+        rem = Math.floor(rem / shape[ax]);
+      }
+      const canvas = el('canvas', { width: side, height: side, style: `width:${side * zoom}px;height:${side * zoom}px` });
+      const ctx = canvas.getContext('2d');
+      const img = ctx.createImageData(side, side);
+      for (let p = 0; p < pixels; p += 1) {
+        const g = Math.round((255 * (shade(flat[base + p * strides[imgAxis]]) - shade(lo))) / span);
+        img.data.set([g, g, g, 255], 4 * p);
+      }
+      ctx.putImageData(img, 0, 0);
+      box.append(el('figure', {}, canvas, names ? names[k] : null));
+    }
+    const more = count > MAX_IMAGES ? ` (first ${MAX_IMAGES} of ${count})` : '';
+    const scale = `black ${fmt(lo)} to white ${fmt(hi)}${logShade ? ' (log scale)' : ''}`;
+    return el('div', {}, box, el('p', { class: 'muted' }, `${side}×${side} pictures, ${scale}${more}`));
+  }
+
+  route();
+})();

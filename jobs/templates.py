@@ -1,0 +1,138 @@
+"""The paper's experiments as ready job specs (Maclaurin, Duvenaud & Adams, ICML 2015).
+
+Each template is a plain spec dict (``GET /v1/templates/{name}``) that validates as a `JobSpec`
+under the default limits. The paper used 10,000-example slices of MNIST; the largest built-in here
+is ``mnist5k`` (5,000 images), so the slices are smaller and the numbers will not match the paper's
+to the digit: the shapes of the results (the learned schedules, the per-weight penalties, the
+learned images) are what these reproduce.
+
+=========================  =====================================================================
+template                   paper experiment
+=========================  =====================================================================
+``lr-schedule-digits``     DESIGN.md's example: learning-rate and momentum schedules per layer
+                           and step on scikit-learn's digits (small: minutes on a CPU)
+``lr-schedule-mnist``      section 3.1 / figure 2: 784-50-50-50-10 tanh net, 100 steps of batch
+                           200, learning rate and momentum per layer and step plus the initial
+                           scale per layer: 800 + 800 + 8 = 1,608 hyperparameters; Adam with
+                           step 0.04 for 50 meta-iterations on the final *training* loss
+``l2-per-weight-logreg``   figure 6: one L2 penalty per weight of a logistic regression
+                           (7,850 hyperparameters), 50 steps of batch 20 (one epoch), learning
+                           rate 1, momentum 0.9, initial scale e^-4
+``training-data-logreg``   figure 7: ten training images (7,840 pixels) learned from N(0, 0.01^2)
+                           starts, with a learned global L2; logistic regression, 20 full-batch
+                           steps, learning rate 1, momentum 0.9
+``chaos-sweep``            figure 5: one global learning rate of a 784-200-50-10 net near the
+                           chaotic regime (alpha = e^1.5); submit copies with ``learning_rate.init``
+                           swept over e^0.5 .. e^2.5 and compare the final losses and hypergradients
+=========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+_LR_SCHEDULE_DIGITS: dict[str, Any] = {
+    "name": "lr-schedule-digits",
+    "dataset": {"name": "digits", "train": 1000, "valid": 400, "test": 397, "batch_size": 100},
+    "model": {"kind": "mlp", "hidden": [50, 50], "activation": "tanh"},
+    "training": {"steps": 100},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.5, "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": 0.1, "granularity": "layer", "learn": True},
+        "l2": {"init": 0.0, "granularity": "layer", "learn": False},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+_LR_SCHEDULE_MNIST: dict[str, Any] = {
+    "name": "lr-schedule-mnist",
+    "dataset": {"name": "mnist5k", "train": 3000, "valid": 1000, "test": 1000, "batch_size": 200},
+    "model": {"kind": "mlp", "hidden": [50, 50, 50], "activation": "tanh"},
+    "training": {"steps": 100},
+    "hyperparameters": {
+        # The paper's starting point: log alpha = -1, gamma = 0.5, log scale = -3, no L2.
+        "learning_rate": {"init": math.exp(-1), "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.5, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": math.exp(-3), "granularity": "layer", "learn": True},
+        "l2": {"init": 0.0, "granularity": "global", "learn": False},
+    },
+    "objective": "train_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+_L2_PER_WEIGHT: dict[str, Any] = {
+    "name": "l2-per-weight-logreg",
+    "dataset": {"name": "mnist5k", "train": 1000, "valid": 1000, "test": 1000, "batch_size": 20},
+    "model": {"kind": "logreg"},
+    "training": {"steps": 50},
+    "hyperparameters": {
+        "learning_rate": {"init": 1.0, "granularity": "global", "learn": False},
+        "momentum": {"init": 0.9, "granularity": "global", "learn": False},
+        "init_scale": {"init": math.exp(-4), "granularity": "global", "learn": False},
+        "l2": {"init": 0.027, "granularity": "weight", "learn": True},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+_TRAINING_DATA: dict[str, Any] = {
+    "name": "training-data-logreg",
+    "dataset": {"name": "mnist5k", "train": 10, "valid": 1000, "test": 1000, "batch_size": 10},
+    "model": {"kind": "logreg"},
+    "training": {"steps": 20},
+    "hyperparameters": {
+        "learning_rate": {"init": 1.0, "granularity": "global", "learn": False},
+        "momentum": {"init": 0.9, "granularity": "global", "learn": False},
+        "init_scale": {"init": math.exp(-4), "granularity": "global", "learn": False},
+        "l2": {"init": 0.001, "granularity": "global", "learn": True},
+        "training_data": {"init": 0.01, "granularity": "weight", "learn": True},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 40, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+_CHAOS_SWEEP: dict[str, Any] = {
+    "name": "chaos-sweep",
+    "dataset": {"name": "mnist5k", "train": 1000, "valid": 500, "batch_size": 250},
+    "model": {"kind": "mlp", "hidden": [200, 50], "activation": "tanh"},
+    "training": {"steps": 50},
+    "hyperparameters": {
+        "learning_rate": {"init": math.exp(1.5), "granularity": "global", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "global", "learn": False},
+        "init_scale": {"init": math.exp(-2), "granularity": "global", "learn": False},
+    },
+    "objective": "train_loss",
+    "meta": {"iterations": 20, "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0},
+    "seed": 0,
+}
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    t["name"]: t
+    for t in (_LR_SCHEDULE_DIGITS, _LR_SCHEDULE_MNIST, _L2_PER_WEIGHT, _TRAINING_DATA, _CHAOS_SWEEP)
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "lr-schedule-digits": "learning-rate and momentum schedules per layer and step on digits (small, fast)",
+    "lr-schedule-mnist": "the paper's schedule experiment: 784-50-50-50-10, 100 steps, 1,608 hyperparameters",
+    "l2-per-weight-logreg": "one L2 penalty per weight of a logistic regression on MNIST (7,850)",
+    "training-data-logreg": "ten synthetic training images learned for a logistic regression",
+    "chaos-sweep": "a global learning rate near the chaotic regime; sweep learning_rate.init",
+}
+
+
+def names() -> list[str]:
+    return list(TEMPLATES)
+
+
+def get(name: str) -> dict[str, Any] | None:
+    """A fresh copy of the template's spec (safe to edit), or None if there is no such template."""
+    template = TEMPLATES.get(name)
+    return None if template is None else copy.deepcopy(template)

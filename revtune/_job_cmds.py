@@ -1,0 +1,469 @@
+"""The job commands of the ``revtune`` CLI: talk to a server through `revtune.Client`.
+
+``submit``, ``jobs``, ``show``, ``steps``, ``hyper``, ``cancel``, ``delete``, ``templates``,
+``datasets`` and ``upload`` reach the server at ``--url`` (default ``$REVTUNE_URL``, else
+http://127.0.0.1:8000) with ``--api-key`` (default ``$REVTUNE_API_KEY``). Read commands print a table
+for people and, with ``--json``, the REST answer for scripts. ``run FILE`` needs no server: it runs a
+spec in this process with the engine and writes its metrics and hyperparameters to a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from revtune.cli import CommandError
+from revtune.client import Client, Hyperparameter, ProgressBar, RevtuneError, load_spec
+
+_DEFAULT_URL = "http://127.0.0.1:8000"
+_STEP_COLUMNS = (
+    "meta_iter",
+    "objective",
+    "train_loss",
+    "valid_loss",
+    "valid_error",
+    "test_loss",
+    "test_error",
+    "hypergrad_norm",
+    "elapsed_s",
+    "reversal_exact",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", default=None, help=f"server URL (default $REVTUNE_URL or {_DEFAULT_URL})")
+    conn.add_argument("--api-key", default=None, help="API key (default $REVTUNE_API_KEY)")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print the REST answer as JSON, for scripts")
+
+    def add(name: str, run: Callable[[argparse.Namespace], int], help: str, parents=(conn, out)):
+        p = subparsers.add_parser(name, help=help, description=help, parents=list(parents))
+        p.set_defaults(run=_guarded(run))
+        return p
+
+    p = add("submit", _submit, "submit a job from a spec file (JSON/YAML) or a template")
+    p.add_argument("file", nargs="?", help="job spec, .json or .yaml")
+    p.add_argument("--template", metavar="NAME", help="submit this template's spec instead of a file")
+    p.add_argument(
+        "--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the same job"
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
+
+    p = add("jobs", _jobs, "list jobs, newest first")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+
+    p = add("show", _show, "show one job")
+    p.add_argument("id")
+
+    p = add("steps", _steps, "a job's metrics per meta-iteration")
+    p.add_argument("id")
+    p.add_argument("--after", type=int, default=None, help="only meta-iterations after this one")
+
+    p = add("hyper", _hyper, "a job's learned hyperparameters: list, table, or download")
+    p.add_argument("id")
+    p.add_argument("name", nargs="?", help="hyperparameter name; omitted: list them")
+    p.add_argument("--meta-iter", type=int, default=None, help="after this meta-iteration (default latest)")
+    p.add_argument("--format", choices=["json", "csv", "npy"], help="raw download in this format")
+    p.add_argument("--out", metavar="PATH", help="write the download here instead of stdout")
+
+    p = add("cancel", _cancel, "cancel a queued or running job")
+    p.add_argument("id")
+
+    p = add("delete", _delete, "delete a finished job and its records", parents=(conn,))
+    p.add_argument("id")
+
+    p = add("templates", _templates, "list the ready-made specs, or print one (as YAML) to start from")
+    p.add_argument("name", nargs="?")
+
+    add("datasets", _datasets, "list uploaded datasets")
+
+    p = add("upload", _upload, "upload a dataset (.npz with X, y or X_train, y_train, X_valid, y_valid)")
+    p.add_argument("file")
+    p.add_argument("--name", help="dataset name (default: the file's stem)")
+
+    p = add(
+        "run", _run, "run a spec locally, without a server, and write its results to a folder", parents=()
+    )
+    p.add_argument("file", help="job spec, .json or .yaml")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<spec name>)")
+    p.add_argument(
+        "--dataset", metavar="NPZ", help="the .npz to use for a spec's uploaded `dataset: {id: ...}`"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except RevtuneError as e:
+            raise CommandError(str(e)) from e
+        except (FileNotFoundError, ValueError) as e:
+            raise CommandError(str(e)) from e
+
+    return guarded
+
+
+def _client(args: argparse.Namespace) -> Client:
+    url = args.url or os.environ.get("REVTUNE_URL") or _DEFAULT_URL
+    return Client(url, api_key=args.api_key)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _when(stamp: str | None) -> str | None:
+    return stamp[:19].replace("T", " ") if stamp else None
+
+
+def _job_row(job: dict[str, Any]) -> list[Any]:
+    best = job.get("best") or {}
+    return [
+        job["id"],
+        job["name"],
+        job["status"],
+        f"{job['meta_iter']}/{job['meta_iterations']}",
+        best.get("objective"),
+        _when(job.get("created_at")),
+    ]
+
+
+_JOB_HEADERS = ("ID", "NAME", "STATUS", "PROGRESS", "BEST", "CREATED")
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    best = job.get("best")
+    fields = [
+        ("id", job["id"]),
+        ("name", job["name"]),
+        ("status", job["status"]),
+        ("progress", f"{job['meta_iter']}/{job['meta_iterations']} meta-iterations"),
+        ("best", f"{best['objective']:.6g} at meta-iteration {best['meta_iter']}" if best else None),
+        ("objective", job.get("spec", {}).get("objective")),
+        ("created", _when(job.get("created_at"))),
+        ("started", _when(job.get("started_at"))),
+        ("finished", _when(job.get("finished_at"))),
+        ("error", job.get("error")),
+    ]
+    print("\n".join(f"{k:<10} {_fmt(v)}" for k, v in fields if v is not None))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.template is None):
+        raise CommandError("submit needs a spec FILE or --template NAME (not both)")
+    with _client(args) as client:
+        spec = load_spec(args.file) if args.file else None
+        job = client.submit(spec, template=args.template, idempotency_key=args.idempotency_key)
+        if args.wait:
+            job = client.wait(job, progress=True)
+        if args.json:
+            _print_json(job)
+        else:
+            _show_job(job)
+    return 1 if args.wait and job["status"] != "succeeded" else 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = []
+        for job in client.iter_jobs(
+            status=args.status, page_size=min(args.limit, 50) if args.limit else None
+        ):
+            jobs.append(job)
+            if args.limit and len(jobs) >= args.limit:
+                break
+    if args.json:
+        _print_json(jobs)
+    elif jobs:
+        print(_table(_JOB_HEADERS, [_job_row(j) for j in jobs]))
+    else:
+        print("no jobs" + (f" with status {args.status}" if args.status else ""))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get(args.id)
+    if args.json:
+        _print_json(job)
+    else:
+        _show_job(job)
+    return 0
+
+
+def _steps(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        steps = client.steps(args.id, after=args.after)
+    if args.json:
+        _print_json(steps)
+    elif steps:
+        print(_table(_STEP_COLUMNS, [[s.get(c) for c in _STEP_COLUMNS] for s in steps]))
+    else:
+        print("no meta-iterations recorded yet")
+    return 0
+
+
+def _hyper(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.name is None:
+            items = client.hyperparameter_list(args.id)
+            if args.json:
+                _print_json(items)
+            else:
+                rows = [
+                    [h["name"], "x".join(map(str, h["shape"])) or "scalar", ",".join(h["axes"]), h["learned"]]
+                    for h in items
+                ]
+                print(_table(("NAME", "SHAPE", "AXES", "LEARNED"), rows))
+            return 0
+        if args.format or args.out:
+            fmt = args.format or Path(args.out).suffix.lstrip(".")
+            if fmt not in ("json", "csv", "npy"):
+                raise CommandError(f"--format is needed: cannot tell json, csv or npy from {args.out!r}")
+            data = client.download_hyperparameter(args.id, args.name, format=fmt, meta_iter=args.meta_iter)
+            if args.out:
+                Path(args.out).write_bytes(data)
+                print(f"wrote {args.out} ({len(data)} bytes)", file=sys.stderr)
+            elif fmt == "npy" and sys.stdout.isatty():
+                raise CommandError("refusing to write binary .npy to a terminal: add --out PATH")
+            else:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            return 0
+        hp = client.hyperparameters(args.id, args.name, meta_iter=args.meta_iter)
+    if args.json:
+        _print_json(hp.to_json())
+    else:
+        print(_hyper_text(hp))
+    return 0
+
+
+def _hyper_text(hp: Hyperparameter) -> str:
+    """A readable view: the header, then a step-by-column table for 1-D/2-D values, else statistics."""
+    v = hp.values
+    head = f"{hp.name} after meta-iteration {hp.meta_iter}: shape {list(v.shape)} axes {list(hp.axes)}"
+    if v.ndim == 0:
+        return f"{head}\n{v.item():.6g}"
+    if v.ndim <= 2 and v.shape[0] <= 1000 and (v.ndim == 1 or v.shape[1] <= 16):
+        first = hp.axes[0]
+        rows_lbl = hp.labels.get(first) or [str(i) for i in range(v.shape[0])]
+        if v.ndim == 1:
+            return f"{head}\n" + _table(
+                (first, hp.name), [[r, float(x)] for r, x in zip(rows_lbl, v, strict=True)]
+            )
+        cols = hp.labels.get(hp.axes[1]) or [str(j) for j in range(v.shape[1])]
+        rows = [[r, *map(float, row)] for r, row in zip(rows_lbl, v, strict=True)]
+        return f"{head}\n" + _table((first, *cols), rows)
+    return (
+        f"{head}\nmin {v.min():.6g}  mean {v.mean():.6g}  max {v.max():.6g}"
+        "  (too large for a table: use --format csv|npy)"
+    )
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.id)
+    if args.json:
+        _print_json(job)
+    else:
+        _show_job(job)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete(args.id)
+    print(f"deleted {args.id}")
+    return 0
+
+
+def _templates(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.name:
+            spec = client.template(args.name)
+            if args.json:
+                _print_json(spec)
+            else:
+                sys.stdout.write(yaml.safe_dump(spec, sort_keys=False))
+            return 0
+        names = client.templates()
+    if args.json:
+        _print_json(names)
+    else:
+        print("\n".join(names))
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        items = client.datasets()
+    if args.json:
+        _print_json(items)
+    elif items:
+        cols = ("id", "name", "n_train", "n_valid", "n_test", "n_features", "n_classes", "created_at")
+        print(_table([c.upper() for c in cols], [[d.get(c) for c in cols] for d in items]))
+    else:
+        print("no datasets")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        ds = client.upload_dataset(args.file, name=args.name)
+    if args.json:
+        _print_json(ds)
+    else:
+        print(f"uploaded {ds['name']} as {ds['id']}: use dataset: {{id: {ds['id']}}} in a spec")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Validate the spec, tune in this process, and write the results as they come.
+
+    ``OUT/steps.jsonl`` gains a line per meta-iteration (so a crash keeps what was done),
+    ``OUT/steps.csv`` and ``OUT/hyperparameters/<name>.npy`` + ``.json`` (axes, labels, values in
+    natural units) are written at the end, with ``OUT/spec.json`` and ``OUT/summary.json``.
+    """
+    spec = load_spec(args.file)
+    out = Path(args.out) if args.out else Path("runs") / _slug(str(spec.get("name") or Path(args.file).stem))
+    # The engine pulls in JAX: imported here so that every other command stays light.
+    from hypercore import ConfigError, MetaDivergedError, ReversalError, problem_from_spec, tune
+
+    dataset = _local_dataset(args.dataset, spec) if args.dataset else None
+    try:
+        problem = problem_from_spec(spec, dataset=dataset)
+    except ConfigError as e:
+        raise CommandError(f"invalid spec {args.file}: {e}") from e
+    (out / "hyperparameters").mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    bar = None if args.quiet else ProgressBar(problem.iterations)
+    steps: list[dict[str, Any]] = []
+    with (out / "steps.jsonl").open("w") as log:
+
+        def on_record(record: Any) -> None:
+            step = record.step()
+            steps.append(step)
+            log.write(json.dumps(step) + "\n")
+            log.flush()
+            if bar is not None:
+                bar.update(record.meta_iter + 1, record.objective, "running")
+
+        try:
+            result = tune(problem, callback=on_record)
+        except KeyboardInterrupt:
+            raise CommandError(f"interrupted: {len(steps)} meta-iterations are in {log.name}") from None
+        except (ReversalError, MetaDivergedError) as e:
+            raise CommandError(f"{e} ({len(steps)} meta-iterations are in {log.name})") from e
+        finally:
+            if bar is not None:
+                bar.close()
+    write_steps_csv(out / "steps.csv", steps)
+    meta_iter = len(steps)
+    for name, value in result.hyperparameters.items():
+        hp = Hyperparameter(name, meta_iter, np.asarray(value.values), tuple(value.axes), dict(value.labels))
+        write_hyperparameter(out / "hyperparameters", hp)
+    finite = [s for s in steps if s["objective"] is not None]
+    best = min(finite, key=lambda s: s["objective"]) if finite else None
+    summary = {
+        "name": spec.get("name"),
+        "meta_iterations": meta_iter,
+        "best": {"objective": best["objective"], "meta_iter": best["meta_iter"]} if best else None,
+        "last": steps[-1] if steps else None,
+        "hyperparameters": sorted(result.hyperparameters),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if best:
+        print(f"best objective {best['objective']:.6g} at meta-iteration {best['meta_iter']}")
+    print(f"wrote {out}/: steps.jsonl, steps.csv, hyperparameters/*.npy|json, summary.json")
+    return 0
+
+
+def _local_dataset(path: str, spec: dict[str, Any]) -> Any:
+    """The hypercore dataset in an ``.npz`` laid out as for ``POST /v1/datasets``: ``X``, ``y`` split by
+    the spec's ``dataset.train/valid/test`` counts, or ready ``X_train``, ``y_train``, ... splits."""
+    from hypercore.data import from_arrays, from_splits
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CommandError(f"--dataset {path}: not a readable .npz ({e})") from e
+    if "X" in arrays and "y" in arrays:
+        ds = spec.get("dataset") or {}
+        if ds.get("train") is None:
+            raise CommandError("dataset.train: needed to split the X, y arrays of --dataset")
+        try:
+            counts = ds["train"], ds.get("valid") or 0, ds.get("test") or 0
+            return from_arrays(arrays["X"], arrays["y"], *counts)
+        except ValueError as e:
+            raise CommandError(f"--dataset {path}: {e}") from e
+    splits = ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test")
+    missing = [k for k in splits[:4] if k not in arrays]
+    unknown = sorted(set(arrays) - set(splits))
+    if missing or unknown:
+        raise CommandError(
+            f"--dataset {path}: expected arrays X and y, or {', '.join(splits)} (test optional); "
+            + (f"missing {', '.join(missing)}" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unexpected {', '.join(unknown)}" if unknown else "")
+        )
+    try:
+        return from_splits(**arrays)
+    except ValueError as e:
+        raise CommandError(f"--dataset {path}: {e}") from e
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "run"
+
+
+def write_steps_csv(path: Path, steps: Sequence[dict[str, Any]]) -> None:
+    """The REST step objects as CSV, one row per meta-iteration, empty cells for missing values."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_STEP_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(steps)
+
+
+def write_hyperparameter(folder: Path, hp: Hyperparameter) -> None:
+    """``<name>.npy`` (the values) and ``<name>.json`` (the REST form: axes, labels, values)."""
+    np.save(folder / f"{hp.name}.npy", hp.values)
+    (folder / f"{hp.name}.json").write_text(json.dumps(hp.to_json(), default=_json_scalar))
+
+
+def _json_scalar(x: Any) -> Any:
+    # Labels from the engine may be numpy integers (class labels of training examples).
+    if isinstance(x, np.generic | np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")

@@ -1,0 +1,44 @@
+"""The ``revtune`` command line: builds the parser from command groups and dispatches.
+
+A command group is a module with ``register(subparsers)`` that adds its commands, each with
+``set_defaults(run=callable)``; ``run(args) -> int`` is the exit status. Adding a group is adding
+its module to `_command_groups`. A command reports a mistake the user can fix by raising
+`CommandError`: its message is printed without a traceback and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+class CommandError(Exception):
+    """A mistake the user can fix (bad option, missing key): printed as ``revtune: error: ...``."""
+
+
+def _command_groups():
+    # Imported here, not at module level, because the groups import `CommandError` from this module.
+    from revtune import _job_cmds, _server_cmds
+
+    return (_server_cmds, _job_cmds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="revtune",
+        description="Tune thousands of hyperparameters by exactly reversing SGD with momentum.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in _command_groups():
+        group.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CommandError as e:
+        print(f"revtune: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,482 @@
+"""Python client for the revtune REST API.
+
+``Client`` speaks the REST contract of ``DESIGN.md`` over httpx and nothing else: importing it does
+not import JAX or the engine, so it runs in any notebook or script that can reach a revtune server.
+
+    >>> from revtune import Client
+    >>> client = Client("http://127.0.0.1:8000", api_key=None)
+    >>> job = client.submit(template="lr-schedule-digits")
+    >>> job = client.wait(job)                      # progress bar on stderr
+    >>> lr = client.hyperparameters(job, "learning_rate")
+    >>> lr.values.shape, lr.axes                    # e.g. (100, 8), ("step", "layer")
+
+Jobs, steps and datasets are returned as plain dicts with the contract's field names (typed as
+``TypedDict`` for editors); hyperparameters come back as a numpy array with their axes and labels.
+An error answer becomes an exception: :class:`NotFound` (404), :class:`Conflict` (409),
+:class:`ValidationError` (422, with the offending fields), :class:`Unauthorized` (401/403),
+:class:`Unavailable` (503, or the server cannot be reached), all subclasses of :class:`RevtuneError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO, TypedDict
+
+import httpx
+import numpy as np
+import yaml
+
+__all__ = [
+    "Client",
+    "Conflict",
+    "Dataset",
+    "Hyperparameter",
+    "Job",
+    "JobPage",
+    "NotFound",
+    "ProgressBar",
+    "RevtuneError",
+    "Step",
+    "TERMINAL_STATUSES",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationError",
+    "load_spec",
+]
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+"""Job states a job never leaves (``queued -> running -> succeeded | failed | cancelled``)."""
+
+
+class Best(TypedDict):
+    objective: float
+    meta_iter: int
+
+
+class Job(TypedDict):
+    id: str
+    name: str
+    status: str
+    spec: dict[str, Any]
+    meta_iter: int
+    meta_iterations: int
+    best: Best | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class Step(TypedDict):
+    meta_iter: int
+    objective: float
+    train_loss: float | None
+    valid_loss: float | None
+    valid_error: float | None
+    test_loss: float | None
+    test_error: float | None
+    hypergrad_norm: float | None
+    elapsed_s: float
+    reversal_exact: bool
+
+
+class Dataset(TypedDict):
+    id: str
+    name: str
+    n_train: int
+    n_valid: int
+    n_test: int
+    n_features: int
+    n_classes: int
+    sha256: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of ``GET /v1/jobs``; pass ``next_cursor`` back as ``cursor`` for the next (None: last)."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A learned (or fixed) hyperparameter at one meta-iteration, in natural units.
+
+    ``values`` has one dimension per entry of ``axes`` (``"step"``, ``"layer"`` or a weight's own
+    dimensions such as ``"in"``/``"out"`` or ``"example"``/``"feature"``); ``labels`` maps an axis name
+    to the label of each index along it (``layer`` -> parameter array names such as ``layer0.W``,
+    ``step`` -> step numbers, ``example`` -> class labels), for the axes the server labels.
+    """
+
+    name: str
+    meta_iter: int
+    values: np.ndarray
+    axes: tuple[str, ...]
+    labels: dict[str, list[Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST JSON form: ``{"name", "meta_iter", "shape", "axes", "labels", "values"}``."""
+        return {
+            "name": self.name,
+            "meta_iter": self.meta_iter,
+            "shape": list(self.values.shape),
+            "axes": list(self.axes),
+            "labels": self.labels,
+            "values": self.values.tolist(),
+        }
+
+
+class RevtuneError(Exception):
+    """An error answer from the server (or no answer). ``status_code`` is None when unreachable."""
+
+    def __init__(self, message: str, status_code: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class NotFound(RevtuneError):
+    """404: no such job, dataset, template or hyperparameter (or it belongs to another tenant)."""
+
+
+class Conflict(RevtuneError):
+    """409: the request clashes with the resource's state (e.g. deleting a running job)."""
+
+
+class Unauthorized(RevtuneError):
+    """401/403: a missing, wrong or revoked API key."""
+
+
+class Unavailable(RevtuneError):
+    """503 (the database or broker is down) or the server cannot be reached at all."""
+
+
+class ValidationError(RevtuneError):
+    """422: the request (usually the job spec) is invalid.
+
+    ``errors`` is the server's list of ``{"loc", "msg"}``; ``fields`` names each offending field as a
+    dotted path inside the request body, e.g. ``"training.steps"``.
+    """
+
+    def __init__(self, message: str, status_code: int | None = 422, detail: Any = None) -> None:
+        super().__init__(message, status_code, detail)
+        self.errors: list[dict[str, Any]] = detail if isinstance(detail, list) else []
+        self.fields: list[str] = [_field_name(e.get("loc", ())) for e in self.errors]
+
+
+def _field_name(loc: Any) -> str:
+    parts = [str(p) for p in (loc if isinstance(loc, list | tuple) else [loc])]
+    # FastAPI prefixes body errors with "body"; the user wrote the spec, not the envelope.
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "(request)"
+
+
+_ERRORS: dict[int, type[RevtuneError]] = {
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    422: ValidationError,
+    503: Unavailable,
+}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = response.text.strip() or None
+    if isinstance(detail, list):
+        parts = [f"{_field_name(e.get('loc', ()))}: {e.get('msg', e)}" for e in detail if isinstance(e, dict)]
+        text = "; ".join(parts) or json.dumps(detail)
+    else:
+        text = str(detail) if detail else response.reason_phrase
+    cls = _ERRORS.get(response.status_code, RevtuneError)
+    method, url = response.request.method, response.request.url
+    raise cls(f"{method} {url.path} -> {response.status_code}: {text}", response.status_code, detail)
+
+
+def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a job spec from a ``.json``, ``.yaml`` or ``.yml`` file (YAML is a superset of JSON)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read job spec {p}: {e.strerror}") from e
+    spec = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(spec, dict):
+        raise ValueError(f"job spec {p} must be a mapping of fields, got {type(spec).__name__}")
+    return spec
+
+
+def _job_id(job: str | Mapping[str, Any]) -> str:
+    return job if isinstance(job, str) else str(job["id"])
+
+
+class ProgressBar:
+    """A one-line progress bar: meta-iterations done of total, the current objective, the status.
+
+    Redrawn in place with a carriage return when the stream is a terminal; otherwise one line is
+    written per change, so logs stay readable.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
+        self.total = max(int(total), 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+
+    def render(self, done: int, objective: float | None, status: str) -> str:
+        filled = min(self.width, self.width * max(done, 0) // self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        obj = "    -    " if objective is None else f"{objective:.6g}"
+        return f"[{bar}] {done}/{self.total} meta-iterations  objective {obj}  {status}"
+
+    def update(self, done: int, objective: float | None, status: str) -> None:
+        line = self.render(done, objective, status)
+        if line == self._last:
+            return
+        self._last = line
+        if self._tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Client:
+    """A revtune server at ``url`` (e.g. ``http://127.0.0.1:8000``), optionally with an API key.
+
+    ``api_key`` defaults to the ``REVTUNE_API_KEY`` environment variable; it is sent as
+    ``Authorization: Bearer <key>``. ``timeout`` bounds every HTTP request in seconds. Use as a
+    context manager, or call :meth:`close`, to release the connection pool.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("REVTUNE_API_KEY") or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise Unavailable(f"cannot reach the revtune server at {self.url}: {e}") from e
+        _raise_for(response)
+        return response
+
+    # jobs
+
+    def submit(
+        self,
+        spec: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        template: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Create a job from a spec (a dict, or a path to a JSON/YAML file) or from a template's spec.
+
+        With ``idempotency_key``, submitting again with the same key returns the first job instead
+        of creating another. Raises :class:`ValidationError` naming each field beyond its limit.
+        """
+        if (spec is None) == (template is None):
+            raise ValueError("submit() needs exactly one of spec or template=")
+        if template is not None:
+            body: dict[str, Any] = self.template(template)
+        elif isinstance(spec, Mapping):
+            body = dict(spec)
+        else:
+            body = load_spec(spec)  # type: ignore[arg-type]
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/jobs", json=body, headers=headers).json()
+
+    def get(self, job: str | Mapping[str, Any]) -> Job:
+        """The job's current state (status, ``meta_iter`` done of ``meta_iterations``, best objective)."""
+        return self._request("GET", f"/v1/jobs/{_job_id(job)}").json()
+
+    def list(self, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> JobPage:
+        """One page of jobs, newest first, optionally only those with ``status``."""
+        params = {
+            k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None
+        }
+        page = self._request("GET", "/v1/jobs", params=params).json()
+        return JobPage(items=page["items"], next_cursor=page.get("next_cursor"))
+
+    def iter_jobs(self, status: str | None = None, page_size: int | None = None) -> Iterator[Job]:
+        """Every job (with ``status``, if given), following the pagination cursor to the end."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def steps(
+        self, job: str | Mapping[str, Any], after: int | None = None, limit: int | None = None
+    ) -> list[Step]:
+        """The job's per-meta-iteration metrics with ``meta_iter > after`` (all, if None), in order.
+
+        Follows the server's ``next_after`` cursor until there is nothing newer, so a poller can
+        call ``steps(job, after=last_seen)`` repeatedly. ``limit`` is the page size per request.
+        """
+        out: list[Step] = []
+        while True:
+            params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
+            page = self._request("GET", f"/v1/jobs/{_job_id(job)}/steps", params=params).json()
+            out.extend(page["items"])
+            next_after = page.get("next_after")
+            if next_after is None or not page["items"] or next_after == after:
+                return out
+            after = next_after
+
+    def cancel(self, job: str | Mapping[str, Any]) -> Job:
+        """Ask the worker to stop; the job becomes ``cancelled`` once it has (a queued job at once)."""
+        return self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel").json()
+
+    def delete(self, job: str | Mapping[str, Any]) -> None:
+        """Delete a finished job and its records. Raises :class:`Conflict` while queued or running."""
+        self._request("DELETE", f"/v1/jobs/{_job_id(job)}")
+
+    def wait(
+        self,
+        job: str | Mapping[str, Any],
+        progress: bool = True,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        stream: TextIO | None = None,
+    ) -> Job:
+        """Poll until the job is ``succeeded``, ``failed`` or ``cancelled``, and return it.
+
+        With ``progress``, draws a bar on ``stream`` (stderr by default): meta-iterations done of
+        total and the latest meta-iteration's objective. Raises ``TimeoutError`` after ``timeout``
+        seconds; it does not raise for a failed job (check ``job["status"]`` and ``job["error"]``).
+        """
+        job_id = _job_id(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.get(job_id)
+        bar = ProgressBar(current["meta_iterations"], stream) if progress else None
+        after: int | None = None
+        objective: float | None = None
+        try:
+            while True:
+                new = self.steps(job_id, after=after)
+                if new:
+                    after = new[-1]["meta_iter"]
+                    objective = new[-1]["objective"]
+                if bar is not None:
+                    bar.update(current["meta_iter"], objective, current["status"])
+                if current["status"] in TERMINAL_STATUSES:
+                    return current
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {current['status']} after {timeout} s")
+                time.sleep(poll)
+                current = self.get(job_id)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # hyperparameters
+
+    def hyperparameter_list(self, job: str | Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The job's hyperparameters at its latest meta-iteration: name, shape, axes, labels, learned."""
+        return self._request("GET", f"/v1/jobs/{_job_id(job)}/hyperparameters").json()["items"]
+
+    def hyperparameters(
+        self, job: str | Mapping[str, Any], name: str, meta_iter: int | None = None
+    ) -> Hyperparameter:
+        """The hyperparameter ``name`` (``learning_rate``, ``momentum``, ``init_scale``, ``l2``,
+        ``training_data``) after meta-iteration ``meta_iter`` (the latest if None), in natural units."""
+        params: dict[str, Any] = {"format": "json"}
+        if meta_iter is not None:
+            params["meta_iter"] = meta_iter
+        body = self._request("GET", f"/v1/jobs/{_job_id(job)}/hyperparameters/{name}", params=params).json()
+        values = np.asarray(body["values"], dtype=np.float64).reshape(body["shape"])
+        return Hyperparameter(
+            name=body["name"],
+            meta_iter=body["meta_iter"],
+            values=values,
+            axes=tuple(body["axes"]),
+            labels=dict(body.get("labels") or {}),
+        )
+
+    def download_hyperparameter(
+        self,
+        job: str | Mapping[str, Any],
+        name: str,
+        format: Literal["json", "csv", "npy"] = "npy",
+        meta_iter: int | None = None,
+    ) -> bytes:
+        """The server's rendering of a hyperparameter as bytes: ``.npy``, CSV or JSON."""
+        params: dict[str, Any] = {"format": format}
+        if meta_iter is not None:
+            params["meta_iter"] = meta_iter
+        return self._request("GET", f"/v1/jobs/{_job_id(job)}/hyperparameters/{name}", params=params).content
+
+    # datasets
+
+    def upload_dataset(self, path: str | os.PathLike[str], name: str | None = None) -> Dataset:
+        """Upload an ``.npz`` (``X``, ``y`` or ``X_train``, ``y_train``, ``X_valid``, ``y_valid`` [,
+        ``X_test``, ``y_test``]); refer to it in a spec as ``dataset: {id: <returned id>, ...}``."""
+        p = Path(path)
+        data = p.read_bytes()
+        files = {"file": (p.name, io.BytesIO(data), "application/octet-stream")}
+        return self._request("POST", "/v1/datasets", files=files, data={"name": name or p.stem}).json()
+
+    def datasets(self) -> list[Dataset]:
+        """The datasets uploaded by this tenant."""
+        body = self._request("GET", "/v1/datasets").json()
+        return body["items"] if isinstance(body, dict) else body
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return self._request("GET", f"/v1/datasets/{dataset_id}").json()
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # templates
+
+    def templates(self) -> list[str]:
+        """Names of the ready-made specs (the paper's experiments)."""
+        body = self._request("GET", "/v1/templates").json()
+        items = body["items"] if isinstance(body, dict) else body
+        return [t if isinstance(t, str) else t["name"] for t in items]
+
+    def template(self, name: str) -> dict[str, Any]:
+        """The template's JobSpec, ready to edit and submit."""
+        return self._request("GET", f"/v1/templates/{name}").json()

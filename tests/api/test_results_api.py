@@ -1,0 +1,106 @@
+"""Steps and hyperparameters over REST, seeded through the worker's repository calls."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from api_support import LAYERS, learning_rates, problems, run, submit
+
+STEP_FIELDS = {
+    "meta_iter",
+    "objective",
+    "train_loss",
+    "valid_loss",
+    "valid_error",
+    "test_loss",
+    "test_error",
+    "hypergrad_norm",
+    "elapsed_s",
+    "reversal_exact",
+}
+
+
+def test_steps_poll_with_the_after_cursor(service):
+    job = submit(service.alice)
+    assert service.alice.get(f"/v1/jobs/{job['id']}/steps").json() == {"items": [], "next_after": None}
+    run(service, job["id"], 3, objectives=[0.9, 0.4, 0.6])
+    page = service.alice.get(f"/v1/jobs/{job['id']}/steps", params={"limit": 2}).json()
+    assert [s["meta_iter"] for s in page["items"]] == [0, 1] and page["next_after"] == 1
+    assert set(page["items"][0]) == STEP_FIELDS
+    assert page["items"][0]["hypergrad_norm"] is None, "NaN is stored and served as null"
+    rest = service.alice.get(f"/v1/jobs/{job['id']}/steps", params={"after": 1, "limit": 2}).json()
+    assert [s["meta_iter"] for s in rest["items"]] == [2] and rest["next_after"] is None
+    finished = service.alice.get(f"/v1/jobs/{job['id']}").json()
+    assert finished["status"] == "succeeded" and finished["meta_iter"] == 3
+    assert finished["best"] == {"objective": 0.4, "meta_iter": 1}
+    assert "query.after" in problems(service.alice.get(f"/v1/jobs/{job['id']}/steps", params={"after": "x"}))
+
+
+def test_hyperparameter_listing_follows_the_latest_meta_iteration(service):
+    job = submit(service.alice)
+    empty = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
+    assert empty == {"meta_iter": 0, "items": []}
+    run(service, job["id"], 2)
+    listing = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
+    assert listing["meta_iter"] == 2
+    assert listing["items"] == [
+        {"name": "init_scale", "shape": [], "axes": [], "labels": {}, "learned": False},
+        {
+            "name": "learning_rate",
+            "shape": [5, 4],
+            "axes": ["step", "layer"],
+            "labels": {"step": [0, 1, 2, 3, 4], "layer": LAYERS},
+            "learned": True,
+        },
+    ]
+    first = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters", params={"meta_iter": 1}).json()
+    assert first["meta_iter"] == 1
+    reply = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters", params={"meta_iter": 9})
+    assert reply.status_code == 404 and "meta_iter 9" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize("meta_iter", [1, 2])
+def test_json_npy_and_csv_give_back_the_recorded_float64s(service, meta_iter):
+    job = submit(service.alice)
+    run(service, job["id"], 2)
+    want = learning_rates(meta_iter - 1)
+    url = f"/v1/jobs/{job['id']}/hyperparameters/learning_rate"
+
+    body = service.alice.get(url, params={"meta_iter": meta_iter, "format": "json"}).json()
+    assert {k: body[k] for k in ("name", "meta_iter", "shape", "axes")} == {
+        "name": "learning_rate",
+        "meta_iter": meta_iter,
+        "shape": [5, 4],
+        "axes": ["step", "layer"],
+    }
+    assert body["labels"]["layer"] == LAYERS
+    np.testing.assert_array_equal(np.array(body["values"], dtype=np.float64), want)
+
+    reply = service.alice.get(url, params={"meta_iter": meta_iter, "format": "npy"})
+    assert reply.headers["content-type"] == "application/octet-stream"
+    assert f"-{meta_iter}.npy" in reply.headers["content-disposition"]
+    got = np.load(io.BytesIO(reply.content), allow_pickle=False)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+    reply = service.alice.get(url, params={"meta_iter": meta_iter, "format": "csv"})
+    assert reply.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(reply.text)))
+    assert rows[0] == ["step", "layer", "value"] and len(rows) == 1 + 20
+    assert rows[1][:2] == ["0", "layer0.W"] and rows[2][:2] == ["0", "layer0.b"]
+    np.testing.assert_array_equal(np.array([float(r[2]) for r in rows[1:]]).reshape(5, 4), want)
+
+
+def test_a_scalar_hyperparameter_and_bad_requests(service):
+    job = submit(service.alice)
+    run(service, job["id"], 1)
+    url = f"/v1/jobs/{job['id']}/hyperparameters"
+    assert service.alice.get(f"{url}/init_scale").json()["values"] == 0.1
+    assert service.alice.get(f"{url}/init_scale", params={"format": "csv"}).text == "value\n0.1\n"
+    reply = service.alice.get(f"{url}/l2")
+    assert reply.status_code == 404 and "known: init_scale, learning_rate" in reply.json()["detail"]
+    assert "query.format" in problems(service.alice.get(f"{url}/init_scale", params={"format": "xlsx"}))
+    assert "query.meta_iter" in problems(service.alice.get(f"{url}/init_scale", params={"meta_iter": -1}))

@@ -1,0 +1,215 @@
+"""The dashboard in real headless Chromium (Debian's ``chromium``, driven by Playwright for Python).
+
+The browser submits a job from the form, follows its page while a real worker runs it, and the
+charts are read back through Chart.js (``Chart.getChart``) and compared with the REST answers: one
+schedule series per layer, one curve point per meta-iteration. A screenshot of the finished page is
+saved; with ``REVTUNE_UPDATE_SCREENSHOT=1`` it replaces ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from client.live import TINY_LAYERS, Service, tiny_spec
+
+from revtune import Client
+
+CHROMIUM = os.environ.get("REVTUNE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+
+# The job the browser submits: long enough (after the worker's first compilation) for the page to
+# see progress advance, small enough for a few seconds of CPU; per-weight L2 on the first layer so
+# the page draws its penalties as 8x8 pictures.
+FORM_SPEC = tiny_spec(
+    name="dashboard-digits",
+    training={"steps": 20},
+    hyperparameters={
+        "learning_rate": {"init": 0.3, "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": 0.1, "granularity": "layer", "learn": True},
+        "l2": {"init": 0.001, "granularity": "weight", "learn": True},
+    },
+    meta={"iterations": 16, "optimizer": "adam", "learning_rate": 0.04},
+)
+
+
+def _need_browser():
+    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright = _need_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, service: Service):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.requested = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("request", lambda r: pg.requested.append((r.url, r.headers)))
+    yield pg
+    context.close()
+
+
+def chart(page, selector: str) -> dict:
+    """A Chart.js chart's type, labels and datasets, read from the live instance on the canvas."""
+    return page.evaluate(
+        """(sel) => {
+            const c = Chart.getChart(document.querySelector(sel));
+            if (!c) return null;
+            return { type: c.config.type, labels: c.data.labels,
+                     datasets: c.data.datasets.map((d) => ({ label: d.label, data: d.data })) };
+        }""",
+        selector,
+    )
+
+
+def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Service, tmp_path):
+    page.goto(service.url + "/")
+    page.wait_for_function("document.querySelector('#spec-text').value.includes('hyperparameters')")
+    template_spec = yaml.safe_load(page.input_value("#spec-text"))  # JSON is YAML
+    page.select_option("#spec-format", "yaml")
+    assert yaml.safe_load(page.input_value("#spec-text")) == template_spec
+    assert not page.input_value("#spec-text").lstrip().startswith("{")
+
+    page.fill("#spec-text", yaml.safe_dump(FORM_SPEC))
+    page.click("#submit-job")
+    page.wait_for_url(re.compile(r".*#/jobs/[^/]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+
+    n = FORM_SPEC["meta"]["iterations"]
+    seen: list[str] = []
+    deadline = time.monotonic() + 240
+    while page.get_attribute("#poll-state", "data-polling") != "stopped":
+        assert time.monotonic() < deadline, f"the job did not finish; progress seen: {seen}"
+        text = page.text_content("#job-summary [data-progress]") or ""
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        time.sleep(0.1)
+    done = [int(s.split("/")[0]) for s in seen]
+    assert done == sorted(done), f"progress went backwards: {seen}"
+    assert any(0 < k < n for k in done), f"never saw the job between start and end: {seen}"
+    assert page.text_content("#job-summary [data-status]") == "succeeded"
+    assert page.text_content("#job-summary [data-progress]") == f"{n}/{n}"
+    assert page.is_disabled("#cancel-job")
+
+    with Client(service.url) as client:
+        steps = client.steps(job_id)
+        lr = client.hyperparameters(job_id, "learning_rate")
+        momentum = client.hyperparameters(job_id, "momentum")
+        scales = client.hyperparameters(job_id, "init_scale")
+
+    curve = chart(page, "#chart-curve canvas")
+    assert curve["labels"] == [s["meta_iter"] for s in steps] == list(range(n))
+    by_label = {d["label"]: d["data"] for d in curve["datasets"]}
+    assert by_label["objective"] == [s["objective"] for s in steps]
+    assert by_label["test_loss"] == [s["test_loss"] for s in steps]
+    hypergrad = chart(page, "#chart-hypergrad canvas")
+    assert hypergrad["datasets"][0]["data"] == [s["hypergrad_norm"] for s in steps]
+
+    page.wait_for_selector(f"#hyper-learning_rate[data-meta-iter='{n}']")
+    for hp, card in ((lr, "#hyper-learning_rate"), (momentum, "#hyper-momentum")):
+        drawn = chart(page, f"{card} canvas")
+        assert drawn["type"] == "line"
+        assert len(drawn["datasets"]) == TINY_LAYERS == hp.values.shape[1]
+        assert [d["label"] for d in drawn["datasets"]] == [str(x) for x in hp.labels["layer"]]
+        assert drawn["labels"] == list(range(FORM_SPEC["training"]["steps"]))
+        np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, hp.values, rtol=1e-12)
+    bars = chart(page, "#hyper-init_scale canvas")
+    assert bars["type"] == "bar" and bars["labels"] == [str(x) for x in scales.labels["layer"]]
+    np.testing.assert_allclose(bars["datasets"][0]["data"], scales.values, rtol=1e-12)
+
+    # Per-weight penalties on the first layer: one 8x8 picture (64 digit pixels) per hidden unit.
+    pictures = page.locator("[id^='hyper-l2'] .images[data-image-side='8']")
+    assert pictures.count() >= 1
+    assert pictures.first.locator("canvas").count() == FORM_SPEC["model"]["hidden"][0]
+
+    page.set_viewport_size({"width": 1300, "height": 900})
+    shot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("REVTUNE_UPDATE_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+    page.click("text=← all jobs")
+    row = page.locator(f"tr[data-job-id='{job_id}']")
+    row.wait_for()
+    assert row.locator("[data-status]").text_content() == "succeeded"
+    assert row.locator("[data-progress]").text_content() == f"{n}/{n}"
+
+    assert not page.errors, page.errors
+    foreign = [u for u, _ in page.requested if not u.startswith(service.url) and not u.startswith("data:")]
+    assert not foreign, f"the dashboard fetched from outside its server: {foreign}"
+
+
+def test_cancel_button_stops_a_running_job(page, service: Service):
+    with Client(service.url) as client:
+        job = client.submit(tiny_spec(name="to-cancel", meta={"iterations": 200, "optimizer": "adam"}))
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#cancel-job:not([disabled])")
+    page.click("#cancel-job")
+    page.wait_for_selector("#poll-state[data-polling='stopped']", timeout=120_000)
+    assert page.text_content("#job-summary [data-status]") == "cancelled"
+    assert page.is_disabled("#cancel-job")
+    assert not page.errors, page.errors
+
+
+def test_a_refused_spec_shows_the_fields(page, service: Service):
+    page.goto(service.url + "/")
+    page.wait_for_function("document.querySelector('#spec-text').value.length > 0")
+    page.select_option("#spec-format", "yaml")
+    page.fill("#spec-text", yaml.safe_dump(tiny_spec(training={"steps": 10**9})))
+    page.click("#submit-job")
+    page.wait_for_function("document.querySelector('#submit-errors').textContent.length > 0")
+    assert "training.steps" in page.text_content("#submit-errors")
+    assert page.url.endswith("/") or page.url.endswith("#/")
+    page.fill("#spec-text", "{not: [valid")
+    page.click("#submit-job")
+    page.wait_for_function("document.querySelector('#submit-errors').textContent.includes('not valid YAML')")
+
+
+def test_api_key_is_kept_in_local_storage_and_sent(page, service: Service):
+    page.goto(service.url + "/")
+    page.fill("#api-key", "rt_test_key")
+    page.press("#api-key", "Enter")
+    page.dispatch_event("#api-key", "change")
+    assert page.evaluate("localStorage.getItem('revtune.apiKey')") == "rt_test_key"
+    page.reload()
+    assert page.input_value("#api-key") == "rt_test_key"
+    page.wait_for_function("document.querySelector('#template-select').options.length > 1")
+    sent = [h.get("authorization") for u, h in page.requested if "/v1/" in u]
+    assert sent and sent[-1] == "Bearer rt_test_key"

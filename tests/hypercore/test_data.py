@@ -1,0 +1,301 @@
+"""Datasets: built-ins' shapes, ranges and preprocessing, deterministic splits and minibatches, and a
+clear refusal for every kind of bad user array."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hypercore  # noqa: F401  (turns on x64)
+from hypercore import data
+from hypercore.data import DataError, Dataset, batch_indices, from_arrays, from_splits, load
+from hypercore.hyper import ConfigError
+
+
+def check_layout(ds: Dataset, counts, n_features, n_classes):
+    assert (ds.n_train, ds.n_valid, ds.n_test) == counts
+    assert ds.n_features == n_features and ds.n_classes == n_classes
+    for split in ("train", "valid", "test"):
+        X, y = getattr(ds, f"X_{split}"), getattr(ds, f"y_{split}")
+        assert X.dtype == np.float32 and y.dtype == np.int32
+        assert (
+            X.shape == (counts[("train", "valid", "test").index(split)], n_features)
+            and y.shape == X.shape[:1]
+        )
+        assert not X.flags.writeable and not y.flags.writeable
+        assert np.all(np.isfinite(X)) and (y.size == 0 or (0 <= y.min() and y.max() < n_classes))
+
+
+@pytest.mark.parametrize("name, scale", [("digits", 16.0), ("mnist5k", 255.0)])
+def test_builtin_layout_ranges_and_mean_subtraction(name, scale):
+    info = data.builtin_info(name)
+    ds = load(name, 300, 200, 100, seed=1)
+    check_layout(ds, (300, 200, 100), info["n_features"], info["n_classes"])
+    assert ds.image_shape == info["image_shape"] and np.prod(ds.image_shape) == ds.n_features
+    assert ds.name == name
+    raw, labels = data._raw(name)
+    assert raw.shape == (info["n_examples"], info["n_features"]) and labels.shape == (info["n_examples"],)
+    assert raw.min() == 0.0 and raw.max() == 1.0
+    # Pixels are whole multiples of 1/scale before centring.
+    np.testing.assert_allclose(raw * scale, np.round(raw * scale), atol=1e-4)
+    assert set(np.unique(labels)) == set(range(10))
+    # Training mean image is zero; valid/test are shifted by the *same* mean, so they recover the
+    # raw pixels in [0, 1] when it is added back.
+    np.testing.assert_allclose(ds.X_train.mean(axis=0), 0.0, atol=1e-6)
+    order = np.random.default_rng(1).permutation(info["n_examples"])
+    mean = raw[order[:300]].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(ds.X_valid, raw[order[300:500]] - mean, atol=1e-6)
+    np.testing.assert_allclose(ds.X_test, raw[order[500:600]] - mean, atol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, labels[order[500:600]])
+
+
+def test_builtin_names_and_info():
+    assert data.builtin_names() == ["digits", "mnist5k"]
+    assert data.builtin_info("digits") == {
+        "n_examples": 1797,
+        "n_features": 64,
+        "n_classes": 10,
+        "image_shape": (8, 8),
+    }
+    assert data.builtin_info("mnist5k")["n_examples"] == 5000
+    with pytest.raises(
+        DataError, match="dataset.name: unknown built-in dataset 'cifar'; known: digits, mnist5k"
+    ):
+        data.builtin_info("cifar")
+
+
+def test_split_is_deterministic_in_the_seed():
+    a, b = load("digits", 50, 30, 20, seed=7), load("digits", 50, 30, 20, seed=7)
+    for f in ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    c = load("digits", 50, 30, 20, seed=8)
+    assert not np.array_equal(a.y_train, c.y_train)
+    # Shuffled: the training split is not the file's first rows.
+    assert not np.array_equal(a.y_train, data._raw("digits")[1][:50])
+    full = load("digits", 1000, 797, seed=7)
+    assert full.n_test == 0 and full.X_test.shape == (0, 64)
+
+
+def test_load_uses_every_example_when_asked():
+    ds = load("digits", 1000, 400, 397)
+    check_layout(ds, (1000, 400, 397), 64, 10)
+    labels = np.concatenate([ds.y_train, ds.y_valid, ds.y_test])
+    np.testing.assert_array_equal(np.sort(labels), np.sort(data._raw("digits")[1]))
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (
+            ("digits", 1000, 700, 200),
+            {},
+            r"dataset: train 1000 \+ valid 700 \+ test 200 = 1900 .* 1797 of digits",
+        ),
+        (("mnist5k", 0, 10), {}, "dataset.train: must be an integer >= 1, got 0"),
+        (("digits", 10, 0), {}, "dataset.valid: must be an integer >= 1, got 0"),
+        (("digits", 10, 10, -1), {}, "dataset.test: must be an integer >= 0, got -1"),
+        (("digits", 10.0, 10), {}, "dataset.train: must be an integer"),
+        (("digits", True, 10), {}, "dataset.train: must be an integer"),
+        (("digits", 10, 10), {"seed": -3}, "seed: must be an integer >= 0"),
+        (("mnist", 10, 10), {}, "dataset.name: unknown built-in dataset 'mnist'"),
+    ],
+)
+def test_load_refuses_bad_requests(args, kwargs, message):
+    with pytest.raises(DataError, match=message) as info:
+        load(*args, **kwargs)
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
+
+
+def blobs(n=40, d=3, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    return rng.normal(size=(n, d)) + 5 * y[:, None], y
+
+
+def test_from_arrays_splits_in_order_and_centres_on_the_training_mean():
+    X, y = blobs()
+    ds = from_arrays(X, y, 20, 10, 5, name="mine")
+    check_layout(ds, (20, 10, 5), 3, 3)
+    assert ds.name == "mine" and ds.image_shape is None
+    mean = X[:20].mean(axis=0)
+    np.testing.assert_allclose(ds.X_train, X[:20] - mean, atol=1e-5)
+    np.testing.assert_allclose(ds.X_valid, X[20:30] - mean, atol=1e-5)
+    np.testing.assert_allclose(ds.X_test, X[30:35] - mean, atol=1e-5)
+    np.testing.assert_array_equal(ds.y_valid, y[20:30])
+    raw = from_arrays(X, y, 20, 10, center=False, n_classes=5, image_shape=(1, 3))
+    np.testing.assert_allclose(raw.X_train, X[:20].astype(np.float32))
+    assert raw.n_classes == 5 and raw.n_test == 0 and raw.image_shape == (1, 3)
+
+
+def test_from_arrays_does_not_alias_the_callers_arrays():
+    X, y = blobs()
+    ds = from_arrays(X, y, 20, 10, center=False)
+    X[0, 0] = 1e6
+    assert ds.X_train[0, 0] != np.float32(1e6)
+    with pytest.raises(ValueError, match="read-only"):
+        ds.X_train[0, 0] = 0.0
+
+
+def test_from_arrays_accepts_integer_pixels_and_whole_float_labels():
+    X = np.arange(24, dtype=np.uint8).reshape(6, 4)
+    ds = from_arrays(X, np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]), 3, 2, 1, center=False)
+    check_layout(ds, (3, 2, 1), 4, 3)
+    np.testing.assert_array_equal(ds.X_valid, X[3:5].astype(np.float32))
+
+
+def test_from_splits_infers_classes_from_every_split_and_centres():
+    X, y = blobs(30, k=4)
+    ds = from_splits(X[:10], y[:10] % 3, X[10:20], y[10:20])
+    check_layout(ds, (10, 10, 0), 3, 4)
+    np.testing.assert_allclose(ds.X_valid, X[10:20] - X[:10].mean(axis=0), atol=1e-5)
+    with_test = from_splits(X[:10], y[:10], X[10:20], y[10:20], X[20:], y[20:], name="s", n_classes=6)
+    check_layout(with_test, (10, 10, 10), 3, 6)
+
+
+def test_dataset_checks_its_own_layout():
+    ds = load("digits", 20, 10)
+    empty_valid = dataclasses.replace(ds, X_valid=ds.X_valid[:0], y_valid=ds.y_valid[:0])
+    assert empty_valid.n_valid == 0
+    with pytest.raises(DataError, match="X_valid: must be a 2-D float32"):
+        dataclasses.replace(ds, X_valid=ds.X_valid.astype(np.float64))
+    with pytest.raises(DataError, match=r"y_train: must be an int32 numpy array of shape \(20,\)"):
+        dataclasses.replace(ds, y_train=ds.y_train[:5])
+    with pytest.raises(DataError, match="X_test: has 3 features but X_train has 64"):
+        dataclasses.replace(ds, X_test=np.zeros((0, 3), np.float32))
+    with pytest.raises(DataError, match=r"y_train: labels must lie in \[0, 3\), found 0..9"):
+        dataclasses.replace(ds, n_classes=3)
+    with pytest.raises(DataError, match="n_classes: must be an integer >= 2, got 1.5"):
+        dataclasses.replace(ds, n_classes=1.5)
+    with pytest.raises(DataError, match="image_shape: must be .* height \\* width = 64"):
+        dataclasses.replace(ds, image_shape=(7, 7))
+
+
+def _with_nan():
+    X, y = blobs()
+    X[5, 2] = np.nan
+    return X, y
+
+
+def _with_inf():
+    X, y = blobs()
+    X[3, 0] = np.inf
+    return X, y
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: (*_with_nan(), 20, 10), r"X: has 1 values that are NaN.*row 5, column 2"),
+        (lambda: (*_with_inf(), 20, 10), r"X: has 1 values .*infinite.*row 3, column 0"),
+        (lambda: (blobs()[0] * 1e300, blobs()[1], 20, 10), r"X: .*beyond float32's range"),
+        (lambda: (blobs()[0][:, 0], blobs()[1], 20, 10), r"X: must be 2-D .* got shape \(40,\)"),
+        (lambda: (np.zeros((40, 0)), blobs()[1], 20, 10), "X: must have at least one feature column"),
+        (lambda: (blobs()[0].astype(str), blobs()[1], 20, 10), "X: must hold real numbers"),
+        (lambda: (blobs()[0], blobs()[1][:, None], 20, 10), r"y: must be 1-D .* got shape \(40, 1\)"),
+        (lambda: (blobs()[0], blobs()[1][:39], 20, 10), "y: has 39 labels but its X has 40 rows"),
+        (
+            lambda: (blobs()[0], blobs()[1] + 0.5, 20, 10),
+            "y: must hold integer class labels; found non-integer",
+        ),
+        (lambda: (blobs()[0], blobs()[1] > 0, 20, 10), "y: must hold integer class labels, got dtype bool"),
+        (lambda: (blobs()[0], blobs()[1] - 1, 20, 10), "y: labels must be >= 0, found -1"),
+        (lambda: (blobs()[0], np.zeros(40, int), 20, 10), "y: needs at least 2 classes, the labels show 1"),
+        (
+            lambda: (*blobs(), 30, 10, 1),
+            r"dataset: train 30 \+ valid 10 \+ test 1 = 41 .* 40 of the rows of X",
+        ),
+        (lambda: (*blobs(), 0, 10), "dataset.train: must be an integer >= 1, got 0"),
+        (lambda: (*blobs(), 20, 0), "dataset.valid: must be an integer >= 1, got 0"),
+    ],
+)
+def test_from_arrays_refuses_bad_arrays(make, message):
+    with pytest.raises(DataError, match=message):
+        from_arrays(*make())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_classes": 2}, "y: labels must be < n_classes = 2, found 2"),
+        ({"n_classes": 1}, "n_classes: must be an integer >= 2"),
+        ({"image_shape": (2, 2)}, r"image_shape: must be \(height, width\) with height \* width = 3"),
+        ({"image_shape": "big"}, r"image_shape: must be \(height, width\)"),
+    ],
+)
+def test_from_arrays_refuses_bad_options(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        from_arrays(*blobs(), 20, 10, **kwargs)
+
+
+def test_from_splits_refuses_bad_splits():
+    X, y = blobs()
+    with pytest.raises(DataError, match="X_valid: has 2 features but X_train has 3"):
+        from_splits(X[:10], y[:10], X[10:20, :2], y[10:20])
+    with pytest.raises(DataError, match="X_valid: must have at least 1 row, got 0"):
+        from_splits(X[:10], y[:10], X[:0], y[:0])
+    with pytest.raises(DataError, match="X_train: must have at least 1 row, got 0"):
+        from_splits(X[:0], y[:0], X[:10], y[:10])
+    with pytest.raises(DataError, match="y_test: X_test and y_test must be given together"):
+        from_splits(X[:10], y[:10], X[10:20], y[10:20], X_test=X[20:])
+    with pytest.raises(DataError, match="y_test: labels must be < n_classes = 3, found 7"):
+        from_splits(X[:10], y[:10], X[10:20], y[10:20], X[20:22], [0, 7], n_classes=3)
+    with pytest.raises(DataError, match="y_valid: has 9 labels but its X has 10 rows"):
+        from_splits(X[:10], y[:10], X[10:20], y[10:19])
+    bad = X[10:20].copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(DataError, match="X_valid: has 1 values that are NaN"):
+        from_splits(X[:10], y[:10], bad, y[10:20])
+    huge = np.full((10, 3), 3e38)
+    with pytest.raises(
+        DataError, match="X_valid: minus the training mean, some values exceed float32's range"
+    ):
+        from_splits(huge, y[:10], -huge, y[10:20])
+
+
+def test_batch_indices_are_deterministic_int32_and_in_range():
+    a = batch_indices(3, 2, 5, 100, 64)
+    assert a.dtype == jnp.int32 and a.shape == (64,)
+    assert int(a.min()) >= 0 and int(a.max()) < 100
+    np.testing.assert_array_equal(a, batch_indices(3, 2, 5, 100, 64))
+    for other in (
+        batch_indices(3, 2, 6, 100, 64),
+        batch_indices(3, 1, 5, 100, 64),
+        batch_indices(4, 2, 5, 100, 64),
+    ):
+        assert not np.array_equal(a, other)
+    # A key gives the same batches as its seed.
+    np.testing.assert_array_equal(a, batch_indices(jax.random.key(3), 2, 5, 100, 64))
+    assert batch_indices(jax.random.PRNGKey(3), 2, 5, 100, 64).shape == (64,)
+
+
+def test_batch_indices_under_jit_with_traced_step_and_meta_iter():
+    @jax.jit
+    def batches(meta_iter, t):
+        return batch_indices(3, meta_iter, t, 100, 64)
+
+    np.testing.assert_array_equal(batches(jnp.int32(2), jnp.int32(5)), batch_indices(3, 2, 5, 100, 64))
+    # Inside a scan over steps, as in the training loop: step t of the scan is batch t.
+    _, scanned = jax.lax.scan(
+        lambda c, t: (c, batch_indices(3, 2, t, 100, 64)), None, jnp.arange(4, dtype=jnp.int32)
+    )
+    assert scanned.dtype == jnp.int32
+    for t in range(4):
+        np.testing.assert_array_equal(scanned[t], batch_indices(3, 2, t, 100, 64))
+
+
+def test_batch_indices_sample_with_replacement_roughly_uniformly():
+    idx = np.asarray(batch_indices(0, 0, 0, 10, 5000))
+    counts = np.bincount(idx, minlength=10)
+    # Multinomial(5000, 1/10): std of each count is sqrt(450) ~ 21; 6 std is a loose bound.
+    assert np.all(np.abs(counts - 500) < 130)
+    # With replacement, a batch may be larger than the data.
+    assert batch_indices(0, 0, 0, 10, 20).shape == (20,)
+
+
+def test_batch_indices_refuses_bad_sizes():
+    with pytest.raises(DataError, match="batch_size: must be an integer >= 1, got 0"):
+        batch_indices(0, 0, 0, 10, 0)
+    with pytest.raises(DataError, match="n: must be an integer >= 1, got 0"):
+        batch_indices(0, 0, 0, 0, 5)

@@ -1,0 +1,222 @@
+"""Models: parameter layout and counts, init scales, forward pass, losses, dtypes, bad arguments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hypercore  # noqa: F401  (turns on x64)
+from hypercore.hyper import ConfigError
+from hypercore.models import Model, ModelError, error_rate, l2_penalty, logistic_regression, mlp, nll
+
+
+def ones(model, value=1.0):
+    return {k: value for k in model.shapes}
+
+
+def test_papers_mlp_has_8_arrays_and_44860_parameters():
+    model = mlp(784, [50, 50, 50], 10)
+    assert model.layer_names() == [f"layer{i}.{p}" for i in range(4) for p in ("W", "b")]
+    assert model.shapes["layer0.W"] == (784, 50) and model.shapes["layer3.b"] == (10,)
+    assert model.num_params() == 784 * 50 + 50 + 2 * (50 * 50 + 50) + 50 * 10 + 10 == 44_860
+    assert model.name == "mlp" and model.activation == "tanh" and model.dtype == jnp.float32
+    assert (model.n_features, model.n_classes) == (784, 10)
+
+
+def test_logistic_regression_is_one_layer():
+    model = logistic_regression(784, 10)
+    assert model.shapes == {"layer0.W": (784, 10), "layer0.b": (10,)}
+    assert model.num_params() == 7850 and model.name == "logreg" and model.activation is None
+
+
+def test_layer_names_stay_natural_past_ten_layers():
+    model = mlp(3, [4] * 11, 2)
+    names = model.layer_names()
+    assert names[4:6] == ["layer2.W", "layer2.b"] and names[-2:] == ["layer11.W", "layer11.b"]
+    params = model.init(jax.random.key(0), ones(model))
+    # JAX sorts dict keys, so leaf order differs; values must still be reached by name.
+    leaf_order = [path[0].key for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert leaf_order[4:6] == ["layer10.W", "layer10.b"] and leaf_order != names
+    assert {k: v.shape for k, v in params.items()} == model.shapes
+    assert model.apply(params, jnp.ones((5, 3), jnp.float32)).shape == (5, 2)
+
+
+def test_equal_models_hash_equal():
+    a, b = mlp(5, [3], 2, activation="relu"), mlp(5, [3], 2, activation="relu")
+    assert a == b and hash(a) == hash(b) and len({a, b, mlp(5, [3], 2)}) == 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_init_draws_scale_times_standard_normal(dtype):
+    model = mlp(300, [200], 10, dtype=dtype)
+    scales = {"layer0.W": 0.05, "layer0.b": 1.0, "layer1.W": jnp.float64(0.3), "layer1.b": 2.0}
+    params = model.init(jax.random.key(1), scales)
+    for name, w in params.items():
+        assert w.dtype == dtype and w.shape == model.shapes[name]
+        # Sample std of n normals has relative standard error ~ 1/sqrt(2n): 5 of them is a loose bound.
+        tol = 5 / np.sqrt(2 * w.size)
+        assert float(jnp.std(w)) == pytest.approx(float(scales[name]), rel=tol)
+        assert abs(float(jnp.mean(w))) < 5 * float(scales[name]) / np.sqrt(w.size)
+    again = model.init(jax.random.key(1), scales)
+    assert all(np.array_equal(params[k], again[k]) for k in params)
+    other = model.init(jax.random.key(2), scales)
+    assert not np.array_equal(params["layer0.W"], other["layer0.W"])
+
+
+def test_init_is_differentiable_in_traced_scales():
+    model = logistic_regression(4, 3)
+    key = jax.random.key(0)
+    unit = model.init(key, ones(model))
+
+    @jax.jit
+    def total(log_scale):
+        w = model.init(key, {"layer0.W": jnp.exp(log_scale), "layer0.b": 1.0})
+        return jnp.sum(w["layer0.W"])
+
+    grad = jax.grad(total)(jnp.float64(0.3))
+    np.testing.assert_allclose(grad, np.exp(0.3) * np.sum(unit["layer0.W"], dtype=np.float64), rtol=1e-5)
+
+
+def test_init_refuses_missing_or_unknown_scales():
+    model = logistic_regression(4, 3)
+    with pytest.raises(ModelError, match=r"init_scale: .*missing \['layer0.b'\]"):
+        model.init(jax.random.key(0), {"layer0.W": 1.0})
+    with pytest.raises(ModelError, match=r"unknown \['layer9.W'\]"):
+        model.init(jax.random.key(0), {**ones(model), "layer9.W": 1.0})
+
+
+@pytest.mark.parametrize("activation, fn", [("tanh", np.tanh), ("relu", lambda h: np.maximum(h, 0))])
+def test_apply_matches_numpy(activation, fn):
+    model = mlp(6, [5, 4], 3, activation=activation)
+    params = model.init(jax.random.key(3), ones(model))
+    X = np.random.default_rng(0).normal(size=(7, 6)).astype(np.float32)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    h = fn(X @ p["layer0.W"] + p["layer0.b"])
+    h = fn(h @ p["layer1.W"] + p["layer1.b"])
+    want = h @ p["layer2.W"] + p["layer2.b"]
+    got = model.apply(params, X)
+    assert got.dtype == jnp.float32 and got.shape == (7, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_relu_and_tanh_differ():
+    X = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    tanh, relu = mlp(3, [8], 2), mlp(3, [8], 2, activation="relu")
+    params = tanh.init(jax.random.key(0), ones(tanh))
+    assert not np.allclose(tanh.apply(params, X), relu.apply(params, X))
+
+
+def test_float64_model_computes_in_float64():
+    model = mlp(5, [4], 3, dtype=jnp.float64)
+    assert model.dtype == jnp.float64
+    params = model.init(jax.random.key(0), ones(model, 0.5))
+    assert all(w.dtype == jnp.float64 for w in params.values())
+    X = np.random.default_rng(1).normal(size=(6, 5))
+    logits = model.apply(params, X.astype(np.float32))
+    assert logits.dtype == jnp.float64
+    y = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
+    assert nll(logits, y).dtype == jnp.float64 and error_rate(logits, y).dtype == jnp.float64
+
+
+def test_apply_refuses_wrong_feature_count():
+    model = mlp(5, [4], 3)
+    params = model.init(jax.random.key(0), ones(model))
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 5\), got \(2, 4\)"):
+        model.apply(params, jnp.ones((2, 4)))
+
+
+def test_nll_and_error_rate_by_hand():
+    logits = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], jnp.float32)
+    y = jnp.array([1, 0], jnp.int32)
+    lse0 = np.log(np.exp(1.0) + np.exp(2.0) + np.exp(0.5))
+    lse1 = np.log(np.exp(0.0) + np.exp(-1.0) + np.exp(3.0))
+    want = ((lse0 - 2.0) + (lse1 - 0.0)) / 2
+    got = nll(logits, y)
+    assert got.dtype == jnp.float32 and got.shape == ()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # Row 0 is right (argmax 1), row 1 wrong (argmax 2).
+    assert float(error_rate(logits, y)) == 0.5
+    assert float(error_rate(logits, jnp.array([1, 2], jnp.int32))) == 0.0
+
+
+def test_nll_is_stable_for_huge_logits():
+    logits = jnp.array([[1000.0, 0.0], [0.0, -1000.0]], jnp.float32)
+    np.testing.assert_allclose(nll(logits, jnp.array([1, 1], jnp.int32)), 1000.0, rtol=1e-6)
+
+
+def test_losses_refuse_mismatched_labels():
+    with pytest.raises(ValueError, match="logits must be"):
+        nll(jnp.zeros((3, 2)), jnp.zeros((2,), jnp.int32))
+    with pytest.raises(TypeError, match="integer class labels"):
+        error_rate(jnp.zeros((2, 2)), jnp.zeros((2,)))
+
+
+def test_l2_penalty_per_array_and_per_weight():
+    params = {"a": jnp.array([1.0, -2.0], jnp.float32), "b": jnp.array([[3.0]], jnp.float32)}
+    per_array = {"a": jnp.float64(0.5), "b": jnp.float64(2.0)}
+    got = l2_penalty(params, per_array)
+    assert got.dtype == jnp.float32
+    assert float(got) == 0.5 * (1 + 4) + 2.0 * 9  # no factor 1/2, as the paper
+    per_weight = {"a": jnp.array([1.0, 10.0])}
+    assert float(l2_penalty(params, per_weight)) == 1 + 40
+    assert float(l2_penalty(params, {})) == 0.0
+    with pytest.raises(ValueError, match=r"l2\['a'\] must be a scalar or of shape \(2,\)"):
+        l2_penalty(params, {"a": jnp.ones(3)})
+    with pytest.raises(ValueError, match="does not have: \\['c'\\]"):
+        l2_penalty(params, {"c": 1.0})
+
+
+def test_l2_penalty_gradient():
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    lam = jnp.array([0.1, 0.2, 0.3])
+    g_w = jax.grad(l2_penalty)(params, {"w": lam})["w"]
+    np.testing.assert_allclose(g_w, 2 * lam * params["w"], rtol=1e-6)
+    g_lam = jax.grad(lambda lam: l2_penalty(params, {"w": lam}))(lam)
+    np.testing.assert_allclose(g_lam, params["w"] ** 2, rtol=1e-6)
+
+
+def test_no_implicit_promotion_in_the_float32_path():
+    model = mlp(4, [3], 2)
+    with jax.numpy_dtype_promotion("strict"):
+        params = model.init(jax.random.key(0), {k: jnp.float64(0.1) for k in model.shapes})
+        logits = model.apply(params, jnp.ones((2, 4), jnp.float32))
+        y = jnp.array([0, 1], jnp.int32)
+        loss = nll(logits, y) + l2_penalty(params, {k: jnp.float64(1e-3) for k in params})
+        err = error_rate(logits, y)
+    assert loss.dtype == err.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "build, field",
+    [
+        (lambda: mlp(0, [4], 3), "model.n_features"),
+        (lambda: mlp(5, [4, -1], 3), r"model.hidden\[1\]"),
+        (lambda: mlp(5, [4, 2.5], 3), r"model.hidden\[1\]"),
+        (lambda: mlp(5, [True], 3), r"model.hidden\[0\]"),
+        (lambda: mlp(5, [], 3), "model.hidden"),
+        (lambda: mlp(5, 4, 3), "model.hidden"),
+        (lambda: mlp(5, [4], 1), "model.n_classes: must be an integer >= 2"),
+        (lambda: mlp(5, [4], 3, activation="sigmoid"), "model.activation: must be one of tanh, relu"),
+        (lambda: logistic_regression(5, 0), "model.n_classes"),
+        (lambda: logistic_regression(5, 3, dtype=jnp.int32), "model.dtype"),
+        (lambda: logistic_regression(5, 3, dtype="nonsense"), "model.dtype"),
+        (lambda: Model("mlp", {"layer0.W": (3, 4), "layer0.b": (5,)}, None), "model.shapes.layer0"),
+        (lambda: Model("mlp", {"layer0.W": (3, 4)}, None), "model.shapes"),
+        (
+            lambda: Model(
+                "x", {"layer0.W": (3, 4), "layer0.b": (4,), "layer1.W": (5, 2), "layer1.b": (2,)}, "tanh"
+            ),
+            "model.shapes.layer1",
+        ),
+        (
+            lambda: Model(
+                "x", {"layer0.W": (3, 4), "layer0.b": (4,), "layer1.W": (4, 2), "layer1.b": (2,)}, None
+            ),
+            "model.activation",
+        ),
+    ],
+)
+def test_bad_arguments_name_the_field(build, field):
+    with pytest.raises(ModelError, match=field) as info:
+        build()
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)

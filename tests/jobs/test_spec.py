@@ -1,0 +1,166 @@
+"""JobSpec: every limit and every wrong type is refused with the field's name."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from jobs.spec import (
+    BUILTIN_DATASETS,
+    DatasetShape,
+    SpecError,
+    SpecLimits,
+    count_hyperparameters,
+    validate_spec,
+)
+
+BASE = {
+    "name": "base",
+    "dataset": {"name": "digits", "train": 1000, "valid": 400, "test": 397, "batch_size": 100},
+    "model": {"kind": "mlp", "hidden": [50, 50], "activation": "tanh"},
+    "training": {"steps": 100},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.5, "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": 0.1, "granularity": "layer", "learn": True},
+        "l2": {"init": 0.0, "granularity": "layer", "learn": False},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+
+def with_(path: str, value):
+    spec = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = spec
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return spec
+
+
+def errors_of(spec, **kwargs) -> dict[str, str]:
+    with pytest.raises(SpecError) as e:
+        validate_spec(spec, **kwargs)
+    found: dict[str, str] = {}
+    for err in e.value.errors:
+        field = ".".join(str(p) for p in err["loc"])
+        found[field] = f"{found[field]}; {err['msg']}" if field in found else err["msg"]
+    return found
+
+
+def test_the_design_example_is_valid_and_round_trips():
+    spec = validate_spec(BASE)
+    assert validate_spec(spec.to_dict()) == spec
+    assert spec.to_dict()["hyperparameters"]["l2"] == {"init": 0.0, "granularity": "layer", "learn": False}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "limit"),
+    [
+        ("training.steps", 1001, "training.steps", "1000"),
+        ("meta.iterations", 501, "meta.iterations", "500"),
+        ("model.hidden", [10] * 9, "model.hidden", "8"),
+        ("model.hidden", [10, 4096], "model.hidden.1", "2048"),
+        ("dataset.train", 200_000, "dataset.train", "100000"),
+        ("dataset.batch_size", 200_000, "dataset.batch_size", "100000"),
+    ],
+)
+def test_every_limit_is_refused_naming_the_field_and_the_limit(path, value, field, limit):
+    errors = errors_of(with_(path, value))
+    assert field in errors and limit in errors[field], errors
+
+
+def test_limits_come_from_the_caller():
+    small = SpecLimits(max_steps=10, max_hyperparameters=100)
+    errors = errors_of(BASE, limits=small)
+    assert "10" in errors["training.steps"]
+    errors = errors_of(with_("training.steps", 10), limits=small)
+    assert "at most 100" in errors["hyperparameters"], "2 x (10 x 6) + 6 + 6 = 138 > 100"
+
+
+def test_dataset_sizes_are_checked_against_the_builtin():
+    errors = errors_of(with_("dataset.train", 1500))
+    assert "1797" in errors["dataset.train"]
+    errors = errors_of(with_("dataset.batch_size", 1001))
+    assert "1000 training examples" in errors["dataset.batch_size"]
+
+
+def test_the_number_of_hyperparameters_counts_every_granularity():
+    mnist = validate_spec(
+        with_("model.hidden", [50, 50, 50])
+        | {"dataset": {"name": "mnist5k", "train": 3000, "valid": 1000, "batch_size": 200}}
+    )
+    assert count_hyperparameters(mnist, BUILTIN_DATASETS["mnist5k"]) == 800 + 800 + 8 + 8
+    logreg = validate_spec(
+        {
+            **BASE,
+            "model": {"kind": "logreg"},
+            "hyperparameters": {
+                "l2": {"init": 0.027, "granularity": "weight", "learn": True},
+                "training_data": {"init": 0.01, "granularity": "weight", "learn": True},
+            },
+            "dataset": {"name": "mnist5k", "train": 10, "valid": 100},
+        }
+    )
+    # l2 per weight 784*10+10, training data 10*784, and the global defaults lr, momentum, init_scale.
+    assert count_hyperparameters(logreg, BUILTIN_DATASETS["mnist5k"]) == 7850 + 7840 + 3
+    many_weights = with_("model.hidden", [2048] * 8)
+    assert "weights" in errors_of(many_weights)["model"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("training.steps", "100", "training.steps"),
+        ("training.steps", 10.5, "training.steps"),
+        ("training.steps", 0, "training.steps"),
+        ("meta.learning_rate", math.nan, "meta.learning_rate"),
+        ("meta.learning_rate", math.inf, "meta.learning_rate"),
+        ("hyperparameters.learning_rate.init", math.nan, "hyperparameters.learning_rate.init"),
+        ("hyperparameters.learning_rate.init", -1.0, "hyperparameters.learning_rate.init"),
+        ("hyperparameters.momentum.init", 1.0, "hyperparameters.momentum.init"),
+        ("hyperparameters.momentum.learn", "yes", "hyperparameters.momentum.learn"),
+        ("hyperparameters.momentum.granularity", "weight", "hyperparameters.momentum.granularity"),
+        ("hyperparameters.l2.learn", True, "hyperparameters.l2.learn"),
+        ("model.kind", "cnn", "model.kind"),
+        ("model.activation", "gelu", "model.activation"),
+        ("model.hidden", [0], "model"),
+        ("objective", "test_loss", "objective"),
+        ("meta.optimizer", "lbfgs", "meta.optimizer"),
+        ("meta.momentum", 0.5, "meta.momentum"),
+        ("seed", -1, "seed"),
+        ("name", "../etc", "name"),
+        ("dataset.name", "imagenet", "dataset.name"),
+        ("surprise", 1, "surprise"),
+        ("training.epochs", 3, "training.epochs"),
+    ],
+)
+def test_wrong_values_and_types_name_the_field(path, value, field):
+    assert field in errors_of(with_(path, value))
+
+
+def test_nothing_learned_and_two_dataset_sources_are_refused():
+    spec = with_("hyperparameters", {"learning_rate": {"init": 0.1}})
+    assert "nothing to tune" in errors_of(spec)["hyperparameters"]
+    assert "exactly one" in errors_of(with_("dataset.id", "abc"))["dataset"]
+    assert "JSON object" in errors_of([1, 2])[""]
+
+
+def test_an_uploaded_dataset_is_resolved_by_the_caller():
+    spec = with_("dataset", {"id": "d1", "train": 50, "valid": 20})
+    shapes = {"d1": DatasetShape(n_features=4, n_classes=3, n_rows=60)}
+    errors = errors_of(spec, resolve_dataset=shapes.get)
+    assert "only 60" in errors["dataset.train"]
+    assert (
+        "no dataset with id 'nope'"
+        in errors_of(with_("dataset", {"id": "nope"}), resolve_dataset=shapes.get)["dataset.id"]
+    )
+    split = {"d1": DatasetShape(n_features=4, n_classes=3, layout="splits", n_train=40, n_valid=10)}
+    assert "already split" in errors_of(spec, resolve_dataset=split.get)["dataset.train"]
+    ok = with_("dataset", {"id": "d1", "batch_size": 20})
+    assert validate_spec(ok, resolve_dataset=split.get).dataset.id == "d1"

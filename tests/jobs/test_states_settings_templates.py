@@ -1,0 +1,97 @@
+"""Job states, settings (production refuses unsafe ones) and the templates."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from jobs import templates
+from jobs.settings import Settings
+from jobs.spec import BUILTIN_DATASETS, count_hyperparameters, validate_spec
+from jobs.states import TERMINAL, IllegalTransition, Status, can_transition, check_transition
+
+
+def test_the_allowed_transitions_and_only_those():
+    allowed = {
+        ("queued", "running"),
+        ("queued", "cancelled"),
+        ("running", "succeeded"),
+        ("running", "failed"),
+        ("running", "cancelled"),
+        ("running", "queued"),
+    }
+    for old in Status:
+        for new in Status:
+            assert can_transition(old, new) == ((old.value, new.value) in allowed), (old, new)
+    assert check_transition("queued", "running") is Status.RUNNING
+    for final in TERMINAL:
+        with pytest.raises(IllegalTransition, match="final"):
+            check_transition(final, "running")
+
+
+def test_defaults_live_in_the_data_folder(tmp_path):
+    s = Settings(data_dir=tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path.resolve()}/revtune.db"
+    assert s.broker_url == f"sqla+sqlite:///{tmp_path.resolve()}/broker.db"
+    assert (
+        s.auth == "on"
+        and s.cors_origins == []
+        and s.dataset_path("abc") == tmp_path.resolve() / "datasets/abc.npz"
+    )
+
+
+def test_environment_variables_configure_everything(monkeypatch, tmp_path):
+    monkeypatch.setenv("REVTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REVTUNE_MAX_STEPS", "20")
+    monkeypatch.setenv("REVTUNE_AUTH", "off")
+    monkeypatch.setenv("REVTUNE_CORS_ORIGINS", '["https://example.org"]')
+    s = Settings()
+    assert s.limits.max_steps == 20 and s.auth == "off" and s.cors_origins == ["https://example.org"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"auth": "off"}, "REVTUNE_AUTH=off"),
+        ({"database_url": "postgresql+psycopg://revtune:revtune@db/revtune"}, "REVTUNE_DATABASE_URL"),
+        ({"database_url": "postgresql://u:postgres@db/r"}, "default password"),
+        ({"broker_url": "redis://:changeme@redis:6379/0"}, "REVTUNE_BROKER_URL"),
+    ],
+)
+def test_production_refuses_auth_off_and_default_secrets(tmp_path, changes, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(env="production", data_dir=tmp_path, **changes)
+    Settings(env="development", data_dir=tmp_path, **changes)
+
+
+def test_production_accepts_a_real_secret(tmp_path):
+    s = Settings(
+        env="production", data_dir=tmp_path, database_url="postgresql+psycopg://revtune:Zq8-x7@db/revtune"
+    )
+    assert s.auth == "on"
+
+
+def test_a_heartbeat_timeout_shorter_than_the_interval_is_refused(tmp_path):
+    with pytest.raises(ValidationError, match="HEARTBEAT_TIMEOUT"):
+        Settings(data_dir=tmp_path, heartbeat_interval_s=10, heartbeat_timeout_s=5)
+
+
+@pytest.mark.parametrize("name", templates.names())
+def test_every_template_is_a_valid_spec(name):
+    spec = validate_spec(templates.get(name))
+    assert spec.name == name and name in templates.DESCRIPTIONS
+
+
+def test_templates_reproduce_the_papers_sizes():
+    mnist = validate_spec(templates.get("lr-schedule-mnist"))
+    assert (
+        mnist.model.hidden == [50, 50, 50] and mnist.training.steps == 100 and mnist.objective == "train_loss"
+    )
+    # 800 learning rates + 800 momenta + 8 initial scales; the fixed global l2 is one more value.
+    assert count_hyperparameters(mnist, BUILTIN_DATASETS["mnist5k"]) == 1608 + 1
+    l2 = validate_spec(templates.get("l2-per-weight-logreg"))
+    assert count_hyperparameters(l2, BUILTIN_DATASETS["mnist5k"]) == 7850 + 3
+    assert templates.get("nope") is None
+    edited = templates.get("chaos-sweep")
+    edited["seed"] = 5
+    assert templates.get("chaos-sweep")["seed"] == 0, "templates hand out copies"

@@ -1,0 +1,222 @@
+"""`worker.runner.run_job` called directly, in this process, on a real database.
+
+The Celery task is a one-line shell around it; tests/e2e runs the same code in real worker
+processes. Each meta-iteration must leave a step row, the hyperparameter snapshots and the
+checkpoint; stops (cancel, shutdown) and failures must leave the job in a state a user can read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import migrations
+from hypercore.spec import problem_from_spec
+from hypercore.tune import Checkpoint, tune
+from jobs import models, repository
+from jobs.db import session_factory
+from jobs.settings import Settings
+from jobs.spec import validate_spec
+from worker import runner
+
+pytestmark = pytest.mark.integration
+
+# Logistic regression on digits, 5 steps: the fastest job there is to compile and run.
+SPEC = {
+    "name": "worker-direct",
+    "dataset": {"name": "digits", "train": 100, "valid": 50, "test": 50, "batch_size": 50},
+    "model": {"kind": "logreg"},
+    "training": {"steps": 5},
+    # The stored spec lists these in the schema's order, not alphabetically: a resumed run must
+    # still accept the checkpoint (which hypercore writes in sorted order).
+    "hyperparameters": {
+        "learning_rate": {"init": 0.3, "granularity": "step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "global", "learn": True},
+        "init_scale": {"init": 0.1, "granularity": "global", "learn": True},
+    },
+    "meta": {"iterations": 4},
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def settings(make_postgres_database, tmp_path_factory) -> Settings:
+    url = make_postgres_database("revtune_worker")
+    migrations.upgrade(url)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        data_dir=tmp_path_factory.mktemp("worker-data"),
+        auth="off",
+        heartbeat_interval_s=0.2,
+        heartbeat_timeout_s=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def sessions(settings):
+    return session_factory(settings)
+
+
+@pytest.fixture(scope="module")
+def tenant_id(sessions) -> str:
+    with sessions() as session:
+        tenant = repository.get_or_create_tenant(session, "worker-tests")
+        session.commit()
+        return tenant.id
+
+
+def submit(sessions, tenant_id, spec: dict) -> str:
+    with sessions() as session:
+        job, _ = repository.create_job(session, tenant_id, validate_spec(spec))
+        session.commit()
+        return job.id
+
+
+def job_row(sessions, job_id: str) -> models.Job:
+    with sessions() as session:
+        return session.get(models.Job, job_id)
+
+
+def learned(sessions, tenant_id, job_id) -> tuple[int, dict[str, np.ndarray]]:
+    with sessions() as session:
+        meta_iter, rows = repository.list_hyperparameters(session, tenant_id, job_id)
+        values = {
+            row.name: repository.get_hyperparameter(session, tenant_id, job_id, row.name).values
+            for row in rows
+        }
+    return meta_iter, values
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The natural hyperparameters after every meta-iteration of an uninterrupted in-process run."""
+    result = tune(problem_from_spec(SPEC))
+    return [
+        {k: np.asarray(v.values, np.float64) for k, v in r.hyperparameters.items()} for r in result.records
+    ]
+
+
+def test_run_job_records_every_meta_iteration_and_matches_hypercore(settings, sessions, tenant_id, reference):
+    job_id = submit(sessions, tenant_id, SPEC)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded"
+
+    job = job_row(sessions, job_id)
+    assert (job.status, job.meta_iter, job.error, job.attempts) == ("succeeded", 4, None, 1)
+    assert job.started_at <= job.heartbeat_at <= job.finished_at
+    with sessions() as session:
+        steps = repository.list_steps(session, tenant_id, job_id).items
+        assert [s.meta_iter for s in steps] == [0, 1, 2, 3]
+        assert all(s.reversal_exact and np.isfinite(s.objective) for s in steps)
+        assert job.best_objective == min(s.objective for s in steps)
+        checkpoint = session.get(models.Checkpoint, job_id)
+        assert checkpoint.meta_iter == 4 and Checkpoint.from_bytes(checkpoint.data).meta_iter == 4
+        for k in (1, 2, 3, 4):
+            at_k, rows = repository.list_hyperparameters(session, tenant_id, job_id, meta_iter=k)
+            assert at_k == k and sorted(r.name for r in rows) == [
+                "init_scale",
+                "l2",
+                "learning_rate",
+                "momentum",
+            ]
+    meta_iter, values = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 4
+    for name, want in reference[3].items():
+        np.testing.assert_array_equal(values[name], want, err_msg=name)
+
+    # A redelivered message for a finished job changes nothing.
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) is None
+    assert job_row(sessions, job_id).attempts == 1
+
+
+def test_shutdown_hands_the_job_back_and_the_next_run_resumes_to_the_same_result(
+    settings, sessions, tenant_id, reference, monkeypatch
+):
+    job_id = submit(sessions, tenant_id, SPEC)
+    record = repository.record_meta_iteration
+
+    def record_then_shut_down(session, job_id, claim, **kwargs):
+        if kwargs["step"]["meta_iter"] == 1:
+            runner.shutting_down.set()  # what SIGTERM does to the worker process
+        return record(session, job_id, claim, **kwargs)
+
+    monkeypatch.setattr(repository, "record_meta_iteration", record_then_shut_down)
+    enqueued: list[str] = []
+    try:
+        assert (
+            runner.run_job(job_id, settings=settings, sessions=sessions, enqueue=enqueued.append) == "queued"
+        )
+    finally:
+        runner.shutting_down.clear()
+    monkeypatch.undo()
+    assert enqueued == [job_id]
+    job = job_row(sessions, job_id)
+    assert (job.status, job.meta_iter, job.worker_id) == ("queued", 2, None)
+
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded"
+    with sessions() as session:
+        assert [s.meta_iter for s in repository.list_steps(session, tenant_id, job_id).items] == [0, 1, 2, 3]
+    meta_iter, values = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 4
+    for name, want in reference[3].items():
+        np.testing.assert_array_equal(values[name], want, err_msg=name)
+
+
+def test_cancel_requested_while_running_ends_the_job_cancelled(settings, sessions, tenant_id, monkeypatch):
+    job_id = submit(sessions, tenant_id, SPEC)
+    record = repository.record_meta_iteration
+
+    def cancel_during_first(session, job_id, claim, **kwargs):
+        if kwargs["step"]["meta_iter"] == 0:
+            with sessions() as other:
+                repository.request_cancel(other, tenant_id, job_id)
+                other.commit()
+        return record(session, job_id, claim, **kwargs)
+
+    monkeypatch.setattr(repository, "record_meta_iteration", cancel_during_first)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "cancelled"
+    job = job_row(sessions, job_id)
+    assert (job.status, job.meta_iter) == ("cancelled", 1)
+    assert job.finished_at is not None
+
+
+def test_a_job_cancelled_while_queued_is_never_run(settings, sessions, tenant_id):
+    job_id = submit(sessions, tenant_id, SPEC)
+    with sessions() as session:
+        repository.request_cancel(session, tenant_id, job_id)
+        session.commit()
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) is None
+    job = job_row(sessions, job_id)
+    assert (job.status, job.attempts, job.started_at) == ("cancelled", 0, None)
+
+
+def test_a_missing_upload_fails_with_a_message_naming_the_field(settings, sessions, tenant_id):
+    spec = {**SPEC, "dataset": {"id": "0123456789abcdef", "train": 10, "valid": 5}}
+    job_id = submit(sessions, tenant_id, spec)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "failed"
+    job = job_row(sessions, job_id)
+    assert job.error.startswith("dataset.id: ") and "0123456789abcdef" in job.error
+
+
+def test_an_upload_with_too_few_rows_fails_naming_the_split(settings, sessions, tenant_id):
+    rng = np.random.default_rng(0)
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        settings.dataset_path("fewrows"), X=rng.normal(size=(20, 4)).astype(np.float32), y=np.arange(20) % 3
+    )
+    spec = {**SPEC, "dataset": {"id": "fewrows", "train": 15, "valid": 10}}
+    job_id = submit(sessions, tenant_id, spec)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "failed"
+    error = job_row(sessions, job_id).error
+    assert error.startswith("dataset: ") and "exceeds the 20" in error
+
+
+def test_runaway_training_fails_with_the_guards_diagnosis(settings, sessions, tenant_id):
+    hypers = {
+        **SPEC["hyperparameters"],
+        "learning_rate": {"init": 1e6, "granularity": "global", "learn": True},
+    }
+    job_id = submit(sessions, tenant_id, {**SPEC, "hyperparameters": hypers, "meta": {"iterations": 20}})
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "failed"
+    error = job_row(sessions, job_id).error
+    assert error.startswith("the meta-optimisation diverged") and "learning rate" in error
