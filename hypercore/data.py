@@ -186,16 +186,38 @@ def _counts(n_train: Any, n_valid: Any, n_test: Any, available: int, what: str) 
     return counts
 
 
-def load(name: str, n_train: int, n_valid: int, n_test: int = 0, *, seed: int = 0) -> Dataset:
+def load(
+    name: str,
+    n_train: int,
+    n_valid: int,
+    n_test: int = 0,
+    *,
+    seed: int = 0,
+    center: bool = True,
+    stratify: bool = False,
+) -> Dataset:
     """Built-in dataset ``name`` split ``n_train`` / ``n_valid`` / ``n_test`` after a shuffle drawn
-    from ``seed``, pixels in [0, 1] minus the training split's mean image."""
+    from ``seed``, pixels in [0, 1], minus the training split's mean image when ``center`` (the
+    paper's preprocessing; its chaos experiment left pixels uncentred).
+
+    ``stratify`` interleaves the classes after the shuffle (the first example of every class, then
+    the second of every class, ...), so every split is as class-balanced as the counts allow: ten
+    training examples of a ten-class set are one per class, as the paper's learned-training-data
+    experiment needs."""
     name = _builtin_name(name)
     info = _BUILTINS[name]
     counts = _counts(n_train, n_valid, n_test, info["n_examples"], name)
     seed = _count(seed, "seed", 0)
     X, y = _raw(name)
     order = np.random.default_rng(seed).permutation(len(y))
-    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], True)
+    if stratify:
+        shuffled = y[order]
+        rank = np.empty(len(order), dtype=np.int64)  # position of each example within its class
+        for c in np.unique(shuffled):
+            members = np.flatnonzero(shuffled == c)
+            rank[members] = np.arange(len(members))
+        order = order[np.lexsort((shuffled, rank))]
+    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
 
 
 def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:

@@ -40,7 +40,7 @@ class SpecError(ConfigError):
 
 
 _SECTIONS = {
-    "dataset": {"name", "id", "train", "valid", "test", "batch_size"},
+    "dataset": {"name", "id", "train", "valid", "test", "batch_size", "center", "stratify"},
     "model": {"kind", "hidden", "activation"},
     "training": {"steps"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
@@ -96,15 +96,22 @@ def _dataset(section: dict, seed: int, dataset):
         _int(section["valid"], "dataset.valid", 0),
         _int(section.get("test", 0), "dataset.test", 0),
         seed=seed,
+        center=_flag(section.get("center", True), "dataset.center"),
+        stratify=_flag(section.get("stratify", False), "dataset.stratify"),
     )
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(field, f"must be true or false, got {value!r}")
+    return value
 
 
 def _model(section: dict, n_features: int, n_classes: int):
     kind = section.get("kind")
     if kind == "toy2d":
-        for key in ("hidden", "activation"):
-            if key in section:
-                raise SpecError(f"model.{key}", "the toy2d model has no layers: leave it out")
+        if section.get("hidden"):
+            raise SpecError("model.hidden", "the toy2d model has no layers")
         return _models.toy2d()
     if kind == "logreg":
         if section.get("hidden"):

@@ -19,8 +19,9 @@ variable                       meaning (default)
 =============================  ==============================================================
 
 ``env=production`` refuses to start with auth off or with a database or broker password that is a
-well-known default (``revtune``, ``postgres``, ``password``, ...): what ships in an example file is
-public.
+well-known default (``revtune``, ``postgres``, ``password``, RabbitMQ's ``guest``, ...), in any
+case, URL-encoded or not, given in the URL's user part or as a ``?password=`` query parameter
+(libpq and redis-py both read one): what ships in an example file is public.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from jobs.spec import SpecLimits
 
 DEFAULT_DATA_DIR = ".revtune"
 # Passwords that appear in examples (ours: docker-compose.yml's fallback) and in every tutorial.
-DEFAULT_PASSWORDS = frozenset({"", "revtune", "postgres", "password", "changeme", "secret", "admin", "redis"})
+DEFAULT_PASSWORDS = frozenset(
+    {"", "revtune", "postgres", "password", "changeme", "secret", "admin", "redis", "guest", "root", "test"}
+)
 
 _LIMIT_DEFAULTS = SpecLimits()
 
@@ -98,8 +101,8 @@ class Settings(BaseSettings):
                 "REVTUNE_AUTH=off is refused with REVTUNE_ENV=production: anyone could submit jobs"
             )
         for name in ("database_url", "broker_url"):
-            password = _password(getattr(self, name))
-            if password is not None and password.lower() in DEFAULT_PASSWORDS:
+            passwords = _passwords(getattr(self, name))
+            if any(p.strip().lower() in DEFAULT_PASSWORDS for p in passwords):
                 raise ValueError(
                     f"REVTUNE_{name.upper()} uses a well-known default password; "
                     "set a secret one (e.g. POSTGRES_PASSWORD) with REVTUNE_ENV=production"
@@ -129,15 +132,19 @@ class Settings(BaseSettings):
         return self.datasets_dir / f"{dataset_id}.npz"
 
 
-def _password(url: str) -> str | None:
-    """The password in a URL; None when it has none (unix socket, peer or IAM auth, SQLite)."""
+def _passwords(url: str) -> list[str]:
+    """The passwords a URL carries (user part and ``password=`` query parameters, decoded); none for
+    unix socket, peer or IAM auth and SQLite."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        return None
+        return []
     if parsed.drivername.startswith(("sqlite", "sqla+sqlite")):
-        return None
-    return parsed.password if parsed.password is not None else None
+        return []
+    found = [] if parsed.password is None else [str(parsed.password)]
+    query = parsed.query.get("password", ())
+    found += [query] if isinstance(query, str) else list(query)
+    return found
 
 
 @functools.cache

@@ -4,7 +4,7 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: <uploaded>}
-    model: {kind: mlp, hidden: [50, 50], activation: tanh}                         # or {kind: logreg}
+    model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or {kind: logreg}, or {kind: toy2d}
     training: {steps: 100}
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
@@ -14,6 +14,10 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
     objective: valid_loss       # or train_loss
     meta: {iterations: 50, optimizer: adam, learning_rate: 0.04}   # optional: momentum, clip, guard
     seed: 0
+
+``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem: it has no data, so ``dataset``
+is left out (every other kind needs it), and it starts from a fixed point, so ``init_scale`` and
+``training_data`` are refused.
 
 Validation happens in two layers, both through `validate_spec`, which raises one `SpecError`
 holding every problem as ``{"loc": [...], "msg": ...}`` (the shape of FastAPI's 422 body):
@@ -111,6 +115,10 @@ class DatasetSection(_Strict):
     valid: int | None = Field(None, ge=0)
     test: int | None = Field(None, ge=0)
     batch_size: int | None = Field(None, ge=1, description="minibatch size; full batch when absent")
+    center: bool = Field(True, description="subtract the training split's mean example from every split")
+    stratify: bool = Field(
+        False, description="built-in datasets: interleave the classes so every split is class-balanced"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSection:
@@ -118,16 +126,22 @@ class DatasetSection(_Strict):
             raise ValueError("give exactly one of `name` (built-in: digits, mnist5k) or `id` (an upload)")
         if self.name is not None and (self.train is None or self.valid is None):
             raise ValueError("a built-in dataset needs `train` and `valid` counts")
+        if self.id is not None and self.stratify:
+            raise ValueError("`stratify` applies to built-in datasets; an upload is split in the order given")
         return self
 
 
 class ModelSection(_Strict):
-    kind: Literal["mlp", "logreg"]
+    kind: Literal["mlp", "logreg", "toy2d"] = Field(
+        description="mlp, logreg, or toy2d (the paper's two-weight figure-1 problem, no dataset)"
+    )
     hidden: list[int] = Field(default_factory=list, description="hidden layer widths (mlp only)")
     activation: Literal["tanh", "relu"] = "tanh"
 
     @model_validator(mode="after")
     def _layers(self) -> ModelSection:
+        if self.kind == "toy2d" and self.hidden:
+            raise ValueError("the toy2d model has no layers: leave `hidden` out")
         if self.kind == "mlp" and not self.hidden:
             raise ValueError("an mlp needs at least one hidden layer width in `hidden`")
         if self.kind == "logreg" and self.hidden:
@@ -179,7 +193,9 @@ _DEFAULT_KINDS = ("learning_rate", "momentum", "init_scale", "l2")
 
 class MetaSection(_Strict):
     iterations: int = Field(50, ge=1)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adam_paper", "sgd"] = Field(
+        "adam", description="adam (optax), adam_paper (the paper's Adam settings), or sgd with momentum"
+    )
     learning_rate: float = Field(0.04, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1, description="sgd's momentum (default 0.9)")
     clip: float | None = Field(None, gt=0, description="clip the hypergradient's global norm")
@@ -190,7 +206,7 @@ class JobSpec(_Strict):
     """A tuning job. See the module docstring for the fields; `validate_spec` adds the limits."""
 
     name: str = Field("job", min_length=1, max_length=100, pattern=r"^[\w][\w .:+-]*$")
-    dataset: DatasetSection
+    dataset: DatasetSection | None = Field(None, description="required, except with model kind toy2d")
     model: ModelSection
     training: TrainingSection
     hyperparameters: HyperparametersSection = Field(default_factory=HyperparametersSection)
@@ -204,7 +220,10 @@ class JobSpec(_Strict):
 
 
 def parameter_shapes(model: ModelSection, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]]:
-    """The model's parameter arrays as hypercore names them: ``layer{i}.W`` (in, out), ``layer{i}.b``."""
+    """The model's parameter arrays as hypercore names them: ``layer{i}.W`` (in, out), ``layer{i}.b``;
+    the toy2d model has one, ``w`` (2,)."""
+    if model.kind == "toy2d":
+        return {"w": (2,)}
     widths = [n_features, *model.hidden, n_classes]
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
@@ -237,7 +256,7 @@ def count_hyperparameters(spec: JobSpec, shape: DatasetShape) -> int:
 def _n_train(spec: JobSpec, shape: DatasetShape) -> int:
     if shape.layout == "splits":
         return shape.n_train
-    return spec.dataset.train or 0
+    return (spec.dataset.train if spec.dataset is not None else None) or 0
 
 
 def _problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None) -> list[dict[str, Any]]:
@@ -273,13 +292,24 @@ def _problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None) -> 
     if spec.meta.momentum is not None and spec.meta.optimizer != "sgd":
         refuse(("meta", "momentum"), "only the sgd meta-optimiser has a momentum")
     ds = spec.dataset
-    for field in ("train", "valid", "test", "batch_size"):
-        value = getattr(ds, field)
-        if value is not None and value > limits.max_dataset_rows:
-            refuse(("dataset", field), f"at most {limits.max_dataset_rows} rows, got {value}")
-    if shape is None:
+    if spec.model.kind == "toy2d":
+        if ds is not None:
+            refuse(("dataset",), "the toy2d model has no data: leave `dataset` out")
+        for kind in ("init_scale", "training_data"):
+            if getattr(spec.hyperparameters, kind) is not None:
+                refuse(("hyperparameters", kind), "the toy2d model starts from a fixed point and has no data")
+        shape = _TOY2D_SHAPE
+    elif ds is None:
+        refuse(("dataset",), "is required: a built-in `name` (digits, mnist5k) or an uploaded `id`")
         return errors
-    errors += _dataset_problems(spec, limits, shape)
+    else:
+        for field in ("train", "valid", "test", "batch_size"):
+            value = getattr(ds, field)
+            if value is not None and value > limits.max_dataset_rows:
+                refuse(("dataset", field), f"at most {limits.max_dataset_rows} rows, got {value}")
+        if shape is None:
+            return errors
+        errors += _dataset_problems(spec, limits, shape)
     if errors:  # the counts below would only repeat these problems
         return errors
     shapes = parameter_shapes(spec.model, shape.n_features, shape.n_classes)
@@ -293,6 +323,10 @@ def _problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None) -> 
             f"the spec implies {n_hyper} hyperparameters; at most {limits.max_hyperparameters} are allowed",
         )
     return errors
+
+
+# What the counts need of the toy2d model's one observation (hypercore.models.toy2d_data).
+_TOY2D_SHAPE = DatasetShape(n_features=1, n_classes=2)
 
 
 def _setting_problem(kind: str, s: HyperSetting) -> tuple[str, str] | None:
@@ -375,7 +409,9 @@ def validate_spec(
     except ValidationError as e:
         raise SpecError([{"loc": list(err["loc"]), "msg": err["msg"]} for err in e.errors()]) from None
     shape: DatasetShape | None
-    if spec.dataset.name is not None:
+    if spec.dataset is None:
+        shape = None  # the toy2d model's is known; any other kind is refused for the missing dataset
+    elif spec.dataset.name is not None:
         shape = BUILTIN_DATASETS[spec.dataset.name]
     elif resolve_dataset is not None:
         shape = resolve_dataset(spec.dataset.id or "")

@@ -103,8 +103,9 @@ def load_dataset(spec_dataset: dict, settings: Settings):
                 spec_dataset.get("train"),
                 spec_dataset.get("valid") or 0,
                 spec_dataset.get("test") or 0,
+                center=spec_dataset.get("center", True),
             )
-        return from_splits(**{k: arrays.get(k) for k in _SPLIT_KEYS})
+        return from_splits(**{k: arrays.get(k) for k in _SPLIT_KEYS}, center=spec_dataset.get("center", True))
     except DataError as e:
         if e.field.startswith("dataset"):  # the spec's counts
             raise JobInputError(str(e)) from e

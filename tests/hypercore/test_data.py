@@ -78,6 +78,21 @@ def test_split_is_deterministic_in_the_seed():
     assert full.n_test == 0 and full.X_test.shape == (0, 64)
 
 
+def test_stratify_balances_every_split_and_center_false_keeps_raw_pixels():
+    tiny = load("mnist5k", 10, 100, 20, seed=0, stratify=True)
+    assert sorted(tiny.y_train.tolist()) == list(range(10))  # one example per class
+    assert np.bincount(tiny.y_valid, minlength=10).tolist() == [10] * 10
+    plain = load("mnist5k", 10, 100, 20, seed=0)
+    assert len(set(plain.y_train.tolist())) < 10  # what stratify is for: this shuffle misses classes
+    # The same examples as the unstratified pool, only reordered, and deterministic in the seed.
+    again = load("mnist5k", 10, 100, 20, seed=0, stratify=True)
+    np.testing.assert_array_equal(tiny.X_valid, again.X_valid)
+    raw = load("digits", 50, 30, seed=3, center=False)
+    assert raw.X_train.min() >= 0.0 and raw.X_train.max() <= 1.0 and raw.X_train.max() > 0.5
+    centred = load("digits", 50, 30, seed=3)
+    np.testing.assert_allclose(raw.X_train - raw.X_train.mean(axis=0), centred.X_train, atol=1e-6)
+
+
 def test_load_uses_every_example_when_asked():
     ds = load("digits", 1000, 400, 397)
     check_layout(ds, (1000, 400, 397), 64, 10)

@@ -151,6 +151,14 @@ def test_nothing_learned_and_two_dataset_sources_are_refused():
     assert "JSON object" in errors_of([1, 2])[""]
 
 
+def test_center_and_stratify_are_flags_and_stratify_needs_a_builtin():
+    assert validate_spec(with_("dataset.stratify", True)).dataset.stratify is True
+    assert validate_spec(with_("dataset.center", False)).dataset.center is False
+    assert "dataset.center" in errors_of(with_("dataset.center", "yes please"))
+    upload = with_("dataset", {"id": "d1", "train": 50, "valid": 20, "stratify": True})
+    assert "built-in" in errors_of(upload, resolve_dataset=lambda _: None)["dataset"]
+
+
 def test_an_uploaded_dataset_is_resolved_by_the_caller():
     spec = with_("dataset", {"id": "d1", "train": 50, "valid": 20})
     shapes = {"d1": DatasetShape(n_features=4, n_classes=3, n_rows=60)}

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from jobs import templates
 from jobs.settings import Settings
-from jobs.spec import BUILTIN_DATASETS, count_hyperparameters, validate_spec
+from jobs.spec import BUILTIN_DATASETS, SpecError, count_hyperparameters, validate_spec
 from jobs.states import TERMINAL, IllegalTransition, Status, can_transition, check_transition
 
 
@@ -95,3 +95,25 @@ def test_templates_reproduce_the_papers_sizes():
     edited = templates.get("chaos-sweep")
     edited["seed"] = 5
     assert templates.get("chaos-sweep")["seed"] == 0, "templates hand out copies"
+
+
+def test_the_toy_template_has_no_dataset_and_only_the_toy_may_leave_it_out():
+    toy = validate_spec(templates.get("toy-figure1"))
+    assert toy.model.kind == "toy2d" and toy.dataset is None and "dataset" not in toy.to_dict()
+    assert validate_spec(toy.to_dict()) == toy, "the stored spec validates again unchanged"
+    assert (toy.training.steps, toy.meta.iterations, toy.meta.learning_rate) == (50, 3, 0.001)
+    with_data = templates.get("toy-figure1") | {"dataset": {"name": "digits", "train": 10, "valid": 10}}
+    with pytest.raises(SpecError) as info:
+        validate_spec(with_data)
+    assert info.value.errors == [
+        {"loc": ["dataset"], "msg": "the toy2d model has no data: leave `dataset` out"}
+    ]
+    with_scale = templates.get("toy-figure1")
+    with_scale["hyperparameters"]["init_scale"] = {"init": 0.1}
+    with pytest.raises(SpecError, match="hyperparameters.init_scale: the toy2d model starts from a fixed"):
+        validate_spec(with_scale)
+    with pytest.raises(SpecError, match="model: .*no layers"):
+        validate_spec(templates.get("toy-figure1") | {"model": {"kind": "toy2d", "hidden": [4]}})
+    no_data = {k: v for k, v in templates.get("chaos-sweep").items() if k != "dataset"}
+    with pytest.raises(SpecError, match="dataset: is required"):
+        validate_spec(no_data)
