@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 import migrations
 from api import dashboard, errors
 from api.deps import KeyCache, RateLimiter
-from api.limits import BodyLimitMiddleware
+from api.limits import BodyLimitMiddleware, CrossSiteGuardMiddleware, NulGuardMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import datasets, health, hyperparameters, jobs, steps, templates
 from jobs.db import session_factory
@@ -82,13 +82,18 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
         )
+    if settings.auth == "off":
+        app.add_middleware(CrossSiteGuardMiddleware, allowed_origins=settings.cors_origins)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(NulGuardMiddleware)
     return app
 
 
 def _openapi(app: FastAPI) -> dict:
     """FastAPI's schema plus `JobSpec` in the components: the job body is validated by hand (the
-    limits come from the settings), so FastAPI does not know its model."""
+    limits come from the settings), so FastAPI does not know its model. Every error answer an
+    operation can give is documented with the one error body this API sends (`api.errors`), in place
+    of FastAPI's default 422 model (which has a ``type`` our answers leave out)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -97,8 +102,90 @@ def _openapi(app: FastAPI) -> dict:
         components["JobSpec"] = spec
         body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
         body["schema"] = {"$ref": "#/components/schemas/JobSpec"}
+        _document_errors(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["loc", "msg"],
+                        "properties": {
+                            "loc": {
+                                "type": "array",
+                                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                            },
+                            "msg": {"type": "string"},
+                        },
+                    },
+                },
+            ]
+        }
+    },
+}
+
+_ERROR_MEANINGS = {
+    "400": "the multipart body is malformed (the message says how)",
+    "401": "no valid, unrevoked API key",
+    "404": "no such resource (another tenant's looks the same)",
+    "409": "the resource's state forbids this now",
+    "413": "the request body is larger than the limit",
+    "415": "the body is not sent as application/json",
+    "422": "invalid input; each problem names its field",
+    "429": "too many POSTs; retry after Retry-After seconds",
+    "503": "the database or the broker is unavailable; retry later",
+}
+
+
+def _error_codes(path: str, method: str, operation: dict) -> set[str]:
+    """The error statuses an operation can answer (see `api.errors`, `api.deps`, `api.limits`)."""
+    if not path.startswith("/v1/"):
+        return set()
+    codes = {"401", "503"}
+    if operation.get("parameters") or "requestBody" in operation:
+        codes.add("422")
+    if "{" in path:
+        codes.add("404")
+    if method == "post":
+        codes |= {"413", "429"}
+    if path == "/v1/jobs" and method == "post":
+        codes |= {"409", "415"}
+    if path == "/v1/datasets" and method == "post":
+        codes.add("400")
+    if path.endswith("/cancel") or method == "delete":
+        codes.add("409")
+    return codes
+
+
+def _document_errors(schema: dict) -> None:
+    components = schema["components"]["schemas"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components["Error"] = ERROR_SCHEMA
+    ref = {"$ref": "#/components/schemas/Error"}
+    readiness = {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}}
+    schema["paths"]["/readyz"]["get"]["responses"]["503"] = {
+        "description": "not ready: the answer names what is unavailable",
+        "content": {"application/json": {"schema": readiness}},
+    }
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation.setdefault("responses", {})
+            for code in sorted(_error_codes(path, method, operation) | (set(responses) & {"422"})):
+                responses[code] = {
+                    "description": _ERROR_MEANINGS[code],
+                    "content": {"application/json": {"schema": ref}},
+                }
 
 
 def check_schema(settings: Settings) -> None:

@@ -39,6 +39,10 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+# The database's integer columns are 32-bit: a larger number in a query could only miss, but would
+# reach the driver as an overflow (a 500); query parameters compared with one are capped with it.
+MAX_DB_INT = 2**31 - 1
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 

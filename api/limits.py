@@ -1,13 +1,27 @@
-"""A cap on request bodies, enforced while they stream in (before any parsing or spooling).
+"""Limits every request meets before a route sees it.
 
-``Content-Length`` over the cap is refused at once with 413; a body without one (chunked) is
-counted as it arrives and cut off at the cap. Dataset uploads get ``REVTUNE_MAX_UPLOAD_BYTES`` plus
-room for the multipart envelope; every other request (JSON specs) gets `MAX_JSON_BYTES`.
+`BodyLimitMiddleware`: a cap on request bodies, enforced while they stream in (before any parsing or
+spooling). ``Content-Length`` over the cap is refused at once with 413; a body without one (chunked)
+is counted as it arrives and cut off at the cap. Dataset uploads get ``REVTUNE_MAX_UPLOAD_BYTES``
+plus room for the multipart envelope; every other request (JSON specs) gets `MAX_JSON_BYTES`.
+
+`NulGuardMiddleware`: a NUL character (``%00``) in the path or the query string. No id, name or
+file of ours holds one, PostgreSQL refuses to compare against one and the file system refuses
+to open one, so it would reach a driver as a 500: the path answers 404 (nothing is there), the
+query 422 naming the parameter.
+
+`CrossSiteGuardMiddleware` (installed with auth off only): a web page can make a browser send a
+"simple" cross-site POST (a form, text/plain) without a CORS preflight. With API keys a browser
+has nothing to attach, but with auth off (the local default) such a POST would cancel a job or
+upload a dataset. So with auth off a POST or DELETE whose ``Origin`` is neither this server nor a
+``REVTUNE_CORS_ORIGINS`` entry is refused (403); clients that send no ``Origin`` (scripts, the CLI,
+the Python client) are not affected, and the dashboard is same-origin.
 """
 
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,11 +83,59 @@ class BodyLimitMiddleware:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"the request body is larger than the limit of {limit} bytes"}).encode()
+    await _json_answer(send, 413, {"detail": f"the request body is larger than the limit of {limit} bytes"})
+
+
+class NulGuardMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if "\x00" in scope["path"]:
+                await _json_answer(send, 404, {"detail": "no such resource: the path holds a NUL character"})
+                return
+            query = scope.get("query_string", b"").decode("latin-1")
+            if "%00" in query or "\x00" in query:
+                names = sorted({k for k, v in parse_qsl(query, keep_blank_values=True) if "\x00" in k + v})
+                detail = [
+                    {"loc": ["query", name], "msg": "may not contain a NUL character"}
+                    for name in names or ["?"]
+                ]
+                await _json_answer(send, 422, {"detail": detail})
+                return
+        await self.app(scope, receive, send)
+
+
+_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class CrossSiteGuardMiddleware:
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+        self.app = app
+        self.allowed = {origin.rstrip("/").lower() for origin in allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _UNSAFE_METHODS:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+            host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+            if origin and origin not in self.allowed and urlsplit(origin).netloc != host:
+                detail = (
+                    f"cross-site {scope['method']} from {origin} refused: this server runs with auth off; "
+                    "list the origin in REVTUNE_CORS_ORIGINS to allow it"
+                )
+                await _json_answer(send, 403, {"detail": detail})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _json_answer(send: Send, status: int, content: dict) -> None:
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ from hypercore.tune import (
 )
 from jobs import repository
 from jobs.db import session_factory
+from jobs.models import Job
 from jobs.settings import Settings, get_settings
 from worker.enqueue import EnqueueError, enqueue_job
 
@@ -236,8 +238,15 @@ def run_job(
         return finish("failed", f"the job's checkpoint cannot be resumed ({e}); resubmit the spec")
 
     stop_reason: list[str] = []
+    diverged = {"steps": 0, "backoffs": 0, "finite": False}
 
     def on_meta_iteration(record: Record) -> bool:
+        diverged["backoffs"] += len(record.events)
+        if math.isfinite(record.objective):
+            diverged["finite"] = True
+        else:
+            diverged["steps"] += 1
+
         def uow():
             with sessions() as session:
                 cancel_requested = repository.record_meta_iteration(
@@ -310,4 +319,24 @@ def run_job(
             log.info("worker shutting down: job %s handed back to the queue", job_id)
             return "queued"
         return None
+    if not stop_reason and not diverged["finite"] and not _had_finite_objective(sessions, job_id):
+        # Every meta-iteration's training blew up (and the guard, if on, could not bring it back
+        # before the run ended): a result with nothing in it is a failure the user must hear about.
+        return finish(
+            "failed",
+            f"training diverged in all {diverged['steps']} meta-iterations run (the objective was never "
+            f"finite; the chaos guard backed off {diverged['backoffs']} times): lower "
+            "hyperparameters.learning_rate.init, or raise meta.iterations to let the guard recover",
+        )
     return finish(stop_reason[0] if stop_reason else "succeeded")
+
+
+def _had_finite_objective(sessions, job_id: str) -> bool:
+    """Whether an earlier run of this job (before a resume) recorded a finite objective."""
+
+    def uow():
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            return job is not None and job.best_objective is not None
+
+    return with_db_retry(uow, f"reading job {job_id}")

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
-from api.deps import SessionDep, TenantDep
+from api.deps import MAX_DB_INT, SessionDep, TenantDep
 from api.schemas import HyperparameterInfo, HyperparameterListOut, HyperparameterOut
 from jobs import repository
 from jobs.repository import HyperparameterValue
@@ -20,7 +20,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["hyperparameters"])
 
 MetaIter = Annotated[
     int | None,
-    Query(ge=0, description="after this many finished meta-iterations (default: the latest recorded)"),
+    Query(
+        ge=0,
+        le=MAX_DB_INT,
+        description="after this many finished meta-iterations (default: the latest recorded)",
+    ),
 ]
 
 

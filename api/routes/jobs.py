@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import RateLimited, SessionDep, SettingsDep, TenantDep
 from api.schemas import JobOut, JobPageOut
 from jobs import repository, templates
-from jobs.spec import validate_spec
+from jobs.errors import InvalidInput
+from jobs.spec import DatasetShape, validate_spec
 
 log = logging.getLogger("revtune.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -29,24 +31,71 @@ _SPEC_BODY = {
 }
 
 
-@router.post("", status_code=201, response_model=JobOut, openapi_extra=_SPEC_BODY)
+# An Idempotency-Key is echoed into messages and stored: printable ASCII only (no NUL, no newline).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
+
+
+async def spec_body(request: Request) -> Any:
+    """The request body as JSON. Read here rather than by FastAPI so that every way a body can be
+    wrong is a clear 4xx: not JSON at all (415: a browser's cross-site "simple" POST is text/plain
+    or a form, so this also keeps them out), malformed, nested too deeply or holding an integer
+    too long to convert (422 on ``body``). The size is capped before this (`api.limits`)."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise HTTPException(
+            status_code=415, detail=f"send the job spec as application/json (got Content-Type {media_type!r})"
+        )
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidInput(
+            ["body"], "the JSON is nested too deeply; a job spec is a few levels deep"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InvalidInput(["body"], f"the body is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except ValueError as e:  # json.JSONDecodeError, or an integer beyond Python's digit limit
+        raise InvalidInput(["body"], f"not valid JSON: {e}") from None
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be looked up in the database at all: PostgreSQL refuses NUL characters
+    and no driver encodes a lone surrogate (neither is printable, nor in any id we generate)."""
+    return text.isprintable()
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    openapi_extra=_SPEC_BODY,
+    responses={
+        200: {"model": JobOut, "description": "a repeat with the same Idempotency-Key: the first job"}
+    },
+)
 def create_job(
     request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     tenant: RateLimited,
-    spec: Annotated[dict[str, Any], Body(include_in_schema=False)],
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    spec: Annotated[Any, Depends(spec_body)],
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN)
+    ] = None,
 ) -> JobOut:
     """Submit a job spec (201). With ``Idempotency-Key``, a repeat returns the first job (200).
 
     The job is committed ``queued`` before it is sent to the workers, and only its id is sent. If
     the broker is down the job stays queued (nothing is lost) and is enqueued later by the reaper.
     """
-    valid = validate_spec(
-        spec, settings.limits, resolve_dataset=lambda ds: repository.dataset_shape(session, tenant, ds)
-    )
+
+    def resolve_dataset(dataset_id: str) -> DatasetShape | None:
+        return repository.dataset_shape(session, tenant, dataset_id) if _storable(dataset_id) else None
+
+    valid = validate_spec(spec, settings.limits, resolve_dataset=resolve_dataset)
     try:
         job, created = repository.create_job(session, tenant, valid, idempotency_key=idempotency_key)
         session.commit()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep, TenantDep
+from api.deps import MAX_DB_INT, SessionDep, TenantDep
 from api.schemas import StepOut, StepPageOut
 from jobs import repository
 
@@ -18,7 +18,9 @@ def list_steps(
     job_id: str,
     session: SessionDep,
     tenant: TenantDep,
-    after: Annotated[int | None, Query(ge=-1, description="only steps with meta_iter > after")] = None,
+    after: Annotated[
+        int | None, Query(ge=-1, le=MAX_DB_INT, description="only steps with meta_iter > after")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> StepPageOut:
     """Steps oldest first. ``next_after`` is set when the page is full (ask again at once with

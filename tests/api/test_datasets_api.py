@@ -89,7 +89,7 @@ def test_a_pre_split_upload(service):
         "splits",
     )
     job = submit(service.alice, {**TINY_SPEC, "dataset": {"id": ds["id"], "batch_size": 10}})
-    assert job["spec"]["dataset"] == {"id": ds["id"], "batch_size": 10}
+    assert job["spec"]["dataset"] == {"id": ds["id"], "batch_size": 10, "center": True, "stratify": False}
 
 
 @pytest.mark.parametrize(
