@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from jobs.settings import Settings, get_settings
 
 
@@ -28,6 +30,9 @@ def run_worker(settings: Settings | None = None, *, loglevel: str = "INFO") -> N
                 f"--queues={QUEUE}",
                 "--without-gossip",
                 "--without-mingle",
+                # A unique node name per process, so `celery inspect` and `control` can tell apart
+                # several workers on one host.
+                f"--hostname=revtune-{os.getpid()}@%h",
                 f"--loglevel={loglevel}",
             ]
         )
