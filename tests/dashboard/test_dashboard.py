@@ -32,8 +32,9 @@ CHROMIUM_ARGS = [
 ]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
-# The job the browser submits: long enough (after the worker's first compilation) for the page to
-# see progress advance, small enough for a few seconds of CPU; per-weight L2 on the first layer so
+# The job the browser submits: long enough (after the worker's first compilation) for the page, which
+# polls once a second, to see progress advance several times even on a quiet machine (about 30 ms a
+# meta-iteration there), small enough for a few seconds of CPU; per-weight L2 on the first layer so
 # the page draws its penalties as 8x8 pictures.
 FORM_SPEC = tiny_spec(
     name="dashboard-digits",
@@ -44,7 +45,7 @@ FORM_SPEC = tiny_spec(
         "init_scale": {"init": 0.1, "granularity": "layer", "learn": True},
         "l2": {"init": 0.001, "granularity": "weight", "learn": True},
     },
-    meta={"iterations": 16, "optimizer": "adam", "learning_rate": 0.04},
+    meta={"iterations": 150, "optimizer": "adam", "learning_rate": 0.04},
 )
 
 
