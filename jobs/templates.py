@@ -31,7 +31,7 @@ template                   paper experiment
                            chaotic regime (alpha = e^1.5); submit copies with ``learning_rate.init``
                            swept over e^0.5 .. e^2.5 and compare the final losses and hypergradients
                            (pixels uncentred, as the paper's; centred pixels push the chaos
-                           beyond e^2.5: see docs/results/F_chaos.md)
+                           beyond e^2.5: see docs/RESULTS.md, F)
 =========================  =====================================================================
 """
 

@@ -2,26 +2,27 @@
 training images, one per class 0..9, are learned by hypergradient descent so that a logistic
 regression trained on them alone does well on the real validation images (dataset distillation).
 
-The job spec is the served template ``training-data-logreg`` (`jobs.templates.get`): logistic
-regression 784 -> 10 trained for 20 full-batch steps of SGD with momentum (learning rate 1,
-momentum 0.9, initial weights e^-4 N(0, 1)) on the ten learned images (7,840 pixels, starting from
-0.01 N(0, 1)) with a learned global L2 penalty (1 hyperparameter); meta-objective the mean NLL on
-the validation split; 40 meta-iterations.
+The job spec is the served template ``training-data-logreg`` (`jobs.templates.get`), which follows
+the paper (HIPS/hypergrad ``experiments/Jan_19_optimize_data/9_color_bar``): logistic regression
+784 -> 10 trained for 20 full-batch steps of SGD with momentum (learning rate 1, momentum 0.9,
+initial weights e^-4 N(0, 1)) on the ten learned images (7,840 pixels, starting from
+0.01 N(0, 1)) with a learned global L2 penalty starting at 0.01 (1 hyperparameter); meta-objective
+the mean NLL on the validation split; meta-optimiser plain gradient descent with step 1
+(``meta: {optimizer: sgd, learning_rate: 1, momentum: 0}``), 40 meta-iterations. Its dataset is
+mnist5k with ``stratify: true``, so the ten training examples are one per class, labels 0..9.
 
-Changes from the template, to follow the paper (HIPS/hypergrad
-``experiments/Jan_19_optimize_data/9_color_bar``):
+The dataset (default ``--dataset pool``): this script builds its own, because the paper centres
+every image on the mean of its (large) training set, while the template's ``train: 10`` centres on
+the mean of its ten training images only. The script splits mnist5k 1,000 / 2,000 / 2,000 with the
+seed, centred on the 1,000-image training mean (as `hypercore.data.load`), keeps validation and test
+as they are, and uses one real image per class of the 1,000 (labels 0..9) as the training split,
+passed to `hypercore.problem_from_spec` as ``dataset=``. Its pixels are only the reference "10 real
+images"; the learned images start from 0.01 N(0, 1) as in the paper. ``--dataset template`` runs the
+template exactly as served instead (its own dataset: 10 / 1,000 / 1,000, centred on the ten
+training images' mean), writing ``training_data_template*``.
 
-- labels: the paper trains on "one of each" class (labels 0..9). The template's ``train: 10`` takes
-  the first ten training labels of mnist5k's seed-0 shuffle, which are 4 2 0 9 6 6 2 1 2 0 (no 3, 5,
-  7 or 8). This script builds the dataset itself: mnist5k split 1,000 / 2,000 / 2,000 with the seed
-  (centred on the 1,000-image training mean, as `hypercore.data.load`), validation and test as
-  they are, and a training split of one real image per class with labels 0..9, passed to
-  `hypercore.problem_from_spec` as ``dataset=``. Its pixels are only the reference "10 real images";
-  the learned images start from 0.01 N(0, 1) as in the paper.
-- L2 starts at 0.01 (the paper's ``init_log_L2_reg = log(0.01)``), not the template's 0.001.
-- the meta-optimiser is plain gradient descent with step 1 (``meta: {optimizer: sgd,
-  learning_rate: 1, momentum: 0}``), the paper's, instead of the template's Adam with step 0.04.
-  ``--meta template`` keeps the template's Adam (and writes ``training_data_adam*``).
+``--meta adam`` uses Adam with step 0.04 (defined here) instead of the paper's gradient descent
+(and writes ``training_data_adam*``).
 
 The paper validates on 10,000 MNIST images and tests on 1,000; mnist5k allows 2,000 and 2,000 here.
 
@@ -29,7 +30,8 @@ Writes ``docs/figures/training_data_{images,learning_curve}.png`` and
 ``docs/figures/training_data.json``. Takes 1–2 minutes on a 2-core CPU::
 
     .venv/bin/python benchmarks/paper/training_data.py
-    .venv/bin/python benchmarks/paper/training_data.py --meta template     # the template's Adam
+    .venv/bin/python benchmarks/paper/training_data.py --meta adam           # Adam, step 0.04
+    .venv/bin/python benchmarks/paper/training_data.py --dataset template    # the template as served
     .venv/bin/python benchmarks/paper/training_data.py --iterations 2 --out-dir /tmp/d   # a quick check
 """
 
@@ -48,24 +50,24 @@ import hypercore
 from jobs.templates import get
 
 TEMPLATE = "training-data-logreg"
-PAPER_META = {"optimizer": "sgd", "learning_rate": 1.0, "momentum": 0.0}
-PAPER_L2_INIT = 0.01
+ADAM_META = {"optimizer": "adam", "learning_rate": 0.04}
 N_MEAN, N_VALID, N_TEST = 1000, 2000, 2000
 METRICS = ("train_loss", "valid_loss", "valid_error", "test_loss", "test_error")
 
 
-def build_spec(meta: str, iterations: int | None) -> dict[str, Any]:
-    """The template's spec with the paper's L2 start and (unless ``meta == "template"``) the paper's
-    meta-optimiser; the dataset section describes the dataset `build_dataset` makes."""
+def build_spec(meta: str, dataset: str, iterations: int | None) -> dict[str, Any]:
+    """The template's spec, with Adam step 0.04 when ``meta == "adam"``; with ``dataset == "pool"``
+    the dataset section describes the dataset `build_dataset` makes."""
     spec = get(TEMPLATE)
     if spec is None:
         raise SystemExit(f"no template named {TEMPLATE!r}")
-    spec["hyperparameters"]["l2"]["init"] = PAPER_L2_INIT
-    if meta == "paper":
-        spec["meta"].update(PAPER_META)
+    if meta == "adam":
+        spec["meta"] = {"iterations": spec["meta"]["iterations"], **ADAM_META}
     if iterations is not None:
         spec["meta"]["iterations"] = iterations
-    spec["dataset"].update({"train": 10, "valid": N_VALID, "test": N_TEST})
+    if dataset == "pool":
+        spec["dataset"].update({"train": 10, "valid": N_VALID, "test": N_TEST})
+        spec["dataset"].pop("stratify", None)
     return spec
 
 
@@ -89,7 +91,8 @@ def build_dataset(spec: dict[str, Any]) -> hypercore.data.Dataset:
 
 
 def class_means(spec: dict[str, Any]) -> np.ndarray:
-    """The mean centred image of each class over the 1,000 training images (a reference)."""
+    """The mean centred image of each class over the 1,000 training images (a reference; only for
+    ``--dataset pool``, whose images are centred on those 1,000 images' mean)."""
     full = hypercore.data.load(spec["dataset"]["name"], N_MEAN, N_VALID, N_TEST, seed=spec["seed"])
     return np.stack([full.X_train[full.y_train == c].mean(axis=0) for c in range(10)]).astype(np.float32)
 
@@ -160,20 +163,32 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="meta-iterations (default: the template's 40)")
     parser.add_argument(
         "--meta",
-        choices=["paper", "template"],
+        choices=["paper", "adam"],
         default="paper",
-        help="paper: plain GD, step 1; template: the template's Adam, step 0.04",
+        help="paper: the template's (and paper's) plain GD, step 1; adam: Adam, step 0.04",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["pool", "template"],
+        default="pool",
+        help="pool: one image per class of 1,000, centred on their mean (default); "
+        "template: the template's own dataset, as served",
     )
     parser.add_argument("--engine", choices=["reversible", "unrolled"], default="reversible")
     parser.add_argument("--out-dir", default="docs/figures")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = "training_data" if args.meta == "paper" else "training_data_adam"
+    prefix = "training_data" + ("_template" if args.dataset == "template" else "")
+    prefix += "_adam" if args.meta == "adam" else ""
 
-    spec = build_spec(args.meta, args.iterations)
-    dataset = build_dataset(spec)
-    problem = hypercore.problem_from_spec(spec, dataset=dataset)
+    spec = build_spec(args.meta, args.dataset, args.iterations)
+    if args.dataset == "template":
+        problem = hypercore.problem_from_spec(spec)  # the template's dataset, as served
+        dataset = problem.dataset
+    else:
+        dataset = build_dataset(spec)
+        problem = hypercore.problem_from_spec(spec, dataset=dataset)
     n_hyper = sum(int(np.size(v)) for v in hypercore.initial_hyperparameters(problem).values())
     print(
         f"# {TEMPLATE}: {n_hyper} hyperparameters, labels {dataset.y_train.tolist()}, "
@@ -207,19 +222,22 @@ def main() -> None:
     total_s = time.perf_counter() - started
     images = np.asarray(result.hyperparameters["training_data"].values)
     initial = {k: records[0][k] for k in METRICS}
-    references = {
-        "one_real_image_per_class": evaluate_images(spec, dataset, np.asarray(dataset.X_train)),
-        "class_mean_images": evaluate_images(spec, dataset, class_means(spec)),
-    }
+    references = {"one_real_image_per_class": evaluate_images(spec, dataset, np.asarray(dataset.X_train))}
+    if args.dataset == "pool":
+        references["class_mean_images"] = evaluate_images(spec, dataset, class_means(spec))
     print(f"# before (0.01 N(0,1) images): {json.dumps(initial)}", flush=True)
     print(f"# after {iterations} meta-iterations: {json.dumps(final)}", flush=True)
     for name, m in references.items():
         print(f"# reference, {name}: {json.dumps(m)}", flush=True)
     print(f"# tune {tune_s:.1f} s, total {total_s:.1f} s", flush=True)
 
-    title = "paper's GD step 1" if args.meta == "paper" else "template's Adam step 0.04"
+    title = "paper's GD step 1" if args.meta == "paper" else "Adam step 0.04"
+    if args.dataset == "template":
+        title += ", template as served"
     payload = {
         "template": TEMPLATE,
+        "dataset_source": args.dataset,
+        "train_labels": np.asarray(dataset.y_train).tolist(),
         "spec": spec,
         "engine": args.engine,
         "n_hyperparameters": n_hyper,
