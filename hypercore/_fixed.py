@@ -128,29 +128,33 @@ def _slot_position(k: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
 
 
-def _spill_one(head, stack, word, shift):
-    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+def _spill_one(head, row, shift):
+    """Push each head's low 32 bits into its stack word ``row`` at ``shift``."""
     row = row | ((head & jnp.asarray(0xFFFFFFFF, _U64)) << shift)
-    return head >> jnp.asarray(SLOT_BITS, _U64), jax.lax.dynamic_update_index_in_dim(stack, row, word, 0)
+    return head >> jnp.asarray(SLOT_BITS, _U64), row
 
 
-def _unspill_one(head, stack, word, shift):
-    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+def _unspill_one(head, row, shift):
+    """Pop the 32 bits at ``shift`` of ``row`` back under each head."""
     mask = jnp.asarray(0xFFFFFFFF, _U64) << shift
-    stack = jax.lax.dynamic_update_index_in_dim(stack, row & ~mask, word, 0)
-    return (head << jnp.asarray(SLOT_BITS, _U64)) | ((row & mask) >> shift), stack
+    return (head << jnp.asarray(SLOT_BITS, _U64)) | ((row & mask) >> shift), row & ~mask
 
 
 def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, list]:
-    """Apply ``one`` (spill or unspill) to every leaf at slot ``k`` if ``do``. Spills are rare, so a
-    ``cond`` keeps the common step from touching the stack at all."""
+    """Apply ``one`` (spill or unspill) to every leaf at slot ``k`` if ``do``.
+
+    Branch-free: one row of each stack is read, selected and written back in place every step, O(N).
+    A ``lax.cond`` carrying the stacks looks cheaper (spills are rare) but inside the scan XLA copies
+    its operands, which made every step O(N * capacity).
+    """
     word, shift = _slot_position(k)
-
-    def move(heads, stacks):
-        pairs = [one(h, s, word, shift) for h, s in zip(heads, stacks, strict=True)]
-        return [h for h, _ in pairs], [s for _, s in pairs]
-
-    return jax.lax.cond(do, move, lambda heads, stacks: (heads, stacks), buf.heads, buf.stacks)
+    heads, stacks = [], []
+    for h, s in zip(buf.heads, buf.stacks, strict=True):
+        row = jax.lax.dynamic_index_in_dim(s, word, keepdims=False)
+        moved_h, moved_row = one(h, row, shift)
+        heads.append(jnp.where(do, moved_h, h))
+        stacks.append(jax.lax.dynamic_update_index_in_dim(s, jnp.where(do, moved_row, row), word, 0))
+    return heads, stacks
 
 
 def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
@@ -164,10 +168,25 @@ def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
     return Buffer(heads, stacks, used, buf.overflow | (spill & full)), spill
 
 
-def unspill(buf: Buffer, spilled: jax.Array) -> Buffer:
-    """Undo `maybe_spill` for a step whose recorded flag is ``spilled``."""
+def unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array] | None = None) -> Buffer:
+    """Undo `maybe_spill` for a step whose recorded flag is ``spilled``.
+
+    With ``stacks`` (the forward pass's final stacks, read-only) the slot is read from them and
+    ``buf.stacks`` is left alone: nothing is written, so a reverse scan can close over the stacks
+    instead of carrying them. Carried through a transposed scan, XLA copies the whole stack every
+    step (O(N * capacity) per step); read-only, a step costs O(N) whatever the capacity.
+    """
     do = spilled & (buf.used > 0)
-    heads, stacks = _move_slot(buf, do, jnp.maximum(buf.used - 1, 0), _unspill_one)
+    k = jnp.maximum(buf.used - 1, 0)
+    if stacks is None:
+        heads, stacks = _move_slot(buf, do, k, _unspill_one)
+    else:
+        word, shift = _slot_position(k)
+        heads = [
+            jnp.where(do, _unspill_one(h, jax.lax.dynamic_index_in_dim(s, word, keepdims=False), shift)[0], h)
+            for h, s in zip(buf.heads, stacks, strict=True)
+        ]
+        stacks = buf.stacks
     return Buffer(heads, stacks, buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
 
 
@@ -209,9 +228,16 @@ def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[li
 
 
 def div_gamma(
-    vs: list[jax.Array], ns: list[jax.Array], buf: Buffer, spilled: jax.Array
+    vs: list[jax.Array],
+    ns: list[jax.Array],
+    buf: Buffer,
+    spilled: jax.Array,
+    stacks: list[jax.Array] | None = None,
 ) -> tuple[list, Buffer]:
-    """Exactly undo `mul_gamma` for the same numerators and the step's recorded spill flag."""
+    """Exactly undo `mul_gamma` for the same numerators and the step's recorded spill flag.
+
+    ``stacks``: read the spilled words from these instead of popping them off ``buf`` (see `unspill`).
+    """
     out_v, out_h = [], []
     for v, n, head in zip(vs, ns, buf.heads, strict=True):
         q, s = divmod_signed(v, n)
@@ -219,7 +245,7 @@ def div_gamma(
         r = (head & jnp.asarray(D - 1, _U64)).astype(_I64)
         out_h.append(head >> jnp.asarray(GAMMA_BITS, _U64))
         out_v.append((q << jnp.asarray(GAMMA_BITS, _I64)) + r)
-    return out_v, unspill(buf._replace(heads=out_h), spilled)
+    return out_v, unspill(buf._replace(heads=out_h), spilled, stacks)
 
 
 def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:

@@ -8,6 +8,8 @@ recompilation on new values.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -331,3 +333,47 @@ def test_engine_state_dtypes_are_64_bit():
     assert state.buf.heads[0].dtype == jnp.uint64 and state.buf.stacks[0].dtype == jnp.uint64
     w_T = reversible_sgd(loss, w0, {}, jnp.full((5,), 0.1), jnp.full((5,), 0.9))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(w_T))
+
+
+def _while_bodies(hlo: str) -> dict[str, list[str]]:
+    """The instructions of every while-loop body in compiled HLO text, by computation name."""
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+    blocks, name = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^%?([\w.\-]+) .*\{$", line)
+        if head:
+            name = head.group(1)
+            blocks[name] = []
+        elif line.startswith("}"):
+            name = None
+        elif name is not None:
+            blocks[name].append(line)
+    return {b: blocks[b] for b in bodies if b in blocks}
+
+
+def test_reverse_pass_does_not_copy_the_information_stack():
+    """The scans update or read the stacks in place: a copy per step made each step O(N * capacity).
+
+    Structural, not timed: no while-loop body of the compiled hypergradient may copy a stack array
+    (the uint64 arrays with a leading dimension of ``words``).
+    """
+    loss, w0, _ = make_problem()
+    T, words = 20, 37
+    f = jax.jit(
+        jax.grad(
+            lambda a, g: jnp.sum(reversible_sgd(loss, w0, {}, a, g, capacity=2 * words)["V"] ** 2),
+            argnums=(0, 1),
+        )
+    )
+    hlo = f.lower(jnp.full((T,), 0.1), jnp.full((T,), 0.9)).compile().as_text()
+    stack_shapes = [f"u64[{words},{','.join(map(str, x.shape))}]" for x in jax.tree.leaves(w0)]
+    bodies = _while_bodies(hlo)
+    assert len(bodies) >= 2, "expected the forward and the reverse scan as while loops"
+    assert any(s in line for lines in bodies.values() for line in lines for s in stack_shapes)
+    copies = [
+        line.strip()
+        for lines in bodies.values()
+        for line in lines
+        if " copy(" in line and any(s in line for s in stack_shapes)
+    ]
+    assert copies == [], copies
