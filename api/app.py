@@ -65,6 +65,7 @@ def create_app(
     app.state.broker_check = broker_check or health.broker_check
     app.state.key_cache = KeyCache(settings.auth_cache_s)
     app.state.post_limiter = RateLimiter(settings.post_rate_limit)
+    app.state.auth_failures = RateLimiter(settings.auth_failure_limit)
     app.state.local_tenant = None
     app.state.metrics = Metrics()
 

@@ -8,8 +8,11 @@ Authentication (``REVTUNE_AUTH=on``): ``Authorization: Bearer rt_<key_id>_<secre
 ``X-API-Key: rt_...``. argon2 makes a verification cost tens of milliseconds on purpose, so a key
 that verified is remembered in-process (by a SHA-256 of the key, never the key) for
 ``auth_cache_s``; revocation still takes effect at once, because every request re-reads the key's
-row (a primary-key lookup) and refuses a revoked one. With auth off every caller is the single
-tenant ``local``.
+row (a primary-key lookup) and refuses a revoked one. Keys that fail verification are counted per
+client address: past ``auth_failure_limit`` in a minute the address gets 429 without a verification,
+so guessing keys (or just sending garbage) cannot make the API burn a core on argon2. Behind a proxy,
+run uvicorn with ``--proxy-headers`` so the address is the client's, not the proxy's. With auth off
+every caller is the single tenant ``local``.
 """
 
 from __future__ import annotations
@@ -117,8 +120,20 @@ def get_tenant(
             return tenant_id
         state.key_cache.clear()
         raise _unauthorized("this API key was revoked")
+    client = request.client.host if request.client else "unknown"
+    wait_s = state.auth_failures.wait(client)
+    if wait_s is not None:
+        raise HTTPException(
+            status_code=429,
+            detail=(
+                f"too many failed authentications from this address: at most "
+                f"{state.auth_failures.limit} per minute (REVTUNE_AUTH_FAILURE_LIMIT)"
+            ),
+            headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
+        )
     tenant_id = repository.authenticate(session, key)
     if tenant_id is None:
+        state.auth_failures.hit(client)
         raise _unauthorized("invalid or revoked API key")
     parsed = repository.parse_api_key(key)
     assert parsed is not None
@@ -130,25 +145,39 @@ TenantDep = Annotated[str, Depends(get_tenant)]
 
 
 class RateLimiter:
-    """At most ``limit`` events per tenant in any ``window_s`` seconds (a sliding log, in-process:
-    with several API processes each enforces its own share)."""
+    """At most ``limit`` events per name (a tenant, a client address) in any ``window_s`` seconds (a
+    sliding log, in-process: with several API processes each enforces its own share)."""
 
     def __init__(self, limit: int, window_s: float = 60.0):
         self.limit, self.window_s = limit, window_s
         self._events: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
 
-    def hit(self, tenant_id: str) -> float | None:
+    def _prune(self, name: str, now: float) -> collections.deque[float]:
+        events = self._events[name]
+        while events and events[0] <= now - self.window_s:
+            events.popleft()
+        return events
+
+    def hit(self, name: str) -> float | None:
         """Record one event; None if allowed, else the seconds until the next one is."""
         now = time.monotonic()
         with self._lock:
-            events = self._events[tenant_id]
-            while events and events[0] <= now - self.window_s:
-                events.popleft()
+            events = self._prune(name, now)
             if len(events) >= self.limit:
                 return events[0] + self.window_s - now
             events.append(now)
             return None
+
+    def wait(self, name: str) -> float | None:
+        """Without recording anything: None if an event would be allowed now, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            events = self._prune(name, now)
+            if not events:
+                del self._events[name]  # names seen once do not pile up
+                return None
+            return events[0] + self.window_s - now if len(events) >= self.limit else None
 
 
 def rate_limit(request: Request, tenant: TenantDep) -> str:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
 
     post_rate_limit: int = Field(120, ge=1, description="POST requests per tenant per minute")
     auth_cache_s: float = Field(60.0, ge=0, description="how long a verified API key is trusted in-process")
+    auth_failure_limit: int = Field(
+        100, ge=1, description="failed API-key verifications per client address per minute before 429"
+    )
     cors_origins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

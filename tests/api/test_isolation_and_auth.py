@@ -119,6 +119,28 @@ def test_posts_beyond_the_rate_limit_get_429_per_tenant(service):
         assert bob.post("/v1/jobs", json=TINY_SPEC).status_code == 201, "each tenant has its own budget"
 
 
+def test_failed_authentications_are_limited_per_address_without_verifying(service, monkeypatch):
+    limited = create_app(
+        service.settings.model_copy(update={"auth_failure_limit": 3}), enqueue=lambda job_id: None
+    )
+    calls = []
+    real = repository.authenticate
+    monkeypatch.setattr(repository, "authenticate", lambda s, key: calls.append(key) or real(s, key))
+    alice_key = service.keys["alice"]
+    wrong = alice_key[:-4] + ("AAAA" if not alice_key.endswith("AAAA") else "BBBB")
+    with TestClient(limited) as client:
+        with TestClient(limited, headers={"Authorization": f"Bearer {alice_key}"}) as alice:
+            assert alice.get("/v1/jobs").status_code == 200  # verified and cached before the attack
+            bad = {"Authorization": f"Bearer {wrong}"}
+            codes = [client.get("/v1/jobs", headers=bad).status_code for _ in range(5)]
+            assert codes == [401, 401, 401, 429, 429]
+            assert len(calls) == 4, "refused addresses cost no argon2 verification"
+            refused = client.get("/v1/jobs", headers=bad)
+            assert "REVTUNE_AUTH_FAILURE_LIMIT" in refused.json()["detail"]
+            assert int(refused.headers["retry-after"]) >= 1
+            assert alice.get("/v1/jobs").status_code == 200, "a key verified before stays usable"
+
+
 def test_cors_is_off_by_default_and_on_only_for_listed_origins(service):
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     reply = service.anonymous.options("/v1/jobs", headers=preflight)
