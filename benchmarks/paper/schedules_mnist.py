@@ -17,7 +17,8 @@ not the paper's 10,000 / 10,000 / 10,000 slices of MNIST.
 
 Writes ``docs/figures/schedules_{lr,momentum,init_scales,learning_curves}.png`` and
 ``docs/figures/schedules.json`` (spec, per-meta-iteration records, final metrics, learned
-hyperparameters in natural units). Takes under a minute on an idle 2-core CPU (26 s of tuning), a few under load::
+hyperparameters in natural units). Takes under a minute on an idle 2-core CPU (26 s of tuning),
+a few under load::
 
     .venv/bin/python benchmarks/paper/schedules_mnist.py                  # the full run
     .venv/bin/python benchmarks/paper/schedules_mnist.py --iterations 2 --out-dir /tmp/b   # a quick check
