@@ -84,7 +84,11 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
         )
     if settings.auth == "off":
-        app.add_middleware(CrossSiteGuardMiddleware, allowed_origins=settings.cors_origins)
+        app.add_middleware(
+            CrossSiteGuardMiddleware,
+            allowed_origins=settings.cors_origins,
+            allowed_hosts=settings.allowed_hosts,
+        )
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuardMiddleware)
     return app

@@ -16,6 +16,12 @@ has nothing to attach, but with auth off (the local default) such a POST would c
 upload a dataset. So with auth off a POST or DELETE whose ``Origin`` is neither this server nor a
 ``REVTUNE_CORS_ORIGINS`` entry is refused (403); clients that send no ``Origin`` (scripts, the CLI,
 the Python client) are not affected, and the dashboard is same-origin.
+
+A page can also rebind its own domain's DNS to 127.0.0.1 ("DNS rebinding"): its requests are then
+same-origin to the browser and would pass the check above, reads included. So with auth off the
+``Host`` header must also name this machine: ``localhost``, ``127.0.0.1``, ``::1`` or a
+``REVTUNE_ALLOWED_HOSTS`` entry, any port; anything else gets 400. (Auth off is only allowed on a
+loopback address, so a legitimate client never sends another name.)
 """
 
 from __future__ import annotations
@@ -110,12 +116,33 @@ class NulGuardMiddleware:
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _hostname(host_header: str) -> str | None:
+    """The name in a ``Host`` header, without port or IPv6 brackets; None if it does not parse."""
+    try:
+        return urlsplit(f"//{host_header}").hostname
+    except ValueError:
+        return None
+
+
 class CrossSiteGuardMiddleware:
-    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: list[str], allowed_hosts: list[str] = ()) -> None:
         self.app = app
         self.allowed = {origin.rstrip("/").lower() for origin in allowed_origins}
+        self.hosts = {h.strip().strip("[]").lower() for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").strip()
+            if host and _hostname(host) not in self.hosts:
+                detail = (
+                    f"host {host!r} refused: this server runs with auth off and answers only to "
+                    "localhost, 127.0.0.1 and ::1; list other names in REVTUNE_ALLOWED_HOSTS"
+                )
+                await _json_answer(send, 400, {"detail": detail})
+                return
         if scope["type"] == "http" and scope["method"] in _UNSAFE_METHODS:
             headers = dict(scope["headers"])
             origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         100, ge=1, description="failed API-key verifications per client address per minute before 429"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="with auth off, Host names answered besides localhost, 127.0.0.1 and ::1 (DNS rebinding)",
+    )
 
     @model_validator(mode="after")
     def _complete_and_check(self) -> Settings:

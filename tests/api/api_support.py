@@ -11,7 +11,16 @@ from jobs import repository
 with warnings.catch_warnings():
     # Starlette asks for `httpx2`, which is not installed; the httpx-based TestClient works.
     warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient as _TestClient
+
+
+class TestClient(_TestClient):
+    """Starlette's TestClient addressed to ``localhost``: with auth off the API answers only to
+    loopback host names (its DNS-rebinding guard), and ``testserver`` is not one."""
+
+    def __init__(self, app, base_url: str = "http://localhost", **kwargs):
+        super().__init__(app, base_url=base_url, **kwargs)
+
 
 __all__ = ["LAYERS", "TINY_SPEC", "TestClient", "learning_rates", "problems", "run", "submit"]
 

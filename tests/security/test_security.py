@@ -300,7 +300,7 @@ def test_with_auth_off_cross_site_posts_and_deletes_are_403(service):
     }
     with TestClient(app) as local:
         job = submit(local)
-        for origin in ("https://evil.example", "http://testserver.evil.example", "null"):
+        for origin in ("https://evil.example", "http://localhost.evil.example", "null"):
             evil = {"Origin": origin}
             reply = local.post(f"/v1/jobs/{job['id']}/cancel", headers=evil)
             assert reply.status_code == 403 and "REVTUNE_CORS_ORIGINS" in reply.json()["detail"], origin
@@ -310,19 +310,42 @@ def test_with_auth_off_cross_site_posts_and_deletes_are_403(service):
         assert local.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
         assert local.get("/v1/datasets").json()["items"] == []
         assert (
-            local.post("/v1/datasets", headers={"Origin": "http://testserver"}, **dataset).status_code == 201
+            local.post("/v1/datasets", headers={"Origin": "http://localhost"}, **dataset).status_code == 201
         )
         assert (
             local.post("/v1/datasets", headers={"Origin": "https://ok.example"}, **dataset).status_code == 201
         )
         assert local.post("/v1/datasets", **dataset).status_code == 201, "no Origin: a script, not a browser"
         assert (
-            local.post(f"/v1/jobs/{job['id']}/cancel", headers={"Origin": "http://testserver"}).status_code
+            local.post(f"/v1/jobs/{job['id']}/cancel", headers={"Origin": "http://localhost"}).status_code
             == 202
         )
     # With auth on a browser has no key to attach, and the guard is not installed.
     reply = service.alice.post("/v1/jobs", json=TINY_SPEC, headers={"Origin": "https://evil.example"})
     assert reply.status_code == 201
+
+
+def test_with_auth_off_a_dns_rebound_host_is_refused_reads_and_writes(service):
+    """A page on evil.example that rebinds its DNS to 127.0.0.1 is same-origin to the browser, so the
+    Origin check passes; the Host header still says evil.example, and is refused (400)."""
+    local_settings = service.settings.model_copy(update={"auth": "off", "allowed_hosts": ["revtune.lan"]})
+    app = create_app(local_settings, enqueue=lambda _: None)
+    with TestClient(app) as local:
+        job = submit(local)
+        rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+        for method, path in (("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{job['id']}"), ("GET", "/")):
+            reply = local.request(method, path, headers=rebound)
+            assert reply.status_code == 400 and "REVTUNE_ALLOWED_HOSTS" in reply.json()["detail"], path
+        assert local.post(f"/v1/jobs/{job['id']}/cancel", headers=rebound).status_code == 400
+        assert local.post("/v1/jobs", json=TINY_SPEC, headers=rebound).status_code == 400
+        assert local.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+        assert len(local.get("/v1/jobs").json()["items"]) == 1
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "127.0.0.1", "revtune.lan:80"):
+            assert local.get("/v1/jobs", headers={"Host": host}).status_code == 200, host
+        for host in ("localhost.evil.example", "127.0.0.1.nip.io", "[::2]:8000"):
+            assert local.get("/v1/jobs", headers={"Host": host}).status_code == 400, host
+    # With auth on every request needs a key anyway, and the guard is not installed.
+    assert service.alice.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 200
 
 
 # ---- logs ----------------------------------------------------------------------------------------
