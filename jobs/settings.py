@@ -30,7 +30,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         100, ge=1, description="failed API-key verifications per client address per minute before 429"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    metrics_token: SecretStr | None = Field(
+        None, description="if set, /metrics requires `Authorization: Bearer <token>` (Prometheus scrape)"
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="with auth off, Host names answered besides localhost, 127.0.0.1 and ::1 (DNS rebinding)",

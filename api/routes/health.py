@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from fastapi import APIRouter, Request, Response
@@ -57,7 +58,20 @@ def broker_check(url: str) -> str:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
+    """Prometheus metrics: request counts and latencies, and job counts by status over all tenants
+    (numbers only). With ``REVTUNE_METRICS_TOKEN`` set, only a scraper sending it may read them."""
     state = request.app.state
+    token = state.settings.metrics_token
+    if token:
+        scheme, _, sent = (request.headers.get("authorization") or "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
+            return Response(
+                "metrics need `Authorization: Bearer <REVTUNE_METRICS_TOKEN>`\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     try:
         with state.sessions() as session:
             counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())

@@ -10,6 +10,7 @@ import sys
 import pytest
 from api_support import TINY_SPEC, TestClient, submit
 from conftest import make_settings
+from pydantic import SecretStr
 from sqlalchemy import text
 
 import migrations
@@ -27,6 +28,19 @@ def test_healthz_readyz_and_metrics(service):
     metrics = service.anonymous.get("/metrics").text
     assert 'revtune_jobs{status="queued"} 1.0' in metrics
     assert 'revtune_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in metrics
+
+
+def test_metrics_need_the_scrape_token_when_one_is_set(service):
+    settings = service.settings.model_copy(update={"metrics_token": SecretStr("s3cret-scrape")})
+    guarded = create_app(settings, enqueue=lambda job_id: None)
+    with TestClient(guarded) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-scrape"}):
+            reply = client.get("/metrics", headers=headers)
+            assert reply.status_code == 401 and "REVTUNE_METRICS_TOKEN" in reply.text, headers
+            assert "revtune_jobs" not in reply.text
+        reply = client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape"})
+        assert reply.status_code == 200 and "revtune_jobs{" in reply.text
+        assert client.get("/healthz").status_code == 200, "probes stay open"
 
 
 def test_readyz_is_503_with_an_unreachable_database_or_broker(tmp_path):
