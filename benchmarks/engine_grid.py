@@ -47,6 +47,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
+from engine import make_problem  # the same MLP and data as the paper-net benchmark
 
 import hypercore
 from hypercore import _fixed
@@ -63,38 +64,7 @@ LABELS = {
     "checkpoint": "jax.checkpoint per step",
     "equinox": "equinox checkpointed",
 }
-N_EXAMPLES = 1000
 ALPHA, GAMMA = 0.1, 0.9
-
-
-def make_problem(layers, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    X = jnp.asarray(rng.normal(size=(N_EXAMPLES, layers[0])), jnp.float32)
-    y = jnp.asarray(rng.integers(0, layers[-1], N_EXAMPLES), jnp.int32)
-    w0 = {}
-    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:], strict=True)):
-        w0[f"layer{i}.W"] = jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), jnp.float32)
-        w0[f"layer{i}.b"] = jnp.zeros((b,), jnp.float32)
-    n_layers = len(layers) - 1
-
-    def predict(w, Xb):
-        h = Xb
-        for i in range(n_layers):
-            h = h @ w[f"layer{i}.W"] + w[f"layer{i}.b"]
-            if i < n_layers - 1:
-                h = jnp.tanh(h)
-        return jax.nn.log_softmax(h)
-
-    def loss(w, meta, t):
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
-        logp = predict(w, X[idx])
-        return -jnp.mean(jnp.take_along_axis(logp, y[idx, None], axis=1))
-
-    def valid(w):
-        logp = predict(w, X[:200])
-        return -jnp.mean(jnp.take_along_axis(logp, y[:200, None], axis=1))
-
-    return loss, valid, w0
 
 
 def equinox_sgd(loss, w0, alphas, gammas, checkpoints):
@@ -170,7 +140,7 @@ def timed(compiled, args, repeats: int) -> tuple[float, object]:
 def run_cell(size, T, args, per_step: dict, started: float) -> dict:
     """One (model size, T) cell: every engine plus plain training. ``per_step[(size, engine)]``
     holds the seconds per step measured at a smaller T, for the time estimates."""
-    loss, valid, w0 = make_problem(SIZES[size], args.batch)
+    loss, valid, w0 = make_problem(layers=SIZES[size], batch=args.batch)
     n_params = sum(x.size for x in jax.tree.leaves(w0))
     alphas = jnp.full((T,), ALPHA, jnp.float32)
     gammas = jnp.full((T,), GAMMA, jnp.float32)

@@ -57,18 +57,14 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
+from types import EllipsisType
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optuna
 
 import hypercore
-from hypercore import data as _data
-from hypercore import models as _models
-from hypercore.tune import _fixed_raw, _keys, _weight_dtype  # the tuner's own helpers
 from jobs import templates
 
 METHODS = ("revtune", "tpe", "cmaes", "random", "tpe-full")
@@ -108,62 +104,21 @@ def spec_for(problem: str, seed: int) -> dict:
 
 class Evaluator:
     """Final train/valid/test metrics of one training run of the reversible engine (forward pass only)
-    for a full raw-hyperparameter dict, the same computation as `hypercore.tune`'s objective."""
+    for a full raw-hyperparameter dict: `hypercore.evaluate`, what a meta-iteration of `hypercore.tune`
+    scores, compiled once per problem (the buffer's capacity is fixed for the widest momentum range
+    searched, so new values do not recompile)."""
 
     def __init__(self, problem: hypercore.Problem):
         self.problem = problem
-        model, ds, hs = problem.model, problem.dataset, problem.hypers
-        dtype = _weight_dtype(model)
-        X_train, y_train = jnp.asarray(ds.X_train, dtype), jnp.asarray(ds.y_train)
-        X_valid, y_valid = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
-        X_test, y_test = jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)
-        n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
-        w_root = _keys(seed)[0]
-        self.fixed = _fixed_raw(problem)
-        self.start = {**self.fixed, **hypercore.initial_hyperparameters(problem)}
-
-        def metrics(w, X, y):
-            logits = model.apply(w, X)
-            return _models.nll(logits, y), _models.error_rate(logits, y)
-
-        @partial(jax.jit, static_argnames="capacity")
-        def run(raw, meta_iter, capacity):
-            scales = {k: jnp.asarray(v, dtype) for k, v in hs.init_scales(raw).items()}
-            w0 = model.init(jax.random.fold_in(w_root, meta_iter), scales)
-            meta = {}
-            l2 = hs.l2(raw)
-            if l2 is not None:
-                meta["l2"] = {k: jnp.asarray(v, dtype) for k, v in l2.items()}
-
-            def loss(w, meta, t):
-                if batch_size is None:
-                    xb, yb = X_train, y_train
-                else:
-                    idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
-                    xb, yb = X_train[idx], y_train[idx]
-                out = _models.nll(model.apply(w, xb), yb)
-                if "l2" in meta:
-                    out = out + _models.l2_penalty(w, meta["l2"])
-                return out
-
-            alphas = hs.schedule("learning_rate", raw)
-            gammas = hs.schedule("momentum", raw)
-            w_T = hypercore.reversible_sgd(loss, w0, meta, alphas, gammas, capacity=capacity)
-            out = {}
-            out["train_loss"], _ = metrics(w_T, X_train, y_train)
-            out["valid_loss"], out["valid_error"] = metrics(w_T, X_valid, y_valid)
-            out["test_loss"], out["test_error"] = metrics(w_T, X_test, y_test)
-            return out
-
-        self._run = run
-        self.base_capacity = hypercore.buffer_capacity(hs.steps, MIN_MOMENTUM)
+        self.start = hypercore.initial_hyperparameters(problem, include_fixed=True)
+        learned = hypercore.initial_hyperparameters(problem)
+        self.fixed = {k: v for k, v in self.start.items() if k not in learned}
+        self.base_capacity = hypercore.buffer_capacity(problem.hypers.steps, MIN_MOMENTUM)
 
     def __call__(self, raw: dict[str, np.ndarray], meta_iter: int) -> dict[str, float]:
         min_gamma = self.problem.hypers.min_momentum(raw)
         capacity = max(self.base_capacity, hypercore.buffer_capacity(self.problem.hypers.steps, min_gamma))
-        raw = {k: jnp.asarray(v) for k, v in raw.items()}
-        out = self._run(raw, jnp.int32(meta_iter), capacity)
-        return {k: float(v) for k, v in out.items()}
+        return hypercore.evaluate(self.problem, raw, meta_iter=meta_iter, capacity=capacity)
 
     def held_out(self, raw: dict[str, np.ndarray]) -> dict[str, float]:
         runs = [self(raw, s) for s in HELD_OUT_SEEDS]
@@ -222,10 +177,11 @@ def optuna_search(
     evaluator: Evaluator,
     sampler: optuna.samplers.BaseSampler,
     budget: float,
-    space: dict[str, tuple[str, str, tuple[int, ...] | None]],
+    space: dict[str, tuple[str, list[tuple[str, tuple[int, ...] | EllipsisType]]]],
     start: dict[str, float],
 ):
-    """``space``: Optuna name -> (kind, raw key, element index or None for the whole key)."""
+    """``space``: Optuna name -> (kind, the (raw key, element index or ``...`` for the whole key)
+    pairs its value is written to)."""
     study = optuna.create_study(direction="minimize", sampler=sampler)
     study.enqueue_trial(start)
     trace, best = [], (math.inf, None)
@@ -234,12 +190,10 @@ def optuna_search(
     while time.perf_counter() - started < budget:
         trial = study.ask()
         raw = {key: np.array(v, copy=True) for key, v in evaluator.start.items()}
-        for name, (kind, key, index) in space.items():
+        for name, (kind, targets) in space.items():
             low, high, log = RANGES[kind]
             value = to_raw(kind, trial.suggest_float(name, low, high, log=log))
-            if index is None:
-                raw[key][...] = value
-            else:
+            for key, index in targets:
                 raw[key][index] = value
         obj = score(evaluator(raw, k))
         study.tell(trial, obj)
@@ -258,34 +212,9 @@ def constant_space(evaluator: Evaluator, kinds) -> tuple[dict, dict]:
     space, start = {}, {}
     for kind in kinds:
         name = "momentum" if kind == "momentum" else f"log_{kind}"
-        space[name] = (kind, hs.keys(kind))
+        space[name] = (kind, [(key, ...) for key in hs.keys(kind)])
         start[name] = clipped_start(kind, float(np.mean(evaluator.start[hs.keys(kind)[0]])))
     return space, start
-
-
-def run_constant(evaluator, sampler, budget, kinds):
-    space, start = constant_space(evaluator, kinds)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.enqueue_trial(start)
-    trace, best = [], (math.inf, None)
-    started = time.perf_counter()
-    k = 0
-    while time.perf_counter() - started < budget:
-        trial = study.ask()
-        raw = {key: np.array(v, copy=True) for key, v in evaluator.start.items()}
-        for name, (kind, keys) in space.items():
-            low, high, log = RANGES[kind]
-            value = to_raw(kind, trial.suggest_float(name, low, high, log=log))
-            for key in keys:
-                raw[key][...] = value
-        obj = score(evaluator(raw, k))
-        study.tell(trial, obj)
-        elapsed = time.perf_counter() - started
-        trace.append((elapsed, obj))
-        if elapsed <= budget and obj < best[0]:
-            best = (obj, raw)
-        k += 1
-    return trace, best[1] if best[1] is not None else dict(evaluator.start), None
 
 
 def run_full_tpe(evaluator, budget, seed):
@@ -295,7 +224,7 @@ def run_full_tpe(evaluator, budget, seed):
         kind = key.split(".")[0]
         for index in np.ndindex(np.shape(evaluator.start[key])):
             name = f"{key}[{','.join(map(str, index))}]"
-            space[name] = (kind, key, index)
+            space[name] = (kind, [(key, index)])
             start[name] = clipped_start(kind, float(evaluator.start[key][index]))
     sampler = optuna.samplers.TPESampler(seed=seed)
     return optuna_search(evaluator, sampler, budget, space, start)
@@ -316,7 +245,7 @@ def run_method(method, name, problem, evaluator, budget, seed):
         sampler = optuna.samplers.CmaEsSampler(x0=start, seed=seed, warn_independent_sampling=False)
     else:
         raise ValueError(method)
-    return run_constant(evaluator, sampler, budget, kinds)
+    return optuna_search(evaluator, sampler, budget, *constant_space(evaluator, kinds))
 
 
 # ---- driver ---------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class Problem:
 
     ``batch_size=None`` (or the training-set size) trains on the full batch every step.
     ``compiled`` caches the jitted functions, so a second `tune` call on the same problem (resuming,
-    say) compiles nothing; `dataclasses.replace` shares it (see `_hypergrad_fn`).
+    say) compiles nothing; `dataclasses.replace` shares it (see `_jitted`).
     """
 
     model: Any
@@ -281,10 +281,10 @@ def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
     return _models.nll(logits, y), _models.error_rate(logits, y)
 
 
-def _make_hypergrad(problem: Problem, engine: str):
-    """The jitted ``(learned, fixed, meta_iter, capacity) -> (objective, metrics, hypergrad, norm,
-    report)``, with the datasets closed over as concrete arrays (so the engine does not treat them
-    as differentiable inputs)."""
+def _make_objective(problem: Problem, engine: str):
+    """``(learned, fixed, meta_iter, report, capacity) -> (objective, metrics)`` of one training run,
+    with the datasets closed over as concrete arrays (so the engine does not treat them as
+    differentiable inputs)."""
     model, ds, hs = problem.model, problem.dataset, problem.hypers
     dtype = _weight_dtype(model)
     X_train = jnp.asarray(ds.X_train, dtype)
@@ -334,7 +334,13 @@ def _make_hypergrad(problem: Problem, engine: str):
             m["test_loss"], m["test_error"] = _metrics(model, w_T, X_test, y_test)
         return m[problem.objective], m
 
-    grad_fn = jax.value_and_grad(objective, argnums=(0, 3), has_aux=True)
+    return objective
+
+
+def _make_hypergrad(problem: Problem, engine: str):
+    """The jitted ``(learned, fixed, meta_iter, capacity) -> (objective, metrics, hypergrad, norm,
+    report)``."""
+    grad_fn = jax.value_and_grad(_make_objective(problem, engine), argnums=(0, 3), has_aux=True)
 
     @partial(jax.jit, static_argnames="capacity")
     def hypergrad(learned, fixed, meta_iter, capacity):
@@ -390,11 +396,24 @@ def _check_fits(ckpt: Checkpoint, fresh: Checkpoint) -> None:
         raise CheckpointError("checkpoint meta-optimiser state does not match the problem's meta-optimiser")
 
 
-def _hypergrad_fn(problem: Problem, engine: str):
-    """The jitted hypergradient function for this problem's model, data, hyperparameters, batch
-    size, objective and seed, built once and shared by every problem that has the same ones (a
-    `dataclasses.replace` with another meta-optimiser or iteration count compiles nothing new)."""
+def _make_evaluate(problem: Problem, engine: str):
+    """The jitted ``(raw, meta_iter, capacity) -> metrics`` of one forward training run."""
+    objective = _make_objective(problem, engine)
+
+    @partial(jax.jit, static_argnames="capacity")
+    def evaluate(raw, meta_iter, capacity):
+        return objective(raw, {}, meta_iter, empty_report(), capacity)[1]
+
+    return evaluate
+
+
+def _jitted(problem: Problem, engine: str, make=_make_hypergrad):
+    """The jitted function ``make`` builds (the hypergradient by default) for this problem's model, data,
+    hyperparameters, batch size, objective and seed, built once and shared by every problem that
+    has the same ones (a `dataclasses.replace` with another meta-optimiser or iteration count
+    compiles nothing new)."""
     key = (
+        make.__name__,
         engine,
         id(problem.model),
         id(problem.dataset),
@@ -406,7 +425,7 @@ def _hypergrad_fn(problem: Problem, engine: str):
     if key not in problem.compiled:
         # The value keeps the objects alive, so their ids cannot be reused while cached.
         problem.compiled[key] = (
-            _make_hypergrad(problem, engine),
+            make(problem, engine),
             problem.model,
             problem.dataset,
             problem.hypers,
@@ -430,9 +449,11 @@ def _meta_update_fn(problem: Problem, optimizer: optax.GradientTransformation):
     return problem.compiled[key]
 
 
-def initial_hyperparameters(problem: Problem) -> dict[str, np.ndarray]:
-    """The learned hyperparameters' raw starting values (log learning rates, logit momenta, ...)."""
-    return _initial_checkpoint(problem, _meta.build(problem.meta)).learned
+def initial_hyperparameters(problem: Problem, *, include_fixed: bool = False) -> dict[str, np.ndarray]:
+    """The learned hyperparameters' raw starting values (log learning rates, logit momenta, ...);
+    with ``include_fixed``, the fixed ones' values too (what `evaluate` accepts)."""
+    learned = _initial_checkpoint(problem, _meta.build(problem.meta)).learned
+    return {**_fixed_raw(problem), **learned} if include_fixed else learned
 
 
 def hypergradient(
@@ -457,11 +478,42 @@ def hypergradient(
     capacity = None
     if engine == "reversible":
         capacity = buffer_capacity(hs.steps, hs.min_momentum({**fixed_np, **_host(learned)}))
-    obj, metrics, grads, _, rep = _hypergrad_fn(problem, engine)(
+    obj, metrics, grads, _, rep = _jitted(problem, engine)(
         learned, _device(fixed_np), jnp.int32(meta_iter), capacity
     )
     report = ReversalReport.from_array(rep) if engine == "reversible" else None
     return float(obj), {k: float(v) for k, v in metrics.items()}, _host(grads), report
+
+
+def evaluate(
+    problem: Problem,
+    hyperparameters: Mapping[str, np.ndarray] | None = None,
+    *,
+    meta_iter: int = 0,
+    capacity: int | None = None,
+) -> dict[str, float]:
+    """The metrics of one training run (forward only, exact engine): what a meta-iteration scores.
+
+    ``hyperparameters``: raw values (log learning rates, logit momenta, ...) of any learned or fixed
+    hyperparameter, keyed as in `initial_hyperparameters`; the rest keep their starting values.
+    ``meta_iter`` picks the initial weights and minibatches, as in `tune`. ``capacity``: the
+    information buffer's slots (default: enough for these momenta; pass a fixed, larger one to
+    evaluate many configurations without recompiling). Returns ``train_loss``, ``valid_loss``,
+    ``valid_error`` and, with a test split, ``test_loss`` and ``test_error``; NaN if training diverged.
+    For black-box searches and notebooks.
+    """
+    hs = problem.hypers
+    raw = initial_hyperparameters(problem, include_fixed=True)
+    unknown = sorted(set(hyperparameters or {}) - set(raw))
+    if unknown:
+        raise KeyError(f"unknown hyperparameters {unknown}; known: {sorted(raw)}")
+    raw.update({k: np.asarray(v, np.asarray(raw[k]).dtype) for k, v in (hyperparameters or {}).items()})
+    if capacity is None:
+        capacity = buffer_capacity(hs.steps, hs.min_momentum(raw))
+    metrics = _jitted(problem, "reversible", make=_make_evaluate)(
+        _device(raw), jnp.int32(meta_iter), capacity
+    )
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def _fixed_raw(problem: Problem) -> dict[str, np.ndarray]:
@@ -506,7 +558,7 @@ def tune(
     def opt_tree(leaves):
         return jax.tree.unflatten(opt_def, [jnp.asarray(x) for x in leaves])
 
-    hypergrad = _hypergrad_fn(problem, engine)
+    hypergrad = _jitted(problem, engine)
     meta_update = _meta_update_fn(problem, optimizer)
     learned, opt_state = _device(state.learned), opt_tree(state.opt_state)
     prev_learned, prev_opt_state = _device(state.prev_learned), opt_tree(state.prev_opt_state)

@@ -19,6 +19,7 @@ from hypercore.tune import (
     CheckpointError,
     Problem,
     ProblemError,
+    evaluate,
     hypergradient,
     initial_hyperparameters,
     tune,
@@ -226,6 +227,23 @@ def test_initial_hyperparameters_are_the_inits(schedule_problem):
     x0 = initial_hyperparameters(schedule_problem)
     assert list(x0) == ["learning_rate"]
     np.testing.assert_allclose(x0["learning_rate"], np.full(20, np.log(0.05)))
+
+
+def test_evaluate_scores_what_a_meta_iteration_scores(schedule_problem, schedule_run):
+    result, _ = schedule_run
+    first, second = result.records[0], result.records[1]
+    names = ("train_loss", "valid_loss", "valid_error", "test_loss", "test_error")
+    at_start = evaluate(schedule_problem)
+    assert set(at_start) == set(names)
+    np.testing.assert_allclose([at_start[k] for k in names], [getattr(first, k) for k in names], rtol=1e-5)
+    # Record 1 was scored at the hyperparameters record 0 updated to, with meta-iteration 1's draws.
+    after = evaluate(schedule_problem, first.checkpoint.learned, meta_iter=1)
+    np.testing.assert_allclose([after[k] for k in names], [getattr(second, k) for k in names], rtol=1e-5)
+    # A fixed hyperparameter may be overridden too; an unknown one is an error naming the known.
+    heavier = evaluate(schedule_problem, {"momentum": np.log(0.9 / 0.1)})
+    assert heavier["train_loss"] != at_start["train_loss"]
+    with pytest.raises(KeyError, match="learning_rate"):
+        evaluate(schedule_problem, {"nonsense": 1.0})
 
 
 # ---- problems and specs ---------------------------------------------------------------------
