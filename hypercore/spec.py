@@ -2,7 +2,7 @@
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: ...}
-    model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or {kind: logreg}, or {kind: toy2d}
+    model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp
     training: {steps: 100}
     hyperparameters:
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
@@ -16,6 +16,10 @@
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem (`hypercore.models.Toy2D`): it
 has no data, so ``dataset`` is left out (the loop trains it on `hypercore.models.toy2d_data`), and it
 starts from a fixed point, so ``init_scale`` and ``training_data`` do not apply.
+
+``model: {kind: multitask_mlp, hidden: [...]}`` is one net per task of a multi-task dataset
+(``mnist5k_tasks``; `hypercore.models.MultitaskMLP`), trained full-batch, whose nets the
+``sharing`` hyperparameter couples (the paper's section 3.4).
 
 A key whose value is None counts as absent (a pydantic dump writes every optional field). Unknown
 keys inside the sections read here are refused; top-level keys other than those above (the job's
@@ -86,7 +90,9 @@ def _dataset(section: dict, seed: int, dataset):
             "dataset.id", "an uploaded dataset must be loaded by the caller and passed as `dataset=`"
         )
     if "name" not in section:
-        raise SpecError("dataset", "needs a built-in `name` (digits, mnist5k) or an uploaded `id`")
+        raise SpecError(
+            "dataset", f"needs a built-in `name` ({', '.join(_data.builtin_names())}) or an uploaded `id`"
+        )
     for key in ("train", "valid"):
         if key not in section:
             raise SpecError(f"dataset.{key}", "is required for a built-in dataset")
@@ -107,8 +113,9 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
-def _model(section: dict, n_features: int, n_classes: int):
+def _model(section: dict, ds):
     kind = section.get("kind")
+    n_features, n_classes = ds.n_features, ds.n_classes
     if kind == "toy2d":
         if section.get("hidden"):
             raise SpecError("model.hidden", "the toy2d model has no layers")
@@ -117,8 +124,8 @@ def _model(section: dict, n_features: int, n_classes: int):
         if section.get("hidden"):
             raise SpecError("model.hidden", "logistic regression has no hidden layers")
         return _models.logistic_regression(n_features, n_classes)
-    if kind != "mlp":
-        raise SpecError("model.kind", f"must be 'mlp', 'logreg' or 'toy2d', got {kind!r}")
+    if kind not in ("mlp", "multitask_mlp"):
+        raise SpecError("model.kind", f"must be 'mlp', 'logreg', 'toy2d' or 'multitask_mlp', got {kind!r}")
     hidden = section.get("hidden")
     if not isinstance(hidden, (list, tuple)) or not hidden:
         raise SpecError("model.hidden", f"an mlp needs a non-empty list of layer widths, got {hidden!r}")
@@ -126,6 +133,13 @@ def _model(section: dict, n_features: int, n_classes: int):
     activation = section.get("activation", "tanh")
     if activation not in ("tanh", "relu"):
         raise SpecError("model.activation", f"must be 'tanh' or 'relu', got {activation!r}")
+    if kind == "multitask_mlp":
+        if ds.n_tasks < 2:
+            raise SpecError(
+                "model.kind",
+                f"multitask_mlp needs a multi-task dataset (mnist5k_tasks); {ds.name!r} has one task",
+            )
+        return _models.multitask_mlp(n_features, widths, n_classes, ds.n_tasks, activation=activation)
     return _models.mlp(n_features, widths, n_classes, activation=activation)
 
 
@@ -186,7 +200,7 @@ def problem_from_spec(spec: Mapping, dataset=None) -> Problem:
     else:
         ds_section = _section(spec, "dataset")
         ds = _dataset(ds_section, seed, dataset)
-    model = _model(model_section, ds.n_features, ds.n_classes)
+    model = _model(model_section, ds)
     steps = _int(_section(spec, "training").get("steps"), "training.steps")
     hypers = _hypers(_section(spec, "hyperparameters"))
     if toy:

@@ -118,6 +118,19 @@ class Problem:
                 batch_size = None
         if objective == "valid_loss" and dataset.n_valid == 0:
             raise ProblemError("dataset.valid", "the valid_loss objective needs validation examples, got 0")
+        multitask = isinstance(model, _models.MultitaskMLP)
+        if multitask:
+            if model.n_tasks != dataset.n_tasks:
+                raise ProblemError(
+                    "model",
+                    f"the model has nets for {model.n_tasks} tasks but the dataset has {dataset.n_tasks}"
+                    + ("" if dataset.n_tasks > 1 else ": use a multi-task dataset such as mnist5k_tasks"),
+                )
+            if batch_size is not None:
+                raise ProblemError(
+                    "dataset.batch_size",
+                    "a multi-task model trains full-batch (its rows are laid out task by task): leave it out",
+                )
         _check_model_fits(model, dataset)
         hypers = HyperSet.build(
             hyperparameters,
@@ -125,6 +138,8 @@ class Problem:
             shapes=model.shapes,
             train_shape=np.shape(dataset.X_train),
             train_labels=dataset.y_train,
+            tasks=dataset.task_names if multitask else (),
+            sharing_layers=model.sharing_layers() if multitask else (),
         )
         if not hypers.learned_kinds():
             raise ProblemError(
@@ -136,14 +151,15 @@ class Problem:
 def _check_model_fits(model, dataset) -> None:
     """The model must take the dataset's features and give one logit per class."""
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {a: 1.0 for a in model.shapes}))
-    X = jax.ShapeDtypeStruct((1, dataset.n_features), jax.tree.leaves(params)[0].dtype)
+    rows = getattr(model, "n_tasks", 1)  # a multi-task model takes one row per task at least
+    X = jax.ShapeDtypeStruct((rows, dataset.n_features), jax.tree.leaves(params)[0].dtype)
     try:
         logits = jax.eval_shape(model.apply, params, X)
     except (TypeError, ValueError) as e:
         raise ProblemError(
             "model", f"the model does not take the dataset's {dataset.n_features} features: {e}"
         ) from e
-    if logits.shape != (1, dataset.n_classes):
+    if logits.shape != (rows, dataset.n_classes):
         raise ProblemError(
             "model",
             f"the model gives {logits.shape[-1]} logits but the dataset has {dataset.n_classes} classes",
@@ -281,6 +297,14 @@ def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
     return _models.nll(logits, y), _models.error_rate(logits, y)
 
 
+def _forward(model, sharing):
+    """``(w, meta, X) -> logits``: a multi-task model first mixes its tasks' weights by
+    ``meta["sharing"]`` (the weights SGD trains are the latent ones)."""
+    if sharing is None:
+        return lambda w, meta, X: model.apply(w, X)
+    return lambda w, meta, X: model.apply(model.share(w, meta["sharing"]), X)
+
+
 def _make_objective(problem: Problem, engine: str):
     """``(learned, fixed, meta_iter, report, capacity) -> (objective, metrics)`` of one training run,
     with the datasets closed over as concrete arrays (so the engine does not treat them as
@@ -306,6 +330,10 @@ def _make_objective(problem: Problem, engine: str):
         X_syn = hs.training_data(raw)
         if X_syn is not None:
             meta["X"] = X_syn.astype(dtype)
+        sharing = hs.sharing(raw)
+        if sharing is not None:
+            meta["sharing"] = {k: jnp.asarray(v, dtype) for k, v in sharing.items()}
+        forward = _forward(model, sharing)
 
         def loss(w, meta, t):
             X = meta.get("X", X_train)
@@ -314,7 +342,7 @@ def _make_objective(problem: Problem, engine: str):
             else:
                 idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
                 xb, yb = X[idx], y_train[idx]
-            out = _models.nll(model.apply(w, xb), yb)
+            out = _models.nll(forward(w, meta, xb), yb)
             if "l2" in meta:
                 out = out + _models.l2_penalty(w, meta["l2"])
             return out
@@ -327,6 +355,7 @@ def _make_objective(problem: Problem, engine: str):
             # The plain scan keeps the weights' dtype only if the schedules share it.
             alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
             w_T = unrolled_sgd(loss, w0, meta, alphas, gammas)
+        w_T = model.share(w_T, meta["sharing"]) if sharing is not None else w_T
         train_loss, _ = _metrics(model, w_T, X_train, y_train)
         valid_loss, valid_error = _metrics(model, w_T, X_valid, y_valid)
         m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}

@@ -4,7 +4,7 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: <uploaded>}
-    model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or {kind: logreg}, or {kind: toy2d}
+    model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or logreg, toy2d, multitask_mlp
     training: {steps: 100}
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
@@ -17,7 +17,8 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
 
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem: it has no data, so ``dataset``
 is left out (every other kind needs it), and it starts from a fixed point, so ``init_scale`` and
-``training_data`` are refused.
+``training_data`` are refused. ``model: {kind: multitask_mlp, hidden: [...]}`` is one net per task
+of the multi-task dataset ``mnist5k_tasks`` (full-batch), coupled by the ``sharing`` hyperparameter.
 
 Validation happens in two layers, both through `validate_spec`, which raises one `SpecError`
 holding every problem as ``{"loc": [...], "msg": ...}`` (the shape of FastAPI's 422 body):
@@ -31,7 +32,8 @@ holding every problem as ``{"loc": [...], "msg": ...}`` (the shape of FastAPI's 
 
 The number of hyperparameters of one kind, for a model with ``K`` parameter arrays holding ``W``
 weights in all, ``T`` training steps and ``N x F`` training inputs, is: ``global`` 1, ``layer`` K,
-``step`` T, ``layer_step`` T K, ``weight`` W (``training_data``: N F). The paper's schedule
+``step`` T, ``layer_step`` T K, ``weight`` W (``training_data``: N F; ``sharing`` over S tasks and
+L layers: ``global`` S^2, ``layer`` L S^2). The paper's schedule
 experiment (784-50-50-50-10, K = 8, T = 100) has 800 + 800 + 8 = 1,608.
 """
 
@@ -54,6 +56,7 @@ ALLOWED_GRANULARITIES: dict[str, tuple[str, ...]] = {
     "init_scale": ("global", "layer", "weight"),
     "l2": ("global", "layer", "weight"),
     "training_data": ("weight",),
+    "sharing": ("global", "layer"),
 }
 
 
@@ -63,6 +66,7 @@ class DatasetShape:
 
     ``n_rows``: examples available to split by the spec's counts (``layout="xy"``); for a pre-split
     upload (``layout="splits"``) the split sizes are fixed by the file and ``n_train`` etc. hold them.
+    A multi-task built-in has ``n_tasks`` tasks, and every count must be a multiple of ``split_unit``.
     """
 
     n_features: int
@@ -72,12 +76,17 @@ class DatasetShape:
     n_train: int = 0
     n_valid: int = 0
     n_test: int = 0
+    n_tasks: int = 1
+    split_unit: int = 1
 
 
 BUILTIN_DATASETS: dict[str, DatasetShape] = {
     "digits": DatasetShape(n_features=64, n_classes=10, n_rows=1797),
     "mnist5k": DatasetShape(n_features=784, n_classes=10, n_rows=5000),
+    # as hypercore.data's: every image upright and rotated, 10 tasks x 10 classes split alike
+    "mnist5k_tasks": DatasetShape(n_features=784, n_classes=10, n_rows=10000, n_tasks=10, split_unit=100),
 }
+_BUILTIN_NAMES = ", ".join(BUILTIN_DATASETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +97,7 @@ class SpecLimits:
     max_meta_iterations: int = 500
     max_layers: int = 8
     max_hidden_width: int = 2048
-    max_weights: int = 2_000_000
+    max_weights: int = 4_000_000  # the paper's multi-task nets (sharing-mnist5k-tasks) hold 3,962,100
     max_hyperparameters: int = 1_000_000
     max_dataset_rows: int = 100_000
     max_features: int = 4096
@@ -109,7 +118,7 @@ class _Strict(BaseModel):
 
 
 class DatasetSection(_Strict):
-    name: Literal["digits", "mnist5k"] | None = Field(None, description="a built-in dataset")
+    name: Literal["digits", "mnist5k", "mnist5k_tasks"] | None = Field(None, description="a built-in dataset")
     id: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
     train: int | None = Field(None, ge=1)
     valid: int | None = Field(None, ge=0)
@@ -123,7 +132,7 @@ class DatasetSection(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSection:
         if (self.name is None) == (self.id is None):
-            raise ValueError("give exactly one of `name` (built-in: digits, mnist5k) or `id` (an upload)")
+            raise ValueError(f"give exactly one of `name` (built-in: {_BUILTIN_NAMES}) or `id` (an upload)")
         if self.name is not None and (self.train is None or self.valid is None):
             raise ValueError("a built-in dataset needs `train` and `valid` counts")
         if self.id is not None and self.stratify:
@@ -132,18 +141,19 @@ class DatasetSection(_Strict):
 
 
 class ModelSection(_Strict):
-    kind: Literal["mlp", "logreg", "toy2d"] = Field(
-        description="mlp, logreg, or toy2d (the paper's two-weight figure-1 problem, no dataset)"
+    kind: Literal["mlp", "logreg", "toy2d", "multitask_mlp"] = Field(
+        description="mlp, logreg, toy2d (the paper's two-weight figure-1 problem, no dataset), or "
+        "multitask_mlp (one mlp per task of a multi-task dataset, coupled by `sharing`)"
     )
-    hidden: list[int] = Field(default_factory=list, description="hidden layer widths (mlp only)")
+    hidden: list[int] = Field(default_factory=list, description="hidden layer widths (mlp, multitask_mlp)")
     activation: Literal["tanh", "relu"] = "tanh"
 
     @model_validator(mode="after")
     def _layers(self) -> ModelSection:
         if self.kind == "toy2d" and self.hidden:
             raise ValueError("the toy2d model has no layers: leave `hidden` out")
-        if self.kind == "mlp" and not self.hidden:
-            raise ValueError("an mlp needs at least one hidden layer width in `hidden`")
+        if self.kind in ("mlp", "multitask_mlp") and not self.hidden:
+            raise ValueError(f"{self.kind} needs at least one hidden layer width in `hidden`")
         if self.kind == "logreg" and self.hidden:
             raise ValueError("logistic regression has no hidden layers: leave `hidden` out")
         if any(h < 1 for h in self.hidden):
@@ -182,6 +192,7 @@ class HyperparametersSection(_Strict):
     init_scale: HyperSetting | None = None
     l2: HyperSetting | None = None
     training_data: HyperSetting | None = None
+    sharing: HyperSetting | None = None
 
     def given(self) -> dict[str, HyperSetting]:
         return {k: v for k in ALLOWED_GRANULARITIES if (v := getattr(self, k)) is not None}
@@ -219,22 +230,25 @@ class JobSpec(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def parameter_shapes(model: ModelSection, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]]:
-    """The model's parameter arrays as hypercore names them: ``layer{i}.W`` (in, out), ``layer{i}.b``;
-    the toy2d model has one, ``w`` (2,)."""
+def parameter_shapes(
+    model: ModelSection, n_features: int, n_classes: int, n_tasks: int = 1
+) -> dict[str, tuple[int, ...]]:
+    """The model's parameter arrays as hypercore names them: ``layer{i}.W`` (in, out), ``layer{i}.b``
+    (a multitask_mlp's with a leading axis of ``n_tasks``); the toy2d model has one, ``w`` (2,)."""
     if model.kind == "toy2d":
         return {"w": (2,)}
     widths = [n_features, *model.hidden, n_classes]
+    tasks = (n_tasks,) if model.kind == "multitask_mlp" else ()
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        shapes[f"layer{i}.W"] = (n_in, n_out)
-        shapes[f"layer{i}.b"] = (n_out,)
+        shapes[f"layer{i}.W"] = (*tasks, n_in, n_out)
+        shapes[f"layer{i}.b"] = (*tasks, n_out)
     return shapes
 
 
 def count_hyperparameters(spec: JobSpec, shape: DatasetShape) -> int:
     """How many hyperparameter values the spec implies (learned or fixed); see the module docstring."""
-    shapes = parameter_shapes(spec.model, shape.n_features, shape.n_classes)
+    shapes = parameter_shapes(spec.model, shape.n_features, shape.n_classes, shape.n_tasks)
     n_arrays, n_weights, steps = len(shapes), sum(math.prod(s) for s in shapes.values()), spec.training.steps
     n_train = _n_train(spec, shape)
     per_granularity = {
@@ -247,9 +261,12 @@ def count_hyperparameters(spec: JobSpec, shape: DatasetShape) -> int:
     given = spec.hyperparameters.given()
     total = sum(1 for kind in _DEFAULT_KINDS if kind not in given)
     for kind, setting in given.items():
-        total += (
-            n_train * shape.n_features if kind == "training_data" else per_granularity[setting.granularity]
-        )
+        if kind == "training_data":
+            total += n_train * shape.n_features
+        elif kind == "sharing":
+            total += shape.n_tasks**2 * (n_arrays // 2 if setting.granularity == "layer" else 1)
+        else:
+            total += per_granularity[setting.granularity]
     return total
 
 
@@ -300,7 +317,7 @@ def _problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None) -> 
                 refuse(("hyperparameters", kind), "the toy2d model starts from a fixed point and has no data")
         shape = _TOY2D_SHAPE
     elif ds is None:
-        refuse(("dataset",), "is required: a built-in `name` (digits, mnist5k) or an uploaded `id`")
+        refuse(("dataset",), f"is required: a built-in `name` ({_BUILTIN_NAMES}) or an uploaded `id`")
         return errors
     else:
         for field in ("train", "valid", "test", "batch_size"):
@@ -310,9 +327,10 @@ def _problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None) -> 
         if shape is None:
             return errors
         errors += _dataset_problems(spec, limits, shape)
+        errors += _multitask_problems(spec, shape)
     if errors:  # the counts below would only repeat these problems
         return errors
-    shapes = parameter_shapes(spec.model, shape.n_features, shape.n_classes)
+    shapes = parameter_shapes(spec.model, shape.n_features, shape.n_classes, shape.n_tasks)
     n_weights = sum(math.prod(s) for s in shapes.values())
     if n_weights > limits.max_weights:
         refuse(("model",), f"the model has {n_weights} weights; at most {limits.max_weights} are allowed")
@@ -349,7 +367,48 @@ def _setting_problem(kind: str, s: HyperSetting) -> tuple[str, str] | None:
         return "init", f"an L2 penalty must be >= 0, got {init}"
     if kind == "l2" and init == 0 and s.learn:
         return "learn", "an l2 with init 0 is off and cannot be learned: give a positive init"
+    if kind == "sharing" and not 0.0 <= init <= 1.0:
+        return "init", f"the sharing start lies in [0, 1] (0 separate nets, 1 one net), got {init}"
     return None
+
+
+def _multitask_problems(spec: JobSpec, shape: DatasetShape) -> list[dict[str, Any]]:
+    """A multitask_mlp needs a multi-task dataset and full batches; sharing needs a multitask_mlp;
+    a multi-task dataset's counts split every task and class alike."""
+    errors: list[dict[str, Any]] = []
+    multitask = spec.model.kind == "multitask_mlp"
+    if multitask and shape.n_tasks < 2:
+        errors.append(
+            {"loc": ["model", "kind"], "msg": "multitask_mlp needs a multi-task dataset (mnist5k_tasks)"}
+        )
+    if spec.hyperparameters.sharing is not None and not multitask:
+        errors.append(
+            {
+                "loc": ["hyperparameters", "sharing"],
+                "msg": "couples the per-task nets of a multitask_mlp; this model has one net",
+            }
+        )
+    ds = spec.dataset
+    if multitask and ds.batch_size is not None:
+        errors.append(
+            {
+                "loc": ["dataset", "batch_size"],
+                "msg": "a multitask_mlp trains full-batch (its rows are laid out task by task): leave it out",
+            }
+        )
+    if shape.split_unit > 1:
+        for field in ("train", "valid", "test"):
+            value = getattr(ds, field)
+            if value is not None and value % shape.split_unit:
+                errors.append(
+                    {
+                        "loc": ["dataset", field],
+                        "msg": f"{ds.name} splits every one of its {shape.n_tasks} tasks and "
+                        f"{shape.n_classes} classes alike: must be a multiple of {shape.split_unit}, "
+                        f"got {value}",
+                    }
+                )
+    return errors
 
 
 def _dataset_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) -> list[dict[str, Any]]:

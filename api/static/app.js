@@ -433,6 +433,7 @@
     init_scale: 'Initial weight scales',
     l2: 'L2 penalties',
     training_data: 'Learned training examples',
+    sharing: 'Sharing across tasks (T)',
   };
 
   function labelsFor(hp, axis) {

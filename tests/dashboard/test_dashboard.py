@@ -19,6 +19,7 @@ import pytest
 import yaml
 from client.live import TINY_LAYERS, Service, tiny_spec
 
+from jobs import templates
 from revtune import Client
 
 CHROMIUM = os.environ.get("REVTUNE_CHROMIUM", "/usr/bin/chromium")
@@ -214,3 +215,38 @@ def test_api_key_is_kept_in_local_storage_and_sent(page, service: Service):
     page.wait_for_function("document.querySelector('#template-select').options.length > 1")
     sent = [h.get("authorization") for u, h in page.requested if "/v1/" in u]
     assert sent and sent[-1] == "Bearer rt_test_key"
+
+
+def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
+    """The paper's sharing experiment, scaled down, through the real worker: the page draws each
+    layer's learned 10 x 10 task-sharing matrix as a heatmap whose grey levels are the REST values."""
+    spec = templates.get("sharing-mnist5k-tasks")
+    spec["dataset"] = {"name": "mnist5k_tasks", "train": 100, "valid": 100}
+    spec["model"]["hidden"] = [4]
+    spec["training"]["steps"] = 3
+    spec["meta"]["iterations"] = 2
+    with Client(service.url) as client:
+        job = client.wait(client.submit(spec), progress=False, poll=0.2, timeout=240)
+        assert job["status"] == "succeeded", job
+        names = [h["name"] for h in client.hyperparameter_list(job)]
+        T = client.hyperparameters(job, "sharing.layer0")
+    assert {"sharing.layer0", "sharing.layer1"} <= set(names)
+    assert T.axes == ("task", "latent") and T.labels["task"][5] == "A1rot"
+
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    card = "#hyper-sharing-layer0"
+    page.wait_for_selector(f"{card} canvas.heatmap")
+    assert "Sharing across tasks (T): layer0" in page.text_content(f"{card} h2")
+    drawn = page.evaluate(
+        """(sel) => {
+            const c = document.querySelector(sel);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return { w: c.width, h: c.height, grey: Array.from(d).filter((_, i) => i % 4 === 0) };
+        }""",
+        f"{card} canvas.heatmap",
+    )
+    assert (drawn["w"], drawn["h"]) == (10, 10)
+    lo, hi = T.values.min(), T.values.max()
+    expected = np.round(255 * (T.values - lo) / (hi - lo)).astype(int).ravel()
+    assert np.abs(np.array(drawn["grey"]) - expected).max() <= 1
+    assert not page.errors, page.errors

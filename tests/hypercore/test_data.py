@@ -52,7 +52,7 @@ def test_builtin_layout_ranges_and_mean_subtraction(name, scale):
 
 
 def test_builtin_names_and_info():
-    assert data.builtin_names() == ["digits", "mnist5k"]
+    assert data.builtin_names() == ["digits", "mnist5k", "mnist5k_tasks"]
     assert data.builtin_info("digits") == {
         "n_examples": 1797,
         "n_features": 64,
@@ -60,8 +60,10 @@ def test_builtin_names_and_info():
         "image_shape": (8, 8),
     }
     assert data.builtin_info("mnist5k")["n_examples"] == 5000
+    assert data.builtin_info("mnist5k_tasks")["n_tasks"] == 10
     with pytest.raises(
-        DataError, match="dataset.name: unknown built-in dataset 'cifar'; known: digits, mnist5k"
+        DataError,
+        match="dataset.name: unknown built-in dataset 'cifar'; known: digits, mnist5k, mnist5k_tasks",
     ):
         data.builtin_info("cifar")
 

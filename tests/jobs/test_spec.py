@@ -172,3 +172,42 @@ def test_an_uploaded_dataset_is_resolved_by_the_caller():
     assert "already split" in errors_of(spec, resolve_dataset=split.get)["dataset.train"]
     ok = with_("dataset", {"id": "d1", "batch_size": 20})
     assert validate_spec(ok, resolve_dataset=split.get).dataset.id == "d1"
+
+
+def test_multitask_specs_are_checked_at_submit_naming_the_field():
+    """The paper's sharing experiment: a multitask_mlp on the multi-task built-in, coupled by
+    `sharing`; each misuse is refused on its own field before a worker ever sees the job."""
+    from jobs.templates import get
+
+    template = get("sharing-mnist5k-tasks")
+    spec = validate_spec(template)
+    shape = BUILTIN_DATASETS["mnist5k_tasks"]
+    # 3 layers x 10 x 10 sharing entries, plus the four fixed globals
+    assert count_hyperparameters(spec, shape) == 300 + 4
+    global_sharing = copy.deepcopy(template)
+    global_sharing["hyperparameters"]["sharing"]["granularity"] = "global"
+    assert count_hyperparameters(validate_spec(global_sharing), shape) == 100 + 4
+
+    def variant(path: str, value):
+        out = copy.deepcopy(template)
+        *parents, last = path.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node[last] = value
+        return out
+
+    assert "must be a multiple of 100, got 1050" in errors_of(variant("dataset.train", 1050))["dataset.train"]
+    assert "full-batch" in errors_of(variant("dataset.batch_size", 100))["dataset.batch_size"]
+    on_mnist = variant("dataset", {"name": "mnist5k", "train": 1000, "valid": 200})
+    assert "needs a multi-task dataset" in errors_of(on_mnist)["model.kind"]
+    one_net = variant("model", {"kind": "mlp", "hidden": [400, 200]})
+    assert "this model has one net" in errors_of(one_net)["hyperparameters.sharing"]
+    assert "[0, 1]" in errors_of(variant("hyperparameters.sharing.init", 1.5))["hyperparameters.sharing.init"]
+    weight = errors_of(variant("hyperparameters.sharing.granularity", "weight"))
+    assert "allowed: global, layer" in weight["hyperparameters.sharing.granularity"]
+    no_hidden = errors_of(variant("model", {"kind": "multitask_mlp"}))
+    assert "multitask_mlp needs at least one hidden layer" in no_hidden["model"]
+    # the weight limit counts every task's net: 10 x 396,210
+    small = errors_of(template, limits=SpecLimits(max_weights=3_000_000))
+    assert "the model has 3962100 weights" in small["model"]
