@@ -16,6 +16,11 @@ variable                       meaning (default)
 ``REVTUNE_REAPER_INTERVAL_S``  how often each worker's reaper looks (15 s)
 ``REVTUNE_POST_RATE_LIMIT``    POST requests per tenant per minute (120)
 ``REVTUNE_CORS_ORIGINS``       JSON list of allowed browser origins (none: CORS off)
+``REVTUNE_COMPILATION_CACHE``  the workers' on-disk cache of compiled jobs (``<data_dir>/jax-cache``;
+                               ``off`` to disable, or a directory): a restarted worker, or a
+                               second one on the host, skips most of a job's compilation; its
+                               size is ``REVTUNE_COMPILATION_CACHE_MAX_BYTES`` (1 GiB, least
+                               recently used entries evicted)
 =============================  ==============================================================
 
 ``env=production`` refuses to start with auth off or with a database or broker password that is a
@@ -87,6 +92,12 @@ class Settings(BaseSettings):
         description="with auth off, Host names answered besides localhost, 127.0.0.1 and ::1 (DNS rebinding)",
     )
 
+    compilation_cache: str = Field(
+        "",
+        description="the workers' compiled-program cache: '' for <data_dir>/jax-cache, 'off', or a directory",
+    )
+    compilation_cache_max_bytes: int = Field(1 << 30, ge=1)
+
     @model_validator(mode="after")
     def _complete_and_check(self) -> Settings:
         data_dir = self.data_dir.expanduser().resolve()
@@ -104,6 +115,16 @@ class Settings(BaseSettings):
         if self.env == "production":
             self._refuse_unsafe_production()
         return self
+
+    @property
+    def compilation_cache_dir(self) -> Path | None:
+        """Where the workers keep compiled programs, or None when the cache is off. The cache is
+        trusted code: keep it where only the service's user can write (the data directory is)."""
+        if self.compilation_cache.strip().lower() == "off":
+            return None
+        if not self.compilation_cache.strip():
+            return self.data_dir / "jax-cache"
+        return Path(self.compilation_cache).expanduser().resolve()
 
     def _refuse_unsafe_production(self) -> None:
         if self.auth == "off":

@@ -19,7 +19,9 @@ def run_worker(settings: Settings | None = None, *, loglevel: str = "INFO") -> N
     from worker import tasks  # noqa: F401  (registers the task and initialises JAX before consuming)
     from worker.app import QUEUE, app
     from worker.reaper import start_reaper
+    from worker.runner import configure_compilation_cache
 
+    configure_compilation_cache(settings)
     reaper = start_reaper(settings)
     try:
         app.worker_main(

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -55,6 +56,28 @@ from jobs.settings import Settings, get_settings
 from worker.enqueue import EnqueueError, enqueue_job
 
 log = logging.getLogger(__name__)
+
+
+def configure_compilation_cache(settings: Settings) -> Path | None:
+    """Point JAX's persistent compilation cache at ``settings.compilation_cache_dir`` (before the
+    first job compiles): a job whose programs this host compiled before, in this worker or another
+    one, a restart ago or not, loads them from disk instead of compiling again. A cached executable
+    is the one that would be compiled, so results stay bit-identical. Returns the directory, or None
+    when the cache is off."""
+    import jax
+
+    folder = settings.compilation_cache_dir
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_compilation_cache_max_size", settings.compilation_cache_max_bytes)
+    # Every job's programs, however quick to compile: a worker compiles per job shape, and the
+    # small ones add up on a busy queue.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    log.info("compiled programs are cached in %s", folder)
+    return folder
+
 
 T = TypeVar("T")
 

@@ -81,6 +81,8 @@ def test_serve_runs_a_job_and_ctrl_c_stops_every_child(tmp_path):
         job = wait_for(finished, 120, "the job to finish")
         assert job["status"] == "succeeded", (job, "".join(lines))
         assert [s["meta_iter"] for s in http.get(f"/v1/jobs/{job_id}/steps").json()["items"]] == [0, 1]
+        # the worker keeps the job's compiled programs for the next worker (or itself, restarted)
+        assert any((data_dir / "jax-cache").iterdir()), "the worker wrote no compiled program to its cache"
         assert len(_pids_with_data_dir(data_dir)) == 2  # the API and one worker
 
         started = time.monotonic()

@@ -38,6 +38,10 @@ def test_defaults_live_in_the_data_folder(tmp_path):
         and s.cors_origins == []
         and s.dataset_path("abc") == tmp_path.resolve() / "datasets/abc.npz"
     )
+    assert s.compilation_cache_dir == tmp_path.resolve() / "jax-cache"
+    assert Settings(data_dir=tmp_path, compilation_cache="OFF").compilation_cache_dir is None
+    elsewhere = Settings(data_dir=tmp_path, compilation_cache=str(tmp_path / "shared" / "cache"))
+    assert elsewhere.compilation_cache_dir == tmp_path.resolve() / "shared/cache"
 
 
 def test_environment_variables_configure_everything(monkeypatch, tmp_path):
