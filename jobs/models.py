@@ -134,6 +134,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A queued job the reaper re-published: when to publish it again if still unclaimed (the wait
+    # doubles each time). None: ``enqueued_at`` plus the queued timeout.
+    requeue_after: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -668,7 +668,8 @@ def stale_jobs(
     queued_timeout_s: float,
 ) -> list[str]:
     """Ids of jobs nobody is running: ``running`` with a heartbeat older than ``heartbeat_timeout_s``,
-    ``queued`` since longer than ``queued_timeout_s`` (last enqueued then); oldest first."""
+    ``queued`` and not claimed ``queued_timeout_s`` after it was last enqueued (or, once the reaper has
+    re-published it, past its ``requeue_after``); oldest first."""
     now = now or utcnow()
     query = select(Job.id).where(_stale(now, heartbeat_timeout_s, queued_timeout_s)).order_by(Job.created_at)
     return list(session.scalars(query))
@@ -683,7 +684,10 @@ def _stale(now: datetime, heartbeat_timeout_s: float | None, queued_timeout_s: f
         silent = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
         clauses.append(and_(Job.status == Status.RUNNING.value, silent))
     if queued_timeout_s is not None:
-        waiting = Job.enqueued_at < now - timedelta(seconds=queued_timeout_s)
+        waiting = or_(
+            and_(Job.requeue_after.is_(None), Job.enqueued_at < now - timedelta(seconds=queued_timeout_s)),
+            Job.requeue_after < now,
+        )
         clauses.append(and_(Job.status == Status.QUEUED.value, waiting))
     return or_(*clauses)
 
@@ -695,6 +699,7 @@ def requeue(
     now: datetime | None = None,
     heartbeat_timeout_s: float | None = None,
     queued_timeout_s: float | None = None,
+    max_backoff_s: float | None = None,
 ) -> bool:
     """Hand the job back to the queue; True if the caller should enqueue it (after the commit).
 
@@ -703,6 +708,11 @@ def requeue(
     ``enqueued_at`` is refreshed. With timeouts (the reaper passes those of `stale_jobs`) only a job
     still stale by them changes, so of several reapers racing, one re-queues it; a status whose
     timeout is None is then left alone. Finished jobs are left alone (False).
+
+    A queued job re-published by the reaper waits twice as long as last time before the next
+    re-publication (``queued_timeout_s``, then 2x, 4x, ... up to ``max_backoff_s``): a job that waits
+    behind a long queue is not published again every ``queued_timeout_s``, which would grow the
+    broker's queue by a duplicate per waiting job each time.
     """
     now = now or utcnow()
     if heartbeat_timeout_s is None and queued_timeout_s is None:
@@ -718,10 +728,23 @@ def requeue(
     )
     if cancelled.rowcount:
         return False
+    row = session.execute(
+        select(Job.status, Job.enqueued_at, Job.requeue_after).where(condition)
+    ).one_or_none()
+    if row is None:
+        return False
+    requeue_after = None  # a job that enters the queue waits the plain timeout
+    if row.status == Status.QUEUED.value and queued_timeout_s is not None:
+        waited = queued_timeout_s
+        if row.requeue_after is not None:
+            waited = (row.requeue_after - row.enqueued_at).total_seconds()
+        wait = max(queued_timeout_s, min(2 * waited, max_backoff_s or math.inf))
+        requeue_after = now + timedelta(seconds=wait)
     result = session.execute(
         update(Job)
-        .where(condition)
-        .values(status=Status.QUEUED.value, worker_id=None, enqueued_at=now)
+        # the row as read: a racing reaper that re-queued it first leaves nothing to do here
+        .where(condition, Job.status == row.status, Job.enqueued_at == row.enqueued_at)
+        .values(status=Status.QUEUED.value, worker_id=None, enqueued_at=now, requeue_after=requeue_after)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

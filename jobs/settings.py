@@ -12,7 +12,9 @@ variable                       meaning (default)
 ``REVTUNE_MAX_UPLOAD_BYTES``   largest dataset upload (100 MiB)
 ``REVTUNE_HEARTBEAT_*_S``      worker heartbeat period and the silence after which a running job
                                is re-queued (10 s, 60 s)
-``REVTUNE_QUEUED_TIMEOUT_S``   a queued job unclaimed this long is enqueued again (120 s)
+``REVTUNE_QUEUED_TIMEOUT_S``   a queued job unclaimed this long is enqueued again (120 s), then
+                               after twice as long each time, up to
+                               ``REVTUNE_QUEUED_MAX_BACKOFF_S`` (1800 s)
 ``REVTUNE_REAPER_INTERVAL_S``  how often each worker's reaper looks (15 s)
 ``REVTUNE_POST_RATE_LIMIT``    POST requests per tenant per minute (120)
 ``REVTUNE_CORS_ORIGINS``       JSON list of allowed browser origins (none: CORS off)
@@ -76,6 +78,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(10.0, gt=0)
     heartbeat_timeout_s: float = Field(60.0, gt=0)
     queued_timeout_s: float = Field(120.0, gt=0)
+    queued_max_backoff_s: float = Field(1800.0, gt=0)
     reaper_interval_s: float = Field(15.0, gt=0)
 
     post_rate_limit: int = Field(120, ge=1, description="POST requests per tenant per minute")
@@ -111,6 +114,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"REVTUNE_HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must exceed "
                 f"REVTUNE_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}), or live jobs get re-queued"
+            )
+        if self.queued_max_backoff_s < self.queued_timeout_s:
+            raise ValueError(
+                f"REVTUNE_QUEUED_MAX_BACKOFF_S ({self.queued_max_backoff_s}) must be at least "
+                f"REVTUNE_QUEUED_TIMEOUT_S ({self.queued_timeout_s})"
             )
         if self.env == "production":
             self._refuse_unsafe_production()

@@ -4,7 +4,10 @@ Two kinds of job are stranded:
 - ``running`` jobs whose heartbeat is older than ``settings.heartbeat_timeout_s``: their worker was
   killed (kill -9, OOM, lost machine) after its last commit;
 - ``queued`` jobs not claimed within ``settings.queued_timeout_s``: the enqueue after the commit
-  failed (broker down), or the broker lost the message.
+  failed (broker down), or the broker lost the message. Or the message is fine and the job waits
+  behind others: so each re-publication of a job waits twice as long as the one before (up to
+  ``settings.queued_max_backoff_s``), and a long queue gains a duplicate per job only a logarithmic
+  number of times.
 
 Each is set back to ``queued`` (a running one resumes from its last checkpoint) and enqueued
 again, after the commit. The repository's ``requeue`` is conditional, so when several workers'
@@ -58,6 +61,7 @@ def reap(
                 now=now,
                 heartbeat_timeout_s=settings.heartbeat_timeout_s,
                 queued_timeout_s=settings.queued_timeout_s,
+                max_backoff_s=settings.queued_max_backoff_s,
             )
         ]
         session.commit()

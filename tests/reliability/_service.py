@@ -15,12 +15,23 @@ from e2e._procs import WORKER_COMMAND, Processes, free_port, start_api, wait_for
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def tiny_spec(name: str, *, seed: int = 0, iterations: int = 4, steps: int = 8) -> dict:
-    """digits, a 16-unit MLP, learning rate and momentum per layer and step: about a second a job."""
+def tiny_spec(
+    name: str,
+    *,
+    seed: int = 0,
+    iterations: int = 4,
+    steps: int = 8,
+    hidden: int = 16,
+    train: int = 200,
+    batch_size: int = 50,
+) -> dict:
+    """digits, a one-hidden-layer MLP (16 units), learning rate and momentum per layer and step: ms a
+    meta-iteration once compiled (a few seconds the first time a worker meets the job's shape, unless
+    its compilation cache holds it)."""
     return {
         "name": name,
-        "dataset": {"name": "digits", "train": 200, "valid": 100, "test": 100, "batch_size": 50},
-        "model": {"kind": "mlp", "hidden": [16], "activation": "tanh"},
+        "dataset": {"name": "digits", "train": train, "valid": 100, "test": 100, "batch_size": batch_size},
+        "model": {"kind": "mlp", "hidden": [hidden], "activation": "tanh"},
         "training": {"steps": steps},
         "hyperparameters": {
             "learning_rate": {"init": 0.3, "granularity": "layer_step", "learn": True},

@@ -43,10 +43,17 @@ def service(tmp_path, private_postgres, private_redis, request):
 
 def test_workers_killed_at_random_points_lose_and_duplicate_nothing(service):
     """20 jobs, two workers; one of them is SIGKILLed a moment after each sign of progress and
-    replaced, until every job is done. Each job must end exactly as its uninterrupted run."""
+    replaced, until every job is done. Each job must end exactly as its uninterrupted run.
+
+    The jobs do about half a second of work per meta-iteration: a replacement worker loads the
+    compiled programs from the workers' cache instead of compiling for seconds, so without real work
+    every job would be over before the next kill."""
     seeds, iterations = (0, 1), 6
-    specs = [tiny_spec(f"kill-{i}", seed=seeds[i % len(seeds)], iterations=iterations) for i in range(20)]
-    expected = {seed: reference(tiny_spec("ref", seed=seed, iterations=iterations)) for seed in seeds}
+    size = {"steps": 300, "hidden": 256, "train": 1000, "batch_size": 200}
+    specs = [
+        tiny_spec(f"kill-{i}", seed=seeds[i % len(seeds)], iterations=iterations, **size) for i in range(20)
+    ]
+    expected = {seed: reference(tiny_spec("ref", seed=seed, iterations=iterations, **size)) for seed in seeds}
     service.start_api()
     job_ids = [service.submit(spec) for spec in specs]
     for _ in range(2):

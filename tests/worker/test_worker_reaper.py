@@ -103,3 +103,46 @@ def test_the_dead_workers_claim_is_void_after_a_requeue(settings):
         repository.record_meta_iteration(
             session, zombie.job_id, zombie, step={"meta_iter": 0}, hyperparameters={}, checkpoint=b""
         )
+
+
+def test_a_job_left_waiting_is_republished_after_doubling_waits_up_to_the_cap(
+    settings, database_url, tmp_path
+):
+    """A job that waits behind a long queue keeps its message; each re-publication is a duplicate
+    in the broker. So the waits between them double (120 s, 240, 480, ...) up to the cap, instead of
+    one duplicate per waiting job every queued_timeout_s."""
+    capped = Settings(**{**settings.model_dump(), "queued_max_backoff_s": 600})
+    ids = make_jobs(capped)
+    job = ids["queued_stale"]  # enqueued at T0, never claimed
+    published: list[str] = []
+    when = [
+        s
+        for s in range(0, 3600, 15)
+        if job in reap(capped, enqueue=published.append, now=T0 + timedelta(seconds=s))
+    ]
+    assert published.count(job) == len(when) and when[0] == 135  # the first pass after 120 s
+    waits = [b - a for a, b in zip(when, when[1:], strict=False)]
+    expected = [240, 480, 600, 600, 600, 600]  # doubling, capped at 600
+    assert len(waits) == len(expected), when
+    assert all(0 < w - e <= 15 for w, e in zip(waits, expected, strict=True)), (
+        waits,
+        expected,
+    )  # passes every 15 s
+
+    # Claimed at last, its worker dies: the dead job is re-queued at once and, should that message be
+    # lost too, waits the plain timeout again, not the backed-off one.
+    with session_factory(capped)() as session:
+        claim = repository.claim_job(session, job, "w-late", now=T0 + timedelta(seconds=3600))
+        session.commit()
+    assert claim is not None
+    dead = T0 + timedelta(seconds=3600 + 61)
+    assert job in reap(capped, enqueue=published.append, now=dead)
+    assert job not in reap(capped, enqueue=published.append, now=dead + timedelta(seconds=119))
+    assert job in reap(capped, enqueue=published.append, now=dead + timedelta(seconds=121))
+
+
+def test_the_backoff_cap_cannot_be_below_the_queued_timeout(tmp_path):
+    with pytest.raises(
+        ValueError, match="REVTUNE_QUEUED_MAX_BACKOFF_S .* must be at least REVTUNE_QUEUED_TIMEOUT_S"
+    ):
+        Settings(data_dir=tmp_path, queued_timeout_s=120, queued_max_backoff_s=60)
