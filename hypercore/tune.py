@@ -297,14 +297,6 @@ def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
     return _models.nll(logits, y), _models.error_rate(logits, y)
 
 
-def _forward(model, sharing):
-    """``(w, meta, X) -> logits``: a multi-task model first mixes its tasks' weights by
-    ``meta["sharing"]`` (the weights SGD trains are the latent ones)."""
-    if sharing is None:
-        return lambda w, meta, X: model.apply(w, X)
-    return lambda w, meta, X: model.apply(model.share(w, meta["sharing"]), X)
-
-
 def _make_objective(problem: Problem, engine: str):
     """``(learned, fixed, meta_iter, report, capacity) -> (objective, metrics)`` of one training run,
     with the datasets closed over as concrete arrays (so the engine does not treat them as
@@ -333,7 +325,11 @@ def _make_objective(problem: Problem, engine: str):
         sharing = hs.sharing(raw)
         if sharing is not None:
             meta["sharing"] = {k: jnp.asarray(v, dtype) for k, v in sharing.items()}
-        forward = _forward(model, sharing)
+
+        def net(w, meta):
+            """The weights the model runs with: SGD trains a multi-task model's latent weights, which
+            ``meta["sharing"]`` mixes across tasks (the L2 penalty stays on the latent ones)."""
+            return model.share(w, meta["sharing"]) if "sharing" in meta else w
 
         def loss(w, meta, t):
             X = meta.get("X", X_train)
@@ -342,7 +338,7 @@ def _make_objective(problem: Problem, engine: str):
             else:
                 idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
                 xb, yb = X[idx], y_train[idx]
-            out = _models.nll(forward(w, meta, xb), yb)
+            out = _models.nll(model.apply(net(w, meta), xb), yb)
             if "l2" in meta:
                 out = out + _models.l2_penalty(w, meta["l2"])
             return out
@@ -355,7 +351,7 @@ def _make_objective(problem: Problem, engine: str):
             # The plain scan keeps the weights' dtype only if the schedules share it.
             alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
             w_T = unrolled_sgd(loss, w0, meta, alphas, gammas)
-        w_T = model.share(w_T, meta["sharing"]) if sharing is not None else w_T
+        w_T = net(w_T, meta)
         train_loss, _ = _metrics(model, w_T, X_train, y_train)
         valid_loss, valid_error = _metrics(model, w_T, X_valid, y_valid)
         m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}

@@ -33,8 +33,8 @@ BASE = {
 }
 
 
-def with_(path: str, value):
-    spec = copy.deepcopy(BASE)
+def with_(path: str, value, base: dict = BASE):
+    spec = copy.deepcopy(base)
     *parents, last = path.split(".")
     node = spec
     for p in parents:
@@ -189,13 +189,7 @@ def test_multitask_specs_are_checked_at_submit_naming_the_field():
     assert count_hyperparameters(validate_spec(global_sharing), shape) == 100 + 4
 
     def variant(path: str, value):
-        out = copy.deepcopy(template)
-        *parents, last = path.split(".")
-        node = out
-        for p in parents:
-            node = node[p]
-        node[last] = value
-        return out
+        return with_(path, value, template)
 
     assert "must be a multiple of 100, got 1050" in errors_of(variant("dataset.train", 1050))["dataset.train"]
     assert "full-batch" in errors_of(variant("dataset.batch_size", 100))["dataset.batch_size"]
