@@ -110,6 +110,7 @@ class DatasetOut(BaseModel):
     n_test: int
     n_features: int
     n_classes: int
+    n_tasks: int
     sha256: str
     created_at: datetime
     layout: str

@@ -4,6 +4,11 @@ An upload holds either ``X``, ``y`` (the spec's counts split it) or ``X_train``,
 ``X_valid``, ``y_valid`` and optionally ``X_test``, ``y_test``. ``X`` is a 2-D float array of finite
 values (rows are examples), ``y`` a 1-D integer array of class labels from 0, one per row.
 
+A multi-task dataset (for ``multitask_mlp``) adds task ids, 1-D integers from 0 with none skipped,
+one per row: ``task`` beside ``X``, or ``task_train``, ``task_valid`` (and ``task_test`` with a test
+split) beside the splits. The spec's counts split every task alike; a pre-split upload must hold as
+many rows of every task as of any other in each split.
+
 Nothing half-written is ever visible: the bytes go to a temporary file in the datasets folder,
 are validated there, fsynced and renamed to ``<id>.npz``; the database row (the only way to see a
 dataset) is committed last. Files are named by the generated id, never by the user's name.
@@ -28,6 +33,7 @@ _CHUNK = 1024 * 1024
 _XY = {"X", "y"}
 _SPLITS = {"X_train", "y_train", "X_valid", "y_valid"}
 _TEST = {"X_test", "y_test"}
+_TASKS = {"task", "task_train", "task_valid", "task_test"}
 _LOC = ["body", "file"]
 
 
@@ -46,6 +52,8 @@ class DatasetFile:
     n_test: int
     n_features: int
     n_classes: int
+    n_tasks: int
+    task_rows: int | None
 
 
 def _refuse(msg: str) -> InvalidInput:
@@ -110,15 +118,23 @@ def validate_npz(path: Path, limits: SpecLimits, max_bytes: int) -> dict[str, in
             raise _refuse(f"the arrays would take {inflated} bytes uncompressed; at most {8 * max_bytes}")
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
-            if names == _XY:
-                arrays = {"X": npz["X"], "y": npz["y"]}
-            elif _SPLITS <= names and names <= _SPLITS | _TEST and (names & _TEST in (set(), _TEST)):
-                arrays = {k: npz[k] for k in sorted(names)}
+            data, tasks = names - _TASKS, names & _TASKS
+            if data == _XY and tasks <= {"task"}:
+                pass
+            elif _SPLITS <= data and data <= _SPLITS | _TEST and (data & _TEST in (set(), _TEST)):
+                wanted = {"task_train", "task_valid"} | ({"task_test"} if "X_test" in data else set())
+                if tasks not in (set(), wanted):
+                    raise _refuse(
+                        f"holds task ids {sorted(tasks)}; a multi-task upload split in advance gives "
+                        f"{', '.join(sorted(wanted))}"
+                    )
             else:
                 raise _refuse(
                     f"holds arrays {sorted(names)}; expected X and y, or X_train, y_train, X_valid, "
-                    "y_valid and optionally X_test, y_test"
+                    "y_valid and optionally X_test, y_test (and, for several tasks, task ids: task, or "
+                    "task_train, task_valid and task_test)"
                 )
+            arrays = {k: npz[k] for k in sorted(names)}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         if isinstance(e, InvalidInput):
             raise
@@ -156,6 +172,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], limits: SpecLimits) -> dict[str
         raise _refuse(f"{n_features} features; at most {limits.max_features} are allowed")
     if not 2 <= n_classes <= limits.max_classes:
         raise _refuse(f"{n_classes} classes; between 2 and {limits.max_classes} are allowed")
+    n_tasks, task_rows = _check_tasks(arrays, rows)
     if "" in rows:
         return dict(
             layout="xy",
@@ -165,6 +182,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], limits: SpecLimits) -> dict[str
             n_test=0,
             n_features=n_features,
             n_classes=n_classes,
+            n_tasks=n_tasks,
+            task_rows=task_rows,
         )
     return dict(
         layout="splits",
@@ -174,4 +193,45 @@ def _check_arrays(arrays: dict[str, np.ndarray], limits: SpecLimits) -> dict[str
         n_test=rows.get("_test", 0),
         n_features=n_features,
         n_classes=n_classes,
+        n_tasks=n_tasks,
+        task_rows=None,
     )
+
+
+def _check_tasks(arrays: dict[str, np.ndarray], rows: dict[str, int]) -> tuple[int, int | None]:
+    """``(n_tasks, fewest rows of any task)`` of the task ids (``(1, None)`` without them); a
+    pre-split upload needs every task equally often in each split (its fewest is then None)."""
+    if not arrays.keys() & _TASKS:
+        return 1, None
+    n_tasks = 0
+    sizes = {}
+    for suffix in rows:  # "" or "_train" first: it fixes the number of tasks
+        task = arrays[f"task{suffix}"]
+        if task.dtype.kind not in "iu" or task.ndim != 1:
+            raise _refuse(
+                f"task{suffix} must be a 1-D integer array of task ids, got {task.ndim}-D {task.dtype}"
+            )
+        if task.shape[0] != rows[suffix]:
+            raise _refuse(f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}")
+        if task.min() < 0:
+            raise _refuse(f"task{suffix} holds a negative task id ({task.min()}); task ids count from 0")
+        if not n_tasks:
+            n_tasks = int(task.max()) + 1
+            if n_tasks < 2:
+                raise _refuse(f"task{suffix} names one task; a multi-task dataset has 2 or more")
+        elif task.max() >= n_tasks:
+            raise _refuse(f"task{suffix} holds task {task.max()}, which task_train does not have")
+        sizes[suffix] = np.bincount(task, minlength=n_tasks)
+        if suffix == "" or suffix == "_train":
+            if np.any(sizes[suffix] == 0):
+                missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
+                raise _refuse(
+                    f"task{suffix}: task ids count from 0 with none skipped; no row has task {missing}"
+                )
+        if suffix and np.any(sizes[suffix] != sizes[suffix][0]):
+            other = int(np.flatnonzero(sizes[suffix] != sizes[suffix][0])[0])
+            raise _refuse(
+                f"task{suffix}: every task needs as many rows as the others in a split: task 0 has "
+                f"{sizes[suffix][0]}, task {other} has {sizes[suffix][other]}"
+            )
+    return n_tasks, int(sizes[""].min()) if "" in sizes else None

@@ -16,11 +16,15 @@ the *training* split subtracted from every split. Splits come from a permutation
 ``n_test`` test.
 
 User arrays (`from_arrays`, `from_splits`) are validated and, by default, centred on the
-training mean; they are not rescaled. Every refusal is a `DataError` whose ``field`` names the
-offending input (``"X"``, ``"y_valid"``, ``"dataset.train"``).
+training mean; they are not rescaled. Given task ids (``task=``, ``task_train=``, ...) they make a
+multi-task dataset like ``mnist5k_tasks``, each task split alike and centred on its own mean.
+Every refusal is a `DataError` whose ``field`` names the offending input (``"X"``, ``"y_valid"``,
+``"dataset.train"``).
 
 Minibatches (`batch_indices`) are a pure function of ``(seed, meta_iter, t)``, as the reversible
-backward pass requires: it recomputes each step's gradient on the same batch.
+backward pass requires: it recomputes each step's gradient on the same batch. A re-split
+(`resplit_indices`, a job's ``dataset.resplit``) is a pure function of ``(seed, meta_iter)`` for the
+same reason, and so that a resumed job re-draws the splits it would have drawn.
 """
 
 from __future__ import annotations
@@ -299,26 +303,8 @@ def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dat
                 parts[f"X_{split}"].append(chosen.transpose(1, 0, 2, 3).reshape(-1, 784))
                 parts[f"y_{split}"].append(np.tile(label_maps[a], n).astype(np.int32))
     out = {k: np.ascontiguousarray(np.concatenate(v)).astype(v[0].dtype) for k, v in parts.items()}
-    if center:
-        for s in range(n_tasks):
-            rows = {
-                split: slice(
-                    s * len(out[f"y_{split}"]) // n_tasks, (s + 1) * len(out[f"y_{split}"]) // n_tasks
-                )
-                for split in _SPLITS
-            }
-            mean = out["X_train"][rows["train"]].mean(axis=0, dtype=np.float64)
-            for split in _SPLITS:
-                out[f"X_{split}"][rows[split]] = out[f"X_{split}"][rows[split]] - mean
     names = tuple(f"A{a + 1}" for a in range(_ALPHABETS)) + tuple(f"A{a + 1}rot" for a in range(_ALPHABETS))
-    return Dataset(
-        name="mnist5k_tasks",
-        n_classes=n_classes,
-        image_shape=info["image_shape"],
-        n_tasks=n_tasks,
-        task_names=names,
-        **out,
-    )
+    return _finish(out, "mnist5k_tasks", n_classes, info["image_shape"], center, n_tasks, names)
 
 
 def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:
@@ -330,17 +316,28 @@ def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:
     return _finish(parts, name, n_classes, image_shape, center)
 
 
-def _finish(parts: dict[str, np.ndarray], name, n_classes, image_shape, center) -> Dataset:
-    """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again)."""
+def _finish(
+    parts: dict[str, np.ndarray], name, n_classes, image_shape, center, n_tasks=1, task_names=None
+) -> Dataset:
+    """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again);
+    a multi-task one's rows task-major. ``center`` subtracts each task's own training mean."""
     if center:
-        mean = parts["X_train"].mean(axis=0, dtype=np.float64)
+        means = [b.mean(axis=0, dtype=np.float64) for b in np.split(parts["X_train"], n_tasks)]
         for split in _SPLITS:
+            blocks = np.split(parts[f"X_{split}"], n_tasks)
             with np.errstate(over="ignore"):
-                X = (parts[f"X_{split}"] - mean).astype(np.float32)
+                X = np.concatenate([(b - m).astype(np.float32) for b, m in zip(blocks, means, strict=True)])
             if not np.all(np.isfinite(X)):
                 raise DataError(f"X_{split}", "minus the training mean, some values exceed float32's range")
             parts[f"X_{split}"] = X
-    return Dataset(name=name, n_classes=n_classes, image_shape=image_shape, **parts)
+    return Dataset(
+        name=name,
+        n_classes=n_classes,
+        image_shape=image_shape,
+        n_tasks=n_tasks,
+        task_names=task_names,
+        **parts,
+    )
 
 
 def _features(X: Any, field: str) -> np.ndarray:
@@ -409,18 +406,72 @@ def from_arrays(
     n_classes: int | None = None,
     image_shape: tuple[int, int] | None = None,
     center: bool = True,
+    task: Any = None,
 ) -> Dataset:
     """A dataset from one array of examples ``X`` ``(n, d)`` and labels ``y`` ``(n,)``, split in the
     given order (no shuffle): rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next
     ``n_test`` test; further rows are unused. ``n_classes`` defaults to ``max(y) + 1``. With
     ``center`` the training split's mean row is subtracted from every split; values are not
-    rescaled."""
+    rescaled.
+
+    ``task`` ``(n,)``, integers from 0, makes a multi-task dataset: every task is split alike, in its
+    rows' order, so each count must be a multiple of the number of tasks (``n_train = 100`` over 4
+    tasks trains on the first 25 rows of each); rows come out task-major, and ``center`` subtracts
+    each task's own training mean."""
     X = _features(X, "X")
     y = _labels(y, "y", X.shape[0])
     counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    if task is not None:
+        return _multitask_arrays(
+            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, image_shape, center
+        )
     used = sum(counts)
     n_classes = _classes({"y": y[:used]}, n_classes)
     return _split(X[:used], y[:used], counts, name, n_classes, image_shape, center)
+
+
+def _tasks(task: Any, field: str, n: int, n_tasks: int | None = None) -> np.ndarray:
+    """``task`` as int32 ``(n,)`` task ids; without ``n_tasks`` there must be 2 or more, every one of
+    ``0 .. max`` present."""
+    task = _labels(task, field, n)  # the same rules as class labels: 1-D, whole, >= 0
+    if n_tasks is None:
+        n_tasks = int(task.max()) + 1 if task.size else 0
+        if n_tasks < 2:
+            raise DataError(field, f"a multi-task dataset needs at least 2 tasks, the ids show {n_tasks}")
+        missing = np.setdiff1d(np.arange(n_tasks), task)
+        if missing.size:
+            raise DataError(field, f"task ids count from 0 with none skipped; no row has task {missing[0]}")
+    elif task.size and task.max() >= n_tasks:
+        raise DataError(field, f"task ids must be < {n_tasks} (the training split's), found {task.max()}")
+    return task
+
+
+def _multitask_arrays(X, y, task, counts, name, n_classes, image_shape, center) -> Dataset:
+    n_tasks = int(task.max()) + 1
+    for split, n in zip(_SPLITS, counts, strict=True):
+        if n % n_tasks:
+            raise DataError(
+                f"dataset.{split}",
+                f"the {n_tasks} tasks are split alike: must be a multiple of {n_tasks}, got {n}",
+            )
+    per = [n // n_tasks for n in counts]
+    edges = np.cumsum((0, *per))
+    parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    for s in range(n_tasks):
+        rows = np.flatnonzero(task == s)
+        if len(rows) < edges[-1]:
+            raise DataError(
+                "dataset.train",
+                f"train + valid + test take {edges[-1]} rows of each of the {n_tasks} tasks, "
+                f"but task {s} has {len(rows)}",
+            )
+        for i, split in enumerate(_SPLITS):
+            chosen = rows[edges[i] : edges[i + 1]]
+            parts[f"X_{split}"].append(X[chosen])
+            parts[f"y_{split}"].append(y[chosen])
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    n_classes = _classes({f"y_{s}": out[f"y_{s}"] for s in _SPLITS}, n_classes)
+    return _finish(out, name, n_classes, image_shape, center, n_tasks)
 
 
 def from_splits(
@@ -435,13 +486,31 @@ def from_splits(
     n_classes: int | None = None,
     image_shape: tuple[int, int] | None = None,
     center: bool = True,
+    task_train: Any = None,
+    task_valid: Any = None,
+    task_test: Any = None,
 ) -> Dataset:
     """A dataset from arrays already split; the test split is optional (``X_test`` and ``y_test``
     both or neither). ``n_classes`` defaults to one more than the largest label of any split;
-    ``center`` as in `from_arrays`."""
+    ``center`` as in `from_arrays`.
+
+    ``task_train``, ``task_valid`` (and ``task_test`` with a test split), integer task ids from 0, one
+    per row, make a multi-task dataset: each split must hold as many rows of every task as of any
+    other; its rows are put task-major, keeping their order within a task."""
     if (X_test is None) != (y_test is None):
         missing = "X_test" if X_test is None else "y_test"
         raise DataError(missing, "X_test and y_test must be given together")
+    tasks = {"train": task_train, "valid": task_valid, "test": task_test}
+    if task_train is not None or task_valid is not None or task_test is not None:
+        wanted = ["train", "valid"] + (["test"] if X_test is not None else [])
+        for split in _SPLITS:
+            if (tasks[split] is None) == (split in wanted):
+                raise DataError(
+                    f"task_{split}",
+                    "a multi-task dataset gives task ids for every split it has"
+                    if split in wanted
+                    else "there is no test split to give task ids for",
+                )
     raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
     parts: dict[str, np.ndarray] = {}
     for split, (X, y) in raw.items():
@@ -458,7 +527,28 @@ def from_splits(
         parts[f"X_{split}"] = X
         parts[f"y_{split}"] = _labels(y, f"y_{split}", X.shape[0])
     n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
-    return _finish(parts, name, n_classes, image_shape, center)
+    if task_train is None:
+        return _finish(parts, name, n_classes, image_shape, center)
+    n_tasks = None
+    for split in _SPLITS:
+        n = parts[f"y_{split}"].shape[0]
+        task = (
+            np.zeros(0, np.int32)
+            if tasks[split] is None
+            else _tasks(tasks[split], f"task_{split}", n, n_tasks)
+        )
+        n_tasks = n_tasks or int(task.max()) + 1
+        sizes = np.bincount(task, minlength=n_tasks)
+        if n and np.any(sizes != sizes[0]):
+            s = int(np.flatnonzero(sizes != sizes[0])[0])
+            raise DataError(
+                f"task_{split}",
+                f"every task needs as many {split} rows as the others: task 0 has {sizes[0]}, task {s} has "
+                f"{sizes[s]}",
+            )
+        order = np.argsort(task, kind="stable")
+        parts[f"X_{split}"], parts[f"y_{split}"] = parts[f"X_{split}"][order], parts[f"y_{split}"][order]
+    return _finish(parts, name, n_classes, image_shape, center, n_tasks)
 
 
 def batch_indices(key_or_seed: Any, meta_iter: Any, t: Any, n: int, batch_size: int) -> jax.Array:
@@ -476,6 +566,55 @@ def batch_indices(key_or_seed: Any, meta_iter: Any, t: Any, n: int, batch_size: 
         key = jax.random.key(key)
     key = jax.random.fold_in(jax.random.fold_in(key, meta_iter), t)
     return jax.random.randint(key, (batch_size,), 0, n, dtype=jnp.int32)
+
+
+# Folded into the seed's key before ``meta_iter``, so a re-split never reuses a minibatch's draws.
+_RESPLIT_STREAM = 0x5E5B1
+
+
+def split_strata(dataset: Dataset) -> np.ndarray:
+    """The stratum of every training-then-validation row, int32: its class, and in a multi-task
+    dataset its task too (``task * n_classes + class``). `resplit_indices` keeps every row's stratum,
+    so each split keeps its class counts and a multi-task dataset its task-major layout."""
+    y = np.concatenate([dataset.y_train, dataset.y_valid]).astype(np.int32)
+    if dataset.n_tasks == 1:
+        return y
+    tasks = [
+        np.repeat(np.arange(dataset.n_tasks, dtype=np.int32), len(part) // dataset.n_tasks)
+        for part in (dataset.y_train, dataset.y_valid)
+    ]
+    return np.concatenate(tasks) * np.int32(dataset.n_classes) + y
+
+
+def resplit_indices(
+    key_or_seed: Any, meta_iter: Any, strata: np.ndarray, n_train: int
+) -> tuple[jax.Array, jax.Array]:
+    """A fresh train/valid split of a pool of ``len(strata)`` examples (the training rows, then the
+    validation rows): ``(train_rows, valid_rows)``, int32 indices into the pool, together a
+    permutation of it.
+
+    Row ``i`` of a split is drawn from the examples of row ``i``'s own stratum (`split_strata`),
+    uniformly without replacement, so each split keeps its size and its per-stratum counts; only
+    which examples fill them changes. A pure function of ``(key_or_seed, meta_iter)``, seeded
+    apart from `batch_indices`; ``meta_iter`` may be traced, ``strata`` and ``n_train`` are concrete.
+    """
+    strata = np.asarray(strata)
+    if strata.ndim != 1 or not np.issubdtype(strata.dtype, np.integer):
+        raise DataError("strata", f"must be a 1-D integer array, got {_describe(strata)}")
+    n_train = _count(n_train, "n_train", 1)
+    if n_train >= len(strata):
+        raise DataError("n_train", f"must leave validation rows in the pool of {len(strata)}, got {n_train}")
+    key = key_or_seed
+    if not _is_key(key):
+        key = jax.random.key(key)
+    key = jax.random.fold_in(jax.random.fold_in(key, _RESPLIT_STREAM), meta_iter)
+    # The rows of each stratum, in pool order; sorting by (stratum, random bits) lists the same
+    # examples per stratum in a random order, and the pair of orders maps rows to examples.
+    slots = np.argsort(strata, kind="stable").astype(np.int32)
+    draws = jax.random.bits(key, strata.shape, jnp.uint32)
+    examples = jnp.lexsort((draws, jnp.asarray(strata, jnp.int32))).astype(jnp.int32)
+    rows = jnp.zeros(len(strata), jnp.int32).at[slots].set(examples)
+    return rows[:n_train], rows[n_train:]
 
 
 def _is_key(x: Any) -> bool:

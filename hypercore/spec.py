@@ -2,6 +2,7 @@
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: ...}
+             # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
     model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp
     training: {steps: 100}
     hyperparameters:
@@ -44,7 +45,7 @@ class SpecError(ConfigError):
 
 
 _SECTIONS = {
-    "dataset": {"name", "id", "train", "valid", "test", "batch_size", "center", "stratify"},
+    "dataset": {"name", "id", "train", "valid", "test", "batch_size", "center", "stratify", "resplit"},
     "model": {"kind", "hidden", "activation"},
     "training": {"steps"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
@@ -137,7 +138,8 @@ def _model(section: dict, ds):
         if ds.n_tasks < 2:
             raise SpecError(
                 "model.kind",
-                f"multitask_mlp needs a multi-task dataset (mnist5k_tasks); {ds.name!r} has one task",
+                f"multitask_mlp needs a multi-task dataset (mnist5k_tasks, or an upload with task ids); "
+                f"{ds.name!r} has one task",
             )
         return _models.multitask_mlp(n_features, widths, n_classes, ds.n_tasks, activation=activation)
     return _models.mlp(n_features, widths, n_classes, activation=activation)
@@ -226,4 +228,5 @@ def problem_from_spec(spec: Mapping, dataset=None) -> Problem:
         meta=meta,
         iterations=iterations,
         seed=seed,
+        resplit=_flag(ds_section.get("resplit", False), "dataset.resplit"),
     )

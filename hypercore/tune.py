@@ -67,6 +67,9 @@ class Problem:
     """Everything `tune` needs. Build it with `Problem.build` (or `hypercore.problem_from_spec`).
 
     ``batch_size=None`` (or the training-set size) trains on the full batch every step.
+    ``resplit`` draws a new train/valid split of the training and validation examples every
+    meta-iteration (`hypercore.data.resplit_indices`; the test split stays as it is), so many
+    hyperparameters cannot fit one validation set's noise.
     ``compiled`` caches the jitted functions, so a second `tune` call on the same problem (resuming,
     say) compiles nothing; `dataclasses.replace` shares it (see `_jitted`).
     """
@@ -79,6 +82,7 @@ class Problem:
     meta: _meta.MetaConfig
     iterations: int
     seed: int
+    resplit: bool = False
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -94,6 +98,7 @@ class Problem:
         meta: _meta.MetaConfig | None = None,
         iterations: int = 50,
         seed: int = 0,
+        resplit: bool = False,
     ) -> Problem:
         """Validate the pieces against each other; errors name the job-spec field."""
         meta = meta or _meta.MetaConfig()
@@ -118,6 +123,16 @@ class Problem:
                 batch_size = None
         if objective == "valid_loss" and dataset.n_valid == 0:
             raise ProblemError("dataset.valid", "the valid_loss objective needs validation examples, got 0")
+        if not isinstance(resplit, bool):
+            raise ProblemError("dataset.resplit", f"must be true or false, got {resplit!r}")
+        if resplit and dataset.n_valid == 0:
+            raise ProblemError("dataset.resplit", "re-splits the validation examples, but there are none")
+        if resplit and "training_data" in hyperparameters:
+            raise ProblemError(
+                "dataset.resplit",
+                "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
+                "tunes: use one or the other",
+            )
         multitask = isinstance(model, _models.MultitaskMLP)
         if multitask:
             if model.n_tasks != dataset.n_tasks:
@@ -145,7 +160,7 @@ class Problem:
             raise ProblemError(
                 "hyperparameters", "no hyperparameter has learn: true, so there is nothing to tune"
             )
-        return cls(model, dataset, hypers, batch_size, objective, meta, iterations, seed)
+        return cls(model, dataset, hypers, batch_size, objective, meta, iterations, seed, resplit)
 
 
 def _check_model_fits(model, dataset) -> None:
@@ -300,18 +315,34 @@ def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
 def _make_objective(problem: Problem, engine: str):
     """``(learned, fixed, meta_iter, report, capacity) -> (objective, metrics)`` of one training run,
     with the datasets closed over as concrete arrays (so the engine does not treat them as
-    differentiable inputs)."""
+    differentiable inputs). A re-split picks rows of the pooled training and validation examples
+    by integer indices drawn from ``meta_iter``; the gathers happen inside the loss, so the engine
+    still sees no float input but the weights and ``meta``."""
     model, ds, hs = problem.model, problem.dataset, problem.hypers
     dtype = _weight_dtype(model)
-    X_train = jnp.asarray(ds.X_train, dtype)
-    y_train = jnp.asarray(ds.y_train)
-    X_valid, y_valid = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
+    if problem.resplit:
+        strata = _data.split_strata(ds)
+        X_pool = jnp.asarray(np.concatenate([ds.X_train, ds.X_valid]), dtype)
+        y_pool = jnp.asarray(np.concatenate([ds.y_train, ds.y_valid]))
+        X_train = X_valid = X_pool
+        y_train = y_valid = y_pool
+    else:
+        X_train = jnp.asarray(ds.X_train, dtype)
+        y_train = jnp.asarray(ds.y_train)
+        X_valid, y_valid = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
     has_test = ds.n_test > 0
     X_test, y_test = (jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)) if has_test else (None, None)
     n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
     w_root = _keys(seed)[0]
 
+    def rows(X, y, idx):
+        return (X, y) if idx is None else (X[idx], y[idx])
+
     def objective(learned, fixed, meta_iter, report, capacity):
+        if problem.resplit:
+            train_rows, valid_rows = _data.resplit_indices(seed, meta_iter, strata, n_train)
+        else:
+            train_rows = valid_rows = None
         raw = {**fixed, **learned}
         scales = {k: jnp.asarray(v, dtype) for k, v in hs.init_scales(raw).items()}
         w0 = model.init(jax.random.fold_in(w_root, meta_iter), scales)
@@ -332,12 +363,12 @@ def _make_objective(problem: Problem, engine: str):
             return model.share(w, meta["sharing"]) if "sharing" in meta else w
 
         def loss(w, meta, t):
-            X = meta.get("X", X_train)
-            if batch_size is None:
-                xb, yb = X, y_train
-            else:
+            X = meta.get("X", X_train)  # training_data is never re-split (Problem.build)
+            idx = train_rows
+            if batch_size is not None:
                 idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
-                xb, yb = X[idx], y_train[idx]
+                idx = idx if train_rows is None else train_rows[idx]
+            xb, yb = rows(X, y_train, idx)
             out = _models.nll(model.apply(net(w, meta), xb), yb)
             if "l2" in meta:
                 out = out + _models.l2_penalty(w, meta["l2"])
@@ -352,8 +383,8 @@ def _make_objective(problem: Problem, engine: str):
             alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
             w_T = unrolled_sgd(loss, w0, meta, alphas, gammas)
         w_T = net(w_T, meta)
-        train_loss, _ = _metrics(model, w_T, X_train, y_train)
-        valid_loss, valid_error = _metrics(model, w_T, X_valid, y_valid)
+        train_loss, _ = _metrics(model, w_T, *rows(X_train, y_train, train_rows))
+        valid_loss, valid_error = _metrics(model, w_T, *rows(X_valid, y_valid, valid_rows))
         m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}
         if has_test:
             m["test_loss"], m["test_error"] = _metrics(model, w_T, X_test, y_test)
@@ -434,9 +465,9 @@ def _make_evaluate(problem: Problem, engine: str):
 
 def _jitted(problem: Problem, engine: str, make=_make_hypergrad):
     """The jitted function ``make`` builds (the hypergradient by default) for this problem's model, data,
-    hyperparameters, batch size, objective and seed, built once and shared by every problem that
-    has the same ones (a `dataclasses.replace` with another meta-optimiser or iteration count
-    compiles nothing new)."""
+    hyperparameters, batch size, objective, seed and re-splitting, built once and shared by every
+    problem that has the same ones (a `dataclasses.replace` with another meta-optimiser or iteration
+    count compiles nothing new)."""
     key = (
         make.__name__,
         engine,
@@ -446,6 +477,7 @@ def _jitted(problem: Problem, engine: str, make=_make_hypergrad):
         problem.batch_size,
         problem.objective,
         problem.seed,
+        problem.resplit,
     )
     if key not in problem.compiled:
         # The value keeps the objects alive, so their ids cannot be reused while cached.

@@ -194,6 +194,9 @@ class Dataset(Base):
     n_test: Mapped[int]
     n_features: Mapped[int]
     n_classes: Mapped[int]
+    # A multi-task upload: its number of tasks, and (split by the spec's counts) its smallest task's rows.
+    n_tasks: Mapped[int] = mapped_column(default=1, server_default="1")
+    task_rows: Mapped[int | None]
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

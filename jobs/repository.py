@@ -392,6 +392,8 @@ def create_dataset(
     sha256: str,
     path: str,
     size_bytes: int,
+    n_tasks: int = 1,
+    task_rows: int | None = None,
 ) -> Dataset:
     """Register an upload whose file is already in place (the caller writes it first, atomically)."""
     dataset = Dataset(
@@ -405,6 +407,8 @@ def create_dataset(
         n_test=n_test,
         n_features=n_features,
         n_classes=n_classes,
+        n_tasks=n_tasks,
+        task_rows=task_rows,
         sha256=sha256,
         path=path,
         size_bytes=size_bytes,
@@ -441,6 +445,10 @@ def dataset_shape(session: Session, tenant_id: str, dataset_id: str) -> DatasetS
         n_train=d.n_train,
         n_valid=d.n_valid,
         n_test=d.n_test,
+        n_tasks=d.n_tasks,
+        # an X/y upload splits every task alike, so each count must divide by the number of tasks
+        split_unit=d.n_tasks if d.layout != "splits" else 1,
+        task_rows=d.task_rows or 0,
     )
 
 

@@ -4,6 +4,7 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: <uploaded>}
+             # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
     model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or logreg, toy2d, multitask_mlp
     training: {steps: 100}
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
@@ -66,7 +67,8 @@ class DatasetShape:
 
     ``n_rows``: examples available to split by the spec's counts (``layout="xy"``); for a pre-split
     upload (``layout="splits"``) the split sizes are fixed by the file and ``n_train`` etc. hold them.
-    A multi-task built-in has ``n_tasks`` tasks, and every count must be a multiple of ``split_unit``.
+    A multi-task dataset has ``n_tasks`` tasks, and every count must be a multiple of ``split_unit``;
+    ``task_rows``: the fewest rows of any task of an X/y upload (0: not such an upload).
     """
 
     n_features: int
@@ -78,6 +80,7 @@ class DatasetShape:
     n_test: int = 0
     n_tasks: int = 1
     split_unit: int = 1
+    task_rows: int = 0
 
 
 BUILTIN_DATASETS: dict[str, DatasetShape] = {
@@ -121,12 +124,18 @@ class DatasetSection(_Strict):
     name: Literal["digits", "mnist5k", "mnist5k_tasks"] | None = Field(None, description="a built-in dataset")
     id: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
     train: int | None = Field(None, ge=1)
-    valid: int | None = Field(None, ge=0)
+    valid: int | None = Field(None, ge=1)
     test: int | None = Field(None, ge=0)
     batch_size: int | None = Field(None, ge=1, description="minibatch size; full batch when absent")
     center: bool = Field(True, description="subtract the training split's mean example from every split")
     stratify: bool = Field(
         False, description="built-in datasets: interleave the classes so every split is class-balanced"
+    )
+    resplit: bool = Field(
+        False,
+        description="draw a new train/valid split of the training and validation examples every "
+        "meta-iteration (each class, and task, keeps its counts; the test split stays fixed), so many "
+        "hyperparameters cannot fit one validation set",
     )
 
     @model_validator(mode="after")
@@ -379,7 +388,10 @@ def _multitask_problems(spec: JobSpec, shape: DatasetShape) -> list[dict[str, An
     multitask = spec.model.kind == "multitask_mlp"
     if multitask and shape.n_tasks < 2:
         errors.append(
-            {"loc": ["model", "kind"], "msg": "multitask_mlp needs a multi-task dataset (mnist5k_tasks)"}
+            {
+                "loc": ["model", "kind"],
+                "msg": "multitask_mlp needs a multi-task dataset (mnist5k_tasks, or an upload with task ids)",
+            }
         )
     if spec.hyperparameters.sharing is not None and not multitask:
         errors.append(
@@ -403,9 +415,13 @@ def _multitask_problems(spec: JobSpec, shape: DatasetShape) -> list[dict[str, An
                 errors.append(
                     {
                         "loc": ["dataset", field],
-                        "msg": f"{ds.name} splits every one of its {shape.n_tasks} tasks and "
-                        f"{shape.n_classes} classes alike: must be a multiple of {shape.split_unit}, "
-                        f"got {value}",
+                        "msg": (
+                            f"{ds.name} splits every one of its {shape.n_tasks} tasks and "
+                            f"{shape.n_classes} classes alike"
+                            if ds.name is not None
+                            else f"this upload splits its {shape.n_tasks} tasks alike"
+                        )
+                        + f": must be a multiple of {shape.split_unit}, got {value}",
                     }
                 )
     return errors
@@ -443,9 +459,21 @@ def _dataset_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) ->
                 "train",
                 f"train + valid + test = {wanted} examples, but the dataset has only {shape.n_rows}",
             )
+        elif shape.task_rows and wanted > shape.task_rows * shape.n_tasks:
+            refuse(
+                "train",
+                f"train + valid + test = {wanted} examples take {wanted / shape.n_tasks:g} of each of the "
+                f"{shape.n_tasks} tasks, but the smallest task has only {shape.task_rows}",
+            )
         n_train = ds.train
     if ds.batch_size is not None and ds.batch_size > n_train:
         refuse("batch_size", f"must be at most the {n_train} training examples, got {ds.batch_size}")
+    if ds.resplit and spec.hyperparameters.training_data is not None:
+        refuse(
+            "resplit",
+            "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
+            "tunes: use one or the other",
+        )
     return errors
 
 

@@ -331,7 +331,8 @@ def _datasets(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
     elif items:
-        cols = ("id", "name", "n_train", "n_valid", "n_test", "n_features", "n_classes", "created_at")
+        cols = ("id", "name", "n_train", "n_valid", "n_test", "n_features", "n_classes", "n_tasks")
+        cols += ("created_at",)
         print(_table([c.upper() for c in cols], [[d.get(c) for c in cols] for d in items]))
     else:
         print("no datasets")

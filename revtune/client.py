@@ -95,6 +95,7 @@ class Dataset(TypedDict):
     n_test: int
     n_features: int
     n_classes: int
+    n_tasks: int
     sha256: str
     created_at: str
 

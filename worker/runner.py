@@ -113,7 +113,8 @@ def with_db_retry(unit_of_work: Callable[[], T], what: str, delays_s=_RETRY_DELA
 
 def load_dataset(spec_dataset: dict, settings: Settings):
     """The hypercore `Dataset` of an uploaded ``.npz`` (DESIGN.md: ``X``/``y`` split by the spec's
-    counts, or ``X_train``/``y_train``/``X_valid``/``y_valid`` and optional ``X_test``/``y_test``)."""
+    counts, or ``X_train``/``y_train``/``X_valid``/``y_valid`` and optional ``X_test``/``y_test``;
+    with task ids, ``task`` or ``task_<split>``, a multi-task one)."""
     dataset_id = spec_dataset["id"]
     path = settings.dataset_path(dataset_id)
     if not path.is_file():
@@ -129,6 +130,7 @@ def load_dataset(spec_dataset: dict, settings: Settings):
                 spec_dataset.get("valid") or 0,
                 spec_dataset.get("test") or 0,
                 center=spec_dataset.get("center", True),
+                task=arrays.get("task"),
             )
         return from_splits(**{k: arrays.get(k) for k in _SPLIT_KEYS}, center=spec_dataset.get("center", True))
     except DataError as e:
@@ -138,7 +140,17 @@ def load_dataset(spec_dataset: dict, settings: Settings):
         raise JobInputError(f"dataset.id: the uploaded dataset {dataset_id!r} is unusable: {e}") from e
 
 
-_SPLIT_KEYS = ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test")
+_SPLIT_KEYS = (
+    "X_train",
+    "y_train",
+    "X_valid",
+    "y_valid",
+    "X_test",
+    "y_test",
+    "task_train",
+    "task_valid",
+    "task_test",
+)
 
 
 # The last few problems built, by spec: a resumed or resubmitted job reuses the compiled functions

@@ -27,7 +27,11 @@ def upload_dataset(
     settings: SettingsDep,
     tenant: RateLimited,
     file: Annotated[
-        UploadFile, File(description="an .npz: X, y or X_train, y_train, X_valid, y_valid[, X_test, y_test]")
+        UploadFile,
+        File(
+            description="an .npz: X, y or X_train, y_train, X_valid, y_valid[, X_test, y_test]; "
+            "a multi-task one adds task ids: task, or task_train, task_valid[, task_test]"
+        ),
     ],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
 ) -> DatasetOut:
@@ -51,6 +55,8 @@ def upload_dataset(
             n_test=stored.n_test,
             n_features=stored.n_features,
             n_classes=stored.n_classes,
+            n_tasks=stored.n_tasks,
+            task_rows=stored.task_rows,
             sha256=stored.sha256,
             path=str(stored.path.relative_to(settings.data_dir)),
             size_bytes=stored.size_bytes,

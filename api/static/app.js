@@ -474,6 +474,8 @@
       drawBars(cardId, hp);
     } else if (axes.length === 0) {
       card = replaceCard(grid, card, cardId, title, caption, el('div', { class: 'scalar' }, fmt(Number(hp.values))));
+    } else if (kind === 'sharing' && axes.length === 2 && hp.shape[0] === hp.shape[1]) {
+      card = replaceCard(grid, card, cardId, title, caption, drawSharing(hp));
     } else {
       card = replaceCard(grid, card, cardId, title, caption, drawImagesOrSummary(hp));
     }
@@ -558,20 +560,43 @@
     const { lo, hi, mean } = range(flat);
     const stats = `${flat.length} values: min ${fmt(lo)}, mean ${fmt(mean)}, max ${fmt(hi)}`;
     if (hp.shape.length !== 2) return el('p', { class: 'muted' }, stats);
-    const [rows, cols] = hp.shape;
+    return el('div', {}, heatmap(flat, hp.shape[0], hp.shape[1], lo, hi, 'heatmap'),
+      el('p', { class: 'muted' }, `${hp.axes[0]} down, ${hp.axes[1]} across; black ${fmt(lo)} to white ${fmt(hi)}. ${stats}`));
+  }
+
+  // A rows x cols grid of grey cells, black at lo and white at hi, drawn one pixel per value and zoomed.
+  function heatmap(flat, rows, cols, lo, hi, cls) {
     const zoom = Math.max(1, Math.min(12, Math.floor(360 / Math.max(rows, cols))));
-    const canvas = el('canvas', { width: cols, height: rows, class: 'heatmap',
+    const canvas = el('canvas', { width: cols, height: rows, class: cls,
       style: `width:${cols * zoom}px;height:${rows * zoom}px;image-rendering:pixelated` });
     const ctx = canvas.getContext('2d');
     const img = ctx.createImageData(cols, rows);
     const span = hi - lo || 1;
     flat.forEach((x, p) => {
-      const g = Math.round((255 * (x - lo)) / span);
+      const g = Math.round((255 * (Math.min(hi, Math.max(lo, x)) - lo)) / span);
       img.data.set([g, g, g, 255], 4 * p);
     });
     ctx.putImageData(img, 0, 0);
-    return el('div', {}, canvas,
-      el('p', { class: 'muted' }, `${hp.axes[0]} down, ${hp.axes[1]} across; black ${fmt(lo)} to white ${fmt(hi)}. ${stats}`));
+    return canvas;
+  }
+
+  // A tasks x tasks sharing matrix T, and beside it what the paper draws: the correlation of the tasks'
+  // weights under the prior it implies, T T^T normalised to unit diagonal, on a fixed -1..1 scale.
+  function drawSharing(hp) {
+    const T = hp.values.map((row) => row.map(Number));
+    const n = T.length;
+    const cov = T.map((a) => T.map((b) => a.reduce((sum, x, k) => sum + x * b[k], 0)));
+    const corr = cov.map((row, i) => row.map((c, j) => c / Math.sqrt(cov[i][i] * cov[j][j])));
+    const tasks = labelsFor(hp, hp.axes[0]);
+    const within = corr.flatMap((row, i) => row.filter((_, j) => j !== i));
+    const { lo, hi, mean } = range(within);
+    const view = el('div', { class: 'sharing' },
+      el('figure', {}, heatmapOrSummary(hp, flatten(hp.values).map(Number))),
+      el('figure', {}, heatmap(corr.flat(), n, n, -1, 1, 'heatmap correlation'),
+        el('p', { class: 'muted' },
+          `Correlation of the tasks' weights, T Tᵀ normalised (the paper's figure): black -1, grey 0, white 1. `
+          + `Between different tasks: min ${fmt(lo)}, mean ${fmt(mean)}, max ${fmt(hi)}. Tasks in order: ${tasks.join(', ')}.`)));
+    return view;
   }
 
   // Weight-shaped values: if one axis is a square image (784 -> 28x28, 64 -> 8x8), draw one picture per

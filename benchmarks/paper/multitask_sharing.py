@@ -7,9 +7,10 @@ The job spec is the served template ``sharing-mnist5k-tasks`` (`jobs.templates.g
 - data ``mnist5k_tasks`` (`hypercore.data.load`): Omniglot cannot be downloaded here, so the ten
   tasks are built from mnist5k the way the paper built them from Omniglot: five "alphabets"
   (disjoint sets of 100 images per digit, each with its own permutation of the ten labels) and each
-  alphabet rotated by 90 degrees, keeping its labels. Per task and class 10 images train, 2
-  validate and 87 test (the paper: 15 images per character, 12 train re-split 10 / 2 every
-  meta-iteration, 3 test);
+  alphabet rotated by 90 degrees, keeping its labels. Per task and class 12 images train and
+  validate, re-split 10 / 2 every meta-iteration (``dataset.resplit``), and 87 test (the paper: 15
+  images per character, 12 re-split 10 / 2 every meta-iteration, 3 test); ``--fixed-split`` keeps
+  the first split for every meta-iteration instead;
 - model ``multitask_mlp`` (`hypercore.models.MultitaskMLP`): one tanh net 784-400-200-10 per task
   (paper 784-400-200-55). For each layer l the ten nets' weights and biases are ``W_l = T_l Z_l``
   (``T_l`` 10 x 10); SGD trains ``Z`` on the summed per-task mean NLL + ``e^-4 ||Z||^2``, written as
@@ -32,6 +33,7 @@ Then each variant (and ``all_tied``, one net for all tasks) is trained on all 12
 
     nice -n 19 .venv/bin/python benchmarks/paper/multitask_sharing.py
     # twice the paper's meta-iterations: --meta-iters 40 --out docs/figures/sharing_40iters
+    # one validation split throughout: --fixed-split --out docs/figures/sharing_fixed (and with 40)
     # quick check: --hidden 16 8 --steps 5 --meta-iters 2 --inits 2 --out /tmp/sharing
 
 writes ``docs/figures/sharing_correlations.png`` (learned correlations of the three layers),
@@ -67,6 +69,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec["model"]["hidden"] = list(args.hidden)
     spec["training"]["steps"] = args.steps
     spec["meta"]["iterations"] = args.meta_iters
+    spec["dataset"]["resplit"] = not args.fixed_split
     return spec
 
 
@@ -182,6 +185,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--meta-iters", type=int, default=20)
     parser.add_argument("--inits", type=int, default=5, help="initial Z0 draws for the final training")
+    parser.add_argument(
+        "--fixed-split", action="store_true", help="validate on one split throughout (no dataset.resplit)"
+    )
     parser.add_argument("--out", default="docs/figures/sharing", help="prefix of the .png and .json files")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -203,7 +209,7 @@ def main() -> None:
     def callback(record: hypercore.Record) -> None:
         k = record.meta_iter
         row = {**record.step(), "guard_events": [e._asdict() for e in record.events]}
-        # the fixed baselines from the same Z0 (meta_iter k) on the same split
+        # the fixed baselines from the same Z0 (meta_iter k) on the same split (re-split: the same draw)
         row.update(
             {
                 f"valid_loss_{name}": hypercore.evaluate(problem, T, meta_iter=k)["valid_loss"]
@@ -218,7 +224,7 @@ def main() -> None:
     learned = {k: np.asarray(v.values) for k, v in result.hyperparameters.items() if k.startswith("sharing.")}
 
     final_spec = copy.deepcopy(spec)
-    final_spec["dataset"].update(FINAL_DATASET)
+    final_spec["dataset"].update(FINAL_DATASET, resplit=False)  # train on all 12, every variant alike
     final = hypercore.problem_from_spec(final_spec)
     assert np.array_equal(final.dataset.y_test, ds.y_test), "the final training must keep the test set"
     variants = {**baselines, "learned": learned, "all_tied": transforms([1.0] * n_layers, n_tasks)}

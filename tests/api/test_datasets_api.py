@@ -18,6 +18,7 @@ DATASET_FIELDS = {
     "n_test",
     "n_features",
     "n_classes",
+    "n_tasks",
     "sha256",
     "created_at",
 }
@@ -89,13 +90,100 @@ def test_a_pre_split_upload(service):
         "splits",
     )
     job = submit(service.alice, {**TINY_SPEC, "dataset": {"id": ds["id"], "batch_size": 10}})
-    assert job["spec"]["dataset"] == {"id": ds["id"], "batch_size": 10, "center": True, "stratify": False}
+    assert job["spec"]["dataset"] == {
+        "id": ds["id"],
+        "batch_size": 10,
+        "center": True,
+        "stratify": False,
+        "resplit": False,
+    }
+
+
+MULTITASK_SPEC = {
+    "name": "tasks",
+    "model": {"kind": "multitask_mlp", "hidden": [4]},
+    "training": {"steps": 3},
+    "hyperparameters": {"sharing": {"init": 0.5, "granularity": "layer", "learn": True}},
+    "meta": {"iterations": 2},
+}
+
+
+def test_a_multitask_upload_splits_every_task_alike(service):
+    """Task ids beside X and y: the spec's counts must divide among the tasks and fit the smallest."""
+    rng = np.random.default_rng(2)
+    task = np.repeat([0, 1, 2], [30, 25, 40])[rng.permutation(95)]
+    data = npz(X=rng.normal(size=(95, 4)), y=np.arange(95) % 3, task=task)
+    ds = upload(service.alice, data, name="three tasks").json()
+    assert (ds["n_tasks"], ds["n_rows"], ds["layout"]) == (3, 95, "xy")
+
+    def spec(**counts):
+        return {**MULTITASK_SPEC, "dataset": {"id": ds["id"], **counts}}
+
+    job = submit(service.alice, spec(train=45, valid=15, test=15))  # 15 + 5 + 5 of each task
+    assert job["spec"]["model"]["kind"] == "multitask_mlp"
+    uneven = problems(service.alice.post("/v1/jobs", json=spec(train=40, valid=15)))
+    assert (
+        "this upload splits its 3 tasks alike: must be a multiple of 3, got 40"
+        in uneven["body.dataset.train"]
+    )
+    too_many = problems(service.alice.post("/v1/jobs", json=spec(train=60, valid=18)))  # 26 each
+    assert "the smallest task has only 25" in too_many["body.dataset.train"]
+    # A one-task upload is not enough for a multitask_mlp, nor a multi-task one for sharing on an mlp.
+    plain = upload(service.alice, xy(), name="plain").json()
+    assert plain["n_tasks"] == 1
+    one_task = {**MULTITASK_SPEC, "dataset": {"id": plain["id"], "train": 30, "valid": 30}}
+    assert (
+        "upload with task ids" in problems(service.alice.post("/v1/jobs", json=one_task))["body.model.kind"]
+    )
+
+
+def test_a_pre_split_multitask_upload(service):
+    rng = np.random.default_rng(3)
+    data = npz(
+        X_train=rng.normal(size=(12, 4)),
+        y_train=np.arange(12) % 2,
+        task_train=np.arange(12) % 2,
+        X_valid=rng.normal(size=(6, 4)),
+        y_valid=np.arange(6) % 2,
+        task_valid=np.array([1, 1, 1, 0, 0, 0]),
+    )
+    ds = upload(service.alice, data).json()
+    assert (ds["n_tasks"], ds["n_train"], ds["n_valid"], ds["layout"]) == (2, 12, 6, "splits")
+    assert submit(service.alice, {**MULTITASK_SPEC, "dataset": {"id": ds["id"]}})["status"] == "queued"
+
+
+def _tasks(**splits) -> bytes:
+    rng = np.random.default_rng(4)
+    arrays = {}
+    for split, task in splits.items():
+        suffix = "" if split == "xy" else f"_{split}"
+        arrays[f"X{suffix}"] = rng.normal(size=(len(task), 3))
+        arrays[f"y{suffix}"] = np.arange(len(task)) % 2
+        arrays[f"task{suffix}"] = np.asarray(task)
+    return npz(**arrays)
 
 
 @pytest.mark.parametrize(
     ("data", "says"),
     [
         (b"this is not a zip file", "not a readable .npz"),
+        (_tasks(xy=[0, 1, 0, 1.0]), "task must be a 1-D integer array"),
+        (_tasks(xy=[0, -1, 0, 1]), "negative task id"),
+        (_tasks(xy=[0, 0, 0, 0]), "names one task"),
+        (_tasks(xy=[0, 2, 0, 2]), "no row has task 1"),
+        (npz(X=np.ones((4, 2)), y=np.array([0, 1, 0, 1]), task=np.array([0, 1, 0])), "3 ids for the 4 rows"),
+        (_tasks(train=[0, 1, 0, 1], valid=[0, 0, 1]), "task 0 has 2, task 1 has 1"),
+        (_tasks(train=[0, 1, 0, 1], valid=[0, 1, 2]), "task_valid holds task 2"),
+        (
+            npz(
+                X_train=np.ones((2, 2)),
+                y_train=np.array([0, 1]),
+                task_train=np.array([0, 1]),
+                X_valid=np.ones((2, 2)),
+                y_valid=np.array([0, 1]),
+            ),
+            "task_train, task_valid",
+        ),
         (xy()[: len(xy()) // 2], "not a readable .npz"),
         (npz(X=np.ones((5, 2))), "expected X and y"),
         (npz(X=np.ones((5, 2)), y=np.zeros(5, dtype=int), extra=np.ones(1)), "expected X and y"),

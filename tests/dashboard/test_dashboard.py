@@ -221,7 +221,7 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     """The paper's sharing experiment, scaled down, through the real worker: the page draws each
     layer's learned 10 x 10 task-sharing matrix as a heatmap whose grey levels are the REST values."""
     spec = templates.get("sharing-mnist5k-tasks")
-    spec["dataset"] = {"name": "mnist5k_tasks", "train": 100, "valid": 100}
+    spec["dataset"].update(train=100, valid=100, test=100)  # still re-split every meta-iteration
     spec["model"]["hidden"] = [4]
     spec["training"]["steps"] = 3
     spec["meta"]["iterations"] = 2
@@ -237,16 +237,27 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     card = "#hyper-sharing-layer0"
     page.wait_for_selector(f"{card} canvas.heatmap")
     assert "Sharing across tasks (T): layer0" in page.text_content(f"{card} h2")
-    drawn = page.evaluate(
-        """(sel) => {
-            const c = document.querySelector(sel);
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            return { w: c.width, h: c.height, grey: Array.from(d).filter((_, i) => i % 4 === 0) };
-        }""",
-        f"{card} canvas.heatmap",
-    )
-    assert (drawn["w"], drawn["h"]) == (10, 10)
+
+    def grey(selector):
+        drawn = page.evaluate(
+            """(sel) => {
+                const c = document.querySelector(sel);
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                return { w: c.width, h: c.height, grey: Array.from(d).filter((_, i) => i % 4 === 0) };
+            }""",
+            selector,
+        )
+        assert (drawn["w"], drawn["h"]) == (10, 10)
+        return np.array(drawn["grey"])
+
     lo, hi = T.values.min(), T.values.max()
     expected = np.round(255 * (T.values - lo) / (hi - lo)).astype(int).ravel()
-    assert np.abs(np.array(drawn["grey"]) - expected).max() <= 1
+    assert np.abs(grey(f"{card} canvas.heatmap") - expected).max() <= 1
+    # Beside T, the prior correlation of the tasks' weights, T T^T normalised, on a fixed -1..1 scale.
+    cov = T.values @ T.values.T
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    assert not np.allclose(corr, np.eye(10))  # the job shared: the picture has something to show
+    assert np.abs(grey(f"{card} canvas.correlation") - np.round(255 * (corr + 1) / 2).ravel()).max() <= 1
+    off_diagonal = corr[~np.eye(10, dtype=bool)]
+    assert f"mean {float(f'{off_diagonal.mean():.4g}')!r}" in page.text_content(card)  # as the page's fmt
     assert not page.errors, page.errors

@@ -173,6 +173,25 @@ def test_submitted_job_runs_on_a_real_worker_and_matches_hypercore(service, work
     assert_same_hyperparameters(learned, reference[3])
 
 
+def test_a_resplit_job_draws_on_the_worker_the_splits_hypercore_draws(service, worker):
+    """``dataset.resplit`` through the service: every meta-iteration's scores and the learned
+    hyperparameters are those of `hypercore.tune` on the same spec in this process."""
+    from hypercore.spec import problem_from_spec
+    from hypercore.tune import tune
+
+    spec = {**spec_with(3), "dataset": {**SPEC["dataset"], "resplit": True}}
+    result = tune(problem_from_spec(spec))
+    job = service.wait_status(service.submit(spec), {"succeeded", "failed", "cancelled"}, 120)
+    assert job["status"] == "succeeded", job
+    assert job["spec"]["dataset"]["resplit"] is True
+    steps = service.steps(job["id"])
+    assert_steps_complete(steps, 3)
+    for metric in ("train_loss", "valid_loss", "test_loss"):
+        assert [s[metric] for s in steps] == [getattr(r, metric) for r in result.records], metric
+    _, learned = service.hyperparameters(job["id"])
+    assert_same_hyperparameters(learned, {k: np.asarray(v.values) for k, v in result.hyperparameters.items()})
+
+
 def test_cancel_stops_a_running_job_within_one_meta_iteration(service, worker):
     job_id = service.submit(spec_with(LONG_ITERATIONS, seed=2))
     wait_for(lambda: service.steps(job_id), 120, "the first step to appear")

@@ -316,3 +316,52 @@ def test_batch_indices_refuses_bad_sizes():
         batch_indices(0, 0, 0, 10, 0)
     with pytest.raises(DataError, match="n: must be an integer >= 1, got 0"):
         batch_indices(0, 0, 0, 0, 5)
+
+
+def test_task_ids_make_a_multitask_dataset_split_task_by_task():
+    """`from_arrays(..., task=)`: each task split alike in its rows' order, rows task-major, each
+    task centred on its own training mean."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)) + 5.0, np.arange(40) % 2
+    task = np.repeat([0, 1, 2, 3], 10)[rng.permutation(40)]
+    ds = from_arrays(X, y, 16, 8, 8, task=task)
+    assert (ds.n_tasks, ds.task_names) == (4, ("task0", "task1", "task2", "task3"))
+    check_layout(ds, (16, 8, 8), 3, 2)
+    for s in range(4):
+        rows = np.flatnonzero(task == s)  # this task's rows, in order: 4 train, 2 valid, 2 test
+        mean = X[rows[:4]].mean(axis=0)
+        for split, block, chosen in (("train", 4, rows[:4]), ("valid", 2, rows[4:6]), ("test", 2, rows[6:8])):
+            got = getattr(ds, f"X_{split}")[s * block : (s + 1) * block]
+            np.testing.assert_allclose(got, X[chosen] - mean, rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(getattr(ds, f"y_{split}")[s * block : (s + 1) * block], y[chosen])
+    with pytest.raises(
+        DataError, match=r"dataset.train: the 4 tasks are split alike: must be a multiple of 4"
+    ):
+        from_arrays(X, y, 15, 8, task=task)
+    uneven = np.repeat([0, 1, 2, 3], [13, 9, 9, 9])
+    with pytest.raises(DataError, match="take 10 rows of each of the 4 tasks, but task 1 has 9"):
+        from_arrays(X, y, 24, 8, 8, task=uneven)
+    for bad, says in (([0] * 40, "at least 2 tasks"), (np.where(task == 1, 3, task), "no row has task 1")):
+        with pytest.raises(DataError, match=says):
+            from_arrays(X, y, 16, 8, task=bad)
+
+
+def test_pre_split_task_ids_put_each_split_task_major():
+    rng = np.random.default_rng(1)
+    X_train, X_valid = rng.normal(size=(6, 2)), rng.normal(size=(4, 2))
+    y_train, y_valid = np.arange(6) % 2, np.arange(4) % 2
+    t_train, t_valid = np.array([1, 0, 1, 0, 1, 0]), np.array([0, 1, 1, 0])
+    ds = from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train, task_valid=t_valid, center=False)
+    assert ds.n_tasks == 2 and ds.n_test == 0
+    order = [1, 3, 5, 0, 2, 4]  # task 0's rows, then task 1's, each in the given order
+    np.testing.assert_array_equal(ds.X_train, X_train[order].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_train, y_train[order])
+    np.testing.assert_array_equal(ds.X_valid, X_valid[[0, 3, 1, 2]].astype(np.float32))
+    with pytest.raises(
+        DataError, match="task_valid: every task needs as many valid rows .* task 0 has 3, task 1 has 1"
+    ):
+        from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train, task_valid=[0, 0, 0, 1])
+    with pytest.raises(DataError, match="task_valid: a multi-task dataset gives task ids for every split"):
+        from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train)
+    with pytest.raises(DataError, match="task_test: there is no test split"):
+        from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train, task_valid=t_valid, task_test=[0])

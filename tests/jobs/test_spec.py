@@ -136,6 +136,8 @@ def test_the_number_of_hyperparameters_counts_every_granularity():
         ("seed", -1, "seed"),
         ("name", "../etc", "name"),
         ("dataset.name", "imagenet", "dataset.name"),
+        ("dataset.valid", 0, "dataset.valid"),
+        ("dataset.resplit", "yes", "dataset.resplit"),
         ("surprise", 1, "surprise"),
         ("training.epochs", 3, "training.epochs"),
     ],
@@ -157,6 +159,17 @@ def test_center_and_stratify_are_flags_and_stratify_needs_a_builtin():
     assert "dataset.center" in errors_of(with_("dataset.center", "yes please"))
     upload = with_("dataset", {"id": "d1", "train": 50, "valid": 20, "stratify": True})
     assert "built-in" in errors_of(upload, resolve_dataset=lambda _: None)["dataset"]
+
+
+def test_resplit_is_a_flag_that_cannot_be_combined_with_tuning_the_training_data():
+    assert validate_spec(BASE).dataset.resplit is False
+    assert validate_spec(with_("dataset.resplit", True)).dataset.resplit is True
+    learned_data = with_(
+        "hyperparameters.training_data",
+        {"init": "data", "granularity": "weight", "learn": True},
+        with_("dataset.resplit", True),
+    )
+    assert "training_data" in errors_of(learned_data)["dataset.resplit"]
 
 
 def test_an_uploaded_dataset_is_resolved_by_the_caller():

@@ -211,6 +211,38 @@ def test_an_upload_with_too_few_rows_fails_naming_the_split(settings, sessions, 
     assert error.startswith("dataset: ") and "exceeds the 20" in error
 
 
+def test_a_multitask_upload_runs_learned_sharing_as_hypercore_does(settings, sessions, tenant_id):
+    """An X/y/task upload, split task by task, trains a multitask_mlp whose sharing matrices the
+    worker learns exactly as `hypercore.tune` does on `hypercore.data.from_arrays` of the arrays."""
+    from hypercore.data import from_arrays
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(60, 4)).astype(np.float32), np.arange(60) % 3
+    task = np.repeat([0, 1, 2], 20)[rng.permutation(60)]
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(settings.dataset_path("threetasks"), X=X, y=y, task=task)
+    spec = {
+        **SPEC,
+        "dataset": {"id": "threetasks", "train": 30, "valid": 15, "test": 15, "resplit": True},
+        "model": {"kind": "multitask_mlp", "hidden": [4]},
+        "hyperparameters": {"sharing": {"init": 0.5, "granularity": "layer", "learn": True}},
+        "meta": {"iterations": 2},
+    }
+    job_id = submit(sessions, tenant_id, spec)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded", job_row(
+        sessions, job_id
+    ).error
+    ds = from_arrays(X, y, 30, 15, 15, task=task)
+    assert ds.n_tasks == 3
+    expected = tune(problem_from_spec(spec, dataset=ds)).hyperparameters
+    meta_iter, got = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 2 and sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], np.asarray(value.values, np.float64), err_msg=name)
+    assert expected["sharing.layer0"].labels["task"] == ["task0", "task1", "task2"]
+    assert not np.allclose(got["sharing.layer0"], 0.5 * np.eye(3) + 0.5 / 3)  # it learned
+
+
 def test_runaway_training_fails_with_the_guards_diagnosis(settings, sessions, tenant_id):
     hypers = {
         **SPEC["hyperparameters"],
