@@ -222,7 +222,7 @@ def _check_tasks(arrays: dict[str, np.ndarray], rows: dict[str, int]) -> tuple[i
         elif task.max() >= n_tasks:
             raise _refuse(f"task{suffix} holds task {task.max()}, which task_train does not have")
         sizes[suffix] = np.bincount(task, minlength=n_tasks)
-        if suffix == "" or suffix == "_train":
+        if suffix in ("", "_train"):
             if np.any(sizes[suffix] == 0):
                 missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
                 raise _refuse(

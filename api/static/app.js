@@ -327,10 +327,15 @@
       const best = job.best ? `${fmt(job.best.objective)} (meta-iteration ${job.best.meta_iter})` : '–';
       const cells = [
         ['status', statusBadge(job.status)], ['progress', progressBar(job)], ['best objective', best],
-        ['objective', job.spec && job.spec.objective], ['created', when(job.created_at)],
-        ['started', when(job.started_at)], ['finished', when(job.finished_at)], ['id', job.id],
+        ['objective', job.spec && job.spec.objective], ['validation', validationOf(job.spec)],
+        ['created', when(job.created_at)], ['started', when(job.started_at)], ['finished', when(job.finished_at)],
+        ['id', job.id],
       ];
       summary.replaceChildren(...cells.map(([k, v]) => el('div', {}, el('span', {}, k), v == null ? '–' : v)));
+      if (job.spec && job.spec.dataset && job.spec.dataset.resplit) {
+        document.querySelector('#chart-curve .caption').textContent =
+          'objective and losses after each meta-iteration; train and valid on that meta-iteration\'s own re-split';
+      }
       errorBox.textContent = job.error || '';
       cancel.disabled = TERMINAL.has(job.status);
       if (!specView.textContent) specView.textContent = JSON.stringify(job.spec, null, 2);
@@ -405,6 +410,12 @@
         await sleep(JOB_POLL_MS);
       }
     })();
+  }
+
+  // How the job validates: one split, or a new one every meta-iteration (dataset.resplit).
+  function validationOf(spec) {
+    if (!spec || !spec.dataset) return null;
+    return spec.dataset.resplit ? 're-split every meta-iteration' : 'one fixed split';
   }
 
   function chartCard(name, title, caption) {

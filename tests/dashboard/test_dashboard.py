@@ -126,6 +126,7 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
     assert any(0 < k < n for k in done), f"never saw the job between start and end: {seen}"
     assert page.text_content("#job-summary [data-status]") == "succeeded"
     assert page.text_content("#job-summary [data-progress]") == f"{n}/{n}"
+    assert "one fixed split" in page.text_content("#job-summary")
     assert page.is_disabled("#cancel-job")
 
     with Client(service.url) as client:
@@ -236,6 +237,9 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     page.goto(f"{service.url}/#/jobs/{job['id']}")
     card = "#hyper-sharing-layer0"
     page.wait_for_selector(f"{card} canvas.heatmap")
+    # The template re-splits every meta-iteration, and the page says so where the losses are drawn.
+    assert "re-split every meta-iteration" in page.text_content("#job-summary")
+    assert "re-split" in page.text_content("#chart-curve .caption")
     assert "Sharing across tasks (T): layer0" in page.text_content(f"{card} h2")
 
     def grey(selector):
