@@ -8,7 +8,7 @@ error                                                  answer
 `jobs.spec.SpecError`, `jobs.errors.InvalidInput`,     422, each problem with the field's
 FastAPI's request validation                           ``loc`` and a ``msg``
 the database unreachable (``OperationalError``, a      503, "retry later"
-dropped connection, pool timeout), the broker down
+dropped connection, pool timeout)
 anything else                                          500, logged with a reference; the
                                                        body never shows internals
 =====================================================  ======================================
@@ -29,10 +29,6 @@ from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.spec import SpecError
 
 log = logging.getLogger("revtune.api")
-
-
-class Unavailable(Exception):
-    """A dependency (database, broker) cannot be reached; the request may be retried later."""
 
 
 def _problems(errors) -> list[dict]:
@@ -69,10 +65,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _problems(exc.errors())})
-
-    @app.exception_handler(Unavailable)
-    async def unavailable(request: Request, exc: Unavailable) -> JSONResponse:
-        return _unavailable(str(exc))
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
+from hypercore.steps import STEP_TYPES
 from jobs.models import Dataset, HyperSnapshot, Job, Step
 
 
@@ -53,18 +54,22 @@ class JobPageOut(BaseModel):
     next_cursor: str | None
 
 
-class StepOut(BaseModel):
-    meta_iter: int
-    objective: float | None
-    train_loss: float | None
-    valid_loss: float | None
-    valid_error: float | None
-    test_loss: float | None
-    test_error: float | None
-    hypergrad_norm: float | None
-    elapsed_s: float | None
-    reversal_exact: bool | None
+class _StepFields(BaseModel):
+    pass
 
+
+# One field per `hypercore.steps.STEP_TYPES` entry; every one but meta_iter may be null.
+_StepBase = create_model(
+    "_StepBase",
+    __base__=_StepFields,
+    **{
+        name: (kind, ...) if name == "meta_iter" else (kind | None, ...)  # type: ignore[misc]
+        for name, kind in STEP_TYPES.items()
+    },
+)
+
+
+class StepOut(_StepBase):  # type: ignore[misc, valid-type]
     @classmethod
     def of(cls, step: Step) -> StepOut:
         return cls.model_validate(step, from_attributes=True)

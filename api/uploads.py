@@ -20,20 +20,14 @@ import dataclasses
 import hashlib
 import os
 import uuid
-import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-
+from hypercore.arrays import LayoutError, inspect_arrays, read_npz
 from jobs.errors import InvalidInput
 from jobs.spec import SpecLimits
 
 _CHUNK = 1024 * 1024
-_XY = {"X", "y"}
-_SPLITS = {"X_train", "y_train", "X_valid", "y_valid"}
-_TEST = {"X_test", "y_test"}
-_TASKS = {"task", "task_train", "task_valid", "task_test"}
 _LOC = ["body", "file"]
 
 
@@ -108,130 +102,21 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def validate_npz(path: Path, limits: SpecLimits, max_bytes: int) -> dict[str, int | str]:
-    """Check the arrays; return the layout and the counts. Raises `InvalidInput` on ``file``."""
+    """Check the arrays; return the layout and the counts. Raises `InvalidInput` on ``file``.
+
+    The file is read and checked by `hypercore.arrays` (`read_npz`, `inspect_arrays`), the one
+    reader of the layout (the worker and ``revtune run`` build their datasets from what it returns);
+    the server's size limits are checked here."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            # The sizes the archive declares bound what reading can produce (zipfile stops there),
-            # so checking them first refuses a small "zip bomb" before it is inflated.
-            inflated = sum(info.file_size for info in archive.infolist())
-        if inflated > 8 * max_bytes:
-            raise _refuse(f"the arrays would take {inflated} bytes uncompressed; at most {8 * max_bytes}")
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-            data, tasks = names - _TASKS, names & _TASKS
-            if data == _XY and tasks <= {"task"}:
-                pass
-            elif _SPLITS <= data and data <= _SPLITS | _TEST and (data & _TEST in (set(), _TEST)):
-                wanted = {"task_train", "task_valid"} | ({"task_test"} if "X_test" in data else set())
-                if tasks not in (set(), wanted):
-                    raise _refuse(
-                        f"holds task ids {sorted(tasks)}; a multi-task upload split in advance gives "
-                        f"{', '.join(sorted(wanted))}"
-                    )
-            else:
-                raise _refuse(
-                    f"holds arrays {sorted(names)}; expected X and y, or X_train, y_train, X_valid, "
-                    "y_valid and optionally X_test, y_test (and, for several tasks, task ids: task, or "
-                    "task_train, task_valid and task_test)"
-                )
-            arrays = {k: npz[k] for k in sorted(names)}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        if isinstance(e, InvalidInput):
-            raise
-        raise _refuse(f"not a readable .npz file (numpy.savez without pickled objects): {e}") from None
-    return _check_arrays(arrays, limits)
-
-
-def _check_arrays(arrays: dict[str, np.ndarray], limits: SpecLimits) -> dict[str, int | str]:
-    suffixes = [""] if "X" in arrays else ["_train", "_valid", *(["_test"] if "X_test" in arrays else [])]
-    rows, n_features, n_classes = {}, None, 0
-    for suffix in suffixes:
-        X, y = arrays[f"X{suffix}"], arrays[f"y{suffix}"]
-        if X.dtype.kind != "f" or X.ndim != 2:
-            raise _refuse(f"X{suffix} must be a 2-D float array, got {X.ndim}-D {X.dtype}")
-        if X.shape[0] < 1 or X.shape[1] < 1:
-            raise _refuse(f"X{suffix} is empty (shape {X.shape})")
-        if not np.isfinite(X).all():
-            raise _refuse(f"X{suffix} holds NaN or infinite values")
-        if y.dtype.kind not in "iu" or y.ndim != 1:
-            raise _refuse(f"y{suffix} must be a 1-D integer array of class labels, got {y.ndim}-D {y.dtype}")
-        if y.shape[0] != X.shape[0]:
-            raise _refuse(f"y{suffix} has {y.shape[0]} labels for the {X.shape[0]} rows of X{suffix}")
-        if y.min() < 0:
-            raise _refuse(f"y{suffix} holds a negative label ({y.min()}); labels count from 0")
-        if n_features is not None and X.shape[1] != n_features:
-            raise _refuse(f"X{suffix} has {X.shape[1]} features, X_train has {n_features}")
-        n_features = X.shape[1]
-        n_classes = max(n_classes, int(y.max()) + 1)
-        rows[suffix] = X.shape[0]
-    assert n_features is not None
-    total = sum(rows.values())
-    if total > limits.max_dataset_rows:
-        raise _refuse(f"{total} examples; at most {limits.max_dataset_rows} are allowed")
-    if n_features > limits.max_features:
-        raise _refuse(f"{n_features} features; at most {limits.max_features} are allowed")
-    if not 2 <= n_classes <= limits.max_classes:
-        raise _refuse(f"{n_classes} classes; between 2 and {limits.max_classes} are allowed")
-    n_tasks, task_rows = _check_tasks(arrays, rows)
-    if "" in rows:
-        return dict(
-            layout="xy",
-            n_rows=total,
-            n_train=total,
-            n_valid=0,
-            n_test=0,
-            n_features=n_features,
-            n_classes=n_classes,
-            n_tasks=n_tasks,
-            task_rows=task_rows,
-        )
-    return dict(
-        layout="splits",
-        n_rows=total,
-        n_train=rows["_train"],
-        n_valid=rows["_valid"],
-        n_test=rows.get("_test", 0),
-        n_features=n_features,
-        n_classes=n_classes,
-        n_tasks=n_tasks,
-        task_rows=None,
-    )
-
-
-def _check_tasks(arrays: dict[str, np.ndarray], rows: dict[str, int]) -> tuple[int, int | None]:
-    """``(n_tasks, fewest rows of any task)`` of the task ids (``(1, None)`` without them); a
-    pre-split upload needs every task equally often in each split (its fewest is then None)."""
-    if not arrays.keys() & _TASKS:
-        return 1, None
-    n_tasks = 0
-    sizes = {}
-    for suffix in rows:  # "" or "_train" first: it fixes the number of tasks
-        task = arrays[f"task{suffix}"]
-        if task.dtype.kind not in "iu" or task.ndim != 1:
-            raise _refuse(
-                f"task{suffix} must be a 1-D integer array of task ids, got {task.ndim}-D {task.dtype}"
-            )
-        if task.shape[0] != rows[suffix]:
-            raise _refuse(f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}")
-        if task.min() < 0:
-            raise _refuse(f"task{suffix} holds a negative task id ({task.min()}); task ids count from 0")
-        if not n_tasks:
-            n_tasks = int(task.max()) + 1
-            if n_tasks < 2:
-                raise _refuse(f"task{suffix} names one task; a multi-task dataset has 2 or more")
-        elif task.max() >= n_tasks:
-            raise _refuse(f"task{suffix} holds task {task.max()}, which task_train does not have")
-        sizes[suffix] = np.bincount(task, minlength=n_tasks)
-        if suffix in ("", "_train"):
-            if np.any(sizes[suffix] == 0):
-                missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
-                raise _refuse(
-                    f"task{suffix}: task ids count from 0 with none skipped; no row has task {missing}"
-                )
-        if suffix and np.any(sizes[suffix] != sizes[suffix][0]):
-            other = int(np.flatnonzero(sizes[suffix] != sizes[suffix][0])[0])
-            raise _refuse(
-                f"task{suffix}: every task needs as many rows as the others in a split: task 0 has "
-                f"{sizes[suffix][0]}, task {other} has {sizes[suffix][other]}"
-            )
-    return n_tasks, int(sizes[""].min()) if "" in sizes else None
+        # The sizes the archive declares bound what reading can produce, so checking them first
+        # refuses a small "zip bomb" before it is inflated.
+        shape = inspect_arrays(read_npz(path, max_inflated_bytes=8 * max_bytes))
+    except LayoutError as e:
+        raise _refuse(e.message) from None
+    if shape.n_rows > limits.max_dataset_rows:
+        raise _refuse(f"{shape.n_rows} examples; at most {limits.max_dataset_rows} are allowed")
+    if shape.n_features > limits.max_features:
+        raise _refuse(f"{shape.n_features} features; at most {limits.max_features} are allowed")
+    if not 2 <= shape.n_classes <= limits.max_classes:
+        raise _refuse(f"{shape.n_classes} classes; between 2 and {limits.max_classes} are allowed")
+    return dataclasses.asdict(shape)

@@ -1,75 +1,104 @@
 """hypercore: exact reversible SGD with momentum, and hypergradients through it.
 
 Maclaurin, Duvenaud and Adams, "Gradient-based Hyperparameter Optimization through Reversible
-Learning", ICML 2015. Importing this package turns on ``jax_enable_x64``: the engine keeps weights
-and velocities in int64 fixed point. Model arithmetic stays in the dtype of the weights you pass.
+Learning", ICML 2015.
+
+The package has two halves (docs/ARCHITECTURE.md):
+
+- the **description** half, importable without JAX: `hypercore.vocab` (hyperparameter kinds,
+  granularities, domains), `hypercore.families` (model families' parameter names and shapes),
+  `hypercore.rules` (the semantic rules of a job spec, counting hyperparameters), `hypercore.arrays`
+  (the numpy half of dataset building and the one reader of the ``.npz`` layout);
+- the **engine** half (`reversible`, `tune`, `models`, ...), which needs JAX.
+
+Importing ``hypercore`` itself imports no JAX: the engine's names below load on first use (PEP 562),
+and loading them turns on ``jax_enable_x64`` (`hypercore._x64`), since the engine keeps weights and
+velocities in int64 fixed point. Model arithmetic stays in the dtype of the weights you pass.
 """
 
-import os
+from __future__ import annotations
 
-# The backward pass recomputes every gradient and must get the same bits as the forward pass.
-# Deterministic GPU reductions are needed for that; the flag is read when the backend starts.
-if "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+import importlib
+import sys
+import types
+from typing import Any
 
-import jax  # noqa: E402
+# Where each engine name lives; `from hypercore import tune` loads that module (and JAX) then.
+_ENGINE = {
+    "data": ("hypercore.data", None),
+    "models": ("hypercore.models", None),
+    "quantize_gamma": ("hypercore._fixed", "quantize_gamma"),
+    "unrolled_sgd": ("hypercore._reference", "unrolled_sgd"),
+    "ConfigError": ("hypercore.vocab", "ConfigError"),
+    "Hyper": ("hypercore.hyper", "Hyper"),
+    "HyperValue": ("hypercore.hyper", "HyperValue"),
+    "GuardConfig": ("hypercore.meta", "GuardConfig"),
+    "MetaConfig": ("hypercore.meta", "MetaConfig"),
+    "MetaDivergedError": ("hypercore.meta", "MetaDivergedError"),
+    "ReversalReport": ("hypercore.reversible", "ReversalReport"),
+    "buffer_capacity": ("hypercore.reversible", "buffer_capacity"),
+    "check_reversal": ("hypercore.reversible", "check_reversal"),
+    "empty_report": ("hypercore.reversible", "empty_report"),
+    "forward_state": ("hypercore.reversible", "forward_state"),
+    "reversible_sgd": ("hypercore.reversible", "reversible_sgd"),
+    "SpecError": ("hypercore.spec", "SpecError"),
+    "problem_from_spec": ("hypercore.spec", "problem_from_spec"),
+    "Checkpoint": ("hypercore.tune", "Checkpoint"),
+    "CheckpointError": ("hypercore.tune", "CheckpointError"),
+    "Problem": ("hypercore.tune", "Problem"),
+    "Record": ("hypercore.tune", "Record"),
+    "ReversalError": ("hypercore.tune", "ReversalError"),
+    "TuneResult": ("hypercore.tune", "TuneResult"),
+    "evaluate": ("hypercore.tune", "evaluate"),
+    "hypergradient": ("hypercore.tune", "hypergradient"),
+    "initial_hyperparameters": ("hypercore.tune", "initial_hyperparameters"),
+    "tune": ("hypercore.tune", "tune"),
+}
 
-jax.config.update("jax_enable_x64", True)
-
-from hypercore import data, models  # noqa: E402
-from hypercore._fixed import quantize_gamma  # noqa: E402
-from hypercore._reference import unrolled_sgd  # noqa: E402
-from hypercore.hyper import ConfigError, Hyper, HyperValue  # noqa: E402
-from hypercore.meta import GuardConfig, MetaConfig, MetaDivergedError  # noqa: E402
-from hypercore.reversible import (  # noqa: E402
-    ReversalReport,
-    buffer_capacity,
-    check_reversal,
-    empty_report,
-    forward_state,
-    reversible_sgd,
+# The JAX-free description half: what `jobs`, `api` and the CLI's light commands may import.
+DESCRIPTION_MODULES = frozenset(
+    {
+        "hypercore",
+        "hypercore.arrays",
+        "hypercore.families",
+        "hypercore.rules",
+        "hypercore.steps",
+        "hypercore.vocab",
+    }
 )
-from hypercore.spec import SpecError, problem_from_spec  # noqa: E402
-from hypercore.tune import (  # noqa: E402
-    Checkpoint,
-    CheckpointError,
-    Problem,
-    Record,
-    ReversalError,
-    TuneResult,
-    evaluate,
-    hypergradient,
-    initial_hyperparameters,
-    tune,
-)
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "ConfigError",
-    "GuardConfig",
-    "Hyper",
-    "HyperValue",
-    "MetaConfig",
-    "MetaDivergedError",
-    "Problem",
-    "Record",
-    "ReversalError",
-    "ReversalReport",
-    "SpecError",
-    "TuneResult",
-    "data",
-    "evaluate",
-    "hypergradient",
-    "initial_hyperparameters",
-    "models",
-    "problem_from_spec",
-    "tune",
-    "buffer_capacity",
-    "check_reversal",
-    "empty_report",
-    "forward_state",
-    "quantize_gamma",
-    "reversible_sgd",
-    "unrolled_sgd",
-]
+__all__ = sorted(_ENGINE)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _ENGINE[name]
+    except KeyError:
+        raise AttributeError(f"module 'hypercore' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ENGINE))
+
+
+class _Package(types.ModuleType):
+    """``hypercore.tune`` is the function, as it was when this package imported the engine eagerly,
+    although a submodule of that name exists: importing the submodule sets the package's attribute
+    to the module, and this property, a data descriptor, outranks that."""
+
+    @property
+    def tune(self):
+        from hypercore.tune import tune
+
+        return tune
+
+    @tune.setter
+    def tune(self, value: Any) -> None:
+        pass  # the import system recording the submodule `hypercore.tune`
+
+
+sys.modules[__name__].__class__ = _Package

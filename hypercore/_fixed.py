@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
+
 FRAC_BITS = 48
 SCALE = float(2**FRAC_BITS)
 RANGE = float(2**14)

@@ -13,7 +13,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hypercore import _schedule
+from hypercore import (
+    _schedule,
+    _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
+)
 
 PyTree = Any
 

@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
+
 PyTree = Any
 
 

@@ -1,18 +1,7 @@
 """Hyperparameter kinds: what can be tuned, how it is parametrised, and how it reaches the engine.
 
-Each kind lives in an unconstrained *raw* space that the meta-optimiser moves in, as in the paper
-(HIPS/hypergrad ``log_alphas``, ``invlogit_gammas``, ``log_param_scale``, ``log_L2_reg``):
-
-=================  =============  ==========================================  =======================
-kind               raw            natural                                     granularities
-=================  =============  ==========================================  =======================
-``learning_rate``  log alpha      alpha = exp(raw) > 0                        global layer step layer_step
-``momentum``       logit gamma    gamma = 1 / (1 + exp(-raw)) in (0, 1)       global layer step layer_step
-``init_scale``     log scale      w0 = exp(raw) * N(0, 1)                     global layer weight
-``l2``             log lambda     penalty sum_i lambda_i w_i^2                global layer weight
-``training_data``  the inputs     X_train itself (distillation)               weight
-``sharing``        T itself       task s's weights sum_t T[s, t] Z[t]         global layer
-=================  =============  ==========================================  =======================
+The kinds, their raw/natural transforms, granularities, defaults and domains are one table,
+`hypercore.vocab.KINDS` (JAX-free, read by the service too); this module lays them out for a model.
 
 Granularity ``layer`` means one value per parameter array (``layer0.W``, ``layer0.b``, ...: the
 paper's "weight types"), ``step`` one per training step shared by all arrays, ``layer_step`` one per
@@ -39,41 +28,21 @@ exported values (`HyperValue`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("learning_rate", "momentum", "init_scale", "l2", "training_data", "sharing")
-GRANULARITIES = ("global", "layer", "step", "layer_step", "weight")
-ALLOWED_GRANULARITIES = {
-    "learning_rate": ("global", "layer", "step", "layer_step"),
-    "momentum": ("global", "layer", "step", "layer_step"),
-    "init_scale": ("global", "layer", "weight"),
-    "l2": ("global", "layer", "weight"),
-    "training_data": ("weight",),
-    "sharing": ("global", "layer"),
-}
-_PARAMETRISATION = {
-    "learning_rate": "log",
-    "momentum": "logit",
-    "init_scale": "log",
-    "l2": "log",
-    "training_data": "identity",
-    "sharing": "identity",
-}
+from hypercore import (
+    _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
+    vocab,
+)
+from hypercore.vocab import ConfigError
 
-
-class ConfigError(ValueError):
-    """A tuning configuration is invalid; ``field`` is its dotted path in a job spec
-    (``"hyperparameters.l2.init"``) and leads the message."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+KINDS = tuple(vocab.KINDS)
+__all__ = ["KINDS", "ConfigError", "DEFAULTS", "Hyper", "HyperSet", "HyperValue", "HyperparameterError"]
 
 
 class HyperparameterError(ConfigError):
@@ -111,88 +80,28 @@ class Hyper:
     def validate(self, field: str | None = None) -> None:
         """Raise `HyperparameterError` naming ``field`` (default ``hyperparameters.<kind>``)."""
         field = field or f"hyperparameters.{self.kind}"
-        if self.kind not in KINDS:
+        if self.kind not in vocab.KINDS:
             raise HyperparameterError(
-                field, f"unknown hyperparameter {self.kind!r}; known: {', '.join(KINDS)}"
+                field, f"unknown hyperparameter {self.kind!r}; known: {', '.join(vocab.KINDS)}"
             )
-        if self.granularity not in GRANULARITIES:
-            raise HyperparameterError(
-                f"{field}.granularity",
-                f"unknown granularity {self.granularity!r}; known: {', '.join(GRANULARITIES)}",
-            )
-        allowed = ALLOWED_GRANULARITIES[self.kind]
-        if self.granularity not in allowed:
-            raise HyperparameterError(
-                f"{field}.granularity",
-                f"{self.kind} cannot have granularity {self.granularity!r}; allowed: {', '.join(allowed)}",
-            )
-        if not isinstance(self.learn, bool):
-            raise HyperparameterError(f"{field}.learn", f"must be true or false, got {self.learn!r}")
-        init = self.init
-        if self.kind == "training_data":
-            if init == "data":
-                return
-            if not _is_number(init) or not math.isfinite(init) or init <= 0:
-                raise HyperparameterError(
-                    f"{field}.init", f"must be 'data' or a positive scale for N(0, 1) inputs, got {init!r}"
-                )
-            return
-        if not _is_number(init) or not math.isfinite(init):
-            raise HyperparameterError(f"{field}.init", f"must be a finite number, got {init!r}")
-        if self.kind == "sharing" and not 0.0 <= init <= 1.0:
-            raise HyperparameterError(
-                f"{field}.init", f"the sharing start lies in [0, 1] (0 separate nets, 1 one net), got {init}"
-            )
-        if self.kind == "momentum" and not 0.0 < init < 1.0:
-            raise HyperparameterError(f"{field}.init", f"momentum must lie in (0, 1) exclusive, got {init}")
-        if self.kind == "l2":
-            if init < 0:
-                raise HyperparameterError(f"{field}.init", f"an L2 penalty must be >= 0, got {init}")
-            if init == 0 and self.learn:
-                raise HyperparameterError(
-                    f"{field}.init",
-                    "an L2 penalty of 0 is 'off' and cannot be learned (it is log-parametrised); "
-                    "start from a small positive value such as 1e-4",
-                )
-        elif self.kind in ("learning_rate", "init_scale") and init <= 0:
-            raise HyperparameterError(
-                f"{field}.init", f"{self.kind} must be > 0 (log-parametrised), got {init}"
-            )
+        for where, message in vocab.check_setting(self.kind, self.init, self.granularity, self.learn):
+            raise HyperparameterError(f"{field}.{where}", message)
 
     @property
     def off(self) -> bool:
         """An L2 penalty of exactly 0: no penalty term at all."""
-        return self.kind == "l2" and self.init == 0
+        return vocab.is_off(self.kind, self.init)
 
 
-DEFAULTS = {
-    "learning_rate": Hyper("learning_rate", 0.1),
-    "momentum": Hyper("momentum", 0.9),
-    "init_scale": Hyper("init_scale", 0.1),
-    "l2": Hyper("l2", 0.0),
-}
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+DEFAULTS = {name: Hyper(name, vocab.KINDS[name].default) for name in vocab.DEFAULT_KINDS}
 
 
 def _to_raw(kind: str, natural):
-    p = _PARAMETRISATION[kind]
-    if p == "log":
-        return np.log(natural)
-    if p == "logit":
-        return np.log(natural) - np.log1p(-natural)
-    return natural
+    return vocab.to_raw(kind, natural)
 
 
 def _to_natural(kind: str, raw, xp=jnp):
-    p = _PARAMETRISATION[kind]
-    if p == "log":
-        return xp.exp(raw)
-    if p == "logit":
-        return 1.0 / (1.0 + xp.exp(-raw))
-    return raw
+    return vocab.to_natural(kind, raw, xp)
 
 
 def _weight_axes(shape: tuple[int, ...], multitask: bool = False) -> list[str]:

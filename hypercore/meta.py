@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
+from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
 from hypercore.hyper import ConfigError
 
 OPTIMIZERS = ("adam", "adam_paper", "sgd")

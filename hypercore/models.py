@@ -16,6 +16,37 @@ Losses follow the paper: mean negative log-likelihood under a log-softmax, plus
 
 `Toy2D` (`toy2d`) is the paper's two-weight figure-1 problem, with no data: one array ``"w"``,
 shaped as a likelihood whose NLL is the toy's loss so that the same tuning loop trains it.
+
+Your own model
+--------------
+`Problem.build` and `tune` take any object that follows `TrainableModel`: ``shapes`` (parameter
+names and shapes, in order: the labels of a hyperparameter's ``layer`` axis), ``init(key, scales)``
+(the initial weights; `normal_init` draws ``scales[name] * N(0, 1)`` as the built-ins do),
+``apply(params, X)`` (logits, ``(n, n_classes)``) and optionally ``training_loss(logits, y)`` (the
+mean loss it trains on; `nll` when absent). Names are free: nothing assumes a chain of ``layer{i}``.
+A small convolutional net on 8x8 digits, tuned with a learning rate per array and step::
+
+    @dataclasses.dataclass(frozen=True)
+    class SmallCNN:
+        shapes = {"conv.W": (3, 3, 1, 4), "conv.b": (4,), "out.W": (144, 10), "out.b": (10,)}
+
+        def init(self, key, scales):
+            return hypercore.models.normal_init(self.shapes, jnp.float32, key, scales)
+
+        def apply(self, params, X):
+            images = X.reshape(-1, 8, 8, 1).astype(params["conv.W"].dtype)
+            h = jax.lax.conv_general_dilated(images, params["conv.W"], (1, 1), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            h = jnp.tanh(h + params["conv.b"]).reshape(X.shape[0], -1)
+            return h @ params["out.W"] + params["out.b"]
+
+    problem = hypercore.Problem.build(
+        SmallCNN(), hypercore.data.load("digits", 500, 200),
+        {"learning_rate": hypercore.Hyper("learning_rate", 0.1, "layer_step", learn=True)}, steps=50)
+    hypercore.tune(problem)
+
+(``tests/hypercore/test_own_model.py`` runs this one.) A model whose ``training_loss`` is not an NLL
+still reports ``*_loss`` as that loss; ``*_error`` is the rate of wrong argmax classes.
 """
 
 from __future__ import annotations
@@ -23,12 +54,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
 from hypercore import data as _data
 from hypercore.hyper import ConfigError
 
@@ -37,6 +69,54 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 class ModelError(ConfigError):
     """A model's description is invalid; ``field`` (``"model.hidden[1]"``) leads the message."""
+
+
+@runtime_checkable
+class TrainableModel(Protocol):
+    """What the tuning loop needs of a model (see the module docstring for a worked example).
+
+    ``shapes``: every parameter array's name and shape, in a fixed order. ``init(key, scales)``:
+    the initial weights ``{name: array}``, differentiable in ``scales`` (one scalar or weight-shaped
+    array per name: the ``init_scale`` hyperparameter). ``apply(params, X)``: logits of shape
+    ``(n, n_classes)`` for ``X`` of shape ``(n, n_features)``; it must be a deterministic function
+    of its inputs (the backward pass recomputes every gradient and checks the bits). Optional:
+    ``training_loss(logits, y)``, the scalar training loss (default `nll`).
+
+    Multi-task models (`MultitaskMLP`) add ``n_tasks``, ``share`` and ``sharing_layers``.
+    """
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]: ...
+
+    def init(self, key: jax.Array, scales: Mapping[str, Any]) -> dict[str, jax.Array]: ...
+
+    def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array: ...
+
+
+def loss_of(model: Any):
+    """The loss ``(logits, y) -> scalar`` a model trains on: its own ``training_loss``, or `nll`."""
+    loss = getattr(model, "training_loss", None)
+    return loss if callable(loss) else nll
+
+
+def check_model(model: Any) -> None:
+    """Refuse, on ``model``, what does not follow `TrainableModel`."""
+    missing = [a for a in ("init", "apply") if not callable(getattr(model, a, None))]
+    shapes = getattr(model, "shapes", None)
+    if missing or not isinstance(shapes, Mapping):
+        what = ", ".join(missing + ([] if isinstance(shapes, Mapping) else ["shapes"]))
+        raise ModelError(
+            "model",
+            f"{type(model).__name__} lacks {what}: a model needs `shapes`, `init(key, scales)` and "
+            "`apply(params, X)` (hypercore.models.TrainableModel)",
+        )
+    if not shapes:
+        raise ModelError("model.shapes", "a model needs at least one parameter array")
+    for name, shape in shapes.items():
+        if not isinstance(name, str) or not all(isinstance(d, int | np.integer) and d >= 1 for d in shape):
+            raise ModelError(
+                "model.shapes", f"{name!r}: a name and positive integer dimensions, got {shape!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +182,7 @@ class Model:
         draw must be differentiable in it). The standard normals are one vector of
         ``num_params()`` draws from ``key``, cut into the arrays in natural order.
         """
-        return _draw(self.shapes, self.dtype, key, scales)
+        return normal_init(self.shapes, self.dtype, key, scales)
 
     def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array:
         """Logits of shape ``(n, n_classes)`` for inputs ``X`` of shape ``(n, n_features)``.
@@ -122,10 +202,11 @@ class Model:
         return h
 
 
-def _draw(
+def normal_init(
     shapes: Mapping[str, tuple[int, ...]], dtype: Any, key: jax.Array, scales: Mapping[str, float | jax.Array]
 ) -> dict[str, jax.Array]:
-    """``scales[name] * N(0, 1)`` for every array of ``shapes`` (see `Model.init`)."""
+    """``scales[name] * N(0, 1)`` for every array of ``shapes``, in ``dtype`` (see `Model.init`): one
+    vector of draws from ``key``, cut into the arrays in order. For `TrainableModel.init`."""
     missing = [k for k in shapes if k not in scales]
     extra = [k for k in scales if k not in shapes]
     if missing or extra:
@@ -426,7 +507,7 @@ class MultitaskMLP:
 
     def init(self, key: jax.Array, scales: Mapping[str, float | jax.Array]) -> dict[str, jax.Array]:
         """``Z0[name] = scales[name] * N(0, 1)``, as `Model.init`."""
-        return _draw(self.shapes, self.dtype, key, scales)
+        return normal_init(self.shapes, self.dtype, key, scales)
 
     def share(
         self, params: Mapping[str, jax.Array], sharing: Mapping[str, jax.Array]

@@ -33,7 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypercore import _fixed, _schedule
+from hypercore import (
+    _fixed,
+    _schedule,
+    _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
+)
 from hypercore._fixed import Buffer
 
 PyTree = Any

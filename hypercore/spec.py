@@ -24,24 +24,49 @@ starts from a fixed point, so ``init_scale`` and ``training_data`` do not apply.
 
 A key whose value is None counts as absent (a pydantic dump writes every optional field). Unknown
 keys inside the sections read here are refused; top-level keys other than those above (the job's
-``name``, fields the service adds) are ignored. The service's schema (``jobs/``) enforces size limits;
-this checks that the spec is meaningful, raising `SpecError` (a ``ValueError``) naming the field.
+``name``, fields the service adds) are ignored.
+
+This module only builds. It checks the types of what it reads (a notebook's dict has no schema in
+front of it), then asks `hypercore.rules.problems`, the same rules the service applies at submit,
+whether the spec is meaningful, so the engine and the server refuse the same specs on the same
+field. The service's schema (``jobs/``) adds the size limits. Every refusal is a `SpecError` (a
+``ValueError``) naming the field; ``.problems`` lists every rule the spec breaks.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from hypercore import data as _data
 from hypercore import models as _models
-from hypercore.hyper import KINDS, ConfigError, Hyper
+from hypercore import rules, vocab
+from hypercore.families import FAMILIES, DatasetShape
+from hypercore.hyper import Hyper
 from hypercore.meta import GuardConfig, MetaConfig
-from hypercore.tune import OBJECTIVES, Problem
+from hypercore.tune import OBJECTIVES, Problem, ProblemError
 
 
-class SpecError(ConfigError):
-    """A job spec is malformed or meaningless."""
+class SpecError(ProblemError):
+    """A job spec is malformed or meaningless: ``field`` (``"model.hidden[1]"``) and ``loc`` (its
+    path, ``("model", "hidden", 1)``, as the service's 422 has it) name the first problem;
+    ``problems`` holds every ``(loc, msg)`` the rules found."""
+
+    def __init__(self, field: str, message: str, problems: list[rules.Problem] | None = None, loc=None):
+        super().__init__(field, message)
+        if loc is None:  # "model.hidden[1]" -> ("model", "hidden", 1)
+            loc = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", field)]
+        self.loc = tuple(loc)
+        self.problems = problems or [(self.loc, message)]
+
+
+def _field(loc: rules.Loc) -> str:
+    """``("model", "hidden", 1)`` -> ``"model.hidden[1]"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
 
 
 _SECTIONS = {
@@ -83,76 +108,40 @@ def _number(value: Any, field: str) -> float:
     return float(value)
 
 
-def _dataset(section: dict, seed: int, dataset):
-    if dataset is not None:
-        return dataset
-    if "id" in section:
-        raise SpecError(
-            "dataset.id", "an uploaded dataset must be loaded by the caller and passed as `dataset=`"
-        )
-    if "name" not in section:
-        raise SpecError(
-            "dataset", f"needs a built-in `name` ({', '.join(_data.builtin_names())}) or an uploaded `id`"
-        )
-    for key in ("train", "valid"):
-        if key not in section:
-            raise SpecError(f"dataset.{key}", "is required for a built-in dataset")
-    return _data.load(
-        section["name"],
-        _int(section["train"], "dataset.train"),
-        _int(section["valid"], "dataset.valid", 0),
-        _int(section.get("test", 0), "dataset.test", 0),
-        seed=seed,
-        center=_flag(section.get("center", True), "dataset.center"),
-        stratify=_flag(section.get("stratify", False), "dataset.stratify"),
-    )
-
-
 def _flag(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
         raise SpecError(field, f"must be true or false, got {value!r}")
     return value
 
 
-def _model(section: dict, ds):
-    kind = section.get("kind")
-    n_features, n_classes = ds.n_features, ds.n_classes
-    if kind == "toy2d":
-        if section.get("hidden"):
-            raise SpecError("model.hidden", "the toy2d model has no layers")
-        return _models.toy2d()
-    if kind == "logreg":
-        if section.get("hidden"):
-            raise SpecError("model.hidden", "logistic regression has no hidden layers")
-        return _models.logistic_regression(n_features, n_classes)
-    if kind not in ("mlp", "multitask_mlp"):
-        raise SpecError("model.kind", f"must be 'mlp', 'logreg', 'toy2d' or 'multitask_mlp', got {kind!r}")
-    hidden = section.get("hidden")
-    if not isinstance(hidden, (list, tuple)) or not hidden:
-        raise SpecError("model.hidden", f"an mlp needs a non-empty list of layer widths, got {hidden!r}")
-    widths = [_int(h, f"model.hidden[{i}]") for i, h in enumerate(hidden)]
-    activation = section.get("activation", "tanh")
-    if activation not in ("tanh", "relu"):
-        raise SpecError("model.activation", f"must be 'tanh' or 'relu', got {activation!r}")
-    if kind == "multitask_mlp":
-        if ds.n_tasks < 2:
-            raise SpecError(
-                "model.kind",
-                f"multitask_mlp needs a multi-task dataset (mnist5k_tasks, or an upload with task ids); "
-                f"{ds.name!r} has one task",
-            )
-        return _models.multitask_mlp(n_features, widths, n_classes, ds.n_tasks, activation=activation)
-    return _models.mlp(n_features, widths, n_classes, activation=activation)
-
-
-def _hypers(section: Mapping) -> dict[str, Hyper]:
-    out = {}
-    for kind, setting in section.items():
+def _check_types(spec: Mapping) -> None:
+    """What the service's schema checks before its rules: every value the rules read has its type."""
+    model = _section(spec, "model")
+    kind = model.get("kind")
+    if kind not in FAMILIES:
+        raise SpecError("model.kind", f"must be one of {', '.join(map(repr, FAMILIES))}, got {kind!r}")
+    hidden = model.get("hidden", [])
+    if not isinstance(hidden, (list, tuple)):
+        raise SpecError("model.hidden", f"must be a list of layer widths, got {hidden!r}")
+    for i, h in enumerate(hidden):
+        _int(h, f"model.hidden[{i}]", 0)
+    if model.get("activation", "tanh") not in ("tanh", "relu"):
+        raise SpecError("model.activation", f"must be 'tanh' or 'relu', got {model['activation']!r}")
+    if spec.get("dataset") is not None:
+        ds = _section(spec, "dataset")
+        for key, minimum in (("train", 1), ("valid", 1), ("test", 0), ("batch_size", 1)):
+            if key in ds:
+                _int(ds[key], f"dataset.{key}", minimum)
+        for key in ("center", "stratify", "resplit"):
+            if key in ds:
+                _flag(ds[key], f"dataset.{key}")
+        if "name" in ds and not isinstance(ds["name"], str):
+            raise SpecError("dataset.name", f"must be a string, got {ds['name']!r}")
+    _int(_section(spec, "training").get("steps"), "training.steps")
+    for kind, setting in _section(spec, "hyperparameters", required=False).items():
         field = f"hyperparameters.{kind}"
-        if kind not in KINDS:
-            raise SpecError(field, f"unknown hyperparameter; known: {', '.join(KINDS)}")
-        if setting is None:
-            continue
+        if kind not in vocab.KINDS:
+            raise SpecError(field, f"unknown hyperparameter; known: {', '.join(vocab.KINDS)}")
         if not isinstance(setting, Mapping):
             raise SpecError(field, f"must be a mapping with init, granularity, learn; got {setting!r}")
         setting = {k: v for k, v in setting.items() if v is not None}
@@ -163,6 +152,85 @@ def _hypers(section: Mapping) -> dict[str, Hyper]:
             )
         if "init" not in setting:
             raise SpecError(f"{field}.init", "is required")
+    meta = _section(spec, "meta", required=False)
+    if "guard" in meta:
+        _flag(meta["guard"], "meta.guard")
+    for key in ("learning_rate", "momentum", "clip"):
+        if key in meta:
+            _number(meta[key], f"meta.{key}")
+    objective = spec.get("objective") or "valid_loss"
+    if objective not in OBJECTIVES:
+        raise SpecError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+
+def _loaded_shape(ds) -> DatasetShape:
+    """The rules' view of a dataset already built with the spec's counts."""
+    return DatasetShape(
+        n_features=ds.n_features,
+        n_classes=ds.n_classes,
+        layout="loaded",
+        n_train=ds.n_train,
+        n_valid=ds.n_valid,
+        n_test=ds.n_test,
+        n_tasks=ds.n_tasks,
+    )
+
+
+def check(spec: Mapping, dataset=None) -> None:
+    """Raise `SpecError` for the first problem of ``spec`` (types, then `hypercore.rules`)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec", f"must be a mapping, got {type(spec).__name__}")
+    _check_types(spec)
+    if "seed" in spec and spec["seed"] is not None:
+        _int(spec["seed"], "seed", 0)
+    family = FAMILIES[spec["model"]["kind"]]
+    if not family.needs_data and dataset is not None:
+        raise SpecError("dataset", "the toy2d model has no data: leave `dataset` out")
+    if dataset is not None:
+        shape = _loaded_shape(dataset)
+    else:
+        shape = rules.dataset_shape(spec)
+        ds = spec.get("dataset")
+        if isinstance(ds, Mapping) and ds.get("id") is not None and ds.get("name") is None:
+            raise SpecError(
+                "dataset.id", "an uploaded dataset must be loaded by the caller and passed as `dataset=`"
+            )
+    found = rules.problems(spec, shape)
+    if found:
+        loc, msg = found[0]
+        raise SpecError(_field(loc), msg, found, loc)
+
+
+def _dataset(section: dict, seed: int, dataset):
+    if dataset is not None:
+        return dataset
+    return _data.load(
+        section["name"],
+        section["train"],
+        section["valid"],
+        section.get("test", 0),
+        seed=seed,
+        center=section.get("center", True),
+        stratify=section.get("stratify", False),
+    )
+
+
+def _model(section: dict, ds):
+    kind = section["kind"]
+    if kind == "toy2d":
+        return _models.toy2d()
+    if kind == "logreg":
+        return _models.logistic_regression(ds.n_features, ds.n_classes)
+    widths, activation = list(section["hidden"]), section.get("activation", "tanh")
+    if kind == "multitask_mlp":
+        return _models.multitask_mlp(ds.n_features, widths, ds.n_classes, ds.n_tasks, activation=activation)
+    return _models.mlp(ds.n_features, widths, ds.n_classes, activation=activation)
+
+
+def _hypers(section: Mapping) -> dict[str, Hyper]:
+    out = {}
+    for kind, setting in section.items():
+        setting = {k: v for k, v in setting.items() if v is not None}
         out[kind] = Hyper(
             kind, setting["init"], setting.get("granularity", "global"), setting.get("learn", False)
         )
@@ -172,15 +240,12 @@ def _hypers(section: Mapping) -> dict[str, Hyper]:
 def _meta(section: dict) -> tuple[MetaConfig, int]:
     iterations = _int(section.get("iterations", 50), "meta.iterations")
     clip = section.get("clip")
-    guard = section.get("guard", True)
-    if not isinstance(guard, bool):
-        raise SpecError("meta.guard", f"must be true or false, got {guard!r}")
     config = MetaConfig(
         optimizer=section.get("optimizer", "adam"),
-        learning_rate=_number(section.get("learning_rate", 0.04), "meta.learning_rate"),
-        momentum=_number(section.get("momentum", 0.9), "meta.momentum"),
-        clip=None if clip is None else _number(clip, "meta.clip"),
-        guard=GuardConfig(enabled=guard),
+        learning_rate=float(section.get("learning_rate", 0.04)),
+        momentum=float(section.get("momentum", 0.9)),
+        clip=None if clip is None else float(clip),
+        guard=GuardConfig(enabled=section.get("guard", True)),
     )
     config.validate()
     return config, iterations
@@ -189,44 +254,25 @@ def _meta(section: dict) -> tuple[MetaConfig, int]:
 def problem_from_spec(spec: Mapping, dataset=None) -> Problem:
     """The `Problem` a job spec describes. ``dataset``: the already-loaded `Dataset` (required for
     an uploaded ``dataset.id``; for a built-in ``name`` it is loaded here when not given)."""
-    if not isinstance(spec, Mapping):
-        raise SpecError("spec", f"must be a mapping, got {type(spec).__name__}")
+    check(spec, dataset)
     seed = spec.get("seed")
-    seed = 0 if seed is None else _int(seed, "seed", 0)
+    seed = 0 if seed is None else seed
     model_section = _section(spec, "model")
-    toy = model_section.get("kind") == "toy2d"
-    if toy:
-        if spec.get("dataset") is not None or dataset is not None:
-            raise SpecError("dataset", "the toy2d model has no data: leave `dataset` out")
-        ds_section, ds = {}, _models.toy2d_data()
-    else:
+    if FAMILIES[model_section["kind"]].needs_data:
         ds_section = _section(spec, "dataset")
         ds = _dataset(ds_section, seed, dataset)
-    model = _model(model_section, ds)
-    steps = _int(_section(spec, "training").get("steps"), "training.steps")
-    hypers = _hypers(_section(spec, "hyperparameters"))
-    if toy:
-        for kind in ("init_scale", "training_data"):
-            if kind in hypers:
-                raise SpecError(
-                    f"hyperparameters.{kind}", "the toy2d model starts from a fixed point and has no data"
-                )
-    objective = spec.get("objective") or "valid_loss"
-    if objective not in OBJECTIVES:
-        raise SpecError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    else:
+        ds_section, ds = {}, _models.toy2d_data()
     meta, iterations = _meta(_section(spec, "meta", required=False))
-    batch_size = ds_section.get("batch_size")
-    if batch_size is not None:
-        batch_size = _int(batch_size, "dataset.batch_size")
     return Problem.build(
-        model,
+        _model(model_section, ds),
         ds,
-        hypers,
-        steps=steps,
-        batch_size=batch_size,
-        objective=objective,
+        _hypers(_section(spec, "hyperparameters", required=False)),
+        steps=_section(spec, "training")["steps"],
+        batch_size=ds_section.get("batch_size"),
+        objective=spec.get("objective") or "valid_loss",
         meta=meta,
         iterations=iterations,
         seed=seed,
-        resplit=_flag(ds_section.get("resplit", False), "dataset.resplit"),
+        resplit=ds_section.get("resplit", False),
     )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -37,12 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
 from hypercore import data as _data
 from hypercore import meta as _meta
 from hypercore import models as _models
 from hypercore._reference import unrolled_sgd
 from hypercore.hyper import ConfigError, Hyper, HyperSet, HyperValue
 from hypercore.reversible import ReversalReport, buffer_capacity, empty_report, reversible_sgd
+from hypercore.steps import step_dict
 
 OBJECTIVES = ("valid_loss", "train_loss")
 ENGINES = ("reversible", "unrolled")
@@ -133,7 +134,8 @@ class Problem:
                 "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
                 "tunes: use one or the other",
             )
-        multitask = isinstance(model, _models.MultitaskMLP)
+        _models.check_model(model)
+        multitask = callable(getattr(model, "share", None))  # a multi-task model mixes its nets
         if multitask:
             if model.n_tasks != dataset.n_tasks:
                 raise ProblemError(
@@ -276,24 +278,9 @@ class Record:
     checkpoint: Checkpoint
 
     def step(self) -> dict:
-        """The REST ``step`` fields; non-finite numbers become None (JSON has no NaN)."""
-        fields = (
-            "meta_iter",
-            "objective",
-            "train_loss",
-            "valid_loss",
-            "valid_error",
-            "test_loss",
-            "test_error",
-            "hypergrad_norm",
-            "elapsed_s",
-            "reversal_exact",
-        )
-        out = {}
-        for f in fields:
-            v = getattr(self, f)
-            out[f] = None if isinstance(v, float) and not math.isfinite(v) else v
-        return out
+        """The REST ``step`` fields (`hypercore.steps`); non-finite numbers become None (JSON has
+        no NaN)."""
+        return step_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +296,7 @@ class TuneResult:
 
 def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
     logits = model.apply(w, X)
-    return _models.nll(logits, y), _models.error_rate(logits, y)
+    return _models.loss_of(model)(logits, y), _models.error_rate(logits, y)
 
 
 def _make_objective(problem: Problem, engine: str):
@@ -334,6 +321,7 @@ def _make_objective(problem: Problem, engine: str):
     X_test, y_test = (jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)) if has_test else (None, None)
     n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
     w_root = _keys(seed)[0]
+    train_loss_fn = _models.loss_of(model)
 
     def rows(X, y, idx):
         return (X, y) if idx is None else (X[idx], y[idx])
@@ -369,7 +357,7 @@ def _make_objective(problem: Problem, engine: str):
                 idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
                 idx = idx if train_rows is None else train_rows[idx]
             xb, yb = rows(X, y_train, idx)
-            out = _models.nll(model.apply(net(w, meta), xb), yb)
+            out = train_loss_fn(model.apply(net(w, meta), xb), yb)
             if "l2" in meta:
                 out = out + _models.l2_penalty(w, meta["l2"])
             return out

@@ -42,6 +42,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, defer
 
+from hypercore.steps import STEP_FIELDS
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.models import ApiKey, Checkpoint, Dataset, HyperSnapshot, Job, Step, Tenant, new_id, utcnow
 from jobs.spec import DatasetShape, JobSpec
@@ -50,18 +51,6 @@ from jobs.states import ACTIVE, Status, check_transition
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
 LOCAL_TENANT = "local"
 KEY_PREFIX = "rt"
-STEP_FIELDS = (
-    "meta_iter",
-    "objective",
-    "train_loss",
-    "valid_loss",
-    "valid_error",
-    "test_loss",
-    "test_error",
-    "hypergrad_norm",
-    "elapsed_s",
-    "reversal_exact",
-)
 
 _hasher = PasswordHasher()
 

@@ -21,22 +21,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from revtune.cli import CommandError
+from hypercore.steps import STEP_FIELDS
+from revtune._common import CommandError
 from revtune.client import Client, Hyperparameter, ProgressBar, RevtuneError, load_spec
 
 _DEFAULT_URL = "http://127.0.0.1:8000"
-_STEP_COLUMNS = (
-    "meta_iter",
-    "objective",
-    "train_loss",
-    "valid_loss",
-    "valid_error",
-    "test_loss",
-    "test_error",
-    "hypergrad_norm",
-    "elapsed_s",
-    "reversal_exact",
-)
+_STEP_COLUMNS = STEP_FIELDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -362,6 +352,9 @@ def _run(args: argparse.Namespace) -> int:
     from hypercore import ConfigError, MetaDivergedError, ReversalError, problem_from_spec, tune
 
     dataset = _local_dataset(args.dataset, spec) if args.dataset else None
+    if dataset is None and (spec.get("dataset") or {}).get("id") is not None:
+        raise CommandError("dataset.id: a spec on an uploaded dataset runs locally with --dataset FILE.npz")
+    _validate_locally(spec, dataset)
     try:
         problem = problem_from_spec(spec, dataset=dataset)
     except ConfigError as e:
@@ -411,38 +404,45 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _local_dataset(path: str, spec: dict[str, Any]) -> Any:
-    """The hypercore dataset in an ``.npz`` laid out as for ``POST /v1/datasets``: ``X``, ``y`` split by
-    the spec's ``dataset.train/valid/test`` counts, or ready ``X_train``, ``y_train``, ... splits."""
-    from hypercore.data import from_arrays, from_splits
+    """The hypercore dataset in an ``.npz`` laid out as for ``POST /v1/datasets``, built exactly as a
+    worker builds an upload's (`hypercore.arrays.dataset_from_npz`: the spec's counts, ``center``,
+    task ids)."""
+    from hypercore.arrays import DataError, LayoutError, dataset_from_npz, read_npz
 
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CommandError(f"--dataset {path}: not a readable .npz ({e})") from e
-    if "X" in arrays and "y" in arrays:
-        ds = spec.get("dataset") or {}
-        if ds.get("train") is None:
-            raise CommandError("dataset.train: needed to split the X, y arrays of --dataset")
-        try:
-            counts = ds["train"], ds.get("valid") or 0, ds.get("test") or 0
-            return from_arrays(arrays["X"], arrays["y"], *counts)
-        except ValueError as e:
-            raise CommandError(f"--dataset {path}: {e}") from e
-    splits = ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test")
-    missing = [k for k in splits[:4] if k not in arrays]
-    unknown = sorted(set(arrays) - set(splits))
-    if missing or unknown:
-        raise CommandError(
-            f"--dataset {path}: expected arrays X and y, or {', '.join(splits)} (test optional); "
-            + (f"missing {', '.join(missing)}" if missing else "")
-            + ("; " if missing and unknown else "")
-            + (f"unexpected {', '.join(unknown)}" if unknown else "")
-        )
-    try:
-        return from_splits(**arrays)
-    except ValueError as e:
+        return dataset_from_npz(read_npz(path), spec.get("dataset") or {})
+    except LayoutError as e:  # the file itself: unreadable, or not the upload layout
+        raise CommandError(f"--dataset {path}: {e.message}") from e
+    except DataError as e:
+        if e.field.startswith("dataset"):  # the spec's counts
+            raise CommandError(str(e)) from e
         raise CommandError(f"--dataset {path}: {e}") from e
+
+
+def _validate_locally(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """Refuse what the server would refuse, with its words: `jobs.spec.validate_spec` under the
+    server's limits (the ``REVTUNE_MAX_*`` settings), the ``--dataset`` standing for the upload."""
+    from hypercore.families import DatasetShape
+    from jobs.settings import Settings
+    from jobs.spec import SpecError, validate_spec
+
+    def resolve(_id: str) -> DatasetShape | None:
+        if dataset is None:
+            return None
+        return DatasetShape(
+            n_features=dataset.n_features,
+            n_classes=dataset.n_classes,
+            layout="loaded",
+            n_train=dataset.n_train,
+            n_valid=dataset.n_valid,
+            n_test=dataset.n_test,
+            n_tasks=dataset.n_tasks,
+        )
+
+    try:
+        return validate_spec(spec, Settings().limits, resolve_dataset=resolve).to_dict()
+    except SpecError as e:
+        raise CommandError(f"invalid spec: {e}") from e
 
 
 def _slug(name: str) -> str:

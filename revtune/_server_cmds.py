@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from revtune.cli import CommandError
+from revtune._common import CommandError
 
 
 def register(subparsers) -> None:

@@ -3,7 +3,7 @@
 A command group is a module with ``register(subparsers)`` that adds its commands, each with
 ``set_defaults(run=callable)``; ``run(args) -> int`` is the exit status. Adding a group is adding
 its module to `_command_groups`. A command reports a mistake the user can fix by raising
-`CommandError`: its message is printed without a traceback and the exit status is 2.
+`CommandError` (from `revtune._common`): its message is printed without a traceback and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from revtune import _job_cmds, _server_cmds
+from revtune._common import CommandError
 
-class CommandError(Exception):
-    """A mistake the user can fix (bad option, missing key): printed as ``revtune: error: ...``."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def _command_groups():
-    # Imported here, not at module level, because the groups import `CommandError` from this module.
-    from revtune import _job_cmds, _server_cmds
-
     return (_server_cmds, _job_cmds)
 
 

@@ -33,10 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from hypercore.data import DataError, from_arrays, from_splits
+from hypercore.arrays import DataError, dataset_from_npz, read_npz
 from hypercore.hyper import ConfigError
 from hypercore.meta import MetaDivergedError
 from hypercore.spec import problem_from_spec
@@ -119,38 +118,13 @@ def load_dataset(spec_dataset: dict, settings: Settings):
     path = settings.dataset_path(dataset_id)
     if not path.is_file():
         raise JobInputError(f"dataset.id: dataset {dataset_id!r} is no longer on the server (deleted?)")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
     try:
-        if "X" in arrays:
-            return from_arrays(
-                arrays["X"],
-                arrays.get("y"),
-                spec_dataset.get("train"),
-                spec_dataset.get("valid") or 0,
-                spec_dataset.get("test") or 0,
-                center=spec_dataset.get("center", True),
-                task=arrays.get("task"),
-            )
-        return from_splits(**{k: arrays.get(k) for k in _SPLIT_KEYS}, center=spec_dataset.get("center", True))
+        return dataset_from_npz(read_npz(path), spec_dataset)
     except DataError as e:
         if e.field.startswith("dataset"):  # the spec's counts
             raise JobInputError(str(e)) from e
         # The arrays come from the upload, not the spec: say which upload.
         raise JobInputError(f"dataset.id: the uploaded dataset {dataset_id!r} is unusable: {e}") from e
-
-
-_SPLIT_KEYS = (
-    "X_train",
-    "y_train",
-    "X_valid",
-    "y_valid",
-    "X_test",
-    "y_test",
-    "task_train",
-    "task_valid",
-    "task_test",
-)
 
 
 # The last few problems built, by spec: a resumed or resubmitted job reuses the compiled functions

