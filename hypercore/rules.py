@@ -120,7 +120,7 @@ def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[P
             if kind == "logreg"
             else f"the {kind} model has no layers"
         )
-        return [(("model", "hidden"), f"{what}: leave `model.hidden` out")]
+        return [(("model",), f"{what}: leave `model.hidden` out")]
     if family.hidden == "required" and not hidden:
         return [(("model", "hidden"), f"{kind} needs at least one hidden layer width in `hidden`")]
     return [
