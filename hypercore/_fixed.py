@@ -278,9 +278,3 @@ def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
     while size < slots:
         size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
     return size
-
-
-def information_bits(gammas_numerators: np.ndarray) -> float:
-    """The information-theoretic buffer size in bits: ``sum log2(D / n)`` over parameters and steps."""
-    n = np.asarray(gammas_numerators, dtype=np.float64)
-    return float(np.sum(np.log2(D / n)))

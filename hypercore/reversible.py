@@ -21,13 +21,83 @@ accumulate, for ``t = T-1 .. 0``::
 
 Memory is the buffer (about ``log2(1/gamma)`` bits per parameter per step) plus O(N) state, not the
 O(N T) trajectory of ordinary reverse mode.
+
+The training-optimizer slot
+---------------------------
+The engine is split in two. The generic part (`_prepare`, `_make_engine`, `_train`) owns the
+fixed-point weights, the information buffer, the forward and reverse ``lax.scan`` loops, the
+recomputation of ``g_t`` and its fingerprint check, the one reverse-over-reverse VJP per step, the
+divergence and overflow flags and the `ReversalReport`; it knows no update formula. The formulas
+live in a `TrainingOptimizer`: its exact forward step, that step's exact inverse (in two halves,
+because ``g_t`` must be recomputed at the restored ``w_t`` in between) and the step's adjoint.
+`SGDM` (the paper's SGD with momentum, above) is the one registered in `OPTIMIZERS`, under
+``"sgd_momentum"``, and the default of every internal function that takes ``optimizer=``.
+
+Per step ``t`` the generic loops call, with ``hyper`` a tuple of `Hyper` (the optimizer's schedules
+at ``t``, in the order of its ``schedule_names``) and ``buf`` the `hypercore._fixed.Buffer`::
+
+    forward:   g = grad_w L(w_t);  fingerprint(g)
+               w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hyper)
+    reverse:   w, w_aux = opt.undo_weights(w, state, hyper)                    # w_{t+1} -> w_t
+               g, vjp = vjp(grad_w L, w_t, meta);  compare fingerprint(g)
+               state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
+    backward:  dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
+               dw -= H_t ct;  dmeta -= d/dmeta <g_t, ct>                       # from the VJP
+
+``ct`` is *minus* the cotangent of ``g_t`` (SGD with momentum: ``(1 - gamma_t) dv``), so that the
+paper's arithmetic is kept operation for operation. ``dhyper`` holds, per schedule, one cotangent per
+weight leaf (per parameter); the engine sums it over shared parameters. ``record`` is anything the
+inverse needs per step that must not depend on recomputed data (SGD with momentum: the buffer's
+spill flag); the forward scan stacks it. ``checks`` are boolean arrays that must all be true (the
+optimizer's fixed-point conversions and state range): otherwise the run is reported as diverged.
+``stacks`` are the buffer's stacks, read-only in reverse (pass them to `_fixed.div_gamma`).
+
+A second exact optimizer is a class with these members, registered under a name, and an entry
+point that passes its schedules; nothing in the engine is copied. For instance, the outline of an
+Adam (the bodies are the later issue's; Adam's ``m`` and ``v`` are each multiplied by a decay, so
+the buffer gets one head per parameter for each)::
+
+    @dataclasses.dataclass(frozen=True)
+    class Adam:
+        name = "adam"
+        schedule_names = ("alphas", "beta1s", "beta2s")
+        decay_schedule = 1               # the smallest decay's lower bound sizes the buffer
+
+        def buffer_shapes(self, shapes):  # one head per array multiplied by a decay: m's, then v's
+            return [*shapes, *shapes]
+        def buffer_slots(self, steps, min_decay):
+            return _fixed.capacity_for(steps, min_decay, bucket=False)
+        def init_state(self, shapes):    # fixed-point state at t = 0, any pytree of int64 arrays
+            zeros = [jnp.zeros(s, jnp.int64) for s in shapes]
+            return (zeros, list(zeros))
+        def init_adjoint(self, dw_T):    # the state's cotangent at T, float64, same structure
+            return ([jnp.zeros_like(x) for x in dw_T], [jnp.zeros_like(x) for x in dw_T])
+        def forward_step(self, w, state, buf, g, hyper): ...   # _fixed.mul_gamma pushes lost bits
+        def undo_weights(self, w, state, hyper): ...
+        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # _fixed.div_gamma pops them
+        def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux): ...
+
+    OPTIMIZERS["adam"] = Adam()
+
+    def reversible_adam(loss, w0, meta, alphas, beta1s, beta2s, *, capacity=None, min_beta=None,
+                        report=None):
+        schedules = (alphas, beta1s, beta2s)
+        engine, meta_all = _prepare(loss, w0, meta, schedules, capacity=capacity,
+                                    min_gamma=min_beta, optimizer="adam")
+        return _train(engine, w0, meta_all, schedules, report)
+
+Its `check_reversal` and `forward_state` are `_prepare` followed by `_roundtrip(engine, w0, meta_all,
+schedules)` and by ``jax.jit(engine.forward)(w0, meta_all, schedules)``. The contract
+that makes it exact: ``undo_weights`` then ``undo_state`` restore the state and the buffer bit for
+bit given the same ``g``, and every rounding the forward step does is of values the inverse can
+recompute (add or subtract fixed-point integers; multiply by a decay only through the buffer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -171,28 +241,207 @@ def _concrete_min_gamma(gammas: PyTree) -> float | None:
         return None
 
 
-def _resolve_capacity(T: int, gammas: PyTree, capacity: int | None, min_gamma: float | None) -> int:
-    if capacity is not None:
-        if int(capacity) != capacity or capacity < 1:
-            raise ValueError(f"capacity must be a positive int (32-bit slots), got {capacity!r}")
-        return int(capacity)
-    if min_gamma is None:
-        min_gamma = _concrete_min_gamma(gammas)
-        if min_gamma is None:
-            raise ValueError(
-                "gammas are traced, so the information buffer cannot be sized from them: pass "
-                "capacity=hypercore.buffer_capacity(T, min_gamma) or min_gamma= computed from concrete values"
-            )
-    return _fixed.capacity_for(T, max(min(float(min_gamma), 1.0), 1.0 / _fixed.D), bucket=False)
+class Hyper:
+    """One hyperparameter schedule's values at one step, as a `TrainingOptimizer` reads them."""
+
+    __slots__ = ("_schedule", "leaves")
+
+    def __init__(self, schedule: _Schedule, leaves: list[jax.Array]):
+        self._schedule = schedule
+        self.leaves = leaves
+
+    def per_leaf(self, fn=lambda x: jnp.asarray(x, jnp.float64)) -> list[jax.Array]:
+        """One array per weight leaf (``fn`` applied), each a scalar or shaped like the leaf; a
+        shared schedule's value is converted once and repeated."""
+        return self._schedule.per_leaf(self.leaves, fn)
+
+
+@runtime_checkable
+class TrainingOptimizer(Protocol):
+    """The optimizer-specific part of the reversible engine (see the module docstring).
+
+    Conventions: ``w`` and the state are int64 fixed point (`hypercore._fixed`), lists with one array
+    per weight leaf (the state may be any pytree of such lists); ``g`` is the gradient, one array per
+    leaf in the model's dtype; ``hyper`` is a tuple of `Hyper`, one per name in ``schedule_names``;
+    cotangents are float64. Every method is traced inside a ``lax.scan`` body: no Python state, no
+    host syncs, no copies of ``buf.stacks`` (read them, or update them only through `_fixed`).
+    """
+
+    name: str
+    schedule_names: tuple[str, ...]
+    decay_schedule: int
+
+    def buffer_shapes(self, shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """The information buffer's leaves: one head per array the step multiplies by a decay."""
+        ...
+
+    def buffer_slots(self, steps: int, min_decay: float) -> int:
+        """Stack slots enough for ``steps`` steps with every value of schedule ``decay_schedule``
+        at least ``min_decay`` (no bucketing)."""
+        ...
+
+    def init_state(self, shapes: list[tuple[int, ...]]) -> PyTree:
+        """The fixed-point state at ``t = 0``; the backward pass checks it is restored exactly."""
+        ...
+
+    def init_adjoint(self, dw_T: list[jax.Array]) -> PyTree:
+        """The state's cotangent at ``t = T`` (float64, the state's structure)."""
+        ...
+
+    def forward_step(
+        self, w: list[jax.Array], state: PyTree, buf: Buffer, g: list[jax.Array], hyper: tuple[Hyper, ...]
+    ) -> tuple[list[jax.Array], PyTree, Buffer, PyTree, list[jax.Array]]:
+        """``(w_{t+1}, state_{t+1}, buf, record, checks)`` from step ``t``'s values and gradient."""
+        ...
+
+    def undo_weights(
+        self, w: list[jax.Array], state: PyTree, hyper: tuple[Hyper, ...]
+    ) -> tuple[list[jax.Array], PyTree]:
+        """``(w_t, w_aux)`` from ``w_{t+1}`` and ``state_{t+1}``; ``w_aux`` goes to `adjoint_step`."""
+        ...
+
+    def undo_state(
+        self,
+        state: PyTree,
+        buf: Buffer,
+        g: list[jax.Array],
+        hyper: tuple[Hyper, ...],
+        record: PyTree,
+        stacks: list[jax.Array],
+    ) -> tuple[PyTree, Buffer, PyTree]:
+        """``(state_t, buf, s_aux)`` from ``state_{t+1}`` and the recomputed ``g_t``, exactly undoing
+        `forward_step`; ``stacks`` are the buffer's stacks, read-only."""
+        ...
+
+    def adjoint_step(
+        self,
+        dw: list[jax.Array],
+        dstate: PyTree,
+        g: list[jax.Array],
+        state: PyTree,
+        hyper: tuple[Hyper, ...],
+        w_aux: PyTree,
+        s_aux: PyTree,
+    ) -> tuple[PyTree, list[jax.Array], tuple[list[jax.Array], ...]]:
+        """The step's VJP but for the gradient's own: ``(dstate_t, ct, dhyper)`` from the cotangents
+        ``dw``, ``dstate`` of ``w_{t+1}``, ``state_{t+1}``. ``ct`` is minus the cotangent of ``g_t``
+        (the engine does ``dw -= H_t ct`` and the meta term); ``dhyper`` has, per schedule, one
+        per-parameter cotangent per weight leaf. ``dw``'s direct path (``w_{t+1} = w_t + ...``) is
+        the engine's: it keeps ``dw``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SGDM:
+    """SGD with momentum, the paper's rule: ``v <- gamma v - (1 - gamma) g; w <- w + alpha v``.
+
+    State: the velocity ``v``, one int64 array per weight leaf, ``v_0 = 0``. Multiplying by gamma
+    (``n / 2**16``) goes through the buffer (`_fixed.mul_gamma`, undone by `_fixed.div_gamma`);
+    ``record`` is that push's spill flag.
+    """
+
+    name = "sgd_momentum"
+    schedule_names = ("alphas", "gammas")
+    decay_schedule = 1
+
+    def buffer_shapes(self, shapes):
+        return list(shapes)
+
+    def buffer_slots(self, steps, min_decay):
+        return _fixed.capacity_for(steps, max(min(min_decay, 1.0), 1.0 / _fixed.D), bucket=False)
+
+    def init_state(self, shapes):
+        return [jnp.zeros(s, jnp.int64) for s in shapes]
+
+    def init_adjoint(self, dw_T):
+        return [jnp.zeros_like(x) for x in dw_T]
+
+    @staticmethod
+    def _decay_terms(gamma: Hyper):
+        ns = gamma.per_leaf(_fixed.gamma_numerator)
+        one_minus = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
+        return ns, one_minus
+
+    def forward_step(self, w, v, buf, g, hyper):
+        alpha, gamma = hyper
+        ns, one_minus = self._decay_terms(gamma)
+        v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
+        dv, ok1 = zip(
+            *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
+            strict=True,
+        )
+        v = [vi - d for vi, d in zip(v, dv, strict=True)]
+        dw, ok2 = zip(
+            *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(alpha.per_leaf(), v, strict=True)],
+            strict=True,
+        )
+        w = [wi + d for wi, d in zip(w, dw, strict=True)]
+        return w, v, buf, spilled, [*ok1, *ok2, *map(_fixed.in_range, v)]
+
+    def undo_weights(self, w, v, hyper):
+        """Undo the weight update; ``w_aux`` is ``v_{t+1}`` as floats."""
+        alpha, _ = hyper
+        v_next = [_fixed.from_fixed(x) for x in v]
+        w = [wi - _fixed.to_fixed(a * vn)[0] for wi, a, vn in zip(w, alpha.per_leaf(), v_next, strict=True)]
+        return w, v_next
+
+    def undo_state(self, v, buf, g, hyper, spilled, stacks):
+        """Undo the velocity update given the recomputed gradient; ``s_aux`` is gamma's terms."""
+        _, gamma = hyper
+        ns, one_minus = self._decay_terms(gamma)
+        v = [
+            vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0]
+            for vi, om, gi in zip(v, one_minus, g, strict=True)
+        ]
+        v, buf = _fixed.div_gamma(v, ns, buf, spilled, stacks)
+        return v, buf, (ns, one_minus)
+
+    def adjoint_step(self, dw, dv, g, v, hyper, v_next, decay_terms):
+        alpha, _ = hyper
+        ns, one_minus = decay_terms
+        dalpha = [x * y for x, y in zip(dw, v_next, strict=True)]
+        dv = [d + a * x for d, a, x in zip(dv, alpha.per_leaf(), dw, strict=True)]
+        dgamma = [
+            d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64)) for d, vi, gi in zip(dv, v, g, strict=True)
+        ]
+        ct = [om * d for om, d in zip(one_minus, dv, strict=True)]
+        dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
+        return dv, ct, (dalpha, dgamma)
+
+
+OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}
+"""The registered training optimizers, by name; ``optimizer=`` takes a name or an instance."""
+
+
+def _optimizer(optimizer: str | TrainingOptimizer) -> TrainingOptimizer:
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown training optimizer {optimizer!r}; registered: {sorted(OPTIMIZERS)}")
+        return OPTIMIZERS[optimizer]
+    if not isinstance(optimizer, TrainingOptimizer):
+        raise TypeError(f"optimizer must be a name in OPTIMIZERS or a TrainingOptimizer, got {optimizer!r}")
+    return optimizer
 
 
 class _Forward(NamedTuple):
+    """The forward pass's final state. ``records``: the optimizer's per-step records, stacked."""
+
     w: list[jax.Array]
-    v: list[jax.Array]
+    state: PyTree
     buf: Buffer
     diverged: jax.Array
     fingerprints: jax.Array
-    spills: jax.Array
+    records: PyTree
+
+    @property
+    def v(self) -> PyTree:
+        """The optimizer's state under SGD with momentum's name for it: the velocity."""
+        return self.state
+
+    @property
+    def spills(self) -> PyTree:
+        """The per-step records under SGD with momentum's name for them: the spill flags."""
+        return self.records
 
 
 def _all(xs: list[jax.Array]) -> jax.Array:
@@ -208,12 +457,26 @@ def _carried(buf: Buffer) -> Buffer:
     return buf._replace(stacks=[])
 
 
-def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
-    """Build the forward and reverse passes for fixed shapes; ``meta_all = (meta, consts)``."""
+class _Engine(NamedTuple):
+    """The passes `_make_engine` builds for one problem's shapes."""
+
+    layout: _Layout
+    forward: Callable
+    reverse: Callable
+    backward: Callable
+    restored: Callable
+    to_fixed_w0: Callable
+
+
+def _make_engine(
+    loss, w0, meta_all, schedules, capacity, optimizer: TrainingOptimizer = OPTIMIZERS["sgd_momentum"]
+):
+    """Build the forward and reverse passes for fixed shapes; ``meta_all = (meta, consts)``,
+    ``schedules`` in the order of ``optimizer.schedule_names``."""
+    opt = optimizer
     layout = _Layout.of(w0)
-    a_s = _Schedule(alphas, layout)
-    g_s = _Schedule(gammas, layout)
-    T = _schedule.num_steps(alphas)
+    scheds = tuple(_Schedule(s, layout) for s in schedules)
+    T = _schedule.num_steps(schedules[0])
 
     def grad_w(w_tree, meta, consts, t):
         return jax.tree.leaves(jax.grad(loss)(w_tree, meta, t, *consts))
@@ -221,136 +484,93 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
     def weights(w_fixed):
         return layout.to_model([_fixed.from_fixed(x) for x in w_fixed])
 
-    def decay_terms(c_t):
-        ns = g_s.per_leaf(c_t, _fixed.gamma_numerator)
-        one_minus = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
-        return ns, one_minus
+    def schedule_leaves(schedules):
+        return tuple(s.leaves(x) for s, x in zip(scheds, schedules, strict=True))
 
-    def forward(w0, meta_all, alphas, gammas) -> _Forward:
+    def hypers(leaves_t):
+        return tuple(Hyper(s, x) for s, x in zip(scheds, leaves_t, strict=True))
+
+    def forward(w0, meta_all, schedules) -> _Forward:
         meta, consts = meta_all
         w, ok_w = zip(*[_fixed.to_fixed(x) for x in layout.from_model(w0)], strict=True)
-        v = [jnp.zeros(s, jnp.int64) for s in layout.shapes]
-        buf = _fixed.empty_buffer(list(layout.shapes), capacity)
+        state = opt.init_state(list(layout.shapes))
+        buf = _fixed.empty_buffer(opt.buffer_shapes(list(layout.shapes)), capacity)
 
         def step(carry, xs):
-            w, v, buf, diverged = carry
-            t, a_t, c_t = xs
+            w, state, buf, diverged = carry
+            t, leaves_t = xs
             g = grad_w(weights(w), meta, consts, t)
-            ns, one_minus = decay_terms(c_t)
-            v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
-            dv, ok1 = zip(
-                *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
-                strict=True,
-            )
-            v = [vi - d for vi, d in zip(v, dv, strict=True)]
-            dw, ok2 = zip(
-                *[
-                    _fixed.to_fixed(a * _fixed.from_fixed(vi))
-                    for a, vi in zip(a_s.per_leaf(a_t), v, strict=True)
-                ],
-                strict=True,
-            )
-            w = [wi + d for wi, d in zip(w, dw, strict=True)]
-            ok = _all([*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)])
-            return (w, v, buf, diverged | ~ok), (_fingerprint(g), spilled)
+            w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hypers(leaves_t))
+            ok = _all([*checks, *map(_fixed.in_range, w)])
+            return (w, state, buf, diverged | ~ok), (_fingerprint(g), record)
 
-        xs = (jnp.arange(T, dtype=jnp.int32), a_s.leaves(alphas), g_s.leaves(gammas))
-        (w, v, buf, diverged), (fps, spills) = jax.lax.scan(step, (list(w), v, buf, ~_all(list(ok_w))), xs)
-        return _Forward(w, v, buf, diverged, fps, spills)
-
-    def unstep(w, v, a_t):
-        """Undo one step's weight update; return ``w_t`` and ``v_{t+1}`` as floats."""
-        v_next = [_fixed.from_fixed(x) for x in v]
-        w = [wi - _fixed.to_fixed(a * vn)[0] for wi, a, vn in zip(w, a_s.per_leaf(a_t), v_next, strict=True)]
-        return w, v_next
-
-    def unvelocity(v, buf, g, c_t, spilled, stacks):
-        """Undo one step's velocity update given the recomputed gradient; ``stacks`` read-only."""
-        ns, one_minus = decay_terms(c_t)
-        v = [
-            vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0]
-            for vi, om, gi in zip(v, one_minus, g, strict=True)
-        ]
-        v, buf = _fixed.div_gamma(v, ns, buf, spilled, stacks)
-        return v, buf, ns, one_minus
-
-    def scan_backwards(body, init, fwd, alphas, gammas):
-        xs = (
-            jnp.arange(T, dtype=jnp.int32),
-            a_s.leaves(alphas),
-            g_s.leaves(gammas),
-            fwd.fingerprints,
-            fwd.spills,
+        xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules))
+        (w, state, buf, diverged), (fps, records) = jax.lax.scan(
+            step, (list(w), state, buf, ~_all(list(ok_w))), xs
         )
+        return _Forward(w, state, buf, diverged, fps, records)
+
+    def scan_backwards(body, init, fwd, schedules):
+        xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules), fwd.fingerprints, fwd.records)
         return jax.lax.scan(body, init, xs, reverse=True)
 
     def first_mismatch(mismatch, g, fp, t):
         return jnp.where((mismatch == _NO_STEP) & (_fingerprint(g) != fp), t, mismatch)
 
-    def reverse(fwd: _Forward, meta_all, alphas, gammas):
+    def reverse(fwd: _Forward, meta_all, schedules):
         """Run the training backwards without derivatives; for `check_reversal`."""
         meta, consts = meta_all
 
         def step(carry, xs):
-            w, v, buf, mismatch = carry
-            t, a_t, c_t, fp, spilled = xs
-            w, _ = unstep(w, v, a_t)
+            w, state, buf, mismatch = carry
+            t, leaves_t, fp, record = xs
+            hyper = hypers(leaves_t)
+            w, _ = opt.undo_weights(w, state, hyper)
             g = grad_w(weights(w), meta, consts, t)
-            v, buf, _, _ = unvelocity(v, buf, g, c_t, spilled, fwd.buf.stacks)
-            return (w, v, buf, first_mismatch(mismatch, g, fp, t)), None
+            state, buf, _ = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
+            return (w, state, buf, first_mismatch(mismatch, g, fp, t)), None
 
-        init = (fwd.w, fwd.v, _carried(fwd.buf), jnp.asarray(_NO_STEP, jnp.int32))
-        (w, v, buf, mismatch), _ = scan_backwards(step, init, fwd, alphas, gammas)
-        return w, v, buf, mismatch
+        init = (fwd.w, fwd.state, _carried(fwd.buf), jnp.asarray(_NO_STEP, jnp.int32))
+        (w, state, buf, mismatch), _ = scan_backwards(step, init, fwd, schedules)
+        return w, state, buf, mismatch
 
-    def backward(fwd: _Forward, meta_all, alphas, gammas, dw_T):
+    def backward(fwd: _Forward, meta_all, schedules, dw_T):
         """Algorithm 2: reverse the training and accumulate every hypergradient."""
 
         def step(carry, xs):
-            w, v, buf, mismatch, dw, dv, dmeta = carry
-            t, a_t, c_t, fp, spilled = xs
-            w, v_next = unstep(w, v, a_t)
-            alpha = a_s.per_leaf(a_t)
-            dalpha = a_s.reduce([x * y for x, y in zip(dw, v_next, strict=True)], a_t)
+            w, state, buf, mismatch, dw, dstate, dmeta = carry
+            t, leaves_t, fp, record = xs
+            hyper = hypers(leaves_t)
+            w, w_aux = opt.undo_weights(w, state, hyper)
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), weights(w), meta, consts)
-            v, buf, ns, one_minus = unvelocity(v, buf, g, c_t, spilled, fwd.buf.stacks)
-            dv = [d + a * x for d, a, x in zip(dv, alpha, dw, strict=True)]
-            dgamma = g_s.reduce(
-                [
-                    d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64))
-                    for d, vi, gi in zip(dv, v, g, strict=True)
-                ],
-                c_t,
-            )
-            hw, hmeta, hconsts = vjp(
-                [(om * d).astype(dt) for om, d, dt in zip(one_minus, dv, layout.dtypes, strict=True)]
-            )
+            state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
+            dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
+            dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
+            hw, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
             dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]
             dmeta = jax.tree.map(lambda acc, h: acc - h.astype(acc.dtype), dmeta, (hmeta, hconsts))
-            dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
-            return (w, v, buf, first_mismatch(mismatch, g, fp, t), dw, dv, dmeta), (dalpha, dgamma)
+            return (w, state, buf, first_mismatch(mismatch, g, fp, t), dw, dstate, dmeta), dhyper
 
         init = (
             fwd.w,
-            fwd.v,
+            fwd.state,
             _carried(fwd.buf),
             jnp.asarray(_NO_STEP, jnp.int32),
             dw_T,
-            [jnp.zeros_like(x) for x in dw_T],
+            opt.init_adjoint(dw_T),
             jax.tree.map(jnp.zeros_like, meta_all),
         )
-        (w, v, buf, mismatch, dw, _, dmeta), (dalphas, dgammas) = scan_backwards(
-            step, init, fwd, alphas, gammas
-        )
-        return w, v, buf, mismatch, dw, dmeta, dalphas, dgammas
+        (w, state, buf, mismatch, dw, _, dmeta), dhypers = scan_backwards(step, init, fwd, schedules)
+        return w, state, buf, mismatch, dw, dmeta, dhypers
 
-    def restored(w, v, buf, w0_fixed):
+    def restored(w, state, buf, w0_fixed):
         # Every slot was popped (used == 0) and every head emptied; the stacks themselves are read-only
         # in reverse (see `_carried`), so there is nothing left in them to check.
+        state0 = jax.tree.leaves(opt.init_state(list(layout.shapes)))
         return (
             _all([a == b for a, b in zip(w, w0_fixed, strict=True)])
-            & _all([x == 0 for x in v])
+            & _all([x == x0 for x, x0 in zip(jax.tree.leaves(state), state0, strict=True)])
             & _all([h == 0 for h in buf.heads])
             & (buf.used == 0)
         )
@@ -358,7 +578,112 @@ def _make_engine(loss, w0, meta_all, alphas, gammas, capacity):
     def to_fixed_w0(w0):
         return [_fixed.to_fixed(x)[0] for x in layout.from_model(w0)]
 
-    return layout, forward, reverse, backward, restored, to_fixed_w0
+    return _Engine(layout, forward, reverse, backward, restored, to_fixed_w0)
+
+
+def _resolve_capacity(
+    T: int,
+    decays: PyTree,
+    capacity: int | None,
+    min_decay: float | None,
+    optimizer: TrainingOptimizer,
+) -> int:
+    if capacity is not None:
+        if int(capacity) != capacity or capacity < 1:
+            raise ValueError(f"capacity must be a positive int (32-bit slots), got {capacity!r}")
+        return int(capacity)
+    if min_decay is None:
+        min_decay = _concrete_min_gamma(decays)
+        if min_decay is None:
+            raise ValueError(
+                f"{optimizer.schedule_names[optimizer.decay_schedule]} are traced, so the information "
+                "buffer cannot be sized from them: pass capacity=hypercore.buffer_capacity(T, min_gamma) "
+                "or min_gamma= computed from concrete values"
+            )
+    return optimizer.buffer_slots(T, float(min_decay))
+
+
+def _prepare(
+    loss: Callable,
+    w0: PyTree,
+    meta: PyTree,
+    schedules: tuple[PyTree, ...],
+    *,
+    capacity: int | None,
+    min_gamma: float | None,
+    optimizer: str | TrainingOptimizer = "sgd_momentum",
+) -> tuple[_Engine, tuple[PyTree, tuple]]:
+    """What every entry point does before running: check the arguments (x64, every schedule's
+    shapes against ``w0``, one step count), size the buffer, closure-convert the loss (arrays it
+    closes over become ``consts``, differentiated like ``meta``) and build the engine.
+
+    Returns ``(engine, meta_all)`` with ``meta_all = (meta, consts)``, the engine's meta argument.
+    """
+    _fixed.require_x64()
+    opt = _optimizer(optimizer)
+    names = opt.schedule_names
+    if len(schedules) != len(names):
+        raise TypeError(
+            f"the {opt.name} optimizer takes {len(names)} schedules {names}, got {len(schedules)}"
+        )
+    steps = [_schedule.check(s, w0, name) for s, name in zip(schedules, names, strict=True)]
+    if len(set(steps)) != 1:
+        raise ValueError(f"{' and '.join(names)} must have the same number of steps")
+    T = steps[0]
+    capacity = _resolve_capacity(T, schedules[opt.decay_schedule], capacity, min_gamma, opt)
+    t0 = jnp.zeros((), jnp.int32)
+    closed, consts = jax.closure_convert(loss, w0, meta, t0)
+    return _make_engine(closed, w0, (meta, consts), schedules, capacity, opt), (meta, consts)
+
+
+def _train(engine: _Engine, w0: PyTree, meta_all, schedules: tuple, report: jax.Array | None) -> PyTree:
+    """``w_T``, differentiable by reversal with respect to ``w0``, ``meta_all``, every schedule and
+    ``report`` (whose cotangent is the `ReversalReport`)."""
+    layout, forward, _, backward, restored, to_fixed_w0 = engine
+    if report is None:
+        report = empty_report()
+
+    def output(fwd: _Forward):
+        w = [jnp.where(fwd.diverged, jnp.nan, _fixed.from_fixed(x)) for x in fwd.w]
+        return layout.to_model(w)
+
+    @jax.custom_vjp
+    def run(w0, meta_all, schedules, report):
+        return output(forward(w0, meta_all, schedules))
+
+    def run_fwd(w0, meta_all, schedules, report):
+        fwd = forward(w0, meta_all, schedules)
+        return output(fwd), (fwd, to_fixed_w0(w0), meta_all, schedules)
+
+    def run_bwd(res, w_bar):
+        fwd, w0_fixed, meta_all, schedules = res
+        w, state, buf, mismatch, dw, dmeta, dhypers = backward(
+            fwd, meta_all, schedules, layout.from_model(w_bar)
+        )
+        exact = restored(w, state, buf, w0_fixed) & (mismatch == _NO_STEP)
+        trusted = exact & ~fwd.diverged & ~fwd.buf.overflow
+        poison = lambda x: jnp.where(trusted, x, jnp.nan).astype(jnp.result_type(x))
+        rep = jnp.stack(
+            [
+                jnp.float64(1.0),
+                exact.astype(jnp.float64),
+                mismatch.astype(jnp.float64),
+                fwd.diverged.astype(jnp.float64),
+                fwd.buf.overflow.astype(jnp.float64),
+                fwd.buf.used.astype(jnp.float64),
+                jnp.float64(fwd.buf.capacity),
+                jnp.float64(0.0),
+            ]
+        )
+        return (
+            jax.tree.map(poison, layout.to_model(dw)),
+            jax.tree.map(poison, dmeta),
+            tuple(jax.tree.map(poison, _unstack(s, d)) for s, d in zip(schedules, dhypers, strict=True)),
+            rep,
+        )
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(w0, meta_all, tuple(schedules), report)
 
 
 def reversible_sgd(
@@ -397,62 +722,8 @@ def reversible_sgd(
       ``w_T``, shaped like ``w0``; NaN if training left the fixed-point range (|w| < 2**14) or
       produced a non-finite gradient.
     """
-    _fixed.require_x64()
-    T = _schedule.check(alphas, w0, "alphas")
-    if _schedule.check(gammas, w0, "gammas") != T:
-        raise ValueError("alphas and gammas must have the same number of steps")
-    capacity = _resolve_capacity(T, gammas, capacity, min_gamma)
-    if report is None:
-        report = empty_report()
-
-    t0 = jnp.zeros((), jnp.int32)
-    closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    layout, forward, _, backward, restored, to_fixed_w0 = _make_engine(
-        closed, w0, (meta, consts), alphas, gammas, capacity
-    )
-
-    def output(fwd: _Forward):
-        w = [jnp.where(fwd.diverged, jnp.nan, _fixed.from_fixed(x)) for x in fwd.w]
-        return layout.to_model(w)
-
-    @jax.custom_vjp
-    def run(w0, meta_all, alphas, gammas, report):
-        return output(forward(w0, meta_all, alphas, gammas))
-
-    def run_fwd(w0, meta_all, alphas, gammas, report):
-        fwd = forward(w0, meta_all, alphas, gammas)
-        return output(fwd), (fwd, to_fixed_w0(w0), meta_all, alphas, gammas)
-
-    def run_bwd(res, w_bar):
-        fwd, w0_fixed, meta_all, alphas, gammas = res
-        w, v, buf, mismatch, dw, dmeta, dalphas, dgammas = backward(
-            fwd, meta_all, alphas, gammas, layout.from_model(w_bar)
-        )
-        exact = restored(w, v, buf, w0_fixed) & (mismatch == _NO_STEP)
-        trusted = exact & ~fwd.diverged & ~fwd.buf.overflow
-        poison = lambda x: jnp.where(trusted, x, jnp.nan).astype(jnp.result_type(x))
-        rep = jnp.stack(
-            [
-                jnp.float64(1.0),
-                exact.astype(jnp.float64),
-                mismatch.astype(jnp.float64),
-                fwd.diverged.astype(jnp.float64),
-                fwd.buf.overflow.astype(jnp.float64),
-                fwd.buf.used.astype(jnp.float64),
-                jnp.float64(fwd.buf.capacity),
-                jnp.float64(0.0),
-            ]
-        )
-        return (
-            jax.tree.map(poison, layout.to_model(dw)),
-            jax.tree.map(poison, dmeta),
-            jax.tree.map(poison, _unstack(alphas, dalphas)),
-            jax.tree.map(poison, _unstack(gammas, dgammas)),
-            rep,
-        )
-
-    run.defvjp(run_fwd, run_bwd)
-    return run(w0, (meta, consts), alphas, gammas, report)
+    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
+    return _train(engine, w0, meta_all, (alphas, gammas), report)
 
 
 def _unstack(sched: PyTree, per_step: list[jax.Array]) -> PyTree:
@@ -477,25 +748,19 @@ def check_reversal(
 ) -> bool:
     """True iff training forward then backward restores ``w_0``, ``v_0 = 0`` and an empty buffer
     bit for bit, with every recomputed gradient identical to the forward one."""
-    _fixed.require_x64()
-    T = _schedule.check(alphas, w0, "alphas")
-    if _schedule.check(gammas, w0, "gammas") != T:
-        raise ValueError("alphas and gammas must have the same number of steps")
-    capacity = _resolve_capacity(T, gammas, capacity, min_gamma)
-    t0 = jnp.zeros((), jnp.int32)
-    closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    _, forward, reverse, _, restored, to_fixed_w0 = _make_engine(
-        closed, w0, (meta, consts), alphas, gammas, capacity
-    )
+    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
+    return _roundtrip(engine, w0, meta_all, (alphas, gammas))
 
+
+def _roundtrip(engine: _Engine, w0: PyTree, meta_all, schedules: tuple) -> bool:
     @jax.jit
-    def roundtrip(w0, meta_all, alphas, gammas):
-        fwd = forward(w0, meta_all, alphas, gammas)
-        w, v, buf, mismatch = reverse(fwd, meta_all, alphas, gammas)
+    def roundtrip(w0, meta_all, schedules):
+        fwd = engine.forward(w0, meta_all, schedules)
+        w, state, buf, mismatch = engine.reverse(fwd, meta_all, schedules)
         ok = ~fwd.diverged & ~fwd.buf.overflow & (mismatch == _NO_STEP)
-        return ok & restored(w, v, buf, to_fixed_w0(w0))
+        return ok & engine.restored(w, state, buf, engine.to_fixed_w0(w0))
 
-    return bool(roundtrip(w0, (meta, consts), alphas, gammas))
+    return bool(roundtrip(w0, meta_all, tuple(schedules)))
 
 
 def forward_state(
@@ -510,13 +775,8 @@ def forward_state(
 ) -> _Forward:
     """The forward pass's final fixed-point state (``w``, ``v``, buffer, flags), for diagnostics and
     benchmarks: ``buf.used`` slots of ``buf.capacity`` were needed."""
-    _fixed.require_x64()
-    T = _schedule.check(alphas, w0, "alphas")
-    capacity = _resolve_capacity(T, gammas, capacity, min_gamma)
-    t0 = jnp.zeros((), jnp.int32)
-    closed, consts = jax.closure_convert(loss, w0, meta, t0)
-    _, forward, _, _, _, _ = _make_engine(closed, w0, (meta, consts), alphas, gammas, capacity)
-    return jax.jit(forward)(w0, (meta, consts), alphas, gammas)
+    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
+    return jax.jit(engine.forward)(w0, meta_all, (alphas, gammas))
 
 
 def buffer_capacity(steps: int, min_gamma: float) -> int:

@@ -43,6 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jobs.states import Status
+
 
 class UTCDateTime(TypeDecorator):
     """A timezone-aware UTC datetime on every backend.
@@ -120,7 +122,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED.value)
     spec: Mapped[dict[str, Any]]
     meta_iter: Mapped[int] = mapped_column(default=0)
     meta_iterations: Mapped[int]

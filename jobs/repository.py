@@ -42,7 +42,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, defer
 
-from hypercore.steps import STEP_FIELDS
+from hypercore.steps import STEP_FIELDS, STEP_TYPES
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.models import ApiKey, Checkpoint, Dataset, HyperSnapshot, Job, Step, Tenant, new_id, utcnow
 from jobs.spec import DatasetShape, JobSpec
@@ -602,10 +602,10 @@ def record_meta_iteration(
     if unknown:
         raise ValueError(f"unknown step fields {unknown}; known: {', '.join(STEP_FIELDS)}")
     row = Step(job_id=job_id, meta_iter=k, created_at=now)
-    for field in STEP_FIELDS[1:-1]:
-        setattr(row, field, _finite(step.get(field)))
-    exact = step.get("reversal_exact")
-    row.reversal_exact = None if exact is None else bool(exact)
+    for field, kind in STEP_TYPES.items():
+        if field != "meta_iter":
+            value = step.get(field)
+            setattr(row, field, _finite(value) if kind is float else None if value is None else kind(value))
     session.add(row)
     for name, hv in hyperparameters.items():
         values = np.array(hv["values"], dtype="<f8", order="C")
@@ -713,7 +713,7 @@ def requeue(
     """
     now = now or utcnow()
     if heartbeat_timeout_s is None and queued_timeout_s is None:
-        eligible = Job.status.in_([Status.RUNNING.value, Status.QUEUED.value])
+        eligible = Job.status.in_([s.value for s in ACTIVE])
     else:
         eligible = _stale(now, heartbeat_timeout_s, queued_timeout_s)
     condition = and_(Job.id == job_id, eligible)

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from hypercore.steps import STEP_FIELDS
+from jobs.states import Status
 from revtune._common import CommandError
 from revtune.client import Client, Hyperparameter, ProgressBar, RevtuneError, load_spec
 
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
 
     p = add("jobs", _jobs, "list jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
 
     p = add("show", _show, "show one job")
@@ -181,7 +182,7 @@ def _submit(args: argparse.Namespace) -> int:
             _print_json(job)
         else:
             _show_job(job)
-    return 1 if args.wait and job["status"] != "succeeded" else 0
+    return 1 if args.wait and job["status"] != Status.SUCCEEDED else 0
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -371,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
             log.write(json.dumps(step) + "\n")
             log.flush()
             if bar is not None:
-                bar.update(record.meta_iter + 1, record.objective, "running")
+                bar.update(record.meta_iter + 1, record.objective, Status.RUNNING.value)
 
         try:
             result = tune(problem, callback=on_record)

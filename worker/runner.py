@@ -1,22 +1,27 @@
 """Run one job: claim it, build its hypercore problem, tune, persist every meta-iteration.
 
-This is the only worker module that imports hypercore (and so JAX). The contract with the database:
+This is the only worker module that imports hypercore (and so JAX). `run_job` is four named steps of
+a `JobRun`, each database write one `transaction` (commit, roll back on error, retried while the
+database is unreachable):
 
-- `run_job` claims the job (``queued -> running``); a job that is not claimable (finished,
+- `JobRun.claim` claims the job (``queued -> running``); a job that is not claimable (finished,
   cancelled, or running with a live heartbeat elsewhere) is left alone, so a redelivered or
   duplicated message is harmless.
-- after meta-iteration ``k`` the step row ``k``, the hyperparameter snapshots after it, the
-  checkpoint to resume at ``k + 1`` and the heartbeat are committed in ONE transaction
-  (`jobs.repository.record_meta_iteration`); a worker that dies loses at most the meta-iteration in
-  flight, and its successor resumes from the last checkpoint with the same result
-  (`hypercore.tune` is deterministic given the checkpoint).
-- a heartbeat thread also beats between meta-iterations, so a long one is not mistaken for a dead
-  worker; the reaper (`worker.reaper`) re-queues jobs whose heartbeat went stale.
-- the callback returns ``True`` (stop) when cancel was requested (the job ends ``cancelled``) or
-  when the worker is shutting down (the job goes back to ``queued`` and is enqueued again).
-- a failure becomes ``failed`` with a message a user can act on; the traceback of an unexpected
-  error goes to the log only. Database outages (``OperationalError``) are retried with backoff
-  instead of failing the job.
+- `JobRun.build` builds its `Problem` (and the checkpoint it resumes from).
+- `JobRun.record`, the tuning callback: after meta-iteration ``k`` the step row ``k``, the
+  hyperparameter snapshots after it, the checkpoint to resume at ``k + 1`` and the heartbeat are
+  committed in ONE transaction (`jobs.repository.record_meta_iteration`); a worker that dies loses
+  at most the meta-iteration in flight, and its successor resumes from the last checkpoint with the
+  same result (`hypercore.tune` is deterministic given the checkpoint). It returns ``True`` (stop)
+  when cancel was requested (the job ends ``cancelled``) or when the worker is shutting down (the
+  job goes back to ``queued`` and is enqueued again, `JobRun.hand_back`).
+- `JobRun.finish` writes the final status.
+
+A heartbeat thread also beats between meta-iterations, so a long one is not mistaken for a dead
+worker; the reaper (`worker.reaper`) re-queues jobs whose heartbeat went stale. A failure becomes
+``failed`` with a message a user can act on (`_failure`); the traceback of an unexpected error goes
+to the log only. Database outages (``OperationalError``) are retried with backoff instead of failing
+the job.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import tenacity
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 from hypercore.arrays import DataError, dataset_from_npz, read_npz
 from hypercore.hyper import ConfigError
@@ -52,6 +60,7 @@ from jobs import repository
 from jobs.db import session_factory
 from jobs.models import Job
 from jobs.settings import Settings, get_settings
+from jobs.states import Status
 from worker.enqueue import EnqueueError, enqueue_job
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,7 @@ def configure_compilation_cache(settings: Settings) -> Path | None:
 
 
 T = TypeVar("T")
+Sessions = Callable[[], Session]
 
 # Set when the worker process starts a warm shutdown (SIGTERM, Ctrl-C): the running job stops after
 # its current meta-iteration and is handed back instead of holding up the shutdown until it ends.
@@ -91,23 +101,66 @@ class JobInputError(Exception):
     """The job cannot run as specified; the message (leading with the spec field) is shown to the user."""
 
 
-def with_db_retry(unit_of_work: Callable[[], T], what: str, delays_s=_RETRY_DELAYS_S) -> T:
-    """Run ``unit_of_work`` (one transaction), retrying with backoff while the database is unreachable.
+# ---- the unit of work ----------------------------------------------------------------------------
 
-    Only connection-level failures (``OperationalError``, or any DBAPI error whose connection was
-    invalidated) are retried; anything else is a bug or a conflict and propagates at once. After the
-    last delay the error propagates: the job stays ``running`` without heartbeat, and the reaper
-    hands it to another worker once the database is back.
+
+def retryable(e: BaseException) -> bool:
+    """Whether ``e`` is the database being unreachable (``OperationalError``, or any DBAPI error
+    whose connection was invalidated), which waiting may cure; anything else is a bug or a conflict."""
+    return isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated)
+
+
+def with_db_retry(attempt: Callable[[], T], what: str, delays_s=_RETRY_DELAYS_S) -> T:
+    """Run ``attempt`` (one transaction), retrying with backoff while the database is unreachable.
+
+    Only `retryable` errors are retried, after each delay of ``delays_s`` in turn; anything else
+    propagates at once. After the last delay the error propagates: the job stays ``running`` without
+    heartbeat, and the reaper hands it to another worker once the database is back.
     """
-    for delay in (*delays_s, None):
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        e = state.outcome.exception()
+        log.warning(
+            "database unavailable while %s (%s); retrying in %s s", what, e.orig, state.upcoming_sleep
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retryable),
+        stop=tenacity.stop_after_attempt(len(delays_s) + 1),
+        # (tenacity asks for the wait before it checks the stop: none after the last attempt)
+        wait=lambda state: delays_s[state.attempt_number - 1] if state.attempt_number <= len(delays_s) else 0,
+        before_sleep=warn,
+        sleep=time.sleep,
+        reraise=True,
+    )
+    return retrying(attempt)
+
+
+@contextmanager
+def unit_of_work(sessions: Sessions) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back (and the error re-raised) when
+    it raises."""
+    with sessions() as session:
         try:
-            return unit_of_work()
-        except DBAPIError as e:
-            if not (isinstance(e, OperationalError) or e.connection_invalidated) or delay is None:
-                raise
-            log.warning("database unavailable while %s (%s); retrying in %s s", what, e.orig, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
+def transaction(sessions: Sessions, work: Callable[[Session], T], what: str, delays_s=_RETRY_DELAYS_S) -> T:
+    """``work(session)`` in a `unit_of_work`, run again in a fresh one (`with_db_retry`) while the
+    database is unreachable; ``what`` says in the log what was being done."""
+
+    def once() -> T:
+        with unit_of_work(sessions) as session:
+            return work(session)
+
+    return with_db_retry(once, what, delays_s)
+
+
+# ---- building the problem ------------------------------------------------------------------------
 
 
 def load_dataset(spec_dataset: dict, settings: Settings):
@@ -170,11 +223,14 @@ def resumable(checkpoint: Checkpoint, problem: Problem) -> Checkpoint:
     )
 
 
-class _Heartbeat(threading.Thread):
-    """Beats every ``interval_s`` while the job runs; stops at `stop`. A failed beat is only logged:
-    the next one, or the next meta-iteration's commit, tries again."""
+# ---- running a job -------------------------------------------------------------------------------
 
-    def __init__(self, sessions, job_id: str, claim, interval_s: float):
+
+class _Heartbeat(threading.Thread):
+    """Beats every ``interval_s`` while the job runs (``with`` block); stops when the block ends. A
+    failed beat is only logged: the next one, or the next meta-iteration's commit, tries again."""
+
+    def __init__(self, sessions: Sessions, job_id: str, claim: repository.Claim, interval_s: float):
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.sessions, self.job_id, self.claim, self.interval_s = sessions, job_id, claim, interval_s
         self._stop_event = threading.Event()
@@ -182,24 +238,168 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                with self.sessions() as session:
+                with unit_of_work(self.sessions) as session:
                     held = repository.heartbeat(session, self.job_id, self.claim)
-                    session.commit()
                 if not held:
                     return  # the next record_meta_iteration raises ClaimLost and ends the run
             except DBAPIError as e:
                 log.warning("heartbeat of job %s failed: %s", self.job_id, e.orig)
 
-    def stop(self) -> None:
+    def __enter__(self) -> _Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
         self._stop_event.set()
         self.join()
+
+
+def _snapshots(record: Record) -> dict[str, dict]:
+    """The hyperparameters after ``record``'s meta-iteration, as `repository.record_meta_iteration`
+    takes them."""
+    return {
+        name: {"values": value.values, "axes": value.axes, "labels": value.labels, "learned": value.learned}
+        for name, value in record.hyperparameters.items()
+    }
+
+
+def _failure(job_id: str, e: Exception, checkpoint_trouble: str) -> str:
+    """The error a job that failed on ``e`` shows its user. Call it in the ``except`` arm: a
+    checkpoint error (``checkpoint_trouble`` says which) and an unexpected error go to the log with
+    their traceback."""
+    if isinstance(e, MetaDivergedError):
+        return f"the meta-optimisation diverged: {e} (hyperparameters.learning_rate.init, meta.learning_rate)"
+    if isinstance(e, ReversalError):
+        return f"exact reversal failed: {e}"
+    if isinstance(e, CheckpointError):
+        log.exception("job %s: %s", job_id, checkpoint_trouble)
+        return f"the job's checkpoint cannot be resumed ({e}); resubmit the spec"
+    if isinstance(e, (ConfigError, JobInputError)):
+        return str(e)
+    log.exception("job %s failed unexpectedly", job_id)
+    return f"internal error ({type(e).__name__}: {e}); the worker log has the details"
+
+
+@dataclasses.dataclass
+class JobRun:
+    """This worker's run of one job, from its claim to its final status, and what its
+    meta-iterations told so far."""
+
+    job_id: str
+    claim: repository.Claim
+    sessions: Sessions
+    # Why the run stopped early: the status it goes to, CANCELLED (cancel requested) or QUEUED (the
+    # worker is shutting down); None while it runs, and when it ran to its end.
+    stop: Status | None = None
+    nonfinite: int = 0  # meta-iterations whose objective was not finite
+    backoffs: int = 0  # times the chaos guard backed off
+    finite: bool = False  # whether a meta-iteration of this run had a finite objective
+
+    @classmethod
+    def claim_job(cls, job_id: str, settings: Settings, sessions: Sessions) -> JobRun | None:
+        """Step 1, claim: take the job (``queued -> running``); None if it is not claimable."""
+        worker_name = f"{socket.gethostname()}:{threading.get_native_id()}"
+        claim = transaction(
+            sessions,
+            lambda session: repository.claim_job(
+                session, job_id, worker_name, heartbeat_timeout_s=settings.heartbeat_timeout_s
+            ),
+            f"claiming job {job_id}",
+        )
+        return None if claim is None else cls(job_id, claim, sessions)
+
+    def build(self, settings: Settings) -> tuple[Problem, Checkpoint | None]:
+        """Step 2, build: the job's `Problem` and the checkpoint to resume from (None: start fresh).
+        Raises `JobInputError` or `CheckpointError`."""
+        problem = build_problem(self.claim.spec, settings)
+        stored = self.claim.checkpoint
+        return problem, None if stored is None else resumable(Checkpoint.from_bytes(stored), problem)
+
+    def record(self, record: Record) -> bool:
+        """Step 3, record (the tuning callback): commit the meta-iteration; True to stop the run."""
+        self.backoffs += len(record.events)
+        if math.isfinite(record.objective):
+            self.finite = True
+        else:
+            self.nonfinite += 1
+        cancel_requested = transaction(
+            self.sessions,
+            lambda session: repository.record_meta_iteration(
+                session,
+                self.job_id,
+                self.claim,
+                step=record.step(),
+                hyperparameters=_snapshots(record),
+                checkpoint=record.checkpoint.to_bytes(),
+            ),
+            f"recording meta-iteration {record.meta_iter} of job {self.job_id}",
+        )
+        if cancel_requested:
+            self.stop = Status.CANCELLED
+        elif shutting_down.is_set():
+            self.stop = Status.QUEUED
+        return self.stop is not None
+
+    def finish(self, status: Status, error: str | None = None) -> str | None:
+        """Step 4, finish: end the job ``status`` (with ``error`` for the user); returns the status,
+        or None when the job is no longer this worker's."""
+        held = transaction(
+            self.sessions,
+            lambda session: repository.finish_job(
+                session, self.job_id, self.claim, status.value, error=error
+            ),
+            f"finishing job {self.job_id}",
+        )
+        if not held:
+            log.warning(
+                "job %s was re-queued while this worker ran it; its result is not recorded", self.job_id
+            )
+            return None
+        return status.value
+
+    def hand_back(self, enqueue: Callable[[str], None]) -> str | None:
+        """Instead of finishing: put the job back in the queue (the worker is shutting down) and
+        enqueue it; returns ``queued``, or None when the job was no longer this worker's to hand back."""
+        if not transaction(
+            self.sessions,
+            lambda session: repository.requeue(session, self.job_id),
+            f"handing back job {self.job_id}",
+        ):
+            return None
+        try:
+            enqueue(self.job_id)
+        except EnqueueError as e:
+            log.warning("%s; the reaper will enqueue it", e)
+        log.info("worker shutting down: job %s handed back to the queue", self.job_id)
+        return Status.QUEUED.value
+
+    def ended(self) -> tuple[Status, str | None]:
+        """The status (and error) of a run that `tune` ended without an error."""
+        if self.stop is None and not self.finite and not self._had_finite_objective():
+            # Every meta-iteration's training blew up (and the guard, if on, could not bring it back
+            # before the run ended): a result with nothing in it is a failure the user must hear about.
+            return Status.FAILED, (
+                f"training diverged in all {self.nonfinite} meta-iterations run (the objective was never "
+                f"finite; the chaos guard backed off {self.backoffs} times): lower "
+                "hyperparameters.learning_rate.init, or raise meta.iterations to let the guard recover"
+            )
+        return self.stop or Status.SUCCEEDED, None
+
+    def _had_finite_objective(self) -> bool:
+        """Whether an earlier run of this job (before a resume) recorded a finite objective."""
+
+        def read(session: Session) -> bool:
+            job = session.get(Job, self.job_id)
+            return job is not None and job.best_objective is not None
+
+        return transaction(self.sessions, read, f"reading job {self.job_id}")
 
 
 def run_job(
     job_id: str,
     *,
     settings: Settings | None = None,
-    sessions=None,
+    sessions: Sessions | None = None,
     enqueue: Callable[[str], None] | None = None,
 ) -> str | None:
     """Run the job to its end (or until cancel or shutdown); returns the status it was left in, or
@@ -208,144 +408,29 @@ def run_job(
     settings = settings or get_settings()
     sessions = sessions or session_factory(settings)
     enqueue = enqueue or (lambda job_id: enqueue_job(job_id, settings))
-    worker_name = f"{socket.gethostname()}:{threading.get_native_id()}"
 
-    def claim_uow():
-        with sessions() as session:
-            claim = repository.claim_job(
-                session, job_id, worker_name, heartbeat_timeout_s=settings.heartbeat_timeout_s
-            )
-            session.commit()
-            return claim
-
-    claim = with_db_retry(claim_uow, f"claiming job {job_id}")
-    if claim is None:
+    run = JobRun.claim_job(job_id, settings, sessions)
+    if run is None:
         log.info("job %s is not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return None
+    try:
+        problem, checkpoint = run.build(settings)
+    except (JobInputError, CheckpointError) as e:
+        return run.finish(Status.FAILED, _failure(job_id, e, "unreadable checkpoint"))
 
-    def finish(status: str, error: str | None = None) -> str:
-        def uow():
-            with sessions() as session:
-                held = repository.finish_job(session, job_id, claim, status, error=error)
-                session.commit()
-                return held
-
-        if not with_db_retry(uow, f"finishing job {job_id}"):
-            log.warning("job %s was re-queued while this worker ran it; its result is not recorded", job_id)
+    with _Heartbeat(sessions, job_id, run.claim, settings.heartbeat_interval_s):
+        try:
+            tune(problem, callback=run.record, checkpoint=checkpoint)
+        except repository.ClaimLost:
+            log.warning("job %s was re-queued and claimed by another worker; abandoning this run", job_id)
             return None
-        return status
+        except DBAPIError:
+            # Retries exhausted: leave the job `running`; its heartbeat goes stale and the reaper
+            # re-queues it, to resume from the last committed checkpoint.
+            raise
+        except Exception as e:
+            return run.finish(Status.FAILED, _failure(job_id, e, "checkpoint does not fit its problem"))
 
-    try:
-        problem = build_problem(claim.spec, settings)
-        checkpoint = (
-            None if claim.checkpoint is None else resumable(Checkpoint.from_bytes(claim.checkpoint), problem)
-        )
-    except JobInputError as e:
-        return finish("failed", str(e))
-    except CheckpointError as e:
-        log.exception("job %s: unreadable checkpoint", job_id)
-        return finish("failed", f"the job's checkpoint cannot be resumed ({e}); resubmit the spec")
-
-    stop_reason: list[str] = []
-    diverged = {"steps": 0, "backoffs": 0, "finite": False}
-
-    def on_meta_iteration(record: Record) -> bool:
-        diverged["backoffs"] += len(record.events)
-        if math.isfinite(record.objective):
-            diverged["finite"] = True
-        else:
-            diverged["steps"] += 1
-
-        def uow():
-            with sessions() as session:
-                cancel_requested = repository.record_meta_iteration(
-                    session,
-                    job_id,
-                    claim,
-                    step=record.step(),
-                    hyperparameters={
-                        name: {
-                            "values": value.values,
-                            "axes": value.axes,
-                            "labels": value.labels,
-                            "learned": value.learned,
-                        }
-                        for name, value in record.hyperparameters.items()
-                    },
-                    checkpoint=record.checkpoint.to_bytes(),
-                )
-                session.commit()
-                return cancel_requested
-
-        if with_db_retry(uow, f"recording meta-iteration {record.meta_iter} of job {job_id}"):
-            stop_reason.append("cancelled")
-        elif shutting_down.is_set():
-            stop_reason.append("shutdown")
-        return bool(stop_reason)
-
-    beat = _Heartbeat(sessions, job_id, claim, settings.heartbeat_interval_s)
-    beat.start()
-    try:
-        tune(problem, callback=on_meta_iteration, checkpoint=checkpoint)
-    except MetaDivergedError as e:
-        return finish(
-            "failed",
-            f"the meta-optimisation diverged: {e} (hyperparameters.learning_rate.init, meta.learning_rate)",
-        )
-    except ReversalError as e:
-        return finish("failed", f"exact reversal failed: {e}")
-    except CheckpointError as e:
-        log.exception("job %s: checkpoint does not fit its problem", job_id)
-        return finish("failed", f"the job's checkpoint cannot be resumed ({e}); resubmit the spec")
-    except (ConfigError, JobInputError) as e:
-        return finish("failed", str(e))
-    except repository.ClaimLost:
-        log.warning("job %s was re-queued and claimed by another worker; abandoning this run", job_id)
-        return None
-    except DBAPIError:
-        # Retries exhausted: leave the job `running`; its heartbeat goes stale and the reaper
-        # re-queues it, to resume from the last committed checkpoint.
-        raise
-    except Exception as e:
-        log.exception("job %s failed unexpectedly", job_id)
-        return finish("failed", f"internal error ({type(e).__name__}: {e}); the worker log has the details")
-    finally:
-        beat.stop()
-
-    if stop_reason == ["shutdown"]:
-
-        def release_uow():
-            with sessions() as session:
-                to_enqueue = repository.requeue(session, job_id)
-                session.commit()
-                return to_enqueue
-
-        if with_db_retry(release_uow, f"handing back job {job_id}"):
-            try:
-                enqueue(job_id)
-            except EnqueueError as e:
-                log.warning("%s; the reaper will enqueue it", e)
-            log.info("worker shutting down: job %s handed back to the queue", job_id)
-            return "queued"
-        return None
-    if not stop_reason and not diverged["finite"] and not _had_finite_objective(sessions, job_id):
-        # Every meta-iteration's training blew up (and the guard, if on, could not bring it back
-        # before the run ended): a result with nothing in it is a failure the user must hear about.
-        return finish(
-            "failed",
-            f"training diverged in all {diverged['steps']} meta-iterations run (the objective was never "
-            f"finite; the chaos guard backed off {diverged['backoffs']} times): lower "
-            "hyperparameters.learning_rate.init, or raise meta.iterations to let the guard recover",
-        )
-    return finish(stop_reason[0] if stop_reason else "succeeded")
-
-
-def _had_finite_objective(sessions, job_id: str) -> bool:
-    """Whether an earlier run of this job (before a resume) recorded a finite objective."""
-
-    def uow():
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            return job is not None and job.best_objective is not None
-
-    return with_db_retry(uow, f"reading job {job_id}")
+    if run.stop == Status.QUEUED:
+        return run.hand_back(enqueue)
+    return run.finish(*run.ended())

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 import migrations
 from jobs.models import Job
+from jobs.states import Status
 
 log = logging.getLogger("revtune.api")
 router = APIRouter(tags=["health"])
@@ -75,8 +76,8 @@ def metrics(request: Request) -> Response:
     try:
         with state.sessions() as session:
             counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
-            state.metrics.jobs.labels(status=status).set(counts.get(status, 0))
+        for status in Status:
+            state.metrics.jobs.labels(status=status.value).set(counts.get(status.value, 0))
     except Exception as e:  # metrics must answer even while the database is down
         log.warning("metrics: job counts unavailable: %s", e)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -79,7 +79,10 @@ def test_submit_wait_then_read_everything_back(service: Service, spec_file, tmp_
     rc, out, _ = revtune(capsys, "hyper", job["id"], "learning_rate", "--json", *url)
     np.testing.assert_array_equal(np.asarray(json.loads(out)["values"]), lr)
     rc, out, _ = revtune(capsys, "hyper", job["id"], "learning_rate", "--format", "csv", *url)
-    assert len(list(csv.reader(io.StringIO(out)))) >= STEPS
+    rows = list(csv.reader(io.StringIO(out)))
+    # long format: a header, then one row per (step, layer) value in C order
+    assert rows[0] == ["step", "layer", "value"] and len(rows) == 1 + STEPS * TINY_LAYERS
+    np.testing.assert_array_equal([float(r[-1]) for r in rows[1:]], lr.ravel())
 
 
 def test_templates_list_and_print_a_spec_to_start_from(service: Service, capsys):

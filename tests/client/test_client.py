@@ -71,7 +71,9 @@ def test_a_job_runs_to_the_end_and_its_results_read_back(client: Client):
     rows = list(
         csv.reader(io.StringIO(client.download_hyperparameter(job, "learning_rate", format="csv").decode()))
     )
-    assert len(rows) >= T
+    # long format: a header, then one row per (step, layer) value in C order
+    assert rows[0] == ["step", "layer", "value"] and len(rows) == 1 + T * TINY_LAYERS
+    np.testing.assert_array_equal([float(r[-1]) for r in rows[1:]], lr.values.ravel())
 
     names = {h["name"]: h for h in client.hyperparameter_list(job)}
     assert {"learning_rate", "momentum", "init_scale"} <= set(names)
