@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DBAPIError
 
 import migrations
-from api import dashboard, errors
+from api import dashboard, errors, uploads
 from api.deps import KeyCache, RateLimiter
 from api.limits import BodyLimitMiddleware, CrossSiteGuardMiddleware, NulGuardMiddleware
 from api.metrics import Metrics, MetricsMiddleware
@@ -51,6 +51,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         check_schema(settings)
+        try:  # what an API killed mid-upload left (`api.uploads.STALE_UPLOAD_S` says which files)
+            uploads.remove_stale_uploads(settings.datasets_dir)
+        except OSError as e:
+            log.warning("could not remove stale uploads from %s: %s", settings.datasets_dir, e)
         yield
 
     app = FastAPI(

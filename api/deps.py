@@ -2,7 +2,8 @@
 
 Routes declare them through the ``Annotated`` aliases (`SettingsDep`, `SessionDep`, `TenantDep`,
 `RateLimited`) and stay a few lines long. The session is the route's unit of work: the route
-commits; anything it does not commit is rolled back when the request ends.
+commits; anything it does not commit is rolled back when the route returns, before the response is
+sent (see `get_session`).
 
 Authentication (``REVTUNE_AUTH=on``): ``Authorization: Bearer rt_<key_id>_<secret>`` or
 ``X-API-Key: rt_...``. argon2 makes a verification cost tens of milliseconds on purpose, so a key
@@ -38,8 +39,21 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+    """The request's unit of work. What the route did not commit is rolled back, and the session
+    closed (its connection back in the pool), before the response is sent: `SessionDep` declares
+    ``scope="function"``, whereas FastAPI's default runs a yield dependency's exit after the answer
+    has gone out. So a rollback that fails (a connection the database dropped) is this request's
+    answer, a 503 through `api.errors`, and never an error raised after a 200, which made uvicorn
+    close the connection under a client that would reuse it."""
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        try:
+            if session.in_transaction():
+                session.rollback()
+        finally:
+            session.close()
 
 
 # The database's integer columns are 32-bit: a larger number in a query could only miss, but would
@@ -47,7 +61,7 @@ def get_session(request: Request) -> Iterator[Session]:
 MAX_DB_INT = 2**31 - 1
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 class KeyCache:

@@ -21,12 +21,18 @@ A page can also rebind its own domain's DNS to 127.0.0.1 ("DNS rebinding"): its 
 same-origin to the browser and would pass the check above, reads included. So with auth off the
 ``Host`` header must also name this machine: ``localhost``, ``127.0.0.1``, ``::1`` or a
 ``REVTUNE_ALLOWED_HOSTS`` entry, any port; anything else gets 400. (Auth off is only allowed on a
-loopback address, so a legitimate client never sends another name.)
+loopback address, so a legitimate client never sends another name.) The header is parsed strictly
+(`parse_host`): exactly one ``Host`` header, ``hostname[:port]`` with the hostname a DNS name, an
+IPv4 address or a bracketed IPv6 address and the port digits. A lenient parse let
+``evil.example@localhost`` pass as ``localhost``, and a second Host header or an empty one through
+unchecked.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import HTTPException
@@ -119,29 +125,70 @@ _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def _hostname(host_header: str) -> str | None:
-    """The name in a ``Host`` header, without port or IPv6 brackets; None if it does not parse."""
-    try:
-        return urlsplit(f"//{host_header}").hostname
-    except ValueError:
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(
+    rf"(?:(?P<name>{_DNS_LABEL}(?:\.{_DNS_LABEL})*)|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def parse_host(value: str) -> str | None:
+    """The hostname of a ``Host`` header value (``hostname[:port]``), lower-case, an IPv6 address
+    without brackets and compressed (``[0:0::1]`` -> ``::1``); None unless the value is exactly a DNS
+    name (at most 253 characters), an IPv4 address or a bracketed IPv6 address (no zone), optionally
+    with a port of digits up to 65535. No user info, path, list or space, and never empty."""
+    match = _HOST.fullmatch(value.strip(" \t"))
+    if match is None or (match["port"] is not None and int(match["port"]) > 65535):
         return None
+    if match["ipv6"] is not None:
+        try:
+            return ipaddress.IPv6Address(match["ipv6"]).compressed
+        except ValueError:
+            return None
+    name = match["name"].lower()
+    return name if len(name) <= 253 else None
+
+
+def _normalised_host(entry: str) -> str:
+    """An allowed-host entry (a name, an IPv4 or IPv6 address, brackets or not) as `parse_host`
+    returns a header's hostname."""
+    name = entry.strip().strip("[]").lower()
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
 
 
 class CrossSiteGuardMiddleware:
     def __init__(self, app: ASGIApp, allowed_origins: list[str], allowed_hosts: list[str] = ()) -> None:
         self.app = app
         self.allowed = {origin.rstrip("/").lower() for origin in allowed_origins}
-        self.hosts = {h.strip().strip("[]").lower() for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
+        self.hosts = {_normalised_host(h) for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
+
+    def _host_problem(self, scope: Scope) -> str | None:
+        """Why the request's Host is refused (None: it names this machine)."""
+        hosts = [value for name, value in scope["headers"] if name.lower() == b"host"]
+        if len(hosts) != 1:
+            return (
+                f"exactly one Host header is required (got {len(hosts)}): this server runs with auth "
+                "off and checks the Host of every request"
+            )
+        host = hosts[0].decode("latin-1")
+        hostname = parse_host(host)
+        if hostname is None:
+            return f"malformed Host header {host!r}: expected hostname[:port]"
+        if hostname not in self.hosts:
+            return (
+                f"host {host.strip()!r} refused: this server runs with auth off and answers only to "
+                "localhost, 127.0.0.1 and ::1; list other names in REVTUNE_ALLOWED_HOSTS"
+            )
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").strip()
-            if host and _hostname(host) not in self.hosts:
-                detail = (
-                    f"host {host!r} refused: this server runs with auth off and answers only to "
-                    "localhost, 127.0.0.1 and ::1; list other names in REVTUNE_ALLOWED_HOSTS"
-                )
-                await _json_answer(send, 400, {"detail": detail})
+            problem = self._host_problem(scope)
+            if problem is not None:
+                await _json_answer(send, 400, {"detail": problem})
                 return
         if scope["type"] == "http" and scope["method"] in _UNSAFE_METHODS:
             headers = dict(scope["headers"])

@@ -1,9 +1,11 @@
 """Datasets as numpy arrays, JAX-free: the built-ins, users' arrays, and the ``.npz`` upload layout.
 
 This is the numpy half of `hypercore.data` (which re-exports all of it and adds what needs JAX:
-minibatches and re-splits drawn inside the jitted loss). The service reads uploads through
-`read_npz` and `inspect_arrays` here, the worker and ``revtune run`` build their `Dataset` through
-`dataset_from_npz`: one reader of the layout for all of them.
+minibatches and re-splits drawn inside the jitted loss). The service checks uploads through
+`inspect_npz` here (`NpzReader`: the zip directory and the ``.npy`` headers first, then the values
+streamed in chunks, so memory does not grow with the arrays), the worker and ``revtune run`` build
+their `Dataset` through ``dataset_from_npz(read_npz(path), spec)``: one reader of the layout for
+all of them.
 
 Built-ins, read from installed packages (no network):
 
@@ -35,8 +37,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import struct
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -597,27 +602,317 @@ class LayoutError(DataError):
         super().__init__("file", message)
 
 
-def read_npz(path: str | Path, *, max_inflated_bytes: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an upload-layout ``.npz`` (no pickled objects), after checking its layout.
+# How an upload is read. Nothing is inflated before its size is known: the zip's directory and every
+# member's .npy header (shape, dtype) are read first, and an archive that declares more than the
+# caller allows is refused there; values are then streamed member by member in chunks of
+# ``CHUNK_BYTES``, so checking an upload takes a few MiB whatever the size of its arrays.
 
-    ``max_inflated_bytes`` refuses an archive that declares more uncompressed bytes (a small "zip
-    bomb" is refused before it is inflated: reading stops at the declared sizes). Raises
-    `LayoutError` (a `DataError` on ``file``)."""
-    try:
+CHUNK_BYTES = 1 << 20
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: An upload holds at most 9 arrays (X_*, y_*, task_* of three splits); a zip with many more members,
+#: or a bigger central directory, is refused from its end record before `zipfile` builds an object
+#: per member.
+MAX_MEMBERS = 16
+_MAX_DIRECTORY_BYTES = 64 * 1024
+_NAMED = 5  # names an error lists before it only counts
+_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}  # what numpy.savez writes
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    struct.error,
+)
+_EXPECTED = (
+    "expected X and y, or X_train, y_train, X_valid, y_valid and optionally X_test, y_test (and, for "
+    "several tasks, task ids: task, or task_train, task_valid and task_test)"
+)
+_UNREADABLE = "not a readable .npz file (numpy.savez without pickled objects)"
+
+
+def _listing(names: list[str], count: int | None = None) -> str:
+    """``['a', 'b']``, or the first few names and how many there are in all, each name cut to 40
+    characters: an error body stays short whatever the archive holds."""
+    count = len(names) if count is None else count
+    shown = [n if len(n) <= 40 else n[:40] + "..." for n in names[:_NAMED]]
+    if count <= _NAMED and len(names) == count:
+        return repr(shown)
+    return f"[{', '.join(repr(n) for n in shown)}, ...] ({count} in all)"
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyHeader:
+    """What one array's ``.npy`` header declares: its ``name`` in the layout (the zip ``member``
+    without ``.npy``), ``shape``, ``dtype``, and ``nbytes`` (elements x item size)."""
+
+    name: str
+    member: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    nbytes: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class NpzReader:
+    """An upload-layout ``.npz`` opened for reading: on opening, the zip's directory and every
+    array's ``.npy`` header are read and checked, nothing else; `chunks` then streams an array's
+    values and `array` reads one whole.
+
+    Opening refuses (`LayoutError`, naming the member) a zip with more members than an upload
+    holds, encrypted members, compression methods other than stored and deflated, members that are
+    not ``.npy`` arrays or hold pickled objects, headers declaring more bytes than the member holds,
+    names that are not the upload layout, and, when given, more than ``max_inflated_bytes``
+    uncompressed (as the zip declares) or more than ``max_array_bytes`` of arrays in all (as the
+    headers declare; ``limit_name`` names that limit in the message). Use it as a context manager."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_inflated_bytes: int | None = None,
+        max_array_bytes: int | None = None,
+        limit_name: str = "max_array_bytes",
+    ):
+        _check_directory(path)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except _ZIP_ERRORS as e:
+            raise LayoutError(f"{_UNREADABLE}: {e}") from None
+        try:
+            self.headers = self._read_headers(max_inflated_bytes, max_array_bytes, limit_name)
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def __enter__(self) -> NpzReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def _read_headers(
+        self, max_inflated_bytes: int | None, max_array_bytes: int | None, limit_name: str
+    ) -> dict[str, NpyHeader]:
+        members = self._zip.infolist()
+        # The layout first: every name a message below quotes is then one of the upload's.
+        check_layout({info.filename.removesuffix(".npy") for info in members})
+        infos: dict[str, zipfile.ZipInfo] = {}
+        for info in members:
+            member, name = info.filename, info.filename.removesuffix(".npy")
+            if name in infos:
+                raise LayoutError(f"{member}: the archive holds array {name!r} twice")
+            if info.flag_bits & 0x1:
+                raise LayoutError(f"{member} is encrypted; an upload is a plain numpy.savez file")
+            if info.compress_type not in _METHODS:
+                raise LayoutError(
+                    f"{member} uses zip compression method {info.compress_type}; an upload's members are "
+                    "stored or deflated (numpy.savez, numpy.savez_compressed)"
+                )
+            infos[name] = info
         if max_inflated_bytes is not None:
-            with zipfile.ZipFile(path) as archive:
-                inflated = sum(info.file_size for info in archive.infolist())
+            inflated = sum(info.file_size for info in infos.values())
             if inflated > max_inflated_bytes:
                 raise LayoutError(
                     f"the arrays would take {inflated} bytes uncompressed; at most {max_inflated_bytes}"
                 )
-        with np.load(path, allow_pickle=False) as npz:
-            check_layout(set(npz.files))
-            return {k: npz[k] for k in sorted(npz.files)}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        if isinstance(e, LayoutError):
+        headers, total = {}, 0
+        for name, info in sorted(infos.items()):
+            header = self._header(name, info)
+            total += header.nbytes
+            if max_array_bytes is not None and total > max_array_bytes:
+                raise LayoutError(
+                    f"{name} declares shape {header.shape} {header.dtype} ({header.nbytes} bytes): the "
+                    f"arrays would take {total} bytes or more; at most {max_array_bytes} ({limit_name})"
+                )
+            headers[name] = header
+        self._infos = infos
+        return headers
+
+    def _header(self, name: str, info: zipfile.ZipInfo) -> NpyHeader:
+        member = info.filename
+        try:
+            with self._zip.open(info) as fp:
+                try:
+                    version = np.lib.format.read_magic(fp)
+                except ValueError as e:
+                    raise LayoutError(f"{member} is not a .npy array ({e})") from None
+                if version == (1, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
+                else:
+                    raise LayoutError(
+                        f"{member}: .npy format version {version} is not supported (1.0, 2.0 are)"
+                    )
+                offset = fp.tell()
+        except LayoutError:
             raise
-        raise LayoutError(f"not a readable .npz file (numpy.savez without pickled objects): {e}") from None
+        except _ZIP_ERRORS as e:
+            raise LayoutError(f"{member}: {_UNREADABLE}: {e}") from None
+        if dtype.hasobject:
+            raise LayoutError(f"{member}: {_UNREADABLE}: it holds Python objects (dtype {dtype})")
+        if any(n < 0 for n in shape):
+            raise LayoutError(f"{member} declares a negative dimension in shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size < offset + nbytes:
+            raise LayoutError(
+                f"{member} declares shape {shape} {dtype} ({nbytes} bytes) but holds "
+                f"{max(info.file_size - offset, 0)} bytes after its header"
+            )
+        return NpyHeader(name, member, shape, dtype, fortran_order, nbytes)
+
+    def chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The values of array ``name`` as 1-D arrays of about ``chunk_bytes`` each, in storage order
+        (C or Fortran, as its header says): memory stays at a chunk whatever the array's size."""
+        header = self.headers[name]
+        itemsize = header.dtype.itemsize
+        left = header.size
+        if not left or not itemsize:
+            return
+        per = max(1, chunk_bytes // itemsize)
+        try:
+            with self._zip.open(self._infos[name]) as fp:
+                _skip_header(fp)
+                while left:
+                    n = min(per, left)
+                    buffer = fp.read(n * itemsize)
+                    if len(buffer) < n * itemsize:
+                        raise LayoutError(
+                            f"{header.member} ends before the {header.size} values its header declares"
+                        )
+                    yield np.frombuffer(buffer, header.dtype)
+                    left -= n
+        except LayoutError:
+            raise
+        except _ZIP_ERRORS as e:
+            raise LayoutError(f"{header.member}: {_UNREADABLE}: {e}") from None
+
+    def array(self, name: str) -> np.ndarray:
+        """Array ``name``, read whole."""
+        header = self.headers[name]
+        try:
+            with self._zip.open(self._infos[name]) as fp:
+                return np.lib.format.read_array(fp, allow_pickle=False)
+        except _ZIP_ERRORS as e:
+            raise LayoutError(f"{header.member}: {_UNREADABLE}: {e}") from None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: self.array(name) for name in sorted(self.headers)}
+
+    def inspect(
+        self, *, check_shape: Callable[[int, int], None] | None = None, chunk_bytes: int = CHUNK_BYTES
+    ) -> NpzShape:
+        """`inspect_arrays` on the file, values streamed (`chunks`). ``check_shape(n_rows,
+        n_features)`` runs once the headers are checked, before any value is read: the caller's
+        limits refuse a too-large upload without inflating it."""
+        return _inspect(self.headers, lambda name: self.chunks(name, chunk_bytes), check_shape)
+
+
+def _skip_header(fp) -> None:
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        np.lib.format.read_array_header_1_0(fp)
+    else:
+        np.lib.format.read_array_header_2_0(fp)
+
+
+def _check_directory(path: str | Path) -> None:
+    """Refuse, from the zip's end record alone, more members than an upload holds or a central
+    directory larger than theirs; a file that is no zip is left to `zipfile` to refuse."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            start = max(0, size - (22 + 0xFFFF + 20))  # end record, longest comment, zip64 locator
+            f.seek(start)
+            tail = f.read()
+            at = tail.rfind(b"PK\x05\x06")
+            if at < 0 or len(tail) - at < 22:
+                return
+            _, _, _, _, count, directory_bytes, directory_at, _ = struct.unpack(
+                "<4s4H2LH", tail[at : at + 22]
+            )
+            if (count == 0xFFFF or 0xFFFFFFFF in (directory_bytes, directory_at)) and at >= 20:
+                locator = tail[at - 20 : at]
+                if locator[:4] == b"PK\x06\x07":
+                    f.seek(struct.unpack("<4sLQL", locator)[2])
+                    record = f.read(56)
+                    if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                        *_, count, directory_bytes, directory_at = struct.unpack("<4sQ2H2L4Q", record)
+            if count <= MAX_MEMBERS and directory_bytes <= _MAX_DIRECTORY_BYTES:
+                return
+            names = _first_names(f, directory_at, _NAMED)
+    except (OSError, struct.error):
+        return  # zipfile says what is wrong with it
+    raise LayoutError(
+        f"holds arrays {_listing(names, count)} in a {directory_bytes}-byte zip directory; an "
+        f"upload holds at most 9: {_EXPECTED}"
+    )
+
+
+def _first_names(f, at: int, n: int) -> list[str]:
+    """The first ``n`` member names of the central directory at ``at`` (as many as are readable), as
+    array names."""
+    names: list[str] = []
+    try:
+        f.seek(at)
+        while len(names) < n:
+            entry = f.read(46)
+            if len(entry) < 46 or entry[:4] != b"PK\x01\x02":
+                break
+            flags = struct.unpack("<H", entry[8:10])[0]
+            name_len, extra_len, comment_len = struct.unpack("<3H", entry[28:34])
+            raw = f.read(name_len)
+            name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+            names.append(name.removesuffix(".npy"))
+            f.seek(extra_len + comment_len, 1)
+    except (OSError, ValueError):
+        pass
+    return names
+
+
+def read_npz(
+    path: str | Path, *, max_inflated_bytes: int | None = None, max_array_bytes: int | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of an upload-layout ``.npz`` (no pickled objects), after checking its layout and
+    headers (`NpzReader`): a crafted archive is refused before anything is inflated.
+
+    ``max_inflated_bytes`` refuses an archive that declares more uncompressed bytes (a small "zip
+    bomb" is refused before it is inflated: reading stops at the declared sizes), and
+    ``max_array_bytes`` one whose ``.npy`` headers declare more bytes of arrays. Raises
+    `LayoutError` (a `DataError` on ``file``)."""
+    with NpzReader(path, max_inflated_bytes=max_inflated_bytes, max_array_bytes=max_array_bytes) as reader:
+        return reader.arrays()
+
+
+def inspect_npz(
+    path: str | Path,
+    *,
+    max_inflated_bytes: int | None = None,
+    max_array_bytes: int | None = None,
+    limit_name: str = "max_array_bytes",
+    check_shape: Callable[[int, int], None] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> NpzShape:
+    """`inspect_arrays` of the ``.npz`` at ``path`` without loading it: headers first (`NpzReader`
+    and its limits, then ``check_shape(n_rows, n_features)``), then the values streamed in chunks of
+    ``chunk_bytes``: the memory it takes does not grow with the arrays."""
+    with NpzReader(
+        path, max_inflated_bytes=max_inflated_bytes, max_array_bytes=max_array_bytes, limit_name=limit_name
+    ) as reader:
+        return reader.inspect(check_shape=check_shape, chunk_bytes=chunk_bytes)
 
 
 def check_layout(names: set[str]) -> None:
@@ -633,11 +928,7 @@ def check_layout(names: set[str]) -> None:
                 f"{', '.join(sorted(wanted))}"
             )
         return
-    raise LayoutError(
-        f"holds arrays {sorted(names)}; expected X and y, or X_train, y_train, X_valid, "
-        "y_valid and optionally X_test, y_test (and, for several tasks, task ids: task, or "
-        "task_train, task_valid and task_test)"
-    )
+    raise LayoutError(f"holds arrays {_listing(sorted(names))}; {_EXPECTED}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -659,37 +950,69 @@ class NpzShape:
 
 def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
     """Check the arrays of an upload-layout ``.npz`` (`read_npz`) as the service does on upload and
-    return their shape: ``X*`` 2-D float arrays of finite values with at least one row and column,
-    the same columns in every split; ``y*`` 1-D integer labels from 0, one per row; task ids as in
-    the module docstring. Limits on sizes are the caller's (``n_classes`` may come out below 2).
-    Raises `LayoutError` whose ``message`` names the array."""
-    check_layout(set(arrays))
-    suffixes = [""] if "X" in arrays else ["_train", "_valid", *(["_test"] if "X_test" in arrays else [])]
-    rows, n_features, n_classes = {}, None, 0
+    return their shape: ``X*`` 2-D float arrays of finite values within float32's range (a job
+    trains in float32) with at least one row and column, the same columns in every split; ``y*``
+    1-D integer labels from 0, one per row; task ids as in the module docstring. Limits on sizes are
+    the caller's (``n_classes`` may come out below 2). Raises `LayoutError` whose ``message`` names
+    the array. `inspect_npz` does the same on a file without loading it."""
+    headers = {}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise LayoutError(f"{name} is not a numpy array (got {type(a).__name__})")
+        headers[name] = NpyHeader(name, name, a.shape, a.dtype, False, a.nbytes)
+    return _inspect(headers, lambda name: iter([arrays[name].reshape(-1)] if arrays[name].size else []))
+
+
+def _inspect(
+    headers: Mapping[str, NpyHeader],
+    chunks: Callable[[str], Iterator[np.ndarray]],
+    check_shape: Callable[[int, int], None] | None = None,
+) -> NpzShape:
+    """`inspect_arrays` on declared shapes and dtypes (``headers``) and values as ``chunks(name)``:
+    every shape is checked before any value is read."""
+    check_layout(set(headers))
+    suffixes = [""] if "X" in headers else ["_train", "_valid", *(["_test"] if "X_test" in headers else [])]
+    rows: dict[str, int] = {}
+    n_features = None
     for suffix in suffixes:
-        X, y = arrays[f"X{suffix}"], arrays[f"y{suffix}"]
+        X, y = headers[f"X{suffix}"], headers[f"y{suffix}"]
         if X.dtype.kind != "f" or X.ndim != 2:
             raise LayoutError(f"X{suffix} must be a 2-D float array, got {X.ndim}-D {X.dtype}")
         if X.shape[0] < 1 or X.shape[1] < 1:
             raise LayoutError(f"X{suffix} is empty (shape {X.shape})")
-        if not np.isfinite(X).all():
-            raise LayoutError(f"X{suffix} holds NaN or infinite values")
         if y.dtype.kind not in "iu" or y.ndim != 1:
             raise LayoutError(
                 f"y{suffix} must be a 1-D integer array of class labels, got {y.ndim}-D {y.dtype}"
             )
         if y.shape[0] != X.shape[0]:
             raise LayoutError(f"y{suffix} has {y.shape[0]} labels for the {X.shape[0]} rows of X{suffix}")
-        if y.min() < 0:
-            raise LayoutError(f"y{suffix} holds a negative label ({y.min()}); labels count from 0")
         if n_features is not None and X.shape[1] != n_features:
             raise LayoutError(f"X{suffix} has {X.shape[1]} features, X_train has {n_features}")
         n_features = X.shape[1]
-        n_classes = max(n_classes, int(y.max()) + 1)
         rows[suffix] = X.shape[0]
     assert n_features is not None
+    if headers.keys() & TASKS:
+        for suffix in rows:
+            task = headers[f"task{suffix}"]
+            if task.dtype.kind not in "iu" or task.ndim != 1:
+                raise LayoutError(
+                    f"task{suffix} must be a 1-D integer array of task ids, got {task.ndim}-D {task.dtype}"
+                )
+            if task.shape[0] != rows[suffix]:
+                raise LayoutError(
+                    f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}"
+                )
     total = sum(rows.values())
-    n_tasks, task_rows = _inspect_tasks(arrays, rows)
+    if check_shape is not None:
+        check_shape(total, n_features)
+    n_classes = 0
+    for suffix in suffixes:
+        _check_features(f"X{suffix}", chunks(f"X{suffix}"))
+        low, high = _min_max(chunks(f"y{suffix}"))
+        if low < 0:
+            raise LayoutError(f"y{suffix} holds a negative label ({low}); labels count from 0")
+        n_classes = max(n_classes, high + 1)
+    n_tasks, task_rows = _inspect_tasks(chunks, rows) if headers.keys() & TASKS else (1, None)
     if "" in rows:
         return NpzShape("xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows)
     return NpzShape(
@@ -705,42 +1028,69 @@ def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
     )
 
 
-def _inspect_tasks(arrays: Mapping[str, np.ndarray], rows: dict[str, int]) -> tuple[int, int | None]:
-    """``(n_tasks, fewest rows of any task)`` of the task ids (``(1, None)`` without them); a
-    pre-split upload needs every task equally often in each split (its fewest is then None)."""
-    if not arrays.keys() & TASKS:
-        return 1, None
+def _check_features(name: str, chunks: Iterator[np.ndarray]) -> None:
+    """Refuse NaN, infinities and values beyond float32's range. A chunk's min and max tell all
+    three (NaN propagates) without a temporary array."""
+    for chunk in chunks:
+        low, high = chunk.min(), chunk.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise LayoutError(f"{name} holds NaN or infinite values")
+        if max(-float(low), float(high)) > FLOAT32_MAX:
+            raise LayoutError(
+                f"{name} holds values beyond float32's range (|x| > {FLOAT32_MAX:.8g}): jobs train in "
+                "float32, where they would be infinite"
+            )
+
+
+def _min_max(chunks: Iterator[np.ndarray]) -> tuple[int, int]:
+    """The smallest and largest of integer values (Python ints: no overflow); none is (0, -1)."""
+    low: int | None = None
+    high: int | None = None
+    for chunk in chunks:
+        a, b = int(chunk.min()), int(chunk.max())
+        low, high = a if low is None else min(low, a), b if high is None else max(high, b)
+    return (0, -1) if low is None or high is None else (low, high)
+
+
+def _bincount(chunks: Iterator[np.ndarray], length: int) -> np.ndarray:
+    """How often each of ``0 .. length - 1`` occurs (values from ``length`` on are not counted)."""
+    counts = np.zeros(length, np.int64)
+    for chunk in chunks:
+        counts += np.bincount(chunk[chunk < length].astype(np.intp), minlength=length)
+    return counts
+
+
+def _inspect_tasks(
+    chunks: Callable[[str], Iterator[np.ndarray]], rows: dict[str, int]
+) -> tuple[int, int | None]:
+    """``(n_tasks, fewest rows of any task)`` of the task ids (shapes already checked); a pre-split
+    upload needs every task equally often in each split (its fewest is then None)."""
     n_tasks = 0
     sizes = {}
     for suffix in rows:  # "" or "_train" first: it fixes the number of tasks
-        task = arrays[f"task{suffix}"]
-        if task.dtype.kind not in "iu" or task.ndim != 1:
-            raise LayoutError(
-                f"task{suffix} must be a 1-D integer array of task ids, got {task.ndim}-D {task.dtype}"
-            )
-        if task.shape[0] != rows[suffix]:
-            raise LayoutError(
-                f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}"
-            )
-        if task.min() < 0:
-            raise LayoutError(f"task{suffix} holds a negative task id ({task.min()}); task ids count from 0")
+        field = f"task{suffix}"
+        low, high = _min_max(chunks(field))
+        if low < 0:
+            raise LayoutError(f"{field} holds a negative task id ({low}); task ids count from 0")
         if not n_tasks:
-            n_tasks = int(task.max()) + 1
+            n_tasks = high + 1
             if n_tasks < 2:
-                raise LayoutError(f"task{suffix} names one task; a multi-task dataset has 2 or more")
-        elif task.max() >= n_tasks:
-            raise LayoutError(f"task{suffix} holds task {task.max()}, which task_train does not have")
-        sizes[suffix] = np.bincount(task, minlength=n_tasks)
-        if suffix in ("", "_train"):
-            if np.any(sizes[suffix] == 0):
-                missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
-                raise LayoutError(
-                    f"task{suffix}: task ids count from 0 with none skipped; no row has task {missing}"
-                )
+                raise LayoutError(f"{field} names one task; a multi-task dataset has 2 or more")
+            # More ids than rows leave some id in 0 .. rows unused: counting those finds it, and the
+            # counts never take more memory than the ids themselves.
+            length = min(n_tasks, rows[suffix] + 1)
+        elif high >= n_tasks:
+            raise LayoutError(f"{field} holds task {high}, which task_train does not have")
+        else:
+            length = n_tasks
+        sizes[suffix] = _bincount(chunks(field), length)
+        if suffix in ("", "_train") and np.any(sizes[suffix] == 0):
+            missing = int(np.flatnonzero(sizes[suffix] == 0)[0])
+            raise LayoutError(f"{field}: task ids count from 0 with none skipped; no row has task {missing}")
         if suffix and np.any(sizes[suffix] != sizes[suffix][0]):
             other = int(np.flatnonzero(sizes[suffix] != sizes[suffix][0])[0])
             raise LayoutError(
-                f"task{suffix}: every task needs as many rows as the others in a split: task 0 has "
+                f"{field}: every task needs as many rows as the others in a split: task 0 has "
                 f"{sizes[suffix][0]}, task {other} has {sizes[suffix][other]}"
             )
     return n_tasks, int(sizes[""].min()) if "" in sizes else None

@@ -9,13 +9,25 @@ variable                       meaning (default)
 ``REVTUNE_AUTH``               ``on`` (API keys required) or ``off`` (one local tenant) (``on``)
 ``REVTUNE_ENV``                ``development`` or ``production`` (``development``)
 ``REVTUNE_MAX_*``              the job-spec limits (`jobs.spec.SpecLimits`)
-``REVTUNE_MAX_UPLOAD_BYTES``   largest dataset upload (100 MiB)
+``REVTUNE_MAX_UPLOAD_BYTES``   largest dataset upload (100 MiB); the bytes its arrays may declare
+                               in their ``.npy`` headers, all together, are at most
+                               ``REVTUNE_MAX_UPLOAD_ARRAY_BYTES`` (512 MiB)
+``REVTUNE_UPLOAD_*``           ``_VALIDATIONS``: uploads one API process validates at once (4); one
+                               more waits up to ``_VALIDATION_WAIT_S`` (5 s), then gets 503
 ``REVTUNE_HEARTBEAT_*_S``      worker heartbeat period and the silence after which a running job
                                is re-queued (10 s, 60 s)
 ``REVTUNE_QUEUED_TIMEOUT_S``   a queued job unclaimed this long is enqueued again (120 s), then
                                after twice as long each time, up to
                                ``REVTUNE_QUEUED_MAX_BACKOFF_S`` (1800 s)
 ``REVTUNE_REAPER_INTERVAL_S``  how often each worker's reaper looks (15 s)
+``REVTUNE_*_TIMEOUT_S``        deadlines, so a broker or database that stops answering fails a
+                               call instead of holding the API's threads: ``BROKER_SOCKET`` each
+                               Redis socket read and connect (2 s); ``PUBLISH`` a whole enqueue,
+                               retries included (3 s; past it the job stays ``queued`` for the
+                               reaper); ``READINESS`` ``/readyz``'s checks (2 s; past it, 503);
+                               ``DATABASE`` one statement (PostgreSQL ``statement_timeout``,
+                               SQLite's busy timeout; 15 s); ``DATABASE_CONNECT`` (5 s)
+``REVTUNE_READINESS_CACHE_S``  how long ``/readyz`` reuses its answer (2 s)
 ``REVTUNE_POST_RATE_LIMIT``    POST requests per tenant per minute (120)
 ``REVTUNE_CORS_ORIGINS``       JSON list of allowed browser origins (none: CORS off)
 ``REVTUNE_COMPILATION_CACHE``  the workers' on-disk cache of compiled jobs (``<data_dir>/jax-cache``;
@@ -74,12 +86,50 @@ class Settings(BaseSettings):
     max_features: int = Field(_LIMIT_DEFAULTS.max_features, ge=1)
     max_classes: int = Field(_LIMIT_DEFAULTS.max_classes, ge=2)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_upload_array_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="bytes an upload's arrays may take in all, as their .npy headers declare them (rows x "
+        "features x item size), checked before any value is read: bounds what a worker loads",
+    )
+    upload_validations: int = Field(
+        4, ge=1, description="uploads one API process validates at once (each takes a few MiB, streamed)"
+    )
+    upload_validation_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long an upload waits for a free validation slot before the API answers 503 "
+        "with Retry-After",
+    )
 
     heartbeat_interval_s: float = Field(10.0, gt=0)
     heartbeat_timeout_s: float = Field(60.0, gt=0)
     queued_timeout_s: float = Field(120.0, gt=0)
     queued_max_backoff_s: float = Field(1800.0, gt=0)
     reaper_interval_s: float = Field(15.0, gt=0)
+
+    # Deadlines on the request path: a broker or database that stops answering (frozen, half-open
+    # connection) fails a call within these instead of holding the API's threads.
+    broker_socket_timeout_s: float = Field(
+        2.0,
+        ge=1.5,
+        description="read and connect timeout of each Redis broker socket operation (above the 1 s BRPOP)",
+    )
+    publish_timeout_s: float = Field(
+        3.0, gt=0, description="the longest a publish may take, retries included; then the reaper enqueues"
+    )
+    readiness_timeout_s: float = Field(
+        2.0, gt=0, description="/readyz answers 503 when its checks take longer than this"
+    )
+    readiness_cache_s: float = Field(
+        2.0, ge=0, description="how long /readyz reuses its last answer (0: each probe checks, one at a time)"
+    )
+    database_timeout_s: float = Field(
+        15.0, gt=0, description="PostgreSQL statement_timeout and SQLite busy timeout, per statement"
+    )
+    database_connect_timeout_s: float = Field(
+        5.0, gt=0, description="PostgreSQL connect timeout (libpq rounds it up to whole seconds, at least 2)"
+    )
 
     post_rate_limit: int = Field(120, ge=1, description="POST requests per tenant per minute")
     auth_cache_s: float = Field(60.0, ge=0, description="how long a verified API key is trusted in-process")

@@ -19,15 +19,18 @@ An error answer becomes an exception: :class:`NotFound` (404), :class:`Conflict`
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import functools
 import io
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypedDict
+from typing import Any, Literal, TextIO, TypedDict, TypeVar
 
 import httpx
 import numpy as np
@@ -50,6 +53,8 @@ __all__ = [
     "ValidationError",
     "load_spec",
 ]
+
+_T = TypeVar("_T")
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 """Job states a job never leaves (``queued -> running -> succeeded | failed | cancelled``)."""
@@ -158,7 +163,12 @@ class Unauthorized(RevtuneError):
 
 
 class Unavailable(RevtuneError):
-    """503 (the database or broker is down) or the server cannot be reached at all."""
+    """503 (the database or broker is down) or the server cannot be reached at all.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds (None without one, or unreachable).
+    """
+
+    retry_after: float | None = None
 
 
 class ValidationError(RevtuneError):
@@ -206,7 +216,27 @@ def _raise_for(response: httpx.Response) -> None:
         text = str(detail) if detail else response.reason_phrase
     cls = _ERRORS.get(response.status_code, RevtuneError)
     method, url = response.request.method, response.request.url
-    raise cls(f"{method} {url.path} -> {response.status_code}: {text}", response.status_code, detail)
+    error = cls(f"{method} {url.path} -> {response.status_code}: {text}", response.status_code, detail)
+    if isinstance(error, Unavailable):
+        error.retry_after = _retry_after(response.headers.get("Retry-After"))
+    raise error
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds (what this API sends) or an HTTP date; None if absent
+    or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -220,6 +250,21 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError(f"job spec {p} must be a mapping of fields, got {type(spec).__name__}")
     return spec
+
+
+# Methods that mean the same done twice (RFC 9110 9.2.2); a POST only with an Idempotency-Key, which
+# makes the server answer a repeat with the first job.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# The connection failed before any answer: closed or reset by the server (RemoteProtocolError
+# "Server disconnected without sending a response", ReadError/WriteError "Connection reset by
+# peer", "Broken pipe"), or could not be opened at all.
+_DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+
+def _repeatable(method: str, headers: Mapping[str, str] | None) -> bool:
+    if method.upper() in _IDEMPOTENT_METHODS:
+        return True
+    return any(name.lower() == "idempotency-key" and value for name, value in (headers or {}).items())
 
 
 def _job_id(job: str | Mapping[str, Any]) -> str:
@@ -294,12 +339,41 @@ class Client:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise Unavailable(f"cannot reach the revtune server at {self.url}: {e}") from e
+        """One API call. A request that may safely be repeated (`_repeatable`) is sent once more, at
+        once, when the connection failed before an answer came (`_DROPPED`): typically a kept-alive
+        connection the server had closed (uvicorn closes it after a 500) or reset. Timeouts are not
+        retried: the server may still be working on the first request."""
+        attempts = 2 if _repeatable(method, kwargs.get("headers")) else 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except _DROPPED as e:
+                if attempt + 1 < attempts:
+                    continue
+                raise Unavailable(f"cannot reach the revtune server at {self.url}: {e}") from e
+            except httpx.TransportError as e:
+                raise Unavailable(f"cannot reach the revtune server at {self.url}: {e}") from e
         _raise_for(response)
         return response
+
+    def _until_available(self, call: Callable[[], _T], deadline: float | None, poll: float) -> _T:
+        """``call()``, again after a 503 (which the API calls retryable) once the answer's
+        ``Retry-After`` (else ``poll``) seconds have passed, until ``deadline`` (monotonic; None:
+        no end); after it the last `Unavailable` is raised."""
+        while True:
+            try:
+                return call()
+            except Unavailable as e:
+                if e.status_code != 503:
+                    raise
+                delay = max(e.retry_after if e.retry_after is not None else poll, 0.05)
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise
+                    delay = min(delay, left)
+                time.sleep(delay)
 
     # jobs
 
@@ -387,16 +461,21 @@ class Client:
         With ``progress``, draws a bar on ``stream`` (stderr by default): meta-iterations done of
         total and the latest meta-iteration's objective. Raises ``TimeoutError`` after ``timeout``
         seconds; it does not raise for a failed job (check ``job["status"]`` and ``job["error"]``).
+        A 503 (the database or the broker briefly down) is asked again after its ``Retry-After``
+        seconds until ``timeout``; if the server still answers 503 then, that :class:`Unavailable`
+        is raised.
         """
         job_id = _job_id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
-        current = self.get(job_id)
+        current = self._until_available(functools.partial(self.get, job_id), deadline, poll)
         bar = ProgressBar(current["meta_iterations"], stream) if progress else None
         after: int | None = None
         objective: float | None = None
         try:
             while True:
-                new = self.steps(job_id, after=after)
+                new = self._until_available(
+                    functools.partial(self.steps, job_id, after=after), deadline, poll
+                )
                 if new:
                     after = new[-1]["meta_iter"]
                     objective = new[-1]["objective"]
@@ -407,7 +486,7 @@ class Client:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} still {current['status']} after {timeout} s")
                 time.sleep(poll)
-                current = self.get(job_id)
+                current = self._until_available(functools.partial(self.get, job_id), deadline, poll)
         finally:
             if bar is not None:
                 bar.close()

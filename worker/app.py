@@ -36,18 +36,25 @@ def make_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         # A publish while the broker is down fails within seconds: the API keeps the job queued
-        # and the reaper enqueues it again later, instead of hanging the request.
+        # and the reaper enqueues it again later, instead of hanging the request. A broker that
+        # accepts connections but never answers is bounded by the socket timeouts below, and a
+        # whole publish by `worker.enqueue`'s deadline (``settings.publish_timeout_s``).
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        broker_connection_timeout=settings.broker_socket_timeout_s,
         worker_hijack_root_logger=False,
     )
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Socket timeouts are Redis transport options; the embedded SQLAlchemy transport rejects them.
-        celery.conf.broker_transport_options = {
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
-            "max_retries": 2,
-        }
+        celery.conf.broker_transport_options = redis_transport_options(settings)
     return celery
+
+
+def redis_transport_options(settings: Settings) -> dict:
+    """kombu's Redis transport options: every socket read and connect has a deadline
+    (``settings.broker_socket_timeout_s``; without one a frozen Redis, which keeps its sockets open,
+    holds a publish or a ping forever). It stays above kombu's 1 s BRPOP, which a worker waits on."""
+    timeout = settings.broker_socket_timeout_s
+    return {"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 2}
 
 
 _apps: dict[str, Celery] = {}

@@ -1,25 +1,75 @@
 """Send a job to the workers: only its id travels; the database holds everything else.
 
 Call `enqueue_job` after the transaction that created (or re-queued) the job has committed. It
-raises `EnqueueError` when the broker cannot be reached; the job is still ``queued`` in the
-database, so nothing is lost: the reaper enqueues queued jobs nobody claimed.
+raises `EnqueueError` when the broker cannot be reached or does not take the message within
+``settings.publish_timeout_s``; the job is still ``queued`` in the database, so nothing is lost:
+the reaper enqueues queued jobs nobody claimed.
+
+Why a deadline on top of the socket timeouts (`worker.app.redis_transport_options`): a publish is
+several broker round trips (connect, the new channel's PING, the queue binding, the LPUSH), each
+retried by the publish retry policy, so a broker that accepts connections and never answers (a
+frozen Redis) costs a multiple of the socket timeout, about 20 s with the old settings. The publish
+runs in a daemon thread and the caller waits for it at most ``publish_timeout_s``. The thread itself
+ends within the socket timeouts; at most `MAX_PUBLISHES` run at once per process, and a caller that
+finds none free within its deadline fails the same way. A publish that finishes after its caller
+gave up still delivers its message: the reaper may then enqueue the job a second time, which is
+harmless (only one worker can claim a job).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 from jobs.settings import Settings, get_settings
+
+# Publishes in flight at once per process; more wait (within their deadline) for a free one.
+MAX_PUBLISHES = 8
+
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
 
 
 class EnqueueError(RuntimeError):
     """The broker did not take the message."""
 
 
+def _publish_slots() -> threading.BoundedSemaphore:
+    """This process's publish slots (a forked child gets its own: its parent's threads are gone)."""
+    with _slots_lock:
+        return _slots.setdefault(os.getpid(), threading.BoundedSemaphore(MAX_PUBLISHES))
+
+
 def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Publish ``run_job(job_id)`` to the ``revtune`` queue."""
+    """Publish ``run_job(job_id)`` to the ``revtune`` queue, within ``settings.publish_timeout_s``."""
     from worker.app import QUEUE, RUN_JOB_TASK, app_for
 
-    celery = app_for(settings or get_settings())
-    try:
-        celery.send_task(RUN_JOB_TASK, args=[job_id], queue=QUEUE)
-    except Exception as e:  # kombu's connection errors have no common base worth naming
-        raise EnqueueError(f"could not enqueue job {job_id} on the broker: {e}") from e
+    settings = settings or get_settings()
+    celery = app_for(settings)
+    timeout_s = settings.publish_timeout_s
+    deadline = time.monotonic() + timeout_s
+    slots = _publish_slots()
+    if not slots.acquire(timeout=timeout_s):
+        raise EnqueueError(
+            f"could not enqueue job {job_id}: {MAX_PUBLISHES} publishes are still waiting on the broker"
+        )
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            celery.send_task(RUN_JOB_TASK, args=[job_id], queue=QUEUE)
+        except Exception as e:  # kombu's connection errors have no common base worth naming
+            failure.append(e)
+        finally:
+            slots.release()
+            done.set()
+
+    threading.Thread(target=publish, name=f"revtune-publish-{job_id}", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise EnqueueError(
+            f"could not enqueue job {job_id}: the broker did not answer within {timeout_s:g} s"
+        )
+    if failure:
+        raise EnqueueError(f"could not enqueue job {job_id} on the broker: {failure[0]}") from failure[0]

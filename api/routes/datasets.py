@@ -39,7 +39,15 @@ def upload_dataset(
     if ".." in name:
         raise InvalidInput(["body", "name"], "a dataset name may not contain '..'")
     try:
-        stored = store_upload(file.file, settings.datasets_dir, settings.limits, settings.max_upload_bytes)
+        stored = store_upload(
+            file.file,
+            settings.datasets_dir,
+            settings.limits,
+            settings.max_upload_bytes,
+            max_array_bytes=settings.max_upload_array_bytes,
+            validations=settings.upload_validations,
+            wait_s=settings.upload_validation_wait_s,
+        )
     except TooLarge as e:
         raise HTTPException(status_code=413, detail=str(e)) from None
     try:

@@ -14,6 +14,7 @@ from api.schemas import JobOut, JobPageOut
 from jobs import repository, templates
 from jobs.errors import InvalidInput
 from jobs.spec import DatasetShape, validate_spec
+from worker.enqueue import EnqueueError
 
 log = logging.getLogger("revtune.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -35,19 +36,45 @@ _SPEC_BODY = {
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]+$"
 
 
+_UTF8_CHARSETS = {"utf-8", "utf8"}
+_UTF8_REQUIRED = "send the job spec as JSON in UTF-8 (application/json, no charset or charset=utf-8)"
+
+
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type, lower-case and unquoted (None without one)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').strip().lower()
+    return None
+
+
 async def spec_body(request: Request) -> Any:
     """The request body as JSON. Read here rather than by FastAPI so that every way a body can be
     wrong is a clear 4xx: not JSON at all (415: a browser's cross-site "simple" POST is text/plain
-    or a form, so this also keeps them out), malformed, nested too deeply or holding an integer
-    too long to convert (422 on ``body``). The size is capped before this (`api.limits`)."""
-    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    or a form, so this also keeps them out), not UTF-8 JSON (415: a ``charset`` other than UTF-8,
+    or UTF-16/UTF-32, which ``json.loads`` would otherwise detect and accept; RFC 8259 8.1),
+    malformed, invalid UTF-8, nested too deeply or holding an integer too long to convert (422 on
+    ``body``). The size is capped before this (`api.limits`)."""
+    content_type = request.headers.get("content-type", "application/json")
+    media_type = content_type.split(";")[0].strip().lower()
     if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         raise HTTPException(
             status_code=415, detail=f"send the job spec as application/json (got Content-Type {media_type!r})"
         )
+    charset = _charset(content_type)
+    if charset is not None and charset not in _UTF8_CHARSETS:
+        raise HTTPException(status_code=415, detail=f"{_UTF8_REQUIRED}; got charset {charset!r}")
     raw = await request.body()
+    # json.detect_encoding reads a BOM or the NUL bytes ASCII leaves in UTF-16/32 (what json.loads
+    # would decode with); a UTF-8 BOM is tolerated as before.
+    encoding = json.detect_encoding(raw)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise HTTPException(
+            status_code=415, detail=f"{_UTF8_REQUIRED}; the body looks like {encoding.upper()}"
+        )
     try:
         return json.loads(raw)
     except RecursionError:
@@ -89,7 +116,9 @@ def create_job(
     """Submit a job spec (201). With ``Idempotency-Key``, a repeat returns the first job (200).
 
     The job is committed ``queued`` before it is sent to the workers, and only its id is sent. If
-    the broker is down the job stays queued (nothing is lost) and is enqueued later by the reaper.
+    the broker is down, or does not take the message within ``REVTUNE_PUBLISH_TIMEOUT_S`` (a hung
+    broker), the answer is still 201: the job stays queued (nothing is lost) and the reaper
+    enqueues it later.
     """
 
     def resolve_dataset(dataset_id: str) -> DatasetShape | None:
@@ -106,6 +135,8 @@ def create_job(
     if created:
         try:
             request.app.state.enqueue(job.id)
+        except EnqueueError as e:  # broker down or not answering in time (bounded by the enqueue)
+            log.warning("job %s is queued but was not sent to the broker (%s); the reaper will", job.id, e)
         except Exception:
             log.warning(
                 "job %s is queued but could not be sent to the broker; the reaper will", job.id, exc_info=True

@@ -13,14 +13,15 @@ from argon2 import PasswordHasher
 from api import create_app
 from jobs import repository
 from jobs.db import session_factory
+from jobs.repository import keys as repository_keys
 from jobs.settings import Settings
 
 
 @pytest.fixture(autouse=True)
 def fast_argon2(monkeypatch):
     """argon2 at its cheapest: the tests check who gets in, not the hash's cost."""
-    monkeypatch.setattr(repository, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-    monkeypatch.setattr(repository, "_dummy_hash", None)
+    monkeypatch.setattr(repository_keys, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    monkeypatch.setattr(repository_keys, "_dummy_hash", None)
 
 
 @dataclasses.dataclass

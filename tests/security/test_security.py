@@ -33,10 +33,11 @@ import api.routes
 from api import create_app, dashboard
 from jobs import repository
 from jobs.models import ApiKey
+from jobs.repository import keys as repository_keys
 from jobs.settings import DEFAULT_PASSWORDS, Settings
 
 # Taken before the autouse fixture swaps in a cheap hasher for speed: what production uses.
-PRODUCTION_HASHER = repository._hasher
+PRODUCTION_HASHER = repository_keys._hasher
 
 
 def routes(app) -> list[tuple[str, str]]:
@@ -107,7 +108,7 @@ def test_every_failed_key_costs_exactly_one_argon2_verification(service, monkeyp
     """The same work whether the key id exists, is revoked, or the key is garbage: response times
     do not tell an attacker which key ids are real. argon2 compares digests in constant time."""
     verifications = []
-    hasher = repository._hasher
+    hasher = repository_keys._hasher
 
     class Counting:
         def hash(self, secret):
@@ -117,7 +118,7 @@ def test_every_failed_key_costs_exactly_one_argon2_verification(service, monkeyp
             verifications.append(hash_)
             return hasher.verify(hash_, secret)
 
-    monkeypatch.setattr(repository, "_hasher", Counting())
+    monkeypatch.setattr(repository_keys, "_hasher", Counting())
     key_id, secret = repository.parse_api_key(service.keys["bob"])
     with service.sessions() as s:
         revoked_id, revoked_key = repository.create_api_key(s, "bob")

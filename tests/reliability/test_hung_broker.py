@@ -1,0 +1,176 @@
+"""A hung broker: redis-server frozen with SIGSTOP (it keeps its sockets open and answers nothing,
+as a broker stuck in a long fork, a full disk or a dead NAT entry does) under a real API process.
+
+The API must stay up: ``/readyz`` answers 503 within its deadline, however many probes arrive;
+other routes keep their threads; a submit answers 201 with the job left ``queued`` for the reaper,
+which enqueues it once the broker is back. Each freeze is undone (SIGCONT) in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import redis as redis_lib
+from e2e._procs import wait_for
+
+from jobs.settings import Settings
+from reliability._service import Service, record, tiny_spec
+
+pytestmark = [pytest.mark.integration]
+
+# The API process runs with the hung-broker settings at their defaults, on purpose.
+READINESS_CACHE_S = Settings.model_fields["readiness_cache_s"].default
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, make_postgres_database, private_redis):
+    folder = tmp_path_factory.mktemp("hung-broker")
+    svc = Service(folder, make_postgres_database("revtune_hung_broker"), private_redis.url)
+    try:
+        svc.start_api()
+        yield svc
+    finally:
+        svc.close()
+
+
+@contextlib.contextmanager
+def frozen(redis) -> object:
+    """redis-server stopped (SIGSTOP) inside the block, continued (SIGCONT) however it ends."""
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+
+
+def _ready_again(service: Service) -> None:
+    """Wait (outside any freeze) until /readyz is 200: the previous test's cached answer is gone."""
+    wait_for(lambda: _status(service, "/readyz", 5) == 200, READINESS_CACHE_S + 15, "/readyz to be 200 again")
+
+
+def _status(service: Service, path: str, timeout_s: float) -> int | None:
+    try:
+        return httpx.get(service.url + path, timeout=timeout_s).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _timed(call):
+    start = time.monotonic()
+    try:
+        reply = call()
+    except httpx.TimeoutException as e:
+        reply = e
+    return reply, time.monotonic() - start
+
+
+def _messages_naming(redis, job_id: str) -> int:
+    client = redis_lib.Redis.from_url(redis.url, socket_timeout=5)
+    try:
+        return sum(job_id.encode() in m for m in client.lrange("revtune", 0, -1))
+    finally:
+        client.close()
+
+
+def test_readyz_is_503_within_its_deadline_while_the_broker_is_frozen_and_200_after(service, private_redis):
+    _ready_again(service)
+    with frozen(private_redis):
+        time.sleep(READINESS_CACHE_S)  # the 200 cached just before the freeze may be reused until then
+        reply, took = _timed(lambda: service.http.get("/readyz", timeout=20))
+        assert not isinstance(reply, Exception), f"/readyz gave no answer within {took:.1f} s"
+        assert reply.status_code == 503, reply.text
+        assert reply.json() == {"ready": False, "database": "ok", "broker": "unavailable"}
+        assert took < 3.0, f"/readyz took {took:.1f} s with the broker frozen"
+    thawed = time.monotonic()
+    wait_for(
+        lambda: _status(service, "/readyz", 5) == 200, READINESS_CACHE_S + 4, "/readyz 200 after SIGCONT"
+    )
+    record(
+        "broker frozen",
+        "redis-server SIGSTOPped; one /readyz",
+        "503 naming the broker within the deadline; 200 again soon after SIGCONT",
+        readyz_s=round(took, 2),
+        ready_again_s=round(time.monotonic() - thawed, 2),
+    )
+
+
+def test_a_storm_of_readiness_probes_leaves_the_other_routes_their_threads(service, private_redis):
+    _ready_again(service)
+    job_id = service.submit(tiny_spec("before-the-freeze"))
+    stop = threading.Event()
+    probes: list[tuple[float, int | None]] = []  # (sent, status or None for a client timeout)
+
+    def probe() -> None:  # a readiness probe with a 1 s timeout, again and again
+        while not stop.is_set():
+            sent = time.monotonic()
+            probes.append((sent, _status(service, "/readyz", 1.0)))
+
+    with frozen(private_redis):
+        stale_until = time.monotonic() + READINESS_CACHE_S  # the 200 cached before may be reused
+        storm = [threading.Thread(target=probe, daemon=True) for _ in range(40)]
+        try:
+            for thread in storm:
+                thread.start()
+            time.sleep(3.0)  # every probe has been sent (and, on a thread-per-probe API, timed out) twice
+            reply, took = _timed(lambda: service.http.get(f"/v1/jobs/{job_id}", timeout=20))
+        finally:
+            stop.set()
+            for thread in storm:
+                thread.join(timeout=5)
+    assert not isinstance(reply, Exception), f"GET /v1/jobs/{{id}} gave no answer within {took:.1f} s"
+    assert reply.status_code == 200 and reply.json()["id"] == job_id, reply.text
+    assert took < 3.0, f"GET /v1/jobs/{{id}} took {took:.1f} s during the probe storm"
+    later = [status for sent, status in probes if sent > stale_until]
+    assert later and set(later) <= {503, None}, sorted(set(later), key=str)
+    assert later.count(503) >= len(later) // 2, f"{later.count(503)} of {len(later)} probes answered 503"
+    record(
+        "broker frozen, probe storm",
+        "redis-server SIGSTOPped; 40 /readyz probes in a loop (1 s client timeout)",
+        "GET /v1/jobs/{id} answered at once; the probes got 503",
+        get_s=round(took, 2),
+        probes=len(later),
+        probes_503=later.count(503),
+    )
+
+
+def test_a_submit_while_the_broker_is_frozen_is_201_and_the_reaper_enqueues_it_after(service, private_redis):
+    from worker.reaper import reap
+
+    _ready_again(service)
+    with frozen(private_redis):
+        reply, took = _timed(
+            lambda: service.http.post("/v1/jobs", json=tiny_spec("during-the-freeze"), timeout=30)
+        )
+        assert not isinstance(reply, Exception), f"POST /v1/jobs gave no answer within {took:.1f} s"
+        assert reply.status_code == 201, reply.text
+        assert took < 6.0, f"POST /v1/jobs took {took:.1f} s with the broker frozen"
+        job_id = reply.json()["id"]
+        job, _ = _timed(lambda: service.http.get(f"/v1/jobs/{job_id}", timeout=10))
+        assert not isinstance(job, Exception) and job.json()["status"] == "queued"
+    _ready_again(service)
+    assert service.job(job_id)["status"] == "queued", "nobody claimed it: no worker runs here"
+    # The reaper's pass (what every worker process runs), a queued-timeout later, on the thawed broker.
+    settings = Settings(
+        database_url=service.env["REVTUNE_DATABASE_URL"],
+        broker_url=service.env["REVTUNE_BROKER_URL"],
+        data_dir=service.env["REVTUNE_DATA_DIR"],
+        queued_timeout_s=5,
+    )
+    before = _messages_naming(private_redis, job_id)
+    requeued = reap(settings, now=datetime.now(UTC) + timedelta(seconds=60))
+    assert job_id in requeued
+    assert _messages_naming(private_redis, job_id) == before + 1, "the reaper's message is on the queue"
+    assert service.job(job_id)["status"] == "queued"
+    record(
+        "broker frozen, submit",
+        "redis-server SIGSTOPped; POST /v1/jobs",
+        "201 with the job queued; enqueued by the reaper after SIGCONT",
+        post_s=round(took, 2),
+    )
