@@ -40,7 +40,7 @@ from typing import BinaryIO
 
 from fastapi import HTTPException
 
-from hypercore.arrays import LayoutError, inspect_npz
+from hypercore.arrays import LayoutError, NpzShape, inspect_npz
 from jobs.errors import InvalidInput
 from jobs.spec import SpecLimits
 
@@ -59,21 +59,13 @@ log = logging.getLogger("revtune.api")
 
 @dataclasses.dataclass(frozen=True)
 class DatasetFile:
-    """A validated upload in its final place."""
+    """A validated upload in its final place, and what `hypercore.arrays.inspect_npz` found in it."""
 
     id: str
     path: Path
     sha256: str
     size_bytes: int
-    layout: str
-    n_rows: int
-    n_train: int
-    n_valid: int
-    n_test: int
-    n_features: int
-    n_classes: int
-    n_tasks: int
-    task_rows: int | None
+    shape: NpzShape
 
 
 def _refuse(msg: str) -> InvalidInput:
@@ -120,7 +112,7 @@ def store_upload(
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-    return DatasetFile(dataset_id, final, digest.hexdigest(), size, **shape)
+    return DatasetFile(dataset_id, final, digest.hexdigest(), size, shape)
 
 
 @functools.cache
@@ -186,7 +178,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def validate_npz(
     path: Path, limits: SpecLimits, max_bytes: int, *, max_array_bytes: int | None = None
-) -> dict[str, int | str]:
+) -> NpzShape:
     """Check the arrays; return the layout and the counts. Raises `InvalidInput` on ``file``.
 
     The file is checked by `hypercore.arrays.inspect_npz`, the one reader of the layout (the worker
@@ -213,4 +205,4 @@ def validate_npz(
         raise _refuse(e.message) from None
     if not 2 <= shape.n_classes <= limits.max_classes:
         raise _refuse(f"{shape.n_classes} classes; between 2 and {limits.max_classes} are allowed")
-    return dataclasses.asdict(shape)
+    return shape

@@ -36,6 +36,8 @@ import httpx
 import numpy as np
 import yaml
 
+from jobs.states import TERMINAL
+
 __all__ = [
     "Client",
     "Conflict",
@@ -56,7 +58,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL)
 """Job states a job never leaves (``queued -> running -> succeeded | failed | cancelled``)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Annotated
 
@@ -56,15 +57,7 @@ def upload_dataset(
             tenant,
             dataset_id=stored.id,
             name=name,
-            layout=stored.layout,
-            n_rows=stored.n_rows,
-            n_train=stored.n_train,
-            n_valid=stored.n_valid,
-            n_test=stored.n_test,
-            n_features=stored.n_features,
-            n_classes=stored.n_classes,
-            n_tasks=stored.n_tasks,
-            task_rows=stored.task_rows,
+            **dataclasses.asdict(stored.shape),
             sha256=stored.sha256,
             path=str(stored.path.relative_to(settings.data_dir)),
             size_bytes=stored.size_bytes,
