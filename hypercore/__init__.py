@@ -8,7 +8,8 @@ The package has two halves (docs/ARCHITECTURE.md):
 - the **description** half, importable without JAX: `hypercore.vocab` (hyperparameter kinds,
   granularities, domains), `hypercore.families` (model families' parameter names and shapes),
   `hypercore.rules` (the semantic rules of a job spec, counting hyperparameters), `hypercore.arrays`
-  (the numpy half of dataset building and the one reader of the ``.npz`` layout);
+  (the numpy half of dataset building and the one reader of the ``.npz`` layout), `hypercore.budget`
+  (a job's peak memory, estimated from its spec, and the information buffer's capacity);
 - the **engine** half (`reversible`, `tune`, `models`, ...), which needs JAX.
 
 Importing ``hypercore`` itself imports no JAX: the engine's names below load on first use (PEP 562),
@@ -60,6 +61,7 @@ DESCRIPTION_MODULES = frozenset(
     {
         "hypercore",
         "hypercore.arrays",
+        "hypercore.budget",
         "hypercore.families",
         "hypercore.rules",
         "hypercore.steps",

@@ -22,12 +22,13 @@ section 3; HIPS/hypergrad ``exact_rep.py``), without Python big integers:
 
 The stack's capacity is a static shape, but the gammas that decide its growth are traced (they are
 being learned), so the caller supplies the capacity; `capacity_for` derives it from a lower bound on
-gamma. Overflowing the stack is detected and reported, never wrapped.
+gamma. Overflowing the stack is detected and reported, never wrapped. `capacity_for` and the
+buffer's constants live in the JAX-free `hypercore.budget`, which the server uses to size a job's
+memory at submit with the engine's own arithmetic.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -35,14 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
+from hypercore.budget import (  # noqa: F401  (one definition, shared with the server's estimate)
+    GAMMA_BITS,
+    HEAD_BITS,
+    SLOT_BITS,
+    D,
+    capacity_for,
+)
 
 FRAC_BITS = 48
 SCALE = float(2**FRAC_BITS)
 RANGE = float(2**14)
-GAMMA_BITS = 16
-D = 2**GAMMA_BITS
-SLOT_BITS = 32
-HEAD_BITS = 64 - GAMMA_BITS
 HEAD_LIMIT = 2**HEAD_BITS
 
 _U64 = jnp.uint64
@@ -248,33 +252,3 @@ def div_gamma(
         out_h.append(head >> jnp.asarray(GAMMA_BITS, _U64))
         out_v.append((q << jnp.asarray(GAMMA_BITS, _I64)) + r)
     return out_v, unspill(buf._replace(heads=out_h), spilled, stacks)
-
-
-def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
-    """Stack slots (32 bits each) enough for ``steps`` steps with every gamma >= ``min_gamma``.
-
-    With ``rho = D / n_min``, a head ``h`` obeys ``h' + 1 <= rho (h + 1) + 1``, so over T steps it
-    gains at most ``G = T (log2 rho + 2**-15) + log2(T + 1)`` bits (the last term covers the steps
-    while a head is still small). The first spill happens at 48 bits and leaves at least 16, and
-    each later one needs ``32 - log2 rho`` more bits, so at most
-    ``floor((G - 48) / (32 - log2 rho)) + 1`` spills happen. With ``bucket`` the count is rounded up
-    to the next of 2, 3, 4, 6, 8, 12, 16, ..., so that a tuning loop whose gammas drift a little
-    does not recompile.
-
-    Memory: the buffer holds ``8 N`` bytes of heads and ``8 N ceil(capacity / 2)`` bytes of stack.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if not 0.0 < min_gamma <= 1.0 or not math.isfinite(min_gamma):
-        raise ValueError(f"min_gamma must be in (0, 1], got {min_gamma}")
-    n_min = min(max(round(min_gamma * D), 1), D)
-    step_bits = math.log2(D / n_min)
-    growth = steps * (step_bits + 2.0**-15) + math.log2(steps + 1)
-    slots = 0 if growth < HEAD_BITS else math.floor((growth - HEAD_BITS) / (SLOT_BITS - step_bits)) + 1
-    slots = max(slots, 1)
-    if not bucket:
-        return slots
-    size = 2
-    while size < slots:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size

@@ -70,12 +70,16 @@ class Hyper:
 
     ``init`` is a natural value (``0.5`` for a learning rate of 0.5), or for ``training_data`` the
     scale of its ``N(0, 1)`` start or the string ``"data"`` (start from the dataset's inputs).
+    ``min`` (momentum only): the smallest value a learned one is given, the floor the engine clamps
+    it to and sizes its information buffer for (None: `hypercore.vocab.lowest`'s default, 0.1 or
+    the init if lower).
     """
 
     kind: str
     init: float | str
     granularity: str = "global"
     learn: bool = False
+    min: float | None = None
 
     def validate(self, field: str | None = None) -> None:
         """Raise `HyperparameterError` naming ``field`` (default ``hyperparameters.<kind>``)."""
@@ -84,7 +88,9 @@ class Hyper:
             raise HyperparameterError(
                 field, f"unknown hyperparameter {self.kind!r}; known: {', '.join(vocab.KINDS)}"
             )
-        for where, message in vocab.check_setting(self.kind, self.init, self.granularity, self.learn):
+        for where, message in vocab.check_setting(
+            self.kind, self.init, self.granularity, self.learn, self.min
+        ):
             raise HyperparameterError(f"{field}.{where}", message)
 
     @property
@@ -237,12 +243,28 @@ class HyperSet:
 
     # ---- raw -> engine (traced) ------------------------------------------------------------
 
+    def floor(self, kind: str) -> float | None:
+        """The smallest natural value ``kind`` reaches (`hypercore.vocab.lowest`): a fixed momentum's
+        init, a learned one's ``min``; None for a kind without a floor (all but momentum)."""
+        h = self.hypers[kind]
+        return vocab.lowest(kind, h.init, h.learn, h.min)
+
+    def _natural(self, kind: str, raw, xp=jnp):
+        """Raw -> natural; a learned kind with a floor (momentum) is clamped to it, so the
+        meta-optimiser cannot take it below the value its information buffer was sized for."""
+        x = _to_natural(kind, raw, xp)
+        h = self.hypers[kind]
+        if h.learn and vocab.KINDS[kind].floor is not None:
+            low = self.floor(kind)
+            x = xp.where(x >= low, x, low)
+        return x
+
     def _per_array(self, kind: str, raw: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Natural values as a dict over parameter arrays: scalars or weight-shaped arrays."""
         h = self.hypers[kind]
         if h.granularity == "weight":
-            return {a: _to_natural(kind, raw[f"{kind}.{a}"]) for a in self.shapes}
-        x = _to_natural(kind, raw[kind])
+            return {a: self._natural(kind, raw[f"{kind}.{a}"]) for a in self.shapes}
+        x = self._natural(kind, raw[kind])
         if h.granularity == "global":
             return {a: x for a in self.shapes}
         return {a: x[i] for i, a in enumerate(self.shapes)}
@@ -251,7 +273,7 @@ class HyperSet:
         """A ``learning_rate`` or ``momentum`` in the engine's shape: ``(T,)`` shared by all arrays
         (granularity global or step), or ``{array: (T,)}`` (layer or layer_step)."""
         h = self.hypers[kind]
-        x = _to_natural(kind, raw[kind])
+        x = self._natural(kind, raw[kind])
         T = self.steps
         if h.granularity == "global":
             return jnp.broadcast_to(x, (T,))
@@ -284,8 +306,9 @@ class HyperSet:
         return raw.get("training_data") if "training_data" in self.hypers else None
 
     def min_momentum(self, raw: Mapping[str, np.ndarray]) -> float:
-        """The smallest gamma, from concrete raw values: sizes the engine's information buffer."""
-        return float(np.min(_to_natural("momentum", np.asarray(raw["momentum"]), np)))
+        """The smallest gamma, from concrete raw values: sizes the engine's information buffer. A
+        learned momentum's is at least its `floor`."""
+        return float(np.min(self._natural("momentum", np.asarray(raw["momentum"]), np)))
 
     # ---- export ------------------------------------------------------------------------------
 
@@ -301,7 +324,7 @@ class HyperSet:
                 continue
             for k in self.keys(kind):
                 array = k.split(".", 1)[1] if "." in k else None
-                values = np.asarray(_to_natural(kind, np.asarray(raw[k]), np))
+                values = np.asarray(self._natural(kind, np.asarray(raw[k]), np))
                 if kind == "sharing":
                     # row s: task s's weights; column t: the latent weights Z[t] they mix
                     axes, labels = ["task", "latent"], {"task": list(self.tasks), "latent": list(self.tasks)}

@@ -38,7 +38,8 @@ def _section(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def given_hyperparameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The kinds the spec sets, in the table's order, each as ``{init, granularity, learn}``."""
+    """The kinds the spec sets, in the table's order, each as ``{init, granularity, learn}`` (and
+    ``min`` where the spec gives one)."""
     section = _section(spec, "hyperparameters")
     out = {}
     for kind in vocab.KINDS:
@@ -71,7 +72,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
     given = given_hyperparameters(spec)
     for kind, setting in given.items():
         for where, message in vocab.check_setting(
-            kind, setting.get("init"), setting["granularity"], setting["learn"]
+            kind, setting.get("init"), setting["granularity"], setting["learn"], setting.get("min")
         ):
             out.append((("hyperparameters", kind, where), message))
     if not any(s["learn"] for s in given.values()):
@@ -235,6 +236,11 @@ def model_shapes(spec: Mapping[str, Any], shape: DatasetShape) -> families.Shape
 
 def count_hyperparameters(spec: Mapping[str, Any], shape: DatasetShape) -> int:
     """How many hyperparameter values the spec implies (learned or fixed); see the module docstring."""
+    return sum(hyperparameter_counts(spec, shape).values())
+
+
+def hyperparameter_counts(spec: Mapping[str, Any], shape: DatasetShape) -> dict[str, int]:
+    """The values of each kind the spec implies, the defaults of the kinds it leaves out included."""
     shapes = model_shapes(spec, shape)
     n_arrays, steps = len(shapes), _section(spec, "training")["steps"]
     per_granularity = {
@@ -245,13 +251,13 @@ def count_hyperparameters(spec: Mapping[str, Any], shape: DatasetShape) -> int:
         "weight": families.n_weights(shapes),
     }
     given = given_hyperparameters(spec)
-    total = sum(1 for kind in vocab.DEFAULT_KINDS if kind not in given)
+    counts = {kind: 1 for kind in vocab.DEFAULT_KINDS if kind not in given}
     for kind, setting in given.items():
         if kind == "training_data":
-            total += n_train_rows(spec, shape) * shape.n_features
+            counts[kind] = n_train_rows(spec, shape) * shape.n_features
         elif kind == "sharing":
             layers = len(families.sharing_layers(shapes)) if setting["granularity"] == "layer" else 1
-            total += shape.n_tasks**2 * layers
+            counts[kind] = shape.n_tasks**2 * layers
         else:
-            total += per_granularity[setting["granularity"]]
-    return total
+            counts[kind] = per_granularity[setting["granularity"]]
+    return counts

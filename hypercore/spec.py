@@ -7,7 +7,7 @@
     training: {steps: 100}
     hyperparameters:
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
-      momentum:      {init: 0.9, granularity: layer_step, learn: true}
+      momentum:      {init: 0.9, granularity: layer_step, learn: true}   # optional: min
       init_scale:    {init: 0.1, granularity: layer, learn: true}
       l2:            {init: 0.0, granularity: layer, learn: false}
     objective: valid_loss                                     # or train_loss
@@ -75,7 +75,7 @@ _SECTIONS = {
     "training": {"steps"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
 }
-_HYPER_KEYS = {"init", "granularity", "learn"}
+_HYPER_KEYS = {"init", "granularity", "learn", "min"}
 
 
 def _section(spec: Mapping, name: str, required: bool = True) -> dict:
@@ -152,6 +152,8 @@ def _check_types(spec: Mapping) -> None:
             )
         if "init" not in setting:
             raise SpecError(f"{field}.init", "is required")
+        if "min" in setting:
+            _number(setting["min"], f"{field}.min")
     meta = _section(spec, "meta", required=False)
     if "guard" in meta:
         _flag(meta["guard"], "meta.guard")
@@ -219,7 +221,11 @@ def _hypers(section: Mapping) -> dict[str, Hyper]:
     for kind, setting in section.items():
         setting = {k: v for k, v in setting.items() if v is not None}
         out[kind] = Hyper(
-            kind, setting["init"], setting.get("granularity", "global"), setting.get("learn", False)
+            kind,
+            setting["init"],
+            setting.get("granularity", "global"),
+            setting.get("learn", False),
+            setting.get("min"),
         )
     return out
 

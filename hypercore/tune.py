@@ -18,7 +18,9 @@ the step before it for the guard, meta_iter, seed): a run resumed from any recor
 bit-identical to the uninterrupted run. One jitted function computes the objective, the metrics
 and the hypergradient; it compiles once per problem, and again only when falling gammas need a
 larger information buffer than the one allocated (which starts at twice the need and at least
-doubles each time).
+doubles each time, but never past what the momentum's floor needs: a learned momentum is clamped to
+its ``min``, so ``buffer_capacity(T, floor)`` slots always suffice, and that is what the server
+sized the job's memory for, `hypercore.budget`).
 """
 
 from __future__ import annotations
@@ -609,6 +611,8 @@ def tune(
     prev_learned, prev_opt_state = _device(state.prev_learned), opt_tree(state.prev_opt_state)
     guard = state.guard
     extra_capacity, capacity = 1, None
+    # The most the buffer needs: every gamma is >= the momentum's floor (a learned one is clamped).
+    ceiling = buffer_capacity(T, hs.floor("momentum"))
     records: list[Record] = []
     stopped = False
     for k in range(state.meta_iter, iterations):
@@ -619,10 +623,11 @@ def tune(
                 # Capacity is static, so each new value compiles again: start at twice what the
                 # smallest gamma needs, so that gammas can drift down for a while, never shrink it,
                 # and at least double it when it must grow, so that a run compiles O(log) times at
-                # most. The results do not depend on it.
+                # most; but never past the ceiling (the floor's need, what hypercore.budget counts)
+                # unless an overflow asks for more. The results do not depend on it.
                 needed = buffer_capacity(T, min_gamma) * extra_capacity
                 if capacity is None or needed > capacity:
-                    capacity = max(needed, 2 * (capacity or needed))
+                    capacity = max(needed, min(2 * (capacity or needed), ceiling))
             obj, metrics, grads, norm, rep = hypergrad(learned, fixed, jnp.int32(k), capacity)
             report = ReversalReport.from_array(rep) if engine == "reversible" else None
             if report is None or not report.buffer_overflow:

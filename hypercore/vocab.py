@@ -82,7 +82,10 @@ class Domain:
 class Kind:
     """One hyperparameter kind: its raw/natural ``transform``, the ``granularities`` it allows,
     the ``default`` natural init when a spec leaves it out (None: absent unless asked for), the
-    ``domain`` of its init, and whether ``init`` may be the string ``"data"``."""
+    ``domain`` of its init, and whether ``init`` may be the string ``"data"``. ``floor``: a kind
+    with one takes a ``min`` in its setting, the smallest natural value the meta-optimiser may give
+    it once learned (the engine clamps it there; see `lowest`), and ``floor`` is that ``min``'s
+    default."""
 
     transform: Transform
     granularities: tuple[str, ...]
@@ -90,6 +93,7 @@ class Kind:
     domain: Domain
     data_init: bool = False
     doc: str = ""
+    floor: float | None = None
 
 
 KINDS: dict[str, Kind] = {
@@ -106,6 +110,10 @@ KINDS: dict[str, Kind] = {
         0.9,
         Domain(low=0.0, high=1.0, text="a momentum lies in (0, 1) exclusive"),
         doc="the velocity decay gamma of each training step",
+        # Every step keeps log2(1 / gamma) bits of every weight in the engine's information buffer,
+        # so a learned momentum is kept >= its `min` (default 0.1, or its init if lower): 3.3 bits
+        # a step at most, which the server can size the job's memory for (`hypercore.budget`).
+        floor=0.1,
     ),
     "init_scale": Kind(
         "log",
@@ -148,12 +156,53 @@ KINDS: dict[str, Kind] = {
 DEFAULT_KINDS = tuple(k for k, kind in KINDS.items() if kind.default is not None)
 
 
-def check_setting(name: str, init: Any, granularity: str, learn: Any) -> list[tuple[str, str]]:
+def check_setting(
+    name: str, init: Any, granularity: str, learn: Any, minimum: Any = None
+) -> list[tuple[str, str]]:
     """The problems with one kind's setting as ``(field, message)``, the field relative to
-    ``hyperparameters.<name>`` (``"init"``, ``"granularity"``, ``"learn"``); empty if none.
+    ``hyperparameters.<name>`` (``"init"``, ``"granularity"``, ``"learn"``, ``"min"``); empty if
+    none. ``minimum`` is the setting's ``min`` (None: not given).
 
     A learned init that turns the kind off names both fields, ``init`` first: that is the one to
     change."""
+    found = _check_init(name, init, granularity, learn)
+    if found or minimum is None:
+        return found
+    kind = KINDS[name]
+    if kind.floor is None:
+        return [("min", f"only a momentum takes a min (the floor of its learned values); {name} has none")]
+    if not _is_number(minimum) or not math.isfinite(minimum):
+        return [("min", f"must be a finite number, got {minimum!r}")]
+    if not kind.domain.contains(float(minimum)):
+        return [("min", f"{kind.domain.text}, got {float(minimum)}")]
+    if minimum > init:
+        return [
+            (
+                "min",
+                f"must be at most init ({float(init)}): a learned {name} starts there, got {float(minimum)}",
+            )
+        ]
+    return []
+
+
+def lowest(name: str, init: Any, learn: bool, minimum: float | None = None) -> float | None:
+    """The smallest natural value a kind with a ``floor`` (momentum) reaches in a job; None for the
+    other kinds. A fixed one keeps its init, as the engine computes it from its raw value; a learned
+    one is kept at or above its ``min``, by default the kind's ``floor`` or its init if that is
+    lower. The engine clamps a learned momentum to it (`hypercore.hyper.HyperSet`) and sizes its
+    information buffer for it; the server sizes the job's memory for it (`hypercore.budget`)."""
+    kind = KINDS[name]
+    if kind.floor is None:
+        return None
+    start = float(to_natural(name, to_raw(name, float(init))))
+    if not learn:
+        return start
+    if minimum is not None:
+        return float(minimum)
+    return min(kind.floor, start)
+
+
+def _check_init(name: str, init: Any, granularity: str, learn: Any) -> list[tuple[str, str]]:
     kind = KINDS[name]
     if granularity not in GRANULARITIES:
         return [("granularity", f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")]

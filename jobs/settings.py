@@ -8,14 +8,32 @@ variable                       meaning (default)
 ``REVTUNE_BROKER_URL``         Celery broker (``sqla+sqlite:///<data_dir>/broker.db``)
 ``REVTUNE_AUTH``               ``on`` (API keys required) or ``off`` (one local tenant) (``on``)
 ``REVTUNE_ENV``                ``development`` or ``production`` (``development``)
-``REVTUNE_MAX_*``              the job-spec limits (`jobs.spec.SpecLimits`)
+``REVTUNE_MAX_*``              the job-spec limits (`jobs.spec.SpecLimits`); ``_JOB_MEMORY_BYTES``:
+                               the most memory one job may need in a worker, as estimated at
+                               submit (`hypercore.budget`, the worker's own 1 GiB runtime
+                               included), past which a spec is refused with 422 (4 GiB); keep
+                               it below the workers' memory limit
 ``REVTUNE_MAX_UPLOAD_BYTES``   largest dataset upload (100 MiB); the bytes its arrays may declare
                                in their ``.npy`` headers, all together, are at most
                                ``REVTUNE_MAX_UPLOAD_ARRAY_BYTES`` (512 MiB)
+``REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB``
+                               the hyperparameter snapshots one job may store (128 MiB): fixed
+                               ones are stored once; learned ones after every meta-iteration while
+                               they fit, else every k-th (k the smallest that fits) and the last
+                               (docs/API.md, "Hyperparameters")
+``REVTUNE_MAX_JOBS_PER_TENANT``
+                               jobs one tenant may keep, whatever their status (500); one more is
+                               refused with 409 until a finished one is deleted
+``REVTUNE_MAX_DATASET_BYTES_PER_TENANT``
+                               bytes of uploaded datasets one tenant may keep (1 GiB); an upload
+                               past it is refused with 409 until a dataset is deleted
 ``REVTUNE_UPLOAD_*``           ``_VALIDATIONS``: uploads one API process validates at once (4); one
                                more waits up to ``_VALIDATION_WAIT_S`` (5 s), then gets 503
 ``REVTUNE_HEARTBEAT_*_S``      worker heartbeat period and the silence after which a running job
-                               is re-queued (10 s, 60 s)
+                               is re-queued (10 s, 60 s), both measured by the database's clock
+``REVTUNE_MAX_ATTEMPTS``       how many times a job's worker may die (killed, e.g. out of memory)
+                               before the job fails instead of being re-queued again (3); a
+                               worker's graceful hand-back and a database outage do not count
 ``REVTUNE_QUEUED_TIMEOUT_S``   a queued job unclaimed this long is enqueued again (120 s), then
                                after twice as long each time, up to
                                ``REVTUNE_QUEUED_MAX_BACKOFF_S`` (1800 s)
@@ -85,12 +103,33 @@ class Settings(BaseSettings):
     max_dataset_rows: int = Field(_LIMIT_DEFAULTS.max_dataset_rows, ge=1)
     max_features: int = Field(_LIMIT_DEFAULTS.max_features, ge=1)
     max_classes: int = Field(_LIMIT_DEFAULTS.max_classes, ge=2)
+    max_job_memory_bytes: int = Field(
+        _LIMIT_DEFAULTS.max_job_memory_bytes,
+        ge=1,
+        description="the most memory one job may need in a worker, as hypercore.budget estimates it at "
+        "submit (the worker's own 1 GiB runtime included): a spec past it is refused (422); keep it below "
+        "the workers' memory limit, or a job is killed and re-queued onto worker after worker",
+    )
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
     max_upload_array_bytes: int = Field(
         512 * 1024 * 1024,
         ge=1,
         description="bytes an upload's arrays may take in all, as their .npy headers declare them (rows x "
         "features x item size), checked before any value is read: bounds what a worker loads",
+    )
+    max_snapshot_bytes_per_job: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="bytes of hyperparameter snapshots one job may store: fixed hyperparameters once, "
+        "learned ones after every meta-iteration while they fit, else every k-th and the last",
+    )
+    max_jobs_per_tenant: int = Field(
+        500, ge=1, description="jobs one tenant may keep (any status); one more is refused with 409"
+    )
+    max_dataset_bytes_per_tenant: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="bytes of uploaded datasets one tenant may keep; an upload past it is refused with 409",
     )
     upload_validations: int = Field(
         4, ge=1, description="uploads one API process validates at once (each takes a few MiB, streamed)"
@@ -107,6 +146,14 @@ class Settings(BaseSettings):
     queued_timeout_s: float = Field(120.0, gt=0)
     queued_max_backoff_s: float = Field(1800.0, gt=0)
     reaper_interval_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="how many times a job's worker may die running it (heartbeat gone stale: killed by "
+        "the out-of-memory killer, kill -9, a lost machine) before the job fails with an error saying so, "
+        "instead of going back to the queue to kill worker after worker; a graceful hand-back (a worker "
+        "shutting down) and a database outage do not count",
+    )
 
     # Deadlines on the request path: a broker or database that stops answering (frozen, half-open
     # connection) fails a call within these instead of holding the API's threads.
@@ -132,9 +179,15 @@ class Settings(BaseSettings):
     )
 
     post_rate_limit: int = Field(120, ge=1, description="POST requests per tenant per minute")
-    auth_cache_s: float = Field(60.0, ge=0, description="how long a verified API key is trusted in-process")
+    auth_cache_s: float = Field(
+        60.0, ge=0, description="how long a verified API key is trusted in-process after its last use"
+    )
     auth_failure_limit: int = Field(
-        100, ge=1, description="failed API-key verifications per client address per minute before 429"
+        100,
+        ge=1,
+        description="failed API-key verifications per client address per minute before 429; past it, "
+        "cached keys are still accepted, and a key whose key id exists is verified unless that key id "
+        "failed from the address within the minute (api.deps._verify_key)",
     )
     cors_origins: list[str] = Field(default_factory=list)
     metrics_token: SecretStr | None = Field(
@@ -210,6 +263,7 @@ class Settings(BaseSettings):
             max_dataset_rows=self.max_dataset_rows,
             max_features=self.max_features,
             max_classes=self.max_classes,
+            max_job_memory_bytes=self.max_job_memory_bytes,
         )
 
     @property

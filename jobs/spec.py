@@ -9,7 +9,7 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
     training: {steps: 100}
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
-      momentum:      {init: 0.9, granularity: layer_step, learn: true}
+      momentum:      {init: 0.9, granularity: layer_step, learn: true}   # optional: min (0.1)
       init_scale:    {init: 0.1, granularity: layer, learn: true}
       l2:            {init: 0.0, granularity: layer, learn: false}
     objective: valid_loss       # or train_loss
@@ -30,9 +30,12 @@ holding every problem as ``{"loc": [...], "msg": ...}`` (the shape of FastAPI's 
    call, so the three refuse the same specs on the same fields;
 3. the limits (`SpecLimits`, from `jobs.settings.Settings`): training steps, meta-iterations, model
    depth and width, dataset rows and features, the number of model weights and the number of
-   hyperparameters the spec implies (`hypercore.rules.count_hyperparameters`). The counts need the
-   dataset's shape: a built-in's is known (`BUILTIN_DATASETS`), an uploaded one's comes from the
-   caller as `DatasetShape`.
+   hyperparameters the spec implies (`hypercore.rules.count_hyperparameters`), and the memory the
+   job needs in the worker (`hypercore.budget.peak_bytes`: the information buffer for the smallest
+   momentum the job can reach, the engine's state, activations, hyperparameters and their copies,
+   the meta-iterations' records, the data), refused past ``max_job_memory_bytes`` on the field that
+   drives the largest part. The counts need the dataset's shape: a built-in's is known
+   (`BUILTIN_DATASETS`), an uploaded one's comes from the caller as `DatasetShape`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from hypercore import families, rules, vocab
+from hypercore import budget, families, rules, vocab
 from hypercore.families import BUILTIN_DATASETS, FAMILIES, DatasetShape
 
 __all__ = [
@@ -77,6 +80,9 @@ class SpecLimits:
     max_dataset_rows: int = 100_000
     max_features: int = 4096
     max_classes: int = 1000
+    # A worker's memory for one job, as `hypercore.budget.peak_bytes` estimates it (its 1 GiB runtime
+    # included): a job past it would be killed for memory, and re-queued onto the next worker.
+    max_job_memory_bytes: int = 4 * 2**30
 
 
 class SpecError(ValueError):
@@ -132,6 +138,14 @@ class HyperSetting(_Strict):
     )
     granularity: Granularity = "global"
     learn: bool = False
+    min: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="momentum only: the smallest value the meta-optimiser may give a learned momentum "
+        "(default 0.1, or init if lower); each training step keeps log2(1 / momentum) bits of every "
+        "weight in the worker's memory, which is sized for this floor",
+    )
 
     @field_validator("init", mode="plain")
     @classmethod
@@ -261,7 +275,26 @@ def _size_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) -> li
                 f"at most {limits.max_hyperparameters} are allowed",
             )
         )
+    if not out:  # the memory would only repeat the sizes
+        out += _memory_problems(data, limits, shape)
     return out
+
+
+def _memory_problems(data: dict[str, Any], limits: SpecLimits, shape: DatasetShape) -> list[rules.Problem]:
+    """The job's estimated peak memory in the worker (`hypercore.budget`) against the limit, refused
+    on the field that drives the largest part of it."""
+    estimate = budget.peak_bytes(data, shape)
+    if estimate.total <= limits.max_job_memory_bytes:
+        return []
+    part = estimate.largest
+    return [
+        (
+            part.loc,
+            f"this job needs about {budget.human_bytes(estimate.total)} in the worker ({part.name} "
+            f"{budget.human_bytes(part.bytes)} {part.detail}), past REVTUNE_MAX_JOB_MEMORY_BYTES = "
+            f"{budget.human_bytes(limits.max_job_memory_bytes)}: {part.hint}",
+        )
+    ]
 
 
 def validate_spec(

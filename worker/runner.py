@@ -10,7 +10,9 @@ database is unreachable):
 - `JobRun.build` builds its `Problem` (and the checkpoint it resumes from).
 - `JobRun.record`, the tuning callback: after meta-iteration ``k`` the step row ``k``, the
   hyperparameter snapshots after it, the checkpoint to resume at ``k + 1`` and the heartbeat are
-  committed in ONE transaction (`jobs.repository.record_meta_iteration`); a worker that dies loses
+  committed in ONE transaction (`jobs.repository.record_meta_iteration`, which stores the snapshots
+  it is given: the fixed hyperparameters only after meta-iteration 0, the learned ones by
+  `jobs.repository.results.snapshot_interval`'s rule, docs/API.md); a worker that dies loses
   at most the meta-iteration in flight, and its successor resumes from the last checkpoint with the
   same result (`hypercore.tune` is deterministic given the checkpoint). It returns ``True`` (stop)
   when cancel was requested (the job ends ``cancelled``) or when the worker is shutting down (the
@@ -39,7 +41,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import tenacity
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -59,6 +63,7 @@ from hypercore.tune import (
 from jobs import repository
 from jobs.db import session_factory
 from jobs.models import Job
+from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
 from jobs.settings import Settings, get_settings
 from jobs.states import Status
 from worker.enqueue import EnqueueError, enqueue_job
@@ -254,13 +259,25 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
-def _snapshots(record: Record) -> dict[str, dict]:
+def _snapshots(record: Record, *, fixed: bool = True, learned: bool = True) -> dict[str, dict]:
     """The hyperparameters after ``record``'s meta-iteration, as `repository.record_meta_iteration`
-    takes them."""
+    takes them (and stores: all it is given): the ``fixed`` ones, the ``learned`` ones, or both."""
     return {
         name: {"values": value.values, "axes": value.axes, "labels": value.labels, "learned": value.learned}
         for name, value in record.hyperparameters.items()
+        if (learned if value.learned else fixed)
     }
+
+
+def _snapshot_interval(record: Record, iterations: int, budget_bytes: int | None) -> int:
+    """`jobs.repository.results.snapshot_interval` for this job's hyperparameters (their sizes
+    never change from one meta-iteration to the next)."""
+    sizes = {True: 0, False: 0}
+    for value in record.hyperparameters.values():
+        sizes[bool(value.learned)] += int(np.size(value.values)) * VALUE_BYTES
+    return snapshot_interval(
+        learned_bytes=sizes[True], fixed_bytes=sizes[False], iterations=iterations, budget_bytes=budget_bytes
+    )
 
 
 def _failure(job_id: str, e: Exception, checkpoint_trouble: str) -> str:
@@ -294,6 +311,12 @@ class JobRun:
     nonfinite: int = 0  # meta-iterations whose objective was not finite
     backoffs: int = 0  # times the chaos guard backed off
     finite: bool = False  # whether a meta-iteration of this run had a finite objective
+    # The snapshot rule (docs/API.md, "Hyperparameters"): the job's meta.iterations, the
+    # REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB budget (None: every meta-iteration) and, once the first
+    # record shows the sizes, the interval k of the learned snapshots.
+    iterations: int = 0
+    snapshot_budget_bytes: int | None = None
+    snapshot_every: int | None = None
 
     @classmethod
     def claim_job(cls, job_id: str, settings: Settings, sessions: Sessions) -> JobRun | None:
@@ -306,7 +329,16 @@ class JobRun:
             ),
             f"claiming job {job_id}",
         )
-        return None if claim is None else cls(job_id, claim, sessions)
+        if claim is None:
+            return None
+        iterations = int((claim.spec.get("meta") or {}).get("iterations") or 0)
+        return cls(
+            job_id,
+            claim,
+            sessions,
+            iterations=iterations,
+            snapshot_budget_bytes=settings.max_snapshot_bytes_per_job,
+        )
 
     def build(self, settings: Settings) -> tuple[Problem, Checkpoint | None]:
         """Step 2, build: the job's `Problem` and the checkpoint to resume from (None: start fresh).
@@ -322,23 +354,41 @@ class JobRun:
             self.finite = True
         else:
             self.nonfinite += 1
-        cancel_requested = transaction(
-            self.sessions,
-            lambda session: repository.record_meta_iteration(
+        if self.snapshot_every is None:
+            self.snapshot_every = _snapshot_interval(record, self.iterations, self.snapshot_budget_bytes)
+        # Fixed hyperparameters never change: stored once, with the first meta-iteration.
+        fixed = record.meta_iter == 0
+        on_grid = stores_learned(record.meta_iter + 1, self.snapshot_every, self.iterations)
+
+        def write(session: Session) -> bool:
+            # Off the grid, the learned ones are still stored when this is the job's last recorded
+            # meta-iteration because it is being cancelled (record_meta_iteration answers with the
+            # same cancel flag: `_cancel_requested` holds the job's row until the commit).
+            learned = on_grid or self._cancel_requested(session)
+            return repository.record_meta_iteration(
                 session,
                 self.job_id,
                 self.claim,
                 step=record.step(),
-                hyperparameters=_snapshots(record),
+                hyperparameters=_snapshots(record, fixed=fixed, learned=learned),
                 checkpoint=record.checkpoint.to_bytes(),
-            ),
-            f"recording meta-iteration {record.meta_iter} of job {self.job_id}",
+            )
+
+        cancel_requested = transaction(
+            self.sessions, write, f"recording meta-iteration {record.meta_iter} of job {self.job_id}"
         )
         if cancel_requested:
             self.stop = Status.CANCELLED
         elif shutting_down.is_set():
             self.stop = Status.QUEUED
         return self.stop is not None
+
+    def _cancel_requested(self, session: Session) -> bool:
+        """Whether cancel was requested, read after a heartbeat in the caller's transaction: its
+        UPDATE takes the job's row (PostgreSQL) or the database's write lock (SQLite) until the
+        commit, so a cancel lands before this read or after the commit, never in between."""
+        repository.heartbeat(session, self.job_id, self.claim)  # a lost claim: record raises ClaimLost
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
     def finish(self, status: Status, error: str | None = None) -> str | None:
         """Step 4, finish: end the job ``status`` (with ``error`` for the user); returns the status,

@@ -13,6 +13,7 @@ from api.schemas import DatasetListOut, DatasetOut
 from api.uploads import TooLarge, store_upload
 from jobs import repository
 from jobs.errors import InvalidInput
+from jobs.repository.datasets import check_dataset_quota
 
 log = logging.getLogger("revtune.api")
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -39,6 +40,10 @@ def upload_dataset(
     """Upload a dataset (201); refer to it in a spec as ``dataset: {id: <id>, ...}``."""
     if ".." in name:
         raise InvalidInput(["body", "name"], "a dataset name may not contain '..'")
+    # A tenant whose datasets already fill its quota is told before the upload is read (409); the
+    # exact check, with the upload's size, is create_dataset's.
+    check_dataset_quota(session, tenant, None, settings.max_dataset_bytes_per_tenant)
+    session.rollback()  # no connection held while the upload is validated
     try:
         stored = store_upload(
             file.file,
@@ -61,6 +66,7 @@ def upload_dataset(
             sha256=stored.sha256,
             path=str(stored.path.relative_to(settings.data_dir)),
             size_bytes=stored.size_bytes,
+            max_bytes=settings.max_dataset_bytes_per_tenant,
         )
         session.commit()
     except BaseException:

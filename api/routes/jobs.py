@@ -126,12 +126,16 @@ def create_job(
 
     valid = validate_spec(spec, settings.limits, resolve_dataset=resolve_dataset)
     try:
-        job, created = repository.create_job(session, tenant, valid, idempotency_key=idempotency_key)
+        job, created = repository.create_job(
+            session, tenant, valid, idempotency_key=idempotency_key, max_jobs=settings.max_jobs_per_tenant
+        )
         session.commit()
     except IntegrityError:
         # Another request with the same Idempotency-Key won the race: answer with its job.
         session.rollback()
-        job, created = repository.create_job(session, tenant, valid, idempotency_key=idempotency_key)
+        job, created = repository.create_job(
+            session, tenant, valid, idempotency_key=idempotency_key, max_jobs=settings.max_jobs_per_tenant
+        )
     if created:
         try:
             request.app.state.enqueue(job.id)

@@ -1,14 +1,55 @@
-"""Datasets: register an upload, list, read, describe for spec validation, delete."""
+"""Datasets: register an upload (within the tenant's quota of bytes), list, read, describe for spec
+validation, delete."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import Conflict, NotFound
 from jobs.models import Dataset, Job, utcnow
+from jobs.repository.jobs import QuotaExceeded, lock_tenant
 from jobs.spec import DatasetShape
 from jobs.states import ACTIVE
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def dataset_bytes_used(session: Session, tenant_id: str) -> int:
+    """Bytes of the tenant's uploads, as stored."""
+    used = select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant_id == tenant_id)
+    return int(session.scalar(used) or 0)
+
+
+def check_dataset_quota(session: Session, tenant_id: str, adding: int | None, max_bytes: int) -> None:
+    """`QuotaExceeded` if the tenant's uploads and ``adding`` more bytes (None: any more at all, the
+    check before an upload is read) would pass ``max_bytes`` (``REVTUNE_MAX_DATASET_BYTES_PER_TENANT``),
+    naming the limit, the use and what to delete."""
+    used = dataset_bytes_used(session, tenant_id)
+    if (used < max_bytes) if adding is None else (used + adding <= max_bytes):
+        return
+    largest = list(
+        session.scalars(
+            select(Dataset)
+            .where(Dataset.tenant_id == tenant_id)
+            .order_by(Dataset.size_bytes.desc(), Dataset.id)
+            .limit(3)
+        )
+    )
+    upload = f"this upload of {adding} bytes ({_mib(adding)}) would pass it" if adding else "it is full"
+    advice = (
+        "delete datasets you no longer need (DELETE /v1/datasets/{id}; largest first: "
+        + ", ".join(f"{d.id} ({d.name!r}, {_mib(d.size_bytes)})" for d in largest)
+        + ")"
+        if largest
+        else "the upload alone is larger than the quota"
+    )
+    raise QuotaExceeded(
+        f"dataset quota reached: this tenant's datasets take {used} bytes ({_mib(used)}) and "
+        f"REVTUNE_MAX_DATASET_BYTES_PER_TENANT allows {max_bytes} ({_mib(max_bytes)}); {upload}: {advice}"
+    )
 
 
 def create_dataset(
@@ -29,8 +70,14 @@ def create_dataset(
     size_bytes: int,
     n_tasks: int = 1,
     task_rows: int | None = None,
+    max_bytes: int | None = None,
 ) -> Dataset:
-    """Register an upload whose file is already in place (the caller writes it first, atomically)."""
+    """Register an upload whose file is already in place (the caller writes it first, atomically,
+    and removes it if this raises). With ``max_bytes`` (``REVTUNE_MAX_DATASET_BYTES_PER_TENANT``), an
+    upload that would take the tenant's datasets past it is `QuotaExceeded`; deleting frees it."""
+    if max_bytes is not None:
+        lock_tenant(session, tenant_id)
+        check_dataset_quota(session, tenant_id, size_bytes, max_bytes)
     dataset = Dataset(
         id=dataset_id,
         tenant_id=tenant_id,

@@ -1,4 +1,5 @@
-"""Jobs: create (idempotently), read, list a page at a time by cursor, cancel and delete."""
+"""Jobs: create (idempotently, within the tenant's quota), read, list a page at a time by cursor,
+cancel and delete."""
 
 from __future__ import annotations
 
@@ -9,13 +10,46 @@ import json
 import re
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import Conflict, InvalidInput, NotFound
-from jobs.models import Checkpoint, HyperSnapshot, Job, Step, new_id, utcnow
+from jobs.models import Checkpoint, HyperSnapshot, Job, Step, Tenant, new_id, utcnow
 from jobs.spec import JobSpec
 from jobs.states import ACTIVE, Status, check_transition
+
+
+class QuotaExceeded(Conflict):
+    """The tenant keeps as many jobs (or dataset bytes) as its quota allows: delete some first. 409,
+    like every conflict with the state of what the tenant has: waiting does not cure it."""
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Take the tenant's row until the commit, so that two requests checking one of its quotas at
+    once are counted one after the other (PostgreSQL ``FOR NO KEY UPDATE``, which the foreign-key
+    checks of inserts do not wait for; SQLite has a single writer anyway)."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+
+def _check_job_quota(session: Session, tenant_id: str, max_jobs: int) -> None:
+    lock_tenant(session, tenant_id)
+    kept = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)) or 0
+    if kept < max_jobs:
+        return
+    finished = select(Job).where(Job.tenant_id == tenant_id, Job.status.not_in([s.value for s in ACTIVE]))
+    oldest = list(session.scalars(finished.order_by(Job.created_at, Job.id).limit(3)))
+    n_finished = session.scalar(select(func.count()).select_from(finished.subquery())) or 0
+    if oldest:
+        advice = (
+            f"{n_finished} of them finished: delete those you no longer need (DELETE /v1/jobs/{{id}}; "
+            f"oldest first: {', '.join(j.id for j in oldest)}), then submit again"
+        )
+    else:
+        advice = "all are queued or running: cancel some, then delete them once they stop"
+    raise QuotaExceeded(
+        f"job quota reached: this tenant keeps {kept} jobs and REVTUNE_MAX_JOBS_PER_TENANT allows "
+        f"{max_jobs}; {advice}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +59,18 @@ class JobPage:
 
 
 def create_job(
-    session: Session, tenant_id: str, spec: JobSpec, *, idempotency_key: str | None = None
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    max_jobs: int | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job; return ``(job, created)``.
+
+    With ``max_jobs`` (``REVTUNE_MAX_JOBS_PER_TENANT``), a tenant that already keeps that many jobs,
+    whatever their status, gets `QuotaExceeded` (naming the limit, the count and what to delete);
+    deleting a job frees its place. A repeat with an ``idempotency_key`` is not a new job.
 
     With ``idempotency_key``, a second call by the same tenant returns the first job and
     ``created=False``; reusing the key for a different spec is a `Conflict`. Two concurrent first
@@ -46,6 +89,8 @@ def create_job(
                     "with a different spec; use a new key for a new job"
                 )
             return existing, False
+    if max_jobs is not None:
+        _check_job_quota(session, tenant_id, max_jobs)
     now = utcnow()
     job = Job(
         id=new_id(),

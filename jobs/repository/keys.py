@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import threading
 from datetime import datetime
 
 from argon2 import PasswordHasher
@@ -82,6 +83,17 @@ def parse_api_key(key: str) -> tuple[str, str] | None:
 
 
 _dummy_hash: str | None = None
+_dummy_lock = threading.Lock()
+
+
+def _dummy() -> str:
+    """The hash an unknown key is verified against, made once: concurrent first failures (a flood)
+    must not each pay an argon2 hash on top of their verification."""
+    global _dummy_hash
+    with _dummy_lock:
+        if _dummy_hash is None:
+            _dummy_hash = _hasher.hash(secrets.token_urlsafe(32))
+        return _dummy_hash
 
 
 def authenticate(session: Session, key: str) -> str | None:
@@ -90,13 +102,10 @@ def authenticate(session: Session, key: str) -> str | None:
     argon2's verification compares in constant time; an unknown key id still pays one verification
     (against a dummy hash) so response times do not reveal which key ids exist.
     """
-    global _dummy_hash
     parsed = parse_api_key(key)
     row = session.get(ApiKey, parsed[0]) if parsed else None
     if row is None or row.revoked_at is not None:
-        if _dummy_hash is None:
-            _dummy_hash = _hasher.hash(secrets.token_urlsafe(32))
-        _verify(_dummy_hash, parsed[1] if parsed else key)
+        _verify(_dummy(), parsed[1] if parsed else key)
         return None
     return row.tenant_id if _verify(row.secret_hash, parsed[1]) else None
 

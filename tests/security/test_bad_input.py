@@ -78,6 +78,12 @@ LIMIT_CASES = {
     "max_dataset_rows": (99, TINY_SPEC, "body.dataset.train", "at most 99 rows"),
     "max_features": (63, TINY_SPEC, "body.dataset.name", "64 features; at most 63"),
     "max_classes": (9, TINY_SPEC, "body.dataset.name", "10 classes; at most 9"),
+    "max_job_memory_bytes": (
+        2**30,
+        TINY_SPEC,
+        "body.dataset.train",
+        "past REVTUNE_MAX_JOB_MEMORY_BYTES = 1.0 GiB",
+    ),
 }
 
 
