@@ -80,7 +80,7 @@ class SpecLimits:
     max_dataset_rows: int = 100_000
     max_features: int = 4096
     max_classes: int = 1000
-    # A worker's memory for one job, as `hypercore.budget.peak_bytes` estimates it (its 1 GiB runtime
+    # A worker's memory for one job, as `hypercore.budget.peak_bytes` estimates it (its 1.5 GiB runtime
     # included): a job past it would be killed for memory, and re-queued onto the next worker.
     max_job_memory_bytes: int = 4 * 2**30
 

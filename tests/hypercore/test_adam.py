@@ -1,0 +1,255 @@
+"""Reversible Adam (`hypercore.adam`) against every other way of getting the same numbers.
+
+Exact reversal bit for bit; hypergradients against ``jax.grad`` through the float64 unrolled
+``lax.scan`` of the same quantised rule and against central finite differences; the trajectory
+against optax's float64 ``adamw`` with the unquantised values; divergence and buffer overflow
+reported rather than silently wrong.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hypercore
+from hypercore import ReversalReport, empty_report
+from hypercore.adam import (
+    adam_capacity,
+    check_reversal_adam,
+    div_beta,
+    forward_state_adam,
+    mul_beta,
+    quantize_beta,
+    reversible_adam,
+    unrolled_adam,
+)
+
+N_IN, N_HID, N_EX = 5, 4, 16
+
+
+def make_problem(dtype=jnp.float64, scale=0.3, seed=0):
+    """A tiny tanh regression net; minibatches are a pure function of t. ``dtype`` is the model's."""
+    kx, _ = jax.random.split(jax.random.key(seed))
+    X = jax.random.normal(kx, (N_EX, N_IN), jnp.float64)
+    y = jnp.sin(X @ jnp.arange(1.0, N_IN + 1.0) / N_IN)
+
+    def loss(w, meta, t):
+        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (8,), 0, N_EX)
+        Xb = meta.get("X", X)[idx].astype(dtype)
+        hidden = jnp.tanh(Xb @ w["W"].astype(dtype) + w["b"].astype(dtype))
+        pred = hidden @ w["V"].astype(dtype)
+        penalty = jnp.sum(meta["l2"].astype(dtype) * w["W"].astype(dtype) ** 2) if "l2" in meta else 0.0
+        return jnp.mean((pred - y[idx].astype(dtype)) ** 2) + penalty
+
+    k1, k2, k3 = jax.random.split(jax.random.key(seed + 1), 3)
+    w0 = {
+        "W": (scale * jax.random.normal(k1, (N_IN, N_HID), jnp.float64)).astype(dtype),
+        "b": (scale * jax.random.normal(k2, (N_HID,), jnp.float64)).astype(dtype),
+        "V": (scale * jax.random.normal(k3, (N_HID,), jnp.float64)).astype(dtype),
+    }
+    return loss, w0, X
+
+
+def schedules(kind, T, w0, betas, seed=0):
+    """``(learning_rates, b1, b2)`` shaped ``kind``; ``betas`` "constant" (0.9, 0.999) or "random"."""
+    rng = np.random.default_rng(seed)
+
+    def one(shape):
+        lr = rng.uniform(0.005, 0.02, shape)
+        if betas == "constant":
+            return lr, np.full(shape, 0.9), np.full(shape, 0.999)
+        return lr, rng.uniform(0.6, 0.95, shape), rng.uniform(0.95, 0.9999, shape)
+
+    if kind == "shared":
+        return tuple(jnp.asarray(x) for x in one((T,)))
+    shapes = {k: (T,) if kind == "per_array" else (T, *v.shape) for k, v in w0.items()}
+    parts = {k: one(s) for k, s in shapes.items()}
+    return tuple({k: jnp.asarray(p[i]) for k, p in parts.items()} for i in range(3))
+
+
+def rel_err(a, b):
+    a, b = jnp.ravel(jnp.asarray(a, jnp.float64)), jnp.ravel(jnp.asarray(b, jnp.float64))
+    return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-300))
+
+
+def test_quantize_beta_values_and_straight_through_gradient():
+    q = quantize_beta(jnp.asarray([0.9, 0.999, 0.9999, 0.3, 1.0]))
+    n = np.asarray(q) * 2**24
+    assert np.all(n == np.round(n))  # on the 2**-24 lattice
+    assert abs(float(q[1]) - 0.999) <= 2**-25 and float(q[3]) == 0.5 and float(q[4]) == 1 - 2**-24
+    assert float(jax.grad(lambda b: quantize_beta(b) * 3.0)(0.999)) == 3.0
+    assert quantize_beta(q).tolist() == q.tolist()  # idempotent: the engine re-quantises exactly
+
+
+def test_exact_multiplication_by_beta_is_invertible_and_accurate():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-(2**62), 2**62, 4096, dtype=np.int64))
+    n = jnp.asarray(rng.integers(2**23, 2**24, 4096, dtype=np.int64))
+    head = jnp.asarray(rng.integers(0, 2**63, 4096, dtype=np.uint64))
+    x2, h2 = mul_beta(x, n, head)
+    x3, h3 = div_beta(x2, n, h2)
+    assert bool(jnp.all(x3 == x)) and bool(jnp.all(h3 == head))
+    for a, b, c, d in zip(
+        x[:64].tolist(), n[:64].tolist(), head[:64].tolist(), x2[:64].tolist(), strict=True
+    ):
+        assert d == (a * b + c % b) >> 24  # pop first: below one unit of x * b / 2**24
+
+
+@pytest.mark.parametrize(
+    "T,betas", [(T, b) for T in (1, 10, 100) for b in ("constant", "random")] + [(1000, "constant")]
+)
+def test_reversal_is_bit_exact(T, betas):
+    loss, w0, _ = make_problem()
+    lrs, b1, b2 = schedules("shared", T, w0, betas)
+    assert check_reversal_adam(loss, w0, {}, lrs, b1, b2)
+
+
+@pytest.mark.parametrize("kind,dtype", [("per_array", jnp.float32), ("per_weight", jnp.float32)])
+def test_reversal_schedule_shapes_and_float32(kind, dtype):
+    loss, w0, _ = make_problem(dtype)
+    lrs, b1, b2 = schedules(kind, 100, w0, "random")
+    assert check_reversal_adam(loss, w0, {"l2": jnp.asarray(0.01)}, lrs, b1, b2)
+
+
+def _objective(engine, loss):
+    def f(w0, meta, lrs, b1, b2, report):
+        if engine == "reversible":
+            w_T = reversible_adam(loss, w0, meta, lrs, b1, b2, min_beta=0.6, report=report)
+        else:
+            w_T = unrolled_adam(loss, w0, meta, lrs, b1, b2)
+        return loss(w_T, meta, jnp.int32(0)) + 0.1 * jnp.sum(jnp.tanh(w_T["V"]))
+
+    return f
+
+
+@pytest.mark.parametrize(
+    "dtype,tol,kind",
+    [(jnp.float64, 1e-6, "shared"), (jnp.float64, 1e-6, "per_weight"), (jnp.float32, 1e-4, "per_array")],
+    ids=["float64-shared", "float64-per_weight", "float32-per_array"],
+)
+def test_hypergradients_match_unrolled_float64(dtype, tol, kind):
+    T = 100
+    loss, w0, X = make_problem(dtype)
+    lrs, b1, b2 = schedules(kind, T, w0, "random")
+    meta = {"l2": jnp.full((N_IN, N_HID), 1e-3), "X": X}
+    argnums = (0, 1, 2, 3, 4, 5)
+    g_rev = jax.jit(jax.grad(_objective("reversible", loss), argnums))(w0, meta, lrs, b1, b2, empty_report())
+    report = ReversalReport.from_array(g_rev[5])
+    assert report.exact and not report.overflow and not report.buffer_overflow
+    w0_64 = jax.tree.map(lambda x: x.astype(jnp.float64), w0)
+    g_ref = jax.jit(jax.grad(_objective("unrolled", loss), argnums[:5]))(w0_64, meta, lrs, b1, b2, None)
+    for name, a, b in zip(["w0", "meta", "lrs", "b1", "b2"], g_rev[:5], g_ref, strict=True):
+        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            assert leaf_a.shape == leaf_b.shape
+            assert rel_err(leaf_a, leaf_b) <= tol, (name, rel_err(leaf_a, leaf_b))
+
+
+def test_hypergradients_match_central_finite_differences():
+    T = 20
+    loss, w0, X = make_problem(jnp.float64)
+    lrs, b1, b2 = schedules("per_array", T, w0, "random")
+    meta = {"l2": jnp.asarray(0.01), "X": X}
+    f = _objective("reversible", loss)
+    f_val = jax.jit(lambda *a: f(*a, empty_report()))
+    grads = jax.jit(jax.grad(f, (0, 1, 2, 3, 4)))(w0, meta, lrs, b1, b2, empty_report())
+    args = (w0, meta, lrs, b1, b2)
+    total = lambda tree: sum(float(jnp.sum(x)) for x in jax.tree.leaves(tree))
+
+    def shift(i, e):
+        # powers of two >= 2**-24 keep b1, b2 on their lattice; every leaf of argument i moves by e
+        moved = jax.tree.map(lambda x: x + e, args[i])
+        if i == 1:
+            moved = {"l2": moved["l2"], "X": args[1]["X"]}  # meta: l2 only
+        return (*args[:i], moved, *args[i + 1 :])
+
+    for i in range(5):
+        analytic = float(grads[1]["l2"]) if i == 1 else total(grads[i])
+
+        def central(eps, i=i):
+            return (float(f_val(*shift(i, eps))) - float(f_val(*shift(i, -eps)))) / (2 * eps)
+
+        eps = 2.0**-16 if i >= 3 else 2.0**-10  # b2 reaches 0.9999: stay well inside (0.5, 1)
+        fd = (4 * central(eps / 2) - central(eps)) / 3  # Richardson: O(eps^4)
+        assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (i, fd, analytic)
+
+
+def test_trajectory_matches_optax_adamw_float64():
+    """Quantised betas and fixed point against optax's float64 adamw with the raw values."""
+    loss, w0, _ = make_problem(jnp.float64)
+    lr, b1, b2 = 0.01, 0.9, 0.999
+    opt = optax.adamw(lr, b1=b1, b2=b2, eps=1e-8, weight_decay=0.0)
+    grad = jax.jit(jax.grad(loss))
+
+    @jax.jit
+    def optax_step(w, state, t):
+        updates, state = opt.update(grad(w, {}, t), state, w)
+        return optax.apply_updates(w, updates), state
+
+    w, state = w0, opt.init(w0)
+    worst, checkpoints = 0.0, {25, 50, 100, 200}
+    for t in range(200):
+        w, state = optax_step(w, state, jnp.int32(t))
+        if t + 1 in checkpoints:
+            w_rev = reversible_adam(loss, w0, {}, jnp.full((t + 1,), lr), b1, b2)
+            err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(w_rev), jax.tree.leaves(w), strict=True))
+            worst = max(worst, err)
+    assert worst <= 1e-4, worst
+
+
+def test_divergence_is_reported_not_crashed():
+    _, w0, _ = make_problem()
+    T = 50
+
+    def f(lrs, report):
+        w_T = reversible_adam(lambda w, m, t: jnp.sum(w["W"] ** 2), w0, {}, lrs, 0.9, 0.999, report=report)
+        return jnp.sum(w_T["W"])
+
+    lrs = jnp.full((T,), 1e3)  # |step| ~ lr: the weights leave |w| < 2**14 within a few dozen steps
+    assert bool(jnp.isnan(f(lrs, empty_report())))
+    d_lr, rep = jax.grad(f, (0, 1))(lrs, empty_report())
+    report = ReversalReport.from_array(rep)
+    assert report.overflow
+    assert bool(jnp.all(jnp.isnan(d_lr)))
+
+
+def test_capacity_bound_holds_and_overflow_is_reported():
+    loss, w0, _ = make_problem()
+    T = 300
+    lrs = jnp.full((T,), 0.01)
+    capacity = adam_capacity(T, 0.5, bucket=False)
+    state = forward_state_adam(loss, w0, {}, lrs, 0.5, 0.5, capacity=capacity)
+    assert not bool(state.buf.overflow) and 0 < int(state.buf.used) <= capacity
+    assert check_reversal_adam(loss, w0, {}, lrs, 0.5, 0.5)
+    assert not check_reversal_adam(loss, w0, {}, lrs, 0.5, 0.5, capacity=1)
+
+    def f(lrs, report):
+        return jnp.sum(reversible_adam(loss, w0, {}, lrs, 0.5, 0.5, capacity=1, report=report)["V"])
+
+    d_lr, rep = jax.grad(f, (0, 1))(lrs, empty_report())
+    report = ReversalReport.from_array(rep)
+    assert report.buffer_overflow and report.capacity == 2  # one word holds two slots
+    assert bool(jnp.all(jnp.isnan(d_lr)))
+
+
+def test_nonzero_weight_decay_and_traced_betas_without_capacity_are_clear_errors():
+    loss, w0, _ = make_problem()
+    with pytest.raises(NotImplementedError, match="weight_decay"):
+        reversible_adam(loss, w0, {}, jnp.full((5,), 0.01), 0.9, 0.999, 1e-4)
+
+    @jax.jit
+    def f(b1):
+        return reversible_adam(loss, w0, {}, jnp.full((5,), 0.01), b1, 0.999)["V"]
+
+    with pytest.raises(ValueError, match="adam_capacity"):
+        f(jnp.full((5,), 0.9))
+
+
+def test_registered_in_the_slot_and_exported():
+    from hypercore import reversible
+
+    assert reversible.OPTIMIZERS["adam"].name == "adam"
+    assert isinstance(reversible.OPTIMIZERS["adam"], reversible.TrainingOptimizer)
+    assert hypercore.reversible_adam is reversible_adam and hypercore.unrolled_adam is unrolled_adam
