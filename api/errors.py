@@ -12,6 +12,10 @@ dropped connection, pool timeout)
 anything else                                          500, logged with a reference; the
                                                        body never shows internals
 =====================================================  ======================================
+
+An unexpected error becomes its 500 inside the app (`AnswerUnexpectedErrors`), not in Starlette's
+outermost error middleware, which sends the 500 and then re-raises to the server: uvicorn then
+closes the connection, and a pooling client's next, unrelated request on it fails.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.spec import SpecError
@@ -44,7 +49,38 @@ def _unavailable(what: str) -> JSONResponse:
     )
 
 
+class AnswerUnexpectedErrors:
+    """Answer an error no handler took with the 500 of `_internal`, and end the request there, so
+    that the connection stays usable. An error after the answer has started is re-raised (the
+    server must then drop the half-sent answer)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            await _internal(Request(scope), exc)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    """The handlers of the table above; call before adding other middleware (this adds the
+    innermost one, `AnswerUnexpectedErrors`)."""
+    app.add_middleware(AnswerUnexpectedErrors)
+
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})

@@ -243,3 +243,62 @@ def test_utf8_declared_in_any_spelling_is_accepted(service):
         reply = post_raw(service.alice, "/v1/jobs", body, content_type)
         assert reply.status_code == 201, (content_type, reply.text)
         assert reply.json()["name"] == "réglage"
+
+
+# ---- 1c: a 500 leaves the connection usable ------------------------------------------------------
+
+
+def test_after_a_500_the_same_connection_serves_the_next_request(service, monkeypatch):
+    """An unexpected error is answered 500 inside the app, so uvicorn keeps the connection: before,
+    Starlette re-raised it after sending the 500 and uvicorn closed the connection under a pooling
+    client, whose next, unrelated request then failed. Real uvicorn, one keep-alive socket."""
+    import threading
+    import time
+
+    import uvicorn
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(repository, "list_datasets", boom)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        key = service.alice.headers["Authorization"].encode()
+
+        def ask(sock: socket.socket, path: bytes) -> tuple[int, bytes]:
+            sock.sendall(
+                b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + key + b"\r\n\r\n"
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, f"the server closed the connection after {answer[:200]!r}"
+                answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(
+                next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[
+                    1
+                ]
+            )
+            while len(body) < length:
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the connection mid-answer"
+                body += chunk
+            return int(head.split(b" ", 2)[1]), head
+
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            status, head = ask(sock, b"/v1/datasets")
+            assert status == 500 and b"connection: close" not in head.lower()
+            for _ in range(3):  # the same socket: unrelated requests, then the failing one again
+                assert ask(sock, b"/v1/jobs")[0] == 200
+                assert ask(sock, b"/v1/datasets")[0] == 500
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
