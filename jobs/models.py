@@ -7,7 +7,8 @@ tenants            who owns jobs and datasets
 api_keys           ``rt_<key_id>_<secret>``: ``id`` is the key id (looked up), the secret is stored
                    only as an argon2 hash; ``revoked_at`` ends it
 jobs               the spec (JSON) and the run's state: status, progress, best objective, the
-                   worker's claim (``worker_id``, ``attempts``) and ``heartbeat_at``
+                   worker's claim (``worker_id``, ``attempts``), ``heartbeat_at`` and ``deaths``
+                   (how many of its workers died running it)
 steps              one row per finished meta-iteration, the REST ``step`` fields
 hyper_snapshots    the hyperparameters after ``meta_iter`` finished meta-iterations, in natural
                    units, one row per name: float64 little-endian bytes plus shape/axes/labels
@@ -15,7 +16,9 @@ checkpoints        the latest checkpoint of a job (one row per job): what a resu
 datasets           an upload's metadata; the arrays live in ``<data_dir>/datasets/<id>.npz``
 =================  ============================================================================
 
-Timestamps are timezone-aware UTC on both databases (`UTCDateTime`). Rows of a job cascade when
+Timestamps are timezone-aware UTC on both databases (`UTCDateTime`). The worker protocol's times
+(heartbeats, claims, re-queues, finishes) come from the database server's clock (`db_now`), so
+processes whose clocks disagree still agree on which heartbeat is stale. Rows of a job cascade when
 it is deleted.
 """
 
@@ -41,7 +44,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import FunctionElement, literal
 
 from jobs.states import Status
 
@@ -72,6 +77,38 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class db_now(FunctionElement):  # noqa: N801  (a SQL function, named like SQLAlchemy's func.now)
+    """The database server's clock plus ``offset_s`` seconds, as a `UTCDateTime` SQL expression:
+    ``db_now()`` stamps a row, ``Job.heartbeat_at < db_now(-60)`` finds a heartbeat silent for a
+    minute, both by one clock however wrong the callers' clocks are.
+
+    PostgreSQL: ``CURRENT_TIMESTAMP`` (the transaction's start, one value for all its statements)
+    plus an interval. SQLite: ``'now'`` (UTC, milliseconds) rendered as the text `UTCDateTime` stores,
+    ``YYYY-MM-DD HH:MM:SS.ffffff`` (``strftime``'s ``%f`` gives ``SS.SSS``; ``'000'`` completes the
+    microseconds): SQLite compares the stored text, and ``CURRENT_TIMESTAMP``'s ``YYYY-MM-DD
+    HH:MM:SS`` would sort before every stored time of the same second.
+    """
+
+    type = UTCDateTime()
+    name = "db_now"
+    inherit_cache = True
+
+    def __init__(self, offset_s: float = 0.0):
+        super().__init__(literal(float(offset_s), Float()))
+
+
+@compiles(db_now)
+def _db_now(element: db_now, compiler, **kw) -> str:
+    offset = compiler.process(element.clauses, **kw)
+    return f"(CURRENT_TIMESTAMP + {offset} * INTERVAL '1 second')"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler, **kw) -> str:
+    offset = compiler.process(element.clauses, **kw)
+    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {offset})) || '000')"
 
 
 def new_id() -> str:
@@ -132,6 +169,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     worker_id: Mapped[str | None] = mapped_column(String(255), default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Claims of this job whose worker died (heartbeat gone stale; not a graceful hand-back): at
+    # ``REVTUNE_MAX_ATTEMPTS`` the job fails instead of going back to the queue.
+    deaths: Mapped[int] = mapped_column(default=0, server_default="0")
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -325,7 +325,11 @@ class JobRun:
         claim = transaction(
             sessions,
             lambda session: repository.claim_job(
-                session, job_id, worker_name, heartbeat_timeout_s=settings.heartbeat_timeout_s
+                session,
+                job_id,
+                worker_name,
+                heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                max_deaths=settings.max_attempts,
             ),
             f"claiming job {job_id}",
         )

@@ -3,8 +3,8 @@
 The worker's protocol (``worker.runner``):
 
 1. `claim_job` atomically moves ``queued -> running`` (or takes over a ``running`` job whose
-   heartbeat is stale) and returns a `Claim`: the spec, the latest checkpoint and a claim token
-   (``worker_id`` plus the ``attempts`` counter it set).
+   heartbeat is stale: its worker died) and returns a `Claim`: the spec, the latest checkpoint and
+   a claim token (``worker_id`` plus the ``attempts`` counter it set).
 2. after meta-iteration ``k`` (0-based), `record_meta_iteration` writes, in the caller's single
    transaction, step ``k``, the hyperparameters after it (stored at ``meta_iter = k + 1``: the
    count of finished meta-iterations, which is what the REST ``meta_iter`` means), the checkpoint,
@@ -17,6 +17,19 @@ The worker's protocol (``worker.runner``):
 The reaper: `stale_jobs` finds ``running`` jobs whose heartbeat is older than the timeout and
 ``queued`` jobs nobody claimed in time; `requeue` hands each back (conditionally, so racing reapers
 re-queue a job once).
+
+Time is the database's (`jobs.models.db_now`): heartbeats, claims, re-queues and finishes are
+stamped by the server, and staleness is computed there (``heartbeat_at < db_now(-timeout)``), so a
+worker whose clock runs fast neither re-queues healthy jobs nor leaves its own dead job waiting for
+its future heartbeat. The ``now=`` parameters replace that clock with a fixed time (tests).
+
+Deaths: a claim whose heartbeat went stale (the worker was killed: out of memory, kill -9, a lost
+machine) adds one to ``Job.deaths`` when the reaper re-queues the job or a worker takes it over; a
+graceful hand-back (`requeue` without timeouts: the worker shutting down) does not, nor does a
+silence the reaper saw the database cause (``deaths_after``). At ``max_deaths``
+(``REVTUNE_MAX_ATTEMPTS``) the job fails with `died_too_often`'s message instead of going back to
+the queue, so a job that kills its workers stops after a few of them. (``attempts`` counts every
+claim, hand-backs included: it is the claim token.)
 """
 
 from __future__ import annotations
@@ -28,12 +41,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from hypercore.steps import STEP_FIELDS, STEP_TYPES
 from jobs.errors import Conflict
-from jobs.models import Checkpoint, HyperSnapshot, Job, Step, utcnow
+from jobs.models import Checkpoint, HyperSnapshot, Job, Step, UTCDateTime, db_now, utcnow
+from jobs.settings import get_settings
 from jobs.states import ACTIVE, Status, check_transition
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
@@ -56,6 +70,58 @@ class Claim:
     checkpoint: bytes | None
 
 
+def _at(now: datetime | None, offset_s: float = 0.0) -> ColumnElement[datetime]:
+    """``now + offset_s`` as SQL: the database's clock (`db_now`), or the caller's fixed ``now``."""
+    if now is None:
+        return db_now(offset_s)
+    return literal(now + timedelta(seconds=offset_s), UTCDateTime())
+
+
+def _silent(now: datetime | None, heartbeat_timeout_s: float):
+    """A ``running`` job's worker is presumed dead: no heartbeat for ``heartbeat_timeout_s``."""
+    stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < _at(now, -heartbeat_timeout_s))
+    return and_(Job.status == Status.RUNNING.value, stale)
+
+
+def died_too_often(deaths: int, meta_iter: int) -> str:
+    """The error of a job whose worker died ``deaths`` times (``REVTUNE_MAX_ATTEMPTS``)."""
+    times = "1 time" if deaths == 1 else f"{deaths} times"
+    if meta_iter:
+        kept = f"its {meta_iter} finished meta-iteration{'' if meta_iter == 1 else 's'} (steps, "
+        kept += "hyperparameters) and its last checkpoint are kept"
+    else:
+        kept = "it finished no meta-iteration"
+    return (
+        f"the worker died {times} running this job (killed: most often by the out-of-memory killer, or "
+        "its machine was lost), so it is not run again. It may need more memory than a worker has: lower "
+        "the model's size (model.hidden), training.steps or dataset.batch_size, or give the workers more "
+        f"memory, and resubmit; {kept}"
+    )
+
+
+def _died(heartbeat_at: datetime | None, deaths_after: datetime | None) -> bool:
+    """Whether a silence that began at ``heartbeat_at`` is a worker's death: not when it began before
+    ``deaths_after`` (the end of a database outage the reaper saw, which silenced every worker)."""
+    return deaths_after is None or heartbeat_at is None or heartbeat_at >= deaths_after
+
+
+def _fail_dead(session: Session, job_id: str, dead, *, deaths: int, meta_iter: int, now) -> bool:
+    """End the job ``failed`` with `died_too_often`'s error, if it still matches ``dead`` (running,
+    silent) and its death count is still ``deaths - 1`` (no racing reaper or worker counted it)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, dead, Job.status == Status.RUNNING.value, Job.deaths == deaths - 1)
+        .values(
+            status=Status.FAILED.value,
+            deaths=deaths,
+            error=died_too_often(deaths, meta_iter),
+            finished_at=_at(now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def _held(job_id: str, claim: Claim):
     return and_(
         Job.id == job_id,
@@ -71,17 +137,28 @@ def claim_job(
     worker_id: str,
     *,
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    max_deaths: int | None = None,
     now: datetime | None = None,
 ) -> Claim | None:
     """Take the job if it is queued, or running with a heartbeat older than ``heartbeat_timeout_s``
     (its worker died); None otherwise (finished, cancelled, or alive elsewhere). One conditional
-    UPDATE: of two workers racing for a job, exactly one gets it."""
-    now = now or utcnow()
-    stale = now - timedelta(seconds=heartbeat_timeout_s)
-    claimable = or_(
-        Job.status == Status.QUEUED.value,
-        and_(Job.status == Status.RUNNING.value, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)),
-    )
+    UPDATE: of two workers racing for a job, exactly one gets it.
+
+    Taking over a dead worker's job counts that death; the job whose workers died ``max_deaths``
+    times (default ``REVTUNE_MAX_ATTEMPTS``) fails instead (None), so a redelivered message cannot
+    start one attempt more than the reaper would have allowed."""
+    if max_deaths is None:
+        max_deaths = get_settings().max_attempts
+    dead = and_(_silent(now, heartbeat_timeout_s), Job.cancel_requested.is_(False))
+    taken_over = session.execute(
+        select(Job.deaths, Job.meta_iter).where(Job.id == job_id, dead)
+    ).one_or_none()
+    if taken_over is not None and taken_over.deaths + 1 >= max_deaths:
+        _fail_dead(
+            session, job_id, dead, deaths=taken_over.deaths + 1, meta_iter=taken_over.meta_iter, now=now
+        )
+        return None
+    claimable = or_(Job.status == Status.QUEUED.value, _silent(now, heartbeat_timeout_s))
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
@@ -89,7 +166,10 @@ def claim_job(
             status=Status.RUNNING.value,
             worker_id=worker_id,
             attempts=Job.attempts + 1,
-            heartbeat_at=now,
+            # (SET expressions read the row as it was: still running means a dead worker's job)
+            deaths=Job.deaths + case((Job.status == Status.RUNNING.value, 1), else_=0),
+            heartbeat_at=_at(now),
+            started_at=func.coalesce(Job.started_at, _at(now)),
             error=None,
         )
         .execution_options(synchronize_session=False)
@@ -98,10 +178,7 @@ def claim_job(
         return None
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
-    if job.started_at is None:
-        job.started_at = now
     checkpoint = session.get(Checkpoint, job_id)
-    session.flush()
     return Claim(
         job_id=job_id,
         worker_id=worker_id,
@@ -117,7 +194,7 @@ def heartbeat(session: Session, job_id: str, claim: Claim, *, now: datetime | No
     result = session.execute(
         update(Job)
         .where(_held(job_id, claim))
-        .values(heartbeat_at=now or utcnow())
+        .values(heartbeat_at=_at(now))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -160,14 +237,13 @@ def record_meta_iteration(
     meta-iteration's update, in natural units. ``checkpoint``: what to resume from at the next
     meta-iteration. Raises `ClaimLost` if the job is no longer this claim's.
     """
-    now = now or utcnow()
     k = int(step["meta_iter"])
     # Taking the row (the conditional UPDATE locks it on PostgreSQL; SQLite locks the database)
     # before reading: a reaper cannot re-queue the job between this check and the inserts.
     result = session.execute(
         update(Job)
         .where(_held(job_id, claim))
-        .values(heartbeat_at=now)
+        .values(heartbeat_at=_at(now))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -178,6 +254,7 @@ def record_meta_iteration(
         return job.cancel_requested  # already recorded: a retried commit
     if k > job.meta_iter:
         raise Conflict(f"job {job_id}: meta-iteration {k} recorded before meta-iteration {job.meta_iter}")
+    now = now or utcnow()  # the rows' creation times, shown to users: not compared with anything
     unknown = sorted(set(step) - set(STEP_FIELDS))
     if unknown:
         raise ValueError(f"unknown step fields {unknown}; known: {', '.join(STEP_FIELDS)}")
@@ -231,7 +308,7 @@ def finish_job(
     result = session.execute(
         update(Job)
         .where(_held(job_id, claim))
-        .values(status=new.value, error=error, finished_at=now or utcnow())
+        .values(status=new.value, error=error, finished_at=_at(now))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -246,24 +323,22 @@ def stale_jobs(
 ) -> list[str]:
     """Ids of jobs nobody is running: ``running`` with a heartbeat older than ``heartbeat_timeout_s``,
     ``queued`` and not claimed ``queued_timeout_s`` after it was last enqueued (or, once the reaper has
-    re-published it, past its ``requeue_after``); oldest first."""
-    now = now or utcnow()
+    re-published it, past its ``requeue_after``); oldest first. Ages by the database's clock unless
+    ``now`` is given."""
     query = select(Job.id).where(_stale(now, heartbeat_timeout_s, queued_timeout_s)).order_by(Job.created_at)
     return list(session.scalars(query))
 
 
-def _stale(now: datetime, heartbeat_timeout_s: float | None, queued_timeout_s: float | None):
+def _stale(now: datetime | None, heartbeat_timeout_s: float | None, queued_timeout_s: float | None):
     """Running jobs silent for ``heartbeat_timeout_s`` or queued ones waiting ``queued_timeout_s``;
     a status whose timeout is None is not included."""
     clauses = []
     if heartbeat_timeout_s is not None:
-        cutoff = now - timedelta(seconds=heartbeat_timeout_s)
-        silent = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
-        clauses.append(and_(Job.status == Status.RUNNING.value, silent))
+        clauses.append(_silent(now, heartbeat_timeout_s))
     if queued_timeout_s is not None:
         waiting = or_(
-            and_(Job.requeue_after.is_(None), Job.enqueued_at < now - timedelta(seconds=queued_timeout_s)),
-            Job.requeue_after < now,
+            and_(Job.requeue_after.is_(None), Job.enqueued_at < _at(now, -queued_timeout_s)),
+            Job.requeue_after < _at(now),
         )
         clauses.append(and_(Job.status == Status.QUEUED.value, waiting))
     return or_(*clauses)
@@ -277,6 +352,8 @@ def requeue(
     heartbeat_timeout_s: float | None = None,
     queued_timeout_s: float | None = None,
     max_backoff_s: float | None = None,
+    max_deaths: int | None = None,
+    deaths_after: datetime | None = None,
 ) -> bool:
     """Hand the job back to the queue; True if the caller should enqueue it (after the commit).
 
@@ -286,12 +363,17 @@ def requeue(
     still stale by them changes, so of several reapers racing, one re-queues it; a status whose
     timeout is None is then left alone. Finished jobs are left alone (False).
 
+    Without timeouts (a worker handing its job back as it shuts down) nothing counts as a death.
+    With ``heartbeat_timeout_s``, a running job is stale because its worker died: ``Job.deaths``
+    goes up by one, and at ``max_deaths`` (the reaper passes ``REVTUNE_MAX_ATTEMPTS``; None: no
+    cap) the job ends ``failed`` (`died_too_often`) and False is returned. A silence that began
+    before ``deaths_after`` (the end of a database outage the reaper saw) is re-queued uncounted.
+
     A queued job re-published by the reaper waits twice as long as last time before the next
     re-publication (``queued_timeout_s``, then 2x, 4x, ... up to ``max_backoff_s``): a job that waits
     behind a long queue is not published again every ``queued_timeout_s``, which would grow the
     broker's queue by a duplicate per waiting job each time.
     """
-    now = now or utcnow()
     if heartbeat_timeout_s is None and queued_timeout_s is None:
         eligible = Job.status.in_([s.value for s in ACTIVE])
     else:
@@ -300,28 +382,47 @@ def requeue(
     cancelled = session.execute(
         update(Job)
         .where(condition, Job.status == Status.RUNNING.value, Job.cancel_requested.is_(True))
-        .values(status=Status.CANCELLED.value, finished_at=now, worker_id=None)
+        .values(status=Status.CANCELLED.value, finished_at=_at(now), worker_id=None)
         .execution_options(synchronize_session=False)
     )
     if cancelled.rowcount:
         return False
     row = session.execute(
-        select(Job.status, Job.enqueued_at, Job.requeue_after).where(condition)
+        select(
+            Job.status, Job.enqueued_at, Job.requeue_after, Job.heartbeat_at, Job.deaths, Job.meta_iter
+        ).where(condition)
     ).one_or_none()
     if row is None:
         return False
+    deaths = row.deaths
+    if row.status == Status.RUNNING.value and heartbeat_timeout_s is not None:
+        deaths += _died(row.heartbeat_at, deaths_after)  # stale: its worker died (or the database was down)
+        if deaths > row.deaths and max_deaths is not None and deaths >= max_deaths:
+            _fail_dead(session, job_id, condition, deaths=deaths, meta_iter=row.meta_iter, now=now)
+            return False
     requeue_after = None  # a job that enters the queue waits the plain timeout
     if row.status == Status.QUEUED.value and queued_timeout_s is not None:
         waited = queued_timeout_s
         if row.requeue_after is not None:
             waited = (row.requeue_after - row.enqueued_at).total_seconds()
         wait = max(queued_timeout_s, min(2 * waited, max_backoff_s or math.inf))
-        requeue_after = now + timedelta(seconds=wait)
+        requeue_after = _at(now, wait)
     result = session.execute(
         update(Job)
         # the row as read: a racing reaper that re-queued it first leaves nothing to do here
-        .where(condition, Job.status == row.status, Job.enqueued_at == row.enqueued_at)
-        .values(status=Status.QUEUED.value, worker_id=None, enqueued_at=now, requeue_after=requeue_after)
+        .where(
+            condition,
+            Job.status == row.status,
+            Job.enqueued_at == row.enqueued_at,
+            Job.deaths == row.deaths,
+        )
+        .values(
+            status=Status.QUEUED.value,
+            worker_id=None,
+            enqueued_at=_at(now),
+            requeue_after=requeue_after,
+            deaths=deaths,
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
