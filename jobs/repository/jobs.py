@@ -14,7 +14,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import Conflict, InvalidInput, NotFound
-from jobs.models import Checkpoint, HyperSnapshot, Job, Step, Tenant, new_id, utcnow
+from jobs.models import Checkpoint, HyperSnapshot, Job, Step, Tenant, db_now, new_id, utcnow
 from jobs.spec import JobSpec
 from jobs.states import ACTIVE, Status, check_transition
 
@@ -102,7 +102,9 @@ def create_job(
         meta_iterations=spec.meta.iterations,
         idempotency_key=idempotency_key,
         created_at=now,
-        enqueued_at=now,
+        # The reaper compares it with the database's clock (a queued job nobody claimed in time),
+        # so the database stamps it too: an API host whose clock is off cannot make it look stale.
+        enqueued_at=db_now(),
     )
     session.add(job)
     session.flush()

@@ -200,3 +200,16 @@ def test_db_now_orders_with_stored_times_on_both_databases(database_url):
 
         assert older_than(0) and older_than(0.1) and not older_than(5)
         session.rollback()
+
+
+@pytest.mark.parametrize("by", [SKEW, -SKEW])
+def test_an_api_whose_clock_is_off_submits_a_job_stamped_by_the_database(database_url, monkeypatch, by):
+    """`enqueued_at`, which the reaper compares with the database's clock (a queued job nobody claimed
+    in time), is the database's time even when the submitting API's clock is 120 s off."""
+    sessions = session_factory(Settings(database_url=database_url))
+    monkeypatch.setattr("jobs.repository.jobs.utcnow", lambda: datetime.now(UTC) + by)
+    before = database_time(sessions)
+    job_id = submit(sessions)
+    after = database_time(sessions)
+    stamped = row(sessions, job_id).enqueued_at.replace(tzinfo=UTC)
+    assert before - timedelta(seconds=1) <= stamped <= after + timedelta(seconds=1), (before, stamped, after)
