@@ -46,6 +46,8 @@ _ENGINE = {
     "check_reversal_adam": ("hypercore.adam", "check_reversal_adam"),
     "forward_state_adam": ("hypercore.adam", "forward_state_adam"),
     "quantize_beta": ("hypercore.adam", "quantize_beta"),
+    "quantize_decay": ("hypercore.adam", "quantize_decay"),
+    "weight_decay_factors": ("hypercore.adam", "weight_decay_factors"),
     "reversible_adam": ("hypercore.adam", "reversible_adam"),
     "unrolled_adam": ("hypercore.adam", "unrolled_adam"),
     "SpecError": ("hypercore.spec", "SpecError"),

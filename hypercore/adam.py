@@ -1,18 +1,19 @@
 """Reversible Adam: exact hypergradients through Adam, in the training-optimizer slot of
 `hypercore.reversible`.
 
-The rule (optax's ``adam``, per-step values, ``m_0 = v_0 = 0``)::
+The rule (optax's ``adamw``, per-step values, ``m_0 = v_0 = 0``; ``wd = 0`` is ``adam``)::
 
     g_t     = grad_w L(w_t, meta, t)
     m_{t+1} = b1_t m_t + (1 - b1_t) g_t
     v_{t+1} = b2_t v_t + (1 - b2_t) g_t^2
     mhat    = m_{t+1} / c1_t,   c1_t = 1 - prod_{s<=t} b1_s
     vhat    = v_{t+1} / c2_t,   c2_t = 1 - prod_{s<=t} b2_s
-    w_{t+1} = w_t - lr_t mhat / (sqrt(vhat) + eps)
+    w_{t+1} = f_t w_t - lr_t mhat / (sqrt(vhat) + eps),   f_t = 1 - lr_t wd_t
 
 runs on int64 fixed point so that the backward pass runs it in reverse bit for bit:
 
-    w_t = w_{t+1} + fixed(lr_t u(m_{t+1}, v_{t+1}, c1_t, c2_t))       (`Adam.undo_weights`)
+    w_t = (w_{t+1} + fixed(lr_t u(m_{t+1}, v_{t+1}, c1_t, c2_t))) / f_t   (`Adam.undo_weights`;
+        exactly, bits from the buffer; no division without weight decay)
     g_t recomputed at w_t by the engine
     m_t = (m_{t+1} - fixed((1 - b1_t) g_t)) / b1_t  exactly, bits from the buffer
     v_t = (v_{t+1} - fixedv((1 - b2_t) g_t^2)) / b2_t  exactly, bits from the buffer
@@ -37,6 +38,16 @@ Representation
   (they depend on the schedules only, not on data): the forward and reverse passes read the same
   float64 value at step ``t``, and their hypergradients flow back to ``b1``, ``b2`` through the
   cumulative product by ordinary autodiff, outside the engine.
+* The weight-decay factor ``f_t = 1 - lr_t wd_t`` (AdamW) is quantised as a whole, like the betas
+  but with ``n = clip(round(f 2**24), 2**23, 2**24)``, i.e. ``f`` in ``[0.5, 1]`` (``f = 1``,
+  ``n = 2**24``, is exact and pushes nothing). `weight_decay_factors` (`quantize_decay` of
+  ``1 - lr wd`` in float64, the schedules broadcast together) returns the values used: ``lr wd``
+  is off by at most ``2**-25 = 3.0e-8`` absolute, so 3e-5 relative at ``lr wd = 1e-3``, 3e-4 at
+  ``1e-4``, 30% at ``1e-7``, and a product below ``2**-25`` rounds to no decay at all; use AdamW
+  here with ``lr wd`` well above ``1e-6``. The factor is one more schedule computed by
+  `reversible_adam` outside the engine, so its hypergradient (``sum dw_{t+1} w_t``) reaches ``lr``
+  and ``wd`` by ordinary autodiff, straight through the rounding (the derivative of ``1 - lr wd``:
+  ``-wd`` and ``-lr``), on top of ``lr``'s direct path through ``lr u``.
 
 Exact multiplication by ``b = n / 2**24`` (``DB = 2**24``)
 ----------------------------------------------------------
@@ -55,23 +66,29 @@ to fit 64 bits, so heads spill their low 32 bits onto the stack when one reaches
 this module's (`_maybe_spill` / `_unspill`) on `hypercore._fixed.Buffer`'s layout: all heads in
 lock-step, the flag recorded per step, the reverse pass reading the forward stacks read-only.
 
-The buffer has one head per parameter for ``m`` and one for ``v`` (``buffer_shapes``). Because an
-empty head cannot be popped, the first pushes cost up to 24 bits more than `_fixed`'s scheme, and a
-head restarting from 31 bits after a spill a little more per cycle: `adam_capacity` is this
-scheme's bound (at ``b = 0.5`` over 100 steps, 3 slots where SGD's unbucketed bound says 2; at 0.9
-over 1000 steps both say 4 and 4 are used), so size the stack with
-``capacity=adam_capacity(T, min_beta)``, not with SGD's `buffer_capacity`.
+The buffer has one head per parameter for ``m`` and one for ``v`` (``buffer_shapes``) and, with
+weight decay, a third for ``w``: the forward step spills, pushes ``m``'s and ``v``'s bits, computes
+the update from ``m_{t+1}, v_{t+1}``, then pushes ``w``'s (``w <- mul_beta(w, n_f)`` before
+``- fixed(lr u)``); `Adam.undo_weights` pops ``w``'s and `Adam.undo_state` ``m``'s, ``v``'s and the
+spill, in that reverse order. The heads of all three spill in lock-step, so the stack is sized by
+the smallest of ``b1``, ``b2`` and ``f`` (``decay_schedule`` is those three schedules) and costs
+1.5 times plain Adam's memory; a concrete ``weight_decay=0`` runs plain Adam, with two heads.
+
+Because an empty head cannot be popped, the first pushes cost up to 24 bits more than `_fixed`'s
+scheme, and a head restarting from 31 bits after a spill a little more per cycle: `adam_capacity` is
+this scheme's bound (at ``b = 0.5`` over 100 steps, 3 slots where SGD's unbucketed bound says 2; at
+0.9 over 1000 steps both say 4 and 4 are used), so size the stack with
+``capacity=adam_capacity(T, min_beta)`` (the same as ``buffer_capacity(T, min_beta,
+optimizer="adam")``), not with SGD's ``buffer_capacity(T, min_gamma)``.
 
 Determinism: ``u = mhat / (sqrt(vhat) + eps)`` is computed by one function (`_direction`) from the
 restored integers and the same float64 hyperparameters in both passes, with no multiply feeding an
 add (so nothing an FMA could contract differently); IEEE division and square root are correctly
 rounded, so the reverse pass gets the forward's bits.
 
-Not done: decoupled weight decay (AdamW). ``w_{t+1} = (1 - lr wd) w_t - lr u`` multiplies ``w`` by a
-decay, which needs the slot to change: ``undo_weights`` would need the buffer (and the step's record)
-to pop the decay's lost bits, and ``adjoint_step`` would need to scale ``dw`` by ``1 - lr wd`` (the
-engine keeps ``dw``'s direct path at 1). `unrolled_adam` implements it (the reference); the
-reversible engine refuses a non-zero ``weight_decay``.
+The adjoint of the weight decay: ``dw_t = f_t dw_{t+1} - H_t ct`` (`Adam.adjoint_step` returns
+``f_t dw_{t+1}``, the engine subtracts ``H_t ct``) and ``df_t = dw_{t+1} . w_t``, with ``w_t`` the
+restored weights; ``lr``'s direct cotangent ``-dw_{t+1} . u`` is unchanged.
 """
 
 from __future__ import annotations
@@ -132,6 +149,54 @@ def quantize_beta(beta: PyTree) -> PyTree:
     return jax.tree.map(one, beta)
 
 
+def decay_numerator(factor: jax.Array) -> jax.Array:
+    """``n = clip(round(f * 2**24), 2**23, 2**24)`` as int64: the weight-decay factor ``f = 1 - lr wd``
+    is used as ``n / 2**24`` in ``[0.5, 1]`` (``n = 2**24`` is exactly no decay)."""
+    f = jnp.asarray(factor, jnp.float64)
+    return jnp.clip(jnp.round(f * DB), N_MIN, DB).astype(_I64)
+
+
+def quantize_decay(factor: PyTree) -> PyTree:
+    """The weight-decay factors the engine actually uses, ``n / 2**24`` in ``[0.5, 1]`` (float64),
+    with a straight-through gradient. Works on any pytree of arrays or on a float."""
+
+    def one(f):
+        f = jnp.asarray(f, jnp.float64)
+        return f + jax.lax.stop_gradient(decay_numerator(f).astype(jnp.float64) / DB - f)
+
+    return jax.tree.map(one, factor)
+
+
+def _pair(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two schedule leaves, ``(T,)`` or ``(T, *shape)``, as float64 arrays that broadcast together."""
+    a, b = jnp.asarray(a, jnp.float64), jnp.asarray(b, jnp.float64)
+    if a.ndim < b.ndim:
+        a = a.reshape(a.shape + (1,) * (b.ndim - a.ndim))
+    elif b.ndim < a.ndim:
+        b = b.reshape(b.shape + (1,) * (a.ndim - b.ndim))
+    return a, b
+
+
+def weight_decay_factors(learning_rates: PyTree, weight_decay: PyTree) -> PyTree:
+    """The factors ``quantize_decay(1 - lr_t wd_t)`` that multiply ``w`` at every step, a schedule:
+    shared if both are shared, else shaped like the weights (a leaf per weight where either is).
+    These are the values the engine uses (the reference `unrolled_adam` with ``quantize=True``
+    too); the hypergradients to ``lr`` and ``wd`` pass straight through the rounding."""
+    shared_lr, shared_wd = _schedule.is_shared(learning_rates), _schedule.is_shared(weight_decay)
+    if shared_lr and shared_wd:
+        a, b = _pair(learning_rates, weight_decay)
+        return quantize_decay(1.0 - a * b)
+    tree = weight_decay if shared_lr else learning_rates
+    n = len(jax.tree.leaves(tree))
+    lrs = [learning_rates] * n if shared_lr else jax.tree.leaves(learning_rates)
+    wds = [weight_decay] * n if shared_wd else jax.tree.leaves(weight_decay)
+    out = []
+    for a, b in zip(lrs, wds, strict=True):
+        a, b = _pair(a, b)
+        out.append(quantize_decay(1.0 - a * b))
+    return jax.tree.unflatten(jax.tree.structure(tree), out)
+
+
 def bias_corrections(betas: PyTree) -> PyTree:
     """``1 - prod_{s<=t} b_s`` per step (float64), for quantised ``betas`` shaped as a schedule."""
     return jax.tree.map(lambda b: 1.0 - jnp.cumprod(jnp.asarray(b, jnp.float64), axis=0), betas)
@@ -161,7 +226,8 @@ def in_range_v(i: jax.Array) -> jax.Array:
 def mul_beta(x: jax.Array, n: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exactly ``x <- x * n / 2**24`` (error below one unit) with the head ``B``: pop ``s = B mod n``,
     ``X = x n + s``, ``x <- X div 2**24``, push ``X mod 2**24``. Needs ``|x| < 2**62``,
-    ``2**23 <= n < 2**24`` and ``B < 2**63``."""
+    ``2**23 <= n <= 2**24`` (``n = 2**24``, the weight-decay factor 1, is the identity) and
+    ``B < 2**63``."""
     nu = n.astype(_U64)
     h1 = head // nu
     s = head - h1 * nu
@@ -281,20 +347,34 @@ def _direction(m_f, v_f, c1, c2, eps):
 
 @dataclasses.dataclass(frozen=True)
 class Adam:
-    """Adam in the training-optimizer slot (see the module docstring).
+    """Adam in the training-optimizer slot (see the module docstring); AdamW with
+    ``weight_decay=True``.
 
     State ``(m, v)``: two lists of int64 arrays, one per weight leaf, ``m`` at ``2**48`` and ``v``
-    at ``2**52``. Schedules: ``learning_rates, b1, b2`` (quantised) and the bias corrections
-    ``c1, c2``. ``record``: the step's spill flag. ``eps`` is static.
+    at ``2**52``. Schedules: ``learning_rates, b1, b2`` (quantised), the bias corrections
+    ``c1, c2`` and, for AdamW, the quantised factors ``1 - lr wd`` (`weight_decay_factors`).
+    Buffer heads: ``m``'s, ``v``'s and, for AdamW, ``w``'s. ``record``: the step's spill flag.
+    ``eps`` and ``weight_decay`` are static.
     """
 
     eps: float = 1e-8
-    name = "adam"
-    schedule_names = ("learning_rates", "b1", "b2", "bias1", "bias2")
-    decay_schedule = 1
+    weight_decay: bool = False
+
+    @property
+    def name(self):
+        return "adamw" if self.weight_decay else "adam"
+
+    @property
+    def schedule_names(self):
+        names = ("learning_rates", "b1", "b2", "bias1", "bias2")
+        return (*names, "decay_factors") if self.weight_decay else names
+
+    @property
+    def decay_schedule(self):
+        return (1, 2, 5) if self.weight_decay else (1, 2)
 
     def buffer_shapes(self, shapes):
-        return [*shapes, *shapes]
+        return [*shapes, *shapes, *shapes] if self.weight_decay else [*shapes, *shapes]
 
     def buffer_slots(self, steps, min_decay):
         return adam_capacity(steps, min_decay, bucket=False)
@@ -307,7 +387,7 @@ class Adam:
 
     @staticmethod
     def _terms(hyper):
-        _, b1, b2, _, _ = hyper
+        _, b1, b2 = hyper[:3]
         n1 = b1.per_leaf(beta_numerator)
         n2 = b2.per_leaf(beta_numerator)
         om1 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n in n1]
@@ -322,7 +402,7 @@ class Adam:
         return g64, dm, dv
 
     def _steps(self, m, v, hyper):
-        lr, _, _, c1, c2 = hyper
+        lr, _, _, c1, c2 = hyper[:5]
         m_f = [_fixed.from_fixed(x) for x in m]
         v_f = [from_fixed_v(x) for x in v]
         parts = [
@@ -345,8 +425,12 @@ class Adam:
             m_new.append(x + dm[i][0])
             x, heads[k + i] = mul_beta(v[i], n2[i], heads[k + i])
             v_new.append(x + dv[i][0])
-        buf = buf._replace(heads=heads)
         dws, _ = self._steps(m_new, v_new, hyper)
+        if self.weight_decay:  # w <- (n / 2**24) w exactly, the lost bits in w's heads
+            w = list(w)
+            for i, nf in enumerate(hyper[5].per_leaf(decay_numerator)):
+                w[i], heads[2 * k + i] = mul_beta(w[i], nf, heads[2 * k + i])
+        buf = buf._replace(heads=heads)
         w = [wi - d for wi, (d, _) in zip(w, dws, strict=True)]
         checks = [
             *(ok for _, ok in dm),
@@ -357,11 +441,22 @@ class Adam:
         ]
         return w, (m_new, v_new), buf, spilled, checks
 
-    def undo_weights(self, w, state, hyper):
-        """``w_t = w_{t+1} + fixed(lr u)``; ``w_aux`` is ``(mhat, vhat, den, u)`` per leaf."""
+    def undo_weights(self, w, state, buf, hyper, spilled, stacks):
+        """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping w's heads);
+        ``w_aux`` is ``(parts, w_t, f)``: ``(mhat, vhat, den, u)`` per leaf and, for AdamW, ``w_t``
+        as floats and the factors used (else ``None``)."""
         m, v = state
         dws, parts = self._steps(m, v, hyper)
-        return [wi + d for wi, (d, _) in zip(w, dws, strict=True)], parts
+        w = [wi + d for wi, (d, _) in zip(w, dws, strict=True)]
+        if not self.weight_decay:
+            return w, state, buf, (parts, None, None)
+        k = len(w)
+        heads = list(buf.heads)
+        nfs = hyper[5].per_leaf(decay_numerator)
+        for i, nf in enumerate(nfs):
+            w[i], heads[2 * k + i] = div_beta(w[i], nf, heads[2 * k + i])
+        factors = [nf.astype(jnp.float64) / DB for nf in nfs]
+        return w, state, buf._replace(heads=heads), (parts, [_fixed.from_fixed(x) for x in w], factors)
 
     def undo_state(self, state, buf, g, hyper, spilled, stacks):
         m, v = state
@@ -378,8 +473,9 @@ class Adam:
         buf = _unspill(buf._replace(heads=heads), spilled, stacks)
         return (m_old, v_old), buf, (n1, n2, om1, om2, g64)
 
-    def adjoint_step(self, dw, dstate, g, state, hyper, parts, terms):
-        lr, _, _, c1, c2 = hyper
+    def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, terms):
+        lr, _, _, c1, c2 = hyper[:5]
+        parts, w_t, factors = w_aux
         dm, dv = dstate
         m, v = state
         n1, n2, om1, om2, g64 = terms
@@ -404,11 +500,17 @@ class Adam:
             cts.append(-dg)
             out_m.append(dm_next * (n1[i].astype(jnp.float64) / DB))
             out_v.append(dv_next * (n2[i].astype(jnp.float64) / DB))
-        return (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2)
+        if not self.weight_decay:
+            return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2)
+        dfactor = [d * x for d, x in zip(dw, w_t, strict=True)]
+        dw = [f * d for f, d in zip(factors, dw, strict=True)]
+        return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2, dfactor)
 
 
 ADAM = Adam()
+ADAMW = Adam(weight_decay=True)
 reversible.OPTIMIZERS["adam"] = ADAM
+reversible.OPTIMIZERS["adamw"] = ADAMW
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -428,35 +530,36 @@ def _concrete_min(*trees: PyTree) -> float | None:
         return None
 
 
-def _check_no_weight_decay(weight_decay: PyTree) -> None:
+def _is_zero(weight_decay: PyTree) -> bool:
+    """True iff ``weight_decay`` is concrete and zero everywhere (then plain Adam runs: no w heads)."""
     try:
-        zero = all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(weight_decay))
+        return all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(weight_decay))
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        zero = False
-    if not zero:
-        raise NotImplementedError(
-            "reversible_adam supports weight_decay=0 only: decoupled weight decay multiplies w by "
-            "(1 - lr wd), which the training-optimizer slot cannot invert yet (undo_weights has no "
-            "buffer, adjoint_step cannot scale dw); unrolled_adam implements it"
-        )
+        return False
 
 
 def _setup(loss, w0, meta, learning_rates, b1, b2, weight_decay, eps, capacity, min_beta):
-    _check_no_weight_decay(weight_decay)
     T = _schedule.num_steps(learning_rates)
     b1 = quantize_beta(_as_schedule(b1, T))
     b2 = quantize_beta(_as_schedule(b2, T))
     schedules = (learning_rates, b1, b2, bias_corrections(b1), bias_corrections(b2))
+    decoupled = not _is_zero(weight_decay)
+    if decoupled:
+        weight_decay = _as_schedule(weight_decay, T)
+        _schedule.check(weight_decay, w0, "weight_decay")
+        schedules = (*schedules, weight_decay_factors(learning_rates, weight_decay))
     if capacity is None:
         if min_beta is None:
-            min_beta = _concrete_min(b1, b2)
+            min_beta = _concrete_min(*(schedules[i] for i in (1, 2, 5)[: 3 if decoupled else 2]))
         if min_beta is None:
+            what = "b1/b2/the decay factors 1 - lr wd" if decoupled else "b1/b2"
             raise ValueError(
-                "b1/b2 are traced, so the information buffer cannot be sized from them: pass "
+                f"{what} are traced, so the information buffer cannot be sized from them: pass "
                 "capacity=hypercore.adam_capacity(T, min_beta) or min_beta="
             )
         capacity = adam_capacity(T, float(min_beta), bucket=False)
-    opt = ADAM if eps == ADAM.eps else Adam(eps=float(eps))
+    opt = Adam(eps=float(eps), weight_decay=decoupled)
+    opt = {ADAM: ADAM, ADAMW: ADAMW}.get(opt, opt)
     engine, meta_all = reversible._prepare(
         loss, w0, meta, schedules, capacity=capacity, min_gamma=None, optimizer=opt
     )
@@ -486,10 +589,16 @@ def reversible_adam(
         scalars (constant). ``b1``/``b2`` are quantised by `quantize_beta` (``n / 2**24`` in
         ``[0.5, 1 - 2**-24]``), the bias corrections computed from the quantised values; the
         hypergradient is the derivative at the quantised values, passed straight through.
-      weight_decay: must be 0 (see the module docstring: the slot cannot invert AdamW yet).
+      weight_decay: decoupled weight decay (AdamW, optax's ``adamw``): a scalar or a schedule in
+        any of the three shapes. ``w`` is multiplied at each step by the factor
+        ``weight_decay_factors(learning_rates, weight_decay)``, i.e. ``1 - lr_t wd_t`` rounded to
+        ``n / 2**24`` in ``[0.5, 1]`` (so ``lr wd`` is off by at most ``2**-25 = 3e-8``: 3e-4
+        relative at ``lr wd = 1e-4``, and below ``2**-25`` no decay at all); the hypergradients
+        to ``lr`` and ``wd`` pass straight through that rounding. A concrete 0 runs plain Adam.
       eps: static.
       capacity: the stack, in 32-bit slots (static): ``adam_capacity(T, min_beta)`` with the
-        smallest ``b1``/``b2`` used. With concrete betas it may be omitted; or pass ``min_beta``.
+        smallest ``b1``/``b2`` (and, with weight decay, decay factor) used. With concrete values
+        it may be omitted; or pass ``min_beta``, a lower bound on all of them.
 
     Returns:
       ``w_T`` shaped like ``w0``; NaN if training left the fixed-point range (``|w|, |m| < 2**14``,
@@ -540,11 +649,11 @@ def unrolled_adam(
     """The same rule in a plain ``lax.scan`` (reverse mode stores every step), for tests.
 
     ``quantize=True`` uses the engine's values (`quantize_beta`, bias corrections from the quantised
-    betas); ``quantize=False`` is optax's ``adamw`` with per-step values. Decoupled weight decay
-    ``w <- w - lr (u + wd w)`` is supported here (not by the engine)::
+    betas, the decay factor ``f = quantize_decay(1 - lr wd)``); ``quantize=False`` is optax's
+    ``adamw`` with per-step values (``f w - lr u`` becomes ``w - lr (u + wd w)``)::
 
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-        w = w - lr (m / c1 / (sqrt(v / c2) + eps) + wd w)
+        w = f w - lr m / c1 / (sqrt(v / c2) + eps)
     """
     T = _schedule.check(learning_rates, w0, "learning_rates")
     b1, b2, wd = (_as_schedule(x, T) for x in (b1, b2, weight_decay))
@@ -579,7 +688,11 @@ def unrolled_adam(
             mi = x1 * mi + (1 - x1) * gi
             vi = x2 * vi + (1 - x2) * gi * gi
             u = _direction(mi, vi, k1, k2, eps)[3]
-            w_new.append(wi - a * (u + d * wi))
+            if quantize:
+                f = quantize_decay(1.0 - jnp.asarray(a, jnp.float64) * jnp.asarray(d, jnp.float64))
+                w_new.append(f * wi - a * u)
+            else:
+                w_new.append(wi - a * (u + d * wi))
             m_new.append(mi)
             v_new.append(vi)
         return (w_new, m_new, v_new), None

@@ -29,73 +29,87 @@ fixed-point weights, the information buffer, the forward and reverse ``lax.scan`
 recomputation of ``g_t`` and its fingerprint check, the one reverse-over-reverse VJP per step, the
 divergence and overflow flags and the `ReversalReport`; it knows no update formula. The formulas
 live in a `TrainingOptimizer`: its exact forward step, that step's exact inverse (in two halves,
-because ``g_t`` must be recomputed at the restored ``w_t`` in between) and the step's adjoint.
-`SGDM` (the paper's SGD with momentum, above) is the one registered in `OPTIMIZERS`, under
-``"sgd_momentum"``, and the default of every internal function that takes ``optimizer=``.
+because ``g_t`` must be recomputed at the restored ``w_t`` in between, each half with the buffer, so
+that a decay of ``w`` as well as of the state can be undone) and the step's adjoint, which returns
+``w_t``'s direct cotangent too (so a step may scale ``w``). `SGDM` (the paper's SGD with momentum,
+above) is registered in `OPTIMIZERS` under ``"sgd_momentum"`` and is the default of every internal
+function that takes ``optimizer=``; `hypercore.adam` registers ``"adam"`` and ``"adamw"``.
 
 Per step ``t`` the generic loops call, with ``hyper`` a tuple of `Hyper` (the optimizer's schedules
 at ``t``, in the order of its ``schedule_names``) and ``buf`` the `hypercore._fixed.Buffer`::
 
     forward:   g = grad_w L(w_t);  fingerprint(g)
                w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hyper)
-    reverse:   w, w_aux = opt.undo_weights(w, state, hyper)                    # w_{t+1} -> w_t
-               g, vjp = vjp(grad_w L, w_t, meta);  compare fingerprint(g)
+    reverse:   w, state, buf, w_aux = opt.undo_weights(w, state, buf, hyper, record, stacks)
+               g, vjp = vjp(grad_w L, w_t, meta);  compare fingerprint(g)   # at the restored w_t
                state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
-    backward:  dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
+    backward:  dw, dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
                dw -= H_t ct;  dmeta -= d/dmeta <g_t, ct>                       # from the VJP
 
-``ct`` is *minus* the cotangent of ``g_t`` (SGD with momentum: ``(1 - gamma_t) dv``), so that the
-paper's arithmetic is kept operation for operation. ``dhyper`` holds, per schedule, one cotangent per
+``undo_weights`` takes ``w_{t+1}`` back to ``w_t`` (popping the buffer if the step multiplied ``w``
+by a decay) and hands ``state`` and ``buf`` on to ``undo_state``. ``adjoint_step``'s ``dw`` is
+``w_t``'s cotangent through the step's direct path (SGD with momentum: ``dw`` itself; AdamW:
+``(1 - lr_t wd_t) dw``), to which the engine adds ``-H_t ct``. ``ct`` is *minus* the cotangent of
+``g_t`` (SGD with momentum: ``(1 - gamma_t) dv``), so that the paper's arithmetic is kept operation
+for operation. ``dhyper`` holds, per schedule, one cotangent per
 weight leaf (per parameter); the engine sums it over shared parameters. ``record`` is anything the
 inverse needs per step that must not depend on recomputed data (SGD with momentum: the buffer's
 spill flag); the forward scan stacks it. ``checks`` are boolean arrays that must all be true (the
 optimizer's fixed-point conversions and state range): otherwise the run is reported as diverged.
 ``stacks`` are the buffer's stacks, read-only in reverse (pass them to `_fixed.div_gamma`).
+``decay_schedule`` is the index, or a tuple of indices, of the schedules whose values multiply
+something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
+`buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
 A second exact optimizer is a class with these members, registered under a name, and an entry
-point that passes its schedules; nothing in the engine is copied. For instance, the outline of an
-Adam (the bodies are the later issue's; Adam's ``m`` and ``v`` are each multiplied by a decay, so
-the buffer gets one head per parameter for each)::
+point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
+example; in outline (its ``m`` and ``v``, and with weight decay ``w``, are each multiplied by a
+decay ``n / 2**24``, so the buffer gets one head per parameter for each)::
 
     @dataclasses.dataclass(frozen=True)
     class Adam:
-        name = "adam"
-        schedule_names = ("alphas", "beta1s", "beta2s")
-        decay_schedule = 1               # the smallest decay's lower bound sizes the buffer
+        eps: float = 1e-8
+        weight_decay: bool = False       # AdamW: w_{t+1} = f_t w_t - lr_t u_t, f_t = 1 - lr_t wd_t
+        name = "adam"                    # "adamw" with weight decay
+        schedule_names = ("learning_rates", "b1", "b2", "bias1", "bias2")   # + "decay_factors"
+        decay_schedule = (1, 2)          # + 5: the smallest of b1, b2 (and f) sizes the buffer
 
-        def buffer_shapes(self, shapes):  # one head per array multiplied by a decay: m's, then v's
+        def buffer_shapes(self, shapes):  # one head per array multiplied by a decay: m's, v's (, w's)
             return [*shapes, *shapes]
         def buffer_slots(self, steps, min_decay):
-            return _fixed.capacity_for(steps, min_decay, bucket=False)
+            return adam_capacity(steps, min_decay, bucket=False)
         def init_state(self, shapes):    # fixed-point state at t = 0, any pytree of int64 arrays
             zeros = [jnp.zeros(s, jnp.int64) for s in shapes]
             return (zeros, list(zeros))
         def init_adjoint(self, dw_T):    # the state's cotangent at T, float64, same structure
             return ([jnp.zeros_like(x) for x in dw_T], [jnp.zeros_like(x) for x in dw_T])
-        def forward_step(self, w, state, buf, g, hyper): ...   # _fixed.mul_gamma pushes lost bits
-        def undo_weights(self, w, state, hyper): ...
-        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # _fixed.div_gamma pops them
-        def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux): ...
+        def forward_step(self, w, state, buf, g, hyper): ...   # mul_beta pushes m's, v's, w's bits
+        def undo_weights(self, w, state, buf, hyper, record, stacks): ...  # + lr u; div_beta on w
+        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # div_beta on m, v
+        def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux): ...  # dw -> f dw
 
-    OPTIMIZERS["adam"] = Adam()
+    OPTIMIZERS["adam"], OPTIMIZERS["adamw"] = Adam(), Adam(weight_decay=True)
 
-    def reversible_adam(loss, w0, meta, alphas, beta1s, beta2s, *, capacity=None, min_beta=None,
-                        report=None):
-        schedules = (alphas, beta1s, beta2s)
+    def reversible_adam(loss, w0, meta, learning_rates, b1, b2, weight_decay=0.0, *, capacity=None,
+                        min_beta=None, report=None):
+        schedules = (learning_rates, b1, b2, c1, c2, f)   # quantised, f = weight_decay_factors(...)
         engine, meta_all = _prepare(loss, w0, meta, schedules, capacity=capacity,
-                                    min_gamma=min_beta, optimizer="adam")
+                                    min_gamma=min_beta, optimizer="adamw")
         return _train(engine, w0, meta_all, schedules, report)
 
 Its `check_reversal` and `forward_state` are `_prepare` followed by `_roundtrip(engine, w0, meta_all,
 schedules)` and by ``jax.jit(engine.forward)(w0, meta_all, schedules)``. The contract
 that makes it exact: ``undo_weights`` then ``undo_state`` restore the state and the buffer bit for
 bit given the same ``g``, and every rounding the forward step does is of values the inverse can
-recompute (add or subtract fixed-point integers; multiply by a decay only through the buffer).
+recompute (add or subtract fixed-point integers; multiply by a decay only through the buffer, and
+pop a head in the reverse of the order the forward step pushed it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -269,15 +283,16 @@ class TrainingOptimizer(Protocol):
 
     name: str
     schedule_names: tuple[str, ...]
-    decay_schedule: int
+    decay_schedule: int | tuple[int, ...]
 
     def buffer_shapes(self, shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """The information buffer's leaves: one head per array the step multiplies by a decay."""
         ...
 
     def buffer_slots(self, steps: int, min_decay: float) -> int:
-        """Stack slots enough for ``steps`` steps with every value of schedule ``decay_schedule``
-        at least ``min_decay`` (no bucketing)."""
+        """Stack slots enough for ``steps`` steps with every value of the schedules
+        ``decay_schedule`` names (one index or a tuple of them) at least ``min_decay`` (no
+        bucketing; `buffer_capacity` buckets)."""
         ...
 
     def init_state(self, shapes: list[tuple[int, ...]]) -> PyTree:
@@ -295,9 +310,18 @@ class TrainingOptimizer(Protocol):
         ...
 
     def undo_weights(
-        self, w: list[jax.Array], state: PyTree, hyper: tuple[Hyper, ...]
-    ) -> tuple[list[jax.Array], PyTree]:
-        """``(w_t, w_aux)`` from ``w_{t+1}`` and ``state_{t+1}``; ``w_aux`` goes to `adjoint_step`."""
+        self,
+        w: list[jax.Array],
+        state: PyTree,
+        buf: Buffer,
+        hyper: tuple[Hyper, ...],
+        record: PyTree,
+        stacks: list[jax.Array],
+    ) -> tuple[list[jax.Array], PyTree, Buffer, PyTree]:
+        """``(w_t, state, buf, w_aux)`` from ``w_{t+1}`` and ``state_{t+1}``, before ``g_t`` is
+        recomputed at ``w_t``: a decay of ``w`` is undone here, popping its bits off ``buf``.
+        ``state`` and ``buf`` go on to `undo_state`, ``w_aux`` to `adjoint_step`; ``record`` and
+        ``stacks`` are as in `undo_state`."""
         ...
 
     def undo_state(
@@ -322,12 +346,13 @@ class TrainingOptimizer(Protocol):
         hyper: tuple[Hyper, ...],
         w_aux: PyTree,
         s_aux: PyTree,
-    ) -> tuple[PyTree, list[jax.Array], tuple[list[jax.Array], ...]]:
-        """The step's VJP but for the gradient's own: ``(dstate_t, ct, dhyper)`` from the cotangents
-        ``dw``, ``dstate`` of ``w_{t+1}``, ``state_{t+1}``. ``ct`` is minus the cotangent of ``g_t``
-        (the engine does ``dw -= H_t ct`` and the meta term); ``dhyper`` has, per schedule, one
-        per-parameter cotangent per weight leaf. ``dw``'s direct path (``w_{t+1} = w_t + ...``) is
-        the engine's: it keeps ``dw``."""
+    ) -> tuple[list[jax.Array], PyTree, list[jax.Array], tuple[list[jax.Array], ...]]:
+        """The step's VJP but for the gradient's own: ``(dw_t, dstate_t, ct, dhyper)`` from the
+        cotangents ``dw``, ``dstate`` of ``w_{t+1}``, ``state_{t+1}``. ``dw_t`` is ``w_t``'s
+        cotangent through the step's direct path only (``dw`` itself when ``w_{t+1} = w_t + ...``;
+        ``(1 - lr wd) dw`` for decoupled weight decay); the engine then does ``dw_t -= H_t ct`` and
+        the meta term. ``ct`` is minus the cotangent of ``g_t``; ``dhyper`` has, per schedule, one
+        per-parameter cotangent per weight leaf."""
         ...
 
 
@@ -378,12 +403,13 @@ class SGDM:
         w = [wi + d for wi, d in zip(w, dw, strict=True)]
         return w, v, buf, spilled, [*ok1, *ok2, *map(_fixed.in_range, v)]
 
-    def undo_weights(self, w, v, hyper):
-        """Undo the weight update; ``w_aux`` is ``v_{t+1}`` as floats."""
+    def undo_weights(self, w, v, buf, hyper, spilled, stacks):
+        """Undo the weight update (no decay of ``w``: state and buffer pass through); ``w_aux`` is
+        ``v_{t+1}`` as floats."""
         alpha, _ = hyper
         v_next = [_fixed.from_fixed(x) for x in v]
         w = [wi - _fixed.to_fixed(a * vn)[0] for wi, a, vn in zip(w, alpha.per_leaf(), v_next, strict=True)]
-        return w, v_next
+        return w, v, buf, v_next
 
     def undo_state(self, v, buf, g, hyper, spilled, stacks):
         """Undo the velocity update given the recomputed gradient; ``s_aux`` is gamma's terms."""
@@ -406,15 +432,20 @@ class SGDM:
         ]
         ct = [om * d for om, d in zip(one_minus, dv, strict=True)]
         dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
-        return dv, ct, (dalpha, dgamma)
+        return dw, dv, ct, (dalpha, dgamma)
 
 
 OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}
 """The registered training optimizers, by name; ``optimizer=`` takes a name or an instance."""
 
+_REGISTERED_BY = {"adam": "hypercore.adam", "adamw": "hypercore.adam"}
+"""The module that registers each optimizer living outside this one, imported on first use by name."""
+
 
 def _optimizer(optimizer: str | TrainingOptimizer) -> TrainingOptimizer:
     if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS and optimizer in _REGISTERED_BY:
+            importlib.import_module(_REGISTERED_BY[optimizer])
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown training optimizer {optimizer!r}; registered: {sorted(OPTIMIZERS)}")
         return OPTIMIZERS[optimizer]
@@ -525,7 +556,7 @@ def _make_engine(
             w, state, buf, mismatch = carry
             t, leaves_t, fp, record = xs
             hyper = hypers(leaves_t)
-            w, _ = opt.undo_weights(w, state, hyper)
+            w, state, buf, _ = opt.undo_weights(w, state, buf, hyper, record, fwd.buf.stacks)
             g = grad_w(weights(w), meta, consts, t)
             state, buf, _ = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
             return (w, state, buf, first_mismatch(mismatch, g, fp, t)), None
@@ -541,11 +572,11 @@ def _make_engine(
             w, state, buf, mismatch, dw, dstate, dmeta = carry
             t, leaves_t, fp, record = xs
             hyper = hypers(leaves_t)
-            w, w_aux = opt.undo_weights(w, state, hyper)
+            w, state, buf, w_aux = opt.undo_weights(w, state, buf, hyper, record, fwd.buf.stacks)
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), weights(w), meta, consts)
             state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
-            dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
+            dw, dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
             dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
             hw, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
             dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]
@@ -581,6 +612,12 @@ def _make_engine(
     return _Engine(layout, forward, reverse, backward, restored, to_fixed_w0)
 
 
+def _decay_indices(optimizer: TrainingOptimizer) -> tuple[int, ...]:
+    """``decay_schedule`` as a tuple of schedule indices."""
+    d = optimizer.decay_schedule
+    return tuple(d) if isinstance(d, (tuple, list)) else (d,)
+
+
 def _resolve_capacity(
     T: int,
     decays: PyTree,
@@ -595,10 +632,11 @@ def _resolve_capacity(
     if min_decay is None:
         min_decay = _concrete_min_gamma(decays)
         if min_decay is None:
+            names = "/".join(optimizer.schedule_names[i] for i in _decay_indices(optimizer))
             raise ValueError(
-                f"{optimizer.schedule_names[optimizer.decay_schedule]} are traced, so the information "
-                "buffer cannot be sized from them: pass capacity=hypercore.buffer_capacity(T, min_gamma) "
-                "or min_gamma= computed from concrete values"
+                f"{names} are traced, so the information buffer cannot be sized from them: pass "
+                "capacity=hypercore.buffer_capacity(T, min_gamma) or min_gamma= computed from concrete "
+                "values"
             )
     return optimizer.buffer_slots(T, float(min_decay))
 
@@ -630,7 +668,8 @@ def _prepare(
     if len(set(steps)) != 1:
         raise ValueError(f"{' and '.join(names)} must have the same number of steps")
     T = steps[0]
-    capacity = _resolve_capacity(T, schedules[opt.decay_schedule], capacity, min_gamma, opt)
+    decays = tuple(schedules[i] for i in _decay_indices(opt))
+    capacity = _resolve_capacity(T, decays, capacity, min_gamma, opt)
     t0 = jnp.zeros((), jnp.int32)
     closed, consts = jax.closure_convert(loss, w0, meta, t0)
     return _make_engine(closed, w0, (meta, consts), schedules, capacity, opt), (meta, consts)
@@ -779,7 +818,21 @@ def forward_state(
     return jax.jit(engine.forward)(w0, meta_all, (alphas, gammas))
 
 
-def buffer_capacity(steps: int, min_gamma: float) -> int:
-    """Stack slots for ``steps`` steps with every gamma >= ``min_gamma``, rounded up to a bucket
-    (2, 3, 4, 6, 8, 12, ...) so that a tuning loop whose gammas drift does not recompile."""
-    return _fixed.capacity_for(steps, min_gamma, bucket=True)
+def buffer_capacity(steps: int, min_gamma: float, optimizer: str | TrainingOptimizer = "sgd_momentum") -> int:
+    """Stack slots for ``steps`` steps with every decay >= ``min_gamma`` (SGD with momentum: every
+    gamma; another optimizer: every value of its ``decay_schedule``s), the optimizer's
+    ``buffer_slots`` rounded up to a bucket (2, 3, 4, 6, 8, 12, ...) so that a tuning loop whose
+    decays drift does not recompile."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not 0.0 < min_gamma <= 1.0 or not math.isfinite(min_gamma):
+        raise ValueError(f"min_gamma must be in (0, 1], got {min_gamma}")
+    return _bucket(_optimizer(optimizer).buffer_slots(steps, float(min_gamma)))
+
+
+def _bucket(slots: int) -> int:
+    """The next of 2, 3, 4, 6, 8, 12, 16, ... at or above ``slots`` (`_fixed.capacity_for`'s)."""
+    size = 2
+    while size < slots:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import hypercore
-from hypercore import ReversalReport, empty_report
+from hypercore import ReversalReport, empty_report, reversible
 from hypercore.adam import (
     adam_capacity,
     check_reversal_adam,
@@ -23,8 +23,10 @@ from hypercore.adam import (
     forward_state_adam,
     mul_beta,
     quantize_beta,
+    quantize_decay,
     reversible_adam,
     unrolled_adam,
+    weight_decay_factors,
 )
 
 N_IN, N_HID, N_EX = 5, 4, 16
@@ -68,6 +70,17 @@ def schedules(kind, T, w0, betas, seed=0):
     shapes = {k: (T,) if kind == "per_array" else (T, *v.shape) for k, v in w0.items()}
     parts = {k: one(s) for k, s in shapes.items()}
     return tuple({k: jnp.asarray(p[i]) for k, p in parts.items()} for i in range(3))
+
+
+def decays(kind, T, w0, seed=0, low=0.1, high=5.0):
+    """A weight-decay schedule shaped ``kind``, ``wd`` in ``[low, high]`` (``lr wd`` up to 0.1)."""
+    rng = np.random.default_rng(seed + 100)
+    if kind == "shared":
+        return jnp.asarray(rng.uniform(low, high, (T,)))
+    return {
+        k: jnp.asarray(rng.uniform(low, high, (T,) if kind == "per_array" else (T, *v.shape)))
+        for k, v in w0.items()
+    }
 
 
 def rel_err(a, b):
@@ -234,10 +247,8 @@ def test_capacity_bound_holds_and_overflow_is_reported():
     assert bool(jnp.all(jnp.isnan(d_lr)))
 
 
-def test_nonzero_weight_decay_and_traced_betas_without_capacity_are_clear_errors():
+def test_traced_betas_or_decay_factors_without_capacity_are_clear_errors():
     loss, w0, _ = make_problem()
-    with pytest.raises(NotImplementedError, match="weight_decay"):
-        reversible_adam(loss, w0, {}, jnp.full((5,), 0.01), 0.9, 0.999, 1e-4)
 
     @jax.jit
     def f(b1):
@@ -245,6 +256,167 @@ def test_nonzero_weight_decay_and_traced_betas_without_capacity_are_clear_errors
 
     with pytest.raises(ValueError, match="adam_capacity"):
         f(jnp.full((5,), 0.9))
+
+    @jax.jit
+    def g(wd):
+        return reversible_adam(loss, w0, {}, jnp.full((5,), 0.01), 0.9, 0.999, wd)["V"]
+
+    with pytest.raises(ValueError, match="decay factors"):
+        g(1e-2)
+
+
+# --- AdamW: decoupled weight decay ------------------------------------------------------------
+
+
+def test_quantize_decay_values_and_straight_through_gradients():
+    f = quantize_decay(jnp.asarray([1.0 - 1e-4, 1.0, 1.0 - 2.0**-26, 0.3, 1.5]))
+    n = np.asarray(f) * 2**24
+    assert np.all(n == np.round(n))  # on the 2**-24 lattice
+    assert abs(float(f[0]) - (1.0 - 1e-4)) <= 2**-25 and float(f[1]) == 1.0 and float(f[2]) == 1.0
+    assert float(f[3]) == 0.5 and float(f[4]) == 1.0  # clipped to [0.5, 1]
+    lr, wd = 0.01, 0.1
+    total = lambda a, b: weight_decay_factors(jnp.full((3,), a), jnp.full((3,), b)).sum()
+    dlr, dwd = jax.grad(total, (0, 1))(lr, wd)
+    assert float(dlr) == -3 * wd and float(dwd) == -3 * lr  # straight through 1 - lr wd
+    # shapes: shared x per-weight broadcasts to per-weight; per-array x per-array stays per-array
+    per_weight = {"a": jnp.full((5, 2, 3), 0.2), "b": jnp.full((5,), 0.3)}
+    out = weight_decay_factors(jnp.full((5,), 0.01), per_weight)
+    assert out["a"].shape == (5, 2, 3) and out["b"].shape == (5,)
+    assert weight_decay_factors(jnp.full((5,), 0.01), jnp.full((5,), 0.2)).shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "T,dtype,kind",
+    [(T, d, k) for T in (1, 10, 100) for d in (jnp.float64, jnp.float32) for k in ("shared", "per_weight")],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
+def test_reversal_with_weight_decay_is_bit_exact(T, dtype, kind):
+    loss, w0, _ = make_problem(dtype)
+    lrs, b1, b2 = schedules(kind, T, w0, "random")
+    wd = decays(kind, T, w0)
+    assert check_reversal_adam(loss, w0, {"l2": jnp.asarray(0.01)}, lrs, b1, b2, wd)
+
+
+def test_weight_decay_uses_heads_for_w_and_zero_decay_is_plain_adam():
+    loss, w0, _ = make_problem()
+    T = 100
+    lrs, b1, b2 = schedules("shared", T, w0, "random")
+    state = forward_state_adam(loss, w0, {}, lrs, b1, b2, 2.0)
+    assert len(state.buf.heads) == 3 * len(jax.tree.leaves(w0))  # m's, v's, then w's
+    assert all(bool(jnp.any(h != 0)) for h in state.buf.heads[6:])  # the decay's bits are there
+    plain = forward_state_adam(loss, w0, {}, lrs, b1, b2)
+    assert len(plain.buf.heads) == 2 * len(jax.tree.leaves(w0))
+    # a traced zero weight decay runs AdamW with factor exactly 1: bit for bit plain Adam
+    w_plain = reversible_adam(loss, w0, {}, lrs, b1, b2)
+    w_traced = jax.jit(lambda wd: reversible_adam(loss, w0, {}, lrs, b1, b2, wd, min_beta=0.6))(0.0)
+    for a, b in zip(jax.tree.leaves(w_plain), jax.tree.leaves(w_traced), strict=True):
+        assert bool(jnp.all(a == b))
+
+
+def _objective_wd(engine, loss):
+    def f(w0, meta, lrs, b1, b2, wd, report):
+        if engine == "reversible":
+            w_T = reversible_adam(loss, w0, meta, lrs, b1, b2, wd, min_beta=0.6, report=report)
+        else:
+            w_T = unrolled_adam(loss, w0, meta, lrs, b1, b2, wd, quantize=True)
+        return loss(w_T, meta, jnp.int32(0)) + 0.1 * jnp.sum(jnp.tanh(w_T["V"]))
+
+    return f
+
+
+@pytest.mark.parametrize(
+    "dtype,tol,kind",
+    [(jnp.float64, 1e-6, "shared"), (jnp.float64, 1e-6, "per_weight"), (jnp.float32, 1e-4, "per_array")],
+    ids=["float64-shared", "float64-per_weight", "float32-per_array"],
+)
+def test_weight_decay_hypergradients_match_unrolled_float64(dtype, tol, kind):
+    T = 100
+    loss, w0, X = make_problem(dtype)
+    lrs, b1, b2 = schedules(kind, T, w0, "random")
+    wd = decays(kind, T, w0)
+    meta = {"l2": jnp.full((N_IN, N_HID), 1e-3), "X": X}
+    argnums = (0, 1, 2, 3, 4, 5, 6)
+    f_rev = _objective_wd("reversible", loss)
+    g_rev = jax.jit(jax.grad(f_rev, argnums))(w0, meta, lrs, b1, b2, wd, empty_report())
+    report = ReversalReport.from_array(g_rev[6])
+    assert report.exact and not report.overflow and not report.buffer_overflow
+    w0_64 = jax.tree.map(lambda x: x.astype(jnp.float64), w0)
+    f_ref = _objective_wd("unrolled", loss)
+    g_ref = jax.jit(jax.grad(f_ref, argnums[:6]))(w0_64, meta, lrs, b1, b2, wd, None)
+    for name, a, b in zip(["w0", "meta", "lrs", "b1", "b2", "wd"], g_rev[:6], g_ref, strict=True):
+        errs = [rel_err(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
+        print(f"adamw hypergradient {kind} {jnp.dtype(dtype).name} d/d{name}: worst rel err {max(errs):.3g}")
+        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            assert leaf_a.shape == leaf_b.shape
+            assert rel_err(leaf_a, leaf_b) <= tol, (name, rel_err(leaf_a, leaf_b))
+    assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(g_rev[5]))  # wd matters
+
+
+def test_weight_decay_hypergradients_match_central_finite_differences():
+    """On the decay factor's lattice: lr a power of two and wd a multiple of 2**-2, so ``1 - lr wd``
+    and every shift of lr or wd below are multiples of 2**-24 and the rounding is the identity."""
+    T = 20
+    loss, w0, X = make_problem(jnp.float64)
+    rng = np.random.default_rng(3)
+    lrs = {k: jnp.full((T,), 2.0 ** -rng.integers(6, 8)) for k in w0}
+    wd = {k: jnp.asarray(rng.integers(1, 5, (T,)) * 0.25) for k in w0}
+    _, b1, b2 = schedules("per_array", T, w0, "random")
+    meta = {"l2": jnp.asarray(0.01), "X": X}
+    f = _objective_wd("reversible", loss)
+    f_val = jax.jit(lambda *a: f(*a, empty_report()))
+    args = (w0, meta, lrs, b1, b2, wd)
+    grads = jax.jit(jax.grad(f, (2, 5)))(*args, empty_report())
+    total = lambda tree: sum(float(jnp.sum(x)) for x in jax.tree.leaves(tree))
+
+    for i, analytic in ((2, total(grads[0])), (5, total(grads[1]))):
+
+        def central(eps, i=i):
+            up = (*args[:i], jax.tree.map(lambda x: x + eps, args[i]), *args[i + 1 :])
+            down = (*args[:i], jax.tree.map(lambda x: x - eps, args[i]), *args[i + 1 :])
+            return (float(f_val(*up)) - float(f_val(*down))) / (2 * eps)
+
+        eps = 2.0**-14  # lr * eps and wd * eps stay multiples of 2**-24
+        fd = (4 * central(eps / 2) - central(eps)) / 3  # Richardson: O(eps^4)
+        print(f"finite differences, argument {i}: fd {fd!r} analytic {analytic!r}")
+        assert abs(fd - analytic) <= 1e-6 * abs(fd), (i, fd, analytic)  # relative: d/dwd is ~0.03
+        assert abs(analytic) > 1e-3
+
+
+def test_trajectory_with_weight_decay_matches_optax_adamw_float64():
+    """Quantised betas, quantised decay factor and fixed point against optax's float64 adamw with
+    the raw values (lr wd = 1e-3, off by at most 2**-25 on the lattice)."""
+    loss, w0, _ = make_problem(jnp.float64)
+    lr, b1, b2, wd = 0.01, 0.9, 0.999, 0.1
+    opt = optax.adamw(lr, b1=b1, b2=b2, eps=1e-8, weight_decay=wd)
+    grad = jax.jit(jax.grad(loss))
+
+    @jax.jit
+    def optax_step(w, state, t):
+        updates, state = opt.update(grad(w, {}, t), state, w)
+        return optax.apply_updates(w, updates), state
+
+    w, state = w0, opt.init(w0)
+    worst, checkpoints = 0.0, {25, 50, 100, 200}
+    for t in range(200):
+        w, state = optax_step(w, state, jnp.int32(t))
+        if t + 1 in checkpoints:
+            w_rev = reversible_adam(loss, w0, {}, jnp.full((t + 1,), lr), b1, b2, wd)
+            err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(w_rev), jax.tree.leaves(w), strict=True))
+            worst = max(worst, err)
+    print(f"adamw fidelity: worst relative error {worst:.3g} over T=200")
+    assert worst <= 1e-4, worst
+
+
+def test_slot_capacity_delegates_to_the_optimizer():
+    for T in (0, 1, 100, 1000, 10000):
+        for g in (0.5, 0.9, 0.99, 0.999):
+            assert hypercore.buffer_capacity(T, g) == reversible._fixed.capacity_for(T, g)
+            assert reversible.buffer_capacity(T, g, optimizer="adam") == adam_capacity(T, g)
+            assert reversible.buffer_capacity(T, g, optimizer="adamw") == adam_capacity(T, g)
+    assert reversible.OPTIMIZERS["adamw"].decay_schedule == (1, 2, 5)
+    assert isinstance(reversible.OPTIMIZERS["adamw"], reversible.TrainingOptimizer)
+    with pytest.raises(ValueError, match="min_gamma"):
+        reversible.buffer_capacity(10, 0.0)
 
 
 def test_registered_in_the_slot_and_exported():
