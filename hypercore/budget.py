@@ -39,10 +39,10 @@ training data               ``4 F (4 R + P) + 8 F S + 32 R``: the splits on the 
                             and as constants of the compiled programs, a re-split's pool of ``P``
                             rows, the ``S`` rows of the source (a built-in, or the upload as read),
                             and the labels
-worker runtime              1.5 GiB: Python, JAX and XLA compiling the job (a 2,410-weight job
-                            peaks at about 640 MiB resident on CPU; a 167k-weight one measured
-                            between 0.78 and 1.16 GiB resident in the same test, run alone and
-                            on a busy 2-core machine: malloc arenas and XLA's thread pool)
+worker runtime              1.5 GiB: Python, JAX and XLA compiling the job. Measured (VmHWM, the
+                            process's own peak) in tests/jobs/test_memory_budget.py: a 167k-weight
+                            job peaks at about 860 MiB on CPU, about 750 MiB of it runtime; the
+                            rest is margin for allocator fragmentation and accelerator runtimes
 ==========================  ====================================================================
 
 Each component names the spec field that drives it (``loc``), so a refusal can say what to change.
