@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_reversible import N_HID, N_IN, make_problem  # the same tiny net the SGD engine is tested on
 
 import hypercore
 from hypercore import ReversalReport, empty_report, reversible
@@ -28,31 +29,6 @@ from hypercore.adam import (
     unrolled_adam,
     weight_decay_factors,
 )
-
-N_IN, N_HID, N_EX = 5, 4, 16
-
-
-def make_problem(dtype=jnp.float64, scale=0.3, seed=0):
-    """A tiny tanh regression net; minibatches are a pure function of t. ``dtype`` is the model's."""
-    kx, _ = jax.random.split(jax.random.key(seed))
-    X = jax.random.normal(kx, (N_EX, N_IN), jnp.float64)
-    y = jnp.sin(X @ jnp.arange(1.0, N_IN + 1.0) / N_IN)
-
-    def loss(w, meta, t):
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (8,), 0, N_EX)
-        Xb = meta.get("X", X)[idx].astype(dtype)
-        hidden = jnp.tanh(Xb @ w["W"].astype(dtype) + w["b"].astype(dtype))
-        pred = hidden @ w["V"].astype(dtype)
-        penalty = jnp.sum(meta["l2"].astype(dtype) * w["W"].astype(dtype) ** 2) if "l2" in meta else 0.0
-        return jnp.mean((pred - y[idx].astype(dtype)) ** 2) + penalty
-
-    k1, k2, k3 = jax.random.split(jax.random.key(seed + 1), 3)
-    w0 = {
-        "W": (scale * jax.random.normal(k1, (N_IN, N_HID), jnp.float64)).astype(dtype),
-        "b": (scale * jax.random.normal(k2, (N_HID,), jnp.float64)).astype(dtype),
-        "V": (scale * jax.random.normal(k3, (N_HID,), jnp.float64)).astype(dtype),
-    }
-    return loss, w0, X
 
 
 def schedules(kind, T, w0, betas, seed=0):
