@@ -60,7 +60,7 @@ def create_app(
     app = FastAPI(
         title="revtune",
         version="1",
-        summary="Tune thousands of hyperparameters by exactly reversing SGD with momentum",
+        summary="Tune thousands of hyperparameters by reversing training (SGD with momentum, Adam) exactly",
         lifespan=lifespan,
     )
     app.state.settings = settings

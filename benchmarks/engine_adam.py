@@ -7,7 +7,9 @@ training-optimizer slot. On the paper's MNIST net (784-50-50-50-10 tanh, 44,860 
 * memory: XLA's ``memory_analysis()`` of the compiled ``jax.grad`` of ``valid(w_T)`` w.r.t. the four
   schedules through ``hypercore.reversible_adam`` (temp + arguments + outputs), against the same
   through a plain ``lax.scan`` of float32 ``optax.adamw`` (stored trajectory) and through the same
-  scan with each step under ``jax.checkpoint``; the information buffer's bytes against the
+  scan with each step under ``jax.checkpoint``, and through equinox's checkpointed
+  ``while_loop`` (online treeverse, its default number of checkpoints; with the ``bench`` extra);
+  the information buffer's bytes against the
   information-theoretic ``N * sum_t (log2(1/b1_t) + log2(1/b2_t) + log2(1/f_t)) / 8``, with
   ``f_t = 1 - lr_t wd_t`` and the quantised values the engine uses.
 * time: forward + backward through ``reversible_adam`` divided by plain float32 ``optax.adamw``
@@ -66,6 +68,22 @@ def adamw_scan(loss, w0, T, *, checkpoint=False):
             updates, state = opt.update(grad(w, {}, t), state, w)
             return (optax.apply_updates(w, updates), state), None
 
+        if checkpoint == "equinox":  # equinox's online checkpointed loop (treeverse), its default count
+            import equinox.internal as eqxi
+
+            def body(carry):
+                t, w, state = carry
+                (w, state), _ = step((w, state), t)
+                return t + 1, w, state
+
+            _, w, _ = eqxi.while_loop(
+                lambda c: c[0] < T,
+                body,
+                (jnp.int32(0), w0, opt.init(w0)),
+                max_steps=T,
+                kind="checkpointed",
+            )
+            return w
         step = jax.checkpoint(step) if checkpoint else step
         (w, _), _ = jax.lax.scan(step, (w0, opt.init(w0)), jnp.arange(T, dtype=jnp.int32))
         return w
@@ -79,12 +97,16 @@ def meta_grad_fns(loss, valid, w0, T, capacity):
             if engine == "reversible":
                 w_T = hypercore.reversible_adam(loss, w0, {}, lrs, b1s, b2s, wds, capacity=capacity)
             else:
-                w_T = adamw_scan(loss, w0, T, checkpoint=engine == "checkpoint")(lrs, b1s, b2s, wds)
+                mode = {"stored": False, "checkpoint": True, "equinox": "equinox"}[engine]
+                w_T = adamw_scan(loss, w0, T, checkpoint=mode)(lrs, b1s, b2s, wds)
             return valid(w_T)
 
         return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
 
-    return {name: objective(name) for name in ("reversible", "stored", "checkpoint")}
+    names = ("reversible", "stored", "checkpoint")
+    if importlib.util.find_spec("equinox"):
+        names = (*names, "equinox")
+    return {name: objective(name) for name in names}
 
 
 def bit_lengths(h: np.ndarray) -> int:
@@ -122,12 +144,9 @@ def run(T, lr, b1, b2, wd, repeats, time_it) -> dict:
     }
     for name, fn in fns.items():
         row[f"mem_{name}"] = memory_bytes(fn, *args)
-    row["mem_equinox"] = None
-    row["equinox"] = (
-        "installed, but this script does not measure it"
-        if importlib.util.find_spec("equinox")
-        else "not installed (pip install -e '.[bench]'): skipped"
-    )
+    if "equinox" not in fns:
+        row["mem_equinox"] = None
+        row["equinox"] = "not installed (pip install -e '.[bench]'): skipped"
 
     state = hypercore.forward_state_adam(loss, w0, {}, *args, capacity=capacity)
     buf = state.buf
@@ -142,11 +161,7 @@ def run(T, lr, b1, b2, wd, repeats, time_it) -> dict:
     row["buffer_bytes_used"] = head_bytes * (1 + (used + 1) // 2)  # engine.py's count: 64-bit words
     row["buffer_bytes_used_slots"] = head_bytes + n_heads * int(n_params) * 4 * used  # 32-bit slots
     row["buffer_bits_occupied"] = sum(bit_lengths(h) for h in buf.heads) + 32 * used * n_heads * int(n_params)
-    k = len(jax.tree.leaves(w0))  # heads are m's leaves, then v's, then (AdamW) w's
-    row["head_bits_per_weight"] = {
-        name: sum(bit_lengths(h) for h in buf.heads[i * k : (i + 1) * k]) / n_params
-        for i, name in enumerate(("m", "v", "w")[:n_heads])
-    }
+    row["head_bits_per_weight"] = sum(bit_lengths(h) for h in buf.heads) / n_params  # one head, shared
     row["buffer_info_bytes"] = info_bits / 8
     row["buffer_info_bits_per_weight_step"] = info_bits / (n_params * T)
     row["reversal_exact"] = bool(hypercore.check_reversal_adam(loss, w0, {}, *args, capacity=capacity))
@@ -202,10 +217,10 @@ def main():
         f"{platform.processor() or platform.machine()}, jax {jax.__version__}, optax {optax.__version__}"
     )
     print(
-        "| T | reversible MiB | stored MiB (ratio) | checkpoint MiB (ratio) | slots used "
-        "| buffer used / bound | buffer allocated / bound | plain s | reversible s | ratio |"
+        "| T | reversible MiB | stored MiB (ratio) | checkpoint MiB (ratio) | equinox MiB (ratio) "
+        "| slots used | buffer used / bound | buffer allocated / bound | plain s | reversible s | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     mib = 2**20
     for r in rows:
         rev = r["mem_reversible"]
@@ -214,13 +229,17 @@ def main():
             if "time_ratio" in r
             else "- | - | -"
         )
+        eq = r.get("mem_equinox")
+        eqx = f"{eq / mib:.1f} ({eq / rev:.1f}x)" if eq else "-"
         print(
             f"| {r['T']} | {rev / mib:.1f} | {r['mem_stored'] / mib:.0f} ({r['mem_stored'] / rev:.0f}x) | "
-            f"{r['mem_checkpoint'] / mib:.1f} ({r['mem_checkpoint'] / rev:.1f}x) | {r['slots_used']} | "
+            f"{r['mem_checkpoint'] / mib:.1f} ({r['mem_checkpoint'] / rev:.1f}x) | {eqx} | "
+            f"{r['slots_used']} | "
             f"{r['buffer_bytes_used'] / r['buffer_info_bytes']:.2f}x | "
             f"{r['buffer_bytes_allocated'] / r['buffer_info_bytes']:.2f}x | {timing} |"
         )
-    print(f"equinox: {rows[0]['equinox']}")
+    if "equinox" in rows[0]:
+        print(f"equinox: {rows[0]['equinox']}")
     for r in rows:
         if "targets_met" in r:
             print(f"targets at T = {r['T']}: {r['targets_met']}")

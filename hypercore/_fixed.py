@@ -163,9 +163,10 @@ def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, lis
     return heads, stacks
 
 
-def maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
-    """Spill every head's low 32 bits onto the stack if any head has reached ``HEAD_LIMIT``."""
-    limit = jnp.asarray(HEAD_LIMIT, _U64)
+def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT) -> tuple[Buffer, jax.Array]:
+    """Spill every head's low 32 bits onto the stack if any head has reached ``limit`` (SGD's
+    ``HEAD_LIMIT``, below which a 16-bit push fits; `hypercore.adam` passes its own)."""
+    limit = jnp.asarray(limit, _U64)
     spill = jnp.any(jnp.stack([jnp.any(h >= limit) for h in buf.heads]))
     full = buf.used >= buf.capacity
     do = spill & ~full

@@ -20,12 +20,19 @@ runs on int64 fixed point so that the backward pass runs it in reverse bit for b
 
 Representation
 --------------
-* ``w`` and ``m``: `hypercore._fixed`'s fixed point (``x * 2**48`` in int64, ``|x| < 2**14``).
-* ``v``: its own scale, ``v * 2**V_FRAC_BITS`` (52 fractional bits, ``0 <= v < 2**10``, i.e. a
-  gradient RMS below 32). ``g^2`` spans many decades and, early on, ``v`` is ``(1 - b2) t g^2``, a
-  thousand times smaller than ``g^2`` at ``b2 = 0.999``: 52 bits keep ``v`` to 2.2e-16 absolute
-  (2e-9 relative at ``g = 1e-2`` on the first step). A larger gradient RMS leaves the range and is
-  reported as divergence, never wrapped. Below ``eps**2`` the precision of ``v`` hardly matters.
+* ``w`` and ``m``: `hypercore._fixed`'s fixed point (``x * 2**48`` in int64, ``|x| < 2**14``). ``m``'s
+  resolution is absolute, 3.6e-15: with gradients of 1e-6 its increments ``(1 - b1) g`` are known to
+  4e-8 relative and the weights follow the quantised rule to 2e-7 of how far they move
+  (``test_any_loss_scale_follows_the_rule``), 1e-12 at gradients near 1.
+* ``v``: a 124-bit integer ``H 2**62 + L`` in two int64 limbs (`to_fixed_v`), at ``2**-94``
+  (5e-29) absolute, ``0 <= v < 2**30`` (a gradient RMS below 32768; above, the run is reported as
+  diverged, never wrapped). ``g**2`` spans many decades and early on ``v`` is ``(1 - b2) t g**2``,
+  a thousand times smaller than ``g**2`` at ``b2 = 0.999``: a single 64-bit limb cannot hold both a
+  useful range and the resolution (at ``2**-52`` a loss scaled by 1e-5 lost ``(1 - b2) g**2``
+  entirely and Adam's steps were 12 times too long). With ``eps = 1e-8``, an element whose RMS
+  gradient is ``eps`` has its first increment to 2e-10 relative; below ``eps`` the precision of
+  ``v`` matters less and less (``sqrt(v) << eps`` in the denominator). The scale is fixed, not
+  chosen from the data, so nothing about it must be carried or recomputed in reverse.
 * ``b1``, ``b2``: quantised to ``n / 2**24``, ``n = clip(round(b * 2**24), 2**23, 2**24 - 1)``, so
   ``b`` in ``[0.5, 1 - 2**-24]`` with an error of at most ``2**-25`` (0.999 becomes
   0.999000013, so ``1 - b2`` is off by 1.3e-5 relative; over 200 steps of a small net the weights
@@ -53,33 +60,35 @@ Exact multiplication by ``b = n / 2**24`` (``DB = 2**24``)
 ----------------------------------------------------------
 `hypercore._fixed.mul_gamma` pushes first (``v <- floor(v / D) n + pop``): its rounding error is up
 to ``n`` units, fine for ``n < 2**16`` but ``2**-24`` absolute at ``n ~ 2**24``. Here the buffer is
-popped first, so the error is below one unit (2**-48 for ``m``, 2**-52 for ``v``):
+popped first, so the error is below one unit:
 
     s = B mod n;  B <- B div n                  (pop)
-    X = x n + s;  x <- X div DB                 (x n is up to 86 bits: done in 32-bit limbs)
+    X = x n + s;  x <- X div DB                 (x n is up to 86 bits, v n 148: done in 32- and 31-bit limbs)
     B <- B * DB + (X mod DB)                    (push 24 bits)
 
-and the inverse runs the same three lines backwards (long division of ``x DB + r`` by ``n`` in two
-limbs). ``B`` grows by ``log2(DB / n)`` bits a step. A head must stay below ``n 2**40`` for the push
-to fit 64 bits, so heads spill their low 32 bits onto the stack when one reaches ``2**63``
-(``n >= 2**23``); a spilled head keeps at least 31 bits, so the pop stays efficient. The spill is
-this module's (`_maybe_spill` / `_unspill`) on `hypercore._fixed.Buffer`'s layout: all heads in
-lock-step, the flag recorded per step, the reverse pass reading the forward stacks read-only.
+and the inverse (`div_beta`, `div_beta_v`) runs the same three lines backwards, a long division of
+``x DB + r`` by ``n`` in 24- and 37-bit chunks. No integer division is used: XLA's 64-bit one is
+a scalar loop on CPU, so `_divmod` takes the quotient from ``float(x) * (1 / n)`` (off by at most
+one) and corrects it exactly. ``B`` grows by ``log2(DB / n)`` bits.
 
-The buffer has one head per parameter for ``m`` and one for ``v`` (``buffer_shapes``) and, with
-weight decay, a third for ``w``: the forward step spills, pushes ``m``'s and ``v``'s bits, computes
-the update from ``m_{t+1}, v_{t+1}``, then pushes ``w``'s (``w <- mul_beta(w, n_f)`` before
-``- fixed(lr u)``); `Adam.undo_weights` pops ``w``'s and `Adam.undo_state` ``m``'s, ``v``'s and the
-spill, in that reverse order. The heads of all three spill in lock-step, so the stack is sized by
-the smallest of ``b1``, ``b2`` and ``f`` (``decay_schedule`` is those three schedules) and costs
-1.5 times plain Adam's memory; a concrete ``weight_decay=0`` runs plain Adam, with two heads.
-
-Because an empty head cannot be popped, the first pushes cost up to 24 bits more than `_fixed`'s
-scheme, and a head restarting from 31 bits after a spill a little more per cycle: `adam_capacity` is
-this scheme's bound (at ``b = 0.5`` over 100 steps, 3 slots where SGD's unbucketed bound says 2; at
-0.9 over 1000 steps both say 4 and 4 are used), so size the stack with
-``capacity=adam_capacity(T, min_beta)`` (the same as ``buffer_capacity(T, min_beta,
-optimizer="adam")``), not with SGD's ``buffer_capacity(T, min_gamma)``.
+One head per weight
+-------------------
+The buffer has one uint64 head per parameter, shared by the step's two (Adam) or three (AdamW)
+multiplications: ``m``'s, then ``v``'s, then, after the update is computed from ``m_{t+1}, v_{t+1}``,
+``w``'s (``w <- mul_beta(w, n_f)`` before ``- fixed(lr u)``). `Adam.undo_weights` pops ``w``'s bits
+and `Adam.undo_state` ``v``'s, then ``m``'s, then the spill: the reverse order on the same head.
+A pop-then-push at most doubles a head and adds ``2**24``, so a head below ``2**(63 - k)``
+(`hypercore.budget.adam_spill_bits`) at the start of a step with ``k`` multiplications stays below
+``2**63`` before each of them and below ``2**64`` after the last; all heads spill their low 32 bits
+in lock-step (`hypercore._fixed.maybe_spill` with that limit) when one reaches it, the flag is
+recorded per step, and the reverse pass reads the forward stacks read-only
+(`hypercore._fixed.unspill`). Sharing the head is what brings the buffer near the information
+bound: separate heads for ``v`` and ``w`` would each hold 64 bits whatever they store (at
+``b2 = 0.999`` about 1.4 bits per 1000 steps), and the first push into an empty head costs up to
+24 bits once per head, not once per factor. `hypercore.budget.adam_capacity` (``adam_capacity``
+here) is this scheme's bound from the smallest value of each factor: on the paper's net at
+``(0.9, 0.999)`` and ``lr wd = 1e-4`` over 1000 steps it allows 5 slots, 4 are used, and the
+buffer is 1.25 times the information bound (`benchmarks/engine_adam.py`).
 
 Determinism: ``u = mhat / (sqrt(vhat) + eps)`` is computed by one function (`_direction`) from the
 restored integers and the same float64 hyperparameters in both passes, with no multiply feeding an
@@ -108,22 +117,35 @@ from hypercore import (
     _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
     reversible,
 )
-from hypercore._fixed import Buffer
+from hypercore.budget import ADAM_BETA_BITS, ADAM_N_MAX, ADAM_N_MIN, adam_capacity, adam_spill_bits
+from hypercore.reversible import Hyper
+
+__all__ = [
+    "adam_capacity",
+    "check_reversal_adam",
+    "forward_state_adam",
+    "quantize_beta",
+    "quantize_decay",
+    "reversible_adam",
+    "unrolled_adam",
+    "weight_decay_factors",
+]
 
 PyTree = Any
 
-BETA_BITS = 24
+BETA_BITS = ADAM_BETA_BITS  # b = n / 2**24
 DB = 2**BETA_BITS
-N_MIN = DB // 2  # b >= 0.5: a head below 2**63 times DB fits 64 bits after the pop
-N_MAX = DB - 1
-V_FRAC_BITS = 52
+N_MIN = ADAM_N_MIN  # b >= 0.5: a head below 2**63 stays below 2**64 through a pop and a push
+N_MAX = ADAM_N_MAX
+LIMB_BITS = 62  # v = (H 2**62 + L) / 2**94
+V_FRAC_BITS = 94
 V_SCALE = float(2**V_FRAC_BITS)
-V_RANGE = float(2 ** (62 - V_FRAC_BITS))
-SPILL_BITS = 63
-SLOT_BITS = 32
+V_RANGE = float(2 ** (2 * LIMB_BITS - V_FRAC_BITS))  # 2**30
 
 _U64 = jnp.uint64
 _I64 = jnp.int64
+_LIMB_MASK = jnp.asarray((1 << LIMB_BITS) - 1, _I64)
+_M13, _M24, _M25, _M31, _M32, _M37 = (jnp.asarray((1 << k) - 1, _I64) for k in (13, 24, 25, 31, 32, 37))
 
 
 # --- quantisation -----------------------------------------------------------------------------
@@ -202,135 +224,141 @@ def bias_corrections(betas: PyTree) -> PyTree:
     return jax.tree.map(lambda b: 1.0 - jnp.cumprod(jnp.asarray(b, jnp.float64), axis=0), betas)
 
 
-# --- v's fixed point --------------------------------------------------------------------------
+# --- v's fixed point: two 62-bit limbs ----------------------------------------------------------
 
 
-def to_fixed_v(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """float64 ``>= 0`` -> int64 ``x * 2**52`` (round to nearest); ``ok`` false outside ``[0, 2**10)``."""
+def to_fixed_v(x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """float64 ``>= 0`` -> ``(H, L)``, the integer ``round(x * 2**94) = H * 2**62 + L`` with
+    ``0 <= L < 2**62``; ``ok`` is false outside ``[0, 2**30)`` (the value is then 0).
+
+    Exact but for the one rounding: ``y = x * 2**94`` is a power-of-two scaling, ``H = floor(y / 2**62)``
+    and ``y - H 2**62`` are exact in float64 (below ``2**62`` the latter is rounded to an integer)."""
     x = jnp.asarray(x, jnp.float64)
     ok = jnp.isfinite(x) & (x >= 0.0) & (x < V_RANGE)
-    return jnp.round(jnp.where(ok, x, 0.0) * V_SCALE).astype(_I64), ok
+    y = jnp.where(ok, x, 0.0) * V_SCALE
+    hi = jnp.floor(y * 2.0**-LIMB_BITS)
+    lo = jnp.round(y - hi * 2.0**LIMB_BITS)
+    return (hi.astype(_I64), lo.astype(_I64)), ok
 
 
-def from_fixed_v(i: jax.Array) -> jax.Array:
-    return i.astype(jnp.float64) * (1.0 / V_SCALE)
+def from_fixed_v(v: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """``(H, L)`` -> float64 ``(H 2**62 + L) / 2**94``: two exact scalings and one rounded sum."""
+    hi, lo = v
+    return hi.astype(jnp.float64) * 2.0 ** (LIMB_BITS - V_FRAC_BITS) + lo.astype(jnp.float64) * (
+        1.0 / V_SCALE
+    )
 
 
-def in_range_v(i: jax.Array) -> jax.Array:
-    return (i >= 0) & (i < jnp.asarray(1 << 62, _I64))
+def add_v(a, b):
+    """``a + b``, low limbs in ``[0, 2**62)`` (the high limb may leave the range: `in_range_v`)."""
+    lo = a[1] + b[1]  # < 2**63
+    return a[0] + b[0] + (lo >> LIMB_BITS), lo & _LIMB_MASK
+
+
+def sub_v(a, b):
+    """``a - b`` (``a >= b``), limbs as in `add_v`."""
+    lo = a[1] - b[1]  # > -2**62: an arithmetic shift borrows one
+    return a[0] - b[0] + (lo >> LIMB_BITS), lo & _LIMB_MASK
+
+
+def in_range_v(v) -> jax.Array:
+    """True where ``(H, L)`` is a value in ``[0, 2**30)``."""
+    return (v[0] >= 0) & (v[0] < jnp.asarray(1 << LIMB_BITS, _I64))
 
 
 # --- exact multiplication by n / 2**24 through the buffer -------------------------------------
 
 
-def mul_beta(x: jax.Array, n: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _divmod(x: jax.Array, n: jax.Array, inv: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Floor ``(x div n, x mod n)`` for int64 ``|x| < 2**63`` and ``2**23 <= n <= 2**24``, with
+    ``inv = 1 / n`` in float64: no integer division (XLA's 64-bit one is a scalar loop on CPU).
+
+    ``float(x) * inv`` is within ``3 * 2**-53`` relative of ``x / n < 2**40``, i.e. off by less than
+    ``2**-11``, so its floor is the quotient or one off either way; one correction of each sign
+    makes it exact (the remainder then lies in ``[0, n)``)."""
+    q = jnp.floor(x.astype(jnp.float64) * inv).astype(_I64)
+    r = x - q * n
+    low = r < 0
+    q, r = jnp.where(low, q - 1, q), jnp.where(low, r + n, r)
+    high = r >= n
+    return jnp.where(high, q + 1, q), jnp.where(high, r - n, r)
+
+
+def _pop(head: jax.Array, n: jax.Array, inv: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(head div n, head mod n)`` as int64, for a head below ``2**63``."""
+    return _divmod(jax.lax.bitcast_convert_type(head, _I64), n, inv)
+
+
+def _push(h1: jax.Array, r: jax.Array) -> jax.Array:
+    """``h1 2**24 + r`` as a uint64 head (``h1 < 2**40``, ``0 <= r < 2**24``)."""
+    return (h1.astype(_U64) << jnp.asarray(BETA_BITS, _U64)) | r.astype(_U64)
+
+
+def _unpush(head: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Undo `_push`: ``(head >> 24, head mod 2**24)`` as int64."""
+    return (head >> jnp.asarray(BETA_BITS, _U64)).astype(_I64), (head & jnp.asarray(DB - 1, _U64)).astype(
+        _I64
+    )
+
+
+def mul_beta(x: jax.Array, n: jax.Array, inv: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exactly ``x <- x * n / 2**24`` (error below one unit) with the head ``B``: pop ``s = B mod n``,
-    ``X = x n + s``, ``x <- X div 2**24``, push ``X mod 2**24``. Needs ``|x| < 2**62``,
-    ``2**23 <= n <= 2**24`` (``n = 2**24``, the weight-decay factor 1, is the identity) and
-    ``B < 2**63``."""
-    nu = n.astype(_U64)
-    h1 = head // nu
-    s = head - h1 * nu
+    ``X = x n + s``, ``x <- X div 2**24``, push ``X mod 2**24``. Needs int64 ``|x| < 2**62``,
+    ``2**23 <= n <= 2**24`` (``n = 2**24``, the weight-decay factor 1, is the identity), ``inv = 1/n``
+    and ``B < 2**63``; the new head is below ``2 B + 2**24``."""
+    h1, s = _pop(head, n, inv)
     hi = x >> jnp.asarray(32, _I64)  # floor(x / 2**32), |hi| < 2**30
-    lo = (x & jnp.asarray(0xFFFFFFFF, _I64)).astype(_U64)
-    low = lo * nu + s  # < 2**57: the low limb of x n + s
-    r = low & jnp.asarray(DB - 1, _U64)
-    x = hi * n * jnp.asarray(2 ** (32 - BETA_BITS), _I64) + (low >> jnp.asarray(BETA_BITS, _U64)).astype(_I64)
-    return x, (h1 << jnp.asarray(BETA_BITS, _U64)) | r
+    low = (x & _M32) * n + s  # the low limb of x n + s, < 2**57
+    x = hi * n * jnp.asarray(2 ** (32 - BETA_BITS), _I64) + (low >> jnp.asarray(BETA_BITS, _I64))
+    return x, _push(h1, low & _M24)
 
 
-def div_beta(x: jax.Array, n: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exactly undo `mul_beta` for the same ``n``."""
-    nu = n.astype(_U64)
-    r = head & jnp.asarray(DB - 1, _U64)
-    h1 = head >> jnp.asarray(BETA_BITS, _U64)
-    a = jnp.floor_divide(x, n)
-    b = x - a * n  # 0 <= b < n
-    y = (b.astype(_U64) << jnp.asarray(BETA_BITS, _U64)) | r  # < n 2**24 <= 2**48
-    q = y // nu
-    s = y - q * nu
-    return a * jnp.asarray(DB, _I64) + q.astype(_I64), h1 * nu + s
+def div_beta(x: jax.Array, n: jax.Array, inv: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exactly undo `mul_beta` for the same ``n``: ``Y = x 2**24 + (B mod 2**24)``, ``x <- Y div n``,
+    ``B <- (B >> 24) n + Y mod n``, the division in two limbs."""
+    h1, r = _unpush(head)
+    a, b = _divmod(x, n, inv)  # 0 <= b < n
+    q, s = _divmod((b << jnp.asarray(BETA_BITS, _I64)) | r, n, inv)  # < n 2**24 <= 2**48
+    return a * jnp.asarray(DB, _I64) + q, (h1 * n + s).astype(_U64)
 
 
-def _maybe_spill(buf: Buffer) -> tuple[Buffer, jax.Array]:
-    """Spill every head's low 32 bits onto its stack (slot ``used``) if any head has reached 2**63."""
-    limit = jnp.asarray(1 << SPILL_BITS, _U64)
-    spill = jnp.any(jnp.stack([jnp.any(h >= limit) for h in buf.heads]))
-    full = buf.used >= buf.capacity
-    do = spill & ~full
-    k = jnp.minimum(buf.used, buf.capacity - 1)
-    word, shift = k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
-    heads, stacks = [], []
-    for h, st in zip(buf.heads, buf.stacks, strict=True):
-        row = jax.lax.dynamic_index_in_dim(st, word, keepdims=False)
-        new_row = row | ((h & jnp.asarray(0xFFFFFFFF, _U64)) << shift)
-        heads.append(jnp.where(do, h >> jnp.asarray(SLOT_BITS, _U64), h))
-        stacks.append(jax.lax.dynamic_update_index_in_dim(st, jnp.where(do, new_row, row), word, 0))
-    used = buf.used + do.astype(jnp.int32)
-    return Buffer(heads, stacks, used, buf.overflow | (spill & full)), spill
+def mul_beta_v(v, n, inv, head):
+    """`mul_beta` for ``v = (H, L)`` (124 bits): ``X = v n + s`` in four 31-bit limbs."""
+    h1, s = _pop(head, n, inv)
+    hi, lo = v
+    c = (lo & _M31) * n + s
+    d0 = c & _M31
+    c = (lo >> 31) * n + (c >> 31)
+    d1 = c & _M31
+    c = (hi & _M31) * n + (c >> 31)
+    d2 = c & _M31
+    c3 = (hi >> 31) * n + (c >> 31)  # X = c3 2**93 + d2 2**62 + d1 2**31 + d0, c3 < 2**55
+    lo = ((d2 & _M24) << 38) | (d1 << 7) | (d0 >> 24)  # bits 24 .. 85 of X
+    hi = (c3 << 7) | (d2 >> 24)  # bits 86 .. of X
+    return (hi, lo), _push(h1, d0 & _M24)
 
 
-def _unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array]) -> Buffer:
-    """Undo `_maybe_spill` for a step whose recorded flag is ``spilled``, reading the forward
-    pass's final ``stacks`` (read-only; ``buf.stacks`` is left alone)."""
-    do = spilled & (buf.used > 0)
-    k = jnp.maximum(buf.used - 1, 0)
-    word, shift = k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
-    heads = []
-    for h, st in zip(buf.heads, stacks, strict=True):
-        row = jax.lax.dynamic_index_in_dim(st, word, keepdims=False)
-        bits = (row >> shift) & jnp.asarray(0xFFFFFFFF, _U64)
-        heads.append(jnp.where(do, (h << jnp.asarray(SLOT_BITS, _U64)) | bits, h))
-    return Buffer(heads, buf.stacks, buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
-
-
-def _first_cycle(step_bits: float, start_bits: float, per_step_bits: float) -> int:
-    """The fewest steps ``i >= 1`` with ``i step_bits + log2(2**start_bits + i 2**per_step_bits)``
-    reaching 63 bits (a worst-case head from ``2**start_bits``, or from 0 with ``start_bits=None``)."""
-
-    def bits(i: int) -> float:
-        base = 0.0 if start_bits is None else 2.0**start_bits
-        return i * step_bits + math.log2(base + i * 2.0**per_step_bits)
-
-    lo, hi = 1, 1
-    while bits(hi) < SPILL_BITS:
-        hi *= 2
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if bits(mid) >= SPILL_BITS:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def adam_capacity(steps: int, min_beta: float, *, bucket: bool = True) -> int:
-    """Stack slots (32 bits each) enough for ``steps`` Adam steps with every ``b1``, ``b2`` at least
-    ``min_beta`` (clipped to ``[0.5, 1)``).
-
-    A head obeys ``B' < rho (B + 2**24)`` with ``rho = 2**24 / n_min`` (the push adds up to 24 bits
-    that a small head cannot pay for by popping), so from 0 it holds at most ``i log2 rho +
-    log2(i 2**24)`` bits after ``i`` steps, and from a spill (at most 32 bits left) at most
-    ``i log2 rho + log2(2**32 + i 2**24)``. Heads spill in lock-step when one reaches 63 bits, so
-    with ``F`` and ``C`` the fewest steps to the first spill and between spills, at most
-    ``1 + (steps - 1 - F) // C`` spills happen. ``bucket`` rounds up as `buffer_capacity` does.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if not 0.0 < min_beta <= 1.0 or not math.isfinite(min_beta):
-        raise ValueError(f"min_beta must be in (0, 1], got {min_beta}")
-    n_min = min(max(round(min_beta * DB), N_MIN), N_MAX)
-    step_bits = math.log2(DB / n_min) + 2.0**-40  # margin for float rounding
-    first = _first_cycle(step_bits, None, BETA_BITS)
-    cycle = _first_cycle(step_bits, SLOT_BITS, BETA_BITS)
-    slots = 0 if steps - 1 < first else 1 + (steps - 1 - first) // cycle
-    slots = max(slots, 1)
-    if not bucket:
-        return slots
-    size = 2
-    while size < slots:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+def div_beta_v(v, n, inv, head):
+    """Undo `mul_beta_v`: long division of the 148-bit ``Y = v 2**24 + (B mod 2**24)`` by ``n``,
+    in four 37-bit chunks from the top (each remainder times ``2**37`` plus a chunk is below
+    ``2**61``)."""
+    h1, r = _unpush(head)
+    hi, lo = v
+    chunks = (
+        hi >> 25,
+        ((hi & _M25) << 12) | (lo >> 50),
+        (lo >> 13) & _M37,
+        ((lo & _M13) << 24) | r,
+    )
+    rem = jnp.zeros_like(lo)
+    qs = []
+    for chunk in chunks:
+        q, rem = _divmod((rem << 37) | chunk, n, inv)
+        qs.append(q)
+    q3, q2, q1, q0 = qs  # the quotient, 37 bits a chunk
+    lo = q0 | ((q1 & _M25) << 37)
+    hi = (q1 >> 25) | (q2 << 12) | (q3 << 49)
+    return (hi, lo), (h1 * n + rem).astype(_U64)
 
 
 # --- the optimizer ----------------------------------------------------------------------------
@@ -338,11 +366,18 @@ def adam_capacity(steps: int, min_beta: float, *, bucket: bool = True) -> int:
 
 def _direction(m_f, v_f, c1, c2, eps):
     """``(mhat, vhat, den, u)`` with ``u = mhat / (sqrt(vhat) + eps)``: the one computation of the
-    update from the state, shared by the forward and the reverse pass (bit-identical)."""
-    mhat = m_f / c1
-    vhat = v_f / c2
+    update from the state, shared by the forward and the reverse pass, which must agree to the bit.
+
+    No division by a scalar: XLA's simplifier turns ``a / b``, ``b`` a broadcast scalar (a shared
+    or per-array bias correction), into ``a * (1 / b)`` where the surrounding fusion allows it (its
+    optimised HLO for ``(a / b) / c`` is ``(a * (1 / b)) / c``), so a quotient written that way could
+    round one way in the forward pass and another in the reverse one, where the adjoint also needs
+    ``mhat``: the weights then came back a unit off. Here the reciprocals are explicit (``vhat``)
+    and ``u = m / (c1 den)`` divides by an array, the same operations in both passes."""
+    mhat = m_f / c1  # for the adjoint only
+    vhat = v_f * (1.0 / c2)
     den = jnp.sqrt(vhat) + eps
-    return mhat, vhat, den, mhat / den
+    return mhat, vhat, den, m_f / (c1 * den)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,11 +385,12 @@ class Adam:
     """Adam in the training-optimizer slot (see the module docstring); AdamW with
     ``weight_decay=True``.
 
-    State ``(m, v)``: two lists of int64 arrays, one per weight leaf, ``m`` at ``2**48`` and ``v``
-    at ``2**52``. Schedules: ``learning_rates, b1, b2`` (quantised), the bias corrections
-    ``c1, c2`` and, for AdamW, the quantised factors ``1 - lr wd`` (`weight_decay_factors`).
-    Buffer heads: ``m``'s, ``v``'s and, for AdamW, ``w``'s. ``record``: the step's spill flag.
-    ``eps`` and ``weight_decay`` are static.
+    State ``(m, vh, vl)``: lists of int64 arrays, one per weight leaf, ``m`` at ``2**48`` and ``v``
+    in two limbs (`to_fixed_v`). Schedules: ``learning_rates, b1, b2`` (quantised), the bias
+    corrections ``c1, c2`` and, for AdamW, the quantised factors ``1 - lr wd``
+    (`weight_decay_factors`). One buffer head per weight, shared by ``m``'s, ``v``'s and, for
+    AdamW, ``w``'s multiplications; ``record``: the step's spill flag. ``eps`` and
+    ``weight_decay`` are static.
     """
 
     eps: float = 1e-8
@@ -373,25 +409,36 @@ class Adam:
     def decay_schedule(self):
         return (1, 2, 5) if self.weight_decay else (1, 2)
 
+    @property
+    def factors(self) -> int:
+        """Multiplications through the buffer per weight and step: ``m``'s, ``v``'s (, ``w``'s)."""
+        return 3 if self.weight_decay else 2
+
     def buffer_shapes(self, shapes):
-        return [*shapes, *shapes, *shapes] if self.weight_decay else [*shapes, *shapes]
+        return list(shapes)
 
     def buffer_slots(self, steps, min_decay):
-        return adam_capacity(steps, min_decay, bucket=False)
+        return adam_capacity(
+            steps, min_decay, min_decay, min_decay if self.weight_decay else None, bucket=False
+        )
 
     def init_state(self, shapes):
-        return ([jnp.zeros(s, _I64) for s in shapes], [jnp.zeros(s, _I64) for s in shapes])
+        return tuple([jnp.zeros(s, _I64) for s in shapes] for _ in range(3))
 
     def init_adjoint(self, dw_T):
         return ([jnp.zeros_like(x) for x in dw_T], [jnp.zeros_like(x) for x in dw_T])
 
     @staticmethod
-    def _terms(hyper):
+    def _numerators(h: Hyper, numerator=beta_numerator):
+        """Per leaf: ``(n, 1 / n)`` of a quantised factor."""
+        return [(n, 1.0 / n.astype(jnp.float64)) for n in h.per_leaf(numerator)]
+
+    @classmethod
+    def _terms(cls, hyper):
         _, b1, b2 = hyper[:3]
-        n1 = b1.per_leaf(beta_numerator)
-        n2 = b2.per_leaf(beta_numerator)
-        om1 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n in n1]
-        om2 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n in n2]
+        n1, n2 = cls._numerators(b1), cls._numerators(b2)
+        om1 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n, _ in n1]
+        om2 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n, _ in n2]
         return n1, n2, om1, om2
 
     @staticmethod
@@ -413,24 +460,22 @@ class Adam:
         return dws, parts
 
     def forward_step(self, w, state, buf, g, hyper):
-        m, v = state
+        m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
-        buf, spilled = _maybe_spill(buf)
-        k = len(m)
+        buf, spilled = _fixed.maybe_spill(buf, 1 << adam_spill_bits(self.factors))
         heads = list(buf.heads)
         _, dm, dv = self._increments(g, om1, om2)
         m_new, v_new = [], []
-        for i in range(k):
-            x, heads[i] = mul_beta(m[i], n1[i], heads[i])
+        for i in range(len(m)):
+            x, heads[i] = mul_beta(m[i], *n1[i], heads[i])
             m_new.append(x + dm[i][0])
-            x, heads[k + i] = mul_beta(v[i], n2[i], heads[k + i])
-            v_new.append(x + dv[i][0])
+            x, heads[i] = mul_beta_v((vh[i], vl[i]), *n2[i], heads[i])
+            v_new.append(add_v(x, dv[i][0]))
         dws, _ = self._steps(m_new, v_new, hyper)
-        if self.weight_decay:  # w <- (n / 2**24) w exactly, the lost bits in w's heads
+        if self.weight_decay:  # w <- (n / 2**24) w exactly, the lost bits on the same heads
             w = list(w)
-            for i, nf in enumerate(hyper[5].per_leaf(decay_numerator)):
-                w[i], heads[2 * k + i] = mul_beta(w[i], nf, heads[2 * k + i])
-        buf = buf._replace(heads=heads)
+            for i, nf in enumerate(self._numerators(hyper[5], decay_numerator)):
+                w[i], heads[i] = mul_beta(w[i], *nf, heads[i])
         w = [wi - d for wi, (d, _) in zip(w, dws, strict=True)]
         checks = [
             *(ok for _, ok in dm),
@@ -439,45 +484,47 @@ class Adam:
             *map(_fixed.in_range, m_new),
             *map(in_range_v, v_new),
         ]
-        return w, (m_new, v_new), buf, spilled, checks
+        state = (m_new, [x[0] for x in v_new], [x[1] for x in v_new])
+        return w, state, buf._replace(heads=heads), spilled, checks
 
     def undo_weights(self, w, state, buf, hyper, spilled, stacks):
-        """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping w's heads);
+        """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping the heads);
         ``w_aux`` is ``(parts, w_t, f)``: ``(mhat, vhat, den, u)`` per leaf and, for AdamW, ``w_t``
         as floats and the factors used (else ``None``)."""
-        m, v = state
-        dws, parts = self._steps(m, v, hyper)
+        m, vh, vl = state
+        dws, parts = self._steps(m, list(zip(vh, vl, strict=True)), hyper)
         w = [wi + d for wi, (d, _) in zip(w, dws, strict=True)]
         if not self.weight_decay:
             return w, state, buf, (parts, None, None)
-        k = len(w)
         heads = list(buf.heads)
-        nfs = hyper[5].per_leaf(decay_numerator)
+        nfs = self._numerators(hyper[5], decay_numerator)
         for i, nf in enumerate(nfs):
-            w[i], heads[2 * k + i] = div_beta(w[i], nf, heads[2 * k + i])
-        factors = [nf.astype(jnp.float64) / DB for nf in nfs]
+            w[i], heads[i] = div_beta(w[i], *nf, heads[i])
+        factors = [n.astype(jnp.float64) / DB for n, _ in nfs]
         return w, state, buf._replace(heads=heads), (parts, [_fixed.from_fixed(x) for x in w], factors)
 
     def undo_state(self, state, buf, g, hyper, spilled, stacks):
-        m, v = state
+        """Undo ``v``'s then ``m``'s update (the reverse of the forward's order on the shared
+        head), then the step's spill."""
+        m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
-        k = len(m)
         heads = list(buf.heads)
         g64, dm, dv = self._increments(g, om1, om2)
-        m_old, v_old = [], []
-        for i in range(k):
-            x, heads[i] = div_beta(m[i] - dm[i][0], n1[i], heads[i])
+        m_old, vh_old, vl_old = [], [], []
+        for i in range(len(m)):
+            (h, lo), heads[i] = div_beta_v(sub_v((vh[i], vl[i]), dv[i][0]), *n2[i], heads[i])
+            vh_old.append(h)
+            vl_old.append(lo)
+            x, heads[i] = div_beta(m[i] - dm[i][0], *n1[i], heads[i])
             m_old.append(x)
-            x, heads[k + i] = div_beta(v[i] - dv[i][0], n2[i], heads[k + i])
-            v_old.append(x)
-        buf = _unspill(buf._replace(heads=heads), spilled, stacks)
-        return (m_old, v_old), buf, (n1, n2, om1, om2, g64)
+        buf = _fixed.unspill(buf._replace(heads=heads), spilled, stacks)
+        return (m_old, vh_old, vl_old), buf, (n1, n2, om1, om2, g64)
 
     def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, terms):
         lr, _, _, c1, c2 = hyper[:5]
         parts, w_t, factors = w_aux
         dm, dv = dstate
-        m, v = state
+        m, vh, vl = state
         n1, n2, om1, om2, g64 = terms
         out_m, out_v, cts, dlr, db1, db2, dc1, dc2 = [], [], [], [], [], [], [], []
         lrs, c1s, c2s = lr.per_leaf(), c1.per_leaf(), c2.per_leaf()
@@ -495,11 +542,11 @@ class Adam:
             dc2.append(-dvhat * vhat / c2i)
             gi = g64[i]
             db1.append(dm_next * (_fixed.from_fixed(m[i]) - gi))
-            db2.append(dv_next * (from_fixed_v(v[i]) - gi * gi))
+            db2.append(dv_next * (from_fixed_v((vh[i], vl[i])) - gi * gi))
             dg = om1[i] * dm_next + om2[i] * 2.0 * gi * dv_next
             cts.append(-dg)
-            out_m.append(dm_next * (n1[i].astype(jnp.float64) / DB))
-            out_v.append(dv_next * (n2[i].astype(jnp.float64) / DB))
+            out_m.append(dm_next * (n1[i][0].astype(jnp.float64) / DB))
+            out_v.append(dv_next * (n2[i][0].astype(jnp.float64) / DB))
         if not self.weight_decay:
             return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2)
         dfactor = [d * x for d, x in zip(dw, w_t, strict=True)]
@@ -550,14 +597,18 @@ def _setup(loss, w0, meta, learning_rates, b1, b2, weight_decay, eps, capacity, 
         schedules = (*schedules, weight_decay_factors(learning_rates, weight_decay))
     if capacity is None:
         if min_beta is None:
-            min_beta = _concrete_min(*(schedules[i] for i in (1, 2, 5)[: 3 if decoupled else 2]))
-        if min_beta is None:
-            what = "b1/b2/the decay factors 1 - lr wd" if decoupled else "b1/b2"
-            raise ValueError(
-                f"{what} are traced, so the information buffer cannot be sized from them: pass "
-                "capacity=hypercore.adam_capacity(T, min_beta) or min_beta="
-            )
-        capacity = adam_capacity(T, float(min_beta), bucket=False)
+            mins = [_concrete_min(schedules[i]) for i in ((1, 2, 5) if decoupled else (1, 2))]
+            if any(x is None for x in mins):
+                what = "b1/b2/the decay factors 1 - lr wd" if decoupled else "b1/b2"
+                raise ValueError(
+                    f"{what} are traced, so the information buffer cannot be sized from them: pass "
+                    "capacity=hypercore.adam_capacity(T, b1_min, b2_min, decay_min) or min_beta="
+                )
+        else:
+            mins = [float(min_beta)] * (3 if decoupled else 2)
+        capacity = adam_capacity(T, *mins, bucket=False)
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
     opt = Adam(eps=float(eps), weight_decay=decoupled)
     opt = {ADAM: ADAM, ADAMW: ADAMW}.get(opt, opt)
     engine, meta_all = reversible._prepare(
@@ -596,13 +647,14 @@ def reversible_adam(
         relative at ``lr wd = 1e-4``, and below ``2**-25`` no decay at all); the hypergradients
         to ``lr`` and ``wd`` pass straight through that rounding. A concrete 0 runs plain Adam.
       eps: static.
-      capacity: the stack, in 32-bit slots (static): ``adam_capacity(T, min_beta)`` with the
-        smallest ``b1``/``b2`` (and, with weight decay, decay factor) used. With concrete values
-        it may be omitted; or pass ``min_beta``, a lower bound on all of them.
+      capacity: the stack, in 32-bit slots (static): ``adam_capacity(T, b1_min, b2_min,
+        decay_min)`` with the smallest ``b1``, ``b2`` and (with weight decay) decay factor
+        ``1 - lr wd`` used. With concrete values it may be omitted; or pass ``min_beta``, a lower
+        bound on all of them (larger than needed when ``b2`` is well above ``b1``).
 
     Returns:
       ``w_T`` shaped like ``w0``; NaN if training left the fixed-point range (``|w|, |m| < 2**14``,
-      ``v < 2**10``) or produced a non-finite value (reported as ``overflow``).
+      ``v < 2**30``) or produced a non-finite value (reported as ``overflow``).
     """
     engine, meta_all, schedules = _setup(
         loss, w0, meta, learning_rates, b1, b2, weight_decay, eps, capacity, min_beta

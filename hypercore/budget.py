@@ -18,11 +18,16 @@ weights, float64 hyperparameters):
 ==========================  ====================================================================
 component                   bytes
 ==========================  ====================================================================
-information buffer          ``8 N (1 + ceil(c / 2))``, ``c = capacity_for(T, lowest momentum)``:
-                            one uint64 head per weight and 32-bit slots packed two per uint64
+information buffer          ``8 N (1 + ceil(c / 2))``, ``c = capacity_for(T, lowest momentum)``
+                            (``training.optimizer`` adam, adamw: ``adam_capacity(T, lowest beta1,
+                            lowest beta2, lowest weight-decay factor)``, the factor 0.5 once the
+                            learning rate or weight decay is learned): one uint64 head per weight
+                            and 32-bit slots packed two per uint64
 engine state                ``24 x 8 N``: fixed-point weights and velocities, their float64
                             cotangents, gradients, Hessian-vector products and the scans' carried
-                            copies (XLA's buffer assignment measures about 14 such arrays)
+                            copies (XLA's buffer assignment measures about 14 such arrays); Adam's
+                            ``38 x 8 N``, about 1.6 times: w, m, v and their cotangents
+                            (`ADAM_ENGINE_STATE_ARRAYS`)
 activations                 ``4 U (8 B + 2 R)``: a step's minibatch of ``B`` rows (``batch_size``,
                             or the training set) through the net, its gradient and the
                             reverse-over-reverse VJP; scoring the ``R`` train, valid and test rows
@@ -59,12 +64,14 @@ from hypercore import families, rules, vocab
 from hypercore.families import FAMILIES, DatasetShape
 
 __all__ = [
+    "ADAM_BETA_BITS",
     "D",
     "GAMMA_BITS",
     "HEAD_BITS",
     "RUNTIME_BYTES",
     "SLOT_BITS",
     "Component",
+    "adam_capacity",
     "Estimate",
     "capacity_for",
     "human_bytes",
@@ -80,6 +87,11 @@ SLOT_BITS = 32
 HEAD_BITS = 64 - GAMMA_BITS
 
 ENGINE_STATE_ARRAYS = 24  # float64 / int64 arrays of N values the engine holds at once (XLA: ~14)
+# Reversible Adam (`hypercore.adam`) holds more per weight than SGD's w and v: w, m and v in fixed
+# point (products carried as two int64 limbs), their three float64 cotangents, the second moment's
+# own scale and the per-weight schedules of the bias corrections and decay factors: about 1.6 times
+# SGD's arrays (an estimate, bounded against XLA's buffer assignment in test_memory_budget.py).
+ADAM_ENGINE_STATE_ARRAYS = 38
 ACTIVATION_COPIES = 8  # float32 copies of a training minibatch's activations (XLA: ~3)
 EVAL_COPIES = 2  # ... of the rows scored after training
 LEARNED_COPIES = 32  # float64 copies of each learned hyperparameter value in flight
@@ -90,6 +102,15 @@ DATA_COPIES = 4  # float32 copies of the splits: host, device, the compiled prog
 SOURCE_BYTES = 8  # per value of the source rows (a float64 upload as read; a built-in's float32 cache)
 LABEL_BYTES = 32  # per row: int32 labels, in as many copies as the features
 RUNTIME_BYTES = 3 << 29  # 1.5 GiB
+
+
+def bucket_slots(slots: int) -> int:
+    """The next of 2, 3, 4, 6, 8, 12, 16, ... at or above ``slots``: a tuning loop whose decays drift
+    a little then does not recompile."""
+    size = 2
+    while size < slots:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
 def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
@@ -116,10 +137,93 @@ def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
     slots = max(slots, 1)
     if not bucket:
         return slots
-    size = 2
-    while size < slots:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+    return bucket_slots(slots)
+
+
+# Reversible Adam (`hypercore.adam`): b1, b2 and the weight-decay factor are rationals n / 2**24 with
+# n >= 2**23, and each weight has one head that all of a step's multiplications share.
+ADAM_BETA_BITS = 24
+ADAM_N_MIN = 2 ** (ADAM_BETA_BITS - 1)
+ADAM_N_MAX = 2**ADAM_BETA_BITS - 1
+
+
+def adam_spill_bits(factors: int) -> int:
+    """A head spills (all heads, in lock-step, before a step) once one holds this many bits: with
+    ``factors`` pop-then-push multiplications a step (2 for Adam, 3 for AdamW), each at most doubling
+    a head and adding ``2**24``, a head below ``2**(63 - factors)`` stays below ``2**63`` before
+    each of them and below ``2**64`` after the last."""
+    return 63 - factors
+
+
+def _adam_numerator(value: float, high: int) -> int:
+    return min(max(round(value * 2**ADAM_BETA_BITS), ADAM_N_MIN), high)
+
+
+def _first_spill(step_bits: float, start: float, add: float, limit: int) -> int:
+    """The fewest steps ``i >= 1`` after which a worst-case head, from ``start`` (a number), has
+    reached ``limit`` bits: ``i step_bits + log2(start + i add)``."""
+
+    def bits(i: int) -> float:
+        return i * step_bits + math.log2(start + i * add)
+
+    lo, hi = 1, 1
+    while bits(hi) < limit:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if bits(mid) >= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def adam_capacity(
+    steps: int,
+    b1_min: float,
+    b2_min: float | None = None,
+    decay_min: float | None = None,
+    *,
+    bucket: bool = True,
+) -> int:
+    """Stack slots (32 bits each) enough for ``steps`` steps of reversible Adam with every ``b1`` at
+    least ``b1_min``, every ``b2`` at least ``b2_min`` (default ``b1_min``) and, for AdamW, every
+    weight-decay factor ``1 - lr wd`` at least ``decay_min`` (None: Adam, no decay factor). Values
+    are clipped to the engine's ``[0.5, 1]``.
+
+    A step multiplies each weight's one head by ``rho = prod 2**24 / n`` (the factors' numerators)
+    and adds at most ``C = (2**k - 1) 2**24`` (``k`` factors, each pop-then-push), so from ``B_0``
+    a head is below ``rho**i (B_0 + i C)`` after ``i`` steps. Heads spill 32 bits in lock-step at
+    the start of a step once one reaches ``adam_spill_bits(k)`` bits; with ``F`` the most steps from
+    an empty head to the first spill and ``S`` from a spilled one (below ``2**32``) to the next, at
+    most ``1 + (steps - 1 - F) // S`` spills happen. ``bucket`` rounds up to 2, 3, 4, 6, 8, 12, ...
+    as `capacity_for` does. The buffer then takes `buffer_bytes` (one head per weight).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    values = {"b1_min": b1_min, "b2_min": b1_min if b2_min is None else b2_min}
+    if decay_min is not None:
+        values["decay_min"] = decay_min
+    for name, v in values.items():
+        if not (math.isfinite(v) and 0.0 < v <= 1.0):
+            raise ValueError(f"{name} must be in (0, 1], got {v}")
+    numerators = [
+        _adam_numerator(values["b1_min"], ADAM_N_MAX),
+        _adam_numerator(values["b2_min"], ADAM_N_MAX),
+    ]
+    if decay_min is not None:
+        numerators.append(_adam_numerator(decay_min, 2**ADAM_BETA_BITS))
+    k = len(numerators)
+    step_bits = sum(math.log2(2**ADAM_BETA_BITS / n) for n in numerators) + 2.0**-40
+    add = float((2**k - 1) * 2**ADAM_BETA_BITS)
+    limit = adam_spill_bits(k)
+    first = _first_spill(step_bits, 0.0, add, limit)
+    cycle = _first_spill(step_bits, 2.0**SLOT_BITS, add, limit)
+    slots = 0 if steps - 1 < first else 1 + (steps - 1 - first) // cycle
+    slots = max(slots, 1)
+    if not bucket:
+        return slots
+    return bucket_slots(slots)
 
 
 def buffer_bytes(n_weights: int, capacity: int) -> int:
@@ -143,13 +247,19 @@ class Component:
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """A job's peak memory in the worker, as `Component` s; ``capacity`` is the information buffer's
-    slots (what the engine allocates at most) and ``min_momentum`` the smallest momentum it is sized
-    for."""
+    slots (what the engine allocates at most), sized for ``min_momentum``, the smallest momentum
+    (SGD with momentum; None with Adam), or for ``min_beta1``, ``min_beta2`` and ``min_decay``, the
+    smallest betas and weight-decay factor ``1 - alpha lambda`` (Adam and AdamW; ``min_decay`` None
+    without weight decay). ``training_optimizer`` is the spec's."""
 
     components: tuple[Component, ...]
     capacity: int
-    min_momentum: float
+    min_momentum: float | None
     n_weights: int
+    training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER
+    min_beta1: float | None = None
+    min_beta2: float | None = None
+    min_decay: float | None = None
 
     @property
     def total(self) -> int:
@@ -186,14 +296,82 @@ def _section(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
 def lowest_momentum(spec: Mapping[str, Any]) -> tuple[float, rules.Loc]:
     """The smallest momentum the job can reach (`hypercore.vocab.lowest`: what the engine sizes its
     buffer for and clamps a learned momentum to) and the field that sets it."""
-    setting = rules.given_hyperparameters(spec).get("momentum")
+    return _lowest(spec, "momentum")
+
+
+def _lowest(spec: Mapping[str, Any], kind: str) -> tuple[float, rules.Loc]:
+    """`lowest_momentum` for any kind with a floor (momentum, beta1, beta2)."""
+    setting = rules.given_hyperparameters(spec).get(kind)
     if setting is None:
-        return vocab.lowest("momentum", vocab.KINDS["momentum"].default, False), ()
+        return vocab.lowest(kind, vocab.KINDS[kind].default, False), ()
     init, learn, minimum = setting["init"], setting["learn"], setting.get("min")
-    value = vocab.lowest("momentum", init, learn, minimum)
-    if learn and (minimum is not None or value < vocab.lowest("momentum", init, False)):
-        return value, ("hyperparameters", "momentum", "min")  # the default min, below the init
-    return value, ("hyperparameters", "momentum", "init")
+    value = vocab.lowest(kind, init, learn, minimum)
+    if learn and (minimum is not None or value < vocab.lowest(kind, init, False)):
+        return value, ("hyperparameters", kind, "min")  # the default min, below the init
+    return value, ("hyperparameters", kind, "init")
+
+
+def _lowest_decay(spec: Mapping[str, Any]) -> tuple[float | None, rules.Loc]:
+    """The smallest weight-decay factor ``1 - alpha lambda`` an AdamW job reaches
+    (`hypercore.vocab.lowest_decay`; None without weight decay) and the field that sets it."""
+    if vocab.training_optimizer(spec) != "adamw":
+        return None, ()
+    given = rules.given_hyperparameters(spec)
+    defaults = vocab.default_kinds("adamw")
+    lr = given.get("learning_rate", {"init": defaults["learning_rate"], "learn": False})
+    wd = given.get("weight_decay", {"init": defaults["weight_decay"], "learn": False})
+    if vocab.is_off("weight_decay", wd["init"]):
+        return None, ()
+    value = vocab.lowest_decay(lr["init"], lr["learn"], wd["init"], wd["learn"])
+    kind = "learning_rate" if lr["learn"] and not wd["learn"] else "weight_decay"
+    field = "learn" if lr["learn"] or wd["learn"] else "init"
+    return value, ("hyperparameters", kind, field) if kind in given else ()
+
+
+def _buffer(
+    spec: Mapping[str, Any], T: int, N: int, model_loc: rules.Loc
+) -> tuple[Component, dict[str, Any]]:
+    """The information buffer's `Component` and the `Estimate` fields it is sized by."""
+    optimizer = vocab.training_optimizer(spec)
+    if optimizer == "sgd_momentum":
+        gamma, gamma_loc = lowest_momentum(spec)
+        capacity = capacity_for(T, gamma)
+        bits = math.log2(D / min(max(round(gamma * D), 1), D))
+        component = Component(
+            "information buffer",
+            buffer_bytes(N, capacity),
+            gamma_loc if gamma < 0.5 and gamma_loc else model_loc,
+            f"at momentum {gamma:.3g} over {T} steps",
+            f"each step keeps {bits:.2g} bits of each of the {N} weights ({capacity} slots of 32 bits): "
+            "a higher momentum (for a learned one, hyperparameters.momentum.min), fewer training.steps "
+            "or a smaller model needs less",
+        )
+        return component, {"capacity": capacity, "min_momentum": gamma}
+    factors = {"beta1": _lowest(spec, "beta1"), "beta2": _lowest(spec, "beta2"), "decay": _lowest_decay(spec)}
+    present = {k: v for k, v in factors.items() if v[0] is not None}
+    capacity = adam_capacity(T, factors["beta1"][0], factors["beta2"][0], factors["decay"][0])
+    bits = sum(math.log2(1.0 / value) for value, _ in present.values())
+    smallest, loc = min(present.values(), key=lambda v: v[0])
+    names = {"beta1": "beta1", "beta2": "beta2", "decay": "weight-decay factor"}
+    words = ", ".join(f"{names[k]} {value:.3g}" for k, (value, _) in present.items())
+    component = Component(
+        "information buffer",
+        buffer_bytes(N, capacity),
+        loc if smallest < 2**-0.5 and loc else model_loc,  # the field, once it costs half a bit a step
+        f"at {words} over {T} steps of {optimizer}",
+        f"each step keeps about {bits:.2g} bits of each of the {N} weights ({capacity} slots of 32 bits): "
+        "higher betas (for learned ones, hyperparameters.beta1.min and beta2.min), a fixed learning "
+        "rate and weight decay (a learned one is sized for the engine's smallest factor, 0.5), fewer "
+        "training.steps or a smaller model need less",
+    )
+    return component, {
+        "capacity": capacity,
+        "min_momentum": None,
+        "training_optimizer": optimizer,
+        "min_beta1": factors["beta1"][0],
+        "min_beta2": factors["beta2"][0],
+        "min_decay": factors["decay"][0],
+    }
 
 
 def _rows(spec: Mapping[str, Any], shape: DatasetShape) -> tuple[int, int, int, int]:
@@ -229,22 +407,11 @@ def peak_bytes(spec: Mapping[str, Any], shape: DatasetShape) -> Estimate:
     units = shape.n_features + sum(model.get("hidden") or ()) + shape.n_classes
     model_loc = _model_loc(spec)
 
-    gamma, gamma_loc = lowest_momentum(spec)
-    capacity = capacity_for(T, gamma)
-    bits = math.log2(D / min(max(round(gamma * D), 1), D))
-    buffer_loc = gamma_loc if gamma < 0.5 and gamma_loc else model_loc
-    buffer = Component(
-        "information buffer",
-        buffer_bytes(N, capacity),
-        buffer_loc,
-        f"at momentum {gamma:.3g} over {T} steps",
-        f"each step keeps {bits:.2g} bits of each of the {N} weights ({capacity} slots of 32 bits): "
-        "a higher momentum (for a learned one, hyperparameters.momentum.min), fewer training.steps "
-        "or a smaller model needs less",
-    )
+    buffer, sized_for = _buffer(spec, T, N, model_loc)
+    adam = vocab.training_optimizer(spec) != "sgd_momentum"
     state = Component(
         "engine state",
-        ENGINE_STATE_ARRAYS * 8 * N,
+        (ADAM_ENGINE_STATE_ARRAYS if adam else ENGINE_STATE_ARRAYS) * 8 * N,
         model_loc,
         f"for {N} weights",
         "a smaller model needs less",
@@ -297,9 +464,4 @@ def peak_bytes(spec: Mapping[str, Any], shape: DatasetShape) -> Estimate:
         "fewer rows need less",
     )
     runtime = Component("worker runtime", RUNTIME_BYTES, (), "Python, JAX and XLA compilation")
-    return Estimate(
-        (buffer, state, activations, hyper, records, data, runtime),
-        capacity=capacity,
-        min_momentum=gamma,
-        n_weights=N,
-    )
+    return Estimate((buffer, state, activations, hyper, records, data, runtime), n_weights=N, **sized_for)

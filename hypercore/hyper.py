@@ -42,7 +42,16 @@ from hypercore import (
 from hypercore.vocab import ConfigError
 
 KINDS = tuple(vocab.KINDS)
-__all__ = ["KINDS", "ConfigError", "DEFAULTS", "Hyper", "HyperSet", "HyperValue", "HyperparameterError"]
+__all__ = [
+    "KINDS",
+    "ConfigError",
+    "DEFAULTS",
+    "Hyper",
+    "HyperSet",
+    "HyperValue",
+    "HyperparameterError",
+    "defaults",
+]
 
 
 class HyperparameterError(ConfigError):
@@ -70,9 +79,9 @@ class Hyper:
 
     ``init`` is a natural value (``0.5`` for a learning rate of 0.5), or for ``training_data`` the
     scale of its ``N(0, 1)`` start or the string ``"data"`` (start from the dataset's inputs).
-    ``min`` (momentum only): the smallest value a learned one is given, the floor the engine clamps
-    it to and sizes its information buffer for (None: `hypercore.vocab.lowest`'s default, 0.1 or
-    the init if lower).
+    ``min`` (momentum, beta1, beta2): the smallest value a learned one is given, the floor the
+    engine clamps it to and sizes its information buffer for (None: `hypercore.vocab.lowest`'s
+    default, the kind's floor (momentum 0.1, a beta 0.5) or the init if lower).
     """
 
     kind: str
@@ -99,7 +108,14 @@ class Hyper:
         return vocab.is_off(self.kind, self.init)
 
 
-DEFAULTS = {name: Hyper(name, vocab.KINDS[name].default) for name in vocab.DEFAULT_KINDS}
+def defaults(optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER) -> dict[str, Hyper]:
+    """The settings of the kinds a run with training optimizer ``optimizer`` gets when it leaves
+    them out (`hypercore.vocab.default_kinds`)."""
+    return {name: Hyper(name, init) for name, init in vocab.default_kinds(optimizer).items()}
+
+
+# With the default training optimizer, SGD with momentum.
+DEFAULTS = defaults()
 
 
 def _to_raw(kind: str, natural):
@@ -128,6 +144,8 @@ class HyperSet:
     and ``train_labels`` describe the training inputs (needed for ``training_data``). A multi-task
     model's ``tasks`` names its tasks (the leading axis of every array) and ``sharing_layers`` the
     layers a ``sharing`` matrix couples; both are empty for a single-task model.
+    ``training_optimizer`` (`hypercore.vocab.TRAINING_OPTIMIZERS`) trains the model: it decides which
+    kinds may be set and the defaults of those left out.
     """
 
     hypers: dict[str, Hyper]
@@ -137,6 +155,7 @@ class HyperSet:
     train_labels: tuple[int, ...]
     tasks: tuple[str, ...] = ()
     sharing_layers: tuple[str, ...] = ()
+    training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER
 
     @classmethod
     def build(
@@ -149,19 +168,34 @@ class HyperSet:
         train_labels,
         tasks=(),
         sharing_layers=(),
+        training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER,
     ) -> HyperSet:
-        """Validate and complete ``hypers`` with `DEFAULTS` for the kinds not given.
+        """Validate and complete ``hypers`` with the `defaults` of ``training_optimizer`` for the
+        kinds not given.
 
         ``training_data`` is present only if asked for: without it the model trains on the dataset.
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise HyperparameterError("training.steps", f"must be a positive integer, got {steps!r}")
-        full = dict(DEFAULTS)
+        if training_optimizer not in vocab.TRAINING_OPTIMIZERS:
+            known = ", ".join(vocab.TRAINING_OPTIMIZERS)
+            raise HyperparameterError(
+                "training.optimizer", f"unknown training optimizer {training_optimizer!r}; known: {known}"
+            )
+        full = defaults(training_optimizer)
         for key, h in hypers.items():
             if key != h.kind:
                 raise HyperparameterError(f"hyperparameters.{key}", f"holds a setting of kind {h.kind!r}")
             h.validate()
+            message = vocab.optimizer_problem(key, training_optimizer)
+            if message:
+                raise HyperparameterError(f"hyperparameters.{key}", message)
             full[key] = h
+        if training_optimizer == "adamw" and not full["weight_decay"].off:
+            message = vocab.decay_problem(full["learning_rate"].init, full["weight_decay"].init)
+            if message:
+                field = "weight_decay" if "weight_decay" in hypers else "learning_rate"
+                raise HyperparameterError(f"hyperparameters.{field}.init", message)
         if "sharing" in full and not (tasks and sharing_layers):
             raise HyperparameterError(
                 "hyperparameters.sharing",
@@ -176,6 +210,7 @@ class HyperSet:
             train_labels=tuple(int(y) for y in np.asarray(train_labels)),
             tasks=tuple(str(t) for t in tasks),
             sharing_layers=tuple(str(layer) for layer in sharing_layers),
+            training_optimizer=training_optimizer,
         )
 
     @property
@@ -245,13 +280,25 @@ class HyperSet:
 
     def floor(self, kind: str) -> float | None:
         """The smallest natural value ``kind`` reaches (`hypercore.vocab.lowest`): a fixed momentum's
-        init, a learned one's ``min``; None for a kind without a floor (all but momentum)."""
+        (or beta's) init, a learned one's ``min``; None for a kind without a floor."""
         h = self.hypers[kind]
         return vocab.lowest(kind, h.init, h.learn, h.min)
 
+    def decays(self) -> bool:
+        """True iff AdamW's weight decay is on (training optimizer adamw, weight_decay not 0)."""
+        return self.training_optimizer == "adamw" and not self.hypers["weight_decay"].off
+
+    def decay_floor(self) -> float | None:
+        """The smallest weight-decay factor ``1 - alpha lambda`` the run reaches
+        (`hypercore.vocab.lowest_decay`), None without weight decay."""
+        if not self.decays():
+            return None
+        lr, wd = self.hypers["learning_rate"], self.hypers["weight_decay"]
+        return vocab.lowest_decay(lr.init, lr.learn, wd.init, wd.learn)
+
     def _natural(self, kind: str, raw, xp=jnp):
-        """Raw -> natural; a learned kind with a floor (momentum) is clamped to it, so the
-        meta-optimiser cannot take it below the value its information buffer was sized for."""
+        """Raw -> natural; a learned kind with a floor (momentum, beta1, beta2) is clamped to it, so
+        the meta-optimiser cannot take it below the value its information buffer was sized for."""
         x = _to_natural(kind, raw, xp)
         h = self.hypers[kind]
         if h.learn and vocab.KINDS[kind].floor is not None:
@@ -270,8 +317,9 @@ class HyperSet:
         return {a: x[i] for i, a in enumerate(self.shapes)}
 
     def schedule(self, kind: str, raw: Mapping[str, jax.Array]) -> jax.Array | dict[str, jax.Array]:
-        """A ``learning_rate`` or ``momentum`` in the engine's shape: ``(T,)`` shared by all arrays
-        (granularity global or step), or ``{array: (T,)}`` (layer or layer_step)."""
+        """A ``learning_rate``, ``momentum``, ``beta1``, ``beta2`` or ``weight_decay`` in the engine's
+        shape: ``(T,)`` shared by all arrays (granularity global or step), or ``{array: (T,)}``
+        (layer or layer_step)."""
         h = self.hypers[kind]
         x = self._natural(kind, raw[kind])
         T = self.steps
@@ -305,10 +353,30 @@ class HyperSet:
         """The training inputs to train on, or None to use the dataset's."""
         return raw.get("training_data") if "training_data" in self.hypers else None
 
+    def weight_decay(self, raw: Mapping[str, jax.Array]) -> jax.Array | dict[str, jax.Array] | float:
+        """AdamW's weight decay as a `schedule`, or a concrete 0.0 without one (then the engine
+        runs plain Adam)."""
+        return self.schedule("weight_decay", raw) if self.decays() else 0.0
+
+    def minimum(self, kind: str, raw: Mapping[str, np.ndarray]) -> float:
+        """The smallest natural value of ``kind`` (global, layer, step or layer_step), from concrete
+        raw values; a learned kind with a floor is at least its `floor`."""
+        return float(np.min(self._natural(kind, np.asarray(raw[kind]), np)))
+
     def min_momentum(self, raw: Mapping[str, np.ndarray]) -> float:
-        """The smallest gamma, from concrete raw values: sizes the engine's information buffer. A
-        learned momentum's is at least its `floor`."""
-        return float(np.min(self._natural("momentum", np.asarray(raw["momentum"]), np)))
+        """The smallest gamma, from concrete raw values: sizes the engine's information buffer."""
+        return self.minimum("momentum", raw)
+
+    def min_decay(self, raw: Mapping[str, np.ndarray]) -> float | None:
+        """A lower bound on AdamW's weight-decay factors ``1 - alpha_t lambda_t``, from concrete raw
+        values: ``1 - max(alpha) max(lambda)``, and at least the engine's smallest factor (which it
+        clips to); None without weight decay."""
+        if not self.decays():
+            return None
+        lr, wd = (
+            float(np.max(self._natural(k, np.asarray(raw[k]), np))) for k in ("learning_rate", "weight_decay")
+        )
+        return max(vocab.MIN_DECAY_FACTOR, 1.0 - lr * wd)
 
     # ---- export ------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ something through the buffer: the smallest value over them, with ``buffer_slots`
 A second exact optimizer is a class with these members, registered under a name, and an entry
 point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
 example; in outline (its ``m`` and ``v``, and with weight decay ``w``, are each multiplied by a
-decay ``n / 2**24``, so the buffer gets one head per parameter for each)::
+decay ``n / 2**24`` through one head per parameter that the three share)::
 
     @dataclasses.dataclass(frozen=True)
     class Adam:
@@ -74,18 +74,17 @@ decay ``n / 2**24``, so the buffer gets one head per parameter for each)::
         schedule_names = ("learning_rates", "b1", "b2", "bias1", "bias2")   # + "decay_factors"
         decay_schedule = (1, 2)          # + 5: the smallest of b1, b2 (and f) sizes the buffer
 
-        def buffer_shapes(self, shapes):  # one head per array multiplied by a decay: m's, v's (, w's)
-            return [*shapes, *shapes]
+        def buffer_shapes(self, shapes):  # one head per parameter, shared by m's, v's (, w's) bits
+            return list(shapes)
         def buffer_slots(self, steps, min_decay):
-            return adam_capacity(steps, min_decay, bucket=False)
+            return adam_capacity(steps, min_decay, min_decay, min_decay, bucket=False)
         def init_state(self, shapes):    # fixed-point state at t = 0, any pytree of int64 arrays
-            zeros = [jnp.zeros(s, jnp.int64) for s in shapes]
-            return (zeros, list(zeros))
+            return tuple([jnp.zeros(s, jnp.int64) for s in shapes] for _ in range(3))  # m, v's limbs
         def init_adjoint(self, dw_T):    # the state's cotangent at T, float64, same structure
             return ([jnp.zeros_like(x) for x in dw_T], [jnp.zeros_like(x) for x in dw_T])
         def forward_step(self, w, state, buf, g, hyper): ...   # mul_beta pushes m's, v's, w's bits
         def undo_weights(self, w, state, buf, hyper, record, stacks): ...  # + lr u; div_beta on w
-        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # div_beta on m, v
+        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # div_beta on v, then m
         def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux): ...  # dw -> f dw
 
     OPTIMIZERS["adam"], OPTIMIZERS["adamw"] = Adam(), Adam(weight_decay=True)

@@ -75,6 +75,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
             kind, setting.get("init"), setting["granularity"], setting["learn"], setting.get("min")
         ):
             out.append((("hyperparameters", kind, where), message))
+    out += _optimizer_problems(spec, given, out)
     if not any(s["learn"] for s in given.values()):
         out.append((("hyperparameters",), "no hyperparameter has learn: true, so there is nothing to tune"))
     if "sharing" in given and not family.multitask:
@@ -111,6 +112,34 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
         out += _dataset_problems(spec, ds, shape)
         out += _multitask_problems(spec, ds, family, shape)
     return out
+
+
+def _optimizer_problems(
+    spec: Mapping[str, Any], given: Mapping[str, Mapping[str, Any]], found: list[Problem]
+) -> list[Problem]:
+    """The kinds that belong to another training optimizer, and an AdamW start whose weight-decay
+    factor the engine cannot run (once the two inits themselves are valid: ``found`` so far)."""
+    optimizer = vocab.training_optimizer(spec)
+    if optimizer not in vocab.TRAINING_OPTIMIZERS:
+        known = ", ".join(vocab.TRAINING_OPTIMIZERS)
+        return [(("training", "optimizer"), f"unknown training optimizer {optimizer!r}; known: {known}")]
+    out: list[Problem] = []
+    for kind in given:
+        message = vocab.optimizer_problem(kind, optimizer)
+        if message:
+            out.append((("hyperparameters", kind), message))
+    if optimizer != "adamw" or any(loc[:2] in _DECAY_KINDS for loc, _ in found):
+        return out
+    defaults = vocab.default_kinds(optimizer)
+    inits = {k: given.get(k, {}).get("init", defaults[k]) for k in ("learning_rate", "weight_decay")}
+    message = vocab.decay_problem(inits["learning_rate"], inits["weight_decay"])
+    if message:
+        field = "weight_decay" if "weight_decay" in given else "learning_rate"
+        out.append((("hyperparameters", field, "init"), message))
+    return out
+
+
+_DECAY_KINDS = {("hyperparameters", "learning_rate"), ("hyperparameters", "weight_decay")}
 
 
 def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
@@ -251,7 +280,8 @@ def hyperparameter_counts(spec: Mapping[str, Any], shape: DatasetShape) -> dict[
         "weight": families.n_weights(shapes),
     }
     given = given_hyperparameters(spec)
-    counts = {kind: 1 for kind in vocab.DEFAULT_KINDS if kind not in given}
+    defaults = vocab.default_kinds(vocab.training_optimizer(spec))
+    counts = {kind: 1 for kind in defaults if kind not in given}
     for kind, setting in given.items():
         if kind == "training_data":
             counts[kind] = n_train_rows(spec, shape) * shape.n_features

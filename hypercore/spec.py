@@ -4,7 +4,7 @@
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: ...}
              # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
     model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp
-    training: {steps: 100}
+    training: {steps: 100}                                    # optional: optimizer (below)
     hyperparameters:
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
       momentum:      {init: 0.9, granularity: layer_step, learn: true}   # optional: min
@@ -13,6 +13,11 @@
     objective: valid_loss                                     # or train_loss
     meta: {iterations: 50, optimizer: adam, learning_rate: 0.04}   # optional: momentum, clip, guard
     seed: 0
+
+``training.optimizer`` is the optimizer that trains the model, reversed exactly by the engine:
+``sgd_momentum`` (the default, the paper's), ``adam`` or ``adamw``; it is not ``meta.optimizer``, the
+optimizer of the hyperparameters. With ``adam`` and ``adamw`` the kinds ``beta1``, ``beta2`` (and, for
+``adamw``, ``weight_decay``) take ``momentum``'s place (`hypercore.vocab.TRAINING_OPTIMIZERS`).
 
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem (`hypercore.models.Toy2D`): it
 has no data, so ``dataset`` is left out (the loop trains it on `hypercore.models.toy2d_data`), and it
@@ -72,7 +77,7 @@ def _field(loc: rules.Loc) -> str:
 _SECTIONS = {
     "dataset": {"name", "id", "train", "valid", "test", "batch_size", "center", "stratify", "resplit"},
     "model": {"kind", "hidden", "activation"},
-    "training": {"steps"},
+    "training": {"steps", "optimizer"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
 }
 _HYPER_KEYS = {"init", "granularity", "learn", "min"}
@@ -137,7 +142,12 @@ def _check_types(spec: Mapping) -> None:
                 _flag(ds[key], f"dataset.{key}")
         if "name" in ds and not isinstance(ds["name"], str):
             raise SpecError("dataset.name", f"must be a string, got {ds['name']!r}")
-    _int(_section(spec, "training").get("steps"), "training.steps")
+    training = _section(spec, "training")
+    _int(training.get("steps"), "training.steps")
+    optimizer = training.get("optimizer", vocab.DEFAULT_TRAINING_OPTIMIZER)
+    if optimizer not in vocab.TRAINING_OPTIMIZERS:
+        known = ", ".join(map(repr, vocab.TRAINING_OPTIMIZERS))
+        raise SpecError("training.optimizer", f"must be one of {known}, got {optimizer!r}")
     for kind, setting in _section(spec, "hyperparameters", required=False).items():
         field = f"hyperparameters.{kind}"
         if kind not in vocab.KINDS:
@@ -268,4 +278,5 @@ def problem_from_spec(spec: Mapping, dataset=None) -> Problem:
         iterations=iterations,
         seed=seed,
         resplit=ds_section.get("resplit", False),
+        training_optimizer=vocab.training_optimizer(spec),
     )

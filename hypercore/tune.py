@@ -4,8 +4,10 @@ Meta-iteration ``k`` (0-based), as in the paper's experiments (HIPS/hypergrad
 ``experiments/Feb_3_training_schedules``):
 
 1. fresh initial weights ``w0 = init_scale * N(0, 1)`` from ``(seed, k)``;
-2. T steps of SGD with momentum on minibatches drawn from ``(seed, k, t)`` by the engine
-   (`hypercore.reversible_sgd`, or the stored-trajectory `hypercore.unrolled_sgd` for comparison);
+2. T steps of the training optimizer (``training.optimizer``: SGD with momentum by default, or Adam,
+   or AdamW) on minibatches drawn from ``(seed, k, t)`` by the engine (`hypercore.reversible_sgd` or
+   `hypercore.reversible_adam`, or the stored-trajectory `hypercore.unrolled_sgd` or
+   `hypercore.unrolled_adam` for comparison);
 3. the meta-objective at ``w_T``: ``valid_loss`` (mean NLL on the validation set, the default) or
    ``train_loss`` (mean NLL on the whole training set, the schedule experiment's), and its gradient
    with respect to every learned raw hyperparameter through the training;
@@ -16,11 +18,13 @@ Meta-iteration ``k`` (0-based), as in the paper's experiments (HIPS/hypergrad
 Everything a meta-iteration depends on is in a `Checkpoint` (raw hyperparameters, optimiser state,
 the step before it for the guard, meta_iter, seed): a run resumed from any record's checkpoint ends
 bit-identical to the uninterrupted run. One jitted function computes the objective, the metrics
-and the hypergradient; it compiles once per problem, and again only when falling gammas need a
-larger information buffer than the one allocated (which starts at twice the need and at least
-doubles each time, but never past what the momentum's floor needs: a learned momentum is clamped to
-its ``min``, so ``buffer_capacity(T, floor)`` slots always suffice, and that is what the server
-sized the job's memory for, `hypercore.budget`).
+and the hypergradient; it compiles once per problem, and again only when falling gammas (or betas,
+or weight-decay factors) need a larger information buffer than the one allocated (which starts at
+twice the need and at least doubles each time, but never past what the floors need: a learned
+momentum or beta is clamped to its ``min`` and the engine's weight-decay factor is at least 0.5, so
+``buffer_capacity(T, floor)`` slots, or Adam's ``adam_capacity(T, b1 floor, b2 floor, decay
+floor)``, always suffice, and that is what the server sized the job's memory for,
+`hypercore.budget`).
 """
 
 from __future__ import annotations
@@ -38,11 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hypercore import _x64  # noqa: F401  (configures JAX for the engine before any array exists)
+from hypercore import (
+    _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
+    vocab,
+)
 from hypercore import data as _data
 from hypercore import meta as _meta
 from hypercore import models as _models
 from hypercore._reference import unrolled_sgd
+from hypercore.adam import reversible_adam, unrolled_adam
+from hypercore.budget import adam_capacity
 from hypercore.hyper import ConfigError, Hyper, HyperSet, HyperValue
 from hypercore.reversible import ReversalReport, buffer_capacity, empty_report, reversible_sgd
 from hypercore.steps import step_dict
@@ -102,8 +111,13 @@ class Problem:
         iterations: int = 50,
         seed: int = 0,
         resplit: bool = False,
+        training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER,
     ) -> Problem:
-        """Validate the pieces against each other; errors name the job-spec field."""
+        """Validate the pieces against each other; errors name the job-spec field.
+
+        ``training_optimizer`` (``"sgd_momentum"``, ``"adam"`` or ``"adamw"``,
+        `hypercore.vocab.TRAINING_OPTIMIZERS`) trains the model; ``meta`` optimises the
+        hyperparameters."""
         meta = meta or _meta.MetaConfig()
         meta.validate()
         if objective not in OBJECTIVES:
@@ -159,6 +173,7 @@ class Problem:
             train_labels=dataset.y_train,
             tasks=dataset.task_names if multitask else (),
             sharing_layers=model.sharing_layers() if multitask else (),
+            training_optimizer=training_optimizer,
         )
         if not hypers.learned_kinds():
             raise ProblemError(
@@ -364,15 +379,7 @@ def _make_objective(problem: Problem, engine: str):
                 out = out + _models.l2_penalty(w, meta["l2"])
             return out
 
-        alphas = hs.schedule("learning_rate", raw)
-        gammas = hs.schedule("momentum", raw)
-        if engine == "reversible":
-            w_T = reversible_sgd(loss, w0, meta, alphas, gammas, capacity=capacity, report=report)
-        else:
-            # The plain scan keeps the weights' dtype only if the schedules share it.
-            alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
-            w_T = unrolled_sgd(loss, w0, meta, alphas, gammas)
-        w_T = net(w_T, meta)
+        w_T = net(_train(hs, engine, loss, w0, meta, raw, capacity, report), meta)
         train_loss, _ = _metrics(model, w_T, *rows(X_train, y_train, train_rows))
         valid_loss, valid_error = _metrics(model, w_T, *rows(X_valid, y_valid, valid_rows))
         m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}
@@ -381,6 +388,41 @@ def _make_objective(problem: Problem, engine: str):
         return m[problem.objective], m
 
     return objective
+
+
+def _train(hs: HyperSet, engine: str, loss, w0, meta, raw, capacity, report):
+    """``w_T`` after ``hs.steps`` steps of the training optimizer, with the schedules from ``raw``."""
+    alphas = hs.schedule("learning_rate", raw)
+    if hs.training_optimizer == "sgd_momentum":
+        gammas = hs.schedule("momentum", raw)
+        if engine == "reversible":
+            return reversible_sgd(loss, w0, meta, alphas, gammas, capacity=capacity, report=report)
+        # The plain scan keeps the weights' dtype only if the schedules share it.
+        dtype = jax.tree.leaves(w0)[0].dtype
+        alphas, gammas = jax.tree.map(lambda x: x.astype(dtype), (alphas, gammas))
+        return unrolled_sgd(loss, w0, meta, alphas, gammas)
+    b1, b2 = hs.schedule("beta1", raw), hs.schedule("beta2", raw)
+    decay = hs.weight_decay(raw)
+    if engine == "reversible":
+        return reversible_adam(loss, w0, meta, alphas, b1, b2, decay, capacity=capacity, report=report)
+    return unrolled_adam(loss, w0, meta, alphas, b1, b2, decay)  # on the engine's quantised values
+
+
+def _buffer_slots(hs: HyperSet, raw: Mapping[str, np.ndarray]) -> int:
+    """The information buffer's slots for one training run with these concrete raw values: SGD's
+    `buffer_capacity` at the smallest momentum, or `hypercore.budget.adam_capacity` at the smallest
+    betas and weight-decay factor."""
+    if hs.training_optimizer == "sgd_momentum":
+        return buffer_capacity(hs.steps, hs.min_momentum(raw))
+    return adam_capacity(hs.steps, hs.minimum("beta1", raw), hs.minimum("beta2", raw), hs.min_decay(raw))
+
+
+def _buffer_ceiling(hs: HyperSet) -> int:
+    """The most slots any run of ``hs`` needs: at the floors of the momentum, or of the betas and
+    the weight-decay factor (what `hypercore.budget` sizes the job's memory for)."""
+    if hs.training_optimizer == "sgd_momentum":
+        return buffer_capacity(hs.steps, hs.floor("momentum"))
+    return adam_capacity(hs.steps, hs.floor("beta1"), hs.floor("beta2"), hs.decay_floor())
 
 
 def _make_hypergrad(problem: Problem, engine: str):
@@ -524,7 +566,7 @@ def hypergradient(
     fixed_np = _fixed_raw(problem)
     capacity = None
     if engine == "reversible":
-        capacity = buffer_capacity(hs.steps, hs.min_momentum({**fixed_np, **_host(learned)}))
+        capacity = _buffer_slots(hs, {**fixed_np, **_host(learned)})
     obj, metrics, grads, _, rep = _jitted(problem, engine)(
         learned, _device(fixed_np), jnp.int32(meta_iter), capacity
     )
@@ -556,7 +598,7 @@ def evaluate(
         raise KeyError(f"unknown hyperparameters {unknown}; known: {sorted(raw)}")
     raw.update({k: np.asarray(v, np.asarray(raw[k]).dtype) for k, v in (hyperparameters or {}).items()})
     if capacity is None:
-        capacity = buffer_capacity(hs.steps, hs.min_momentum(raw))
+        capacity = _buffer_slots(hs, raw)
     metrics = _jitted(problem, "reversible", make=_make_evaluate)(
         _device(raw), jnp.int32(meta_iter), capacity
     )
@@ -611,21 +653,21 @@ def tune(
     prev_learned, prev_opt_state = _device(state.prev_learned), opt_tree(state.prev_opt_state)
     guard = state.guard
     extra_capacity, capacity = 1, None
-    # The most the buffer needs: every gamma is >= the momentum's floor (a learned one is clamped).
-    ceiling = buffer_capacity(T, hs.floor("momentum"))
+    # The most the buffer needs: every gamma (beta) is >= its floor (a learned one is clamped).
+    ceiling = _buffer_ceiling(hs)
     records: list[Record] = []
     stopped = False
     for k in range(state.meta_iter, iterations):
         started = time.perf_counter()
         while True:
             if engine == "reversible":
-                min_gamma = hs.min_momentum({**fixed_np, **_host(learned)})
                 # Capacity is static, so each new value compiles again: start at twice what the
-                # smallest gamma needs, so that gammas can drift down for a while, never shrink it,
-                # and at least double it when it must grow, so that a run compiles O(log) times at
-                # most; but never past the ceiling (the floor's need, what hypercore.budget counts)
-                # unless an overflow asks for more. The results do not depend on it.
-                needed = buffer_capacity(T, min_gamma) * extra_capacity
+                # smallest gamma (betas, decay factor) needs, so that they can drift down for a
+                # while, never shrink it, and at least double it when it must grow, so that a run
+                # compiles O(log) times at most; but never past the ceiling (the floors' need, what
+                # hypercore.budget counts) unless an overflow asks for more. The results do not
+                # depend on it.
+                needed = _buffer_slots(hs, {**fixed_np, **_host(learned)}) * extra_capacity
                 if capacity is None or needed > capacity:
                     capacity = max(needed, min(2 * (capacity or needed), ceiling))
             obj, metrics, grads, norm, rep = hypergrad(learned, fixed, jnp.int32(k), capacity)
@@ -637,7 +679,7 @@ def tune(
             if extra_capacity >= 16:
                 raise ReversalError(
                     f"meta-iteration {k}: the information buffer overflowed at {capacity} slots "
-                    f"({report.slots_used} used) for {T} steps with min gamma {min_gamma}"
+                    f"({report.slots_used} used) for {T} steps of {hs.training_optimizer}"
                 )
             extra_capacity *= 2
         if report is not None and report.mismatch_step is not None and not report.overflow:

@@ -12,34 +12,38 @@ kind               raw            natural                                     gr
 =================  =============  ==========================================  =======================
 ``learning_rate``  log alpha      alpha = exp(raw) > 0                        global layer step layer_step
 ``momentum``       logit gamma    gamma = 1 / (1 + exp(-raw)) in (0, 1)       global layer step layer_step
+``beta1``          logit b1       b1 = 1 / (1 + exp(-raw)) in [0.5, 1)        global layer step layer_step
+``beta2``          logit b2       b2 = 1 / (1 + exp(-raw)) in [0.5, 1)        global layer step layer_step
+``weight_decay``   log lambda     w <- (1 - alpha lambda) w - alpha u (AdamW)  global layer step layer_step
 ``init_scale``     log scale      w0 = exp(raw) * N(0, 1)                     global layer weight
 ``l2``             log lambda     penalty sum_i lambda_i w_i^2                global layer weight
 ``training_data``  the inputs     X_train itself (distillation)               weight
 ``sharing``        T itself       task s's weights sum_t T[s, t] Z[t]         global layer
 =================  =============  ==========================================  =======================
 
+Training optimizers
+-------------------
+A spec's ``training.optimizer`` (`TRAINING_OPTIMIZERS`) is the optimizer that *trains* the model, which
+the engine reverses exactly: ``sgd_momentum`` (the paper's, the default), ``adam`` or ``adamw``. It is
+not ``meta.optimizer``, the optimizer of the hyperparameters themselves. Some kinds belong to one
+training optimizer (``momentum`` to ``sgd_momentum``; ``beta1``, ``beta2`` to ``adam`` and ``adamw``;
+``weight_decay`` to ``adamw``) and are refused with another (`optimizer_problem`); the kinds a spec
+leaves out take `default_kinds` of its optimizer (Adam's learning rate starts at 1e-3, and AdamW's
+weight decay at optax's 1e-4).
+
 Adding a kind
 -------------
 One `Kind` entry in `KINDS`, then its use in the engine (where its natural value enters the loss or
-the optimizer, `hypercore.hyper.HyperSet`) and a field in the schema (`jobs.spec`). For example a
-per-array weight decay for AdamW would be::
-
-    "weight_decay": Kind(
-        transform="log",
-        granularities=("global", "layer", "step", "layer_step"),
-        default=None,               # absent unless asked for
-        domain=Domain(low=0.0, low_open=False, zero_is_off=True),
-        doc="decoupled weight decay lambda (AdamW)",
-    ),
-
-`check_setting` then refuses a negative init, or a learned 0, on
-``hyperparameters.weight_decay.init``, in the server, the CLI and the engine alike.
+the optimizer, `hypercore.hyper.HyperSet`) and a field in the schema (`jobs.spec`), which is built
+from this table. `check_setting` then refuses a bad init, granularity or ``min`` on
+``hyperparameters.<kind>.<field>``, in the server, the CLI and the engine alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -96,6 +100,24 @@ class Kind:
     floor: float | None = None
 
 
+def _beta_kind(name: str, default: float, doc: str) -> Kind:
+    """An Adam decay rate: logit-parametrised, in [0.5, 1), learned ones kept >= their ``min``."""
+    return Kind(
+        "logit",
+        ("global", "layer", "step", "layer_step"),
+        default,
+        Domain(
+            low=0.5,
+            high=1.0,
+            low_open=False,
+            text=f"a {name} lies in [0.5, 1): the exact Adam engine multiplies by n / 2**24 with "
+            "n >= 2**23, so it cannot run below 0.5",
+        ),
+        doc=doc,
+        floor=0.5,
+    )
+
+
 KINDS: dict[str, Kind] = {
     "learning_rate": Kind(
         "log",
@@ -114,6 +136,19 @@ KINDS: dict[str, Kind] = {
         # so a learned momentum is kept >= its `min` (default 0.1, or its init if lower): 3.3 bits
         # a step at most, which the server can size the job's memory for (`hypercore.budget`).
         floor=0.1,
+    ),
+    # Adam's decay rates: the exact engine multiplies by b = n / 2**24 with n >= 2**23 (a smaller n
+    # could not be undone within 64 bits, `hypercore.adam`), so a beta below 0.5 cannot run. Each
+    # step keeps log2(1 / b) bits of every weight, so a learned beta is kept >= its `min` (0.5 by
+    # default: one bit a step at most), what the server sizes the job's memory for.
+    "beta1": _beta_kind("beta1", 0.9, "Adam's first-moment decay b1 of each training step (adam, adamw)"),
+    "beta2": _beta_kind("beta2", 0.999, "Adam's second-moment decay b2 of each training step (adam, adamw)"),
+    "weight_decay": Kind(
+        "log",
+        ("global", "layer", "step", "layer_step"),
+        None,  # absent unless asked for; adamw's default is in TRAINING_OPTIMIZERS
+        Domain(low=0.0, low_open=False, zero_is_off=True, text="a weight decay must be >= 0"),
+        doc="AdamW's decoupled weight decay lambda: each step multiplies w by 1 - alpha lambda (adamw)",
     ),
     "init_scale": Kind(
         "log",
@@ -152,8 +187,106 @@ KINDS: dict[str, Kind] = {
     ),
 }
 
-# The kinds a spec gets when it leaves them out (all global, fixed).
-DEFAULT_KINDS = tuple(k for k, kind in KINDS.items() if kind.default is not None)
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptimizer:
+    """One value of a spec's ``training.optimizer``: the optimizer that trains the model (and that the
+    engine reverses), not ``meta.optimizer``. ``kinds``: the kinds that are its own, refused with
+    another optimizer; ``defaults``: natural inits of kinds a spec leaves out that differ from the
+    kind's ``default``; ``doc``: its update rule."""
+
+    kinds: tuple[str, ...]
+    defaults: tuple[tuple[str, float], ...] = ()
+    doc: str = ""
+
+
+TRAINING_OPTIMIZERS: dict[str, TrainingOptimizer] = {
+    "sgd_momentum": TrainingOptimizer(
+        ("momentum",),
+        doc="SGD with momentum, the paper's: v <- gamma v - (1 - gamma) g; w <- w + alpha v",
+    ),
+    "adam": TrainingOptimizer(
+        ("beta1", "beta2"),
+        (("learning_rate", 1e-3),),
+        doc="Adam (optax's adam, per-step values): w <- w - alpha mhat / (sqrt(vhat) + 1e-8)",
+    ),
+    "adamw": TrainingOptimizer(
+        ("beta1", "beta2", "weight_decay"),
+        (("learning_rate", 1e-3), ("weight_decay", 1e-4)),
+        doc="AdamW (optax's adamw): w <- (1 - alpha lambda) w - alpha mhat / (sqrt(vhat) + 1e-8)",
+    ),
+}
+DEFAULT_TRAINING_OPTIMIZER = "sgd_momentum"
+# The kinds that belong to some training optimizers only.
+_OWNED = frozenset(k for opt in TRAINING_OPTIMIZERS.values() for k in opt.kinds)
+# The engine's smallest weight-decay factor 1 - alpha lambda (n / 2**24 with n >= 2**23, as the betas).
+MIN_DECAY_FACTOR = 0.5
+
+
+def training_optimizer(spec: Any) -> str:
+    """The ``training.optimizer`` of a spec's dict (absent or None: `DEFAULT_TRAINING_OPTIMIZER`)."""
+    training = spec.get("training") if isinstance(spec, Mapping) else None
+    value = training.get("optimizer") if isinstance(training, Mapping) else None
+    return DEFAULT_TRAINING_OPTIMIZER if value is None else value
+
+
+def default_kinds(optimizer: str = DEFAULT_TRAINING_OPTIMIZER) -> dict[str, float]:
+    """The natural inits of the kinds a spec with training optimizer ``optimizer`` gets when it
+    leaves them out (all global, fixed), in the table's order."""
+    opt = TRAINING_OPTIMIZERS[optimizer]
+    overrides = dict(opt.defaults)
+    out = {}
+    for name, kind in KINDS.items():
+        if name in _OWNED and name not in opt.kinds:
+            continue
+        default = overrides.get(name, kind.default)
+        if default is not None:
+            out[name] = default
+    return out
+
+
+# The kinds a spec gets when it leaves them out, with the default training optimizer.
+DEFAULT_KINDS = tuple(default_kinds())
+
+
+def optimizer_problem(name: str, optimizer: str) -> str | None:
+    """Why kind ``name`` cannot be set with training optimizer ``optimizer``, or None if it can."""
+    if name not in _OWNED or name in TRAINING_OPTIMIZERS[optimizer].kinds:
+        return None
+    owners = [o for o, opt in TRAINING_OPTIMIZERS.items() if name in opt.kinds]
+    own = TRAINING_OPTIMIZERS[optimizer].kinds
+    return (
+        f"{name} is a hyperparameter of training.optimizer {' or '.join(owners)}, not {optimizer} "
+        f"(whose own {'is' if len(own) == 1 else 'are'} {', '.join(own)}): use {' or '.join(owners)}, "
+        f"or leave {name} out"
+    )
+
+
+def decay_problem(learning_rate: Any, weight_decay: Any) -> str | None:
+    """Why AdamW cannot start from these natural inits, or None: its weight-decay factor
+    ``1 - alpha lambda`` must be at least `MIN_DECAY_FACTOR`, the smallest the exact engine runs."""
+    if not (_is_number(learning_rate) and _is_number(weight_decay)):
+        return None
+    factor = 1.0 - float(learning_rate) * float(weight_decay)
+    if factor >= MIN_DECAY_FACTOR:
+        return None
+    return (
+        f"the weight-decay factor 1 - learning_rate x weight_decay = {factor:.6g} is below "
+        f"{MIN_DECAY_FACTOR}, the smallest the exact AdamW engine runs (it multiplies by n / 2**24 with "
+        f"n >= 2**23): with learning_rate {float(learning_rate):g} the weight decay is at most "
+        f"{(1.0 - MIN_DECAY_FACTOR) / float(learning_rate):.6g}"
+    )
+
+
+def lowest_decay(learning_rate: Any, lr_learn: bool, weight_decay: Any, wd_learn: bool) -> float:
+    """The smallest weight-decay factor ``1 - alpha lambda`` an AdamW job reaches, from its natural
+    inits: exact when both are fixed (as the engine computes them from their raw values); with either
+    learned, the engine's smallest, `MIN_DECAY_FACTOR` (a learned learning rate has no ceiling)."""
+    if lr_learn or wd_learn:
+        return MIN_DECAY_FACTOR
+    alpha = float(to_natural("learning_rate", to_raw("learning_rate", float(learning_rate))))
+    lam = float(to_natural("weight_decay", to_raw("weight_decay", float(weight_decay))))
+    return max(MIN_DECAY_FACTOR, 1.0 - alpha * lam)
 
 
 def check_setting(
@@ -170,7 +303,14 @@ def check_setting(
         return found
     kind = KINDS[name]
     if kind.floor is None:
-        return [("min", f"only a momentum takes a min (the floor of its learned values); {name} has none")]
+        floored = [k for k, v in KINDS.items() if v.floor is not None]
+        return [
+            (
+                "min",
+                f"only {', '.join(floored[:-1])} and {floored[-1]} take a min (the floor of their learned "
+                f"values); {name} has none",
+            )
+        ]
     if not _is_number(minimum) or not math.isfinite(minimum):
         return [("min", f"must be a finite number, got {minimum!r}")]
     if not kind.domain.contains(float(minimum)):
@@ -186,10 +326,10 @@ def check_setting(
 
 
 def lowest(name: str, init: Any, learn: bool, minimum: float | None = None) -> float | None:
-    """The smallest natural value a kind with a ``floor`` (momentum) reaches in a job; None for the
-    other kinds. A fixed one keeps its init, as the engine computes it from its raw value; a learned
-    one is kept at or above its ``min``, by default the kind's ``floor`` or its init if that is
-    lower. The engine clamps a learned momentum to it (`hypercore.hyper.HyperSet`) and sizes its
+    """The smallest natural value a kind with a ``floor`` (momentum, beta1, beta2) reaches in a job;
+    None for the other kinds. A fixed one keeps its init, as the engine computes it from its raw
+    value; a learned one is kept at or above its ``min``, by default the kind's ``floor`` or its init
+    if that is lower. The engine clamps a learned one to it (`hypercore.hyper.HyperSet`) and sizes its
     information buffer for it; the server sizes the job's memory for it (`hypercore.budget`)."""
     kind = KINDS[name]
     if kind.floor is None:
@@ -223,16 +363,16 @@ def _check_init(name: str, init: Any, granularity: str, learn: Any) -> list[tupl
         return [
             (
                 "init",
-                f"an {name} with init 0 is off and cannot be learned (it is log-parametrised): "
+                f"{name} with init 0 is off and cannot be learned (it is log-parametrised): "
                 "give a positive init such as 1e-4",
             ),
-            ("learn", f"cannot be true while init is 0: an {name} of 0 is off"),
+            ("learn", f"cannot be true while init is 0: {name} 0 is off"),
         ]
     return []
 
 
 def is_off(name: str, init: Any) -> bool:
-    """A kind whose init turns it off (an ``l2`` of exactly 0: no penalty term at all)."""
+    """A kind whose init turns it off (an ``l2`` or ``weight_decay`` of exactly 0: no term at all)."""
     return KINDS[name].domain.zero_is_off and _is_number(init) and init == 0
 
 

@@ -6,15 +6,20 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: <uploaded>}
              # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
     model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or logreg, toy2d, multitask_mlp
-    training: {steps: 100}
+    training: {steps: 100}      # optional: optimizer, sgd_momentum (default) | adam | adamw
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
       momentum:      {init: 0.9, granularity: layer_step, learn: true}   # optional: min (0.1)
+      # with training.optimizer adam or adamw instead of momentum: beta1, beta2 (optional: min,
+      # 0.5), and with adamw weight_decay
       init_scale:    {init: 0.1, granularity: layer, learn: true}
       l2:            {init: 0.0, granularity: layer, learn: false}
     objective: valid_loss       # or train_loss
     meta: {iterations: 50, optimizer: adam, learning_rate: 0.04}   # optional: momentum, clip, guard
     seed: 0
+
+``training.optimizer`` trains the model (the engine reverses it exactly); ``meta.optimizer`` optimises
+the hyperparameters. The two are independent.
 
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem: it has no data, so ``dataset``
 is left out (every other kind needs it), and it starts from a fixed point, so ``init_scale`` and
@@ -32,10 +37,11 @@ holding every problem as ``{"loc": [...], "msg": ...}`` (the shape of FastAPI's 
    depth and width, dataset rows and features, the number of model weights and the number of
    hyperparameters the spec implies (`hypercore.rules.count_hyperparameters`), and the memory the
    job needs in the worker (`hypercore.budget.peak_bytes`: the information buffer for the smallest
-   momentum the job can reach, the engine's state, activations, hyperparameters and their copies,
-   the meta-iterations' records, the data), refused past ``max_job_memory_bytes`` on the field that
-   drives the largest part. The counts need the dataset's shape: a built-in's is known
-   (`BUILTIN_DATASETS`), an uploaded one's comes from the caller as `DatasetShape`.
+   momentum, or betas and weight-decay factor, the job can reach, the engine's state, activations,
+   hyperparameters and their copies, the meta-iterations' records, the data), refused past
+   ``max_job_memory_bytes`` on the field that drives the largest part. The counts need the dataset's
+   shape: a built-in's is known (`BUILTIN_DATASETS`), an uploaded one's comes from the caller as
+   `DatasetShape`.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ __all__ = [
 Granularity = Literal[vocab.GRANULARITIES]  # type: ignore[valid-type]
 BuiltinName = Literal[tuple(BUILTIN_DATASETS)]  # type: ignore[valid-type]
 ModelKind = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
+TrainingOptimizerName = Literal[tuple(vocab.TRAINING_OPTIMIZERS)]  # type: ignore[valid-type]
 
 _BUILTIN_NAMES = ", ".join(BUILTIN_DATASETS)
 
@@ -127,6 +134,14 @@ class ModelSection(_Strict):
 
 class TrainingSection(_Strict):
     steps: int = Field(ge=1)
+    # None (left out of the stored spec) is the default, sgd_momentum: stored specs keep their meaning.
+    optimizer: TrainingOptimizerName | None = Field(
+        None,
+        description="the optimizer that trains the model, reversed exactly (not meta.optimizer, which "
+        "optimises the hyperparameters): "
+        + "; ".join(f"{name}: {opt.doc}" for name, opt in vocab.TRAINING_OPTIMIZERS.items())
+        + f" (default {vocab.DEFAULT_TRAINING_OPTIMIZER})",
+    )
 
 
 class HyperSetting(_Strict):
@@ -142,9 +157,9 @@ class HyperSetting(_Strict):
         None,
         gt=0,
         lt=1,
-        description="momentum only: the smallest value the meta-optimiser may give a learned momentum "
-        "(default 0.1, or init if lower); each training step keeps log2(1 / momentum) bits of every "
-        "weight in the worker's memory, which is sized for this floor",
+        description="momentum, beta1 and beta2 only: the smallest value the meta-optimiser may give a "
+        "learned one (default: momentum 0.1, a beta 0.5, or init if lower); each training step keeps "
+        "log2(1 / value) bits of every weight in the worker's memory, which is sized for this floor",
     )
 
     @field_validator("init", mode="plain")
@@ -177,7 +192,9 @@ HyperparametersSection = create_model(
 class MetaSection(_Strict):
     iterations: int = Field(50, ge=1)
     optimizer: Literal["adam", "adam_paper", "sgd"] = Field(
-        "adam", description="adam (optax), adam_paper (the paper's Adam settings), or sgd with momentum"
+        "adam",
+        description="the meta-optimiser of the hyperparameters (not training.optimizer, which trains "
+        "the model): adam (optax), adam_paper (the paper's Adam settings), or sgd with momentum",
     )
     learning_rate: float = Field(0.04, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1, description="sgd's momentum (default 0.9)")

@@ -6,39 +6,46 @@ is ``mnist5k`` (5,000 images), so the slices are smaller and the numbers will no
 to the digit: the shapes of the results (the learned schedules, the per-weight penalties, the
 learned images) are what these reproduce.
 
-=========================  =====================================================================
-template                   paper experiment
-=========================  =====================================================================
-``lr-schedule-digits``     DESIGN.md's example: learning-rate and momentum schedules per layer
-                           and step on scikit-learn's digits (small: minutes on a CPU)
-``toy-figure1``            figure 1: the two-weight toy (no data), 50 steps from the fixed start
-                           (1.4, 3.9); learning rate and momentum per step (100 hyperparameters),
-                           3 meta-iterations of SGD with momentum: final loss 395.3, 356.6, 356.3
-``lr-schedule-mnist``      section 3.1 / figure 2: 784-50-50-50-10 tanh net, 100 steps of batch
-                           200, learning rate and momentum per layer and step plus the initial
-                           scale per layer: 800 + 800 + 8 = 1,608 hyperparameters; the paper's
-                           Adam (``adam_paper``) with step 0.04 for 50 meta-iterations on the
-                           final *training* loss
-``l2-per-weight-logreg``   figure 6: one L2 penalty per weight of a logistic regression
-                           (7,850 hyperparameters), 50 steps of batch 20 (one epoch), learning
-                           rate 1, momentum 0.9, initial scale e^-4; gradient descent on log L2
-                           with step 1000
-``training-data-logreg``   figure 7: ten training images (7,840 pixels) learned from N(0, 0.01^2)
-                           starts, one per class, with a learned global L2; logistic regression,
-                           20 full-batch steps, learning rate 1, momentum 0.9; gradient descent
-                           with step 1
-``sharing-mnist5k-tasks``  section 3.4 (the Omniglot table) on ``mnist5k_tasks``: ten tasks (five
-                           "alphabets" with permuted labels, and each rotated), one 784-400-200-10
-                           tanh net per task, 50 full-batch steps; the 300 entries of the three
-                           layers' 10 x 10 sharing matrices learned by gradient descent (step 0.2,
-                           20 meta-iterations) on the mean per-task validation loss, with the
-                           training and validation images re-split every meta-iteration
-``chaos-sweep``            figure 5: one global learning rate of a 784-200-50-10 net near the
-                           chaotic regime (alpha = e^1.5); submit copies with ``learning_rate.init``
-                           swept over e^0.5 .. e^2.5 and compare the final losses and hypergradients
-                           (pixels uncentred, as the paper's; centred pixels push the chaos
-                           beyond e^2.5: see docs/RESULTS.md, F)
-=========================  =====================================================================
+=============================  =====================================================================
+template                       paper experiment
+=============================  =====================================================================
+``lr-schedule-digits``         DESIGN.md's example: learning-rate and momentum schedules per layer
+                               and step on scikit-learn's digits (small: minutes on a CPU)
+``toy-figure1``                figure 1: the two-weight toy (no data), 50 steps from the fixed start
+                               (1.4, 3.9); learning rate and momentum per step (100 hyperparameters),
+                               3 meta-iterations of SGD with momentum: final loss 395.3, 356.6, 356.3
+``lr-schedule-mnist``          section 3.1 / figure 2: 784-50-50-50-10 tanh net, 100 steps of batch
+                               200, learning rate and momentum per layer and step plus the initial
+                               scale per layer: 800 + 800 + 8 = 1,608 hyperparameters; the paper's
+                               Adam (``adam_paper``) with step 0.04 for 50 meta-iterations on the
+                               final *training* loss
+``adam-schedule-mnist``        the schedule experiment with AdamW as the training optimizer
+                               (``training.optimizer: adamw``): the same data, net and 100 steps, a
+                               learning rate per layer and step (800), beta1, weight decay and initial
+                               scale per layer (8 each) learned, beta2 fixed at 0.999: 824 learned
+``l2-per-weight-logreg``       figure 6: one L2 penalty per weight of a logistic regression
+                               (7,850 hyperparameters), 50 steps of batch 20 (one epoch), learning
+                               rate 1, momentum 0.9, initial scale e^-4; gradient descent on log L2
+                               with step 1000
+``l2-per-weight-logreg-adam``  the same trained by Adam (``training.optimizer: adam``, learning rate
+                               0.01, betas 0.9 and 0.999): its hypergradients have the SGD run's
+                               scale, so the meta-optimiser is the same
+``training-data-logreg``       figure 7: ten training images (7,840 pixels) learned from N(0, 0.01^2)
+                               starts, one per class, with a learned global L2; logistic regression,
+                               20 full-batch steps, learning rate 1, momentum 0.9; gradient descent
+                               with step 1
+``sharing-mnist5k-tasks``      section 3.4 (the Omniglot table) on ``mnist5k_tasks``: ten tasks (five
+                               "alphabets" with permuted labels, and each rotated), one 784-400-200-10
+                               tanh net per task, 50 full-batch steps; the 300 entries of the three
+                               layers' 10 x 10 sharing matrices learned by gradient descent (step 0.2,
+                               20 meta-iterations) on the mean per-task validation loss, with the
+                               training and validation images re-split every meta-iteration
+``chaos-sweep``                figure 5: one global learning rate of a 784-200-50-10 net near the
+                               chaotic regime (alpha = e^1.5); submit copies with ``learning_rate.init``
+                               swept over e^0.5 .. e^2.5 and compare the final losses and hypergradients
+                               (pixels uncentred, as the paper's; centred pixels push the chaos
+                               beyond e^2.5: see docs/RESULTS.md, F)
+=============================  =====================================================================
 """
 
 from __future__ import annotations
@@ -96,6 +103,26 @@ _LR_SCHEDULE_MNIST: dict[str, Any] = {
     "seed": 0,
 }
 
+_ADAM_SCHEDULE_MNIST: dict[str, Any] = {
+    "name": "adam-schedule-mnist",
+    "dataset": {"name": "mnist5k", "train": 3000, "valid": 1000, "test": 1000, "batch_size": 200},
+    "model": {"kind": "mlp", "hidden": [50, 50, 50], "activation": "tanh"},
+    "training": {"steps": 100, "optimizer": "adamw"},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.01, "granularity": "layer_step", "learn": True},
+        # beta1 takes momentum's place; a learned one is kept >= its min (0.5 by default)
+        "beta1": {"init": 0.9, "granularity": "layer", "learn": True},
+        "beta2": {"init": 0.999, "granularity": "global", "learn": False},
+        # PyTorch's AdamW default (optax's is 1e-4): lr x wd = 1e-4 a step, well above the engine's
+        # 2**-24 lattice for the decay factor 1 - lr wd
+        "weight_decay": {"init": 0.01, "granularity": "layer", "learn": True},
+        "init_scale": {"init": math.exp(-3), "granularity": "layer", "learn": True},
+    },
+    "objective": "train_loss",
+    "meta": {"iterations": 50, "optimizer": "adam_paper", "learning_rate": 0.04},
+    "seed": 0,
+}
+
 _L2_PER_WEIGHT: dict[str, Any] = {
     "name": "l2-per-weight-logreg",
     "dataset": {"name": "mnist5k", "train": 1000, "valid": 1000, "test": 1000, "batch_size": 20},
@@ -111,6 +138,19 @@ _L2_PER_WEIGHT: dict[str, Any] = {
     # The paper's meta-optimiser: plain gradient descent on log L2 with step 1000.
     "meta": {"iterations": 50, "optimizer": "sgd", "learning_rate": 1000.0, "momentum": 0.0},
     "seed": 0,
+}
+
+_L2_PER_WEIGHT_ADAM: dict[str, Any] = {
+    **_L2_PER_WEIGHT,
+    "name": "l2-per-weight-logreg-adam",
+    "training": {"steps": 50, "optimizer": "adam"},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.01, "granularity": "global", "learn": False},
+        "beta1": {"init": 0.9, "granularity": "global", "learn": False},
+        "beta2": {"init": 0.999, "granularity": "global", "learn": False},
+        "init_scale": {"init": math.exp(-4), "granularity": "global", "learn": False},
+        "l2": {"init": 0.027, "granularity": "weight", "learn": True},
+    },
 }
 
 _TRAINING_DATA: dict[str, Any] = {
@@ -185,7 +225,9 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         _LR_SCHEDULE_DIGITS,
         _TOY_FIGURE1,
         _LR_SCHEDULE_MNIST,
+        _ADAM_SCHEDULE_MNIST,
         _L2_PER_WEIGHT,
+        _L2_PER_WEIGHT_ADAM,
         _TRAINING_DATA,
         _SHARING,
         _CHAOS_SWEEP,
@@ -196,7 +238,10 @@ DESCRIPTIONS: dict[str, str] = {
     "lr-schedule-digits": "learning-rate and momentum schedules per layer and step on digits (small, fast)",
     "toy-figure1": "the paper's figure 1: two weights, 50 steps, per-step schedules, 3 meta-iterations",
     "lr-schedule-mnist": "the paper's schedule experiment: 784-50-50-50-10, 100 steps, 1,608 hyperparameters",
+    "adam-schedule-mnist": "the schedule experiment trained by AdamW: learning rate per layer and step, "
+    "beta1 and weight decay per layer (824 learned)",
     "l2-per-weight-logreg": "one L2 penalty per weight of a logistic regression on MNIST (7,850)",
+    "l2-per-weight-logreg-adam": "the per-weight L2 penalties of a logistic regression trained by Adam",
     "training-data-logreg": "ten synthetic training images learned for a logistic regression",
     "sharing-mnist5k-tasks": "the paper's multi-task experiment: how ten tasks' nets share weights, learned",
     "chaos-sweep": "a global learning rate near the chaotic regime; sweep learning_rate.init",

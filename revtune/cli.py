@@ -25,7 +25,7 @@ def _command_groups():
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="revtune",
-        description="Tune thousands of hyperparameters by exactly reversing SGD with momentum.",
+        description="Tune thousands of hyperparameters by reversing training (SGD, Adam, AdamW) exactly.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _command_groups():

@@ -502,9 +502,9 @@ class Client:
     def hyperparameters(
         self, job: str | Mapping[str, Any], name: str, meta_iter: int | None = None
     ) -> Hyperparameter:
-        """The hyperparameter ``name`` (``learning_rate``, ``momentum``, ``init_scale``, ``l2``,
-        ``training_data``, ``sharing.layer0``, ...) after meta-iteration ``meta_iter`` (the latest if
-        None), in natural units."""
+        """The hyperparameter ``name`` (``learning_rate``, ``momentum``, ``beta1``, ``beta2``,
+        ``weight_decay``, ``init_scale``, ``l2``, ``training_data``, ``sharing.layer0``, ...) after
+        meta-iteration ``meta_iter`` (the latest if None), in natural units."""
         params: dict[str, Any] = {"format": "json"}
         if meta_iter is not None:
             params["meta_iter"] = meta_iter

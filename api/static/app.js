@@ -327,6 +327,7 @@
       const best = job.best ? `${fmt(job.best.objective)} (meta-iteration ${job.best.meta_iter})` : '–';
       const cells = [
         ['status', statusBadge(job.status)], ['progress', progressBar(job)], ['best objective', best],
+        ['training', trainingOf(job.spec)], ['meta-optimizer', metaOf(job.spec)],
         ['objective', job.spec && job.spec.objective], ['validation', validationOf(job.spec)],
         ['created', when(job.created_at)], ['started', when(job.started_at)], ['finished', when(job.finished_at)],
         ['id', job.id],
@@ -418,6 +419,23 @@
     return spec.dataset.resplit ? 're-split every meta-iteration' : 'one fixed split';
   }
 
+  // The optimizer that trains the model (training.optimizer, reversed exactly), told apart from the
+  // one that tunes the hyperparameters (meta.optimizer).
+  const TRAINING_OPTIMIZERS = { sgd_momentum: 'SGD with momentum', adam: 'Adam', adamw: 'AdamW' };
+
+  function trainingOf(spec) {
+    if (!spec || !spec.training) return null;
+    const name = spec.training.optimizer || 'sgd_momentum';
+    const span = el('span', { 'data-training-optimizer': name }, TRAINING_OPTIMIZERS[name] || name);
+    return el('span', {}, span, `, ${spec.training.steps} steps`);
+  }
+
+  function metaOf(spec) {
+    if (!spec) return null;
+    const meta = spec.meta || {};
+    return `${meta.optimizer || 'adam'}, step ${meta.learning_rate != null ? meta.learning_rate : 0.04}`;
+  }
+
   function chartCard(name, title, caption) {
     return el('div', { class: 'chart-card', id: `chart-${name}` },
       el('h2', {}, title), el('div', { class: 'chart-box' }, el('canvas')), caption ? el('p', { class: 'caption' }, caption) : null);
@@ -441,6 +459,9 @@
   const HYPER_TITLES = {
     learning_rate: 'Learning-rate schedule',
     momentum: 'Momentum schedule',
+    beta1: 'Adam beta1 schedule',
+    beta2: 'Adam beta2 schedule',
+    weight_decay: 'Weight decay (AdamW)',
     init_scale: 'Initial weight scales',
     l2: 'L2 penalties',
     training_data: 'Learned training examples',

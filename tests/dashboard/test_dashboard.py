@@ -265,3 +265,40 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     off_diagonal = corr[~np.eye(10, dtype=bool)]
     assert f"mean {float(f'{off_diagonal.mean():.4g}')!r}" in page.text_content(card)  # as the page's fmt
     assert not page.errors, page.errors
+
+
+def test_an_adamw_job_draws_its_betas_and_weight_decay(page, service: Service):
+    """The AdamW schedule template, scaled down, through the real worker: the page says which
+    optimizer trained the model (apart from the meta-optimizer) and draws the learning rate per
+    layer and step, beta1 and the weight decay per layer as the REST API serves them."""
+    spec = templates.get("adam-schedule-mnist")
+    spec["dataset"].update(train=200, valid=100, test=100, batch_size=50)
+    spec["model"]["hidden"] = [4]
+    spec["training"]["steps"] = 6
+    spec["meta"]["iterations"] = 2
+    with Client(service.url) as client:
+        job = client.wait(client.submit(spec), progress=False, poll=0.2, timeout=240)
+        assert job["status"] == "succeeded", job
+        lr = client.hyperparameters(job, "learning_rate")
+        beta1 = client.hyperparameters(job, "beta1")
+        decay = client.hyperparameters(job, "weight_decay")
+    assert lr.axes == ("step", "layer") and beta1.axes == decay.axes == ("layer",)
+    # learned: the meta-optimizer moved them off the template's 0.9 and 0.01
+    assert not np.allclose(beta1.values, 0.9) and not np.allclose(decay.values, 0.01)
+    assert np.all(decay.values > 0) and np.all((beta1.values >= 0.5) & (beta1.values < 1))
+
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#hyper-weight_decay canvas")
+    summary = page.text_content("#job-summary")
+    assert page.get_attribute("[data-training-optimizer]", "data-training-optimizer") == "adamw"
+    assert "AdamW, 6 steps" in summary and "adam_paper, step 0.04" in summary
+    assert "Adam beta1 schedule" in page.text_content("#hyper-beta1 h2")
+    assert "Weight decay (AdamW)" in page.text_content("#hyper-weight_decay h2")
+    drawn = chart(page, "#hyper-learning_rate canvas")
+    assert drawn["type"] == "line" and len(drawn["datasets"]) == lr.values.shape[1]
+    np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, lr.values, rtol=1e-12)
+    for hp, card in ((beta1, "#hyper-beta1"), (decay, "#hyper-weight_decay")):
+        bars = chart(page, f"{card} canvas")
+        assert bars["type"] == "bar" and bars["labels"] == [str(x) for x in hp.labels["layer"]]
+        np.testing.assert_allclose(bars["datasets"][0]["data"], hp.values, rtol=1e-12)
+    assert not page.errors, page.errors

@@ -19,13 +19,19 @@ import hypercore
 from hypercore import ReversalReport, empty_report, reversible
 from hypercore.adam import (
     adam_capacity,
+    add_v,
     check_reversal_adam,
     div_beta,
+    div_beta_v,
     forward_state_adam,
+    from_fixed_v,
     mul_beta,
+    mul_beta_v,
     quantize_beta,
     quantize_decay,
     reversible_adam,
+    sub_v,
+    to_fixed_v,
     unrolled_adam,
     weight_decay_factors,
 )
@@ -73,18 +79,61 @@ def test_quantize_beta_values_and_straight_through_gradient():
     assert quantize_beta(q).tolist() == q.tolist()  # idempotent: the engine re-quantises exactly
 
 
+def _mul_reference(x: int, n: int, head: int) -> tuple[int, int]:
+    """`mul_beta` in Python integers: pop ``s = B mod n``, ``X = x n + s``, push ``X mod 2**24``."""
+    s, rest = head % n, head // n
+    X = x * n + s
+    return X >> 24, rest * 2**24 + (X & (2**24 - 1))
+
+
+def _operands(rng, size=4096):
+    n = rng.integers(2**23, 2**24 + 1, size, dtype=np.int64)  # 2**24: the decay factor 1
+    head = rng.integers(0, 2**63, size, dtype=np.uint64)
+    n[:3], head[:3] = (2**23, 2**24 - 1, 2**24), (0, 2**63 - 1, 1)  # the extremes
+    return jnp.asarray(n), 1.0 / jnp.asarray(n, jnp.float64), jnp.asarray(head)
+
+
 def test_exact_multiplication_by_beta_is_invertible_and_accurate():
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.integers(-(2**62), 2**62, 4096, dtype=np.int64))
-    n = jnp.asarray(rng.integers(2**23, 2**24, 4096, dtype=np.int64))
-    head = jnp.asarray(rng.integers(0, 2**63, 4096, dtype=np.uint64))
-    x2, h2 = mul_beta(x, n, head)
-    x3, h3 = div_beta(x2, n, h2)
+    x = rng.integers(-(2**62) + 1, 2**62, 4096, dtype=np.int64)
+    x[:4] = (2**62 - 1, -(2**62) + 1, 0, -1)
+    x = jnp.asarray(x)
+    n, inv, head = _operands(rng)
+    x2, h2 = mul_beta(x, n, inv, head)
+    x3, h3 = div_beta(x2, n, inv, h2)
     assert bool(jnp.all(x3 == x)) and bool(jnp.all(h3 == head))
-    for a, b, c, d in zip(
-        x[:64].tolist(), n[:64].tolist(), head[:64].tolist(), x2[:64].tolist(), strict=True
-    ):
-        assert d == (a * b + c % b) >> 24  # pop first: below one unit of x * b / 2**24
+    for i in range(0, 4096, 37):
+        assert (int(x2[i]), int(h2[i])) == _mul_reference(int(x[i]), int(n[i]), int(head[i]))
+
+
+def test_exact_multiplication_of_v_in_two_limbs_is_invertible():
+    """v's 124-bit integer ``H 2**62 + L`` through `mul_beta_v` / `div_beta_v`, against Python ints."""
+    rng = np.random.default_rng(1)
+    values = [
+        int(a) << 62 | int(b) for a, b in zip(*(rng.integers(0, 2**62, (2, 4096)).tolist()), strict=True)
+    ]
+    values[:4] = (0, 1, 2**124 - 1, 2**62)
+    v = (jnp.asarray([x >> 62 for x in values]), jnp.asarray([x & (2**62 - 1) for x in values]))
+    n, inv, head = _operands(rng)
+    v2, h2 = mul_beta_v(v, n, inv, head)
+    v3, h3 = div_beta_v(v2, n, inv, h2)
+    assert all(bool(jnp.all(a == b)) for a, b in zip(v3, v, strict=True)) and bool(jnp.all(h3 == head))
+    assert bool(jnp.all((v2[1] >= 0) & (v2[1] < 2**62)))
+    for i in range(0, 4096, 37):
+        got = (int(v2[0][i]) << 62) + int(v2[1][i])
+        assert (got, int(h2[i])) == _mul_reference(values[i], int(n[i]), int(head[i]))
+
+
+def test_v_fixed_point_round_trip_and_limbs():
+    x = jnp.asarray([0.0, 1e-28, 1e-19, 3.3e-7, 0.5, 1.0, 2.0**29, 2.0**30, -1.0, jnp.inf])
+    (hi, lo), ok = to_fixed_v(x)
+    assert ok.tolist() == [True] * 7 + [False] * 3
+    back = from_fixed_v((hi, lo))
+    np.testing.assert_allclose(back[1:7], x[1:7], rtol=2**-52, atol=2.0**-95)  # to 2**-95 = 2.5e-29
+    assert bool(jnp.all((lo >= 0) & (lo < 2**62)))
+    total = add_v((hi, lo), (hi, lo))
+    assert bool(jnp.all(from_fixed_v(total)[:7] == 2 * back[:7]))
+    assert all(bool(jnp.all(a == b)) for a, b in zip(sub_v(total, (hi, lo)), (hi, lo), strict=True))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +245,7 @@ def test_divergence_is_reported_not_crashed():
         w_T = reversible_adam(lambda w, m, t: jnp.sum(w["W"] ** 2), w0, {}, lrs, 0.9, 0.999, report=report)
         return jnp.sum(w_T["W"])
 
-    lrs = jnp.full((T,), 1e3)  # |step| ~ lr: the weights leave |w| < 2**14 within a few dozen steps
+    lrs = jnp.full((T,), 1e5)  # |step| ~ lr: the weights leave |w| < 2**14 on the first step
     assert bool(jnp.isnan(f(lrs, empty_report())))
     d_lr, rep = jax.grad(f, (0, 1))(lrs, empty_report())
     report = ReversalReport.from_array(rep)
@@ -273,20 +322,44 @@ def test_reversal_with_weight_decay_is_bit_exact(T, dtype, kind):
     assert check_reversal_adam(loss, w0, {"l2": jnp.asarray(0.01)}, lrs, b1, b2, wd)
 
 
-def test_weight_decay_uses_heads_for_w_and_zero_decay_is_plain_adam():
+def test_weight_decay_shares_the_heads_and_zero_decay_is_plain_adam():
     loss, w0, _ = make_problem()
     T = 100
     lrs, b1, b2 = schedules("shared", T, w0, "random")
     state = forward_state_adam(loss, w0, {}, lrs, b1, b2, 2.0)
-    assert len(state.buf.heads) == 3 * len(jax.tree.leaves(w0))  # m's, v's, then w's
-    assert all(bool(jnp.any(h != 0)) for h in state.buf.heads[6:])  # the decay's bits are there
     plain = forward_state_adam(loss, w0, {}, lrs, b1, b2)
-    assert len(plain.buf.heads) == 2 * len(jax.tree.leaves(w0))
-    # a traced zero weight decay runs AdamW with factor exactly 1: bit for bit plain Adam
+    n_leaves = len(jax.tree.leaves(w0))
+    assert len(state.buf.heads) == len(plain.buf.heads) == n_leaves  # one head per weight
+    # the decay's bits are on the same heads: about sum_t log2(1 / f_t) more per weight
+    n = sum(x.size for x in jax.tree.leaves(w0))
+
+    def held(buf):  # bits held per weight: the heads' bit lengths and the spilled slots
+        return (
+            sum(float(jnp.sum(jnp.ceil(jnp.log2(h.astype(jnp.float64) + 1)))) for h in buf.heads) / n
+        ) + 32 * int(buf.used)
+
+    f = np.asarray(weight_decay_factors(lrs, jnp.full((T,), 2.0)))
+    expected = float(np.sum(np.log2(1 / f)))
+    assert expected > 3.0
+    assert held(state.buf) - held(plain.buf) > 0.5 * expected
+    # a traced zero weight decay runs AdamW with factor exactly 1, whose multiplication is the
+    # identity on the weight and on the head ...
+    assert np.all(np.asarray(weight_decay_factors(lrs, jnp.zeros((T,)))) == 1.0)
+    x = jnp.asarray([-(2**61) + 3, -1, 0, 5, 2**61 - 7], jnp.int64)
+    head = jnp.asarray([2**62 + 12345, 1, 2**40 - 1, 2**24, 0], jnp.uint64)
+    n = jnp.full(x.shape, 2**24, jnp.int64)
+    y, head2 = mul_beta(x, n, 1.0 / n.astype(jnp.float64), head)
+    assert bool(jnp.all(y == x)) and bool(jnp.all(head2 == head))
+    # ... so it differs from plain Adam only where its lower spill limit (three factors per step,
+    # not two) changes which buffer bits round m and v: far below one unit of the weights' motion
     w_plain = reversible_adam(loss, w0, {}, lrs, b1, b2)
     w_traced = jax.jit(lambda wd: reversible_adam(loss, w0, {}, lrs, b1, b2, wd, min_beta=0.6))(0.0)
-    for a, b in zip(jax.tree.leaves(w_plain), jax.tree.leaves(w_traced), strict=True):
-        assert bool(jnp.all(a == b))
+    for a, b, a0 in zip(
+        jax.tree.leaves(w_plain), jax.tree.leaves(w_traced), jax.tree.leaves(w0), strict=True
+    ):
+        moved = float(jnp.max(jnp.abs(a.astype(jnp.float64) - a0)))
+        assert moved > 1e-3
+        assert float(jnp.max(jnp.abs(a.astype(jnp.float64) - b))) <= 1e-9 * moved
 
 
 def _objective_wd(engine, loss):
@@ -388,7 +461,7 @@ def test_slot_capacity_delegates_to_the_optimizer():
         for g in (0.5, 0.9, 0.99, 0.999):
             assert hypercore.buffer_capacity(T, g) == reversible._fixed.capacity_for(T, g)
             assert reversible.buffer_capacity(T, g, optimizer="adam") == adam_capacity(T, g)
-            assert reversible.buffer_capacity(T, g, optimizer="adamw") == adam_capacity(T, g)
+            assert reversible.buffer_capacity(T, g, optimizer="adamw") == adam_capacity(T, g, g, g)
     assert reversible.OPTIMIZERS["adamw"].decay_schedule == (1, 2, 5)
     assert isinstance(reversible.OPTIMIZERS["adamw"], reversible.TrainingOptimizer)
     with pytest.raises(ValueError, match="min_gamma"):
@@ -403,20 +476,18 @@ def test_registered_in_the_slot_and_exported():
     assert hypercore.reversible_adam is reversible_adam and hypercore.unrolled_adam is unrolled_adam
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect (issue 16 stays open): v's fixed point (2^-52) loses (1 - b2) g^2 for small "
-    "gradients, so the step m / (sqrt(v) + eps) is far too large; v needs a scale-free representation",
-)
-def test_small_gradients_follow_the_rule():
-    """Adam is invariant to the loss's scale; the exact engine must follow the quantised rule at any
-    scale, not only at gradients near 1. Measured on this problem: at loss scale 1 the engine is within
-    4e-12 of `unrolled_adam`; at 1e-5 it is 0.37 off, while the weights move 0.03."""
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1.0, 1e3])
+def test_any_loss_scale_follows_the_rule(scale):
+    """Adam is invariant to the loss's scale, and the exact engine follows it: v's fixed point has
+    2**-94 resolution in two limbs (with one 2**-52 limb, at scale 1e-5 the weights ended 0.37 off
+    the rule while moving 0.03). Against `unrolled_adam` (the same quantised rule in float64),
+    relative to how far the weights move. Measured: 2e-7 at scale 1e-6 (m's 2**-48 resolution
+    against increments (1 - b1) g of about 1e-7), 2e-9 at 1e-3, 7e-13 at 1 and 1e3."""
     X = jax.random.normal(jax.random.key(0), (16, 5), jnp.float64)
     y = jnp.sin(X.sum(1))
 
     def loss(w, meta, t):
-        return 1e-5 * jnp.mean((jnp.tanh(X @ w["W"]) @ w["V"] - y) ** 2)
+        return scale * jnp.mean((jnp.tanh(X @ w["W"]) @ w["V"] - y) ** 2)
 
     w0 = {"W": 0.3 * jax.random.normal(jax.random.key(1), (5, 4), jnp.float64), "V": 0.3 * jnp.ones(4)}
     T = 30
@@ -424,4 +495,7 @@ def test_small_gradients_follow_the_rule():
     got = reversible_adam(loss, w0, {}, lr, b1, b2)
     want = unrolled_adam(loss, w0, {}, lr, b1, b2, quantize=True)
     for k in w0:
-        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-6)
+        moved = float(jnp.max(jnp.abs(want[k] - w0[k])))
+        err = float(jnp.max(jnp.abs(got[k] - want[k])))
+        print(f"scale {scale:g} {k}: moved {moved:.3g}, off the rule by {err:.3g}")
+        assert moved > 1e-3 and err <= (1e-6 if scale < 1e-3 else 1e-8 if scale < 1 else 1e-11) * moved

@@ -71,6 +71,9 @@ any_number = st.sampled_from([-1.0, 0.0, 1e-4, 0.05, 0.5, 0.9, 1.0, 1.5])
 VALID_INIT = {
     "learning_rate": 0.1,
     "momentum": 0.5,
+    "beta1": 0.9,
+    "beta2": 0.99,
+    "weight_decay": 1e-3,
     "init_scale": 0.1,
     "l2": 1e-3,
     "training_data": "data",
@@ -101,6 +104,10 @@ def hyper_setting(draw, kind: str):
 def specs(draw):
     kind = draw(st.sampled_from(["mlp", "logreg", "toy2d", "multitask_mlp"]))
     spec: dict = {"name": "parity", "training": {"steps": draw(st.sampled_from([1, 2, 3]))}, "seed": 0}
+    if draw(st.integers(0, 4)) == 2:  # now and then another training optimizer, or a wrong one
+        spec["training"]["optimizer"] = mostly(
+            draw, draw(st.sampled_from(list(vocab.TRAINING_OPTIMIZERS))), st.just("rmsprop")
+        )
     fitting = [4] if kind in ("mlp", "multitask_mlp") else []
     hidden = mostly(draw, fitting, st.sampled_from([[], [4], [3, 0], [5, 4]]))
     spec["model"] = {"kind": kind, "hidden": hidden} if hidden or draw(st.booleans()) else {"kind": kind}
@@ -120,6 +127,10 @@ def specs(draw):
             ds["center"] = False
         spec["dataset"] = ds
     kinds = draw(st.lists(st.sampled_from(list(vocab.KINDS)), unique=True, max_size=3))
+    if draw(st.integers(0, 9)) != 5:  # mostly the training optimizer's own kinds
+        own = vocab.training_optimizer(spec)
+        if own in vocab.TRAINING_OPTIMIZERS:
+            kinds = [k for k in kinds if not vocab.optimizer_problem(k, own)]
     if draw(st.integers(0, 5)) != 3:
         kinds = ["learning_rate", *[k for k in kinds if k != "learning_rate"]]
     spec["hyperparameters"] = {k: draw(hyper_setting(k)) for k in kinds}

@@ -128,7 +128,11 @@ def test_min_is_a_momentum_s_own_and_lies_between_0_and_its_init():
     base["training"]["steps"] = 10
     base["model"]["hidden"] = [8]
     cases = {
-        ("hyperparameters", "learning_rate", "min"): ("learning_rate", {"min": 0.01}, "only a momentum"),
+        ("hyperparameters", "learning_rate", "min"): (
+            "learning_rate",
+            {"min": 0.01},
+            "only momentum, beta1 and beta2 take a min",
+        ),
         ("hyperparameters", "momentum", "min"): ("momentum", {"min": 0.6}, "at most init (0.5)"),
     }
     for loc, (kind, extra, says) in cases.items():
@@ -260,6 +264,78 @@ def test_a_learned_momentum_stays_at_or_above_its_min_and_in_the_buffer_sized_fo
         assert np.all(record.hyperparameters["momentum"].values >= floor)
 
 
+def adam_small(optimizer: str, **hyperparameters) -> dict:
+    """`small` trained by Adam or AdamW: momentum out, the betas and weight decay as given."""
+    spec = small({"init": 0.9})
+    del spec["hyperparameters"]["momentum"]
+    spec["training"]["optimizer"] = optimizer
+    spec["hyperparameters"].update(hyperparameters)
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "floors"),
+    [
+        (adam_small("adam"), (0.9, 0.999, None)),
+        (
+            adam_small(
+                "adamw",
+                learning_rate={"init": 0.01, "granularity": "layer", "learn": False},
+                beta1={"init": 0.6, "granularity": "step", "learn": False},
+                weight_decay={"init": 0.5, "granularity": "layer", "learn": False},
+                l2={"init": 0.01, "granularity": "global", "learn": True},
+            ),
+            (0.6, 0.999, 1 - 0.01 * 0.5),
+        ),
+        # learned: a beta is kept >= its min, and a learned learning rate has no ceiling, so the
+        # decay factor is sized at the engine's smallest, 0.5
+        (
+            adam_small("adamw", beta2={"init": 0.99, "granularity": "global", "learn": True, "min": 0.9}),
+            (0.9, 0.9, 0.5),
+        ),
+    ],
+    ids=["adam-fixed", "adamw-fixed", "adamw-learned"],
+)
+def test_an_adam_buffer_is_sized_at_the_floors_as_the_engine_sizes_it(spec, floors, monkeypatch):
+    spec["training"]["steps"] = 200
+    estimate = estimate_of(spec)
+    assert estimate.training_optimizer == spec["training"]["optimizer"] and estimate.min_momentum is None
+    assert (estimate.min_beta1, estimate.min_beta2, estimate.min_decay) == pytest.approx(floors)
+    assert estimate.capacity == budget.adam_capacity(200, *floors)
+    problem = problem_from_spec(spec)
+    assert tune_module._buffer_ceiling(problem.hypers) == estimate.capacity
+    captured = capacities_of(problem, monkeypatch, run=False)
+    if estimate.min_decay != 0.5:  # fixed values: the engine starts at exactly the estimate
+        assert captured == [estimate.capacity]
+    else:  # it starts at twice what the start needs, never past the estimate
+        assert len(captured) == 1 and captured[0] <= estimate.capacity
+    n = estimate.n_weights
+    assert estimate["information buffer"].bytes == budget.buffer_bytes(n, estimate.capacity)
+    assert estimate["engine state"].bytes == budget.ADAM_ENGINE_STATE_ARRAYS * 8 * n
+
+
+def test_low_learned_betas_are_refused_on_their_min():
+    """AdamW on 3.8M weights over 1000 steps with both betas and the learning rate learned: at the
+    default floors (betas 0.5, and the decay factor 0.5 a learned learning rate implies) each step
+    keeps 3 bits of every weight, the buffer is the largest part and past the 4 GiB limit, so the
+    refusal names beta1's min; higher mins fit."""
+    spec = json.loads(json.dumps(BIG))
+    del spec["hyperparameters"]["momentum"]
+    spec["training"]["optimizer"] = "adamw"
+    spec["hyperparameters"]["beta1"] = {"init": 0.9, "granularity": "global", "learn": True}
+    spec["hyperparameters"]["beta2"] = {"init": 0.999, "granularity": "global", "learn": True}
+    error = refusal(spec)
+    assert error["loc"] == ["hyperparameters", "beta1", "min"], error
+    assert "at beta1 0.5, beta2 0.5, weight-decay factor 0.5 over 1000 steps of adamw" in error["msg"]
+    assert "hyperparameters.beta1.min and beta2.min" in error["msg"]
+    estimate = estimate_of(spec)
+    assert estimate["information buffer"].bytes == max(c.bytes for c in estimate.components)
+    spec["hyperparameters"]["beta1"]["min"] = 0.8
+    spec["hyperparameters"]["beta2"]["min"] = 0.99
+    assert validate_spec(spec)
+    assert estimate_of(spec).capacity < estimate.capacity
+
+
 def _xla_bytes(problem, capacity: int) -> int:
     hypergrad = tune_module._jitted(problem, "reversible")
     learned = tune_module._device(tune_module.initial_hyperparameters(problem))
@@ -285,8 +361,14 @@ def _xla_bytes(problem, capacity: int) -> int:
             {"init": 0.5},
             hyperparameters__training_data={"init": "data", "granularity": "weight", "learn": True},
         ),
+        adam_small(
+            "adamw",
+            beta1={"init": 0.9, "granularity": "step", "learn": True},
+            weight_decay={"init": 0.01, "granularity": "layer", "learn": True},
+        )
+        | {"model": {"kind": "mlp", "hidden": [256]}, "training": {"steps": 60, "optimizer": "adamw"}},
     ],
-    ids=["mlp-low-momentum", "logreg-full-batch-per-weight", "training-data"],
+    ids=["mlp-low-momentum", "logreg-full-batch-per-weight", "training-data", "adamw"],
 )
 def test_the_estimate_bounds_what_xla_allocates_for_a_meta_iteration(spec):
     """XLA's buffer assignment for the compiled hypergradient (arguments, outputs, temporaries) at

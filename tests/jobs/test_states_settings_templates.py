@@ -95,6 +95,15 @@ def test_templates_reproduce_the_papers_sizes():
     assert count_hyperparameters(mnist, BUILTIN_DATASETS["mnist5k"]) == 1608 + 1
     l2 = validate_spec(templates.get("l2-per-weight-logreg"))
     assert count_hyperparameters(l2, BUILTIN_DATASETS["mnist5k"]) == 7850 + 3
+    # Trained by AdamW: 800 learning rates + beta1, weight decay and initial scale per layer (8
+    # each) learned; the fixed global beta2 and l2 are two more values.
+    adamw = validate_spec(templates.get("adam-schedule-mnist"))
+    assert adamw.training.optimizer == "adamw" and adamw.meta.optimizer == "adam_paper"
+    assert count_hyperparameters(adamw, BUILTIN_DATASETS["mnist5k"]) == 824 + 2
+    l2_adam = validate_spec(templates.get("l2-per-weight-logreg-adam"))
+    assert l2_adam.training.optimizer == "adam" and l2_adam.hyperparameters.l2.granularity == "weight"
+    # 7,850 penalties; the fixed learning rate, beta1, beta2 and initial scale
+    assert count_hyperparameters(l2_adam, BUILTIN_DATASETS["mnist5k"]) == 7850 + 4
     assert templates.get("nope") is None
     edited = templates.get("chaos-sweep")
     edited["seed"] = 5
