@@ -10,6 +10,9 @@ Three problems, each a job spec built with `jobs.templates.get`:
   array (start 1e-3) added to the schedules and scales: 1,616 hyperparameters.
 * ``logreg-l2-per-weight``: template ``l2-per-weight-logreg`` (logistic regression on mnist5k, 50
   steps of batch 20): one L2 penalty per weight, 7,850 hyperparameters.
+* ``mnist5k-adamw-schedules``: template ``adam-schedule-mnist`` (the same net and data as
+  ``lr-schedule-mnist``, trained by AdamW through the exact reversible Adam engine) on the validation
+  loss: a learning rate per layer and step, beta1, weight decay and initial scale per layer (824).
 
 Methods, each given the same wall-clock budget per run, after compilation (see below), from the
 template's starting point (Optuna's first trial is that point, enqueued):
@@ -24,9 +27,15 @@ template's starting point (Optuna's first trial is that point, enqueued):
   learning rate, momentum and log initial scale (plus log L2 in mnist5k-l2-schedules); log L2 and log
   learning rate for the logistic regression (CMA-ES needs two dimensions or more).
 * ``tpe-full``: Optuna's TPE on the very hyperparameters revtune tunes (every element a parameter).
+* on the Adam problem, Optuna's samplers search Adam's constants (log learning rate, beta1, beta2, log
+  weight decay), and optax's tuning-free optimizers ``prodigy``, ``schedule-free-adamw`` and ``dog``
+  (``optax.contrib``, their defaults) train the same net for the same T steps from the same initial
+  weights and minibatches, once per held-out seed: equal training steps, not equal wall-clock, and no
+  search (`hypercore.evaluate` with ``optimizer=``).
 
 A trial's objective is what one revtune meta-iteration sees: the validation loss after one training
-run of the reversible engine (`hypercore.reversible_sgd`, the same model, data and minibatches), with
+run of the reversible engine (`hypercore.reversible_sgd`, or `hypercore.reversible_adam` on the Adam
+problem; the same model, data and minibatches), with
 the initial weights and minibatches of meta-iteration k for trial k. Black-box trials run the engine's
 forward pass only, jitted once per problem. A training run that diverges scores 10 (chance is 2.3).
 
@@ -44,7 +53,10 @@ budget (the first compilation of each method is done before the clock starts).
 Runs are interleaved: for each seed and problem, the methods run one after another in an order
 rotated per seed, so load from other processes falls on all of them alike.
 
-    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py            # 3 seeds, 20 s per run (~25 min)
+    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py            # 3 seeds, 20 s per run (~35 min)
+    # the Adam problem alone, into its own file (~12 min):
+    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --problems mnist5k-adamw-schedules \
+        --out docs/figures/vs_blackbox_adam.json
     nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --budget 5 --seeds 1 --problems digits-schedules
     # revtune with and without re-splitting, side by side (~8 min):
     nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --methods revtune revtune-resplit \
@@ -74,27 +86,54 @@ import numpy as np
 import optuna
 
 import hypercore
+import hypercore.budget
+from hypercore import vocab
 from jobs import templates
 
-METHODS = ("revtune", "revtune-resplit", "tpe", "cmaes", "random", "tpe-full")
+TUNING_FREE = ("prodigy", "schedule-free-adamw", "dog")
+METHODS = ("revtune", "revtune-resplit", "tpe", "cmaes", "random", "tpe-full", *TUNING_FREE)
 REVTUNE = ("revtune", "revtune-resplit")
-PROBLEMS = ("digits-schedules", "mnist5k-l2-schedules", "logreg-l2-per-weight")
+PROBLEMS = ("digits-schedules", "mnist5k-l2-schedules", "logreg-l2-per-weight", "mnist5k-adamw-schedules")
+ADAM_PROBLEMS = ("mnist5k-adamw-schedules",)
 DIVERGED = 10.0
 HELD_OUT_SEEDS = (10**6, 10**6 + 1, 10**6 + 2)
 MIN_MOMENTUM = 0.1  # the black-box search range's lower bound; sizes the engine's buffer
 
-# Natural-unit search ranges (low, high, log) of each kind, for the black-box samplers.
+# Natural-unit search ranges (low, high, log) of each kind, for the black-box samplers; Adam's
+# learning rate has its own (ADAM_RANGES), and lr x wd <= 0.1 keeps AdamW's decay factor >= 0.9.
 RANGES = {
     "learning_rate": (1e-2, 10.0, True),
     "momentum": (MIN_MOMENTUM, 0.99, False),
     "init_scale": (1e-3, 1.0, True),
     "l2": (1e-6, 1.0, True),
+    "beta1": (0.5, 0.99, False),
+    "beta2": (0.9, 0.9999, False),
+    "weight_decay": (1e-5, 1.0, True),
 }
+ADAM_RANGES = {**RANGES, "learning_rate": (1e-4, 0.1, True)}
 CONSTANTS = {
     "digits-schedules": ("learning_rate", "momentum", "init_scale"),
     "mnist5k-l2-schedules": ("learning_rate", "momentum", "init_scale", "l2"),
     "logreg-l2-per-weight": ("l2", "learning_rate"),
+    "mnist5k-adamw-schedules": ("learning_rate", "beta1", "beta2", "weight_decay"),
 }
+
+
+# optax's tuning-free optimizers, each one training run of the same T steps (equal training steps,
+# not equal wall-clock): their defaults, schedule-free AdamW at its default learning rate.
+def _tuning_free():
+    import optax
+
+    return {
+        "prodigy": optax.contrib.prodigy(),
+        "schedule-free-adamw": optax.contrib.schedule_free_adamw(),
+        "dog": optax.contrib.dog(),
+    }
+
+
+def methods_for(problem: str, methods) -> list[str]:
+    """The methods run on ``problem``: the tuning-free optimizers only on the Adam problem."""
+    return [m for m in methods if m not in TUNING_FREE or problem in ADAM_PROBLEMS]
 
 
 def spec_for(problem: str, seed: int) -> dict:
@@ -106,6 +145,9 @@ def spec_for(problem: str, seed: int) -> dict:
         spec["hyperparameters"]["l2"] = {"init": 1e-3, "granularity": "layer", "learn": True}
     elif problem == "logreg-l2-per-weight":
         spec = templates.get("l2-per-weight-logreg")
+    elif problem == "mnist5k-adamw-schedules":
+        spec = templates.get("adam-schedule-mnist")
+        spec["objective"] = "valid_loss"
     else:
         raise ValueError(problem)
     spec["seed"] = seed
@@ -123,15 +165,29 @@ class Evaluator:
         self.start = hypercore.initial_hyperparameters(problem, include_fixed=True)
         learned = hypercore.initial_hyperparameters(problem)
         self.fixed = {k: v for k, v in self.start.items() if k not in learned}
-        self.base_capacity = hypercore.buffer_capacity(problem.hypers.steps, MIN_MOMENTUM)
+        hs = problem.hypers
+        self.ranges = RANGES if hs.training_optimizer == "sgd_momentum" else ADAM_RANGES
+        if hs.training_optimizer == "sgd_momentum":
+            self.base_capacity = hypercore.buffer_capacity(hs.steps, MIN_MOMENTUM)
+        else:  # the lowest betas searched, and decay factor 1 - lr wd at the highest lr and wd
+            r = self.ranges
+            decay = 1 - r["learning_rate"][1] * r["weight_decay"][1] if hs.decays() else None
+            self.base_capacity = hypercore.budget.adam_capacity(hs.steps, r["beta1"][0], r["beta2"][0], decay)
 
     def __call__(self, raw: dict[str, np.ndarray], meta_iter: int) -> dict[str, float]:
-        min_gamma = self.problem.hypers.min_momentum(raw)
-        capacity = max(self.base_capacity, hypercore.buffer_capacity(self.problem.hypers.steps, min_gamma))
+        needed = hypercore.buffer_slots(self.problem.hypers, raw)
+        capacity = max(self.base_capacity, needed)
         return hypercore.evaluate(self.problem, raw, meta_iter=meta_iter, capacity=capacity)
 
-    def held_out(self, raw: dict[str, np.ndarray]) -> dict[str, float]:
-        runs = [self(raw, s) for s in HELD_OUT_SEEDS]
+    def held_out(self, raw: dict[str, np.ndarray], optimizer=None) -> dict[str, float]:
+        """Mean metrics over the held-out seeds; with an optax ``optimizer``, of its training runs
+        (the start's L2 and initial scales, the same weights and minibatches)."""
+        if optimizer is None:
+            runs = [self(raw, s) for s in HELD_OUT_SEEDS]
+        else:
+            runs = [
+                hypercore.evaluate(self.problem, meta_iter=s, optimizer=optimizer) for s in HELD_OUT_SEEDS
+            ]
         return {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
 
 
@@ -141,15 +197,15 @@ def score(m: dict[str, float]) -> float:
 
 
 def to_raw(kind: str, natural: float) -> float:
-    return math.log(natural / (1 - natural)) if kind == "momentum" else math.log(natural)
+    return float(vocab.to_raw(kind, natural))  # log, or logit for momentum and the betas
 
 
 def to_natural(kind: str, raw: float) -> float:
-    return 1 / (1 + math.exp(-raw)) if kind == "momentum" else math.exp(raw)
+    return float(vocab.to_natural(kind, raw))
 
 
-def clipped_start(kind: str, raw_value: float) -> float:
-    low, high, _ = RANGES[kind]
+def clipped_start(kind: str, raw_value: float, ranges=RANGES) -> float:
+    low, high, _ = ranges[kind]
     return min(max(to_natural(kind, raw_value), low), high)
 
 
@@ -201,7 +257,7 @@ def optuna_search(
         trial = study.ask()
         raw = {key: np.array(v, copy=True) for key, v in evaluator.start.items()}
         for name, (kind, targets) in space.items():
-            low, high, log = RANGES[kind]
+            low, high, log = evaluator.ranges[kind]
             value = to_raw(kind, trial.suggest_float(name, low, high, log=log))
             for key, index in targets:
                 raw[key][index] = value
@@ -221,9 +277,9 @@ def constant_space(evaluator: Evaluator, kinds) -> tuple[dict, dict]:
     hs = evaluator.problem.hypers
     space, start = {}, {}
     for kind in kinds:
-        name = "momentum" if kind == "momentum" else f"log_{kind}"
+        name = kind if vocab.KINDS[kind].transform == "logit" else f"log_{kind}"
         space[name] = (kind, [(key, ...) for key in hs.keys(kind)])
-        start[name] = clipped_start(kind, float(np.mean(evaluator.start[hs.keys(kind)[0]])))
+        start[name] = clipped_start(kind, float(np.mean(evaluator.start[hs.keys(kind)[0]])), evaluator.ranges)
     return space, start
 
 
@@ -235,7 +291,7 @@ def run_full_tpe(evaluator, budget, seed):
         for index in np.ndindex(np.shape(evaluator.start[key])):
             name = f"{key}[{','.join(map(str, index))}]"
             space[name] = (kind, [(key, index)])
-            start[name] = clipped_start(kind, float(evaluator.start[key][index]))
+            start[name] = clipped_start(kind, float(evaluator.start[key][index]), evaluator.ranges)
     sampler = optuna.samplers.TPESampler(seed=seed)
     return optuna_search(evaluator, sampler, budget, space, start)
 
@@ -298,7 +354,13 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", default="docs/figures/vs_blackbox.json")
+    parser.add_argument("--table", metavar="JSON", help="print the table and draw the plots of a saved run")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_table(saved["runs"], saved["machine"], saved["timings"])
+        plot(saved["runs"], Path(args.table).parent / Path(args.table).stem)
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="`x0` has been deprecated", category=FutureWarning)
     started = time.perf_counter()
@@ -308,21 +370,26 @@ def main() -> None:
         for pname in args.problems:
             problem = hypercore.problem_from_spec(spec_for(pname, seed))
             evaluator = Evaluator(problem)
-            timings[f"{pname}/seed{seed}"] = warm_up(problem, evaluator, args.methods)
+            timings[f"{pname}/seed{seed}"] = warm_up(problem, evaluator, methods_for(pname, args.methods))
             start_metrics = evaluator.held_out(evaluator.start)
             n_hyper = sum(int(np.size(v)) for v in hypercore.initial_hyperparameters(problem).values())
-            order = list(args.methods[seed % len(args.methods) :]) + list(
-                args.methods[: seed % len(args.methods)]
-            )
+            methods = methods_for(pname, args.methods)
+            order = methods[seed % len(methods) :] + methods[: seed % len(methods)]
             for method in order:
-                trace, chosen, note = run_method(method, pname, problem, evaluator, args.budget, seed)
+                if method in TUNING_FREE:  # one training run per held-out seed, nothing to search
+                    trace, note = [], "equal training steps (not wall-clock): one run, no search"
+                    held = evaluator.held_out(None, optimizer=_tuning_free()[method])
+                    count = 0
+                else:
+                    trace, chosen, note = run_method(method, pname, problem, evaluator, args.budget, seed)
+                    held = evaluator.held_out(chosen)
+                    count = n_hyper if method in (*REVTUNE, "tpe-full") else len(CONSTANTS[pname])
                 within = [o for e, o in trace if e <= args.budget]
-                held = evaluator.held_out(chosen)
                 row = {
                     "problem": pname,
                     "method": method,
                     "seed": seed,
-                    "n_hyper": n_hyper if method in (*REVTUNE, "tpe-full") else len(CONSTANTS[pname]),
+                    "n_hyper": count,
                     "completed": len(within),
                     "wall_s": trace[-1][0] if trace else 0.0,
                     "best_objective": min(within, default=math.nan),
@@ -362,7 +429,9 @@ def summarise(runs) -> list[dict]:
                 continue
 
             def stat(f: Callable[[dict], float], rs=rs, digits=4) -> str:
-                xs = [f(r) for r in rs]
+                xs = [x for x in map(f, rs) if math.isfinite(x)]
+                if not xs:  # a tuning-free optimizer has no best objective: it searched nothing
+                    return "-"
                 m = statistics.fmean(xs)
                 sd = f" ± {statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else ""
                 return f"{m:.{digits}f}{sd}"
@@ -418,7 +487,7 @@ def plot(runs, prefix: Path) -> None:
 
     problems = [p for p in PROBLEMS if any(r["problem"] == p for r in runs)]
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
-    colors = dict(zip(METHODS, ("C3", "C4", "C0", "C1", "C7", "C2"), strict=True))
+    colors = dict(zip(METHODS, ("C3", "C4", "C0", "C1", "C7", "C2", "C5", "C6", "C8"), strict=True))
     for ax, pname in zip(axes[0], problems, strict=True):
         for r in runs:
             if r["problem"] != pname or not r["trace"]:

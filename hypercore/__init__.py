@@ -58,6 +58,7 @@ _ENGINE = {
     "Record": ("hypercore.tune", "Record"),
     "ReversalError": ("hypercore.tune", "ReversalError"),
     "TuneResult": ("hypercore.tune", "TuneResult"),
+    "buffer_slots": ("hypercore.tune", "buffer_slots"),
     "evaluate": ("hypercore.tune", "evaluate"),
     "hypergradient": ("hypercore.tune", "hypergradient"),
     "initial_hyperparameters": ("hypercore.tune", "initial_hyperparameters"),

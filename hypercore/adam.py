@@ -92,8 +92,16 @@ buffer is 1.25 times the information bound (`benchmarks/engine_adam.py`).
 
 Determinism: ``u = mhat / (sqrt(vhat) + eps)`` is computed by one function (`_direction`) from the
 restored integers and the same float64 hyperparameters in both passes, with no multiply feeding an
-add (so nothing an FMA could contract differently); IEEE division and square root are correctly
-rounded, so the reverse pass gets the forward's bits.
+add (so nothing an FMA could contract differently) and no division by a broadcast scalar (which
+XLA may turn into a multiplication by its reciprocal in one pass and not the other); IEEE division
+and square root are correctly rounded, so the reverse pass gets the forward's bits.
+
+Not here: Nesterov momentum (optax ``sgd(nesterov=True)``: ``w_{t+1} = w_t - lr (g_t + b m_{t+1})``).
+Its weight update uses ``g_t`` itself, the gradient at the very ``w_t`` being restored, so undoing
+it is the implicit equation ``w_t = w_{t+1} + lr (grad L(w_t) + b m_{t+1})``, not a subtraction of
+a value computed from restored state. Sutskever's form (the gradient at ``w_t + b v_t``) restores
+``w_t = w_{t+1} - v_{t+1}`` exactly but then needs ``v_t = (v_{t+1} + lr grad L(w_t + b v_t)) / b``,
+the same circularity. The slot does not make it cheap, so it is not offered.
 
 The adjoint of the weight decay: ``dw_t = f_t dw_{t+1} - H_t ct`` (`Adam.adjoint_step` returns
 ``f_t dw_{t+1}``, the engine subtracts ``H_t ct``) and ``df_t = dw_{t+1} . w_t``, with ``w_t`` the

@@ -135,12 +135,7 @@ class Model:
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError as e:
-            raise ModelError("model.dtype", f"must be a floating dtype, got {self.dtype!r}") from e
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ModelError("model.dtype", f"must be a floating dtype, got {dtype}")
+        dtype = check_dtype(self.dtype)
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ModelError(
                 "model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
@@ -200,6 +195,17 @@ class Model:
             if i < n_layers - 1:
                 h = ACTIVATIONS[self.activation](h)
         return h
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """A model's weight dtype as a numpy dtype; `ModelError` on ``model.dtype`` unless floating."""
+    try:
+        out = np.dtype(dtype)
+    except TypeError as e:
+        raise ModelError("model.dtype", f"must be a floating dtype, got {dtype!r}") from e
+    if not jnp.issubdtype(out, jnp.floating):
+        raise ModelError("model.dtype", f"must be a floating dtype, got {out}")
+    return out
 
 
 def normal_init(

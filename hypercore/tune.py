@@ -390,8 +390,11 @@ def _make_objective(problem: Problem, engine: str):
     return objective
 
 
-def _train(hs: HyperSet, engine: str, loss, w0, meta, raw, capacity, report):
-    """``w_T`` after ``hs.steps`` steps of the training optimizer, with the schedules from ``raw``."""
+def _train(hs: HyperSet, engine, loss, w0, meta, raw, capacity, report):
+    """``w_T`` after ``hs.steps`` steps of the training optimizer, with the schedules from ``raw``;
+    ``engine`` an optax optimizer instead of a name: that one (`evaluate`'s ``optimizer``)."""
+    if isinstance(engine, optax.GradientTransformation):
+        return _optax_train(engine, loss, w0, meta, hs.steps)
     alphas = hs.schedule("learning_rate", raw)
     if hs.training_optimizer == "sgd_momentum":
         gammas = hs.schedule("momentum", raw)
@@ -408,7 +411,28 @@ def _train(hs: HyperSet, engine: str, loss, w0, meta, raw, capacity, report):
     return unrolled_adam(loss, w0, meta, alphas, b1, b2, decay)  # on the engine's quantised values
 
 
-def _buffer_slots(hs: HyperSet, raw: Mapping[str, np.ndarray]) -> int:
+def _optax_train(opt: optax.GradientTransformation, loss, w0, meta, steps: int):
+    """``steps`` steps of an optax optimizer on the same loss, minibatches and ``w0`` as the engine's
+    run; for a schedule-free one, the weights it evaluates at
+    (`optax.contrib.schedule_free_eval_params`)."""
+    grad = jax.grad(loss)
+
+    def step(carry, t):
+        w, state = carry
+        updates, state = opt.update(grad(w, meta, t), state, w)
+        return (optax.apply_updates(w, updates), state), None
+
+    (w, state), _ = jax.lax.scan(step, (w0, opt.init(w0)), jnp.arange(steps, dtype=jnp.int32))
+    if any(_is_sf(s) for s in jax.tree.leaves(state, is_leaf=_is_sf)):
+        return optax.contrib.schedule_free_eval_params(state, w)
+    return w
+
+
+def _is_sf(x) -> bool:
+    return isinstance(x, optax.contrib.ScheduleFreeState)
+
+
+def buffer_slots(hs: HyperSet, raw: Mapping[str, np.ndarray]) -> int:
     """The information buffer's slots for one training run with these concrete raw values: SGD's
     `buffer_capacity` at the smallest momentum, or `hypercore.budget.adam_capacity` at the smallest
     betas and weight-decay factor."""
@@ -566,7 +590,7 @@ def hypergradient(
     fixed_np = _fixed_raw(problem)
     capacity = None
     if engine == "reversible":
-        capacity = _buffer_slots(hs, {**fixed_np, **_host(learned)})
+        capacity = buffer_slots(hs, {**fixed_np, **_host(learned)})
     obj, metrics, grads, _, rep = _jitted(problem, engine)(
         learned, _device(fixed_np), jnp.int32(meta_iter), capacity
     )
@@ -580,6 +604,7 @@ def evaluate(
     *,
     meta_iter: int = 0,
     capacity: int | None = None,
+    optimizer: optax.GradientTransformation | None = None,
 ) -> dict[str, float]:
     """The metrics of one training run (forward only, exact engine): what a meta-iteration scores.
 
@@ -590,6 +615,11 @@ def evaluate(
     evaluate many configurations without recompiling). Returns ``train_loss``, ``valid_loss``,
     ``valid_error`` and, with a test split, ``test_loss`` and ``test_error``; NaN if training diverged.
     For black-box searches and notebooks.
+
+    ``optimizer``: an optax optimizer to train with instead of the training optimizer (plain
+    floating point, no reversal), from the same initial weights on the same minibatches, with the
+    same L2 penalties: to compare with tuning-free optimizers such as ``optax.contrib.prodigy``.
+    The learning rate, momentum and betas are then not used.
     """
     hs = problem.hypers
     raw = initial_hyperparameters(problem, include_fixed=True)
@@ -597,9 +627,11 @@ def evaluate(
     if unknown:
         raise KeyError(f"unknown hyperparameters {unknown}; known: {sorted(raw)}")
     raw.update({k: np.asarray(v, np.asarray(raw[k]).dtype) for k, v in (hyperparameters or {}).items()})
-    if capacity is None:
-        capacity = _buffer_slots(hs, raw)
-    metrics = _jitted(problem, "reversible", make=_make_evaluate)(
+    if optimizer is not None:
+        capacity = 1  # unused
+    elif capacity is None:
+        capacity = buffer_slots(hs, raw)
+    metrics = _jitted(problem, optimizer or "reversible", make=_make_evaluate)(
         _device(raw), jnp.int32(meta_iter), capacity
     )
     return {k: float(v) for k, v in metrics.items()}
@@ -667,7 +699,7 @@ def tune(
                 # compiles O(log) times at most; but never past the ceiling (the floors' need, what
                 # hypercore.budget counts) unless an overflow asks for more. The results do not
                 # depend on it.
-                needed = _buffer_slots(hs, {**fixed_np, **_host(learned)}) * extra_capacity
+                needed = buffer_slots(hs, {**fixed_np, **_host(learned)}) * extra_capacity
                 if capacity is None or needed > capacity:
                     capacity = max(needed, min(2 * (capacity or needed), ceiling))
             obj, metrics, grads, norm, rep = hypergrad(learned, fixed, jnp.int32(k), capacity)

@@ -137,7 +137,9 @@ def test_v_fixed_point_round_trip_and_limbs():
 
 
 @pytest.mark.parametrize(
-    "T,betas", [(T, b) for T in (1, 10, 100) for b in ("constant", "random")] + [(1000, "constant")]
+    "T,betas",
+    [(T, b) for T in (1, 10, 100) for b in ("constant", "random")]
+    + [(1000, "constant"), (10000, "constant")],
 )
 def test_reversal_is_bit_exact(T, betas):
     loss, w0, _ = make_problem()
@@ -312,7 +314,8 @@ def test_quantize_decay_values_and_straight_through_gradients():
 
 @pytest.mark.parametrize(
     "T,dtype,kind",
-    [(T, d, k) for T in (1, 10, 100) for d in (jnp.float64, jnp.float32) for k in ("shared", "per_weight")],
+    [(T, d, k) for T in (1, 10, 100) for d in (jnp.float64, jnp.float32) for k in ("shared", "per_weight")]
+    + [(1000, jnp.float32, "per_weight"), (10000, jnp.float64, "shared")],
     ids=lambda x: getattr(x, "__name__", str(x)),
 )
 def test_reversal_with_weight_decay_is_bit_exact(T, dtype, kind):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import optax
 import pytest
 
 import hypercore  # noqa: F401  (turns on x64)
@@ -79,7 +80,7 @@ def test_the_buffer_is_sized_by_adam_capacity_and_capped_at_the_floors(adamw_pro
     raw = tune_module.initial_hyperparameters(adamw_problem, include_fixed=True)
     # every value at its init: the factor is 1 - 0.01 x 0.05
     assert hs.min_decay(raw) == pytest.approx(1 - 0.01 * 0.05)
-    assert tune_module._buffer_slots(hs, raw) == adam_capacity(T, 0.9, 0.99, 1 - 0.01 * 0.05)
+    assert hypercore.buffer_slots(hs, raw) == adam_capacity(T, 0.9, 0.99, 1 - 0.01 * 0.05)
     # learned betas are clamped to their min (0.5) and a learned learning rate bounds the decay
     # factor by the engine's smallest, 0.5
     assert (hs.floor("beta1"), hs.floor("beta2"), hs.decay_floor()) == (0.5, 0.5, 0.5)
@@ -191,3 +192,36 @@ def test_adamw_with_beta1_per_layer_reverses_exactly(digits, granularity, learn_
     )
     reports = [hypergradient(problem, meta_iter=k)[3] for k in range(3)]
     assert all(r.exact and not r.overflow for r in reports), reports
+
+
+def test_evaluate_with_an_optax_optimizer_trains_the_same_run_in_floating_point(digits):
+    """``evaluate(optimizer=...)`` runs optax from the same weights on the same minibatches: optax's
+    adam with the spec's values ends where the exact engine does (its betas on the 2**-24 lattice,
+    its weights in fixed point), and the tuning-free baselines of benchmarks/vs_blackbox.py run."""
+    problem = Problem.build(
+        models.mlp(digits.n_features, [8], digits.n_classes),
+        digits,
+        {
+            "learning_rate": Hyper("learning_rate", 0.01),
+            "beta1": Hyper("beta1", 0.9),
+            "beta2": Hyper("beta2", 0.999),
+            "l2": Hyper("l2", 1e-3, learn=True),
+        },
+        steps=T,
+        batch_size=25,
+        training_optimizer="adam",
+    )
+    exact = evaluate(problem, meta_iter=2)
+    plain = evaluate(problem, meta_iter=2, optimizer=optax.adam(0.01, b1=0.9, b2=0.999, eps=1e-8))
+    assert exact.keys() == plain.keys()
+    for key in exact:
+        assert plain[key] == pytest.approx(exact[key], rel=1e-4), key
+    # another meta-iteration's weights and minibatches: not the same run
+    assert evaluate(problem, meta_iter=3)["train_loss"] != pytest.approx(exact["train_loss"], rel=1e-4)
+    untrained = evaluate(problem, optimizer=optax.sgd(0.0))["train_loss"]
+    for opt in (optax.contrib.prodigy(), optax.contrib.schedule_free_adamw(1e-2), optax.contrib.dog()):
+        metrics = evaluate(problem, optimizer=opt)
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+        # each moved the weights downhill (prodigy and DoG only a little in 10 steps: they start
+        # from a step of 1e-6 and grow it)
+        assert metrics["train_loss"] < untrained, (opt, metrics)

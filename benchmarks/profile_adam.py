@@ -1,0 +1,94 @@
+"""Where the reversible Adam engine's time goes: an XLA profile of one hypergradient.
+
+The hypergradient of ``benchmarks/engine_adam.py`` (the paper's net, AdamW, four traced (T,)
+schedules) is run under ``jax.profiler`` and the time of every XLA operation (CPU thunk) is summed by
+kind: matrix products (``dot`` and the XNNPACK/YNNPACK ``ynn_fusion`` kernels: the gradient forward,
+the gradient and its vector-Jacobian product backward) against everything else (the exact integer
+arithmetic, conversions, copies). Also the same for plain ``optax.adamw`` training, for scale.
+
+    .venv/bin/python benchmarks/profile_adam.py            # T = 100, about a minute
+    .venv/bin/python benchmarks/profile_adam.py --steps 200 --top 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import tempfile
+
+import jax
+import jax.numpy as jnp
+from engine import make_problem
+from engine_adam import adamw_scan
+
+import hypercore
+
+SKIP = ("ThunkExecutor", "$")  # the executor's own spans and Python frames, which contain the ops
+
+
+def profile(fn, args, runs: int) -> collections.Counter:
+    """Microseconds per kernel name, summed over ``runs`` calls of the compiled ``fn``."""
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        for _ in range(runs):
+            jax.block_until_ready(fn(*args))
+        jax.profiler.stop_trace()
+        [path] = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)
+        events = json.load(gzip.open(path))["traceEvents"]
+    total: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith(SKIP) and e["name"] != "while":
+            total[e["name"]] += e.get("dur", 0)
+    return total
+
+
+def split(total: collections.Counter, per: float) -> dict[str, float]:
+    """ms per step: matrix products, the rest."""
+    matmul = sum(v for k, v in total.items() if k.startswith(("dot", "ynn_fusion")))
+    return {
+        "matrix products": matmul / per / 1e3,
+        "everything else": (sum(total.values()) - matmul) / per / 1e3,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15, help="list the slowest kernels of the engine")
+    args = parser.parse_args()
+    T = args.steps
+    loss, valid, w0 = make_problem()
+    schedules = tuple(jnp.full((T,), x, jnp.float64) for x in (1e-3, 0.9, 0.999, 0.1))
+    capacity = hypercore.adam_capacity(T, 0.9, 0.999, 1 - 1e-4, bucket=False)
+
+    def objective(lrs, b1s, b2s, wds):
+        return valid(hypercore.reversible_adam(loss, w0, {}, lrs, b1s, b2s, wds, capacity=capacity))
+
+    engine = profile(jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3))), schedules, args.runs)
+    plain = profile(jax.jit(adamw_scan(loss, w0, T)), schedules, args.runs)
+    per = args.runs * T
+    print(f"device: {jax.devices()[0].device_kind}, T = {T}, {args.runs} runs; ms per training step")
+    for name, total in (
+        ("reversible AdamW, forward + backward", engine),
+        ("plain optax.adamw training", plain),
+    ):
+        parts = split(total, per)
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+            + f", total {sum(parts.values()):.2f}"
+        )
+    print(f"the engine's {args.top} slowest kernels (ms per step):")
+    for k, v in engine.most_common(args.top):
+        print(f"  {v / per / 1e3:7.3f}  {k}")
+
+
+if __name__ == "__main__":
+    main()
