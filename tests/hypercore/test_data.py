@@ -52,7 +52,7 @@ def test_builtin_layout_ranges_and_mean_subtraction(name, scale):
 
 
 def test_builtin_names_and_info():
-    assert data.builtin_names() == ["digits", "mnist5k", "mnist5k_tasks"]
+    assert data.builtin_names() == ["digits", "mnist5k", "mnist1d", "mnist5k_tasks"]
     assert data.builtin_info("digits") == {
         "n_examples": 1797,
         "n_features": 64,
@@ -63,7 +63,8 @@ def test_builtin_names_and_info():
     assert data.builtin_info("mnist5k_tasks")["n_tasks"] == 10
     with pytest.raises(
         DataError,
-        match="dataset.name: unknown built-in dataset 'cifar'; known: digits, mnist5k, mnist5k_tasks",
+        match="dataset.name: unknown built-in dataset 'cifar'; "
+        "known: digits, mnist5k, mnist1d, mnist5k_tasks",
     ):
         data.builtin_info("cifar")
 
@@ -365,3 +366,27 @@ def test_pre_split_task_ids_put_each_split_task_major():
         from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train)
     with pytest.raises(DataError, match="task_test: there is no test split"):
         from_splits(X_train, y_train, X_valid, y_valid, task_train=t_train, task_valid=t_valid, task_test=[0])
+
+
+def test_mnist1d_is_the_generator_s_dataset_split_like_every_built_in():
+    """``mnist1d`` pools the generator's 4,000 + 1,000 default examples and splits them by the spec's
+    counts after the seed's shuffle; ``center`` subtracts the training mean as for the others."""
+    from hypercore.mnist1d import make_dataset
+
+    made = make_dataset()
+    pooled = np.concatenate([made["x"], made["x_test"]])
+    labels = np.concatenate([made["y"], made["y_test"]])
+    ds = data.load("mnist1d", 3000, 1000, 1000, seed=3, center=False)
+    assert (ds.n_features, ds.n_classes, ds.n_train, ds.n_valid, ds.n_test) == (40, 10, 3000, 1000, 1000)
+    assert ds.image_shape is None and ds.X_train.dtype == np.float32
+    order = np.random.default_rng(3).permutation(5000)
+    np.testing.assert_array_equal(ds.X_train, pooled[order[:3000]])
+    np.testing.assert_array_equal(ds.y_test, labels[order[4000:]])
+    centred = data.load("mnist1d", 3000, 1000, 1000, seed=3)
+    np.testing.assert_allclose(centred.X_train.mean(0), 0.0, atol=1e-5)
+    assert data.builtin_info("mnist1d") == {
+        "n_examples": 5000,
+        "n_features": 40,
+        "n_classes": 10,
+        "image_shape": None,
+    }

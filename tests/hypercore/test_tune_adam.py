@@ -225,3 +225,29 @@ def test_evaluate_with_an_optax_optimizer_trains_the_same_run_in_floating_point(
         # each moved the weights downhill (prodigy and DoG only a little in 10 steps: they start
         # from a step of 1e-6 and grow it)
         assert metrics["train_loss"] < untrained, (opt, metrics)
+
+
+def test_an_adam_job_on_mnist1d_validates_and_tunes():
+    """The built-in MNIST-1D through the spec (40 features for an mlp) with Adam as the training
+    optimizer: the server's validation accepts it and the tuning loop reverses every run exactly."""
+    from jobs.spec import BUILTIN_DATASETS, count_hyperparameters, validate_spec
+
+    spec = {
+        "name": "mnist1d-adam",
+        "dataset": {"name": "mnist1d", "train": 200, "valid": 100, "test": 100, "batch_size": 50},
+        "model": {"kind": "mlp", "hidden": [16]},
+        "training": {"steps": 8, "optimizer": "adam"},
+        "hyperparameters": {
+            "learning_rate": {"init": 0.01, "granularity": "layer", "learn": True},
+            "beta1": {"init": 0.9, "granularity": "global", "learn": True},
+        },
+        "meta": {"iterations": 2},
+    }
+    checked = validate_spec(spec)
+    # a learning rate per array (4), beta1, and the fixed beta2, initial scale and l2
+    assert count_hyperparameters(checked, BUILTIN_DATASETS["mnist1d"]) == 4 + 1 + 3
+    problem = problem_from_spec(spec)
+    assert problem.dataset.n_features == 40 and problem.model.shapes["layer0.W"] == (40, 16)
+    result = tune(problem)
+    assert [r.reversal_exact for r in result.records] == [True, True]
+    assert np.isfinite(result.records[-1].test_loss)
