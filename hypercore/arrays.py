@@ -279,7 +279,15 @@ def load(
     if name == "mnist5k_tasks":
         return _mnist5k_tasks(counts, seed, bool(center))
     X, y = _raw(name)
-    order = np.random.default_rng(seed).permutation(len(y))
+    order = _order(y, seed, stratify)
+    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
+
+
+def _order(y: np.ndarray, seed: int | None, stratify: bool) -> np.ndarray:
+    """The row order examples are split in: a permutation drawn from ``seed`` (None: the given
+    order), then with ``stratify`` the classes interleaved (the first example of every class, then
+    the second of every class, ...)."""
+    order = np.arange(len(y)) if seed is None else np.random.default_rng(seed).permutation(len(y))
     if stratify:
         shuffled = y[order]
         rank = np.empty(len(order), dtype=np.int64)  # position of each example within its class
@@ -287,7 +295,7 @@ def load(
             members = np.flatnonzero(shuffled == c)
             rank[members] = np.arange(len(members))
         order = order[np.lexsort((shuffled, rank))]
-    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
+    return order
 
 
 def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dataset:
@@ -430,12 +438,20 @@ def from_arrays(
     image_shape: tuple[int, int] | None = None,
     center: bool = True,
     task: Any = None,
+    shuffle_seed: int | None = None,
+    stratify: bool = False,
 ) -> Dataset:
     """A dataset from one array of examples ``X`` ``(n, d)`` and labels ``y`` ``(n,)``, split in the
-    given order (no shuffle): rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next
-    ``n_test`` test; further rows are unused. ``n_classes`` defaults to ``max(y) + 1``. With
-    ``center`` the training split's mean row is subtracted from every split; values are not
-    rescaled.
+    given order: rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next ``n_test``
+    test; further rows are unused. ``shuffle_seed`` first permutes the rows (a permutation drawn from
+    it, as for the built-ins; None keeps the order given), and ``stratify`` interleaves the classes
+    so every split is as class-balanced as the counts allow. ``n_classes`` defaults to
+    ``max(y) + 1``. With ``center`` the training split's mean row is subtracted from every split;
+    values are not rescaled.
+
+    A class that the validation or test split holds but the training split does not is refused
+    (`DataError` on ``dataset.train``): a file sorted by class, split in its order, validates on
+    classes the model never saw.
 
     ``task`` ``(n,)``, integers from 0, makes a multi-task dataset: every task is split alike, in its
     rows' order, so each count must be a multiple of the number of tasks (``n_train = 100`` over 4
@@ -444,13 +460,34 @@ def from_arrays(
     X = _features(X, "X")
     y = _labels(y, "y", X.shape[0])
     counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    if shuffle_seed is not None or stratify:
+        order = _order(y, shuffle_seed, stratify)
+        X, y = X[order], y[order]
+        task = None if task is None else np.asarray(task)[order]
     if task is not None:
         return _multitask_arrays(
             X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, image_shape, center
         )
     used = sum(counts)
     n_classes = _classes({"y": y[:used]}, n_classes)
+    _check_training_classes(y[: counts[0]], y[counts[0] : used], shuffled=shuffle_seed is not None)
     return _split(X[:used], y[:used], counts, name, n_classes, image_shape, center)
+
+
+def _check_training_classes(y_train: np.ndarray, y_held: np.ndarray, *, shuffled: bool) -> None:
+    unseen = np.setdiff1d(np.unique(y_held), np.unique(y_train))
+    if unseen.size:
+        how = (
+            "more training rows or `stratify: true` would fix it"
+            if shuffled
+            else "the rows are split in the file's order (`shuffle: false`), so a file sorted by class "
+            "validates on classes the model never saw: shuffle, or `stratify: true`"
+        )
+        raise DataError(
+            "dataset.train",
+            f"class {int(unseen[0])} is in the validation or test split but has no training example "
+            f"({unseen.size} such class{'es' if unseen.size > 1 else ''}): {how}",
+        )
 
 
 def _tasks(task: Any, field: str, n: int, n_tasks: int | None = None) -> np.ndarray:
@@ -1109,18 +1146,32 @@ def _inspect_tasks(
     return n_tasks, int(sizes[""].min()) if "" in sizes else None
 
 
+def upload_defaults(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec's ``dataset`` section with an upload's defaults filled in: ``shuffle: true`` (rows
+    shuffled by the spec's seed before an X/y upload is split). The server stores specs this way,
+    so a stored spec keeps its meaning; ``revtune run --dataset`` does the same."""
+    out = dict(dataset)
+    if out.get("id") is not None:
+        out.setdefault("shuffle", True)
+    return out
+
+
 def dataset_from_npz(
-    arrays: Mapping[str, np.ndarray], dataset: Mapping[str, Any], *, name: str = "arrays"
+    arrays: Mapping[str, np.ndarray], dataset: Mapping[str, Any], *, name: str = "arrays", seed: int = 0
 ) -> Dataset:
     """The `Dataset` of upload-layout ``arrays`` for a spec's ``dataset`` section: ``X``/``y`` (and
-    ``task``) split by its ``train``/``valid``/``test`` counts, or the given splits (and task ids);
-    centred unless ``center`` is false. Refusals of the spec's counts are on ``dataset.<count>``,
-    those of the arrays on the array's name."""
+    ``task``) split by its ``train``/``valid``/``test`` counts, after shuffling the rows by ``seed``
+    (the spec's) when ``shuffle`` is true and interleaving the classes when ``stratify`` is; or the
+    given splits (and task ids), which neither changes; centred unless ``center`` is false.
+    Refusals of the spec's counts are on ``dataset.<count>``, those of the arrays on the array's
+    name."""
     check_layout(set(arrays))
     center = dataset.get("center", True)
     if "X" in arrays:
         if dataset.get("train") is None:
             raise DataError("dataset.train", "is needed to split the X, y arrays of an upload")
+        # ``shuffle`` absent: the file's order, as every job stored before shuffling existed was
+        # split; a new job's spec says `shuffle: true` (`upload_defaults`).
         return from_arrays(
             arrays["X"],
             arrays["y"],
@@ -1130,5 +1181,7 @@ def dataset_from_npz(
             name=name,
             center=center,
             task=arrays.get("task"),
+            shuffle_seed=seed if dataset.get("shuffle", False) else None,
+            stratify=bool(dataset.get("stratify", False)),
         )
     return from_splits(**{k: arrays.get(k) for k in SPLIT_KEYS}, name=name, center=center)

@@ -166,8 +166,11 @@ def _source_problem(ds: Mapping[str, Any]) -> Problem | None:
     for field in ("train", "valid"):
         if "name" in ds and field not in ds:
             return ("dataset", field), "a built-in dataset needs `train` and `valid` counts"
-    if "id" in ds and ds.get("stratify", False):
-        return ("dataset", "stratify"), "applies to built-in datasets; an upload is split in the order given"
+    if "name" in ds and ds.get("shuffle") is not None:
+        return (
+            "dataset",
+            "shuffle",
+        ), "a built-in dataset is always shuffled by the spec's seed: leave it out"
     return None
 
 
@@ -178,6 +181,8 @@ def _dataset_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: Dat
         out.append((("dataset", field), msg))
 
     if shape.layout == "splits":
+        if ds.get("stratify", False):
+            refuse("stratify", "this uploaded dataset is already split into train/valid/test: leave it out")
         for field in ("train", "valid", "test"):
             if ds.get(field) is not None:
                 refuse(

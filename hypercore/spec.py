@@ -75,7 +75,18 @@ def _field(loc: rules.Loc) -> str:
 
 
 _SECTIONS = {
-    "dataset": {"name", "id", "train", "valid", "test", "batch_size", "center", "stratify", "resplit"},
+    "dataset": {
+        "name",
+        "id",
+        "train",
+        "valid",
+        "test",
+        "batch_size",
+        "center",
+        "stratify",
+        "resplit",
+        "shuffle",
+    },
     "model": {"kind", "hidden", "activation"},
     "training": {"steps", "optimizer"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
@@ -137,7 +148,7 @@ def _check_types(spec: Mapping) -> None:
         for key, minimum in (("train", 1), ("valid", 1), ("test", 0), ("batch_size", 1)):
             if key in ds:
                 _int(ds[key], f"dataset.{key}", minimum)
-        for key in ("center", "stratify", "resplit"):
+        for key in ("center", "stratify", "resplit", "shuffle"):
             if key in ds:
                 _flag(ds[key], f"dataset.{key}")
         if "name" in ds and not isinstance(ds["name"], str):

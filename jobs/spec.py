@@ -114,7 +114,13 @@ class DatasetSection(_Strict):
     batch_size: int | None = Field(None, ge=1, description="minibatch size; full batch when absent")
     center: bool = Field(True, description="subtract the training split's mean example from every split")
     stratify: bool = Field(
-        False, description="built-in datasets: interleave the classes so every split is class-balanced"
+        False, description="interleave the classes so every split is class-balanced (built-ins, X/y uploads)"
+    )
+    shuffle: bool | None = Field(
+        None,
+        description="X/y uploads: shuffle the rows (by the spec's seed) before splitting them by the "
+        "counts; true unless given (stored so), false keeps the file's order; built-ins are always "
+        "shuffled, pre-split uploads keep their splits",
     )
     resplit: bool = Field(
         False,
@@ -332,13 +338,16 @@ def validate_spec(
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError([{"loc": list(err["loc"]), "msg": err["msg"]} for err in e.errors()]) from None
-    data = spec.to_dict()
     found = _limit_problems(spec, limits)
     uploaded: DatasetShape | None = None
     if spec.dataset is not None and spec.dataset.id is not None and resolve_dataset is not None:
         uploaded = resolve_dataset(spec.dataset.id)
         if uploaded is None:
             found.append((("dataset", "id"), f"no dataset with id {spec.dataset.id!r}"))
+    if spec.dataset is not None and spec.dataset.id is not None and spec.dataset.shuffle is None:
+        if uploaded is None or uploaded.layout != "splits":  # an X/y upload is split by the spec
+            spec.dataset.shuffle = True  # stored explicitly: a later default cannot change its split
+    data = spec.to_dict()
     shape = rules.dataset_shape(data, uploaded)
     found += rules.problems(data, shape)
     if not found and shape is not None:  # the sizes would only repeat other problems

@@ -408,10 +408,11 @@ def _local_dataset(path: str, spec: dict[str, Any]) -> Any:
     """The hypercore dataset in an ``.npz`` laid out as for ``POST /v1/datasets``, built exactly as a
     worker builds an upload's (`hypercore.arrays.dataset_from_npz`: the spec's counts, ``center``,
     task ids)."""
-    from hypercore.arrays import DataError, LayoutError, dataset_from_npz, read_npz
+    from hypercore.arrays import DataError, LayoutError, dataset_from_npz, read_npz, upload_defaults
 
     try:
-        return dataset_from_npz(read_npz(path), spec.get("dataset") or {})
+        section = upload_defaults(spec.get("dataset") or {})  # as the server stores it: shuffled
+        return dataset_from_npz(read_npz(path), section, seed=spec.get("seed", 0))
     except LayoutError as e:  # the file itself: unreadable, or not the upload layout
         raise CommandError(f"--dataset {path}: {e.message}") from e
     except DataError as e:

@@ -168,16 +168,17 @@ def transaction(sessions: Sessions, work: Callable[[Session], T], what: str, del
 # ---- building the problem ------------------------------------------------------------------------
 
 
-def load_dataset(spec_dataset: dict, settings: Settings):
+def load_dataset(spec_dataset: dict, settings: Settings, seed: int = 0):
     """The hypercore `Dataset` of an uploaded ``.npz`` (DESIGN.md: ``X``/``y`` split by the spec's
     counts, or ``X_train``/``y_train``/``X_valid``/``y_valid`` and optional ``X_test``/``y_test``;
-    with task ids, ``task`` or ``task_<split>``, a multi-task one)."""
+    with task ids, ``task`` or ``task_<split>``, a multi-task one); an X/y upload's rows shuffled by
+    the spec's ``seed`` first when the stored spec says ``shuffle: true``."""
     dataset_id = spec_dataset["id"]
     path = settings.dataset_path(dataset_id)
     if not path.is_file():
         raise JobInputError(f"dataset.id: dataset {dataset_id!r} is no longer on the server (deleted?)")
     try:
-        return dataset_from_npz(read_npz(path), spec_dataset)
+        return dataset_from_npz(read_npz(path), spec_dataset, seed=seed)
     except DataError as e:
         if e.field.startswith("dataset"):  # the spec's counts
             raise JobInputError(str(e)) from e
@@ -200,7 +201,7 @@ def build_problem(spec: dict, settings: Settings) -> Problem:
         _PROBLEMS.move_to_end(key)
         return _PROBLEMS[key]
     try:
-        dataset = load_dataset(ds_spec, settings) if uploaded else None
+        dataset = load_dataset(ds_spec, settings, spec.get("seed", 0)) if uploaded else None
         problem = problem_from_spec(spec, dataset=dataset)
     except ConfigError as e:
         raise JobInputError(str(e)) from e

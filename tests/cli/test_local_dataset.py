@@ -38,13 +38,17 @@ def test_the_dataset_is_the_one_a_worker_builds(tmp_path):
 
     X, y, task = two_task_upload(tmp_path / "two.npz")
     local = _local_dataset(str(tmp_path / "two.npz"), SPEC)
-    # What `worker.runner.load_dataset` builds for this upload and spec.
-    worker = from_arrays(X, y, 20, 10, 4, center=False, task=task)
+    # What `worker.runner.load_dataset` builds for this upload and the spec as the server stores it
+    # (`shuffle: true`): the rows shuffled by the spec's seed, then split.
+    seed = SPEC.get("seed", 0)
+    worker = from_arrays(X, y, 20, 10, 4, center=False, task=task, shuffle_seed=seed)
     assert local.n_tasks == 2
     for split in ("train", "valid", "test"):
         for a in ("X", "y"):
             np.testing.assert_array_equal(getattr(local, f"{a}_{split}"), getattr(worker, f"{a}_{split}"))
-    np.testing.assert_array_equal(local.X_train[:10], X[np.flatnonzero(task == 0)[:10]])  # not centred
+    order = np.random.default_rng(seed).permutation(len(y))
+    first = order[np.flatnonzero(task[order] == 0)[:10]]
+    np.testing.assert_array_equal(local.X_train[:10], X[first])  # shuffled, not centred
 
 
 def test_a_two_task_upload_with_center_false_runs_locally(tmp_path, capsys):

@@ -389,3 +389,45 @@ def test_too_many_members_are_refused_naming_a_few_and_the_count(tmp_path):
     with pytest.raises(LayoutError) as e:
         arrays.check_layout({"X", "y", "z" * 5000})
     assert e.value.message.startswith("holds arrays ['X', 'y', 'zzzz") and len(e.value.message) < 400
+
+
+def sorted_by_class(n_per: int = 20, n_classes: int = 3, d: int = 4):
+    """An iris-like file: the rows sorted by class."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(n_classes), n_per)
+    X = rng.normal(size=(len(y), d)) + y[:, None]
+    return {"X": X, "y": y}
+
+
+def test_an_upload_sorted_by_class_is_shuffled_or_refused_never_silently_wrong():
+    upload = sorted_by_class()  # 20 of each of 3 classes, in class order
+    section = {"id": "iris", "train": 30, "valid": 15, "test": 15}
+    # In the file's order (a job stored before shuffling, or `shuffle: false`) the validation and test
+    # rows are all class 2, which training never sees: refused on the split, naming the fix.
+    for legacy in (section, {**section, "shuffle": False}):
+        with pytest.raises(DataError) as e:
+            dataset_from_npz(upload, legacy)
+        assert e.value.field == "dataset.train" and "class 2" in e.value.message
+        assert "file's order" in e.value.message
+    # As a new job stores it (`upload_defaults`: shuffle true), by the spec's seed: every class in
+    # every split, the same rows for the same seed, others for another seed.
+    stored = arrays.upload_defaults(section)
+    assert stored["shuffle"] is True and arrays.upload_defaults({"name": "digits"}) == {"name": "digits"}
+    a = dataset_from_npz(upload, stored, seed=5)
+    assert all(set(np.unique(getattr(a, f"y_{s}"))) == {0, 1, 2} for s in ("train", "valid", "test"))
+    order = np.random.default_rng(5).permutation(60)
+    np.testing.assert_array_equal(a.y_train, upload["y"][order[:30]])
+    np.testing.assert_array_equal(dataset_from_npz(upload, stored, seed=5).X_valid, a.X_valid)
+    assert not np.array_equal(dataset_from_npz(upload, stored, seed=6).y_train, a.y_train)
+    # stratify: as class-balanced as the counts allow, in the file's order or shuffled
+    for extra in ({"shuffle": False}, {}):
+        b = dataset_from_npz(upload, {**stored, **extra, "stratify": True}, seed=5)
+        for s, n in (("train", 10), ("valid", 5), ("test", 5)):
+            assert np.bincount(getattr(b, f"y_{s}"), minlength=3).tolist() == [n, n, n], (extra, s)
+
+
+def test_a_class_missing_from_a_shuffled_training_split_is_refused():
+    upload = {"X": np.ones((12, 2)), "y": np.array([0] * 10 + [1, 2])}
+    with pytest.raises(DataError) as e:  # two rare classes, two training rows
+        dataset_from_npz(upload, {"train": 2, "valid": 10, "shuffle": True}, seed=0)
+    assert e.value.field == "dataset.train" and "stratify" in e.value.message

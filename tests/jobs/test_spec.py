@@ -154,12 +154,27 @@ def test_nothing_learned_and_two_dataset_sources_are_refused():
     assert "JSON object" in errors_of([1, 2])[""]
 
 
-def test_center_and_stratify_are_flags_and_stratify_needs_a_builtin():
+def test_center_stratify_and_shuffle_are_flags_and_an_upload_is_stored_shuffled():
     assert validate_spec(with_("dataset.stratify", True)).dataset.stratify is True
     assert validate_spec(with_("dataset.center", False)).dataset.center is False
     assert "dataset.center" in errors_of(with_("dataset.center", "yes please"))
+    assert "dataset.shuffle" in errors_of(with_("dataset.shuffle", "yes"))
+    # a built-in is always shuffled by the seed: the flag is refused, and not stored
+    assert "always shuffled" in errors_of(with_("dataset.shuffle", False))["dataset.shuffle"]
+    assert "shuffle" not in validate_spec(BASE).to_dict()["dataset"]
+    # an X/y upload: shuffled unless the spec says otherwise, stored explicitly either way, and
+    # stratify applies to it too; a pre-split upload keeps its splits (nothing stored, stratify refused)
+    xy = {"d1": DatasetShape(n_features=64, n_classes=10, n_rows=100)}
     upload = with_("dataset", {"id": "d1", "train": 50, "valid": 20, "stratify": True})
-    assert "built-in" in errors_of(upload, resolve_dataset=lambda _: None)["dataset.stratify"]
+    stored = validate_spec(upload, resolve_dataset=xy.get).to_dict()["dataset"]
+    assert stored["shuffle"] is True and stored["stratify"] is True
+    in_order = with_("dataset", {"id": "d1", "train": 50, "valid": 20, "shuffle": False})
+    assert validate_spec(in_order, resolve_dataset=xy.get).to_dict()["dataset"]["shuffle"] is False
+    splits = {"d1": DatasetShape(n_features=64, n_classes=10, layout="splits", n_train=50, n_valid=20)}
+    pre_split = with_("dataset", {"id": "d1"})
+    assert "shuffle" not in validate_spec(pre_split, resolve_dataset=splits.get).to_dict()["dataset"]
+    refused = errors_of(with_("dataset", {"id": "d1", "stratify": True}), resolve_dataset=splits.get)
+    assert "already split" in refused["dataset.stratify"]
 
 
 def test_resplit_is_a_flag_that_cannot_be_combined_with_tuning_the_training_data():

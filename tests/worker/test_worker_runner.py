@@ -232,7 +232,7 @@ def test_a_multitask_upload_runs_learned_sharing_as_hypercore_does(settings, ses
     assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded", job_row(
         sessions, job_id
     ).error
-    ds = from_arrays(X, y, 30, 15, 15, task=task)
+    ds = from_arrays(X, y, 30, 15, 15, task=task, shuffle_seed=spec.get("seed", 0))  # stored shuffled
     assert ds.n_tasks == 3
     expected = tune(problem_from_spec(spec, dataset=ds)).hyperparameters
     meta_iter, got = learned(sessions, tenant_id, job_id)
