@@ -122,6 +122,7 @@ from hypercore import (
     _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
 )
 from hypercore._fixed import Buffer
+from hypercore.budget import bucket_slots
 
 PyTree = Any
 
@@ -826,12 +827,4 @@ def buffer_capacity(steps: int, min_gamma: float, optimizer: str | TrainingOptim
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 0.0 < min_gamma <= 1.0 or not math.isfinite(min_gamma):
         raise ValueError(f"min_gamma must be in (0, 1], got {min_gamma}")
-    return _bucket(_optimizer(optimizer).buffer_slots(steps, float(min_gamma)))
-
-
-def _bucket(slots: int) -> int:
-    """The next of 2, 3, 4, 6, 8, 12, 16, ... at or above ``slots`` (`_fixed.capacity_for`'s)."""
-    size = 2
-    while size < slots:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+    return bucket_slots(_optimizer(optimizer).buffer_slots(steps, float(min_gamma)))

@@ -86,6 +86,13 @@ def page(browser, service: Service):
     context.close()
 
 
+def finished(client: Client, spec: dict) -> dict:
+    """Submit ``spec`` and wait for the real worker to finish it; the job, which succeeded."""
+    job = client.wait(client.submit(spec), progress=False, poll=0.2, timeout=240)
+    assert job["status"] == "succeeded", job
+    return job
+
+
 def chart(page, selector: str) -> dict:
     """A Chart.js chart's type, labels and datasets, read from the live instance on the canvas."""
     return page.evaluate(
@@ -227,8 +234,7 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     spec["training"]["steps"] = 3
     spec["meta"]["iterations"] = 2
     with Client(service.url) as client:
-        job = client.wait(client.submit(spec), progress=False, poll=0.2, timeout=240)
-        assert job["status"] == "succeeded", job
+        job = finished(client, spec)
         names = [h["name"] for h in client.hyperparameter_list(job)]
         T = client.hyperparameters(job, "sharing.layer0")
     assert {"sharing.layer0", "sharing.layer1"} <= set(names)
@@ -277,8 +283,7 @@ def test_an_adamw_job_draws_its_betas_and_weight_decay(page, service: Service):
     spec["training"]["steps"] = 6
     spec["meta"]["iterations"] = 2
     with Client(service.url) as client:
-        job = client.wait(client.submit(spec), progress=False, poll=0.2, timeout=240)
-        assert job["status"] == "succeeded", job
+        job = finished(client, spec)
         lr = client.hyperparameters(job, "learning_rate")
         beta1 = client.hyperparameters(job, "beta1")
         decay = client.hyperparameters(job, "weight_decay")
