@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, Field, create_model
 
 from hypercore.steps import STEP_TYPES
 from jobs.models import Dataset, HyperSnapshot, Job, Step
@@ -121,10 +121,17 @@ class DatasetOut(BaseModel):
     layout: str
     n_rows: int
     size_bytes: int
+    example_shape: list[int] = Field(
+        description="one example's shape: [d] features, [H, W] or [H, W, C] images, [L, C] sequences"
+    )
+    target: str = Field(description="class (integer labels, softmax) or real (float targets, squared error)")
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetOut:
-        return cls.model_validate(dataset, from_attributes=True)
+        fields = {k: getattr(dataset, k) for k in cls.model_fields}
+        # uploads stored before example shapes were kept are (n, d) arrays
+        fields["example_shape"] = dataset.example_shape or [dataset.n_features]
+        return cls.model_validate(fields)
 
 
 class DatasetListOut(BaseModel):

@@ -55,17 +55,17 @@ import numpy as np
 from hypercore.vocab import ConfigError
 
 _BUILTINS: dict[str, dict[str, Any]] = {
-    "digits": {"n_examples": 1797, "n_features": 64, "n_classes": 10, "image_shape": (8, 8)},
-    "mnist5k": {"n_examples": 5000, "n_features": 784, "n_classes": 10, "image_shape": (28, 28)},
+    "digits": {"n_examples": 1797, "n_features": 64, "n_classes": 10, "example_shape": (8, 8, 1)},
+    "mnist5k": {"n_examples": 5000, "n_features": 784, "n_classes": 10, "example_shape": (28, 28, 1)},
     # MNIST-1D (Greydanus 2020), made by `hypercore.mnist1d` with its default arguments: 5,000 sequences
     # of 40 values, the original's 4,000 train + 1,000 test pooled and split like every built-in.
-    "mnist1d": {"n_examples": 5000, "n_features": 40, "n_classes": 10, "image_shape": None},
+    "mnist1d": {"n_examples": 5000, "n_features": 40, "n_classes": 10, "example_shape": (40,)},
     # Every mnist5k image twice (upright and rotated), in 10 tasks.
     "mnist5k_tasks": {
         "n_examples": 10000,
         "n_features": 784,
         "n_classes": 10,
-        "image_shape": (28, 28),
+        "example_shape": (28, 28, 1),
         "n_tasks": 10,
     },
 }
@@ -82,8 +82,10 @@ class DataError(ConfigError):
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """Three splits of a classification dataset: ``X_*`` float32 ``(n, d)``, ``y_*`` int32 ``(n,)``
-    with labels in ``[0, n_classes)``. The test split may have 0 rows. ``image_shape`` is the
-    ``(height, width)`` of one row seen as an image, or None.
+    with labels in ``[0, n_classes)``. The test split may have 0 rows. ``example_shape`` is the shape
+    of one example before it was flattened into a row of ``d`` values (row-major): ``(d,)`` for
+    plain features (the default), ``(H, W)`` or ``(H, W, C)`` for images (channels last), ``(L, C)``
+    for sequences; `image_shape` reads it as a picture.
 
     A multi-task dataset (``n_tasks > 1``) holds ``n_tasks`` tasks that share the label space: every
     split's rows are the tasks' examples in task order, the same number per task (task ``s`` owns
@@ -102,7 +104,7 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
-    image_shape: tuple[int, int] | None = None
+    example_shape: tuple[int, ...] | None = None
     n_tasks: int = 1
     task_names: tuple[str, ...] | None = None
 
@@ -131,8 +133,7 @@ class Dataset:
                     f"y_{split}", f"labels must lie in [0, {n_classes}), found {y.min()}..{y.max()}"
                 )
         object.__setattr__(self, "n_classes", n_classes)
-        if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", _image_shape(self.image_shape, d))
+        object.__setattr__(self, "example_shape", _example_shape(self.example_shape, d))
         n_tasks = _count(self.n_tasks, "n_tasks", 1)
         for split in _SPLITS:
             n = getattr(self, f"X_{split}").shape[0]
@@ -148,6 +149,13 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return self.X_train.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """``(height, width)`` of one example seen as a picture (its first two axes), or None for
+        plain features."""
+        shape = self.example_shape
+        return (shape[0], shape[1]) if shape is not None and len(shape) >= 2 else None
 
     @property
     def n_train(self) -> int:
@@ -168,14 +176,17 @@ def _describe(a: Any) -> str:
     return type(a).__name__
 
 
-def _image_shape(value: Any, n_features: int) -> tuple[int, int]:
+def _example_shape(value: Any, n_features: int) -> tuple[int, ...]:
+    if value is None:
+        return (n_features,)
     try:
         shape = tuple(int(s) for s in value)
     except (TypeError, ValueError) as e:
-        raise DataError("image_shape", f"must be (height, width), got {value!r}") from e
-    if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] != n_features:
+        raise DataError("example_shape", f"must be a tuple of sizes, got {value!r}") from e
+    if not shape or min(shape) < 1 or math.prod(shape) != n_features:
         raise DataError(
-            "image_shape", f"must be (height, width) with height * width = {n_features}, got {value!r}"
+            "example_shape",
+            f"must be positive sizes whose product is the {n_features} features, got {value!r}",
         )
     return shape
 
@@ -186,7 +197,7 @@ def builtin_names() -> list[str]:
 
 
 def builtin_info(name: str) -> dict[str, Any]:
-    """``n_examples``, ``n_features``, ``n_classes`` and ``image_shape`` of a built-in dataset (and
+    """``n_examples``, ``n_features``, ``n_classes`` and ``example_shape`` of a built-in dataset (and
     ``n_tasks`` of a multi-task one), without loading it."""
     return dict(_BUILTINS[_builtin_name(name)])
 
@@ -280,7 +291,7 @@ def load(
         return _mnist5k_tasks(counts, seed, bool(center))
     X, y = _raw(name)
     order = _order(y, seed, stratify)
-    return _split(X[order], y[order], counts, name, info["n_classes"], info["image_shape"], bool(center))
+    return _split(X[order], y[order], counts, name, info["n_classes"], info["example_shape"], bool(center))
 
 
 def _order(y: np.ndarray, seed: int | None, stratify: bool) -> np.ndarray:
@@ -335,20 +346,20 @@ def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dat
                 parts[f"y_{split}"].append(np.tile(label_maps[a], n).astype(np.int32))
     out = {k: np.ascontiguousarray(np.concatenate(v)).astype(v[0].dtype) for k, v in parts.items()}
     names = tuple(f"A{a + 1}" for a in range(_ALPHABETS)) + tuple(f"A{a + 1}rot" for a in range(_ALPHABETS))
-    return _finish(out, "mnist5k_tasks", n_classes, info["image_shape"], center, n_tasks, names)
+    return _finish(out, "mnist5k_tasks", n_classes, info["example_shape"], center, n_tasks, names)
 
 
-def _split(X, y, counts, name, n_classes, image_shape, center) -> Dataset:
+def _split(X, y, counts, name, n_classes, example_shape, center) -> Dataset:
     edges = np.cumsum((0, *counts))
     parts = {}
     for i, split in enumerate(_SPLITS):
         parts[f"X_{split}"] = X[edges[i] : edges[i + 1]]
         parts[f"y_{split}"] = y[edges[i] : edges[i + 1]]
-    return _finish(parts, name, n_classes, image_shape, center)
+    return _finish(parts, name, n_classes, example_shape, center)
 
 
 def _finish(
-    parts: dict[str, np.ndarray], name, n_classes, image_shape, center, n_tasks=1, task_names=None
+    parts: dict[str, np.ndarray], name, n_classes, example_shape, center, n_tasks=1, task_names=None
 ) -> Dataset:
     """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again);
     a multi-task one's rows task-major. ``center`` subtracts each task's own training mean."""
@@ -364,33 +375,42 @@ def _finish(
     return Dataset(
         name=name,
         n_classes=n_classes,
-        image_shape=image_shape,
+        example_shape=example_shape,
         n_tasks=n_tasks,
         task_names=task_names,
         **parts,
     )
 
 
-def _features(X: Any, field: str) -> np.ndarray:
-    """``X`` as a float32 2-D array, refusing what is not finite real numbers."""
+def _features(X: Any, field: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``X`` as a float32 2-D array (each example flattened row-major) and one example's shape,
+    refusing what is not finite real numbers. ``X`` is ``(n, d)``, or ``(n, H, W[, C])`` images or
+    ``(n, L, C)`` sequences."""
     X = np.asarray(X)
     if X.dtype == np.bool_ or not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
         raise DataError(field, f"must hold real numbers, got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise DataError(field, f"must be 2-D (one row per example), got shape {X.shape}")
-    if X.shape[1] < 1:
-        raise DataError(field, "must have at least one feature column, got 0")
+    if not 2 <= X.ndim <= MAX_EXAMPLE_AXES + 1:
+        raise DataError(
+            field,
+            f"must be (n, d) features, (n, H, W[, C]) images or (n, L, C) sequences (one row per example), "
+            f"got shape {X.shape}",
+        )
+    if min(X.shape[1:]) < 1:
+        raise DataError(field, f"every example needs at least one value, got shape {X.shape}")
+    example = tuple(int(n) for n in X.shape[1:])
     with np.errstate(over="ignore"):  # overflow becomes inf, refused just below with its place
-        out = X.astype(np.float32)
+        out = X.reshape(X.shape[0], math.prod(example)).astype(np.float32)
     bad = ~np.isfinite(out)
     if bad.any():
         row, col = np.argwhere(bad)[0]
+        where = f"column {col}" if len(example) == 1 else f"position {np.unravel_index(col, example)}"
         raise DataError(
             field,
             f"has {int(bad.sum())} values that are NaN, infinite or beyond float32's range "
-            f"(first at row {row}, column {col}: {X[row, col]!r})",
+            f"(first at row {row}, {where}: "
+            f"{X.reshape(X.shape[0], out.shape[1])[row, col]!r})",
         )
-    return out
+    return out, example
 
 
 def _labels(y: Any, field: str, n: int) -> np.ndarray:
@@ -435,13 +455,14 @@ def from_arrays(
     *,
     name: str = "arrays",
     n_classes: int | None = None,
-    image_shape: tuple[int, int] | None = None,
+    example_shape: tuple[int, ...] | None = None,
     center: bool = True,
     task: Any = None,
     shuffle_seed: int | None = None,
     stratify: bool = False,
 ) -> Dataset:
-    """A dataset from one array of examples ``X`` ``(n, d)`` and labels ``y`` ``(n,)``, split in the
+    """A dataset from one array of examples ``X`` ``(n, d)`` (or ``(n, *example_shape)``: images and
+    sequences, stored flattened with their ``example_shape``) and labels ``y`` ``(n,)``, split in the
     given order: rows ``[0, n_train)`` train, the next ``n_valid`` validate, the next ``n_test``
     test; further rows are unused. ``shuffle_seed`` first permutes the rows (a permutation drawn from
     it, as for the built-ins; None keeps the order given), and ``stratify`` interleaves the classes
@@ -457,7 +478,8 @@ def from_arrays(
     rows' order, so each count must be a multiple of the number of tasks (``n_train = 100`` over 4
     tasks trains on the first 25 rows of each); rows come out task-major, and ``center`` subtracts
     each task's own training mean."""
-    X = _features(X, "X")
+    X, example = _features(X, "X")
+    example_shape = example_shape or example
     y = _labels(y, "y", X.shape[0])
     counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
     if shuffle_seed is not None or stratify:
@@ -466,12 +488,12 @@ def from_arrays(
         task = None if task is None else np.asarray(task)[order]
     if task is not None:
         return _multitask_arrays(
-            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, image_shape, center
+            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, example_shape, center
         )
     used = sum(counts)
     n_classes = _classes({"y": y[:used]}, n_classes)
     _check_training_classes(y[: counts[0]], y[counts[0] : used], shuffled=shuffle_seed is not None)
-    return _split(X[:used], y[:used], counts, name, n_classes, image_shape, center)
+    return _split(X[:used], y[:used], counts, name, n_classes, example_shape, center)
 
 
 def _check_training_classes(y_train: np.ndarray, y_held: np.ndarray, *, shuffled: bool) -> None:
@@ -506,7 +528,7 @@ def _tasks(task: Any, field: str, n: int, n_tasks: int | None = None) -> np.ndar
     return task
 
 
-def _multitask_arrays(X, y, task, counts, name, n_classes, image_shape, center) -> Dataset:
+def _multitask_arrays(X, y, task, counts, name, n_classes, example_shape, center) -> Dataset:
     n_tasks = int(task.max()) + 1
     for split, n in zip(_SPLITS, counts, strict=True):
         if n % n_tasks:
@@ -531,7 +553,7 @@ def _multitask_arrays(X, y, task, counts, name, n_classes, image_shape, center) 
             parts[f"y_{split}"].append(y[chosen])
     out = {k: np.concatenate(v) for k, v in parts.items()}
     n_classes = _classes({f"y_{s}": out[f"y_{s}"] for s in _SPLITS}, n_classes)
-    return _finish(out, name, n_classes, image_shape, center, n_tasks)
+    return _finish(out, name, n_classes, example_shape, center, n_tasks)
 
 
 def from_splits(
@@ -544,14 +566,15 @@ def from_splits(
     *,
     name: str = "arrays",
     n_classes: int | None = None,
-    image_shape: tuple[int, int] | None = None,
+    example_shape: tuple[int, ...] | None = None,
     center: bool = True,
     task_train: Any = None,
     task_valid: Any = None,
     task_test: Any = None,
 ) -> Dataset:
     """A dataset from arrays already split; the test split is optional (``X_test`` and ``y_test``
-    both or neither). ``n_classes`` defaults to one more than the largest label of any split;
+    both or neither). Every split's examples have one shape (``X_*`` of shape ``(n, *example)``, as in
+    `from_arrays`). ``n_classes`` defaults to one more than the largest label of any split;
     ``center`` as in `from_arrays`.
 
     ``task_train``, ``task_valid`` (and ``task_test`` with a test split), integer task ids from 0, one
@@ -573,22 +596,24 @@ def from_splits(
                 )
     raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
     parts: dict[str, np.ndarray] = {}
+    example: tuple[int, ...] = ()
     for split, (X, y) in raw.items():
         if X is None:
-            d = parts["X_train"].shape[1]
-            X, y = np.zeros((0, d), np.float32), np.zeros((0,), np.int32)
-        X = _features(X, f"X_{split}")
+            X, y = np.zeros((0, *example), np.float32), np.zeros((0,), np.int32)
+        X, shape = _features(X, f"X_{split}")
         if split != "test" and X.shape[0] < 1:
             raise DataError(f"X_{split}", "must have at least 1 row, got 0")
-        if split != "train" and X.shape[1] != parts["X_train"].shape[1]:
-            raise DataError(
-                f"X_{split}", f"has {X.shape[1]} features but X_train has {parts['X_train'].shape[1]}"
-            )
+        if split != "train" and shape != example:
+            what = "features" if len(example) == 1 and len(shape) == 1 else "an example shape"
+            mine, theirs = (shape[0], example[0]) if what == "features" else (shape, example)
+            raise DataError(f"X_{split}", f"has {mine} {what} but X_train has {theirs}")
+        example = shape
         parts[f"X_{split}"] = X
         parts[f"y_{split}"] = _labels(y, f"y_{split}", X.shape[0])
     n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
+    example_shape = example_shape or example
     if task_train is None:
-        return _finish(parts, name, n_classes, image_shape, center)
+        return _finish(parts, name, n_classes, example_shape, center)
     n_tasks = None
     for split in _SPLITS:
         n = parts[f"y_{split}"].shape[0]
@@ -608,7 +633,7 @@ def from_splits(
             )
         order = np.argsort(task, kind="stable")
         parts[f"X_{split}"], parts[f"y_{split}"] = parts[f"X_{split}"][order], parts[f"y_{split}"][order]
-    return _finish(parts, name, n_classes, image_shape, center, n_tasks)
+    return _finish(parts, name, n_classes, example_shape, center, n_tasks)
 
 
 def split_strata(dataset: Dataset) -> np.ndarray:
@@ -659,6 +684,8 @@ class LayoutError(DataError):
 
 CHUNK_BYTES = 1 << 20
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# An example has at most three axes: (H, W, C) images; (L, C) sequences and (d,) features have fewer.
+MAX_EXAMPLE_AXES = 3
 #: An upload holds at most 9 arrays (X_*, y_*, task_* of three splits); a zip with many more members,
 #: or a bigger central directory, is refused from its end record before `zipfile` builds an object
 #: per member.
@@ -985,7 +1012,8 @@ def check_layout(names: set[str]) -> None:
 class NpzShape:
     """What `inspect_arrays` found in an upload: its ``layout`` (``"xy"``: ``X``, ``y`` that a spec's
     counts split, all ``n_rows`` counted as ``n_train``; ``"splits"``: split in advance), the
-    counts, and for a multi-task ``"xy"`` upload ``task_rows``, the fewest rows of any task."""
+    counts, and for a multi-task ``"xy"`` upload ``task_rows``, the fewest rows of any task;
+    ``example_shape``: one example's shape (``(n_features,)`` for an ``(n, d)`` ``X``)."""
 
     layout: str
     n_rows: int
@@ -996,12 +1024,14 @@ class NpzShape:
     n_classes: int
     n_tasks: int
     task_rows: int | None
+    example_shape: tuple[int, ...]
 
 
 def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
     """Check the arrays of an upload-layout ``.npz`` (`read_npz`) as the service does on upload and
-    return their shape: ``X*`` 2-D float arrays of finite values within float32's range (a job
-    trains in float32) with at least one row and column, the same columns in every split; ``y*``
+    return their shape: ``X*`` float arrays of finite values within float32's range (a job trains in
+    float32), ``(n, d)`` features, ``(n, H, W[, C])`` images or ``(n, L, C)`` sequences, with at least
+    one row and value, the same example shape in every split; ``y*``
     1-D integer labels from 0, one per row; task ids as in the module docstring. Limits on sizes are
     the caller's (``n_classes`` may come out below 2). Raises `LayoutError` whose ``message`` names
     the array. `inspect_npz` does the same on a file without loading it."""
@@ -1023,12 +1053,15 @@ def _inspect(
     check_layout(set(headers))
     suffixes = [""] if "X" in headers else ["_train", "_valid", *(["_test"] if "X_test" in headers else [])]
     rows: dict[str, int] = {}
-    n_features = None
+    example: tuple[int, ...] | None = None
     for suffix in suffixes:
         X, y = headers[f"X{suffix}"], headers[f"y{suffix}"]
-        if X.dtype.kind != "f" or X.ndim != 2:
-            raise LayoutError(f"X{suffix} must be a 2-D float array, got {X.ndim}-D {X.dtype}")
-        if X.shape[0] < 1 or X.shape[1] < 1:
+        if X.dtype.kind != "f" or not 2 <= X.ndim <= MAX_EXAMPLE_AXES + 1:
+            raise LayoutError(
+                f"X{suffix} must be a float array of (n, d) features, (n, H, W[, C]) images or (n, L, C) "
+                f"sequences, got {X.ndim}-D {X.dtype}"
+            )
+        if min(X.shape) < 1:
             raise LayoutError(f"X{suffix} is empty (shape {X.shape})")
         if y.dtype.kind not in "iu" or y.ndim != 1:
             raise LayoutError(
@@ -1036,11 +1069,14 @@ def _inspect(
             )
         if y.shape[0] != X.shape[0]:
             raise LayoutError(f"y{suffix} has {y.shape[0]} labels for the {X.shape[0]} rows of X{suffix}")
-        if n_features is not None and X.shape[1] != n_features:
-            raise LayoutError(f"X{suffix} has {X.shape[1]} features, X_train has {n_features}")
-        n_features = X.shape[1]
+        if example is not None and X.shape[1:] != example:
+            if len(example) == 1 and X.ndim == 2:
+                raise LayoutError(f"X{suffix} has {X.shape[1]} features, X_train has {example[0]}")
+            raise LayoutError(f"X{suffix} has examples of shape {X.shape[1:]}, X_train's are {example}")
+        example = tuple(int(n) for n in X.shape[1:])
         rows[suffix] = X.shape[0]
-    assert n_features is not None
+    assert example is not None
+    n_features = math.prod(example)
     if headers.keys() & TASKS:
         for suffix in rows:
             task = headers[f"task{suffix}"]
@@ -1064,7 +1100,7 @@ def _inspect(
         n_classes = max(n_classes, high + 1)
     n_tasks, task_rows = _inspect_tasks(chunks, rows) if headers.keys() & TASKS else (1, None)
     if "" in rows:
-        return NpzShape("xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows)
+        return NpzShape("xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows, example)
     return NpzShape(
         "splits",
         total,
@@ -1075,6 +1111,7 @@ def _inspect(
         n_classes,
         n_tasks,
         None,
+        example,
     )
 
 

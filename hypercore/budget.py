@@ -12,8 +12,9 @@ slots than ``capacity_for(steps, floor)`` for the smallest momentum the job can 
 `hypercore.vocab.lowest` (a fixed momentum's init; a learned one's ``min``, which the engine clamps
 it to). So the buffer's term is exact, not an estimate; the others are upper bounds with their
 copies counted as below (N weights, T steps, ``V_L`` learned and ``V_F`` fixed hyperparameter
-values, ``U = features + hidden widths + classes`` units a row passes through, float32 data and
-weights, float64 hyperparameters):
+values, ``U = features + hidden widths + classes`` units a row passes through, plus every feature
+map of a convolutional net before and after its pooling (`hypercore.families.activation_units`),
+float32 data and weights, float64 hyperparameters):
 
 ==========================  ====================================================================
 component                   bytes
@@ -404,7 +405,7 @@ def peak_bytes(spec: Mapping[str, Any], shape: DatasetShape) -> Estimate:
     F = shape.n_features if FAMILIES[model["kind"]].needs_data else 0
     scored = n_train + n_valid + n_test
     batch = ds.get("batch_size") or n_train
-    units = shape.n_features + sum(model.get("hidden") or ()) + shape.n_classes
+    units = families.activation_units(model, shape)
     model_loc = _model_loc(spec)
 
     buffer, sized_for = _buffer(spec, T, N, model_loc)

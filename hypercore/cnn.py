@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypercore import families
 from hypercore.models import ACTIVATIONS, ModelError, _size, check_dtype, normal_init
 
 
@@ -114,10 +115,7 @@ class CNN:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """The spatial size of the last feature map, after every pool."""
-        sizes = self.input_shape[:-1]
-        for _ in self.channels:
-            sizes = tuple(s // self.pool for s in sizes)
-        return sizes
+        return families.pooled(self.input_shape[:-1], len(self.channels), self.pool)[-1]
 
     @property
     def n_features(self) -> int:
@@ -131,17 +129,10 @@ class CNN:
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        out: dict[str, tuple[int, ...]] = {}
-        c_in = self.input_shape[-1]
-        for i, c_out in enumerate(self.channels):
-            out[f"conv{i}.W"] = (*(self.kernel,) * self.dims, c_in, c_out)
-            out[f"conv{i}.b"] = (c_out,)
-            c_in = c_out
-        widths = [self.n_flat, *self.hidden, self.n_classes]
-        for j, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            out[f"layer{j}.W"] = (n_in, n_out)
-            out[f"layer{j}.b"] = (n_out,)
-        return out
+        """The parameter arrays (`hypercore.families.conv_parameter_shapes`, what the server counts)."""
+        return families.conv_parameter_shapes(
+            self.input_shape, self.n_classes, self.channels, self.kernel, self.pool, self.hidden
+        )
 
     @property
     def name(self) -> str:

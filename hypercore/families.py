@@ -7,16 +7,11 @@ the model, so they must be the engine's own: `hypercore.models` builds every fam
 Adding a model family
 ---------------------
 One `Family` entry in `FAMILIES` (the rules of its ``model`` section and its parameter shapes),
-its `hypercore.models.Model` implementation, and its ``kind`` in the schema (`jobs.spec`). For
-example a 1-D convolutional net would be::
-
-    def _cnn1d_shapes(model, n_features, n_classes, n_tasks):
-        ...  # {"conv0.W": (k, 1, c), "conv0.b": (c,), ..., "dense.W": (..., n_classes), ...}
-
-    FAMILIES["cnn1d"] = Family(shapes=_cnn1d_shapes, hidden="required", doc="1-D conv net")
-
-after which the limits (`jobs.spec`), the counts (`hypercore.rules.count_hyperparameters`) and the
-export's ``layer`` labels all know it.
+its `hypercore.models.TrainableModel` implementation, and its ``kind`` in the schema (`jobs.spec`),
+after which the limits (`jobs.spec`), the counts (`hypercore.rules.count_hyperparameters`), the
+memory estimate (`hypercore.budget`) and the export's ``layer`` labels all know it. The
+convolutional families (`hypercore.cnn`) are the example: `conv_parameter_shapes` is their one
+definition of the arrays, which `hypercore.cnn.CNN` builds from too.
 """
 
 from __future__ import annotations
@@ -40,7 +35,8 @@ class DatasetShape:
     ``layout="loaded"``: a dataset already built with the spec's counts (the engine's ``dataset=``),
     whose ``n_train`` etc. are what it holds. A multi-task dataset has ``n_tasks`` tasks, and every
     count must be a multiple of ``split_unit``; ``task_rows``: the fewest rows of any task of an X/y
-    upload (0: not such an upload).
+    upload (0: not such an upload). ``example_shape``: one example's shape, ``(d,)`` features,
+    ``(H, W)`` or ``(H, W, C)`` images, ``(L, C)`` sequences (None: ``(n_features,)``; see `example`).
     """
 
     n_features: int
@@ -53,6 +49,12 @@ class DatasetShape:
     n_tasks: int = 1
     split_unit: int = 1
     task_rows: int = 0
+    example_shape: tuple[int, ...] | None = None
+
+    @property
+    def example(self) -> tuple[int, ...]:
+        """One example's shape, ``(n_features,)`` when the dataset gives none."""
+        return tuple(self.example_shape) if self.example_shape else (self.n_features,)
 
     @classmethod
     def of_loaded(cls, dataset) -> DatasetShape:
@@ -67,6 +69,7 @@ class DatasetShape:
             n_valid=dataset.n_valid,
             n_test=dataset.n_test,
             n_tasks=dataset.n_tasks,
+            example_shape=dataset.example_shape,
         )
 
 
@@ -80,17 +83,21 @@ def _builtin_shape(name: str) -> DatasetShape:
         n_tasks=n_tasks,
         # a multi-task built-in splits every task and class alike (`hypercore.arrays.load`)
         split_unit=n_tasks * info["n_classes"] if n_tasks > 1 else 1,
+        example_shape=info["example_shape"],
     )
 
 
 BUILTIN_DATASETS: dict[str, DatasetShape] = {name: _builtin_shape(name) for name in arrays.builtin_names()}
 
 
-def _chain_shapes(model: Mapping[str, Any], n_features: int, n_classes: int, n_tasks: int) -> Shapes:
-    """``layer{i}.W`` (in, out) and ``layer{i}.b`` (out) of a chain of dense layers; a multi-task
-    family's with a leading axis of ``n_tasks``."""
-    widths = [n_features, *model.get("hidden", ()), n_classes]
-    tasks = (n_tasks,) if model["kind"] == "multitask_mlp" else ()
+def _chain_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
+    """``layer{i}.W`` (in, out) and ``layer{i}.b`` (out) of a chain of dense layers on the flattened
+    examples; a multi-task family's with a leading axis of ``n_tasks``."""
+    tasks = (shape.n_tasks,) if model["kind"] == "multitask_mlp" else ()
+    return _dense_shapes([shape.n_features, *model.get("hidden", ()), shape.n_classes], tasks)
+
+
+def _dense_shapes(widths: list[int], tasks: tuple[int, ...] = ()) -> Shapes:
     shapes: Shapes = {}
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         shapes[f"layer{i}.W"] = (*tasks, n_in, n_out)
@@ -98,19 +105,105 @@ def _chain_shapes(model: Mapping[str, Any], n_features: int, n_classes: int, n_t
     return shapes
 
 
+# ---- convolutional families (`hypercore.cnn`) ------------------------------------------------------
+
+# The spatial axes of each convolutional family's examples, and what a spec leaves out.
+CONV_DIMS = {"cnn": 2, "cnn1d": 1}
+CONV_DEFAULTS = {"kernel": 3, "pool": 2}
+CONV_EXAMPLES = {"cnn": "(H, W) or (H, W, C) images", "cnn1d": "(L,) or (L, C) sequences"}
+
+
+def conv_input_shape(kind: str, example: tuple[int, ...]) -> tuple[int, ...] | None:
+    """An example of ``example`` shape as conv family ``kind`` reads it, ``(*spatial, channels)``
+    (one channel when the shape has none), or None when it cannot (`CONV_EXAMPLES`)."""
+    dims = CONV_DIMS[kind]
+    if len(example) == dims:
+        return (*example, 1)
+    if len(example) == dims + 1:
+        return tuple(example)
+    return None
+
+
+def pooled(spatial: tuple[int, ...], n_convs: int, pool: int) -> list[tuple[int, ...]]:
+    """The spatial size of the input of each convolution and, last, of the final feature map: SAME
+    convolutions keep it, each VALID average pooling by ``pool`` divides it, rounding down."""
+    sizes = [tuple(spatial)]
+    for _ in range(n_convs):
+        sizes.append(tuple(s // pool for s in sizes[-1]))
+    return sizes
+
+
+def conv_parameter_shapes(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    channels: tuple[int, ...] | list[int],
+    kernel: int,
+    pool: int,
+    hidden: tuple[int, ...] | list[int] = (),
+) -> Shapes:
+    """``conv{i}.W`` ``(kernel, [kernel,] c_in, c_out)``, ``conv{i}.b``, then the dense
+    ``layer{j}.W``/``.b`` on the flattened last feature map (`hypercore.cnn`'s module docstring)."""
+    dims = len(input_shape) - 1
+    shapes: Shapes = {}
+    c_in = input_shape[-1]
+    for i, c_out in enumerate(channels):
+        shapes[f"conv{i}.W"] = (*(kernel,) * dims, c_in, c_out)
+        shapes[f"conv{i}.b"] = (c_out,)
+        c_in = c_out
+    last = pooled(input_shape[:-1], len(channels), pool)[-1]
+    return shapes | _dense_shapes([math.prod(last) * channels[-1], *hidden, n_classes])
+
+
+def conv_settings(model: Mapping[str, Any]) -> tuple[list[int], int, int]:
+    """``(channels, kernel, pool)`` of a conv family's ``model`` section, defaults filled in."""
+    return (
+        list(model.get("channels") or ()),
+        model.get("kernel") or CONV_DEFAULTS["kernel"],
+        model.get("pool") or CONV_DEFAULTS["pool"],
+    )
+
+
+def _conv_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
+    channels, kernel, pool = conv_settings(model)
+    input_shape = conv_input_shape(model["kind"], shape.example)
+    assert input_shape is not None, "the rules refuse an example shape the family cannot read"
+    return conv_parameter_shapes(
+        input_shape, shape.n_classes, channels, kernel, pool, model.get("hidden", ())
+    )
+
+
+def activation_units(model: Mapping[str, Any], shape: DatasetShape) -> int:
+    """The float activations one example holds in a forward pass: the input, every feature map (a
+    convolution's output and its pooled copy) and every dense layer's output."""
+    units = shape.n_features + sum(model.get("hidden") or ()) + shape.n_classes
+    if model["kind"] not in CONV_DIMS:
+        return units
+    channels, _, pool = conv_settings(model)
+    input_shape = conv_input_shape(model["kind"], shape.example)
+    if input_shape is None:
+        return units
+    sizes = pooled(input_shape[:-1], len(channels), pool)
+    return units + sum(
+        (math.prod(before) + math.prod(after)) * c
+        for before, after, c in zip(sizes[:-1], sizes[1:], channels, strict=True)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A model family: ``shapes(model_section, n_features, n_classes, n_tasks)`` gives its parameter
-    arrays in order; ``hidden``: whether its ``hidden`` widths are ``"required"`` or ``"refused"``;
+    """A model family: ``shapes(model_section, dataset_shape)`` gives its parameter arrays in order;
+    ``hidden``: whether its ``hidden`` widths are ``"required"``, ``"optional"`` or ``"refused"``;
+    ``conv``: the spatial axes of a convolutional family's examples (0: not convolutional);
     ``needs_data``: False for a model that trains on its own fixed observation (toy2d);
     ``multitask``: one net per task of a multi-task dataset; ``full_batch``: refuses ``batch_size``.
     ``sharing_layers(shapes)``: the layers a ``sharing`` matrix couples."""
 
-    shapes: Callable[[Mapping[str, Any], int, int, int], Shapes]
-    hidden: Literal["required", "refused"]
+    shapes: Callable[[Mapping[str, Any], DatasetShape], Shapes]
+    hidden: Literal["required", "optional", "refused"]
     needs_data: bool = True
     multitask: bool = False
     full_batch: bool = False
+    conv: int = 0
     doc: str = ""
 
 
@@ -118,7 +211,7 @@ FAMILIES: dict[str, Family] = {
     "mlp": Family(_chain_shapes, "required", doc="a multilayer perceptron"),
     "logreg": Family(_chain_shapes, "refused", doc="logistic regression"),
     "toy2d": Family(
-        lambda model, n_features, n_classes, n_tasks: {"w": (2,)},
+        lambda model, shape: {"w": (2,)},
         "refused",
         needs_data=False,
         doc="the paper's two-weight figure-1 problem (no dataset)",
@@ -130,15 +223,28 @@ FAMILIES: dict[str, Family] = {
         full_batch=True,
         doc="one mlp per task of a multi-task dataset, coupled by `sharing`",
     ),
+    "cnn": Family(
+        _conv_shapes,
+        "optional",
+        conv=2,
+        doc="a 2-D convolutional net on (H, W[, C]) images: channels, kernel (3), pool (2), then hidden",
+    ),
+    "cnn1d": Family(
+        _conv_shapes,
+        "optional",
+        conv=1,
+        doc="a 1-D convolutional net on (L[, C]) sequences: channels, kernel (3), pool (2), then hidden",
+    ),
 }
 
 # What the counts need of the toy2d model's one observation (`hypercore.models.toy2d_data`).
 TOY2D_SHAPE = DatasetShape(n_features=1, n_classes=2)
 
 
-def parameter_shapes(model: Mapping[str, Any], n_features: int, n_classes: int, n_tasks: int = 1) -> Shapes:
-    """The parameter arrays of the spec's ``model`` section, as the engine names them."""
-    return FAMILIES[model["kind"]].shapes(model, n_features, n_classes, n_tasks)
+def parameter_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
+    """The parameter arrays of the spec's ``model`` section on a dataset of ``shape``, as the engine
+    names them."""
+    return FAMILIES[model["kind"]].shapes(model, shape)
 
 
 def sharing_layers(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:

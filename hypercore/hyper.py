@@ -133,6 +133,8 @@ def _weight_axes(shape: tuple[int, ...], multitask: bool = False) -> list[str]:
         return ["out"]
     if len(shape) == 2:
         return ["in", "out"]
+    if len(shape) in (3, 4):  # a convolution's kernel (`hypercore.cnn`): its taps, then in and out channels
+        return [*(["tap"] if len(shape) == 3 else ["row", "col"]), "in", "out"]
     return [f"dim{i}" for i in range(len(shape))]
 
 

@@ -111,6 +111,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
     if shape is not None:
         out += _dataset_problems(spec, ds, shape)
         out += _multitask_problems(spec, ds, family, shape)
+        out += _conv_shape_problems(model, family, shape)
     return out
 
 
@@ -144,6 +145,9 @@ _DECAY_KINDS = {("hyperparameters", "learning_rate"), ("hyperparameters", "weigh
 
 def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
     kind, hidden = model["kind"], model.get("hidden") or []
+    conv = _conv_problems(model, family)
+    if conv:
+        return conv
     if family.hidden == "refused" and hidden:
         what = (
             "logistic regression has no hidden layers"
@@ -157,6 +161,71 @@ def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[P
         (("model", "hidden", i), f"every hidden width must be >= 1, got {h}")
         for i, h in enumerate(hidden)
         if h < 1
+    ]
+
+
+def _conv_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
+    """A convolutional family needs its ``channels``; the others take none of its fields."""
+    kind = model["kind"]
+    fields = [f for f in ("channels", "kernel", "pool") if model.get(f) is not None]
+    if not family.conv:
+        conv_kinds = " and ".join(k for k, f in FAMILIES.items() if f.conv)
+        return [
+            (("model", f), f"only {conv_kinds} have convolutions; a {kind} has no `{f}`: leave it out")
+            for f in fields
+        ]
+    channels = model.get("channels") or []
+    if not channels:
+        return [
+            (
+                ("model", "channels"),
+                f"a {kind} needs the output channels of each convolution, e.g. [8, 16]",
+            )
+        ]
+    out: list[Problem] = [
+        (("model", "channels", i), f"every channel count must be >= 1, got {c}")
+        for i, c in enumerate(channels)
+        if c < 1
+    ]
+    out += [
+        (("model", f), f"must be >= 1, got {model[f]}")
+        for f in ("kernel", "pool")
+        if f in fields and model[f] < 1
+    ]
+    return out
+
+
+def _conv_shape_problems(
+    model: Mapping[str, Any], family: families.Family, shape: DatasetShape
+) -> list[Problem]:
+    """A convolutional family reads the dataset's examples as images or sequences, and its poolings
+    must leave at least one pixel (position)."""
+    if not family.conv or _conv_problems(model, family):
+        return []
+    kind = model["kind"]
+    input_shape = families.conv_input_shape(kind, shape.example)
+    if input_shape is None:
+        others = {"cnn": "cnn1d for sequences, or mlp", "cnn1d": "cnn for images, or mlp"}[kind]
+        return [
+            (
+                ("model", "kind"),
+                f"a {kind} reads {families.CONV_EXAMPLES[kind]}, but this dataset's examples have shape "
+                f"{tuple(shape.example)}: upload X as (n, H, W[, C]) images or (n, L, C) sequences, or "
+                f"use {others}",
+            )
+        ]
+    channels, _, pool = families.conv_settings(model)
+    last = families.pooled(input_shape[:-1], len(channels), pool)[-1]
+    if min(last) >= 1:
+        return []
+    what = "pixel" if family.conv == 2 else "position"
+    return [
+        (
+            ("model", "pool"),
+            f"pooling by {pool} after each of the {len(channels)} convolutions leaves no {what} of the "
+            f"{input_shape[:-1]} examples (each pool divides the size, rounding down; they need at least "
+            f"{pool ** len(channels)}): a smaller pool, or fewer convolutions",
+        )
     ]
 
 
@@ -263,9 +332,7 @@ def n_train_rows(spec: Mapping[str, Any], shape: DatasetShape) -> int:
 
 def model_shapes(spec: Mapping[str, Any], shape: DatasetShape) -> families.Shapes:
     """The parameter arrays of the spec's model on a dataset of ``shape``."""
-    return families.parameter_shapes(
-        _section(spec, "model"), shape.n_features, shape.n_classes, shape.n_tasks
-    )
+    return families.parameter_shapes(_section(spec, "model"), shape)
 
 
 def count_hyperparameters(spec: Mapping[str, Any], shape: DatasetShape) -> int:

@@ -3,7 +3,8 @@
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: ...}
              # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
-    model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp
+    model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp,
+           # cnn, cnn1d: {kind: cnn, channels: [8, 16], kernel: 3, pool: 2, hidden: [32]}
     training: {steps: 100}                                    # optional: optimizer (below)
     hyperparameters:
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
@@ -22,6 +23,10 @@ optimizer of the hyperparameters. With ``adam`` and ``adamw`` the kinds ``beta1`
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem (`hypercore.models.Toy2D`): it
 has no data, so ``dataset`` is left out (the loop trains it on `hypercore.models.toy2d_data`), and it
 starts from a fixed point, so ``init_scale`` and ``training_data`` do not apply.
+
+``model: {kind: cnn, channels: [8, 16], kernel: 3, pool: 2, hidden: [32]}`` is a convolutional net
+(`hypercore.cnn`) on the dataset's image-shaped examples (``cnn1d``: sequences), which the dataset's
+``example_shape`` gives.
 
 ``model: {kind: multitask_mlp, hidden: [...]}`` is one net per task of a multi-task dataset
 (``mnist5k_tasks``; `hypercore.models.MultitaskMLP`), trained full-batch, whose nets the
@@ -44,10 +49,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from hypercore import cnn as _cnn
 from hypercore import data as _data
 from hypercore import models as _models
 from hypercore import rules, vocab
-from hypercore.families import FAMILIES, DatasetShape
+from hypercore.families import FAMILIES, DatasetShape, conv_settings
 from hypercore.hyper import Hyper
 from hypercore.meta import GuardConfig, MetaConfig
 from hypercore.tune import OBJECTIVES, Problem, ProblemError
@@ -87,7 +93,7 @@ _SECTIONS = {
         "resplit",
         "shuffle",
     },
-    "model": {"kind", "hidden", "activation"},
+    "model": {"kind", "hidden", "activation", "channels", "kernel", "pool"},
     "training": {"steps", "optimizer"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
 }
@@ -141,6 +147,14 @@ def _check_types(spec: Mapping) -> None:
         raise SpecError("model.hidden", f"must be a list of layer widths, got {hidden!r}")
     for i, h in enumerate(hidden):
         _int(h, f"model.hidden[{i}]", 0)
+    channels = model.get("channels", [])
+    if not isinstance(channels, (list, tuple)):
+        raise SpecError("model.channels", f"must be a list of channel counts, got {channels!r}")
+    for i, c in enumerate(channels):
+        _int(c, f"model.channels[{i}]", 0)
+    for key in ("kernel", "pool"):
+        if key in model:
+            _int(model[key], f"model.{key}", 0)
     if model.get("activation", "tanh") not in ("tanh", "relu"):
         raise SpecError("model.activation", f"must be 'tanh' or 'relu', got {model['activation']!r}")
     if spec.get("dataset") is not None:
@@ -229,6 +243,18 @@ def _model(section: dict, ds):
     kind = section["kind"]
     if kind == "toy2d":
         return _models.toy2d()
+    if FAMILIES[kind].conv:
+        channels, kernel, pool = conv_settings(section)
+        build = _cnn.cnn if kind == "cnn" else _cnn.cnn1d
+        return build(
+            ds.example_shape,
+            ds.n_classes,
+            channels,
+            kernel=kernel,
+            pool=pool,
+            hidden=section.get("hidden", ()),
+            activation=section.get("activation", "tanh"),
+        )
     if kind == "logreg":
         return _models.logistic_regression(ds.n_features, ds.n_classes)
     widths, activation = list(section["hidden"]), section.get("activation", "tanh")

@@ -172,6 +172,8 @@ class Job(Base):
     # Claims of this job whose worker died (heartbeat gone stale; not a graceful hand-back): at
     # ``REVTUNE_MAX_ATTEMPTS`` the job fails instead of going back to the queue.
     deaths: Mapped[int] = mapped_column(default=0, server_default="0")
+    # What the run found worth telling the user, each ``{"code", "message", "meta_iter"}`` (None: none).
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -239,6 +241,11 @@ class Dataset(Base):
     # A multi-task upload: its number of tasks, and (split by the spec's counts) its smallest task's rows.
     n_tasks: Mapped[int] = mapped_column(default=1, server_default="1")
     task_rows: Mapped[int | None]
+    # One example's shape: (d,) features, (H, W[, C]) images, (L, C) sequences; None (uploads before
+    # 0005): (n_features,).
+    example_shape: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    # "class" (integer labels, softmax) or "real" (float targets, squared error).
+    target: Mapped[str] = mapped_column(String(8), default="class", server_default="class")
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     max_meta_iterations: int = Field(_LIMIT_DEFAULTS.max_meta_iterations, ge=1)
     max_layers: int = Field(_LIMIT_DEFAULTS.max_layers, ge=1)
     max_hidden_width: int = Field(_LIMIT_DEFAULTS.max_hidden_width, ge=1)
+    max_channels: int = Field(_LIMIT_DEFAULTS.max_channels, ge=1)
+    max_kernel: int = Field(_LIMIT_DEFAULTS.max_kernel, ge=1)
     max_weights: int = Field(_LIMIT_DEFAULTS.max_weights, ge=1)
     max_hyperparameters: int = Field(_LIMIT_DEFAULTS.max_hyperparameters, ge=1)
     max_dataset_rows: int = Field(_LIMIT_DEFAULTS.max_dataset_rows, ge=1)
@@ -258,6 +260,8 @@ class Settings(BaseSettings):
             max_meta_iterations=self.max_meta_iterations,
             max_layers=self.max_layers,
             max_hidden_width=self.max_hidden_width,
+            max_channels=self.max_channels,
+            max_kernel=self.max_kernel,
             max_weights=self.max_weights,
             max_hyperparameters=self.max_hyperparameters,
             max_dataset_rows=self.max_dataset_rows,

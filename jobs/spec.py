@@ -5,7 +5,8 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: <uploaded>}
              # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
-    model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or logreg, toy2d, multitask_mlp
+    model: {kind: mlp, hidden: [50, 50], activation: tanh}        # or logreg, toy2d, multitask_mlp,
+           # cnn, cnn1d: {kind: cnn, channels: [8, 16], kernel: 3, pool: 2, hidden: [32]}
     training: {steps: 100}      # optional: optimizer, sgd_momentum (default) | adam | adamw
     hyperparameters:            # each: init, granularity, learn (a kind left out keeps its default)
       learning_rate: {init: 0.5, granularity: layer_step, learn: true}
@@ -54,7 +55,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from hypercore import budget, families, rules, vocab
-from hypercore.families import BUILTIN_DATASETS, FAMILIES, DatasetShape
+from hypercore.families import BUILTIN_DATASETS, CONV_DEFAULTS, FAMILIES, DatasetShape
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -82,6 +83,8 @@ class SpecLimits:
     max_meta_iterations: int = 500
     max_layers: int = 8
     max_hidden_width: int = 2048
+    max_channels: int = 256  # a convolution's output channels (the convolutions count as layers too)
+    max_kernel: int = 15
     max_weights: int = 4_000_000  # the paper's multi-task nets (sharing-mnist5k-tasks) hold 3,962,100
     max_hyperparameters: int = 1_000_000
     max_dataset_rows: int = 100_000
@@ -134,8 +137,25 @@ class ModelSection(_Strict):
     kind: ModelKind = Field(
         description="; ".join(f"{name}: {family.doc}" for name, family in FAMILIES.items())
     )
-    hidden: list[int] = Field(default_factory=list, description="hidden layer widths (mlp, multitask_mlp)")
+    hidden: list[int] = Field(
+        default_factory=list, description="hidden layer widths (mlp, multitask_mlp; cnn, cnn1d: dense layers)"
+    )
     activation: Literal["tanh", "relu"] = "tanh"
+    channels: list[int] | None = Field(
+        None, description="cnn, cnn1d: the output channels of each convolution, input first (required)"
+    )
+    kernel: int | None = Field(
+        None,
+        ge=1,
+        description="cnn, cnn1d: the kernel width along each spatial axis "
+        f"(default {CONV_DEFAULTS['kernel']})",
+    )
+    pool: int | None = Field(
+        None,
+        ge=1,
+        description="cnn, cnn1d: average pooling window and stride after each convolution, 1 for none "
+        f"(default {CONV_DEFAULTS['pool']})",
+    )
 
 
 class TrainingSection(_Strict):
@@ -254,11 +274,27 @@ def _limit_problems(spec: JobSpec, limits: SpecLimits) -> list[rules.Problem]:
                     f"a hidden layer has at most {limits.max_hidden_width} units, got {width}",
                 )
             )
+    out += _conv_limit_problems(spec.model, limits)
     if spec.dataset is not None:
         for field in ("train", "valid", "test", "batch_size"):
             value = getattr(spec.dataset, field)
             if value is not None and value > limits.max_dataset_rows:
                 out.append((("dataset", field), f"at most {limits.max_dataset_rows} rows, got {value}"))
+    return out
+
+
+def _conv_limit_problems(model: ModelSection, limits: SpecLimits) -> list[rules.Problem]:
+    out: list[rules.Problem] = []
+    channels = model.channels or []
+    if len(channels) > limits.max_layers:
+        out.append((("model", "channels"), f"at most {limits.max_layers} convolutions, got {len(channels)}"))
+    out += [
+        (("model", "channels", i), f"a convolution has at most {limits.max_channels} channels, got {c}")
+        for i, c in enumerate(channels)
+        if c > limits.max_channels
+    ]
+    if model.kernel is not None and model.kernel > limits.max_kernel:
+        out.append((("model", "kernel"), f"at most {limits.max_kernel} wide, got {model.kernel}"))
     return out
 
 

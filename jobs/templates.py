@@ -11,6 +11,13 @@ template                       paper experiment
 =============================  =====================================================================
 ``lr-schedule-digits``         DESIGN.md's example: learning-rate and momentum schedules per layer
                                and step on scikit-learn's digits (small: minutes on a CPU)
+``lr-schedule-cnn-digits``     the same schedules on a convolutional net (``model.kind: cnn``,
+                               conv 8 and 16 channels, 3x3 kernels, 2x2 average pooling, dense 32)
+                               on digits as 8x8x1 images: one schedule per kernel, bias and dense
+                               array (not in the paper)
+``lr-schedule-cnn-mnist1d``    a 1-D convolutional net (``cnn1d``, 16 and 16 channels, width-5
+                               kernels) on MNIST-1D (Greydanus 2020), whose sequences separate
+                               models where MNIST does not (not in the paper)
 ``toy-figure1``                figure 1: the two-weight toy (no data), 50 steps from the fixed start
                                (1.4, 3.9); learning rate and momentum per step (100 hyperparameters),
                                3 meta-iterations of SGD with momentum: final loss 395.3, 356.6, 356.3
@@ -83,6 +90,52 @@ _LR_SCHEDULE_DIGITS: dict[str, Any] = {
     },
     "objective": "valid_loss",
     "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+# Issue 17: the schedule experiment on convolutional nets. A layer is a parameter array, so the
+# schedules are one per convolution's kernel and bias, and per dense layer's.
+_LR_SCHEDULE_CNN_DIGITS: dict[str, Any] = {
+    "name": "lr-schedule-cnn-digits",
+    "dataset": {"name": "digits", "train": 1000, "valid": 400, "test": 397, "batch_size": 100},
+    "model": {
+        "kind": "cnn",
+        "channels": [8, 16],
+        "kernel": 3,
+        "pool": 2,
+        "hidden": [32],
+        "activation": "tanh",
+    },
+    "training": {"steps": 100},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.5, "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": 0.2, "granularity": "layer", "learn": True},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.04},
+    "seed": 0,
+}
+
+_LR_SCHEDULE_CNN_MNIST1D: dict[str, Any] = {
+    "name": "lr-schedule-cnn-mnist1d",
+    "dataset": {"name": "mnist1d", "train": 3000, "valid": 1000, "test": 1000, "batch_size": 100},
+    "model": {
+        "kind": "cnn1d",
+        "channels": [16, 16],
+        "kernel": 5,
+        "pool": 2,
+        "hidden": [32],
+        "activation": "relu",
+    },
+    "training": {"steps": 100},
+    "hyperparameters": {
+        "learning_rate": {"init": 0.5, "granularity": "layer_step", "learn": True},
+        "momentum": {"init": 0.9, "granularity": "layer_step", "learn": True},
+        "init_scale": {"init": 0.3, "granularity": "layer", "learn": True},
+    },
+    "objective": "valid_loss",
+    "meta": {"iterations": 50, "optimizer": "adam", "learning_rate": 0.01},
     "seed": 0,
 }
 
@@ -223,6 +276,8 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     t["name"]: t
     for t in (
         _LR_SCHEDULE_DIGITS,
+        _LR_SCHEDULE_CNN_DIGITS,
+        _LR_SCHEDULE_CNN_MNIST1D,
         _TOY_FIGURE1,
         _LR_SCHEDULE_MNIST,
         _ADAM_SCHEDULE_MNIST,
@@ -236,6 +291,10 @@ TEMPLATES: dict[str, dict[str, Any]] = {
 
 DESCRIPTIONS: dict[str, str] = {
     "lr-schedule-digits": "learning-rate and momentum schedules per layer and step on digits (small, fast)",
+    "lr-schedule-cnn-digits": "schedules per layer and step of a small convolutional net on digits (8x8 "
+    "images): conv 8, conv 16, dense 32",
+    "lr-schedule-cnn-mnist1d": "schedules per layer and step of a 1-D convolutional net on MNIST-1D "
+    "sequences, a problem where a CNN beats an MLP",
     "toy-figure1": "the paper's figure 1: two weights, 50 steps, per-step schedules, 3 meta-iterations",
     "lr-schedule-mnist": "the paper's schedule experiment: 784-50-50-50-10, 100 steps, 1,608 hyperparameters",
     "adam-schedule-mnist": "the schedule experiment trained by AdamW: learning rate per layer and step, "

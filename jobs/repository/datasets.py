@@ -70,6 +70,8 @@ def create_dataset(
     size_bytes: int,
     n_tasks: int = 1,
     task_rows: int | None = None,
+    example_shape: tuple[int, ...] | list[int] | None = None,
+    target: str = "class",
     max_bytes: int | None = None,
 ) -> Dataset:
     """Register an upload whose file is already in place (the caller writes it first, atomically,
@@ -91,6 +93,8 @@ def create_dataset(
         n_classes=n_classes,
         n_tasks=n_tasks,
         task_rows=task_rows,
+        example_shape=None if example_shape is None else [int(n) for n in example_shape],
+        target=target,
         sha256=sha256,
         path=path,
         size_bytes=size_bytes,
@@ -131,6 +135,7 @@ def dataset_shape(session: Session, tenant_id: str, dataset_id: str) -> DatasetS
         # an X/y upload splits every task alike, so each count must divide by the number of tasks
         split_unit=d.n_tasks if d.layout != "splits" else 1,
         task_rows=d.task_rows or 0,
+        example_shape=None if d.example_shape is None else tuple(d.example_shape),
     )
 
 

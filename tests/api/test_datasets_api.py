@@ -21,6 +21,8 @@ DATASET_FIELDS = {
     "n_tasks",
     "sha256",
     "created_at",
+    "example_shape",
+    "target",
 }
 
 
@@ -97,6 +99,59 @@ def test_a_pre_split_upload(service):
         "stratify": False,
         "resplit": False,
     }
+
+
+CNN_SPEC = {
+    **TINY_SPEC,
+    "model": {"kind": "cnn", "channels": [2], "kernel": 3, "pool": 2},
+}
+
+
+@pytest.mark.parametrize(
+    ("X", "example_shape"),
+    [((30, 6, 6), [6, 6]), ((30, 6, 6, 3), [6, 6, 3]), ((30, 10, 2), [10, 2]), ((30, 5), [5])],
+)
+def test_uploads_keep_their_example_shape(service, X, example_shape):
+    rng = np.random.default_rng(5)
+    ds = upload(service.alice, npz(X=rng.normal(size=X), y=np.arange(30) % 3)).json()
+    assert ds["example_shape"] == example_shape and ds["target"] == "class"
+    assert ds["n_features"] == int(np.prod(example_shape))
+    assert service.alice.get(f"/v1/datasets/{ds['id']}").json()["example_shape"] == example_shape
+
+
+def test_a_cnn_needs_image_shaped_examples_and_a_pooling_that_leaves_a_pixel(service):
+    rng = np.random.default_rng(6)
+    images = upload(service.alice, npz(X=rng.normal(size=(40, 6, 6)), y=np.arange(40) % 2)).json()
+    flat = upload(service.alice, npz(X=rng.normal(size=(40, 36)), y=np.arange(40) % 2)).json()
+    split = {"train": 20, "valid": 10, "batch_size": 10}
+    job = submit(service.alice, {**CNN_SPEC, "dataset": {"id": images["id"], **split}})
+    assert job["spec"]["model"] == {
+        "kind": "cnn",
+        "channels": [2],
+        "kernel": 3,
+        "pool": 2,
+        "hidden": [],
+        "activation": "tanh",
+    }
+
+    on_features = problems(
+        service.alice.post("/v1/jobs", json={**CNN_SPEC, "dataset": {"id": flat["id"], **split}})
+    )
+    assert list(on_features) == ["body.model.kind"]
+    assert "this dataset's examples have shape (36,)" in on_features["body.model.kind"]
+    # 6 -> 3 -> 1 -> 0: the third pooling leaves nothing
+    deep = {
+        **CNN_SPEC,
+        "model": {"kind": "cnn", "channels": [2, 2, 2]},
+        "dataset": {"id": images["id"], **split},
+    }
+    assert (
+        "leaves no pixel of the (6, 6) examples"
+        in problems(service.alice.post("/v1/jobs", json=deep))["body.model.pool"]
+    )
+    # a cnn1d reads the same (6, 6) examples as sequences of 6 positions with 6 channels
+    seq = {**deep, "model": {"kind": "cnn1d", "channels": [4], "pool": 3}}
+    assert submit(service.alice, seq)["spec"]["model"]["kind"] == "cnn1d"
 
 
 MULTITASK_SPEC = {
@@ -189,8 +244,11 @@ def _tasks(**splits) -> bytes:
         (npz(X=np.ones((5, 2)), y=np.zeros(5, dtype=int), extra=np.ones(1)), "expected X and y"),
         (npz(X=np.array([[1.0, np.nan], [0.0, 1.0]]), y=np.array([0, 1])), "NaN or infinite"),
         (npz(X=np.array([[1.0, np.inf], [0.0, 1.0]]), y=np.array([0, 1])), "NaN or infinite"),
-        (npz(X=np.ones((4, 2), dtype=int), y=np.array([0, 1, 0, 1])), "2-D float"),
-        (npz(X=np.ones(4), y=np.array([0, 1, 0, 1])), "2-D float"),
+        (
+            npz(X=np.ones((4, 2), dtype=int), y=np.array([0, 1, 0, 1])),
+            "must be a float array of (n, d) features",
+        ),
+        (npz(X=np.ones(4), y=np.array([0, 1, 0, 1])), "must be a float array of (n, d) features"),
         (npz(X=np.ones((4, 2)), y=np.array([0.0, 1.0, 0.0, 1.0])), "integer array"),
         (npz(X=np.ones((4, 2)), y=np.array([0, -1, 0, 1])), "negative label"),
         (npz(X=np.ones((4, 2)), y=np.array([0, 1, 0])), "3 labels for the 4 rows"),

@@ -88,11 +88,11 @@ def test_presplit_task_ids_and_counts_refusals(tmp_path):
     ds = dataset_from_npz(found, {"center": False})
     assert ds.n_tasks == 2 and (ds.n_train, ds.n_valid, ds.n_test) == (4, 2, 0)
     np.testing.assert_array_equal(ds.y_train, [1, 1, 0, 0])  # task-major: task 0's rows first
-    assert inspect_arrays(found) == NpzShape("splits", 6, 4, 2, 0, 2, 2, 2, None)
+    assert inspect_arrays(found) == NpzShape("splits", 6, 4, 2, 0, 2, 2, 2, None, (2,))
 
     np.savez(tmp_path / "xy.npz", X=np.ones((10, 2)), y=np.arange(10) % 2)
     xy = read_npz(tmp_path / "xy.npz")
-    assert inspect_arrays(xy) == NpzShape("xy", 10, 10, 0, 0, 2, 2, 1, None)
+    assert inspect_arrays(xy) == NpzShape("xy", 10, 10, 0, 0, 2, 2, 1, None, (2,))
     with pytest.raises(DataError) as e:  # the spec's counts, not the file
         dataset_from_npz(xy, {"train": 8, "valid": 5})
     assert e.value.field == "dataset" and "exceeds the 10" in e.value.message
@@ -165,7 +165,8 @@ def test_read_npz_refuses_a_non_zip_and_a_zip_bomb_before_inflating_it(tmp_path)
     [
         (
             dict(X=np.ones((4, 2), dtype=int), y=np.arange(4) % 2),
-            "X must be a 2-D float array, got 2-D int64",
+            "X must be a float array of (n, d) features, (n, H, W[, C]) images or (n, L, C) sequences, "
+            "got 2-D int64",
         ),
         (dict(X=np.array([[1.0, np.nan], [0, 1]]), y=np.arange(2)), "X holds NaN or infinite values"),
         (dict(X=np.ones((4, 2)), y=np.arange(3)), "y has 3 labels for the 4 rows of X"),
@@ -188,7 +189,7 @@ def test_inspect_arrays_counts_a_multitask_upload(tmp_path):
     found = read_npz(
         write(tmp_path / "t.npz", X=np.ones((7, 3)), y=np.arange(7) % 3, task=np.array([0, 1] * 3 + [1]))
     )
-    assert inspect_arrays(found) == NpzShape("xy", 7, 7, 0, 0, 3, 3, 2, 3)
+    assert inspect_arrays(found) == NpzShape("xy", 7, 7, 0, 0, 3, 3, 2, 3, (3,))
 
 
 # ---- the streaming reader: headers first, values in chunks ---------------------------------------

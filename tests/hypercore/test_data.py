@@ -33,7 +33,8 @@ def test_builtin_layout_ranges_and_mean_subtraction(name, scale):
     info = data.builtin_info(name)
     ds = load(name, 300, 200, 100, seed=1)
     check_layout(ds, (300, 200, 100), info["n_features"], info["n_classes"])
-    assert ds.image_shape == info["image_shape"] and np.prod(ds.image_shape) == ds.n_features
+    assert ds.example_shape == info["example_shape"] and np.prod(ds.example_shape) == ds.n_features
+    assert ds.image_shape == info["example_shape"][:2]
     assert ds.name == name
     raw, labels = data._raw(name)
     assert raw.shape == (info["n_examples"], info["n_features"]) and labels.shape == (info["n_examples"],)
@@ -57,7 +58,7 @@ def test_builtin_names_and_info():
         "n_examples": 1797,
         "n_features": 64,
         "n_classes": 10,
-        "image_shape": (8, 8),
+        "example_shape": (8, 8, 1),
     }
     assert data.builtin_info("mnist5k")["n_examples"] == 5000
     assert data.builtin_info("mnist5k_tasks")["n_tasks"] == 10
@@ -136,13 +137,13 @@ def test_from_arrays_splits_in_order_and_centres_on_the_training_mean():
     X, y = blobs()
     ds = from_arrays(X, y, 20, 10, 5, name="mine")
     check_layout(ds, (20, 10, 5), 3, 3)
-    assert ds.name == "mine" and ds.image_shape is None
+    assert ds.name == "mine" and ds.image_shape is None and ds.example_shape == (3,)
     mean = X[:20].mean(axis=0)
     np.testing.assert_allclose(ds.X_train, X[:20] - mean, atol=1e-5)
     np.testing.assert_allclose(ds.X_valid, X[20:30] - mean, atol=1e-5)
     np.testing.assert_allclose(ds.X_test, X[30:35] - mean, atol=1e-5)
     np.testing.assert_array_equal(ds.y_valid, y[20:30])
-    raw = from_arrays(X, y, 20, 10, center=False, n_classes=5, image_shape=(1, 3))
+    raw = from_arrays(X, y, 20, 10, center=False, n_classes=5, example_shape=(1, 3))
     np.testing.assert_allclose(raw.X_train, X[:20].astype(np.float32))
     assert raw.n_classes == 5 and raw.n_test == 0 and raw.image_shape == (1, 3)
 
@@ -186,8 +187,8 @@ def test_dataset_checks_its_own_layout():
         dataclasses.replace(ds, n_classes=3)
     with pytest.raises(DataError, match="n_classes: must be an integer >= 2, got 1.5"):
         dataclasses.replace(ds, n_classes=1.5)
-    with pytest.raises(DataError, match="image_shape: must be .* height \\* width = 64"):
-        dataclasses.replace(ds, image_shape=(7, 7))
+    with pytest.raises(DataError, match="example_shape: must be positive sizes whose product is the 64"):
+        dataclasses.replace(ds, example_shape=(7, 7))
 
 
 def _with_nan():
@@ -208,8 +209,14 @@ def _with_inf():
         (lambda: (*_with_nan(), 20, 10), r"X: has 1 values that are NaN.*row 5, column 2"),
         (lambda: (*_with_inf(), 20, 10), r"X: has 1 values .*infinite.*row 3, column 0"),
         (lambda: (blobs()[0] * 1e300, blobs()[1], 20, 10), r"X: .*beyond float32's range"),
-        (lambda: (blobs()[0][:, 0], blobs()[1], 20, 10), r"X: must be 2-D .* got shape \(40,\)"),
-        (lambda: (np.zeros((40, 0)), blobs()[1], 20, 10), "X: must have at least one feature column"),
+        (
+            lambda: (blobs()[0][:, 0], blobs()[1], 20, 10),
+            r"X: must be \(n, d\) features, .* got shape \(40,\)",
+        ),
+        (
+            lambda: (np.zeros((40, 0)), blobs()[1], 20, 10),
+            r"X: every example needs at least one value, got shape \(40, 0\)",
+        ),
         (lambda: (blobs()[0].astype(str), blobs()[1], 20, 10), "X: must hold real numbers"),
         (lambda: (blobs()[0], blobs()[1][:, None], 20, 10), r"y: must be 1-D .* got shape \(40, 1\)"),
         (lambda: (blobs()[0], blobs()[1][:39], 20, 10), "y: has 39 labels but its X has 40 rows"),
@@ -238,8 +245,8 @@ def test_from_arrays_refuses_bad_arrays(make, message):
     [
         ({"n_classes": 2}, "y: labels must be < n_classes = 2, found 2"),
         ({"n_classes": 1}, "n_classes: must be an integer >= 2"),
-        ({"image_shape": (2, 2)}, r"image_shape: must be \(height, width\) with height \* width = 3"),
-        ({"image_shape": "big"}, r"image_shape: must be \(height, width\)"),
+        ({"example_shape": (2, 2)}, r"example_shape: must be positive sizes whose product is the 3 features"),
+        ({"example_shape": "big"}, r"example_shape: must be a tuple of sizes"),
     ],
 )
 def test_from_arrays_refuses_bad_options(kwargs, message):
@@ -378,7 +385,7 @@ def test_mnist1d_is_the_generator_s_dataset_split_like_every_built_in():
     labels = np.concatenate([made["y"], made["y_test"]])
     ds = data.load("mnist1d", 3000, 1000, 1000, seed=3, center=False)
     assert (ds.n_features, ds.n_classes, ds.n_train, ds.n_valid, ds.n_test) == (40, 10, 3000, 1000, 1000)
-    assert ds.image_shape is None and ds.X_train.dtype == np.float32
+    assert ds.image_shape is None and ds.example_shape == (40,) and ds.X_train.dtype == np.float32
     order = np.random.default_rng(3).permutation(5000)
     np.testing.assert_array_equal(ds.X_train, pooled[order[:3000]])
     np.testing.assert_array_equal(ds.y_test, labels[order[4000:]])
@@ -388,5 +395,5 @@ def test_mnist1d_is_the_generator_s_dataset_split_like_every_built_in():
         "n_examples": 5000,
         "n_features": 40,
         "n_classes": 10,
-        "image_shape": None,
+        "example_shape": (40,),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import hypercore
-from hypercore import arrays, families, models, rules, vocab
+from hypercore import arrays, cnn, families, models, rules, vocab
 from hypercore.hyper import DEFAULTS, Hyper
 
 
@@ -55,12 +56,20 @@ def test_an_engine_name_loads_the_engine_on_first_use():
         ({"kind": "logreg"}, lambda f, c, t: models.logistic_regression(f, c)),
         ({"kind": "toy2d"}, lambda f, c, t: models.toy2d()),
         ({"kind": "multitask_mlp", "hidden": [4]}, lambda f, c, t: models.multitask_mlp(f, [4], c, t)),
+        (
+            {"kind": "cnn", "channels": [2, 3], "kernel": 5, "pool": 1, "hidden": [4]},
+            lambda f, c, t: cnn.cnn((7, 1), c, [2, 3], kernel=5, pool=1, hidden=[4]),
+        ),
+        ({"kind": "cnn1d", "channels": [2], "pool": 3}, lambda f, c, t: cnn.cnn1d((7,), c, [2], pool=3)),
     ],
 )
 def test_every_family_has_the_engine_models_shapes(model, build):
-    assert set(families.FAMILIES) == {"mlp", "logreg", "toy2d", "multitask_mlp"}
+    assert set(families.FAMILIES) == {"mlp", "logreg", "toy2d", "multitask_mlp", "cnn", "cnn1d"}
     built = build(7, 3, 4)
-    assert families.parameter_shapes(model, 7, 3, 4) == {k: tuple(v) for k, v in built.shapes.items()}
+    shape = families.DatasetShape(n_features=7, n_classes=3, n_tasks=4, example_shape=(7, 1))
+    if model["kind"] == "cnn1d":
+        shape = dataclasses.replace(shape, example_shape=(7,))
+    assert families.parameter_shapes(model, shape) == {k: tuple(v) for k, v in built.shapes.items()}
     if model["kind"] == "multitask_mlp":
         assert families.sharing_layers(built.shapes) == built.sharing_layers()
 
@@ -125,3 +134,11 @@ def test_one_step_record_everywhere():
     assert list(Step.__annotations__) == list(STEP_FIELDS)
     row = step_dict({**dict.fromkeys(STEP_FIELDS, 1.0), "objective": float("nan"), "meta_iter": 3})
     assert row["objective"] is None and row["meta_iter"] == 3 and list(row) == list(STEP_FIELDS)
+
+
+def test_a_cnns_activations_count_every_feature_map_before_and_after_pooling():
+    digits = families.BUILTIN_DATASETS["digits"]
+    model = {"kind": "cnn", "channels": [8, 16], "hidden": [32]}
+    # input 64, dense 32 + 10; conv0: 8x8x8 then pooled 4x4x8; conv1: 4x4x16 then pooled 2x2x16
+    assert families.activation_units(model, digits) == 64 + 32 + 10 + (64 + 16) * 8 + (16 + 4) * 16
+    assert families.activation_units({"kind": "mlp", "hidden": [32]}, digits) == 64 + 32 + 10

@@ -127,7 +127,7 @@ def test_the_number_of_hyperparameters_counts_every_granularity():
         ("hyperparameters.momentum.learn", "yes", "hyperparameters.momentum.learn"),
         ("hyperparameters.momentum.granularity", "weight", "hyperparameters.momentum.granularity"),
         ("hyperparameters.l2.learn", True, "hyperparameters.l2.learn"),
-        ("model.kind", "cnn", "model.kind"),
+        ("model.kind", "rnn", "model.kind"),
         ("model.activation", "gelu", "model.activation"),
         # the width itself: one rule for the server and the engine (the engine's field is model.hidden[0])
         ("model.hidden", [0], "model.hidden.0"),

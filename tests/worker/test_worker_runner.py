@@ -103,6 +103,7 @@ def test_run_job_records_every_meta_iteration_and_matches_hypercore(settings, se
 
     job = job_row(sessions, job_id)
     assert (job.status, job.meta_iter, job.error, job.attempts) == ("succeeded", 4, None, 1)
+    assert job.warnings is None, "digits' pixels in [0, 1], a learning rate that trains: nothing to tell"
     assert job.started_at <= job.heartbeat_at <= job.finished_at
     with sessions() as session:
         steps = repository.list_steps(session, tenant_id, job_id).items
@@ -241,6 +242,41 @@ def test_a_multitask_upload_runs_learned_sharing_as_hypercore_does(settings, ses
         np.testing.assert_array_equal(got[name], np.asarray(value.values, np.float64), err_msg=name)
     assert expected["sharing.layer0"].labels["task"] == ["task0", "task1", "task2"]
     assert not np.allclose(got["sharing.layer0"], 0.5 * np.eye(3) + 0.5 / 3)  # it learned
+
+
+def test_an_image_shaped_upload_trains_a_cnn_as_hypercore_does(settings, sessions, tenant_id):
+    """An (n, H, W) upload keeps its example shape through the stored file: a ``cnn`` job on it
+    learns what `hypercore.tune` learns on the same arrays, and a per-weight penalty on a kernel is
+    stored with the kernel's own axes."""
+    from hypercore.data import from_arrays
+
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(60, 6, 6)).astype(np.float32), np.arange(60) % 3
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(settings.dataset_path("images"), X=X, y=y)
+    spec = {
+        **SPEC,
+        "dataset": {"id": "images", "train": 30, "valid": 15, "test": 15, "batch_size": 10},
+        "model": {"kind": "cnn", "channels": [2], "kernel": 3, "pool": 2},
+        "hyperparameters": {
+            "learning_rate": {"init": 0.3, "granularity": "layer", "learn": True},
+            "l2": {"init": 1e-3, "granularity": "weight", "learn": True},
+        },
+        "meta": {"iterations": 2},
+    }
+    job_id = submit(sessions, tenant_id, spec)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded", job_row(
+        sessions, job_id
+    ).error
+    ds = from_arrays(X, y, 30, 15, 15, shuffle_seed=spec["seed"])
+    assert ds.example_shape == (6, 6) and ds.n_features == 36
+    expected = tune(problem_from_spec(spec, dataset=ds)).hyperparameters
+    meta_iter, got = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 2 and sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], np.asarray(value.values, np.float64), err_msg=name)
+    assert got["l2.conv0.W"].shape == (3, 3, 1, 2) and got["l2.layer0.W"].shape == (18, 3)
+    assert expected["l2.conv0.W"].axes == ["row", "col", "in", "out"]
 
 
 def test_runaway_training_fails_with_the_guards_diagnosis(settings, sessions, tenant_id):
