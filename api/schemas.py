@@ -16,6 +16,15 @@ class Best(BaseModel):
     meta_iter: int
 
 
+class JobWarning(BaseModel):
+    """What a job's run found worth telling its user (docs/API.md, "Warnings"): one per ``code``;
+    ``meta_iter`` is where it began (null: found before the first meta-iteration)."""
+
+    code: str
+    message: str
+    meta_iter: int | None
+
+
 class JobOut(BaseModel):
     id: str
     name: str
@@ -25,6 +34,7 @@ class JobOut(BaseModel):
     meta_iterations: int
     best: Best | None
     error: str | None
+    warnings: list[JobWarning]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -43,6 +53,7 @@ class JobOut(BaseModel):
             meta_iterations=job.meta_iterations,
             best=best,
             error=job.error,
+            warnings=[JobWarning.model_validate(w) for w in job.warnings or []],
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -94,6 +105,11 @@ class HyperparameterInfo(BaseModel):
 
 class HyperparameterListOut(BaseModel):
     meta_iter: int
+    example_shape: list[int] | None = Field(
+        description="one input example's shape in the job's dataset ([8, 8, 1] for digits; an upload's"
+        " X.shape[1:]): what a `feature` axis, and the `in` axis of a dense first layer, enumerate;"
+        " null when the job has no dataset (toy2d) or its upload was deleted"
+    )
     items: list[HyperparameterInfo]
 
 

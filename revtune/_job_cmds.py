@@ -147,10 +147,11 @@ def _job_row(job: dict[str, Any]) -> list[Any]:
         f"{job['meta_iter']}/{job['meta_iterations']}",
         best.get("objective"),
         _when(job.get("created_at")),
+        len(job.get("warnings") or []) or None,
     ]
 
 
-_JOB_HEADERS = ("ID", "NAME", "STATUS", "PROGRESS", "BEST", "CREATED")
+_JOB_HEADERS = ("ID", "NAME", "STATUS", "PROGRESS", "BEST", "CREATED", "WARNINGS")
 
 
 def _show_job(job: dict[str, Any]) -> None:
@@ -167,7 +168,12 @@ def _show_job(job: dict[str, Any]) -> None:
         ("finished", _when(job.get("finished_at"))),
         ("error", job.get("error")),
     ]
+    fields += [("warning", f"{w['code']}{_since(w)}: {w['message']}") for w in job.get("warnings") or []]
     print("\n".join(f"{k:<10} {_fmt(v)}" for k, v in fields if v is not None))
+
+
+def _since(warning: dict[str, Any]) -> str:
+    return "" if warning.get("meta_iter") is None else f" (from meta-iteration {warning['meta_iter']})"
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "Hyperparameter",
     "Job",
     "JobPage",
+    "JobWarning",
     "NotFound",
     "ProgressBar",
     "RevtuneError",
@@ -67,6 +68,16 @@ class Best(TypedDict):
     meta_iter: int
 
 
+class JobWarning(TypedDict):
+    """What a job's run found worth telling its user: one per ``code`` (``unscaled_inputs``,
+    ``hypergradient_norm``, ``diverged``, ``chaos_guard``); ``meta_iter`` is where it began (None:
+    before the first meta-iteration). docs/API.md, "Warnings"."""
+
+    code: str
+    message: str
+    meta_iter: int | None
+
+
 class Job(TypedDict):
     id: str
     name: str
@@ -76,6 +87,7 @@ class Job(TypedDict):
     meta_iterations: int
     best: Best | None
     error: str | None
+    warnings: list[JobWarning]
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -293,6 +305,14 @@ class ProgressBar:
         obj = "    -    " if objective is None else f"{objective:.6g}"
         return f"[{bar}] {done}/{self.total} meta-iterations  objective {obj}  {status}"
 
+    def note(self, text: str) -> None:
+        """Write ``text`` on a line of its own (a warning), above the bar when it is redrawn in place."""
+        if self._tty:
+            self.stream.write("\r" + text + "\x1b[K\n" + self._last)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
     def update(self, done: int, objective: float | None, status: str) -> None:
         line = self.render(done, objective, status)
         if line == self._last:
@@ -461,8 +481,10 @@ class Client:
         """Poll until the job is ``succeeded``, ``failed`` or ``cancelled``, and return it.
 
         With ``progress``, draws a bar on ``stream`` (stderr by default): meta-iterations done of
-        total and the latest meta-iteration's objective. Raises ``TimeoutError`` after ``timeout``
-        seconds; it does not raise for a failed job (check ``job["status"]`` and ``job["error"]``).
+        total and the latest meta-iteration's objective, and a line ``warning (code): message`` for
+        each warning the job gains (``job["warnings"]``, once per code). Raises ``TimeoutError``
+        after ``timeout`` seconds; it does not raise for a failed job (check ``job["status"]``,
+        ``job["error"]`` and ``job["warnings"]``).
         A 503 (the database or the broker briefly down) is asked again after its ``Retry-After``
         seconds until ``timeout``; if the server still answers 503 then, that :class:`Unavailable`
         is raised.
@@ -473,6 +495,7 @@ class Client:
         bar = ProgressBar(current["meta_iterations"], stream) if progress else None
         after: int | None = None
         objective: float | None = None
+        warned: set[str] = set()
         try:
             while True:
                 new = self._until_available(
@@ -482,6 +505,10 @@ class Client:
                     after = new[-1]["meta_iter"]
                     objective = new[-1]["objective"]
                 if bar is not None:
+                    for warning in current.get("warnings") or []:
+                        if warning["code"] not in warned:
+                            warned.add(warning["code"])
+                            bar.note(f"warning ({warning['code']}): {warning['message']}")
                     bar.update(current["meta_iter"], objective, current["status"])
                 if current["status"] in TERMINAL_STATUSES:
                     return current

@@ -7,14 +7,18 @@ database is unreachable):
 - `JobRun.claim` claims the job (``queued -> running``); a job that is not claimable (finished,
   cancelled, or running with a live heartbeat elsewhere) is left alone, so a redelivered or
   duplicated message is harmless.
-- `JobRun.build` builds its `Problem` (and the checkpoint it resumes from).
+- `JobRun.build` builds its `Problem` (and the checkpoint it resumes from); `JobRun.check_inputs`
+  warns the user of training inputs whose scale makes the hypergradients explode
+  (`worker.health`).
 - `JobRun.record`, the tuning callback: after meta-iteration ``k`` the step row ``k``, the
   hyperparameter snapshots after it, the checkpoint to resume at ``k + 1`` and the heartbeat are
   committed in ONE transaction (`jobs.repository.record_meta_iteration`, which stores the snapshots
   it is given: the fixed hyperparameters only after meta-iteration 0, the learned ones by
   `jobs.repository.results.snapshot_interval`'s rule, docs/API.md); a worker that dies loses
   at most the meta-iteration in flight, and its successor resumes from the last checkpoint with the
-  same result (`hypercore.tune` is deterministic given the checkpoint). It returns ``True`` (stop)
+  same result (`hypercore.tune` is deterministic given the checkpoint). The same transaction updates
+  the job's warnings (`worker.health`: diverged meta-iterations, hypergradient norms beyond a
+  bound, the chaos guard's back-offs). It returns ``True`` (stop)
   when cancel was requested (the job ends ``cancelled``) or when the worker is shutting down (the
   job goes back to ``queued`` and is enqueued again, `JobRun.hand_back`).
 - `JobRun.finish` writes the final status.
@@ -66,6 +70,7 @@ from jobs.models import Job
 from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
 from jobs.settings import Settings, get_settings
 from jobs.states import Status
+from worker import health
 from worker.enqueue import EnqueueError, enqueue_job
 
 log = logging.getLogger(__name__)
@@ -281,12 +286,17 @@ def _snapshot_interval(record: Record, iterations: int, budget_bytes: int | None
     )
 
 
-def _failure(job_id: str, e: Exception, checkpoint_trouble: str) -> str:
-    """The error a job that failed on ``e`` shows its user. Call it in the ``except`` arm: a
-    checkpoint error (``checkpoint_trouble`` says which) and an unexpected error go to the log with
-    their traceback."""
+# What a job whose training diverged should change first when its inputs are not scaled.
+_SCALE_FIRST = "standardise X per feature first (see the job's unscaled_inputs warning)"
+
+
+def _failure(job_id: str, e: Exception, checkpoint_trouble: str, *, unscaled: bool = False) -> str:
+    """The error a job that failed on ``e`` shows its user (``unscaled``: its inputs drew the
+    ``unscaled_inputs`` warning). Call it in the ``except`` arm: a checkpoint error
+    (``checkpoint_trouble`` says which) and an unexpected error go to the log with their traceback."""
     if isinstance(e, MetaDivergedError):
-        return f"the meta-optimisation diverged: {e} (hyperparameters.learning_rate.init, meta.learning_rate)"
+        fields = "hyperparameters.learning_rate.init, meta.learning_rate"
+        return f"the meta-optimisation diverged: {e} ({fields}){'; ' + _SCALE_FIRST if unscaled else ''}"
     if isinstance(e, ReversalError):
         return f"exact reversal failed: {e}"
     if isinstance(e, CheckpointError):
@@ -312,6 +322,8 @@ class JobRun:
     nonfinite: int = 0  # meta-iterations whose objective was not finite
     backoffs: int = 0  # times the chaos guard backed off
     finite: bool = False  # whether a meta-iteration of this run had a finite objective
+    unscaled: bool = False  # whether the training inputs drew the unscaled_inputs warning
+    guard_backoff: float = 0.5  # the factor a chaos-guard back-off multiplies the meta step size by
     # The snapshot rule (docs/API.md, "Hyperparameters"): the job's meta.iterations, the
     # REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB budget (None: every meta-iteration) and, once the first
     # record shows the sizes, the interval k of the learned snapshots.
@@ -349,8 +361,26 @@ class JobRun:
         """Step 2, build: the job's `Problem` and the checkpoint to resume from (None: start fresh).
         Raises `JobInputError` or `CheckpointError`."""
         problem = build_problem(self.claim.spec, settings)
+        self.guard_backoff = problem.meta.guard.backoff
         stored = self.claim.checkpoint
         return problem, None if stored is None else resumable(Checkpoint.from_bytes(stored), problem)
+
+    def check_inputs(self, problem: Problem) -> None:
+        """Step 2b: warn the user when the training inputs' scale makes the first hypergradients
+        explode (`worker.health.unscaled_inputs`); the job runs anyway."""
+        warning = health.unscaled_inputs(problem.dataset.X_train)
+        if warning is None:
+            return
+        self.unscaled = True
+        transaction(
+            self.sessions,
+            lambda session: self._warn(session, [warning]),
+            f"warning job {self.job_id} of its inputs",
+        )
+
+    def _warn(self, session: Session, warnings: list[health.JobWarning]) -> None:
+        for warning in warnings:
+            repository.add_warning(session, self.job_id, self.claim, **warning._asdict())
 
     def record(self, record: Record) -> bool:
         """Step 3, record (the tuning callback): commit the meta-iteration; True to stop the run."""
@@ -370,7 +400,7 @@ class JobRun:
             # meta-iteration because it is being cancelled (record_meta_iteration answers with the
             # same cancel flag: `_cancel_requested` holds the job's row until the commit).
             learned = on_grid or self._cancel_requested(session)
-            return repository.record_meta_iteration(
+            cancel = repository.record_meta_iteration(
                 session,
                 self.job_id,
                 self.claim,
@@ -378,6 +408,9 @@ class JobRun:
                 hyperparameters=_snapshots(record, fixed=fixed, learned=learned),
                 checkpoint=record.checkpoint.to_bytes(),
             )
+            tally = repository.tally_steps(session, self.job_id, hypergrad_bound=health.MAX_HYPERGRAD_NORM)
+            self._warn(session, health.meta_iteration_warnings(record, tally, self.guard_backoff))
+            return cancel
 
         cancel_requested = transaction(
             self.sessions, write, f"recording meta-iteration {record.meta_iter} of job {self.job_id}"
@@ -435,8 +468,10 @@ class JobRun:
             # before the run ended): a result with nothing in it is a failure the user must hear about.
             return Status.FAILED, (
                 f"training diverged in all {self.nonfinite} meta-iterations run (the objective was never "
-                f"finite; the chaos guard backed off {self.backoffs} times): lower "
-                "hyperparameters.learning_rate.init, or raise meta.iterations to let the guard recover"
+                f"finite; the chaos guard backed off {self.backoffs} times): "
+                + (f"{_SCALE_FIRST}, then " if self.unscaled else "")
+                + "lower hyperparameters.learning_rate.init, or raise meta.iterations to let the guard "
+                "recover"
             )
         return self.stop or Status.SUCCEEDED, None
 
@@ -472,6 +507,7 @@ def run_job(
         problem, checkpoint = run.build(settings)
     except (JobInputError, CheckpointError) as e:
         return run.finish(Status.FAILED, _failure(job_id, e, "unreadable checkpoint"))
+    run.check_inputs(problem)
 
     with _Heartbeat(sessions, job_id, run.claim, settings.heartbeat_interval_s):
         try:
@@ -484,7 +520,8 @@ def run_job(
             # re-queues it, to resume from the last committed checkpoint.
             raise
         except Exception as e:
-            return run.finish(Status.FAILED, _failure(job_id, e, "checkpoint does not fit its problem"))
+            failure = _failure(job_id, e, "checkpoint does not fit its problem", unscaled=run.unscaled)
+            return run.finish(Status.FAILED, failure)
 
     if run.stop == Status.QUEUED:
         return run.hand_back(enqueue)

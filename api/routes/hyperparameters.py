@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Response
+from sqlalchemy.orm import Session
 
 from api.deps import MAX_DB_INT, SessionDep, TenantDep
 from api.schemas import HyperparameterInfo, HyperparameterListOut, HyperparameterOut
 from jobs import repository
 from jobs.repository import HyperparameterValue
+from jobs.spec import BUILTIN_DATASETS
 
 router = APIRouter(prefix="/v1/jobs", tags=["hyperparameters"])
 
@@ -32,9 +34,30 @@ MetaIter = Annotated[
 def list_hyperparameters(
     job_id: str, session: SessionDep, tenant: TenantDep, meta_iter: MetaIter = None
 ) -> HyperparameterListOut:
-    """Names, shapes, axes and labels; ``meta_iter`` 0 with no items before the first meta-iteration."""
+    """Names, shapes, axes and labels; ``meta_iter`` 0 with no items before the first meta-iteration.
+    ``example_shape``: one input example's shape, which a reader needs to tell an axis of pixels
+    from one of hidden units."""
     found, rows = repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
-    return HyperparameterListOut(meta_iter=found, items=[HyperparameterInfo.of(r) for r in rows])
+    job = repository.get_job(session, tenant, job_id)
+    return HyperparameterListOut(
+        meta_iter=found,
+        example_shape=_example_shape(session, tenant, job.spec),
+        items=[HyperparameterInfo.of(r) for r in rows],
+    )
+
+
+def _example_shape(session: Session, tenant: str, spec: dict[str, Any]) -> list[int] | None:
+    """The shape of one example of the dataset ``spec`` trains on: a built-in's, or the tenant's
+    upload's (``[n_features]`` for one stored before example shapes were kept); None without a
+    dataset (toy2d) or once the upload is deleted."""
+    dataset = spec.get("dataset") or {}
+    if dataset.get("name") is not None:
+        shape = BUILTIN_DATASETS.get(dataset["name"])
+    elif dataset.get("id") is not None:
+        shape = repository.dataset_shape(session, tenant, dataset["id"])
+    else:
+        shape = None
+    return None if shape is None else list(shape.example)
 
 
 @router.get(

@@ -13,6 +13,7 @@
   const PALETTE = ['#2f5fd0', '#d0462f', '#1f8a4c', '#b8770b', '#7b3fc4', '#0f8b9a', '#c23b7a', '#5b6b1e',
     '#8a5a2b', '#4a4a4a', '#3f8fd0', '#d08a2f'];
   const MAX_IMAGES = 40;
+  const MAX_KERNEL_TILES = 64;
 
   const view = document.getElementById('view');
   const notice = document.getElementById('notice');
@@ -106,6 +107,19 @@
 
   function statusBadge(status) { return el('span', { class: `status ${status}`, 'data-status': status }, status); }
 
+  // A job's warnings (docs/API.md, "Warnings"): a mark for the jobs table, a list for the job page.
+  function warningMark(job) {
+    const warnings = job.warnings || [];
+    if (!warnings.length) return null;
+    return el('span', { class: 'warn-mark', 'data-warnings': warnings.length, title: warnings.map((w) => w.message).join('\n') },
+      `⚠ ${warnings.length}`);
+  }
+
+  function warningItems(job) {
+    return (job.warnings || []).map((w) => el('li', { 'data-code': w.code },
+      el('code', {}, w.code), w.meta_iter == null ? '' : ` (from meta-iteration ${w.meta_iter})`, ': ', w.message));
+  }
+
   function progressBar(job) {
     const total = Math.max(job.meta_iterations || 1, 1);
     const pct = Math.min(100, (100 * job.meta_iter) / total);
@@ -179,7 +193,7 @@
     const best = job.best ? fmt(job.best.objective) : '–';
     return el('tr', { 'data-job-id': job.id },
       el('td', {}, el('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.name)),
-      el('td', {}, statusBadge(job.status)),
+      el('td', {}, statusBadge(job.status), warningMark(job)),
       el('td', {}, progressBar(job)),
       el('td', { class: 'num' }, best),
       el('td', { class: 'num' }, when(job.created_at)),
@@ -281,6 +295,9 @@
     const title = el('h1', {}, 'job ', id);
     const summary = el('div', { class: 'summary', id: 'job-summary' });
     const errorBox = el('pre', { class: 'errors', id: 'job-error' });
+    const warningList = el('ul', {});
+    const warningBox = el('section', { class: 'card warnings', id: 'job-warnings', hidden: true },
+      el('h2', {}, 'Warnings'), warningList);
     const cancel = el('button', { class: 'danger', id: 'cancel-job', disabled: true }, 'Cancel');
     const live = el('span', { class: 'muted', id: 'poll-state', 'data-polling': 'on' }, 'live');
     const specView = el('pre', { class: 'spec-view', id: 'spec-view' });
@@ -300,6 +317,7 @@
       el('div', { class: 'row' }, el('a', { href: '#/' }, '← all jobs')),
       title,
       el('section', { class: 'card' }, summary, errorBox, el('div', { class: 'row' }, cancel, live)),
+      warningBox,
       el('div', { class: 'charts', id: 'curve-charts' },
         chartCard('curve', 'Meta-learning curve', 'objective and losses after each meta-iteration'),
         chartCard('hypergrad', 'Hypergradient norm', '‖∂objective/∂hyperparameters‖ per meta-iteration (log scale)')),
@@ -338,6 +356,8 @@
           'objective and losses after each meta-iteration; train and valid on that meta-iteration\'s own re-split';
       }
       errorBox.textContent = job.error || '';
+      warningList.replaceChildren(...warningItems(job));
+      warningBox.hidden = !warningList.children.length;
       cancel.disabled = TERMINAL.has(job.status);
       if (!specView.textContent) specView.textContent = JSON.stringify(job.spec, null, 2);
     }
@@ -380,7 +400,8 @@
       state.hyperMetaIter = index.meta_iter;
       document.getElementById('hyper-meta-iter').textContent =
         `after meta-iteration ${index.meta_iter}${state.job && !TERMINAL.has(state.job.status) ? ' (updating)' : ''}`;
-      for (const hp of values) drawHyper(hyperGrid, hp);
+      const model = modelContext(state.job && state.job.spec, index);
+      for (const hp of values) drawHyper(hyperGrid, hp, model);
     }
 
     (async function poll() {
@@ -475,17 +496,104 @@
     return Array.from({ length: n }, (_, j) => (given && given[j] !== undefined ? String(given[j]) : `${axis} ${j}`));
   }
 
-  // Side of the square image that an input axis of this size holds (784 -> 28x28 MNIST, 64 -> 8x8 digits),
-  // or 0. Only input axes qualify: a training example's features, or the weights into a unit ("in").
-  function imageSide(n, axis) {
-    if (axis !== 'feature' && axis !== 'in') return 0;
-    const s = Math.round(Math.sqrt(n));
-    return s >= 8 && s * s === n ? s : 0;
+  function product(sizes) { return sizes.reduce((a, b) => a * b, 1); }
+
+  // What the page knows of the job's model to draw its hyperparameters: its kind, the shape of one
+  // input example (the listing's example_shape; null for jobs from before it was given) and the shape
+  // of each parameter array, for labels.
+  const CONV_DIMS = { cnn: 2, cnn1d: 1 }; // the spatial axes of a conv family's examples (hypercore.families)
+  const DENSE_KINDS = new Set(['mlp', 'logreg', 'multitask_mlp']);
+
+  function modelContext(spec, index) {
+    const model = (spec && spec.model) || {};
+    const example = Array.isArray(index.example_shape) ? index.example_shape : null;
+    const shapes = derivedShapes(model, example);
+    // A per-weight hyperparameter ("l2.layer1.W") has its array's shape, less a multi-task net's task
+    // axis: exact, and it knows the output layer's width, which the derivation cannot.
+    for (const h of index.items) {
+      const array = h.name.slice(h.name.indexOf('.') + 1);
+      if (h.name.includes('.') && array.includes('.') && !h.axes.includes('step') && !h.axes.includes('layer')) {
+        shapes[array] = h.axes[0] === 'task' ? h.shape.slice(1) : h.shape;
+      }
+    }
+    return { kind: model.kind, example, shapes };
+  }
+
+  // The arrays' shapes as hypercore.families gives them (conv_parameter_shapes, _chain_shapes) from the
+  // job's model section and example shape; the output layer's width (the dataset's classes or targets)
+  // is not in the listing and stays null.
+  function derivedShapes(model, example) {
+    const shapes = {};
+    if (!example) return shapes;
+    const dims = CONV_DIMS[model.kind];
+    let widths;
+    if (dims) {
+      const input = example.length === dims ? [...example, 1] : example;
+      if (input.length !== dims + 1 || !model.kernel || !model.pool) return shapes;
+      const channels = model.channels || [];
+      let cIn = input[dims];
+      channels.forEach((cOut, i) => {
+        shapes[`conv${i}.W`] = [...Array(dims).fill(model.kernel), cIn, cOut];
+        shapes[`conv${i}.b`] = [cOut];
+        cIn = cOut;
+      });
+      // SAME convolutions keep the spatial size; each pooling divides it, rounding down.
+      const last = input.slice(0, dims).map((s) => Math.floor(s / model.pool ** channels.length));
+      widths = [product(last) * cIn];
+    } else if (DENSE_KINDS.has(model.kind)) {
+      widths = [product(example)];
+    } else {
+      return shapes;
+    }
+    widths.push(...(model.hidden || []), null);
+    for (let j = 0; j + 1 < widths.length; j += 1) {
+      shapes[`layer${j}.W`] = [widths[j], widths[j + 1]];
+      shapes[`layer${j}.b`] = [widths[j + 1]];
+    }
+    return shapes;
+  }
+
+  // "conv0.W (3x3, 1→8)", "conv1.W (5-tap, 16→16)", "conv0.b (8)", "layer0.W (64→32)": the raw
+  // name, by which the API addresses the array, then its sizes where the page knows them.
+  function arrayLabel(name, model) {
+    const shape = model && model.shapes[name];
+    if (!shape) return name;
+    if (shape.length === 1) return shape[0] == null ? name : `${name} (${shape[0]})`;
+    const flow = shape.slice(-2).map((n) => (n == null ? 'output' : n)).join('→');
+    if (shape.length === 2) return `${name} (${flow})`;
+    const taps = shape.slice(0, -2);
+    return `${name} (${taps.length === 1 ? `${taps[0]}-tap` : taps.join('x')}, ${flow})`;
+  }
+
+  // The picture that axis i of hp holds, { height, width, channels }, or null. Only an axis that
+  // enumerates the features of one input example is one: training_data's "feature", and the "in" axis
+  // of a dense model's first layer (a convolutional model's dense layers take feature maps, not
+  // pixels); and only for examples with two spatial axes (an 8x8x1 digit, not a 40-point MNIST-1D
+  // sequence). Without an example shape (older jobs), a square axis of at least 8x8 is one.
+  function pictureOf(hp, i, model) {
+    const axis = hp.axes[i];
+    const array = hp.name.slice(hp.name.indexOf('.') + 1);
+    if (axis !== 'feature' && !(axis === 'in' && array === 'layer0.W' && !CONV_DIMS[model.kind])) return null;
+    const n = hp.shape[i];
+    if (!model.example) {
+      const s = Math.round(Math.sqrt(n));
+      return s >= 8 && s * s === n ? { height: s, width: s, channels: 1 } : null;
+    }
+    if (model.example.length < 2 || model.kind === 'cnn1d') return null;
+    const [height, width, ...rest] = model.example;
+    const channels = product(rest);
+    return height * width * channels === n ? { height, width, channels } : null;
+  }
+
+  // A convolution's kernel-shaped value: axes (row, col, in, out), or (tap, in, out) in 1-D.
+  function isKernel(axes) {
+    const key = axes.join(',');
+    return key === 'row,col,in,out' || key === 'tap,in,out';
   }
 
   function flatten(values) { return Array.isArray(values) ? values.flat(Infinity) : [values]; }
 
-  function drawHyper(grid, hp) {
+  function drawHyper(grid, hp, model) {
     const name = hp.name;
     const cardId = `hyper-${name.replace(/[^A-Za-z0-9_-]/g, '-')}`;
     let card = document.getElementById(cardId);
@@ -493,23 +601,25 @@
     const dot = name.indexOf('.');
     const kind = dot < 0 ? name : name.slice(0, dot);
     const base = HYPER_TITLES[kind] || kind;
-    const title = `${dot < 0 ? base : `${base}: ${name.slice(dot + 1)}`}${hp.learned ? '' : ' (fixed)'}`;
+    const title = `${dot < 0 ? base : `${base}: ${arrayLabel(name.slice(dot + 1), model)}`}${hp.learned ? '' : ' (fixed)'}`;
     const axes = hp.axes || [];
     const stepAxis = axes.indexOf('step');
     const caption = `shape [${hp.shape.join(', ')}], axes [${axes.join(', ')}]`;
 
     if (stepAxis >= 0 && axes.length <= 2) {
       card = ensureChartCard(grid, card, cardId, title, caption);
-      drawSchedule(cardId, hp, stepAxis);
-    } else if (axes.length === 1 && !imageSide(hp.shape[0], axes[0])) {
+      drawSchedule(cardId, hp, stepAxis, model);
+    } else if (axes.length === 1) {
       card = ensureChartCard(grid, card, cardId, title, caption);
-      drawBars(cardId, hp);
+      drawBars(cardId, hp, model);
     } else if (axes.length === 0) {
       card = replaceCard(grid, card, cardId, title, caption, el('div', { class: 'scalar' }, fmt(Number(hp.values))));
     } else if (kind === 'sharing' && axes.length === 2 && hp.shape[0] === hp.shape[1]) {
       card = replaceCard(grid, card, cardId, title, caption, drawSharing(hp));
+    } else if (isKernel(axes)) {
+      card = replaceCard(grid, card, cardId, title, caption, drawKernels(hp));
     } else {
-      card = replaceCard(grid, card, cardId, title, caption, drawImagesOrSummary(hp));
+      card = replaceCard(grid, card, cardId, title, caption, drawImagesOrSummary(hp, model));
     }
     card.dataset.metaIter = hp.meta_iter;
   }
@@ -545,31 +655,33 @@
     return charts[cardId];
   }
 
-  // One line per layer over steps, like Figure 2 of the paper (biases dashed).
-  function drawSchedule(cardId, hp, stepAxis) {
+  // One line per layer over steps, like Figure 2 of the paper (biases dashed), each labelled with its
+  // array's name and sizes.
+  function drawSchedule(cardId, hp, stepAxis, model) {
     const steps = hp.shape[stepAxis];
     const xs = Array.from({ length: steps }, (_, t) => t);
     let series;
     if (hp.axes.length === 1) {
-      series = [{ label: hp.name, data: hp.values }];
+      series = [{ name: hp.name, label: hp.name, data: hp.values }];
     } else {
       const other = hp.axes[1 - stepAxis];
       const names = labelsFor(hp, other);
-      series = names.map((label, j) => ({
-        label,
+      series = names.map((name, j) => ({
+        name,
+        label: other === 'layer' ? arrayLabel(name, model) : name,
         data: xs.map((t) => (stepAxis === 0 ? hp.values[t][j] : hp.values[j][t])),
       }));
     }
     const datasets = series.map((s, j) => ({
       label: s.label, data: s.data, borderColor: PALETTE[j % PALETTE.length], backgroundColor: PALETTE[j % PALETTE.length],
-      borderWidth: 1.5, pointRadius: 0, borderDash: /(^|[._])(b|bias)$/i.test(s.label) ? [5, 3] : [],
+      borderWidth: 1.5, pointRadius: 0, borderDash: /(^|[._])(b|bias)$/i.test(s.name) ? [5, 3] : [],
     }));
     upsertChart(cardId, { type: 'line', data: { labels: xs, datasets }, options: lineOptions('step', hp.name) });
   }
 
-  function drawBars(cardId, hp) {
+  function drawBars(cardId, hp, model) {
     const axis = hp.axes[0];
-    const names = labelsFor(hp, axis);
+    const names = labelsFor(hp, axis).map((name) => (axis === 'layer' ? arrayLabel(name, model) : name));
     const colors = names.map((_, j) => PALETTE[j % PALETTE.length]);
     const options = lineOptions(axis, hp.name);
     options.plugins.legend.display = false;
@@ -586,13 +698,13 @@
     return { lo, hi, mean: sum / flat.length };
   }
 
-  // A weight matrix that is not an image (e.g. penalties on hidden-to-output weights): one heatmap,
+  // A weight matrix that is not pictures (e.g. penalties on a hidden layer's weights): one heatmap,
   // rows along the first axis; anything else is summarised in numbers.
   function heatmapOrSummary(hp, flat) {
     const { lo, hi, mean } = range(flat);
     const stats = `${flat.length} values: min ${fmt(lo)}, mean ${fmt(mean)}, max ${fmt(hi)}`;
     if (hp.shape.length !== 2) return el('p', { class: 'muted' }, stats);
-    return el('div', {}, heatmap(flat, hp.shape[0], hp.shape[1], lo, hi, 'heatmap'),
+    return el('div', { class: 'matrix', 'data-matrix-rows': hp.shape[0], 'data-matrix-cols': hp.shape[1] }, heatmap(flat, hp.shape[0], hp.shape[1], lo, hi, 'heatmap'),
       el('p', { class: 'muted' }, `${hp.axes[0]} down, ${hp.axes[1]} across; black ${fmt(lo)} to white ${fmt(hi)}. ${stats}`));
   }
 
@@ -631,49 +743,97 @@
     return view;
   }
 
-  // Weight-shaped values: if one axis is a square image (784 -> 28x28, 64 -> 8x8), draw one picture per
-  // index of the other axes (a training example, or the penalties on the weights into one unit).
-  function drawImagesOrSummary(hp) {
+  // Shades of grey for a value's pictures, black at its minimum and white at its maximum; penalties
+  // spread over orders of magnitude, so positive values that do are shaded by their logarithm.
+  function greyScale(flat) {
+    const { lo, hi } = range(flat);
+    const log = lo > 0 && hi / lo > 100;
+    const shade = log ? Math.log10 : (x) => x;
+    const span = shade(hi) - shade(lo) || 1;
+    return {
+      grey: (x) => Math.round((255 * (shade(x) - shade(lo))) / span),
+      text: `black ${fmt(lo)} to white ${fmt(hi)}${log ? ' (log scale)' : ''}`,
+    };
+  }
+
+  // A height x width grey picture, zoomed; value(p) is its p-th pixel in row-major order.
+  function picture(height, width, zoom, value, grey, heightZoom = zoom) {
+    const canvas = el('canvas', { width, height, style: `width:${width * zoom}px;height:${height * heightZoom}px` });
+    const ctx = canvas.getContext('2d');
+    const img = ctx.createImageData(width, height);
+    for (let p = 0; p < width * height; p += 1) {
+      const g = grey(value(p));
+      img.data.set([g, g, g, 255], 4 * p);
+    }
+    ctx.putImageData(img, 0, 0);
+    return canvas;
+  }
+
+  // Weight-shaped values with an axis of input pixels (pictureOf): one picture per index of the other
+  // axes and per channel (a training example, or the penalties on the weights into one unit). Any other
+  // matrix, hidden-layer weights among them, is one heatmap.
+  function drawImagesOrSummary(hp, model) {
     const flat = flatten(hp.values).map(Number);
     const shape = hp.shape;
     let imgAxis = -1;
-    for (let i = shape.length - 1; i >= 0; i -= 1) if (imageSide(shape[i], hp.axes[i])) { imgAxis = i; break; }
+    for (let i = shape.length - 1; i >= 0; i -= 1) if (pictureOf(hp, i, model)) { imgAxis = i; break; }
     if (imgAxis < 0) return heatmapOrSummary(hp, flat);
-    const side = imageSide(shape[imgAxis], hp.axes[imgAxis]);
-    const strides = shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
-    const pixels = shape[imgAxis];
-    const count = flat.length / pixels;
+    const { height, width, channels } = pictureOf(hp, imgAxis, model);
+    const strides = shape.map((_, i) => product(shape.slice(i + 1)));
+    const count = (flat.length / shape[imgAxis]) * channels;
     const otherAxes = shape.map((_, i) => i).filter((i) => i !== imgAxis);
     const otherName = otherAxes.length === 1 ? hp.axes[otherAxes[0]] : null;
     const names = otherName ? labelsFor(hp, otherName) : null;
-    const { lo, hi } = range(flat);
-    // Penalties spread over orders of magnitude: shade positive values that do by their logarithm.
-    const logShade = lo > 0 && hi / lo > 100;
-    const shade = logShade ? Math.log10 : (x) => x;
-    const span = shade(hi) - shade(lo) || 1;
-    const zoom = Math.max(2, Math.round(84 / side));
-    const box = el('div', { class: 'images', 'data-image-side': side, 'data-image-count': Math.min(count, MAX_IMAGES) });
-    for (let k = 0; k < Math.min(count, MAX_IMAGES); k += 1) {
-      // Index k enumerates the non-image axes in row-major order; decode it into a base offset.
-      let rem = k; let base = 0;
+    const scale = greyScale(flat);
+    const zoom = Math.max(2, Math.round(84 / Math.max(height, width)));
+    const shown = Math.min(count, MAX_IMAGES);
+    const box = el('div', { class: 'images', 'data-image-axis': hp.axes[imgAxis], 'data-image-height': height,
+      'data-image-width': width, 'data-image-channels': channels, 'data-image-side': height === width ? height : null,
+      'data-image-count': shown });
+    for (let k = 0; k < shown; k += 1) {
+      // k enumerates the other axes in row-major order, then the channels; decode it into a base offset.
+      const c = k % channels;
+      const index = Math.floor(k / channels);
+      let rem = index; let base = c * strides[imgAxis];
       for (let a = otherAxes.length - 1; a >= 0; a -= 1) {
         const ax = otherAxes[a];
         base += (rem % shape[ax]) * strides[ax];
         rem = Math.floor(rem / shape[ax]);
       }
-      const canvas = el('canvas', { width: side, height: side, style: `width:${side * zoom}px;height:${side * zoom}px` });
-      const ctx = canvas.getContext('2d');
-      const img = ctx.createImageData(side, side);
-      for (let p = 0; p < pixels; p += 1) {
-        const g = Math.round((255 * (shade(flat[base + p * strides[imgAxis]]) - shade(lo))) / span);
-        img.data.set([g, g, g, 255], 4 * p);
-      }
-      ctx.putImageData(img, 0, 0);
-      box.append(el('figure', {}, canvas, names ? names[k] : null));
+      const canvas = picture(height, width, zoom, (p) => flat[base + p * channels * strides[imgAxis]], scale.grey);
+      const caption = [names ? names[index] : null, channels > 1 ? `channel ${c}` : null].filter((x) => x !== null);
+      box.append(el('figure', {}, canvas, caption.join(' · ') || null));
     }
     const more = count > MAX_IMAGES ? ` (first ${MAX_IMAGES} of ${count})` : '';
-    const scale = `black ${fmt(lo)} to white ${fmt(hi)}${logShade ? ' (log scale)' : ''}`;
-    return el('div', {}, box, el('p', { class: 'muted' }, `${side}×${side} pictures, ${scale}${more}`));
+    return el('div', {}, box, el('p', { class: 'muted' }, `${height}×${width} pictures, ${scale.text}${more}`));
+  }
+
+  // A convolution's kernel-shaped value (isKernel): one k x k tile (a strip of k taps in 1-D) per pair
+  // of input and output channels, a row of tiles per input channel and a column per output channel, all
+  // on one grey scale.
+  function drawKernels(hp) {
+    const flat = flatten(hp.values).map(Number);
+    const [cIn, cOut] = hp.shape.slice(-2);
+    const taps = hp.shape.slice(0, -2);
+    const [height, width] = taps.length === 2 ? taps : [1, taps[0]];
+    const total = cIn * cOut;
+    const shown = Math.min(total, MAX_KERNEL_TILES);
+    const scale = greyScale(flat);
+    const zoom = Math.max(2, Math.round(30 / width));
+    const box = el('div', { class: 'kernels', 'data-kernel-size': taps.join('x'), 'data-kernel-count': shown,
+      'data-kernel-total': total, style: `grid-template-columns:repeat(${Math.min(cOut, shown)}, max-content)` });
+    for (let t = 0; t < shown; t += 1) {
+      const i = Math.floor(t / cOut);
+      const o = t % cOut;
+      // C order (taps..., in, out): tap p of the kernel from in-channel i to out-channel o
+      const tile = picture(height, width, zoom, (p) => flat[(p * cIn + i) * cOut + o], scale.grey,
+        height === 1 ? 10 : zoom);
+      box.append(el('figure', { title: `in ${i} → out ${o}`, 'data-in': i, 'data-out': o }, tile));
+    }
+    const more = total > shown ? `; +${total - shown} more (the first ${shown} of ${total} channel pairs shown)` : '';
+    const kernels = taps.length === 2 ? `${height}×${width} kernels` : `${width}-tap kernels`;
+    return el('div', {}, box, el('p', { class: 'muted' },
+      `${kernels}, ${cIn}→${cOut} channels: a row per input channel, a column per output channel; ${scale.text}${more}`));
   }
 
   route();

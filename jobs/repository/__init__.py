@@ -12,7 +12,7 @@ One submodule per resource, every public name re-exported here (callers write
 - `jobs.repository.jobs`: create, get, list (by cursor), cancel and delete jobs;
 - `jobs.repository.results`: a job's steps and hyperparameter snapshots;
 - `jobs.repository.datasets`: uploaded datasets;
-- `jobs.repository.worker`: the worker's protocol (claim, heartbeat, record, finish) and the
+- `jobs.repository.worker`: the worker's protocol (claim, heartbeat, record, warn, finish) and the
   reaper's queries (``DEFAULT_HEARTBEAT_TIMEOUT_S``); its docstring describes the protocol.
 
 Private state lives in its submodule and is not re-exported: a test that swaps the argon2 hasher
@@ -46,12 +46,15 @@ from jobs.repository.worker import (
     DEFAULT_HEARTBEAT_TIMEOUT_S,
     Claim,
     ClaimLost,
+    StepTally,
+    add_warning,
     claim_job,
     finish_job,
     heartbeat,
     record_meta_iteration,
     requeue,
     stale_jobs,
+    tally_steps,
 )
 
 __all__ = [
@@ -65,6 +68,8 @@ __all__ = [
     "HyperparameterValue",
     "JobPage",
     "StepPage",
+    "StepTally",
+    "add_warning",
     "authenticate",
     "claim_job",
     "create_api_key",
@@ -90,4 +95,5 @@ __all__ = [
     "requeue",
     "revoke_api_key",
     "stale_jobs",
+    "tally_steps",
 ]

@@ -11,7 +11,10 @@ The worker's protocol (``worker.runner``):
    the heartbeat and the job's progress and best objective. Recording ``k`` again is a no-op (a
    commit that succeeded but whose acknowledgement was lost is retried safely). It returns whether
    cancel was requested.
-3. `finish_job` ends the run. Every write under a claim checks the token first, so a worker whose
+3. `add_warning` tells the job's user what the run found (``Job.warnings``: unscaled inputs, exploding
+   hypergradients, diverged meta-iterations, the chaos guard's back-offs), in the caller's
+   transaction; `tally_steps` counts the recorded steps those warnings report on.
+4. `finish_job` ends the run. Every write under a claim checks the token first, so a worker whose
    job was re-queued and taken over cannot write into it (`ClaimLost`, or ``False``).
 
 The reaper: `stale_jobs` finds ``running`` jobs whose heartbeat is older than the timeout and
@@ -289,6 +292,67 @@ def record_meta_iteration(
         job.best_objective, job.best_meta_iter = objective, k
     session.flush()
     return job.cancel_requested
+
+
+def add_warning(
+    session: Session,
+    job_id: str,
+    claim: Claim,
+    *,
+    code: str,
+    message: str,
+    meta_iter: int | None = None,
+) -> bool:
+    """Add ``{"code", "message", "meta_iter"}`` to the job's warnings; False (nothing written) if the
+    claim was lost.
+
+    Once per ``code``: a later call with the same code keeps the first one's place and ``meta_iter``
+    (where it began; None: not tied to a meta-iteration, e.g. found when the job was built) and
+    replaces its message (a running count), so a retried or resumed run adds no duplicate. Adds and
+    flushes in the caller's transaction, holding the job's row (PostgreSQL) until its commit.
+    """
+    job = session.scalar(
+        select(Job).where(_held(job_id, claim)).with_for_update().execution_options(populate_existing=True)
+    )
+    if job is None:
+        return False
+    warnings = [dict(w) for w in job.warnings or []]
+    same = next((w for w in warnings if w["code"] == code), None)
+    if same is None:
+        warnings.append({"code": code, "message": message, "meta_iter": meta_iter})
+    elif same["message"] != message:
+        same["message"] = message
+    else:
+        return True
+    job.warnings = warnings  # a new list: the JSON column does not see changes made in place
+    session.flush()
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTally:
+    """What a job's recorded steps say about its health (`tally_steps`)."""
+
+    recorded: int  # steps recorded
+    diverged: int  # steps whose objective was not finite (stored as null)
+    # steps with a finite objective whose hypergradient norm was not finite or beyond the bound
+    hypergrad_beyond: int
+
+
+def tally_steps(session: Session, job_id: str, *, hypergrad_bound: float) -> StepTally:
+    """Count the job's recorded steps: all of them, those that diverged, and those (finite) whose
+    hypergradient norm was non-finite (null) or above ``hypergrad_bound``."""
+    beyond = and_(
+        Step.objective.is_not(None), or_(Step.hypergrad_norm.is_(None), Step.hypergrad_norm > hypergrad_bound)
+    )
+    row = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((Step.objective.is_(None), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((beyond, 1), else_=0)), 0),
+        ).where(Step.job_id == job_id)
+    ).one()
+    return StepTally(recorded=int(row[0]), diverged=int(row[1]), hypergrad_beyond=int(row[2]))
 
 
 def finish_job(

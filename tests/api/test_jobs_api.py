@@ -19,6 +19,7 @@ JOB_FIELDS = {
     "meta_iterations",
     "best",
     "error",
+    "warnings",
     "created_at",
     "started_at",
     "finished_at",
@@ -40,12 +41,30 @@ def test_submit_answers_201_with_the_job_and_enqueues_only_its_id_after_commit(s
     assert set(job) == JOB_FIELDS
     assert job["status"] == "queued" and job["meta_iter"] == 0 and job["meta_iterations"] == 3
     assert job["best"] is None and job["error"] is None and job["started_at"] is None
+    assert job["warnings"] == []
     assert job["spec"]["training"] == {"steps": 5} and job["name"] == "tiny"
     assert service.enqueued == [job["id"]]
     # Enqueued after the commit: the id is already readable through a separate session.
     with service.sessions() as s:
         assert repository.get_job(s, service.tenant("alice"), job["id"]).status == "queued"
     assert service.alice.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_the_warnings_a_worker_adds_are_served_in_order_with_the_job(service):
+    job = submit(service.alice)
+    with service.sessions() as s:
+        claim = repository.claim_job(s, job["id"], "worker-1")
+        repository.add_warning(s, job["id"], claim, code="unscaled_inputs", message="standardise X")
+        repository.add_warning(s, job["id"], claim, code="diverged", message="1 of 1", meta_iter=0)
+        repository.add_warning(s, job["id"], claim, code="diverged", message="1 of 2", meta_iter=1)
+        s.commit()
+    expected = [
+        {"code": "unscaled_inputs", "message": "standardise X", "meta_iter": None},
+        {"code": "diverged", "message": "1 of 2", "meta_iter": 0},
+    ]
+    assert service.alice.get(f"/v1/jobs/{job['id']}").json()["warnings"] == expected
+    listed = service.alice.get("/v1/jobs").json()["items"]
+    assert [j["warnings"] for j in listed if j["id"] == job["id"]] == [expected]
 
 
 def test_the_broker_down_at_submit_keeps_the_job_queued(service):

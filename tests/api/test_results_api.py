@@ -7,7 +7,9 @@ import io
 
 import numpy as np
 import pytest
-from api_support import LAYERS, learning_rates, problems, run, submit
+from api_support import LAYERS, TINY_SPEC, learning_rates, problems, run, submit
+
+from jobs.models import Dataset
 
 STEP_FIELDS = {
     "meta_iter",
@@ -42,7 +44,7 @@ def test_steps_poll_with_the_after_cursor(service):
 def test_hyperparameter_listing_follows_the_latest_meta_iteration(service):
     job = submit(service.alice)
     empty = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
-    assert empty == {"meta_iter": 0, "items": []}
+    assert empty == {"meta_iter": 0, "example_shape": [8, 8, 1], "items": []}
     run(service, job["id"], 2)
     listing = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
     assert listing["meta_iter"] == 2
@@ -60,6 +62,36 @@ def test_hyperparameter_listing_follows_the_latest_meta_iteration(service):
     assert first["meta_iter"] == 1
     reply = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters", params={"meta_iter": 9})
     assert reply.status_code == 404 and "meta_iter 9" in reply.json()["detail"]
+
+
+def test_the_listing_gives_the_shape_of_one_example_of_the_jobs_dataset(service):
+    """What tells the dashboard an axis of pixels from one of hidden units: a built-in's example
+    shape, an upload's ``X.shape[1:]`` (``[n_features]`` for one stored before shapes were kept),
+    null once the upload is gone."""
+    builtin = submit(service.alice, {**TINY_SPEC, "dataset": {"name": "mnist1d", "train": 100, "valid": 50}})
+    url = "/v1/jobs/{}/hyperparameters"
+    assert service.alice.get(url.format(builtin["id"])).json()["example_shape"] == [40]
+
+    rng = np.random.default_rng(3)
+    data = io.BytesIO()
+    np.savez(data, X=rng.normal(size=(40, 6, 5)), y=np.arange(40) % 2)
+    files = {"file": ("images.npz", data.getvalue())}
+    reply = service.alice.post("/v1/datasets", files=files, data={"name": "images"})
+    assert reply.status_code == 201, reply.text
+    dataset_id = reply.json()["id"]
+    split = {"id": dataset_id, "train": 20, "valid": 10, "batch_size": 10}
+    upload = submit(service.alice, {**TINY_SPEC, "dataset": split})
+    run(service, upload["id"], 1)
+    listing = service.alice.get(url.format(upload["id"])).json()
+    assert listing["example_shape"] == [6, 5] and listing["meta_iter"] == 1
+
+    with service.sessions() as s:
+        s.get(Dataset, dataset_id).example_shape = None
+        s.commit()
+    assert service.alice.get(url.format(upload["id"])).json()["example_shape"] == [30]
+    assert service.alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    gone = service.alice.get(url.format(upload["id"])).json()
+    assert gone["example_shape"] is None and gone["meta_iter"] == 1
 
 
 @pytest.mark.parametrize("meta_iter", [1, 2])

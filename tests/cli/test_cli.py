@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from client.live import TINY_LAYERS, TINY_SPEC, Service, tiny_spec
+from client.live import TINY_LAYERS, TINY_SPEC, WARNED_SPEC, Service, tiny_spec
 
 from revtune import Client
 from revtune.cli import main
@@ -83,6 +83,32 @@ def test_submit_wait_then_read_everything_back(service: Service, spec_file, tmp_
     # long format: a header, then one row per (step, layer) value in C order
     assert rows[0] == ["step", "layer", "value"] and len(rows) == 1 + STEPS * TINY_LAYERS
     np.testing.assert_array_equal([float(r[-1]) for r in rows[1:]], lr.ravel())
+
+
+def test_a_jobs_warnings_are_printed_as_they_appear_and_with_the_job(service: Service, tmp_path, capsys):
+    path = tmp_path / "warned.yaml"
+    path.write_text(yaml.safe_dump(WARNED_SPEC))
+    url = ("--url", service.url)
+    rc, out, err = revtune(capsys, "submit", path, "--wait", *url)
+    assert rc == 0, err
+    # the progress bar's stream: each warning once, when the job gains it
+    noted = [line for line in err.splitlines() if line.startswith("warning")]
+    assert [line.split(":")[0] for line in noted] == ["warning (diverged)", "warning (chaos_guard)"]
+    job_id = out.splitlines()[0].split()[1]
+    with Client(service.url) as client:
+        warnings = client.get(job_id)["warnings"]
+    assert [w["code"] for w in warnings] == ["diverged", "chaos_guard"]
+    expected = [f"warning    {w['code']} (from meta-iteration 1): {w['message']}" for w in warnings]
+    assert "in 2 of the 4 meta-iterations so far" in expected[0]
+
+    for printed in (out, revtune(capsys, "show", job_id, *url)[1]):
+        assert "status     succeeded" in printed
+        assert [line for line in printed.splitlines() if line.startswith("warning")] == expected
+
+    rc, out, _ = revtune(capsys, "jobs", *url)
+    header, *rows = out.splitlines()
+    assert header.split()[-1] == "WARNINGS"
+    assert next(r for r in rows if r.startswith(job_id)).split()[-1] == "2"
 
 
 def test_templates_list_and_print_a_spec_to_start_from(service: Service, capsys):

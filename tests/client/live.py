@@ -43,6 +43,19 @@ TINY_SPEC = {
 }
 TINY_LAYERS = 4  # layer0.W, layer0.b, layer1.W, layer1.b
 
+# A job that succeeds with warnings: a learning rate of 4e5 on 100 digits, at the edge of what the
+# weights' fixed point holds, diverges in meta-iterations 1 and 2 of 4; the chaos guard backs off from
+# both and the next draws train. Its warnings are `diverged` (2 of 4), then `chaos_guard` (twice).
+WARNED_SPEC = {
+    "name": "sometimes-diverging",
+    "dataset": {"name": "digits", "train": 100, "valid": 50, "batch_size": 50},
+    "model": {"kind": "logreg"},
+    "training": {"steps": 5},
+    "hyperparameters": {"learning_rate": {"init": 4e5, "granularity": "global", "learn": True}},
+    "meta": {"iterations": 4},
+    "seed": 0,
+}
+
 
 def tiny_spec(**changes) -> dict:
     """A copy of `TINY_SPEC` with top-level sections replaced (``meta={...}``) or updated."""

@@ -172,6 +172,20 @@ def test_progress_bar_draws_done_of_total_and_objective():
     ]
 
 
+def test_progress_bar_writes_a_note_above_the_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    bar = ProgressBar(4, stream=out, width=4)
+    bar.update(1, 0.5, "running")
+    bar.note("warning (diverged): 1 of 2")
+    bar.close()
+    drawn = "[#---] 1/4 meta-iterations  objective 0.5  running"
+    assert out.getvalue() == f"\r{drawn}\x1b[K\rwarning (diverged): 1 of 2\x1b[K\n{drawn}\n"
+
+
 def test_load_spec_reads_yaml_and_json_and_names_the_file(tmp_path):
     (tmp_path / "a.yaml").write_text("name: a\ntraining: {steps: 3}\n")
     (tmp_path / "b.json").write_text('{"name": "b"}')

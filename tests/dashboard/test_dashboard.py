@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from client.live import TINY_LAYERS, Service, tiny_spec
+from client.live import TINY_LAYERS, WARNED_SPEC, Service, tiny_spec
 
 from jobs import templates
 from revtune import Client
@@ -48,6 +48,10 @@ FORM_SPEC = tiny_spec(
     },
     meta={"iterations": 150, "optimizer": "adam", "learning_rate": 0.04},
 )
+
+
+# The arrays of FORM_SPEC's 64-16-10 net as the legends name them: the API's name, then the sizes.
+FORM_LABELS = ["layer0.W (64→16)", "layer0.b (16)", "layer1.W (16→10)", "layer1.b (10)"]
 
 
 def _need_browser():
@@ -106,6 +110,32 @@ def chart(page, selector: str) -> dict:
     )
 
 
+def canvas_grey(page, selector: str) -> np.ndarray:
+    """The grey levels a canvas holds, as a (height, width) array of its pixels' red channel."""
+    drawn = page.evaluate(
+        """(sel) => {
+            const c = document.querySelector(sel);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return { w: c.width, h: c.height, grey: Array.from(d).filter((_, i) => i % 4 === 0) };
+        }""",
+        selector,
+    )
+    return np.array(drawn["grey"]).reshape(drawn["h"], drawn["w"])
+
+
+def attributes(locator, *names: str) -> tuple[str | None, ...]:
+    return tuple(locator.get_attribute(name) for name in names)
+
+
+def picture_grey(values: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """The grey levels the page gives ``part`` of a hyperparameter's ``values`` in its pictures and
+    kernel tiles: black at the minimum, white at the maximum, by the logarithm where positive values
+    span more than a factor 100."""
+    lo, hi = values.min(), values.max()
+    shade = np.log10 if lo > 0 and hi / lo > 100 else (lambda x: x)
+    return np.round(255 * (shade(part) - shade(lo)) / (shade(hi) - shade(lo)))
+
+
 def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Service, tmp_path):
     page.goto(service.url + "/")
     page.wait_for_function("document.querySelector('#spec-text').value.includes('hyperparameters')")
@@ -135,6 +165,7 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
     assert page.text_content("#job-summary [data-progress]") == f"{n}/{n}"
     assert "one fixed split" in page.text_content("#job-summary")
     assert page.is_disabled("#cancel-job")
+    assert page.is_hidden("#job-warnings"), "a job with nothing to tell shows no warnings box"
 
     with Client(service.url) as client:
         steps = client.steps(job_id)
@@ -155,11 +186,12 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
         drawn = chart(page, f"{card} canvas")
         assert drawn["type"] == "line"
         assert len(drawn["datasets"]) == TINY_LAYERS == hp.values.shape[1]
-        assert [d["label"] for d in drawn["datasets"]] == [str(x) for x in hp.labels["layer"]]
+        assert hp.labels["layer"] == ["layer0.W", "layer0.b", "layer1.W", "layer1.b"]
+        assert [d["label"] for d in drawn["datasets"]] == FORM_LABELS
         assert drawn["labels"] == list(range(FORM_SPEC["training"]["steps"]))
         np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, hp.values, rtol=1e-12)
     bars = chart(page, "#hyper-init_scale canvas")
-    assert bars["type"] == "bar" and bars["labels"] == [str(x) for x in scales.labels["layer"]]
+    assert bars["type"] == "bar" and bars["labels"] == FORM_LABELS
     np.testing.assert_allclose(bars["datasets"][0]["data"], scales.values, rtol=1e-12)
 
     # Per-weight penalties on the first layer: one 8x8 picture (64 digit pixels) per hidden unit.
@@ -180,10 +212,35 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
     row.wait_for()
     assert row.locator("[data-status]").text_content() == "succeeded"
     assert row.locator("[data-progress]").text_content() == f"{n}/{n}"
+    assert row.locator(".warn-mark").count() == 0
 
     assert not page.errors, page.errors
     foreign = [u for u, _ in page.requested if not u.startswith(service.url) and not u.startswith("data:")]
     assert not foreign, f"the dashboard fetched from outside its server: {foreign}"
+
+
+def test_a_jobs_warnings_are_listed_on_its_page_and_marked_in_the_jobs_table(page, service: Service):
+    with Client(service.url) as client:
+        job = finished(client, WARNED_SPEC)
+    codes = [w["code"] for w in job["warnings"]]
+    assert codes == ["diverged", "chaos_guard"]
+
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#poll-state[data-polling='stopped']")
+    assert page.is_visible("#job-warnings")
+    items = page.locator("#job-warnings li")
+    assert [items.nth(i).get_attribute("data-code") for i in range(items.count())] == codes
+    assert [items.nth(i).text_content() for i in range(items.count())] == [
+        f"{w['code']} (from meta-iteration {w['meta_iter']}): {w['message']}" for w in job["warnings"]
+    ]
+    assert "in 2 of the 4 meta-iterations so far" in items.first.text_content()
+
+    page.click("text=← all jobs")
+    mark = page.locator(f"tr[data-job-id='{job['id']}'] .warn-mark")
+    mark.wait_for()
+    assert mark.get_attribute("data-warnings") == "2" and mark.is_visible()
+    assert mark.get_attribute("title") == "\n".join(w["message"] for w in job["warnings"])
+    assert not page.errors, page.errors
 
 
 def test_cancel_button_stops_a_running_job(page, service: Service):
@@ -249,16 +306,9 @@ def test_a_multitask_job_draws_its_sharing_matrices(page, service: Service):
     assert "Sharing across tasks (T): layer0" in page.text_content(f"{card} h2")
 
     def grey(selector):
-        drawn = page.evaluate(
-            """(sel) => {
-                const c = document.querySelector(sel);
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                return { w: c.width, h: c.height, grey: Array.from(d).filter((_, i) => i % 4 === 0) };
-            }""",
-            selector,
-        )
-        assert (drawn["w"], drawn["h"]) == (10, 10)
-        return np.array(drawn["grey"])
+        drawn = canvas_grey(page, selector)
+        assert drawn.shape == (10, 10)
+        return drawn.ravel()
 
     lo, hi = T.values.min(), T.values.max()
     expected = np.round(255 * (T.values - lo) / (hi - lo)).astype(int).ravel()
@@ -299,11 +349,111 @@ def test_an_adamw_job_draws_its_betas_and_weight_decay(page, service: Service):
     assert "AdamW, 6 steps" in summary and "adam_paper, step 0.04" in summary
     assert "Adam beta1 schedule" in page.text_content("#hyper-beta1 h2")
     assert "Weight decay (AdamW)" in page.text_content("#hyper-weight_decay h2")
+    # No per-weight hyperparameter gives the output layer's width: the labels say which layer it is.
+    labels = ["layer0.W (784→4)", "layer0.b (4)", "layer1.W (4→output)", "layer1.b"]
     drawn = chart(page, "#hyper-learning_rate canvas")
-    assert drawn["type"] == "line" and len(drawn["datasets"]) == lr.values.shape[1]
+    assert drawn["type"] == "line" and [d["label"] for d in drawn["datasets"]] == labels
     np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, lr.values, rtol=1e-12)
     for hp, card in ((beta1, "#hyper-beta1"), (decay, "#hyper-weight_decay")):
         bars = chart(page, f"{card} canvas")
-        assert bars["type"] == "bar" and bars["labels"] == [str(x) for x in hp.labels["layer"]]
+        assert hp.labels["layer"] == ["layer0.W", "layer0.b", "layer1.W", "layer1.b"]
+        assert bars["type"] == "bar" and bars["labels"] == labels
         np.testing.assert_allclose(bars["datasets"][0]["data"], hp.values, rtol=1e-12)
+    assert not page.errors, page.errors
+
+
+def test_a_cnn_job_draws_kernels_as_tiles_and_its_dense_weights_as_a_matrix(page, service: Service):
+    """The CNN template on digits (8x8x1 images), scaled down, with a per-weight L2: each conv kernel's
+    penalties are one 3x3 tile per pair of input and output channels, and the dense layer after the
+    convolutions, whose 64 inputs are 2x2 pooled positions x 16 channels (not 8x8 pixels), one
+    matrix; the legends and titles name each array with its sizes."""
+    spec = templates.get("lr-schedule-cnn-digits")
+    spec["dataset"].update(train=100, valid=50, test=50, batch_size=50)
+    spec["model"]["hidden"] = [8]
+    spec["training"]["steps"] = 3
+    spec["hyperparameters"]["l2"] = {"init": 0.001, "granularity": "weight", "learn": True}
+    spec["meta"]["iterations"] = 2
+    assert spec["model"]["channels"] == [8, 16] and spec["model"]["kernel"] == spec["model"]["pool"] + 1 == 3
+    with Client(service.url) as client:
+        job = finished(client, spec)
+        kernel = client.hyperparameters(job, "l2.conv0.W")
+        dense = client.hyperparameters(job, "l2.layer0.W")
+    assert kernel.axes == ("row", "col", "in", "out") and kernel.values.shape == (3, 3, 1, 8)
+    assert dense.axes == ("in", "out") and dense.values.shape == (64, 8)
+
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#hyper-l2-layer1-b canvas")
+    conv0 = page.locator("#hyper-l2-conv0-W .kernels")
+    kernels = ("data-kernel-size", "data-kernel-count", "data-kernel-total")
+    assert attributes(conv0, *kernels) == ("3x3", "8", "8")
+    assert conv0.locator("canvas").count() == 8
+    # the tile from input channel 0 to output channel 5 is that kernel's 3x3 penalties
+    tile = canvas_grey(page, "#hyper-l2-conv0-W .kernels figure[data-in='0'][data-out='5'] canvas")
+    assert tile.shape == (3, 3)
+    assert np.abs(tile - picture_grey(kernel.values, kernel.values[:, :, 0, 5])).max() <= 1
+    assert "L2 penalties: conv0.W (3x3, 1→8)" in page.text_content("#hyper-l2-conv0-W h2")
+    # 8 x 16 channel pairs: the first 64 tiles (the first 4 input channels' rows), and a note
+    conv1 = page.locator("#hyper-l2-conv1-W .kernels")
+    assert attributes(conv1, *kernels) == ("3x3", "64", "128")
+    assert conv1.locator("canvas").count() == 64
+    assert "+64 more" in page.text_content("#hyper-l2-conv1-W")
+
+    assert page.locator("#hyper-l2-layer0-W .images").count() == 0
+    matrix = page.locator("#hyper-l2-layer0-W .matrix")
+    assert attributes(matrix, "data-matrix-rows", "data-matrix-cols") == ("64", "8")
+    drawn = canvas_grey(page, "#hyper-l2-layer0-W canvas.heatmap")
+    lo, hi = dense.values.min(), dense.values.max()
+    assert np.abs(drawn - np.round(255 * (dense.values - lo) / (hi - lo))).max() <= 1
+    assert "L2 penalties: layer0.W (64→8)" in page.text_content("#hyper-l2-layer0-W h2")
+
+    legend = [d["label"] for d in chart(page, "#hyper-learning_rate canvas")["datasets"]]
+    assert legend == [
+        "conv0.W (3x3, 1→8)",
+        "conv0.b (8)",
+        "conv1.W (3x3, 8→16)",
+        "conv1.b (16)",
+        "layer0.W (64→8)",
+        "layer0.b (8)",
+        "layer1.W (8→10)",
+        "layer1.b (10)",
+    ]
+    assert not page.errors, page.errors
+
+
+def test_an_mlp_job_draws_its_first_layer_as_pictures_and_its_hidden_one_as_a_matrix(page, service: Service):
+    """Per-weight L2 on a 64-64-10 net on digits: the first layer's ``in`` axis is the 8x8 pixels of an
+    example (the listing's example_shape), one picture per hidden unit; the second layer's ``in`` axis
+    is as long, but it is hidden units: one matrix."""
+    spec = tiny_spec(
+        name="mlp-pictures",
+        model={"kind": "mlp", "hidden": [64], "activation": "tanh"},
+        training={"steps": 3},
+        hyperparameters={
+            "learning_rate": {"init": 0.3, "granularity": "layer_step", "learn": True},
+            "l2": {"init": 0.001, "granularity": "weight", "learn": True},
+        },
+        meta={"iterations": 2, "optimizer": "adam", "learning_rate": 0.04},
+    )
+    with Client(service.url) as client:
+        job = finished(client, spec)
+        first = client.hyperparameters(job, "l2.layer0.W")
+        second = client.hyperparameters(job, "l2.layer1.W")
+    assert first.values.shape == (64, 64) and second.values.shape == (64, 10)
+
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#hyper-l2-layer1-b canvas")
+    # 64 hidden units, not 8x8 pixels
+    assert page.locator("#hyper-l2-layer1-W .images").count() == 0
+    matrix = page.locator("#hyper-l2-layer1-W .matrix")
+    assert attributes(matrix, "data-matrix-rows", "data-matrix-cols") == ("64", "10")
+
+    pictures = page.locator("#hyper-l2-layer0-W .images")
+    assert attributes(pictures, "data-image-axis", "data-image-side", "data-image-count") == ("in", "8", "40")
+    assert pictures.locator("canvas").count() == 40
+    assert "first 40 of 64" in page.text_content("#hyper-l2-layer0-W")
+    unit = canvas_grey(page, "#hyper-l2-layer0-W .images figure:nth-child(4) canvas")
+    assert np.abs(unit - picture_grey(first.values, first.values[:, 3].reshape(8, 8))).max() <= 1
+
+    legend = [d["label"] for d in chart(page, "#hyper-learning_rate canvas")["datasets"]]
+    assert legend == ["layer0.W (64→64)", "layer0.b (64)", "layer1.W (64→10)", "layer1.b (10)"]
     assert not page.errors, page.errors
