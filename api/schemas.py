@@ -130,7 +130,7 @@ class DatasetOut(BaseModel):
     n_valid: int
     n_test: int
     n_features: int
-    n_classes: int
+    n_classes: int = Field(description="the classes of integer labels; 0 for a real target")
     n_tasks: int
     sha256: str
     created_at: datetime
@@ -141,12 +141,14 @@ class DatasetOut(BaseModel):
         description="one example's shape: [d] features, [H, W] or [H, W, C] images, [L, C] sequences"
     )
     target: str = Field(description="class (integer labels, softmax) or real (float targets, squared error)")
+    n_outputs: int = Field(description="the model's output width: n_classes, or a real target's columns")
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetOut:
         fields = {k: getattr(dataset, k) for k in cls.model_fields}
         # uploads stored before example shapes were kept are (n, d) arrays
         fields["example_shape"] = dataset.example_shape or [dataset.n_features]
+        fields["n_outputs"] = dataset.n_outputs or dataset.n_classes  # None: stored before 0005
         return cls.model_validate(fields)
 
 

@@ -203,6 +203,13 @@ def validate_npz(
         )
     except LayoutError as e:
         raise _refuse(e.message) from None
-    if not 2 <= shape.n_classes <= limits.max_classes:
+    if shape.target == "real":
+        # A regression's outputs widen the output layer as classes do: the same limit.
+        if shape.n_outputs > limits.max_classes:
+            raise _refuse(
+                f"a real target (float y) of {shape.n_outputs} outputs; at most {limits.max_classes} "
+                "are allowed (max_classes)"
+            )
+    elif not 2 <= shape.n_classes <= limits.max_classes:
         raise _refuse(f"{shape.n_classes} classes; between 2 and {limits.max_classes} are allowed")
     return shape

@@ -28,10 +28,14 @@ the *training* split subtracted from every split. Splits come from a permutation
 ``n_test`` test.
 
 User arrays (`from_arrays`, `from_splits`) are validated and, by default, centred on the
-training mean; they are not rescaled. Given task ids (``task=``, ``task_train=``, ...) they make a
-multi-task dataset like ``mnist5k_tasks``, each task split alike and centred on its own mean.
-Every refusal is a `DataError` whose ``field`` names the offending input (``"X"``, ``"y_valid"``,
-``"dataset.train"``).
+training mean; they are not rescaled. An integer ``y`` holds class labels; a float ``y`` is a real
+(regression) target, ``(n,)`` or ``(n, k)`` for ``k`` outputs (``target="real"``: the model trains
+on the mean squared error). ``center`` centres ``X`` only: standardising each output of a real
+target is the user's choice, made before the upload. (A float ``y`` of whole numbers was once read
+as class labels; give class labels an integer dtype.) Given task ids (``task=``, ``task_train=``,
+...) they make a multi-task dataset like ``mnist5k_tasks``, each task split alike and centred on
+its own mean. Every refusal is a `DataError` whose ``field`` names the offending input (``"X"``,
+``"y_valid"``, ``"dataset.train"``).
 
 The upload layout (DESIGN.md): an ``.npz`` holds ``X``, ``y`` (and optionally ``task``), split by
 the spec's counts, or ``X_train``, ``y_train``, ``X_valid``, ``y_valid``, optionally ``X_test``,
@@ -74,6 +78,9 @@ _PER_CLASS_PER_ALPHABET = 100
 _SPLITS = ("train", "valid", "test")
 
 
+TARGETS = ("class", "real")
+
+
 class DataError(ConfigError):
     """A dataset or its split is invalid; ``field`` (``"X_train"``, ``"dataset.valid"``) leads the
     message."""
@@ -81,8 +88,11 @@ class DataError(ConfigError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Three splits of a classification dataset: ``X_*`` float32 ``(n, d)``, ``y_*`` int32 ``(n,)``
-    with labels in ``[0, n_classes)``. The test split may have 0 rows. ``example_shape`` is the shape
+    """Three splits of a dataset: ``X_*`` float32 ``(n, d)`` and, for ``target="class"`` (the
+    default), ``y_*`` int32 ``(n,)`` with labels in ``[0, n_classes)``; for ``target="real"`` (a
+    regression), ``y_*`` float32 ``(n, k)`` of finite values, ``k >= 1`` outputs in every split, and
+    ``n_classes = 0``. `n_outputs` is the model's output width either way: ``n_classes`` or ``k``.
+    The test split may have 0 rows. ``example_shape`` is the shape
     of one example before it was flattened into a row of ``d`` values (row-major): ``(d,)`` for
     plain features (the default), ``(H, W)`` or ``(H, W, C)`` for images (channels last), ``(L, C)``
     for sequences; `image_shape` reads it as a picture.
@@ -107,14 +117,33 @@ class Dataset:
     example_shape: tuple[int, ...] | None = None
     n_tasks: int = 1
     task_names: tuple[str, ...] | None = None
+    target: str = "class"
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise DataError("target", f"must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        real = self.target == "real"
         d = None
         for split in _SPLITS:
             X, y = getattr(self, f"X_{split}"), getattr(self, f"y_{split}")
             if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2:
                 raise DataError(f"X_{split}", f"must be a 2-D float32 numpy array, got {_describe(X)}")
-            if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != X.shape[:1]:
+            if real:
+                k = self.y_train.shape[-1] if isinstance(self.y_train, np.ndarray) else 0
+                if (
+                    not isinstance(y, np.ndarray)
+                    or y.dtype != np.float32
+                    or y.shape != (X.shape[0], k)
+                    or k < 1
+                ):
+                    raise DataError(
+                        f"y_{split}",
+                        f"a real target must be a float32 numpy array of shape ({X.shape[0]}, k), k >= 1 "
+                        f"outputs as in y_train, got {_describe(y)}",
+                    )
+                if not np.all(np.isfinite(y)):
+                    raise DataError(f"y_{split}", "holds NaN or infinite values")
+            elif not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.shape != X.shape[:1]:
                 raise DataError(
                     f"y_{split}", f"must be an int32 numpy array of shape {X.shape[:1]}, got {_describe(y)}"
                 )
@@ -125,8 +154,15 @@ class Dataset:
                 view = a.view()
                 view.flags.writeable = False
                 object.__setattr__(self, name, view)
-        n_classes = _count(self.n_classes, "n_classes", 2)
-        for split in _SPLITS:
+        if real:
+            if self.n_classes != 0 or isinstance(self.n_classes, bool):
+                raise DataError(
+                    "n_classes", f"a real target has no classes: must be 0, got {self.n_classes!r}"
+                )
+            if self.n_tasks != 1:
+                raise DataError("n_tasks", "a multi-task dataset holds class labels, not a real target")
+        n_classes = 0 if real else _count(self.n_classes, "n_classes", 2)
+        for split in () if real else _SPLITS:
             y = getattr(self, f"y_{split}")
             if y.size and (y.min() < 0 or y.max() >= n_classes):
                 raise DataError(
@@ -149,6 +185,11 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return self.X_train.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        """The model's output width: ``n_classes`` logits, or a real target's ``k`` values."""
+        return self.y_train.shape[1] if self.target == "real" else self.n_classes
 
     @property
     def image_shape(self) -> tuple[int, int] | None:
@@ -349,17 +390,24 @@ def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dat
     return _finish(out, "mnist5k_tasks", n_classes, info["example_shape"], center, n_tasks, names)
 
 
-def _split(X, y, counts, name, n_classes, example_shape, center) -> Dataset:
+def _split(X, y, counts, name, n_classes, example_shape, center, target="class") -> Dataset:
     edges = np.cumsum((0, *counts))
     parts = {}
     for i, split in enumerate(_SPLITS):
         parts[f"X_{split}"] = X[edges[i] : edges[i + 1]]
         parts[f"y_{split}"] = y[edges[i] : edges[i + 1]]
-    return _finish(parts, name, n_classes, example_shape, center)
+    return _finish(parts, name, n_classes, example_shape, center, target=target)
 
 
 def _finish(
-    parts: dict[str, np.ndarray], name, n_classes, example_shape, center, n_tasks=1, task_names=None
+    parts: dict[str, np.ndarray],
+    name,
+    n_classes,
+    example_shape,
+    center,
+    n_tasks=1,
+    task_names=None,
+    target="class",
 ) -> Dataset:
     """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again);
     a multi-task one's rows task-major. ``center`` subtracts each task's own training mean."""
@@ -378,6 +426,7 @@ def _finish(
         example_shape=example_shape,
         n_tasks=n_tasks,
         task_names=task_names,
+        target=target,
         **parts,
     )
 
@@ -413,8 +462,34 @@ def _features(X: Any, field: str) -> tuple[np.ndarray, tuple[int, ...]]:
     return out, example
 
 
+def _is_real(y: np.ndarray) -> bool:
+    """Whether ``y`` is a real (regression) target: a float dtype. Integers are class labels."""
+    return np.issubdtype(y.dtype, np.floating)
+
+
+def _targets(y: np.ndarray, field: str, n: int) -> np.ndarray:
+    """A real target ``y`` (``(n,)`` or ``(n, k)``, float) as float32 ``(n, k)`` of finite values."""
+    if y.ndim not in (1, 2):
+        raise DataError(field, f"a real target must be (n,) or (n, k) for k outputs, got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(field, f"has {y.shape[0]} targets but its X has {n} rows")
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+        out = y.reshape(n, -1).astype(np.float32) if y.ndim == 1 else y.astype(np.float32)
+    if out.shape[1] < 1:
+        raise DataError(field, f"a real target needs at least one output, got shape {y.shape}")
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise DataError(
+            field,
+            f"has {int(bad.sum())} values that are NaN, infinite or beyond float32's range "
+            f"(first at row {int(np.argwhere(bad)[0][0])})",
+        )
+    return out
+
+
 def _labels(y: Any, field: str, n: int) -> np.ndarray:
-    """``y`` as int32 ``(n,)``; float labels are accepted when whole numbers."""
+    """``y`` as int32 ``(n,)``; float values are accepted when whole numbers (task ids: a float ``y``
+    of class labels is a real target, `_targets`)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(field, f"must be 1-D (one label per example), got shape {y.shape}")
@@ -470,6 +545,10 @@ def from_arrays(
     ``max(y) + 1``. With ``center`` the training split's mean row is subtracted from every split;
     values are not rescaled.
 
+    A float ``y``, ``(n,)`` or ``(n, k)``, is a real target (``target="real"``, ``k`` outputs; a 1-D
+    one is one output): no classes, so no ``n_classes``, ``stratify`` or ``task``, and ``center``
+    leaves it as given (standardise each output yourself if you want it).
+
     A class that the validation or test split holds but the training split does not is refused
     (`DataError` on ``dataset.train``): a file sorted by class, split in its order, validates on
     classes the model never saw.
@@ -480,8 +559,12 @@ def from_arrays(
     each task's own training mean."""
     X, example = _features(X, "X")
     example_shape = example_shape or example
-    y = _labels(y, "y", X.shape[0])
+    y = np.asarray(y)
+    real = _is_real(y)
+    y = _targets(y, "y", X.shape[0]) if real else _labels(y, "y", X.shape[0])
     counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    if real:
+        _check_real_options(n_classes=n_classes, stratify=stratify, task=task)
     if shuffle_seed is not None or stratify:
         order = _order(y, shuffle_seed, stratify)
         X, y = X[order], y[order]
@@ -491,9 +574,27 @@ def from_arrays(
             X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, example_shape, center
         )
     used = sum(counts)
+    if real:
+        return _split(X[:used], y[:used], counts, name, 0, example_shape, center, target="real")
     n_classes = _classes({"y": y[:used]}, n_classes)
     _check_training_classes(y[: counts[0]], y[counts[0] : used], shuffled=shuffle_seed is not None)
     return _split(X[:used], y[:used], counts, name, n_classes, example_shape, center)
+
+
+def _check_real_options(*, n_classes: Any, stratify: bool = False, task: Any = None) -> None:
+    """Refuse what only class labels have, for a real (float) ``y``."""
+    if stratify:
+        raise DataError(
+            "dataset.stratify",
+            "interleaves the classes, but y is a float array, a real (regression) target with no "
+            "classes: leave it out (integer labels are classes)",
+        )
+    if task is not None:
+        raise DataError("task", "a multi-task dataset holds integer class labels; y is a float (real) target")
+    if n_classes is not None:
+        raise DataError(
+            "n_classes", "y is a float array, a real (regression) target with no classes: leave it out"
+        )
 
 
 def _check_training_classes(y_train: np.ndarray, y_held: np.ndarray, *, shuffled: bool) -> None:
@@ -579,7 +680,10 @@ def from_splits(
 
     ``task_train``, ``task_valid`` (and ``task_test`` with a test split), integer task ids from 0, one
     per row, make a multi-task dataset: each split must hold as many rows of every task as of any
-    other; its rows are put task-major, keeping their order within a task."""
+    other; its rows are put task-major, keeping their order within a task.
+
+    A float ``y_train`` makes a real target (`from_arrays`): every split's ``y`` is then float with
+    the same ``k`` outputs, and there are no ``n_classes`` and task ids."""
     if (X_test is None) != (y_test is None):
         missing = "X_test" if X_test is None else "y_test"
         raise DataError(missing, "X_test and y_test must be given together")
@@ -595,11 +699,17 @@ def from_splits(
                     else "there is no test split to give task ids for",
                 )
     raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
+    real = _is_real(np.asarray(y_train))
+    if real:
+        _check_real_options(n_classes=n_classes, task=task_train)
     parts: dict[str, np.ndarray] = {}
     example: tuple[int, ...] = ()
     for split, (X, y) in raw.items():
         if X is None:
-            X, y = np.zeros((0, *example), np.float32), np.zeros((0,), np.int32)
+            empty_y = (
+                np.zeros((0, parts["y_train"].shape[1]), np.float32) if real else np.zeros((0,), np.int32)
+            )
+            X, y = np.zeros((0, *example), np.float32), empty_y
         X, shape = _features(X, f"X_{split}")
         if split != "test" and X.shape[0] < 1:
             raise DataError(f"X_{split}", "must have at least 1 row, got 0")
@@ -609,7 +719,9 @@ def from_splits(
             raise DataError(f"X_{split}", f"has {mine} {what} but X_train has {theirs}")
         example = shape
         parts[f"X_{split}"] = X
-        parts[f"y_{split}"] = _labels(y, f"y_{split}", X.shape[0])
+        parts[f"y_{split}"] = _split_targets(y, f"y_{split}", X.shape[0], parts.get("y_train"), real)
+    if real:
+        return _finish(parts, name, 0, example_shape or example, center, target="real")
     n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
     example_shape = example_shape or example
     if task_train is None:
@@ -636,10 +748,29 @@ def from_splits(
     return _finish(parts, name, n_classes, example_shape, center, n_tasks)
 
 
+def _split_targets(y: Any, field: str, n: int, y_train: np.ndarray | None, real: bool) -> np.ndarray:
+    """One split's ``y`` of `from_splits`: class labels, or (``real``) a target with ``y_train``'s
+    outputs."""
+    y = np.asarray(y)
+    if _is_real(y) != real:
+        real_kind, class_kind = "a float (real) target", "integer class labels"
+        mine, train = (class_kind, real_kind) if real else (real_kind, class_kind)
+        raise DataError(field, f"holds {mine} but y_train holds {train}: every split's y is of one kind")
+    if not real:
+        return _labels(y, field, n)
+    out = _targets(y, field, n)
+    if y_train is not None and out.shape[1] != y_train.shape[1]:
+        raise DataError(field, f"has {out.shape[1]} outputs but y_train has {y_train.shape[1]}")
+    return out
+
+
 def split_strata(dataset: Dataset) -> np.ndarray:
     """The stratum of every training-then-validation row, int32: its class, and in a multi-task
-    dataset its task too (``task * n_classes + class``). `resplit_indices` keeps every row's stratum,
-    so each split keeps its class counts and a multi-task dataset its task-major layout."""
+    dataset its task too (``task * n_classes + class``); a real target has one stratum (all zeros).
+    `resplit_indices` keeps every row's stratum, so each split keeps its class counts and a
+    multi-task dataset its task-major layout."""
+    if dataset.target == "real":
+        return np.zeros(dataset.n_train + dataset.n_valid, np.int32)
     y = np.concatenate([dataset.y_train, dataset.y_valid]).astype(np.int32)
     if dataset.n_tasks == 1:
         return y
@@ -1013,7 +1144,9 @@ class NpzShape:
     """What `inspect_arrays` found in an upload: its ``layout`` (``"xy"``: ``X``, ``y`` that a spec's
     counts split, all ``n_rows`` counted as ``n_train``; ``"splits"``: split in advance), the
     counts, and for a multi-task ``"xy"`` upload ``task_rows``, the fewest rows of any task;
-    ``example_shape``: one example's shape (``(n_features,)`` for an ``(n, d)`` ``X``)."""
+    ``example_shape``: one example's shape (``(n_features,)`` for an ``(n, d)`` ``X``); ``target``:
+    ``"class"`` (integer ``y``) or ``"real"`` (float ``y``, ``n_classes`` 0); ``n_outputs``: the
+    model's output width, ``n_classes`` or a real target's ``k`` (left 0, it is filled in)."""
 
     layout: str
     n_rows: int
@@ -1025,6 +1158,12 @@ class NpzShape:
     n_tasks: int
     task_rows: int | None
     example_shape: tuple[int, ...]
+    target: str = "class"
+    n_outputs: int = 0
+
+    def __post_init__(self):
+        if not self.n_outputs and self.target == "class":
+            object.__setattr__(self, "n_outputs", self.n_classes)
 
 
 def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
@@ -1032,9 +1171,11 @@ def inspect_arrays(arrays: Mapping[str, np.ndarray]) -> NpzShape:
     return their shape: ``X*`` float arrays of finite values within float32's range (a job trains in
     float32), ``(n, d)`` features, ``(n, H, W[, C])`` images or ``(n, L, C)`` sequences, with at least
     one row and value, the same example shape in every split; ``y*``
-    1-D integer labels from 0, one per row; task ids as in the module docstring. Limits on sizes are
-    the caller's (``n_classes`` may come out below 2). Raises `LayoutError` whose ``message`` names
-    the array. `inspect_npz` does the same on a file without loading it."""
+    1-D integer labels from 0, one per row, or in every split float real targets (``(n,)`` or
+    ``(n, k)``, the same ``k``; finite, within float32's range); task ids as in the module docstring.
+    Limits on sizes are the caller's (``n_classes`` may come out below 2; it is 0 for a real
+    target). Raises `LayoutError` whose ``message`` names the array. `inspect_npz` does the same on
+    a file without loading it."""
     headers = {}
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray):
@@ -1054,6 +1195,9 @@ def _inspect(
     suffixes = [""] if "X" in headers else ["_train", "_valid", *(["_test"] if "X_test" in headers else [])]
     rows: dict[str, int] = {}
     example: tuple[int, ...] | None = None
+    first_y = headers[f"y{suffixes[0]}"]
+    target = "real" if first_y.dtype.kind == "f" else "class"
+    n_outputs = (first_y.shape[1] if first_y.ndim == 2 else 1) if target == "real" else 0
     for suffix in suffixes:
         X, y = headers[f"X{suffix}"], headers[f"y{suffix}"]
         if X.dtype.kind != "f" or not 2 <= X.ndim <= MAX_EXAMPLE_AXES + 1:
@@ -1063,9 +1207,18 @@ def _inspect(
             )
         if min(X.shape) < 1:
             raise LayoutError(f"X{suffix} is empty (shape {X.shape})")
-        if y.dtype.kind not in "iu" or y.ndim != 1:
+        if target == "real":
+            if y.dtype.kind != "f" or y.ndim not in (1, 2) or (y.shape[1:] or (1,)) != (n_outputs,):
+                raise LayoutError(
+                    f"y{suffix} must be a float array of real targets like y{suffixes[0]}'s, (n,) or "
+                    f"(n, {n_outputs}), got {y.ndim}-D {y.dtype} of shape {y.shape}"
+                )
+            if n_outputs < 1:
+                raise LayoutError(f"y{suffix} holds real targets with no outputs (shape {y.shape})")
+        elif y.dtype.kind not in "iu" or y.ndim != 1:
             raise LayoutError(
-                f"y{suffix} must be a 1-D integer array of class labels, got {y.ndim}-D {y.dtype}"
+                f"y{suffix} must be a 1-D integer array of class labels, or a float array of real "
+                f"targets ((n,) or (n, k)) in every split, got {y.ndim}-D {y.dtype}"
             )
         if y.shape[0] != X.shape[0]:
             raise LayoutError(f"y{suffix} has {y.shape[0]} labels for the {X.shape[0]} rows of X{suffix}")
@@ -1078,6 +1231,10 @@ def _inspect(
     assert example is not None
     n_features = math.prod(example)
     if headers.keys() & TASKS:
+        if target == "real":
+            raise LayoutError(
+                "task ids make a multi-task dataset of class labels, but y is a float (real) target"
+            )
         for suffix in rows:
             task = headers[f"task{suffix}"]
             if task.dtype.kind not in "iu" or task.ndim != 1:
@@ -1094,13 +1251,18 @@ def _inspect(
     n_classes = 0
     for suffix in suffixes:
         _check_features(f"X{suffix}", chunks(f"X{suffix}"))
+        if target == "real":
+            _check_features(f"y{suffix}", chunks(f"y{suffix}"))
+            continue
         low, high = _min_max(chunks(f"y{suffix}"))
         if low < 0:
             raise LayoutError(f"y{suffix} holds a negative label ({low}); labels count from 0")
         n_classes = max(n_classes, high + 1)
     n_tasks, task_rows = _inspect_tasks(chunks, rows) if headers.keys() & TASKS else (1, None)
     if "" in rows:
-        return NpzShape("xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows, example)
+        return NpzShape(
+            "xy", total, total, 0, 0, n_features, n_classes, n_tasks, task_rows, example, target, n_outputs
+        )
     return NpzShape(
         "splits",
         total,
@@ -1112,6 +1274,8 @@ def _inspect(
         n_tasks,
         None,
         example,
+        target,
+        n_outputs,
     )
 
 

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypercore import families
-from hypercore.models import ACTIVATIONS, ModelError, _size, check_dtype, normal_init
+from hypercore.models import ACTIVATIONS, ModelError, _size, check_dtype, normal_init, output_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,8 @@ class CNN:
     ``input_shape`` is ``(H, W)`` or ``(H, W, C)`` (stored with the channel axis). ``channels``:
     the output channels of each convolution (at least one); ``hidden``: the widths of the dense
     layers between the flattened features and the output layer (may be empty). ``dtype`` is that of
-    the weights ``init`` draws and of the arithmetic in ``apply``. Equal descriptions hash equal.
+    the weights ``init`` draws and of the arithmetic in ``apply``. ``target="real"`` (a regression):
+    ``n_classes`` counts the outputs, 1 or more. Equal descriptions hash equal.
     """
 
     input_shape: tuple[int, ...]
@@ -74,6 +75,7 @@ class CNN:
     hidden: tuple[int, ...] = ()
     activation: str = "tanh"
     dtype: Any = jnp.float32
+    target: str = "class"
 
     dims: ClassVar[int] = 2
     kind: ClassVar[str] = "cnn"
@@ -81,7 +83,7 @@ class CNN:
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", self._check_shape(self.input_shape))
-        object.__setattr__(self, "n_classes", _size(self.n_classes, "model.n_classes", 2))
+        object.__setattr__(self, "n_classes", output_width(self.n_classes, self.target))
         object.__setattr__(self, "channels", _widths(self.channels, "model.channels", empty=False))
         object.__setattr__(self, "kernel", _size(self.kernel, "model.kernel"))
         object.__setattr__(self, "pool", _size(self.pool, "model.pool"))
@@ -213,9 +215,12 @@ def cnn(
     hidden: Sequence[int] = (),
     activation: str = "tanh",
     dtype: Any = jnp.float32,
+    *,
+    target: str = "class",
 ) -> CNN:
-    """A 2-D convolutional net (`CNN`) on images of shape ``(H, W)`` or ``(H, W, C)``."""
-    return CNN(image_shape, n_classes, channels, kernel, pool, hidden, activation, dtype)
+    """A 2-D convolutional net (`CNN`) on images of shape ``(H, W)`` or ``(H, W, C)``; with
+    ``target="real"``, ``n_classes`` is a regression's number of outputs (1 or more)."""
+    return CNN(image_shape, n_classes, channels, kernel, pool, hidden, activation, dtype, target)
 
 
 def cnn1d(
@@ -227,6 +232,9 @@ def cnn1d(
     hidden: Sequence[int] = (),
     activation: str = "tanh",
     dtype: Any = jnp.float32,
+    *,
+    target: str = "class",
 ) -> CNN1D:
-    """A 1-D convolutional net (`CNN1D`) on sequences of shape ``(L,)`` or ``(L, C)``."""
-    return CNN1D(sequence_shape, n_classes, channels, kernel, pool, hidden, activation, dtype)
+    """A 1-D convolutional net (`CNN1D`) on sequences of shape ``(L,)`` or ``(L, C)``; ``target`` as
+    in `cnn`."""
+    return CNN1D(sequence_shape, n_classes, channels, kernel, pool, hidden, activation, dtype, target)

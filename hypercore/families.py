@@ -37,6 +37,9 @@ class DatasetShape:
     count must be a multiple of ``split_unit``; ``task_rows``: the fewest rows of any task of an X/y
     upload (0: not such an upload). ``example_shape``: one example's shape, ``(d,)`` features,
     ``(H, W)`` or ``(H, W, C)`` images, ``(L, C)`` sequences (None: ``(n_features,)``; see `example`).
+    ``target``: ``"class"`` (integer labels; ``n_classes`` of them) or ``"real"`` (a regression:
+    ``n_classes`` is 0); ``n_outputs``: the model's output width, ``n_classes`` or the real target's
+    outputs (0 given for a class target: ``n_classes``).
     """
 
     n_features: int
@@ -50,6 +53,12 @@ class DatasetShape:
     split_unit: int = 1
     task_rows: int = 0
     example_shape: tuple[int, ...] | None = None
+    target: Literal["class", "real"] = "class"
+    n_outputs: int = 0
+
+    def __post_init__(self):
+        if not self.n_outputs and self.target == "class":
+            object.__setattr__(self, "n_outputs", self.n_classes)
 
     @property
     def example(self) -> tuple[int, ...]:
@@ -70,6 +79,8 @@ class DatasetShape:
             n_test=dataset.n_test,
             n_tasks=dataset.n_tasks,
             example_shape=dataset.example_shape,
+            target=getattr(dataset, "target", "class"),
+            n_outputs=getattr(dataset, "n_outputs", dataset.n_classes),
         )
 
 
@@ -94,7 +105,7 @@ def _chain_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
     """``layer{i}.W`` (in, out) and ``layer{i}.b`` (out) of a chain of dense layers on the flattened
     examples; a multi-task family's with a leading axis of ``n_tasks``."""
     tasks = (shape.n_tasks,) if model["kind"] == "multitask_mlp" else ()
-    return _dense_shapes([shape.n_features, *model.get("hidden", ()), shape.n_classes], tasks)
+    return _dense_shapes([shape.n_features, *model.get("hidden", ()), shape.n_outputs], tasks)
 
 
 def _dense_shapes(widths: list[int], tasks: tuple[int, ...] = ()) -> Shapes:
@@ -135,14 +146,15 @@ def pooled(spatial: tuple[int, ...], n_convs: int, pool: int) -> list[tuple[int,
 
 def conv_parameter_shapes(
     input_shape: tuple[int, ...],
-    n_classes: int,
+    n_outputs: int,
     channels: tuple[int, ...] | list[int],
     kernel: int,
     pool: int,
     hidden: tuple[int, ...] | list[int] = (),
 ) -> Shapes:
     """``conv{i}.W`` ``(kernel, [kernel,] c_in, c_out)``, ``conv{i}.b``, then the dense
-    ``layer{j}.W``/``.b`` on the flattened last feature map (`hypercore.cnn`'s module docstring)."""
+    ``layer{j}.W``/``.b`` on the flattened last feature map (`hypercore.cnn`'s module docstring), the
+    last with ``n_outputs`` (the classes, or a real target's outputs)."""
     dims = len(input_shape) - 1
     shapes: Shapes = {}
     c_in = input_shape[-1]
@@ -151,7 +163,7 @@ def conv_parameter_shapes(
         shapes[f"conv{i}.b"] = (c_out,)
         c_in = c_out
     last = pooled(input_shape[:-1], len(channels), pool)[-1]
-    return shapes | _dense_shapes([math.prod(last) * channels[-1], *hidden, n_classes])
+    return shapes | _dense_shapes([math.prod(last) * channels[-1], *hidden, n_outputs])
 
 
 def conv_settings(model: Mapping[str, Any]) -> tuple[list[int], int, int]:
@@ -168,14 +180,14 @@ def _conv_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
     input_shape = conv_input_shape(model["kind"], shape.example)
     assert input_shape is not None, "the rules refuse an example shape the family cannot read"
     return conv_parameter_shapes(
-        input_shape, shape.n_classes, channels, kernel, pool, model.get("hidden", ())
+        input_shape, shape.n_outputs, channels, kernel, pool, model.get("hidden", ())
     )
 
 
 def activation_units(model: Mapping[str, Any], shape: DatasetShape) -> int:
     """The float activations one example holds in a forward pass: the input, every feature map (a
     convolution's output and its pooled copy) and every dense layer's output."""
-    units = shape.n_features + sum(model.get("hidden") or ()) + shape.n_classes
+    units = shape.n_features + sum(model.get("hidden") or ()) + shape.n_outputs
     if model["kind"] not in CONV_DIMS:
         return units
     channels, _, pool = conv_settings(model)

@@ -12,7 +12,10 @@ natural order; JAX flattens dicts in *sorted key* order, so with 10 or more laye
 position of a leaf.
 
 Losses follow the paper: mean negative log-likelihood under a log-softmax, plus
-``sum_i l2_i * w_i^2`` (no factor 1/2).
+``sum_i l2_i * w_i^2`` (no factor 1/2). A dataset with a real target (``target="real"``, a
+regression) trains the same models, with one output per target column, on the mean squared error
+`mse` instead (`loss_of`), with the same penalty; the builders take ``target="real"`` to allow a
+single output.
 
 `Toy2D` (`toy2d`) is the paper's two-weight figure-1 problem, with no data: one array ``"w"``,
 shaped as a likelihood whose NLL is the toy's loss so that the same tuning loop trains it.
@@ -93,10 +96,16 @@ class TrainableModel(Protocol):
     def apply(self, params: Mapping[str, jax.Array], X: jax.Array) -> jax.Array: ...
 
 
-def loss_of(model: Any):
-    """The loss ``(logits, y) -> scalar`` a model trains on: its own ``training_loss``, or `nll`."""
+TARGETS = ("class", "real")
+
+
+def loss_of(model: Any, target: str = "class"):
+    """The loss ``(outputs, y) -> scalar`` a model trains on: its own ``training_loss``, or `nll` for
+    class labels and `mse` for a real target."""
     loss = getattr(model, "training_loss", None)
-    return loss if callable(loss) else nll
+    if callable(loss):
+        return loss
+    return mse if target == "real" else nll
 
 
 def check_model(model: Any) -> None:
@@ -257,6 +266,16 @@ def _size(value: Any, field: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def output_width(n_outputs: Any, target: str = "class") -> int:
+    """The output layer's width: ``n_classes >= 2`` logits for class labels, ``n_outputs >= 1`` values
+    for a real target (`ModelError` on ``model.n_classes`` or ``model.n_outputs``)."""
+    if target not in TARGETS:
+        raise ModelError("target", f"must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "real":
+        return _size(n_outputs, "model.n_outputs", 1)
+    return _size(n_outputs, "model.n_classes", 2)
+
+
 def _layers(widths: Sequence[int]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
@@ -265,10 +284,13 @@ def _layers(widths: Sequence[int]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def logistic_regression(n_features: int, n_classes: int, dtype: Any = jnp.float32) -> Model:
-    """Multiclass logistic regression: logits ``= X W + b``; arrays ``layer0.W``, ``layer0.b``."""
+def logistic_regression(
+    n_features: int, n_classes: int, dtype: Any = jnp.float32, *, target: str = "class"
+) -> Model:
+    """Multiclass logistic regression: logits ``= X W + b``; arrays ``layer0.W``, ``layer0.b``. With
+    ``target="real"``, ``n_classes`` is the number of outputs (1 or more): linear regression."""
     n_in = _size(n_features, "model.n_features")
-    n_out = _size(n_classes, "model.n_classes", 2)
+    n_out = output_width(n_classes, target)
     return Model("logreg", _layers([n_in, n_out]), None, dtype)
 
 
@@ -278,12 +300,14 @@ def mlp(
     n_classes: int,
     activation: str = "tanh",
     dtype: Any = jnp.float32,
+    *,
+    target: str = "class",
 ) -> Model:
     """A multilayer perceptron ``n_features -> hidden[0] -> ... -> n_classes`` with ``activation``
     (``"tanh"`` as the paper, or ``"relu"``) after every hidden layer; ``2 (len(hidden) + 1)``
-    parameter arrays."""
+    parameter arrays. With ``target="real"``, ``n_classes`` is the number of outputs (1 or more)."""
     n_in = _size(n_features, "model.n_features")
-    n_out = _size(n_classes, "model.n_classes", 2)
+    n_out = output_width(n_classes, target)
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
         raise ModelError(
             "model.hidden",
@@ -308,6 +332,21 @@ def nll(logits: jax.Array, y: jax.Array) -> jax.Array:
     _check_labels(logits, y)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+
+def mse(outputs: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean squared error of a real target, over examples and outputs, in the outputs' dtype:
+
+        MSE = (1 / (n k)) sum_j sum_o (outputs_jo - y_jo)^2
+
+    for ``outputs`` and ``y`` of shape ``(n, k)`` (no factor 1/2, as the paper's penalty has none)."""
+    outputs, y = jnp.asarray(outputs), jnp.asarray(y)
+    if outputs.ndim != 2 or outputs.shape != y.shape:
+        raise ValueError(f"outputs and y must both be (n, k), got {outputs.shape} and {y.shape}")
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        raise TypeError(f"y must hold real targets (a float dtype), got dtype {y.dtype}")
+    err = outputs - y.astype(outputs.dtype)
+    return jnp.mean(err * err)
 
 
 def error_rate(logits: jax.Array, y: jax.Array) -> jax.Array:

@@ -110,6 +110,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
         return out
     if shape is not None:
         out += _dataset_problems(spec, ds, shape)
+        out += _target_problems(spec, ds, shape)
         out += _multitask_problems(spec, ds, family, shape)
         out += _conv_shape_problems(model, family, shape)
     return out
@@ -282,6 +283,26 @@ def _dataset_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: Dat
             "resplit",
             "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
             "tunes: use one or the other",
+        )
+    return out
+
+
+def _target_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: DatasetShape) -> list[Problem]:
+    """What needs class labels, on a dataset whose target is real (a float ``y``, a regression):
+    stratifying by class and learned training data (its examples are labelled by class). A
+    multi-task family is refused by `_multitask_problems` (a real target has one task)."""
+    if shape.target != "real":
+        return []
+    regression = "this dataset's target is real (a float y: a regression, with no classes)"
+    out: list[Problem] = []
+    if ds.get("stratify", False) and shape.layout != "splits":
+        out.append((("dataset", "stratify"), f"interleaves the classes, but {regression}: leave it out"))
+    if "training_data" in given_hyperparameters(spec):
+        out.append(
+            (
+                ("hyperparameters", "training_data"),
+                f"learns training inputs labelled by class, but {regression}: leave it out",
+            )
         )
     return out
 

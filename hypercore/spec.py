@@ -240,27 +240,31 @@ def _dataset(section: dict, seed: int, dataset):
 
 
 def _model(section: dict, ds):
+    """The spec's model on ``ds``: its output layer has ``ds.n_outputs`` units (the classes, or a real
+    target's outputs)."""
     kind = section["kind"]
     if kind == "toy2d":
         return _models.toy2d()
+    target = getattr(ds, "target", "class")
     if FAMILIES[kind].conv:
         channels, kernel, pool = conv_settings(section)
         build = _cnn.cnn if kind == "cnn" else _cnn.cnn1d
         return build(
             ds.example_shape,
-            ds.n_classes,
+            ds.n_outputs,
             channels,
             kernel=kernel,
             pool=pool,
             hidden=section.get("hidden", ()),
             activation=section.get("activation", "tanh"),
+            target=target,
         )
     if kind == "logreg":
-        return _models.logistic_regression(ds.n_features, ds.n_classes)
+        return _models.logistic_regression(ds.n_features, ds.n_outputs, target=target)
     widths, activation = list(section["hidden"]), section.get("activation", "tanh")
     if kind == "multitask_mlp":
         return _models.multitask_mlp(ds.n_features, widths, ds.n_classes, ds.n_tasks, activation=activation)
-    return _models.mlp(ds.n_features, widths, ds.n_classes, activation=activation)
+    return _models.mlp(ds.n_features, widths, ds.n_outputs, activation=activation, target=target)
 
 
 def _hypers(section: Mapping) -> dict[str, Hyper]:

@@ -5,9 +5,10 @@ The engine's `hypercore.tune.Record.step`, the repository's step rows, the REST 
 (`revtune.client` keeps its own typed copy: it may import only httpx.)
 
 ``meta_iter`` counts from 0; the losses are the model's training loss on each split after
-training, the errors its argmax error rates; ``hypergrad_norm`` is the global norm of the
-hypergradient; ``elapsed_s`` the meta-iteration's wall time; ``reversal_exact`` whether the
-backward pass retraced the forward one bit for bit (None with the unrolled engine).
+training, the errors its argmax error rates (None for a real target: a regression has none);
+``hypergrad_norm`` is the global norm of the hypergradient; ``elapsed_s`` the meta-iteration's wall
+time; ``reversal_exact`` whether the backward pass retraced the forward one bit for bit (None with
+the unrolled engine).
 """
 
 from __future__ import annotations

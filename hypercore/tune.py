@@ -10,7 +10,11 @@ Meta-iteration ``k`` (0-based), as in the paper's experiments (HIPS/hypergrad
    `hypercore.unrolled_adam` for comparison);
 3. the meta-objective at ``w_T``: ``valid_loss`` (mean NLL on the validation set, the default) or
    ``train_loss`` (mean NLL on the whole training set, the schedule experiment's), and its gradient
-   with respect to every learned raw hyperparameter through the training;
+   with respect to every learned raw hyperparameter through the training; on a dataset with a real
+   target (a regression, ``dataset.target == "real"``) every loss is the mean squared error
+   ``(1 / (n k)) sum_j sum_o (f(x_j)_o - y_jo)^2`` over the ``n`` examples and ``k`` outputs
+   (`hypercore.models.mse`; the training loss adds the same L2 penalties), and there are no error
+   rates (``valid_error`` and ``test_error`` are None);
 4. the chaos guard accepts the step (the meta-optimiser updates the raw hyperparameters) or backs off
    (the previous step is undone and the meta step size shrunk; see `hypercore.meta`);
 5. the callback receives a `Record`; returning ``True`` from it stops the run.
@@ -84,6 +88,7 @@ class Problem:
     hyperparameters cannot fit one validation set's noise.
     ``compiled`` caches the jitted functions, so a second `tune` call on the same problem (resuming,
     say) compiles nothing; `dataclasses.replace` shares it (see `_jitted`).
+    `target` is the dataset's: class labels (NLL, error rates) or a real target (MSE, no error rates).
     """
 
     model: Any
@@ -96,6 +101,11 @@ class Problem:
     seed: int
     resplit: bool = False
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def target(self) -> str:
+        """``"class"`` (the losses are NLLs, with error rates) or ``"real"`` (mean squared errors)."""
+        return getattr(self.dataset, "target", "class")
 
     @classmethod
     def build(
@@ -151,6 +161,8 @@ class Problem:
                 "tunes: use one or the other",
             )
         _models.check_model(model)
+        if getattr(dataset, "target", "class") == "real":
+            _check_real_target(hyperparameters)
         multitask = callable(getattr(model, "share", None))  # a multi-task model mixes its nets
         if multitask:
             if model.n_tasks != dataset.n_tasks:
@@ -170,7 +182,7 @@ class Problem:
             steps=steps,
             shapes=model.shapes,
             train_shape=np.shape(dataset.X_train),
-            train_labels=dataset.y_train,
+            train_labels=dataset.y_train if getattr(dataset, "target", "class") == "class" else (),
             tasks=dataset.task_names if multitask else (),
             sharing_layers=model.sharing_layers() if multitask else (),
             training_optimizer=training_optimizer,
@@ -182,8 +194,18 @@ class Problem:
         return cls(model, dataset, hypers, batch_size, objective, meta, iterations, seed, resplit)
 
 
+def _check_real_target(hyperparameters: Mapping[str, Hyper]) -> None:
+    """What a real target cannot train with: learned training data is labelled by class."""
+    if "training_data" in hyperparameters:
+        raise ProblemError(
+            "hyperparameters.training_data",
+            "learns training inputs labelled by class; this dataset's target is real (a regression)",
+        )
+
+
 def _check_model_fits(model, dataset) -> None:
-    """The model must take the dataset's features and give one logit per class."""
+    """The model must take the dataset's features and give one logit per class (one output per
+    column of a real target)."""
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {a: 1.0 for a in model.shapes}))
     rows = getattr(model, "n_tasks", 1)  # a multi-task model takes one row per task at least
     X = jax.ShapeDtypeStruct((rows, dataset.n_features), jax.tree.leaves(params)[0].dtype)
@@ -193,11 +215,14 @@ def _check_model_fits(model, dataset) -> None:
         raise ProblemError(
             "model", f"the model does not take the dataset's {dataset.n_features} features: {e}"
         ) from e
-    if logits.shape != (rows, dataset.n_classes):
-        raise ProblemError(
-            "model",
-            f"the model gives {logits.shape[-1]} logits but the dataset has {dataset.n_classes} classes",
+    n_outputs = getattr(dataset, "n_outputs", dataset.n_classes)
+    if logits.shape != (rows, n_outputs):
+        has = (
+            f"a real target of {n_outputs} outputs"
+            if getattr(dataset, "target", "class") == "real"
+            else f"{dataset.n_classes} classes"
         )
+        raise ProblemError("model", f"the model gives {logits.shape[-1]} logits but the dataset has {has}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,16 +300,17 @@ class Record:
     ``meta_iter`` is 0-based. The losses and errors are at the end of this meta-iteration's
     training, with the hyperparameters it started from; ``hyperparameters`` are those *after* its
     update (what the next meta-iteration uses, and what ``checkpoint`` holds). ``test_*`` are None
-    without test examples. ``elapsed_s``: this meta-iteration's wall time (the first includes
-    compilation). ``reversal_exact``: the engine's report (None with the unrolled engine, which does
-    not reverse). ``events``: the chaos guard's back-offs in this meta-iteration.
+    without test examples; ``*_error`` are None for a real target (a regression has no classes).
+    ``elapsed_s``: this meta-iteration's wall time (the first includes compilation).
+    ``reversal_exact``: the engine's report (None with the unrolled engine, which does not reverse).
+    ``events``: the chaos guard's back-offs in this meta-iteration.
     """
 
     meta_iter: int
     objective: float
     train_loss: float
     valid_loss: float
-    valid_error: float
+    valid_error: float | None
     test_loss: float | None
     test_error: float | None
     hypergrad_norm: float
@@ -311,9 +337,13 @@ class TuneResult:
     stopped: bool
 
 
-def _metrics(model, w, X, y) -> tuple[jax.Array, jax.Array]:
-    logits = model.apply(w, X)
-    return _models.loss_of(model)(logits, y), _models.error_rate(logits, y)
+def _metrics(model, w, X, y, target: str) -> dict[str, jax.Array]:
+    """``loss`` and, for class labels, ``error`` (the argmax error rate) of the weights ``w``."""
+    outputs = model.apply(w, X)
+    loss = _models.loss_of(model, target)(outputs, y)
+    if target == "real":
+        return {"loss": loss}
+    return {"loss": loss, "error": _models.error_rate(outputs, y)}
 
 
 def _make_objective(problem: Problem, engine: str):
@@ -338,7 +368,8 @@ def _make_objective(problem: Problem, engine: str):
     X_test, y_test = (jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)) if has_test else (None, None)
     n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
     w_root = _keys(seed)[0]
-    train_loss_fn = _models.loss_of(model)
+    target = problem.target
+    train_loss_fn = _models.loss_of(model, target)
 
     def rows(X, y, idx):
         return (X, y) if idx is None else (X[idx], y[idx])
@@ -380,11 +411,14 @@ def _make_objective(problem: Problem, engine: str):
             return out
 
         w_T = net(_train(hs, engine, loss, w0, meta, raw, capacity, report), meta)
-        train_loss, _ = _metrics(model, w_T, *rows(X_train, y_train, train_rows))
-        valid_loss, valid_error = _metrics(model, w_T, *rows(X_valid, y_valid, valid_rows))
-        m = {"train_loss": train_loss, "valid_loss": valid_loss, "valid_error": valid_error}
+        splits = {"train": rows(X_train, y_train, train_rows), "valid": rows(X_valid, y_valid, valid_rows)}
         if has_test:
-            m["test_loss"], m["test_error"] = _metrics(model, w_T, X_test, y_test)
+            splits["test"] = (X_test, y_test)
+        m = {}
+        for split, (X, y) in splits.items():
+            for name, value in _metrics(model, w_T, X, y, target).items():
+                if (split, name) != ("train", "error"):
+                    m[f"{split}_{name}"] = value
         return m[problem.objective], m
 
     return objective
@@ -613,7 +647,8 @@ def evaluate(
     ``meta_iter`` picks the initial weights and minibatches, as in `tune`. ``capacity``: the
     information buffer's slots (default: enough for these momenta; pass a fixed, larger one to
     evaluate many configurations without recompiling). Returns ``train_loss``, ``valid_loss``,
-    ``valid_error`` and, with a test split, ``test_loss`` and ``test_error``; NaN if training diverged.
+    ``valid_error`` and, with a test split, ``test_loss`` and ``test_error`` (no ``*_error`` for a
+    real target); NaN if training diverged.
     For black-box searches and notebooks.
 
     ``optimizer``: an optax optimizer to train with instead of the training optimizer (plain
@@ -742,7 +777,7 @@ def tune(
             objective=obj,
             train_loss=m["train_loss"],
             valid_loss=m["valid_loss"],
-            valid_error=m["valid_error"],
+            valid_error=m.get("valid_error"),
             test_loss=m.get("test_loss"),
             test_error=m.get("test_error"),
             hypergrad_norm=norm,

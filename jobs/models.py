@@ -246,6 +246,9 @@ class Dataset(Base):
     example_shape: Mapped[list[int] | None] = mapped_column(JSON, default=None)
     # "class" (integer labels, softmax) or "real" (float targets, squared error).
     target: Mapped[str] = mapped_column(String(8), default="class", server_default="class")
+    # The model's output width: n_classes, or a real target's outputs (y's columns); None (uploads
+    # before 0005): n_classes.
+    n_outputs: Mapped[int | None] = mapped_column(default=None)
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

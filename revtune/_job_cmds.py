@@ -328,12 +328,28 @@ def _datasets(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
     elif items:
-        cols = ("id", "name", "n_train", "n_valid", "n_test", "n_features", "n_classes", "n_tasks")
+        cols = (
+            "id",
+            "name",
+            "n_train",
+            "n_valid",
+            "n_test",
+            "example_shape",
+            "target",
+            "n_outputs",
+            "n_tasks",
+        )
         cols += ("created_at",)
-        print(_table([c.upper() for c in cols], [[d.get(c) for c in cols] for d in items]))
+        rows = [[_shape_text(d.get(c)) if c == "example_shape" else d.get(c) for c in cols] for d in items]
+        print(_table([c.upper() for c in cols], rows))
     else:
         print("no datasets")
     return 0
+
+
+def _shape_text(shape: list[int] | None) -> str:
+    """``[8, 8, 1]`` -> ``8x8x1``."""
+    return "x".join(map(str, shape)) if shape else ""
 
 
 def _upload(args: argparse.Namespace) -> int:

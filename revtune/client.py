@@ -117,6 +117,12 @@ class Dataset(TypedDict):
     n_tasks: int
     sha256: str
     created_at: str
+    layout: str
+    n_rows: int
+    size_bytes: int
+    example_shape: list[int]  # one example's shape: [d], [H, W], [H, W, C] or [L, C]
+    target: str  # "class" or "real" (regression)
+    n_outputs: int  # the model's output width: n_classes, or a real target's columns
 
 
 @dataclass(frozen=True)

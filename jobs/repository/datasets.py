@@ -72,11 +72,14 @@ def create_dataset(
     task_rows: int | None = None,
     example_shape: tuple[int, ...] | list[int] | None = None,
     target: str = "class",
+    n_outputs: int | None = None,
     max_bytes: int | None = None,
 ) -> Dataset:
     """Register an upload whose file is already in place (the caller writes it first, atomically,
-    and removes it if this raises). With ``max_bytes`` (``REVTUNE_MAX_DATASET_BYTES_PER_TENANT``), an
-    upload that would take the tenant's datasets past it is `QuotaExceeded`; deleting frees it."""
+    and removes it if this raises). ``target``: ``"class"`` (integer labels) or ``"real"`` (a
+    regression, ``n_classes`` 0); ``n_outputs``: the model's output width (None: ``n_classes``).
+    With ``max_bytes`` (``REVTUNE_MAX_DATASET_BYTES_PER_TENANT``), an upload that would take the
+    tenant's datasets past it is `QuotaExceeded`; deleting frees it."""
     if max_bytes is not None:
         lock_tenant(session, tenant_id)
         check_dataset_quota(session, tenant_id, size_bytes, max_bytes)
@@ -95,6 +98,7 @@ def create_dataset(
         task_rows=task_rows,
         example_shape=None if example_shape is None else [int(n) for n in example_shape],
         target=target,
+        n_outputs=n_outputs,
         sha256=sha256,
         path=path,
         size_bytes=size_bytes,
@@ -136,6 +140,8 @@ def dataset_shape(session: Session, tenant_id: str, dataset_id: str) -> DatasetS
         split_unit=d.n_tasks if d.layout != "splits" else 1,
         task_rows=d.task_rows or 0,
         example_shape=None if d.example_shape is None else tuple(d.example_shape),
+        target=d.target,
+        n_outputs=d.n_outputs or d.n_classes,
     )
 
 

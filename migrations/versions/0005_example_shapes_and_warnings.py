@@ -1,6 +1,6 @@
-"""datasets.example_shape and datasets.target (image-, sequence-shaped and regression uploads);
-jobs.warnings (what a job's run found worth telling its user: unscaled inputs, exploding
-hypergradients, diverged meta-iterations).
+"""datasets.example_shape, datasets.target and datasets.n_outputs (image-, sequence-shaped and
+regression uploads); jobs.warnings (what a job's run found worth telling its user: unscaled
+inputs, exploding hypergradients, diverged meta-iterations).
 
 Revision ID: 0005
 Revises: 0004
@@ -24,6 +24,7 @@ def upgrade() -> None:
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("example_shape", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("target", sa.String(length=8), server_default="class", nullable=False))
+        batch_op.add_column(sa.Column("n_outputs", sa.Integer(), nullable=True))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("warnings", sa.JSON(), nullable=True))
 
@@ -32,5 +33,6 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("warnings")
     with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.drop_column("n_outputs")
         batch_op.drop_column("target")
         batch_op.drop_column("example_shape")

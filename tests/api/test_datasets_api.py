@@ -207,6 +207,45 @@ def test_a_pre_split_multitask_upload(service):
     assert submit(service.alice, {**MULTITASK_SPEC, "dataset": {"id": ds["id"]}})["status"] == "queued"
 
 
+def test_a_regression_upload_says_target_real_and_refuses_what_needs_classes(service):
+    """A float y is a real target (one or more outputs, no classes): it uploads, the dataset says so,
+    a job trains on it, and what needs class labels is refused on its own field."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(60, 4))
+    ds = upload(service.alice, npz(X=X, y=X @ rng.normal(size=(4, 2)))).json()
+    assert DATASET_FIELDS <= set(ds)
+    assert (ds["target"], ds["n_classes"], ds["n_outputs"], ds["n_features"], ds["n_train"]) == (
+        "real",
+        0,
+        2,
+        4,
+        60,
+    )
+    assert service.alice.get(f"/v1/datasets/{ds['id']}").json() == ds
+    one = upload(service.alice, npz(X=X, y=X[:, 0] * 2.0)).json()
+    assert (one["target"], one["n_classes"], one["n_outputs"]) == ("real", 0, 1)
+    classes = upload(service.alice, xy()).json()
+    assert (classes["target"], classes["n_outputs"]) == ("class", 3)
+
+    split = {"id": ds["id"], "train": 40, "valid": 20, "batch_size": 10}
+    job = submit(service.alice, {**TINY_SPEC, "dataset": split})
+    assert job["spec"]["dataset"]["id"] == ds["id"]
+    stratified = {**TINY_SPEC, "dataset": {**split, "stratify": True}}
+    found = problems(service.alice.post("/v1/jobs", json=stratified))
+    assert list(found) == ["body.dataset.stratify"] and "target is real" in found["body.dataset.stratify"]
+    hypers = {
+        **TINY_SPEC["hyperparameters"],
+        "training_data": {"init": "data", "granularity": "weight", "learn": True},
+    }
+    found = problems(
+        service.alice.post("/v1/jobs", json={**TINY_SPEC, "dataset": split, "hyperparameters": hypers})
+    )
+    assert list(found) == ["body.hyperparameters.training_data"]
+    multitask = {**TINY_SPEC, "dataset": {"id": ds["id"], "train": 40, "valid": 20}}
+    multitask["model"] = {"kind": "multitask_mlp", "hidden": [4]}
+    assert list(problems(service.alice.post("/v1/jobs", json=multitask))) == ["body.model.kind"]
+
+
 def _tasks(**splits) -> bytes:
     rng = np.random.default_rng(4)
     arrays = {}
@@ -249,7 +288,17 @@ def _tasks(**splits) -> bytes:
             "must be a float array of (n, d) features",
         ),
         (npz(X=np.ones(4), y=np.array([0, 1, 0, 1])), "must be a float array of (n, d) features"),
-        (npz(X=np.ones((4, 2)), y=np.array([0.0, 1.0, 0.0, 1.0])), "integer array"),
+        (npz(X=np.ones((4, 2)), y=np.array([0, 1, 0, 1])[:, None]), "integer array"),
+        # a float y is a real target: (n,) or (n, k) of finite values, the same kind in every split
+        (npz(X=np.ones((4, 2)), y=np.ones((4, 1, 1))), "float array of real targets"),
+        (npz(X=np.ones((4, 2)), y=np.array([0.5, np.nan, 1.0, 2.0])), "y holds NaN or infinite"),
+        (
+            npz(
+                X_train=np.ones((2, 2)), y_train=np.ones(2), X_valid=np.ones((2, 2)), y_valid=np.array([0, 1])
+            ),
+            "y_valid must be a float array of real targets",
+        ),
+        (npz(X=np.ones((4, 2)), y=np.ones(4), task=np.array([0, 1, 0, 1])), "y is a float (real) target"),
         (npz(X=np.ones((4, 2)), y=np.array([0, -1, 0, 1])), "negative label"),
         (npz(X=np.ones((4, 2)), y=np.array([0, 1, 0])), "3 labels for the 4 rows"),
         (npz(X=np.ones((4, 2)), y=np.zeros(4, dtype=int)), "1 classes"),

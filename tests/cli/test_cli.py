@@ -181,3 +181,20 @@ def test_run_refuses_a_bad_spec_naming_the_field(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(tiny_spec(training={"steps": 0})))
     rc, _, err = revtune(capsys, "run", bad, "--out", tmp_path / "o")
     assert rc == 2 and "training.steps" in err
+
+
+def test_datasets_lists_each_uploads_example_shape_and_target(service: Service, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    images, targets = tmp_path / "images.npz", tmp_path / "targets.npz"
+    np.savez(images, X=rng.normal(size=(20, 6, 5)), y=np.arange(20) % 2)
+    np.savez(targets, X=rng.normal(size=(20, 3)), y=rng.normal(size=(20, 2)))
+    for path in (images, targets):
+        rc, out, err = revtune(capsys, "upload", path, "--name", path.stem, "--url", service.url)
+        assert rc == 0, err
+    rc, out, _ = revtune(capsys, "datasets", "--url", service.url)
+    header, *rows = out.splitlines()
+    columns = header.split()
+    assert columns[5:9] == ["EXAMPLE_SHAPE", "TARGET", "N_OUTPUTS", "N_TASKS"]
+    cells = {row.split()[1]: row.split() for row in rows}
+    assert cells["images"][5:8] == ["6x5", "class", "2"]
+    assert cells["targets"][5:8] == ["3", "real", "2"]

@@ -143,6 +143,7 @@ def test_datasets_upload_and_list(client: Client, tmp_path):
     np.savez(path, X=rng.normal(size=(60, 5)).astype(np.float32), y=rng.integers(0, 3, size=60))
     ds = client.upload_dataset(path, name="blobs")
     assert ds["name"] == "blobs" and ds["n_features"] == 5 and ds["n_classes"] == 3
+    assert ds["example_shape"] == [5] and ds["target"] == "class" and ds["n_outputs"] == 3
     assert ds["id"] in {d["id"] for d in client.datasets()}
     assert client.dataset(ds["id"])["sha256"] == ds["sha256"]
     client.delete_dataset(ds["id"])

@@ -157,11 +157,15 @@ def test_from_arrays_does_not_alias_the_callers_arrays():
         ds.X_train[0, 0] = 0.0
 
 
-def test_from_arrays_accepts_integer_pixels_and_whole_float_labels():
+def test_from_arrays_accepts_integer_pixels_and_reads_a_float_y_as_a_real_target():
     X = np.arange(24, dtype=np.uint8).reshape(6, 4)
-    ds = from_arrays(X, np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]), 3, 2, 1, center=False)
+    ds = from_arrays(X, np.array([0, 1, 2, 0, 1, 2], np.uint8), 3, 2, 1, center=False)
     check_layout(ds, (3, 2, 1), 4, 3)
     np.testing.assert_array_equal(ds.X_valid, X[3:5].astype(np.float32))
+    # Whole numbers in a float array were once class labels; a float y is now a regression target.
+    real = from_arrays(X, np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]), 3, 2, 1, center=False)
+    assert (real.target, real.n_classes, real.n_outputs) == ("real", 0, 1)
+    np.testing.assert_array_equal(real.y_valid, np.array([[0.0], [1.0]], np.float32))
 
 
 def test_from_splits_infers_classes_from_every_split_and_centres():
@@ -221,8 +225,8 @@ def _with_inf():
         (lambda: (blobs()[0], blobs()[1][:, None], 20, 10), r"y: must be 1-D .* got shape \(40, 1\)"),
         (lambda: (blobs()[0], blobs()[1][:39], 20, 10), "y: has 39 labels but its X has 40 rows"),
         (
-            lambda: (blobs()[0], blobs()[1] + 0.5, 20, 10),
-            "y: must hold integer class labels; found non-integer",
+            lambda: (blobs()[0], np.where(blobs()[1] == 1, np.nan, 0.5), 20, 10),
+            "y: has 13 values that are NaN, infinite or beyond float32.s range",
         ),
         (lambda: (blobs()[0], blobs()[1] > 0, 20, 10), "y: must hold integer class labels, got dtype bool"),
         (lambda: (blobs()[0], blobs()[1] - 1, 20, 10), "y: labels must be >= 0, found -1"),

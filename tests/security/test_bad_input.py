@@ -78,6 +78,18 @@ LIMIT_CASES = {
     "max_dataset_rows": (99, TINY_SPEC, "body.dataset.train", "at most 99 rows"),
     "max_features": (63, TINY_SPEC, "body.dataset.name", "64 features; at most 63"),
     "max_classes": (9, TINY_SPEC, "body.dataset.name", "10 classes; at most 9"),
+    "max_channels": (
+        7,
+        spec_with("model", {"kind": "cnn", "channels": [4, 8]}),
+        "body.model.channels.1",
+        "at most 7 channels, got 8",
+    ),
+    "max_kernel": (
+        4,
+        spec_with("model", {"kind": "cnn", "channels": [4], "kernel": 5}),
+        "body.model.kernel",
+        "at most 4 wide, got 5",
+    ),
     "max_job_memory_bytes": (
         2**30,
         TINY_SPEC,
@@ -328,8 +340,9 @@ def test_path_traversal_in_every_id_and_name_finds_nothing(service, tmp_path):
             "X_test holds NaN or infinite",
         ),
         ({"X": np.ones((10, 3), np.float32) * np.float32(np.inf), "y": np.arange(10) % 2}, "NaN or infinite"),
-        ({"X": np.ones((10, 3)), "y": np.array([0, 1, np.nan] + [0] * 7)}, "integer array"),
-        ({"X": np.ones((10, 3)), "y": np.array([0, 1, np.inf] + [0] * 7)}, "integer array"),
+        # a float y is a regression target: its values must be finite too
+        ({"X": np.ones((10, 3)), "y": np.array([0, 1, np.nan] + [0] * 7)}, "y holds NaN or infinite"),
+        ({"X": np.ones((10, 3)), "y": np.array([0, 1, np.inf] + [0] * 7)}, "y holds NaN or infinite"),
         ({"X": np.array([[1e308 * 10]] * 10), "y": np.arange(10) % 2}, "NaN or infinite"),
         ({"X": np.array([[{"a": 1}]] * 10, dtype=object), "y": np.arange(10) % 2}, "not a readable .npz"),
     ],

@@ -288,3 +288,41 @@ def test_runaway_training_fails_with_the_guards_diagnosis(settings, sessions, te
     assert runner.run_job(job_id, settings=settings, sessions=sessions) == "failed"
     error = job_row(sessions, job_id).error
     assert error.startswith("the meta-optimisation diverged") and "learning rate" in error
+
+
+def test_a_regression_upload_trains_on_the_squared_error_as_hypercore_does(settings, sessions, tenant_id):
+    """A float ``y`` is a real target: the job learns what `hypercore.tune` learns on the same arrays
+    (shuffled by the spec's seed), bit for bit, and its steps have no error rates."""
+    from hypercore.data import from_arrays
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=(5, 2)) + 0.1 * rng.normal(size=(80, 2))
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(settings.dataset_path("regression"), X=X, y=y)
+    spec = {
+        **SPEC,
+        "dataset": {"id": "regression", "train": 40, "valid": 20, "test": 20, "batch_size": 10},
+        "model": {"kind": "mlp", "hidden": [4]},
+        "hyperparameters": {
+            "learning_rate": {"init": 0.05, "granularity": "layer", "learn": True},
+            "l2": {"init": 1e-3, "granularity": "layer", "learn": True},
+        },
+        "meta": {"iterations": 3},
+    }
+    job_id = submit(sessions, tenant_id, spec)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded", job_row(
+        sessions, job_id
+    ).error
+    ds = from_arrays(X, y, 40, 20, 20, shuffle_seed=spec["seed"])
+    assert (ds.target, ds.n_outputs) == ("real", 2)
+    result = tune(problem_from_spec(spec, dataset=ds))
+    meta_iter, got = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 3 and sorted(got) == sorted(result.hyperparameters)
+    for name, value in result.hyperparameters.items():
+        np.testing.assert_array_equal(got[name], np.asarray(value.values, np.float64), err_msg=name)
+    with sessions() as session:
+        steps = repository.list_steps(session, tenant_id, job_id).items
+    assert [(s.valid_error, s.test_error) for s in steps] == [(None, None)] * 3
+    assert [s.valid_loss for s in steps] == [r.valid_loss for r in result.records]
+    assert [s.reversal_exact for s in steps] == [True] * 3
