@@ -110,6 +110,10 @@ class HyperparameterListOut(BaseModel):
         " X.shape[1:]): what a `feature` axis, and the `in` axis of a dense first layer, enumerate;"
         " null when the job has no dataset (toy2d) or its upload was deleted"
     )
+    parameter_shapes: dict[str, list[int]] | None = Field(
+        description="the model's parameter arrays and their shapes, in the engine's order (conv0.W, conv0.b,"
+        " ..., layer0.W, ...): what a `layer` axis's labels name; null once the job's upload was deleted"
+    )
     items: list[HyperparameterInfo]
 
 

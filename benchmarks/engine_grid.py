@@ -1,8 +1,9 @@
 """Engine grid: memory and time of exact reversal against other ways to differentiate an unroll.
 
 The meta-gradient ``d valid(w_T) / d (alphas, gammas)`` of T steps of SGD with momentum on a tanh MLP
-(MNIST-shaped Gaussian-noise inputs, 1,000 examples, minibatches of --batch drawn from ``(seed, t)``),
-with shared learning-rate and momentum schedules of shape (T,), computed five ways:
+or a small tanh convolutional net (MNIST-shaped Gaussian-noise inputs, 1,000 examples, minibatches of
+--batch drawn from ``(seed, t)``), with shared learning-rate and momentum schedules of shape (T,),
+computed five ways:
 
 * ``reversible``: `hypercore.reversible_sgd` (exact int64 fixed-point reversal; the information
   buffer is sized for the gammas used, ``_fixed.capacity_for(T, gamma)``);
@@ -14,8 +15,12 @@ with shared learning-rate and momentum schedules of shape (T,), computed five wa
   (treeverse) checkpointing: O(log T) stored states, O(T log T) recomputed steps;
 * ``plain``: training alone (forward, float32, no gradient), the reference for time.
 
-Models (--sizes): ``1e4`` = 784-12-10 (9,550 parameters), ``1e5`` = 784-128-10 (101,770), ``1e6`` =
-784-1000-200-10 (987,210). Steps (--steps): 100, 1000, 10000. gamma = 0.9, alpha = 0.1.
+Models (--models, alias --sizes; by default the three MLPs): the MLPs ``1e4`` = 784-12-10 (9,550
+parameters), ``1e5`` = 784-128-10 (101,770), ``1e6`` = 784-1000-200-10 (987,210), and ``cnn``:
+`hypercore.cnn.cnn` on 28x28x1 images, convolutions of 8 and 16 channels (3x3, SAME, each followed by
+tanh and 2x2 average pooling), then a dense 784-10 output layer (9,098 parameters: about the 1e4 MLP's
+count, with some 30 times its multiply-adds per example). Weights start at ``N(0, 1/fan_in)``, biases
+at 0. Steps (--steps): 100, 1000, 10000. gamma = 0.9, alpha = 0.1.
 
 Memory is XLA's buffer assignment of the compiled function (``compiled.memory_analysis()``: temp +
 arguments + outputs, i.e. the peak of the buffers XLA allocates, a static estimate measured without
@@ -30,6 +35,9 @@ The reversible engine's own report (exact reversal, buffer slots used) comes fro
     .venv/bin/python benchmarks/engine_grid.py --max-cell-s 200 --time-budget-s 1200
     # writes docs/figures/engine_grid.json (+ .png); benchmarks/gpu_check.sh runs it on a GPU
     .venv/bin/python benchmarks/engine_grid.py --sizes 1e4 --steps 100 1000 --repeats 5
+    # the CNN cells alone, into their own file (docs/figures/engine_grid_cnn.json + .png):
+    nice -n 19 .venv/bin/python benchmarks/engine_grid.py --models cnn --steps 100 1000 \
+        --out docs/figures/engine_grid_cnn.json
 """
 
 from __future__ import annotations
@@ -47,16 +55,20 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
-from engine import make_problem  # the same MLP and data as the paper-net benchmark
+from engine import BATCH as N_VALID  # engine.make_problem validates on the first BATCH examples
+from engine import N_EXAMPLES, make_problem  # the same MLP and data as the paper-net benchmark
 
 import hypercore
 from hypercore import _fixed
+from hypercore.cnn import cnn
 
 SIZES = {
     "1e4": [784, 12, 10],
     "1e5": [784, 128, 10],
     "1e6": [784, 1000, 200, 10],
 }
+CNNS = {"cnn": {"image_shape": [28, 28, 1], "n_classes": 10, "channels": [8, 16], "kernel": 3, "pool": 2}}
+MODELS = (*SIZES, *CNNS)
 ENGINES = ("reversible", "stored", "checkpoint", "equinox")
 LABELS = {
     "reversible": "reversible",
@@ -86,6 +98,46 @@ def equinox_sgd(loss, w0, alphas, gammas, checkpoints):
     init = (w0, jax.tree.map(jnp.zeros_like, w0), jnp.zeros((), jnp.int32))
     w, _, _ = eqxi.while_loop(cond, body, init, max_steps=T, kind="checkpointed", checkpoints=checkpoints)
     return w
+
+
+def make_cnn_problem(config: dict, batch: int, seed: int = 0):
+    """``(loss, valid, w0)`` for the CNN ``config`` (`CNNS`) on the data of `engine.make_problem`: the
+    same Gaussian-noise inputs, labels, minibatches and validation examples."""
+    model = cnn(**config)
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.normal(size=(N_EXAMPLES, model.n_features)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, model.n_classes, N_EXAMPLES), jnp.int32)
+    fan_in = {k: math.prod(shape[:-1]) for k, shape in model.shapes.items()}
+    scales = {k: 0.0 if k.endswith(".b") else 1 / math.sqrt(n) for k, n in fan_in.items()}
+    w0 = model.init(jax.random.key(seed), scales)
+
+    def nll(w, Xb, yb):
+        logp = jax.nn.log_softmax(model.apply(w, Xb))
+        return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+    def loss(w, meta, t):
+        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
+        return nll(w, X[idx], y[idx])
+
+    def valid(w):
+        return nll(w, X[:N_VALID], y[:N_VALID])
+
+    return loss, valid, w0
+
+
+def build(size: str, batch: int) -> tuple[object, object, dict, dict]:
+    """``(loss, valid, w0, description)`` of the model named ``size``; the description opens its row."""
+    if size in CNNS:
+        return (*make_cnn_problem(CNNS[size], batch), {"size": size, "model": "cnn", **CNNS[size]})
+    description = {"size": size, "model": "mlp", "layers": SIZES[size]}
+    return (*make_problem(layers=SIZES[size], batch=batch), description)
+
+
+def model_label(r: dict) -> str:
+    """``mlp 784-12-10`` or ``cnn 8-16 (3x3)``; rows written before the CNN row have no ``model``."""
+    if r.get("model", "mlp") == "mlp":
+        return "mlp " + "-".join(map(str, r["layers"]))
+    return f"cnn {'-'.join(map(str, r['channels']))} ({r['kernel']}x{r['kernel']})"
 
 
 def meta_grad_fn(engine, loss, valid, w0, T, capacity):
@@ -140,13 +192,13 @@ def timed(compiled, args, repeats: int) -> tuple[float, object]:
 def run_cell(size, T, args, per_step: dict, started: float) -> dict:
     """One (model size, T) cell: every engine plus plain training. ``per_step[(size, engine)]``
     holds the seconds per step measured at a smaller T, for the time estimates."""
-    loss, valid, w0 = make_problem(layers=SIZES[size], batch=args.batch)
+    loss, valid, w0, description = build(size, args.batch)
     n_params = sum(x.size for x in jax.tree.leaves(w0))
     alphas = jnp.full((T,), ALPHA, jnp.float32)
     gammas = jnp.full((T,), GAMMA, jnp.float32)
     report = hypercore.empty_report()
     capacity = _fixed.capacity_for(T, GAMMA, bucket=False)
-    row = {"size": size, "layers": SIZES[size], "n_params": int(n_params), "T": T, "capacity_slots": capacity}
+    row = {**description, "n_params": int(n_params), "T": T, "capacity_slots": capacity}
     limit = args.mem_limit_gb * 2**30
     fns = {name: meta_grad_fn(name, loss, valid, w0, T, capacity) for name in ENGINES}
     fns["plain"] = plain_training(loss, w0, T)
@@ -216,24 +268,25 @@ def print_table(rows, machine) -> None:
     print(json.dumps(machine))
     print()
     print(
-        "| params | T | memory MiB: reversible | stored | jax.checkpoint | equinox | plain training "
+        "| model | params | T | memory MiB: reversible | stored | jax.checkpoint | equinox | plain training "
         "| time: reversible | stored | jax.checkpoint | equinox | plain training | reversal exact |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r['n_params']:,}", str(r["T"])]
+        cells = [model_label(r), f"{r['n_params']:,}", str(r["T"])]
         cells += [fmt_mem(r, n) for n in (*ENGINES, "plain")]
         cells += [fmt_time(r, n) for n in (*ENGINES, "plain")]
         cells.append(str(r.get("reversal_exact", "-")))
         print("| " + " | ".join(cells) + " |")
     print()
-    print("| params | T | buffer slots used / allocated | buffer bytes used / info-theoretic |")
-    print("|---|---|---|---|")
+    print("| model | params | T | buffer slots used / allocated | buffer bytes used / info-theoretic |")
+    print("|---|---|---|---|---|")
     for r in rows:
         used = r.get("buffer_bytes_used")
         ratio = f"{used / r['buffer_info_bytes']:.2f}x" if used else "-"
         print(
-            f"| {r['n_params']:,} | {r['T']} | {r.get('slots_used', '-')} / {r['capacity_slots']} | {ratio} |"
+            f"| {model_label(r)} | {r['n_params']:,} | {r['T']} | {r.get('slots_used', '-')} / "
+            f"{r['capacity_slots']} | {ratio} |"
         )
 
 
@@ -243,11 +296,11 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({r["n_params"] for r in rows})
+    models = sorted({(r["n_params"], model_label(r)) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     markers = dict(zip(ENGINES, "osD^", strict=True))
-    for n, color in zip(sizes, ("C0", "C1", "C2", "C3"), strict=False):
-        rs = [r for r in rows if r["n_params"] == n]
+    for (n, label), color in zip(models, ("C0", "C1", "C2", "C3", "C4"), strict=False):
+        rs = [r for r in rows if r["n_params"] == n and model_label(r) == label]
         for name in ENGINES:
             Ts = [r["T"] for r in rs]
             axes[0].plot(
@@ -256,7 +309,7 @@ def plot(rows, path: Path) -> None:
                 marker=markers[name],
                 color=color,
                 linestyle="-" if name == "reversible" else ":",
-                label=f"{LABELS[name]}, {n:,}",
+                label=f"{LABELS[name]}, {label} ({n:,})",
             )
             timed_rs = [r for r in rs if isinstance(r.get(f"time_{name}"), float)]
             axes[1].plot(
@@ -272,7 +325,7 @@ def plot(rows, path: Path) -> None:
         ax.set_xlabel("training steps T")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=6, ncol=2)
-    axes[0].set_title("colour: parameters; marker: engine")
+    axes[0].set_title("colour: model (parameters); marker: engine")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -282,7 +335,15 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument(
+        "--models",
+        "--sizes",
+        dest="sizes",
+        nargs="+",
+        default=list(SIZES),
+        choices=list(MODELS),
+        help="MLP sizes and/or cnn (default: the MLP sizes, the grid of docs/figures/engine_grid.json)",
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)

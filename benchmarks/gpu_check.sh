@@ -4,19 +4,20 @@
 # Runs from the repository root (any working directory is fine: it cd's there) with .venv/bin/python
 # if present, else python3. Needs no network. Steps:
 #   1. the device JAX sees (jax.devices()) and XLA_FLAGS (hypercore adds --xla_gpu_deterministic_ops=true);
-#   2. the engine grid (benchmarks/engine_grid.py) at GPU sizes, asserting that every reversible
-#      cell that ran reversed exactly and gave finite hypergradients, and the paper-net engine
-#      benchmark (benchmarks/engine.py) at T = 1000;
+#   2. the engine grid (benchmarks/engine_grid.py) at GPU sizes, its CNN cells (--models cnn) apart
+#      with their own time budget, asserting that every reversible cell that ran reversed exactly and
+#      gave finite hypergradients, and the paper-net engine benchmark (benchmarks/engine.py) at T = 1000;
 #   3. a short tuning job (template lr-schedule-mnist, a few meta-iterations), asserting every
 #      meta-iteration reversed exactly, and that the hypergradient is bit-identical when recomputed
 #      (deterministic ops);
 #   4. a summary table with the device name.
 # Exits non-zero if any assertion fails.
 #
-#   benchmarks/gpu_check.sh            # GPU size: under 8 minutes on one GPU
+#   benchmarks/gpu_check.sh            # GPU size: under 10 minutes on one GPU
 #   benchmarks/gpu_check.sh --quick    # small size (also GPU_CHECK_QUICK=1), for a CPU: a few minutes
 #
-# Output: benchmarks/out/gpu_check/{engine.json,engine.png,engine_paper_net.json,tune.json} (or $OUT/gpu_check if $OUT is set).
+# Output: benchmarks/out/gpu_check/{engine.json,engine.png,engine_cnn.json,engine_cnn.png,engine_paper_net.json,tune.json}
+# (or $OUT/gpu_check if $OUT is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,12 +33,15 @@ export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 
 if [ "$QUICK" = "1" ]; then
   ENGINE_ARGS=(--sizes 1e4 --steps 100 300 --repeats 1 --mem-limit-gb 2 --max-cell-s 20 --time-budget-s 150)
+  CNN_ARGS=(--models cnn --steps 100 --repeats 1 --mem-limit-gb 2 --max-cell-s 20 --time-budget-s 120)
   PAPER_ARGS=(--steps 100 --repeats 1)
   TUNE_ITERS=3
   TUNE_TRAIN=600
 else
   ENGINE_ARGS=(--sizes 1e5 1e6 --steps 1000 10000 --batch 200 --repeats 3 --mem-limit-gb 60
                --max-cell-s 30 --time-budget-s 200)
+  CNN_ARGS=(--models cnn --steps 1000 10000 --batch 200 --repeats 3 --mem-limit-gb 60
+            --max-cell-s 30 --time-budget-s 120)
   PAPER_ARGS=(--steps 1000 --repeats 5)
   TUNE_ITERS=10
   TUNE_TRAIN=3000
@@ -54,6 +58,9 @@ EOF
 
 echo "== engine grid: ${ENGINE_ARGS[*]}"
 "$PY" benchmarks/engine_grid.py "${ENGINE_ARGS[@]}" --out "$OUT_DIR/engine.json"
+
+echo "== engine grid, CNN cells: ${CNN_ARGS[*]}"
+"$PY" benchmarks/engine_grid.py "${CNN_ARGS[@]}" --out "$OUT_DIR/engine_cnn.json"
 
 echo "== engine on the paper's MNIST net: ${PAPER_ARGS[*]}"
 "$PY" benchmarks/engine.py "${PAPER_ARGS[@]}" --out "$OUT_DIR/engine_paper_net.json"
@@ -75,11 +82,15 @@ device = jax.devices()[0]
 device_name = f"{device.device_kind} ({jax.default_backend()})"
 
 engine = json.load(open(f"{out_dir}/engine.json"))
+engine_cnn = json.load(open(f"{out_dir}/engine_cnn.json"))
 ran = [r for r in engine["rows"] if isinstance(r.get("time_reversible"), float)]
+ran_cnn = [r for r in engine_cnn["rows"] if isinstance(r.get("time_reversible"), float)]
 assert ran, "no reversible engine cell ran"
-for r in ran:
-    assert r["reversal_exact"] is True, f"reversal not exact: {r['n_params']} params, T={r['T']}"
-    assert r["grad_finite"] is True, f"non-finite hypergradient: {r['n_params']} params, T={r['T']}"
+assert ran_cnn, "no reversible CNN engine cell ran"
+for r in ran + ran_cnn:
+    what = f"{r.get('model', 'mlp')}, {r['n_params']} params, T={r['T']}"
+    assert r["reversal_exact"] is True, f"reversal not exact: {what}"
+    assert r["grad_finite"] is True, f"non-finite hypergradient: {what}"
 paper = json.load(open(f"{out_dir}/engine_paper_net.json"))
 assert all(r["reversal_exact"] is True for r in paper), "paper-net reversal not exact"
 
@@ -120,6 +131,12 @@ print("| check | result |")
 print("|---|---|")
 print(f"| device | {device_name} |")
 print(f"| engine cells with exact reversal | {len(ran)} of {len(ran)} run ({len(engine['rows'])} cells) |")
+print(f"| CNN engine cells with exact reversal | {len(ran_cnn)} of {len(ran_cnn)} run ({len(engine_cnn['rows'])} cells) |")
+for r in ran_cnn:
+    plain = r.get("time_plain")
+    ratio = f"{r['time_reversible'] / plain:.2f}x" if isinstance(plain, float) else "-"
+    stored = f"{r['mem_stored'] / r['mem_reversible']:.0f}x" if "mem_stored" in r else "-"
+    print(f"| CNN T={r['T']}: memory stored/reversible, (fwd+bwd)/plain | {stored}, {ratio} |")
 for r in paper:
     print(
         f"| paper net T={r['T']}: memory stored/reversible, (fwd+bwd)/plain | "

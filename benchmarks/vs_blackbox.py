@@ -1,6 +1,6 @@
 """revtune's hypergradient tuner against Optuna's black-box samplers at equal wall-clock.
 
-Three problems, each a job spec built with `jobs.templates.get`:
+Five problems, each a job spec built with `jobs.templates.get`:
 
 * ``digits-schedules``: template ``lr-schedule-digits`` (64-50-50-10 tanh MLP on digits,
   100 steps of batch 100); revtune learns a learning rate and a momentum per layer and step and an
@@ -13,6 +13,10 @@ Three problems, each a job spec built with `jobs.templates.get`:
 * ``mnist5k-adamw-schedules``: template ``adam-schedule-mnist`` (the same net and data as
   ``lr-schedule-mnist``, trained by AdamW through the exact reversible Adam engine) on the validation
   loss: a learning rate per layer and step, beta1, weight decay and initial scale per layer (824).
+* ``mnist1d-cnn-schedules``: template ``lr-schedule-cnn-mnist1d`` (a 1-D convolutional net,
+  ``model: {kind: cnn1d}``, on the built-in MNIST-1D, trained by SGD with momentum) on the
+  validation loss: a learning rate and a momentum per layer and step and an
+  initial scale per layer; the black-box samplers search the same three constants as on digits.
 
 Methods, each given the same wall-clock budget per run, after compilation (see below), from the
 template's starting point (Optuna's first trial is that point, enqueued):
@@ -53,11 +57,14 @@ budget (the first compilation of each method is done before the clock starts).
 Runs are interleaved: for each seed and problem, the methods run one after another in an order
 rotated per seed, so load from other processes falls on all of them alike.
 
-    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py            # 3 seeds, 20 s per run (~35 min)
+    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py            # 3 seeds, 20 s per run (~45 min)
     # the Adam problem alone, into its own file (~12 min):
     nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --problems mnist5k-adamw-schedules \
         --out docs/figures/vs_blackbox_adam.json
     nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --budget 5 --seeds 1 --problems digits-schedules
+    # the convolutional net on MNIST-1D alone, into its own file (~10 min):
+    nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --problems mnist1d-cnn-schedules \
+        --out docs/figures/vs_blackbox_cnn.json
     # revtune with and without re-splitting, side by side (~8 min):
     nice -n 19 .venv/bin/python benchmarks/vs_blackbox.py --methods revtune revtune-resplit \
         --out docs/figures/vs_blackbox_resplit.json
@@ -93,7 +100,13 @@ from jobs import templates
 TUNING_FREE = ("prodigy", "schedule-free-adamw", "dog")
 METHODS = ("revtune", "revtune-resplit", "tpe", "cmaes", "random", "tpe-full", *TUNING_FREE)
 REVTUNE = ("revtune", "revtune-resplit")
-PROBLEMS = ("digits-schedules", "mnist5k-l2-schedules", "logreg-l2-per-weight", "mnist5k-adamw-schedules")
+PROBLEMS = (
+    "digits-schedules",
+    "mnist5k-l2-schedules",
+    "logreg-l2-per-weight",
+    "mnist5k-adamw-schedules",
+    "mnist1d-cnn-schedules",
+)
 ADAM_PROBLEMS = ("mnist5k-adamw-schedules",)
 DIVERGED = 10.0
 HELD_OUT_SEEDS = (10**6, 10**6 + 1, 10**6 + 2)
@@ -116,6 +129,7 @@ CONSTANTS = {
     "mnist5k-l2-schedules": ("learning_rate", "momentum", "init_scale", "l2"),
     "logreg-l2-per-weight": ("l2", "learning_rate"),
     "mnist5k-adamw-schedules": ("learning_rate", "beta1", "beta2", "weight_decay"),
+    "mnist1d-cnn-schedules": ("learning_rate", "momentum", "init_scale"),
 }
 
 
@@ -148,6 +162,9 @@ def spec_for(problem: str, seed: int) -> dict:
     elif problem == "mnist5k-adamw-schedules":
         spec = templates.get("adam-schedule-mnist")
         spec["objective"] = "valid_loss"
+    elif problem == "mnist1d-cnn-schedules":
+        spec = templates.get("lr-schedule-cnn-mnist1d")
+        spec["objective"] = "valid_loss"  # what the black-box samplers score
     else:
         raise ValueError(problem)
     spec["seed"] = seed

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from api.deps import MAX_DB_INT, SessionDep, TenantDep
 from api.schemas import HyperparameterInfo, HyperparameterListOut, HyperparameterOut
+from hypercore import rules
+from hypercore.families import FAMILIES, DatasetShape
 from jobs import repository
 from jobs.repository import HyperparameterValue
-from jobs.spec import BUILTIN_DATASETS
 
 router = APIRouter(prefix="/v1/jobs", tags=["hyperparameters"])
 
@@ -39,25 +40,27 @@ def list_hyperparameters(
     from one of hidden units."""
     found, rows = repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
     job = repository.get_job(session, tenant, job_id)
+    family = FAMILIES.get(job.spec["model"]["kind"])  # None: a library run's own model (origin external)
+    shape = _dataset_shape(session, tenant, job.spec) if family is not None else None
+    needs_data = family is not None and family.needs_data
     return HyperparameterListOut(
         meta_iter=found,
-        example_shape=_example_shape(session, tenant, job.spec),
+        example_shape=list(shape.example) if shape is not None and needs_data else None,
+        parameter_shapes=None
+        if shape is None
+        else {name: list(s) for name, s in rules.model_shapes(job.spec, shape).items()},
         items=[HyperparameterInfo.of(r) for r in rows],
     )
 
 
-def _example_shape(session: Session, tenant: str, spec: dict[str, Any]) -> list[int] | None:
-    """The shape of one example of the dataset ``spec`` trains on: a built-in's, or the tenant's
-    upload's (``[n_features]`` for one stored before example shapes were kept); None without a
-    dataset (toy2d) or once the upload is deleted."""
+def _dataset_shape(session: Session, tenant: str, spec: dict[str, Any]) -> DatasetShape | None:
+    """The shape of the dataset ``spec`` trains on: a built-in's, the tenant's upload's, or the toy2d
+    model's observation; None once the upload is deleted."""
     dataset = spec.get("dataset") or {}
-    if dataset.get("name") is not None:
-        shape = BUILTIN_DATASETS.get(dataset["name"])
-    elif dataset.get("id") is not None:
-        shape = repository.dataset_shape(session, tenant, dataset["id"])
-    else:
-        shape = None
-    return None if shape is None else list(shape.example)
+    uploaded = None
+    if dataset.get("name") is None and dataset.get("id") is not None:
+        uploaded = repository.dataset_shape(session, tenant, dataset["id"])
+    return rules.dataset_shape(spec, uploaded)
 
 
 @router.get(

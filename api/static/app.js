@@ -499,58 +499,17 @@
   function product(sizes) { return sizes.reduce((a, b) => a * b, 1); }
 
   // What the page knows of the job's model to draw its hyperparameters: its kind, the shape of one
-  // input example (the listing's example_shape; null for jobs from before it was given) and the shape
-  // of each parameter array, for labels.
-  const CONV_DIMS = { cnn: 2, cnn1d: 1 }; // the spatial axes of a conv family's examples (hypercore.families)
-  const DENSE_KINDS = new Set(['mlp', 'logreg', 'multitask_mlp']);
+  // input example and the shape of each parameter array, for labels (the listing's example_shape and
+  // parameter_shapes, as the engine builds them; null for an upload since deleted).
+  const CONV_KINDS = new Set(['cnn', 'cnn1d']);
 
   function modelContext(spec, index) {
     const model = (spec && spec.model) || {};
     const example = Array.isArray(index.example_shape) ? index.example_shape : null;
-    const shapes = derivedShapes(model, example);
-    // A per-weight hyperparameter ("l2.layer1.W") has its array's shape, less a multi-task net's task
-    // axis: exact, and it knows the output layer's width, which the derivation cannot.
-    for (const h of index.items) {
-      const array = h.name.slice(h.name.indexOf('.') + 1);
-      if (h.name.includes('.') && array.includes('.') && !h.axes.includes('step') && !h.axes.includes('layer')) {
-        shapes[array] = h.axes[0] === 'task' ? h.shape.slice(1) : h.shape;
-      }
-    }
+    const shapes = { ...(index.parameter_shapes || {}) };
+    // a multi-task net's arrays hold one slice per task: label them by a task's slice
+    if (model.kind === 'multitask_mlp') for (const k of Object.keys(shapes)) shapes[k] = shapes[k].slice(1);
     return { kind: model.kind, example, shapes };
-  }
-
-  // The arrays' shapes as hypercore.families gives them (conv_parameter_shapes, _chain_shapes) from the
-  // job's model section and example shape; the output layer's width (the dataset's classes or targets)
-  // is not in the listing and stays null.
-  function derivedShapes(model, example) {
-    const shapes = {};
-    if (!example) return shapes;
-    const dims = CONV_DIMS[model.kind];
-    let widths;
-    if (dims) {
-      const input = example.length === dims ? [...example, 1] : example;
-      if (input.length !== dims + 1 || !model.kernel || !model.pool) return shapes;
-      const channels = model.channels || [];
-      let cIn = input[dims];
-      channels.forEach((cOut, i) => {
-        shapes[`conv${i}.W`] = [...Array(dims).fill(model.kernel), cIn, cOut];
-        shapes[`conv${i}.b`] = [cOut];
-        cIn = cOut;
-      });
-      // SAME convolutions keep the spatial size; each pooling divides it, rounding down.
-      const last = input.slice(0, dims).map((s) => Math.floor(s / model.pool ** channels.length));
-      widths = [product(last) * cIn];
-    } else if (DENSE_KINDS.has(model.kind)) {
-      widths = [product(example)];
-    } else {
-      return shapes;
-    }
-    widths.push(...(model.hidden || []), null);
-    for (let j = 0; j + 1 < widths.length; j += 1) {
-      shapes[`layer${j}.W`] = [widths[j], widths[j + 1]];
-      shapes[`layer${j}.b`] = [widths[j + 1]];
-    }
-    return shapes;
   }
 
   // "conv0.W (3x3, 1→8)", "conv1.W (5-tap, 16→16)", "conv0.b (8)", "layer0.W (64→32)": the raw
@@ -558,8 +517,8 @@
   function arrayLabel(name, model) {
     const shape = model && model.shapes[name];
     if (!shape) return name;
-    if (shape.length === 1) return shape[0] == null ? name : `${name} (${shape[0]})`;
-    const flow = shape.slice(-2).map((n) => (n == null ? 'output' : n)).join('→');
+    if (shape.length === 1) return `${name} (${shape[0]})`;
+    const flow = shape.slice(-2).join('→');
     if (shape.length === 2) return `${name} (${flow})`;
     const taps = shape.slice(0, -2);
     return `${name} (${taps.length === 1 ? `${taps[0]}-tap` : taps.join('x')}, ${flow})`;
@@ -573,7 +532,7 @@
   function pictureOf(hp, i, model) {
     const axis = hp.axes[i];
     const array = hp.name.slice(hp.name.indexOf('.') + 1);
-    if (axis !== 'feature' && !(axis === 'in' && array === 'layer0.W' && !CONV_DIMS[model.kind])) return null;
+    if (axis !== 'feature' && !(axis === 'in' && array === 'layer0.W' && !CONV_KINDS.has(model.kind))) return null;
     const n = hp.shape[i];
     if (!model.example) {
       const s = Math.round(Math.sqrt(n));

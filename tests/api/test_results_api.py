@@ -44,7 +44,8 @@ def test_steps_poll_with_the_after_cursor(service):
 def test_hyperparameter_listing_follows_the_latest_meta_iteration(service):
     job = submit(service.alice)
     empty = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
-    assert empty == {"meta_iter": 0, "example_shape": [8, 8, 1], "items": []}
+    tiny_shapes = {"layer0.W": [64, 8], "layer0.b": [8], "layer1.W": [8, 10], "layer1.b": [10]}
+    assert empty == {"meta_iter": 0, "example_shape": [8, 8, 1], "parameter_shapes": tiny_shapes, "items": []}
     run(service, job["id"], 2)
     listing = service.alice.get(f"/v1/jobs/{job['id']}/hyperparameters").json()
     assert listing["meta_iter"] == 2
@@ -84,6 +85,7 @@ def test_the_listing_gives_the_shape_of_one_example_of_the_jobs_dataset(service)
     run(service, upload["id"], 1)
     listing = service.alice.get(url.format(upload["id"])).json()
     assert listing["example_shape"] == [6, 5] and listing["meta_iter"] == 1
+    assert listing["parameter_shapes"]["layer0.W"] == [30, 8]
 
     with service.sessions() as s:
         s.get(Dataset, dataset_id).example_shape = None
@@ -91,7 +93,41 @@ def test_the_listing_gives_the_shape_of_one_example_of_the_jobs_dataset(service)
     assert service.alice.get(url.format(upload["id"])).json()["example_shape"] == [30]
     assert service.alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
     gone = service.alice.get(url.format(upload["id"])).json()
-    assert gone["example_shape"] is None and gone["meta_iter"] == 1
+    assert gone["example_shape"] is None and gone["parameter_shapes"] is None and gone["meta_iter"] == 1
+
+
+def test_the_listing_gives_the_engines_parameter_shapes_of_a_cnn_and_of_a_regression(service):
+    """The arrays a ``layer`` axis names, with their shapes as the engine builds them: the conv
+    kernels, the dense layers on the pooled feature map, and the output layer's width (the classes,
+    or a real target's columns), which the hyperparameters alone do not tell."""
+    cnn = {**TINY_SPEC, "model": {"kind": "cnn", "channels": [4, 6], "hidden": [5]}}
+    listing = service.alice.get(f"/v1/jobs/{submit(service.alice, cnn)['id']}/hyperparameters").json()
+    assert listing["parameter_shapes"] == {
+        "conv0.W": [3, 3, 1, 4],
+        "conv0.b": [4],
+        "conv1.W": [3, 3, 4, 6],
+        "conv1.b": [6],
+        "layer0.W": [2 * 2 * 6, 5],  # 8x8 pooled twice by 2
+        "layer0.b": [5],
+        "layer1.W": [5, 10],
+        "layer1.b": [10],
+    }
+    rng = np.random.default_rng(4)
+    data = io.BytesIO()
+    np.savez(data, X=rng.normal(size=(40, 3)), y=rng.normal(size=(40, 2)))
+    reply = service.alice.post(
+        "/v1/datasets", files={"file": ("reg.npz", data.getvalue())}, data={"name": "reg"}
+    )
+    assert reply.status_code == 201, reply.text
+    spec = {**TINY_SPEC, "dataset": {"id": reply.json()["id"], "train": 20, "valid": 10, "batch_size": 10}}
+    listing = service.alice.get(f"/v1/jobs/{submit(service.alice, spec)['id']}/hyperparameters").json()
+    assert listing["example_shape"] == [3]
+    assert listing["parameter_shapes"] == {
+        "layer0.W": [3, 8],
+        "layer0.b": [8],
+        "layer1.W": [8, 2],
+        "layer1.b": [2],
+    }
 
 
 @pytest.mark.parametrize("meta_iter", [1, 2])

@@ -349,8 +349,8 @@ def test_an_adamw_job_draws_its_betas_and_weight_decay(page, service: Service):
     assert "AdamW, 6 steps" in summary and "adam_paper, step 0.04" in summary
     assert "Adam beta1 schedule" in page.text_content("#hyper-beta1 h2")
     assert "Weight decay (AdamW)" in page.text_content("#hyper-weight_decay h2")
-    # No per-weight hyperparameter gives the output layer's width: the labels say which layer it is.
-    labels = ["layer0.W (784→4)", "layer0.b (4)", "layer1.W (4→output)", "layer1.b"]
+    # The listing's parameter_shapes give every array's sizes, the output layer's ten classes included.
+    labels = ["layer0.W (784→4)", "layer0.b (4)", "layer1.W (4→10)", "layer1.b (10)"]
     drawn = chart(page, "#hyper-learning_rate canvas")
     assert drawn["type"] == "line" and [d["label"] for d in drawn["datasets"]] == labels
     np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, lr.values, rtol=1e-12)
