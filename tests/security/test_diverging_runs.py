@@ -11,11 +11,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+from direct_worker import direct_worker_fixtures
 
-import migrations
 from jobs import models, repository
-from jobs.db import session_factory
-from jobs.settings import Settings
 from jobs.spec import validate_spec
 from worker import runner
 
@@ -45,31 +43,9 @@ def spec(iterations: int, guard: bool | None = None) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def settings(make_postgres_database, tmp_path_factory) -> Settings:
-    url = make_postgres_database("revtune_chaos")
-    migrations.upgrade(url)
-    return Settings(
-        database_url=url,
-        broker_url="memory://",
-        data_dir=tmp_path_factory.mktemp("chaos-data"),
-        auth="off",
-        heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=30,
-    )
-
-
-@pytest.fixture(scope="module")
-def sessions(settings):
-    return session_factory(settings)
-
-
-@pytest.fixture(scope="module")
-def tenant_id(sessions) -> str:
-    with sessions() as session:
-        tenant = repository.get_or_create_tenant(session, "chaos-tests")
-        session.commit()
-        return tenant.id
+settings, sessions, tenant_id = direct_worker_fixtures(
+    "chaos", heartbeat_interval_s=0.5, heartbeat_timeout_s=30
+)
 
 
 def run_to_the_end(settings, sessions, tenant_id, job_spec: dict):

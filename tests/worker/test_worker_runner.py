@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from direct_worker import direct_worker_fixtures
 
-import migrations
 from hypercore.spec import problem_from_spec
 from hypercore.tune import Checkpoint, tune
 from jobs import models, repository
-from jobs.db import session_factory
-from jobs.settings import Settings
 from jobs.spec import validate_spec
 from worker import runner
 
@@ -39,31 +37,7 @@ SPEC = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings(make_postgres_database, tmp_path_factory) -> Settings:
-    url = make_postgres_database("revtune_worker")
-    migrations.upgrade(url)
-    return Settings(
-        database_url=url,
-        broker_url="memory://",
-        data_dir=tmp_path_factory.mktemp("worker-data"),
-        auth="off",
-        heartbeat_interval_s=0.2,
-        heartbeat_timeout_s=5,
-    )
-
-
-@pytest.fixture(scope="module")
-def sessions(settings):
-    return session_factory(settings)
-
-
-@pytest.fixture(scope="module")
-def tenant_id(sessions) -> str:
-    with sessions() as session:
-        tenant = repository.get_or_create_tenant(session, "worker-tests")
-        session.commit()
-        return tenant.id
+settings, sessions, tenant_id = direct_worker_fixtures("worker")
 
 
 def submit(sessions, tenant_id, spec: dict) -> str:

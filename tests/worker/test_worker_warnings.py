@@ -15,12 +15,10 @@ import re
 
 import numpy as np
 import pytest
+from direct_worker import direct_worker_fixtures
 from sklearn.datasets import load_digits
 
-import migrations
 from jobs import models, repository
-from jobs.db import session_factory
-from jobs.settings import Settings
 from jobs.spec import validate_spec
 from worker import runner
 
@@ -47,31 +45,9 @@ def spec(*, learning_rate: float | None = None, iterations: int | None = None, *
     return out
 
 
-@pytest.fixture(scope="module")
-def settings(make_postgres_database, tmp_path_factory) -> Settings:
-    url = make_postgres_database("revtune_warnings")
-    migrations.upgrade(url)
-    return Settings(
-        database_url=url,
-        broker_url="memory://",
-        data_dir=tmp_path_factory.mktemp("warnings-data"),
-        auth="off",
-        heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=30,
-    )
-
-
-@pytest.fixture(scope="module")
-def sessions(settings):
-    return session_factory(settings)
-
-
-@pytest.fixture(scope="module")
-def tenant_id(sessions) -> str:
-    with sessions() as session:
-        tenant = repository.get_or_create_tenant(session, "warnings-tests")
-        session.commit()
-        return tenant.id
+settings, sessions, tenant_id = direct_worker_fixtures(
+    "warnings", heartbeat_interval_s=0.5, heartbeat_timeout_s=30
+)
 
 
 @pytest.fixture(scope="module")
