@@ -10,8 +10,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The example model plugin too: tests/e2e runs it on a real worker (its tests run with the rest).
+PLUGIN_EXAMPLE := examples/revtune-plugin-example
+
+$(STAMP): pyproject.toml $(PLUGIN_EXAMPLE)/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e $(PLUGIN_EXAMPLE)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,7 +21,7 @@ from api import dashboard, errors, uploads
 from api.deps import KeyCache, RateLimiter
 from api.limits import BodyLimitMiddleware, CrossSiteGuardMiddleware, NulGuardMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import datasets, health, hyperparameters, jobs, steps, templates
+from api.routes import datasets, external, health, hyperparameters, jobs, models, steps, templates
 from jobs.db import session_factory
 from jobs.settings import Settings, get_settings
 from jobs.spec import JobSpec
@@ -75,7 +75,7 @@ def create_app(
 
     app.openapi = lambda: _openapi(app)
     errors.install(app)
-    for module in (jobs, steps, hyperparameters, datasets, templates, health, dashboard):
+    for module in (jobs, external, steps, hyperparameters, datasets, templates, models, health, dashboard):
         app.include_router(module.router)
 
     # Outermost last: the body cap sees bytes before anything parses them.
@@ -144,7 +144,7 @@ ERROR_SCHEMA = {
 }
 
 _ERROR_MEANINGS = {
-    "400": "the multipart body is malformed (the message says how)",
+    "400": "the body is malformed: a multipart upload, or a body that is not JSON (the message says how)",
     "401": "no valid, unrevoked API key",
     "404": "no such resource (another tenant's looks the same)",
     "409": "the resource's state forbids this now",
@@ -167,8 +167,12 @@ def _error_codes(path: str, method: str, operation: dict) -> set[str]:
         codes.add("404")
     if method == "post":
         codes |= {"413", "429"}
-    if path == "/v1/jobs" and method == "post":
+    if path in ("/v1/jobs", "/v1/jobs/external") and method == "post":
         codes |= {"409", "415"}
+    if method == "post" and path.endswith(("/steps", "/heartbeat", "/finish", "/resume")):
+        codes.add("409")  # a library run's writes: not running, not external, a gap (api.routes.external)
+    if method == "post" and path.endswith(("/steps", "/finish")):
+        codes.add("400")  # a body FastAPI cannot read as JSON at all
     if path == "/v1/datasets" and method == "post":
         codes.add("400")
     if path.endswith("/cancel") or method == "delete":

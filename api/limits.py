@@ -3,7 +3,9 @@
 `BodyLimitMiddleware`: a cap on request bodies, enforced while they stream in (before any parsing or
 spooling). ``Content-Length`` over the cap is refused at once with 413; a body without one (chunked)
 is counted as it arrives and cut off at the cap. Dataset uploads get ``REVTUNE_MAX_UPLOAD_BYTES``
-plus room for the multipart envelope; every other request (JSON specs) gets `MAX_JSON_BYTES`.
+plus room for the multipart envelope; a library run's step (``POST /v1/jobs/{id}/steps``, its
+hyperparameters as JSON numbers) `MAX_STEP_BYTES`; every other request (JSON specs) gets
+`MAX_JSON_BYTES`.
 
 `NulGuardMiddleware`: a NUL character (``%00``) in the path or the query string. No id, name or
 file of ours holds one, PostgreSQL refuses to compare against one and the file system refuses
@@ -39,6 +41,8 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_JSON_BYTES = 1024 * 1024
+MAX_STEP_BYTES = 32 * 1024 * 1024  # about 1.5 M hyperparameter values written as JSON numbers
+_STEP_PATH = re.compile(r"/v1/jobs/[^/]+/steps/?")
 _MULTIPART_SLACK = 64 * 1024
 UPLOAD_PATH = "/v1/datasets"
 
@@ -60,6 +64,8 @@ class BodyLimitMiddleware:
     def _limit(self, scope: Scope) -> int:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH:
             return self.max_upload_bytes + _MULTIPART_SLACK
+        if scope["method"] == "POST" and _STEP_PATH.fullmatch(scope["path"]):
+            return MAX_STEP_BYTES
         return MAX_JSON_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -29,6 +29,9 @@ class JobOut(BaseModel):
     id: str
     name: str
     status: str
+    origin: str = Field(
+        description="service (a worker runs it) or external (a library run its client records)"
+    )
     spec: dict[str, Any]
     meta_iter: int
     meta_iterations: int
@@ -48,6 +51,7 @@ class JobOut(BaseModel):
             id=job.id,
             name=job.name,
             status=job.status,
+            origin=job.origin,
             spec=job.spec,
             meta_iter=job.meta_iter,
             meta_iterations=job.meta_iterations,
@@ -58,6 +62,20 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
         )
+
+
+class RecordedOut(BaseModel):
+    """A library run's step POST: the job's recorded meta-iterations, whether this one was new, and
+    whether cancel was requested (the recorder stops its loop and finishes the job cancelled)."""
+
+    meta_iter: int
+    recorded: bool
+    cancel_requested: bool
+
+
+class HeartbeatOut(BaseModel):
+    status: str
+    cancel_requested: bool
 
 
 class JobPageOut(BaseModel):

@@ -72,6 +72,7 @@ DESCRIPTION_MODULES = frozenset(
         "hypercore.arrays",
         "hypercore.budget",
         "hypercore.families",
+        "hypercore.plugins",
         "hypercore.rules",
         "hypercore.steps",
         "hypercore.vocab",

@@ -249,6 +249,28 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+# A model from a plugin (`hypercore.plugins`): ``model: {kind: plugin, name, config}``. Its arrays are
+# the plugin's to say, on a worker that has it installed; the server, which cannot import it, knows
+# no shapes, so no rule or limit here reads them (the worker checks the sizes once it has built it).
+PLUGIN_KIND = "plugin"
+PLUGIN = Family(
+    lambda model, shape: _no_shapes(model),
+    "refused",
+    doc="a model from a plugin the workers have installed (GET /v1/models): name, config",
+)
+
+
+def _no_shapes(model: Mapping[str, Any]) -> Shapes:
+    raise ValueError(
+        f"the plugin model {model.get('name')!r} has no shapes before a worker builds it (pass `shapes`)"
+    )
+
+
+def family(kind: str) -> Family:
+    """The family of a spec's ``model.kind``: a built-in of `FAMILIES`, or `PLUGIN`."""
+    return PLUGIN if kind == PLUGIN_KIND else FAMILIES[kind]
+
+
 # What the counts need of the toy2d model's one observation (`hypercore.models.toy2d_data`).
 TOY2D_SHAPE = DatasetShape(n_features=1, n_classes=2)
 

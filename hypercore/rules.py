@@ -67,7 +67,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
     """Every semantic problem of ``spec`` against a dataset of ``shape`` (see `dataset_shape`)."""
     out: list[Problem] = []
     model = _section(spec, "model")
-    family = FAMILIES[model["kind"]]
+    family = families.family(model["kind"])
     out += _model_problems(model, family)
     given = given_hyperparameters(spec)
     for kind, setting in given.items():
@@ -146,6 +146,11 @@ _DECAY_KINDS = {("hyperparameters", "learning_rate"), ("hyperparameters", "weigh
 
 def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
     kind, hidden = model["kind"], model.get("hidden") or []
+    if kind == families.PLUGIN_KIND:
+        return _plugin_problems(model)
+    if model.get("name") is not None or model.get("config") is not None:
+        field = "name" if model.get("name") is not None else "config"
+        return [(("model", field), f"only a plugin model (kind: plugin) has a `{field}`: leave it out")]
     conv = _conv_problems(model, family)
     if conv:
         return conv
@@ -163,6 +168,25 @@ def _model_problems(model: Mapping[str, Any], family: families.Family) -> list[P
         for i, h in enumerate(hidden)
         if h < 1
     ]
+
+
+_BUILTIN_FIELDS = ("hidden", "activation", "channels", "kernel", "pool")
+
+
+def _plugin_problems(model: Mapping[str, Any]) -> list[Problem]:
+    """A plugin model is its ``name`` and its ``config`` (checked against the plugin's own schema by
+    whoever knows it: the server from the workers' advertisements, the worker from the plugin); the
+    built-in families' fields are not its."""
+    out: list[Problem] = [
+        (("model", f), f"a plugin model takes its settings in `model.config`: leave `{f}` out")
+        for f in _BUILTIN_FIELDS
+        if model.get(f) not in (None, [])
+    ]
+    if not model.get("name"):
+        out.append(
+            (("model", "name"), "a plugin model needs the `name` of an installed plugin (GET /v1/models)")
+        )
+    return out
 
 
 def _conv_problems(model: Mapping[str, Any], family: families.Family) -> list[Problem]:
@@ -352,18 +376,25 @@ def n_train_rows(spec: Mapping[str, Any], shape: DatasetShape) -> int:
 
 
 def model_shapes(spec: Mapping[str, Any], shape: DatasetShape) -> families.Shapes:
-    """The parameter arrays of the spec's model on a dataset of ``shape``."""
+    """The parameter arrays of the spec's model on a dataset of ``shape`` (a built-in family's: a
+    plugin model's are known only once a worker has built it)."""
     return families.parameter_shapes(_section(spec, "model"), shape)
 
 
-def count_hyperparameters(spec: Mapping[str, Any], shape: DatasetShape) -> int:
-    """How many hyperparameter values the spec implies (learned or fixed); see the module docstring."""
-    return sum(hyperparameter_counts(spec, shape).values())
+def count_hyperparameters(
+    spec: Mapping[str, Any], shape: DatasetShape, shapes: families.Shapes | None = None
+) -> int:
+    """How many hyperparameter values the spec implies (learned or fixed); see the module docstring.
+    ``shapes``: the model's parameter arrays when the spec cannot say them (a plugin model, built)."""
+    return sum(hyperparameter_counts(spec, shape, shapes).values())
 
 
-def hyperparameter_counts(spec: Mapping[str, Any], shape: DatasetShape) -> dict[str, int]:
-    """The values of each kind the spec implies, the defaults of the kinds it leaves out included."""
-    shapes = model_shapes(spec, shape)
+def hyperparameter_counts(
+    spec: Mapping[str, Any], shape: DatasetShape, shapes: families.Shapes | None = None
+) -> dict[str, int]:
+    """The values of each kind the spec implies, the defaults of the kinds it leaves out included
+    (``shapes``: as `count_hyperparameters`)."""
+    shapes = model_shapes(spec, shape) if shapes is None else shapes
     n_arrays, steps = len(shapes), _section(spec, "training")["steps"]
     per_granularity = {
         "global": 1,

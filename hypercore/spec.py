@@ -32,6 +32,9 @@ starts from a fixed point, so ``init_scale`` and ``training_data`` do not apply.
 (``mnist5k_tasks``; `hypercore.models.MultitaskMLP`), trained full-batch, whose nets the
 ``sharing`` hyperparameter couples (the paper's section 3.4).
 
+``model: {kind: plugin, name: resmlp, config: {...}}`` is a model from a plugin (`hypercore.plugins`):
+pass the loaded plugins as ``plugins=`` (the worker passes those ``REVTUNE_MODEL_PLUGINS`` enables).
+
 A key whose value is None counts as absent (a pydantic dump writes every optional field). Unknown
 keys inside the sections read here are refused; top-level keys other than those above (the job's
 ``name``, fields the service adds) are ignored.
@@ -51,9 +54,9 @@ from typing import Any
 
 from hypercore import cnn as _cnn
 from hypercore import data as _data
+from hypercore import families, rules, vocab
 from hypercore import models as _models
-from hypercore import rules, vocab
-from hypercore.families import FAMILIES, DatasetShape, conv_settings
+from hypercore.families import FAMILIES, PLUGIN_KIND, DatasetShape, conv_settings
 from hypercore.hyper import Hyper
 from hypercore.meta import GuardConfig, MetaConfig
 from hypercore.tune import OBJECTIVES, Problem, ProblemError
@@ -93,7 +96,7 @@ _SECTIONS = {
         "resplit",
         "shuffle",
     },
-    "model": {"kind", "hidden", "activation", "channels", "kernel", "pool"},
+    "model": {"kind", "hidden", "activation", "channels", "kernel", "pool", "name", "config"},
     "training": {"steps", "optimizer"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
 }
@@ -140,8 +143,13 @@ def _check_types(spec: Mapping) -> None:
     """What the service's schema checks before its rules: every value the rules read has its type."""
     model = _section(spec, "model")
     kind = model.get("kind")
-    if kind not in FAMILIES:
-        raise SpecError("model.kind", f"must be one of {', '.join(map(repr, FAMILIES))}, got {kind!r}")
+    if kind not in FAMILIES and kind != PLUGIN_KIND:
+        kinds = ", ".join(map(repr, [*FAMILIES, PLUGIN_KIND]))
+        raise SpecError("model.kind", f"must be one of {kinds}, got {kind!r}")
+    if "name" in model and not isinstance(model["name"], str):
+        raise SpecError("model.name", f"must be a plugin's name, got {model['name']!r}")
+    if "config" in model and not isinstance(model["config"], Mapping):
+        raise SpecError("model.config", f"must be a mapping, got {model['config']!r}")
     hidden = model.get("hidden", [])
     if not isinstance(hidden, (list, tuple)):
         raise SpecError("model.hidden", f"must be a list of layer widths, got {hidden!r}")
@@ -207,7 +215,7 @@ def check(spec: Mapping, dataset=None) -> None:
     _check_types(spec)
     if "seed" in spec and spec["seed"] is not None:
         _int(spec["seed"], "seed", 0)
-    family = FAMILIES[spec["model"]["kind"]]
+    family = families.family(spec["model"]["kind"])
     if not family.needs_data and dataset is not None:
         raise SpecError("dataset", "the toy2d model has no data: leave `dataset` out")
     if dataset is not None:
@@ -239,10 +247,12 @@ def _dataset(section: dict, seed: int, dataset):
     )
 
 
-def _model(section: dict, ds):
+def _model(section: dict, ds, plugins: Mapping | None = None):
     """The spec's model on ``ds``: its output layer has ``ds.n_outputs`` units (the classes, or a real
-    target's outputs)."""
+    target's outputs). A plugin model is built by its entry of ``plugins`` (`hypercore.plugins.load`)."""
     kind = section["kind"]
+    if kind == PLUGIN_KIND:
+        return _plugin_model(section, ds, plugins or {})
     if kind == "toy2d":
         return _models.toy2d()
     target = getattr(ds, "target", "class")
@@ -265,6 +275,23 @@ def _model(section: dict, ds):
     if kind == "multitask_mlp":
         return _models.multitask_mlp(ds.n_features, widths, ds.n_classes, ds.n_tasks, activation=activation)
     return _models.mlp(ds.n_features, widths, ds.n_outputs, activation=activation, target=target)
+
+
+def _plugin_model(section: dict, ds, plugins: Mapping):
+    name = section["name"]
+    plugin = plugins.get(name)
+    if plugin is None:
+        loaded = ", ".join(sorted(plugins)) or "none"
+        raise SpecError(
+            "model.name",
+            f"the model plugin {name!r} is not loaded here (loaded: {loaded}; REVTUNE_MODEL_PLUGINS)",
+        )
+    model = plugin.build(section.get("config"), DatasetShape.of_loaded(ds))
+    try:
+        _models.check_model(model)
+    except _models.ModelError as e:
+        raise SpecError("model.name", f"the plugin {name!r} built an unusable model: {e}") from e
+    return model
 
 
 def _hypers(section: Mapping) -> dict[str, Hyper]:
@@ -295,21 +322,22 @@ def _meta(section: dict) -> tuple[MetaConfig, int]:
     return config, iterations
 
 
-def problem_from_spec(spec: Mapping, dataset=None) -> Problem:
+def problem_from_spec(spec: Mapping, dataset=None, plugins: Mapping | None = None) -> Problem:
     """The `Problem` a job spec describes. ``dataset``: the already-loaded `Dataset` (required for
-    an uploaded ``dataset.id``; for a built-in ``name`` it is loaded here when not given)."""
+    an uploaded ``dataset.id``; for a built-in ``name`` it is loaded here when not given).
+    ``plugins``: the model plugins a ``kind: plugin`` model may name, by name (`hypercore.plugins.load`)."""
     check(spec, dataset)
     seed = spec.get("seed")
     seed = 0 if seed is None else seed
     model_section = _section(spec, "model")
-    if FAMILIES[model_section["kind"]].needs_data:
+    if families.family(model_section["kind"]).needs_data:
         ds_section = _section(spec, "dataset")
         ds = _dataset(ds_section, seed, dataset)
     else:
         ds_section, ds = {}, _models.toy2d_data()
     meta, iterations = _meta(_section(spec, "meta", required=False))
     return Problem.build(
-        _model(model_section, ds),
+        _model(model_section, ds, plugins),
         ds,
         _hypers(_section(spec, "hyperparameters", required=False)),
         steps=_section(spec, "training")["steps"],

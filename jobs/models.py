@@ -6,7 +6,8 @@ table              holds
 tenants            who owns jobs and datasets
 api_keys           ``rt_<key_id>_<secret>``: ``id`` is the key id (looked up), the secret is stored
                    only as an argon2 hash; ``revoked_at`` ends it
-jobs               the spec (JSON) and the run's state: status, progress, best objective, the
+jobs               the spec (JSON), its ``origin`` (``service`` or ``external``: a library run the
+                   client records) and the run's state: status, progress, best objective, the
                    worker's claim (``worker_id``, ``attempts``), ``heartbeat_at`` and ``deaths``
                    (how many of its workers died running it)
 steps              one row per finished meta-iteration, the REST ``step`` fields
@@ -48,7 +49,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import FunctionElement, literal
 
-from jobs.states import Status
+from jobs.states import Origin, Status
 
 
 class UTCDateTime(TypeDecorator):
@@ -160,6 +161,9 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED.value)
+    # "service": a worker runs it; "external": a library run whose client records it (never enqueued
+    # or claimed; its heartbeat is the recorder's).
+    origin: Mapped[str] = mapped_column(String(16), default=Origin.SERVICE.value, server_default="service")
     spec: Mapped[dict[str, Any]]
     meta_iter: Mapped[int] = mapped_column(default=0)
     meta_iterations: Mapped[int]
@@ -253,3 +257,18 @@ class Dataset(Base):
     path: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelPluginAd(Base):
+    """A model plugin one worker process offers (`hypercore.plugins`): written at its start-up, its
+    ``seen_at`` refreshed by its reaper's passes, removed when it stops. The API, which cannot import
+    plugins, lists and validates against these rows; one whose worker went silent no longer counts."""
+
+    __tablename__ = "model_plugins"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text)
+    config_schema: Mapped[dict[str, Any]]
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -38,6 +38,8 @@ variable                       meaning (default)
                                after twice as long each time, up to
                                ``REVTUNE_QUEUED_MAX_BACKOFF_S`` (1800 s)
 ``REVTUNE_REAPER_INTERVAL_S``  how often each worker's reaper looks (15 s)
+``REVTUNE_MODEL_PLUGINS``      the installed model plugins a worker loads and offers, comma-separated
+                               (empty: none; `hypercore.plugins`)
 ``REVTUNE_*_TIMEOUT_S``        deadlines, so a broker or database that stops answering fails a
                                call instead of holding the API's threads: ``BROKER_SOCKET`` each
                                Redis socket read and connect (2 s); ``PUBLISH`` a whole enqueue,
@@ -148,6 +150,12 @@ class Settings(BaseSettings):
     queued_timeout_s: float = Field(120.0, gt=0)
     queued_max_backoff_s: float = Field(1800.0, gt=0)
     reaper_interval_s: float = Field(15.0, gt=0)
+    model_plugins: str = Field(
+        "",
+        description="REVTUNE_MODEL_PLUGINS: the installed model plugins (entry points `revtune.models`) "
+        "a worker loads and offers, comma-separated; empty (the default) enables none, so installing a "
+        "package alone enables nothing",
+    )
     max_attempts: int = Field(
         3,
         ge=1,
@@ -251,6 +259,11 @@ class Settings(BaseSettings):
                     f"REVTUNE_{name.upper()} uses a well-known default password; "
                     "set a secret one (e.g. POSTGRES_PASSWORD) with REVTUNE_ENV=production"
                 )
+
+    @property
+    def plugin_live_s(self) -> float:
+        """How long a worker's plugin advertisements count after its last reaper pass refreshed them."""
+        return max(self.heartbeat_timeout_s, 3 * self.reaper_interval_s)
 
     @property
     def limits(self) -> SpecLimits:

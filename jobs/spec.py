@@ -22,6 +22,9 @@ The fields are DESIGN.md's "Job spec" (the same dict `hypercore.spec.problem_fro
 ``training.optimizer`` trains the model (the engine reverses it exactly); ``meta.optimizer`` optimises
 the hyperparameters. The two are independent.
 
+``model: {kind: plugin, name, config}`` is a model plugin the workers offer (`hypercore.plugins`):
+`validate_spec` checks ``name`` and ``config`` against their advertisement (``resolve_plugin``) and
+leaves its sizes, which need the built model, to the worker (`model_size_problems`).
 ``model: {kind: toy2d}`` is the paper's two-weight figure-1 problem: it has no data, so ``dataset``
 is left out (every other kind needs it), and it starts from a fixed point, so ``init_scale`` and
 ``training_data`` are refused. ``model: {kind: multitask_mlp, hidden: [...]}`` is one net per task
@@ -52,10 +55,18 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from hypercore import budget, families, rules, vocab
-from hypercore.families import BUILTIN_DATASETS, CONV_DEFAULTS, FAMILIES, DatasetShape
+from hypercore import budget, families, plugins, rules, vocab
+from hypercore.families import BUILTIN_DATASETS, CONV_DEFAULTS, FAMILIES, PLUGIN, PLUGIN_KIND, DatasetShape
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -69,7 +80,7 @@ __all__ = [
 
 Granularity = Literal[vocab.GRANULARITIES]  # type: ignore[valid-type]
 BuiltinName = Literal[tuple(BUILTIN_DATASETS)]  # type: ignore[valid-type]
-ModelKind = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
+ModelKind = Literal[(*FAMILIES, PLUGIN_KIND)]  # type: ignore[valid-type]
 TrainingOptimizerName = Literal[tuple(vocab.TRAINING_OPTIMIZERS)]  # type: ignore[valid-type]
 
 _BUILTIN_NAMES = ", ".join(BUILTIN_DATASETS)
@@ -135,12 +146,15 @@ class DatasetSection(_Strict):
 
 class ModelSection(_Strict):
     kind: ModelKind = Field(
-        description="; ".join(f"{name}: {family.doc}" for name, family in FAMILIES.items())
+        description="; ".join(
+            f"{name}: {family.doc}" for name, family in {**FAMILIES, PLUGIN_KIND: PLUGIN}.items()
+        )
     )
     hidden: list[int] = Field(
         default_factory=list, description="hidden layer widths (mlp, multitask_mlp; cnn, cnn1d: dense layers)"
     )
-    activation: Literal["tanh", "relu"] = "tanh"
+    # None only for a plugin model that does not set it (`_plugin_has_no_activation`).
+    activation: Literal["tanh", "relu"] | None = "tanh"
     channels: list[int] | None = Field(
         None, description="cnn, cnn1d: the output channels of each convolution, input first (required)"
     )
@@ -156,6 +170,21 @@ class ModelSection(_Strict):
         description="cnn, cnn1d: average pooling window and stride after each convolution, 1 for none "
         f"(default {CONV_DEFAULTS['pool']})",
     )
+    name: str | None = Field(
+        None,
+        pattern=plugins.NAME_PATTERN,
+        description="plugin: the model plugin's name (GET /v1/models lists those the workers offer)",
+    )
+    config: dict[str, Any] | None = Field(
+        None, description="plugin: the plugin's settings, checked against its config_schema (GET /v1/models)"
+    )
+
+    @model_validator(mode="after")
+    def _plugin_has_no_activation(self) -> ModelSection:
+        # The built-ins' default activation is not a plugin's: stored specs leave it out.
+        if self.kind == PLUGIN_KIND and "activation" not in self.model_fields_set:
+            self.activation = None
+        return self
 
 
 class TrainingSection(_Strict):
@@ -317,15 +346,25 @@ def _size_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) -> li
                     f"the dataset has {shape.n_classes} classes; at most {limits.max_classes} are allowed",
                 )
             )
-    if out:
+    if out or spec.model.kind == PLUGIN_KIND:  # a plugin's sizes: `model_size_problems`, in the worker
         return out
-    data = spec.to_dict()
-    n_weights = families.n_weights(rules.model_shapes(data, shape))
+    return model_size_problems(spec.to_dict(), limits, shape)
+
+
+def model_size_problems(
+    data: dict[str, Any], limits: SpecLimits, shape: DatasetShape, shapes: families.Shapes | None = None
+) -> list[rules.Problem]:
+    """The model's and the hyperparameters' sizes against the server's limits, then the memory
+    estimate. ``shapes``: a plugin model's arrays, which only the worker that built it knows (it checks
+    the weights and the hyperparameters; the memory estimate needs a built-in family's layers)."""
+    out: list[rules.Problem] = []
+    shapes = rules.model_shapes(data, shape) if shapes is None else shapes
+    n_weights = families.n_weights(shapes)
     if n_weights > limits.max_weights:
         out.append(
             (("model",), f"the model has {n_weights} weights; at most {limits.max_weights} are allowed")
         )
-    n_hyper = rules.count_hyperparameters(data, shape)
+    n_hyper = rules.count_hyperparameters(data, shape, shapes)
     if n_hyper > limits.max_hyperparameters:
         out.append(
             (
@@ -334,7 +373,7 @@ def _size_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) -> li
                 f"at most {limits.max_hyperparameters} are allowed",
             )
         )
-    if not out:  # the memory would only repeat the sizes
+    if not out and data["model"]["kind"] != PLUGIN_KIND:  # the memory would only repeat the sizes
         out += _memory_problems(data, limits, shape)
     return out
 
@@ -356,16 +395,33 @@ def _memory_problems(data: dict[str, Any], limits: SpecLimits, shape: DatasetSha
     ]
 
 
+def _plugin_problems(
+    model: ModelSection, resolve_plugin: Callable[[str], Mapping[str, Any] | None]
+) -> list[rules.Problem]:
+    schema = resolve_plugin(model.name or "")
+    if schema is None:
+        return [
+            (
+                ("model", "name"),
+                f"no worker offers the model plugin {model.name!r} (GET /v1/models lists those they do)",
+            )
+        ]
+    return plugins.config_problems(schema, model.config or {})
+
+
 def validate_spec(
     data: Any,
     limits: SpecLimits | None = None,
     resolve_dataset: Callable[[str], DatasetShape | None] | None = None,
+    resolve_plugin: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> JobSpec:
     """Parse and check a spec; raise `SpecError` listing every problem, each naming its field.
 
     ``resolve_dataset(id)`` gives an uploaded dataset's shape, or None when the caller may not use
     it (unknown, or another tenant's): that is reported on ``dataset.id``. Without a resolver a
-    spec naming an upload is checked against everything but the dataset.
+    spec naming an upload is checked against everything but the dataset. ``resolve_plugin(name)``
+    likewise gives the JSON Schema of a model plugin's config (None: no worker offers it, reported on
+    ``model.name``); without it a plugin model's ``name`` and ``config`` are not checked.
     """
     limits = limits or SpecLimits()
     if not isinstance(data, Mapping):
@@ -383,6 +439,8 @@ def validate_spec(
     if spec.dataset is not None and spec.dataset.id is not None and spec.dataset.shuffle is None:
         if uploaded is None or uploaded.layout != "splits":  # an X/y upload is split by the spec
             spec.dataset.shuffle = True  # stored explicitly: a later default cannot change its split
+    if spec.model.kind == PLUGIN_KIND and spec.model.name is not None and resolve_plugin is not None:
+        found += _plugin_problems(spec.model, resolve_plugin)
     data = spec.to_dict()
     shape = rules.dataset_shape(data, uploaded)
     found += rules.problems(data, shape)

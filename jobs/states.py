@@ -7,6 +7,10 @@
        |                 +--requeue--> queued     (worker died or shut down: resume from checkpoint)
        +--cancel--> cancelled                     (never started)
 
+A library run the service records (origin ``external``, `Origin`) is created ``running`` by its
+recorder, is never queued, and may be resumed from ``failed`` (its last recorder died or its run
+raised) by a new recorder: ``EXTERNAL_TRANSITIONS``.
+
 The database is the source of truth: every status write goes through `check_transition`, so a
 late message from a worker that lost its claim cannot move a finished job.
 """
@@ -38,17 +42,37 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 
+# A library run: no queue; a failed one may be resumed (its steps so far are kept).
+EXTERNAL_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    **TRANSITIONS,
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+    Status.FAILED: frozenset({Status.RUNNING}),
+}
+
+
+class Origin(StrEnum):
+    """Who runs a job: a worker of the service, or the user's own library run that a client records."""
+
+    SERVICE = "service"
+    EXTERNAL = "external"
+
+
 class IllegalTransition(Conflict):
     """A status change the state machine forbids (e.g. ``succeeded -> running``)."""
 
 
-def can_transition(old: str, new: str) -> bool:
-    return Status(new) in TRANSITIONS[Status(old)]
+def _table(origin: str) -> dict[Status, frozenset[Status]]:
+    return EXTERNAL_TRANSITIONS if origin == Origin.EXTERNAL else TRANSITIONS
 
 
-def check_transition(old: str, new: str) -> Status:
-    """Return ``new`` as a `Status` if ``old -> new`` is allowed; raise `IllegalTransition` if not."""
-    if not can_transition(old, new):
-        allowed = ", ".join(sorted(TRANSITIONS[Status(old)])) or "none: it is final"
+def can_transition(old: str, new: str, origin: str = Origin.SERVICE) -> bool:
+    return Status(new) in _table(origin)[Status(old)]
+
+
+def check_transition(old: str, new: str, origin: str = Origin.SERVICE) -> Status:
+    """Return ``new`` as a `Status` if ``old -> new`` is allowed for a job of ``origin``; raise
+    `IllegalTransition` if not."""
+    if not can_transition(old, new, origin):
+        allowed = ", ".join(sorted(_table(origin)[Status(old)])) or "none: it is final"
         raise IllegalTransition(f"a {old} job cannot become {new} (allowed from {old}: {allowed})")
     return Status(new)

@@ -154,12 +154,16 @@ def _job_row(job: dict[str, Any]) -> list[Any]:
 _JOB_HEADERS = ("ID", "NAME", "STATUS", "PROGRESS", "BEST", "CREATED", "WARNINGS")
 
 
+_EXTERNAL = "external (a library run its client records; no worker runs it)"
+
+
 def _show_job(job: dict[str, Any]) -> None:
     best = job.get("best")
     fields = [
         ("id", job["id"]),
         ("name", job["name"]),
         ("status", job["status"]),
+        ("origin", _EXTERNAL if job.get("origin") == "external" else None),
         ("progress", f"{job['meta_iter']}/{job['meta_iterations']} meta-iterations"),
         ("best", f"{best['objective']:.6g} at meta-iteration {best['meta_iter']}" if best else None),
         ("objective", job.get("spec", {}).get("objective")),

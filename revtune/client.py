@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from jobs.states import TERMINAL
+from revtune.recorder import Recorder
 
 __all__ = [
     "Client",
@@ -48,6 +49,7 @@ __all__ = [
     "JobWarning",
     "NotFound",
     "ProgressBar",
+    "Recorder",
     "RevtuneError",
     "Step",
     "TERMINAL_STATUSES",
@@ -82,6 +84,7 @@ class Job(TypedDict):
     id: str
     name: str
     status: str
+    origin: str  # "service" (a worker runs it) or "external" (a library run recorded by `Client.record`)
     spec: dict[str, Any]
     meta_iter: int
     meta_iterations: int
@@ -164,6 +167,8 @@ class Hyperparameter:
 class RevtuneError(Exception):
     """An error answer from the server (or no answer). ``status_code`` is None when unreachable."""
 
+    retry_after: float | None = None  # 429 and 503: the server's Retry-After in seconds, if it sent one
+
     def __init__(self, message: str, status_code: int | None = None, detail: Any = None) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -187,8 +192,6 @@ class Unavailable(RevtuneError):
 
     ``retry_after`` is the server's ``Retry-After`` in seconds (None without one, or unreachable).
     """
-
-    retry_after: float | None = None
 
 
 class ValidationError(RevtuneError):
@@ -237,7 +240,7 @@ def _raise_for(response: httpx.Response) -> None:
     cls = _ERRORS.get(response.status_code, RevtuneError)
     method, url = response.request.method, response.request.url
     error = cls(f"{method} {url.path} -> {response.status_code}: {text}", response.status_code, detail)
-    if isinstance(error, Unavailable):
+    if response.status_code in (429, 503):
         error.retry_after = _retry_after(response.headers.get("Retry-After"))
     raise error
 
@@ -525,6 +528,40 @@ class Client:
         finally:
             if bar is not None:
                 bar.close()
+
+    def record(
+        self,
+        name: str,
+        description: Mapping[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        heartbeat_s: float | None = None,
+    ) -> Recorder:
+        """Record a library run (``hypercore.tune`` on this machine) as a job of origin ``external``:
+        returns the :class:`~revtune.recorder.Recorder` to pass as ``tune``'s callback.
+
+        ``description``: what the run is, like a job spec (``model.kind`` a built-in family or your
+        model's name, ``meta.iterations``, ``dataset``, ``hyperparameters``, ...); stored as the job's
+        spec, ``name`` as its name. ``job_id``: continue that job instead (a run resumed from its
+        checkpoint; a failed job runs again). ``idempotency_key``: a repeat finds the first job and
+        continues it. Raises :class:`ValidationError` naming a field the description gets wrong and
+        :class:`Conflict` for a job that already succeeded or was cancelled. ``heartbeat_s``: how
+        often the recorder tells the server it is alive (default: what the server asks for,
+        ``REVTUNE_HEARTBEAT_INTERVAL_S``).
+        """
+        if job_id is None:
+            body = {**dict(description or {}), "name": name}
+            headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+            response = self._request("POST", "/v1/jobs/external", json=body, headers=headers)
+            if response.status_code == 200:  # a repeat: continue the first job
+                job_id = response.json()["id"]
+        if job_id is not None:
+            response = self._request("POST", f"/v1/jobs/{job_id}/resume")
+        asked = response.headers.get("Revtune-Heartbeat-Interval")
+        if heartbeat_s is None:
+            heartbeat_s = float(asked) if asked else 10.0
+        return Recorder(self, response.json(), heartbeat_s=heartbeat_s)
 
     # hyperparameters
 

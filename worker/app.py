@@ -5,7 +5,9 @@ after the task returns (``acks_late``) and re-delivered when the worker process 
 (``task_reject_on_worker_lost``); each worker takes one message at a time
 (``worker_prefetch_multiplier=1``), so a long job never holds others hostage. A redelivered
 message for a job that is already running elsewhere or finished is a no-op
-(`jobs.repository.claim_job`). Every task goes to the explicit queue `QUEUE`.
+(`jobs.repository.claim_job`). Every task goes to the explicit queue `QUEUE`, except
+a job whose model is a plugin (`hypercore.plugins`): it goes to that plugin's queue (`plugin_queue`),
+which only the workers that load the plugin consume (`worker.enqueue.job_queue` decides).
 
 The task itself lives in ``worker.tasks`` (which imports JAX) under the name `RUN_JOB_TASK`;
 producers (`worker.enqueue`) send by that constant and never import the task module.
@@ -19,6 +21,11 @@ from jobs.settings import Settings, get_settings
 
 QUEUE = "revtune"
 RUN_JOB_TASK = "revtune.run_job"
+
+
+def plugin_queue(name: str) -> str:
+    """The queue of the jobs whose model is the plugin ``name``: its workers consume it besides `QUEUE`."""
+    return f"{QUEUE}.plugin.{name}"
 
 
 def make_app(settings: Settings | None = None) -> Celery:

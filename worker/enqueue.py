@@ -18,11 +18,21 @@ harmless (only one worker can claim a job).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from hypercore.families import PLUGIN_KIND
+from jobs import repository
+from jobs.db import session_factory
+from jobs.models import Job
 from jobs.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # Publishes in flight at once per process; more wait (within their deadline) for a free one.
 MAX_PUBLISHES = 8
@@ -41,11 +51,35 @@ def _publish_slots() -> threading.BoundedSemaphore:
         return _slots.setdefault(os.getpid(), threading.BoundedSemaphore(MAX_PUBLISHES))
 
 
+def job_queue(job_id: str, settings: Settings) -> str:
+    """The queue for the job: `worker.app.QUEUE`, or, for a model plugin that a live worker offers,
+    that plugin's queue (only its workers consume it). A plugin no live worker offers any more goes to
+    `QUEUE`, where any worker claims the job and fails it, saying the plugin is gone, rather than
+    leave it in a queue nobody reads."""
+    from worker.app import QUEUE, plugin_queue
+
+    with session_factory(settings)() as session:
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+        model = (spec or {}).get("model") or {}
+        if model.get("kind") != PLUGIN_KIND:
+            return QUEUE
+        offered = repository.offered_plugin(
+            session, model.get("name", ""), live_within_s=settings.plugin_live_s
+        )
+    return QUEUE if offered is None else plugin_queue(offered.name)
+
+
 def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Publish ``run_job(job_id)`` to the ``revtune`` queue, within ``settings.publish_timeout_s``."""
+    """Publish ``run_job(job_id)`` to the job's queue (`job_queue`), within ``settings.publish_timeout_s``."""
     from worker.app import QUEUE, RUN_JOB_TASK, app_for
 
     settings = settings or get_settings()
+    try:
+        queue = job_queue(job_id, settings)
+    except DBAPIError as e:
+        # A worker that takes a plugin job it lacks sends it on to the plugin's queue (`worker.runner`).
+        log.warning("could not read job %s's model (%s): sending it to %s", job_id, e.orig, QUEUE)
+        queue = QUEUE
     celery = app_for(settings)
     timeout_s = settings.publish_timeout_s
     deadline = time.monotonic() + timeout_s
@@ -59,7 +93,7 @@ def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
 
     def publish() -> None:
         try:
-            celery.send_task(RUN_JOB_TASK, args=[job_id], queue=QUEUE)
+            celery.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
         except Exception as e:  # kombu's connection errors have no common base worth naming
             failure.append(e)
         finally:

@@ -108,9 +108,11 @@ class Reaper(threading.Thread):
     passes all fell outside it, cannot tell; outages shorter than ``heartbeat_timeout_s`` minus the
     heartbeat period silence no live worker for long enough to matter.)"""
 
-    def __init__(self, settings: Settings, interval_s: float):
+    def __init__(self, settings: Settings, interval_s: float, on_pass: Callable[[], None] | None = None):
         super().__init__(name="revtune-reaper", daemon=True)
         self.settings, self.interval_s = settings, interval_s
+        # Also run on every pass: the worker's refresh of its plugin advertisements (`worker.process`).
+        self.on_pass = on_pass
         self._stop_event = threading.Event()
         self.outage = False  # a pass failed on the database since the last one that worked
         self.deaths_after: datetime | None = None
@@ -130,6 +132,8 @@ class Reaper(threading.Thread):
                     "the database is back; jobs silent since before %s are not counted as deaths",
                     self.deaths_after,
                 )
+            if self.on_pass is not None:
+                self.on_pass()
             return reap(self.settings, sessions=sessions, deaths_after=self.deaths_after)
         except (DBAPIError, OSError) as e:
             self.outage = True
@@ -143,8 +147,8 @@ class Reaper(threading.Thread):
         self.join()
 
 
-def start_reaper(settings: Settings | None = None) -> Reaper:
+def start_reaper(settings: Settings | None = None, on_pass: Callable[[], None] | None = None) -> Reaper:
     settings = settings or get_settings()
-    reaper = Reaper(settings, settings.reaper_interval_s)
+    reaper = Reaper(settings, settings.reaper_interval_s, on_pass)
     reaper.start()
     return reaper

@@ -51,7 +51,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from hypercore import plugins
 from hypercore.arrays import DataError, dataset_from_npz, read_npz
+from hypercore.families import PLUGIN_KIND, DatasetShape
 from hypercore.hyper import ConfigError
 from hypercore.meta import MetaDivergedError
 from hypercore.spec import problem_from_spec
@@ -69,6 +71,7 @@ from jobs.db import session_factory
 from jobs.models import Job
 from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
 from jobs.settings import Settings, get_settings
+from jobs.spec import model_size_problems
 from jobs.states import Status
 from worker import health
 from worker.enqueue import EnqueueError, enqueue_job
@@ -191,6 +194,35 @@ def load_dataset(spec_dataset: dict, settings: Settings, seed: int = 0):
         raise JobInputError(f"dataset.id: the uploaded dataset {dataset_id!r} is unusable: {e}") from e
 
 
+# The model plugins this worker process loaded at start-up (`load_plugins`), by name.
+loaded_plugins: dict[str, plugins.ModelPlugin] = {}
+
+
+def load_plugins(settings: Settings) -> dict[str, plugins.ModelPlugin]:
+    """Load the installed plugins ``REVTUNE_MODEL_PLUGINS`` enables (`hypercore.plugins.load`) as this
+    process's `loaded_plugins`; `hypercore.plugins.PluginError` names one that is missing or malformed."""
+    loaded_plugins.clear()
+    loaded_plugins.update(plugins.load(plugins.enabled_names(settings.model_plugins)))
+    return loaded_plugins
+
+
+def _plugin_gone(name: str) -> JobInputError:
+    return JobInputError(
+        f"model.name: no worker offers the model plugin {name!r} any more (the workers' "
+        "REVTUNE_MODEL_PLUGINS, GET /v1/models); resubmit the job once one does"
+    )
+
+
+def _check_plugin_sizes(spec: dict, problem: Problem, settings: Settings) -> None:
+    """A plugin model's weights and hyperparameters against the server's limits, which the API could
+    not count without the model (`jobs.spec.model_size_problems`)."""
+    shapes = {name: tuple(int(d) for d in shape) for name, shape in problem.model.shapes.items()}
+    found = model_size_problems(spec, settings.limits, DatasetShape.of_loaded(problem.dataset), shapes)
+    if found:
+        loc, message = found[0]
+        raise JobInputError(f"{'.'.join(map(str, loc))}: {message}")
+
+
 # The last few problems built, by spec: a resumed or resubmitted job reuses the compiled functions
 # (`hypercore.tune` keeps them per problem object) instead of compiling again.
 _PROBLEMS: OrderedDict[str, Problem] = OrderedDict()
@@ -201,15 +233,20 @@ def build_problem(spec: dict, settings: Settings) -> Problem:
     """The job's `Problem`; a spec hypercore refuses raises `JobInputError` naming the field."""
     ds_spec = spec.get("dataset") or {}
     uploaded = ds_spec.get("id") is not None
+    model = spec.get("model") or {}
+    if model.get("kind") == PLUGIN_KIND and model.get("name") not in loaded_plugins:
+        raise _plugin_gone(model.get("name"))
     key = json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True)
     if key in _PROBLEMS and not (uploaded and not settings.dataset_path(ds_spec["id"]).is_file()):
         _PROBLEMS.move_to_end(key)
         return _PROBLEMS[key]
     try:
         dataset = load_dataset(ds_spec, settings, spec.get("seed", 0)) if uploaded else None
-        problem = problem_from_spec(spec, dataset=dataset)
+        problem = problem_from_spec(spec, dataset=dataset, plugins=loaded_plugins)
     except ConfigError as e:
         raise JobInputError(str(e)) from e
+    if model.get("kind") == PLUGIN_KIND:
+        _check_plugin_sizes(spec, problem, settings)
     _PROBLEMS[key] = problem
     while len(_PROBLEMS) > _PROBLEM_CACHE_SIZE:
         _PROBLEMS.popitem(last=False)
@@ -445,9 +482,28 @@ class JobRun:
             return None
         return status.value
 
-    def hand_back(self, enqueue: Callable[[str], None]) -> str | None:
-        """Instead of finishing: put the job back in the queue (the worker is shutting down) and
-        enqueue it; returns ``queued``, or None when the job was no longer this worker's to hand back."""
+    def plugin_elsewhere(self, settings: Settings) -> bool:
+        """Whether the job's model is a plugin this worker lacks that a live worker offers (a message
+        sent to `worker.app.QUEUE` while the database could not say the queue): hand it back, to be
+        enqueued on that plugin's queue. Without such a worker the job runs here and fails, saying so."""
+        model = self.claim.spec.get("model") or {}
+        if model.get("kind") != PLUGIN_KIND or model.get("name") in loaded_plugins:
+            return False
+        return transaction(
+            self.sessions,
+            lambda session: (
+                repository.offered_plugin(session, model.get("name"), live_within_s=settings.plugin_live_s)
+                is not None
+            ),
+            f"looking for model plugin {model.get('name')!r}",
+        )
+
+    def hand_back(
+        self, enqueue: Callable[[str], None], why: str = "the worker is shutting down"
+    ) -> str | None:
+        """Instead of finishing: put the job back in the queue (``why``: the worker is shutting down)
+        and enqueue it; returns ``queued``, or None when the job was no longer this worker's to hand
+        back."""
         if not transaction(
             self.sessions,
             lambda session: repository.requeue(session, self.job_id),
@@ -458,7 +514,7 @@ class JobRun:
             enqueue(self.job_id)
         except EnqueueError as e:
             log.warning("%s; the reaper will enqueue it", e)
-        log.info("worker shutting down: job %s handed back to the queue", self.job_id)
+        log.info("job %s handed back to the queue: %s", self.job_id, why)
         return Status.QUEUED.value
 
     def ended(self) -> tuple[Status, str | None]:
@@ -503,6 +559,8 @@ def run_job(
     if run is None:
         log.info("job %s is not claimable (finished, cancelled or running elsewhere); skipping", job_id)
         return None
+    if run.plugin_elsewhere(settings):
+        return run.hand_back(enqueue, "its model plugin is not loaded here, but another worker offers it")
     try:
         problem, checkpoint = run.build(settings)
     except (JobInputError, CheckpointError) as e:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from api.deps import MAX_DB_INT, SessionDep, TenantDep
 from api.schemas import HyperparameterInfo, HyperparameterListOut, HyperparameterOut
 from hypercore import rules
-from hypercore.families import FAMILIES, DatasetShape
+from hypercore.families import FAMILIES, PLUGIN_KIND, DatasetShape
 from jobs import repository
 from jobs.repository import HyperparameterValue
 
@@ -40,14 +40,18 @@ def list_hyperparameters(
     from one of hidden units."""
     found, rows = repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
     job = repository.get_job(session, tenant, job_id)
-    family = FAMILIES.get(job.spec["model"]["kind"])  # None: a library run's own model (origin external)
-    shape = _dataset_shape(session, tenant, job.spec) if family is not None else None
-    needs_data = family is not None and family.needs_data
+    kind = job.spec["model"]["kind"]
+    # A plugin's arrays are known only to the workers that have it; a library run's own model (origin
+    # external) names no dataset the service knows.
+    family = FAMILIES.get(kind)
+    shape = _dataset_shape(session, tenant, job.spec) if family is not None or kind == PLUGIN_KIND else None
     return HyperparameterListOut(
         meta_iter=found,
-        example_shape=list(shape.example) if shape is not None and needs_data else None,
+        example_shape=list(shape.example)
+        if shape is not None and (family is None or family.needs_data)
+        else None,
         parameter_shapes=None
-        if shape is None
+        if shape is None or family is None
         else {name: list(s) for name, s in rules.model_shapes(job.spec, shape).items()},
         items=[HyperparameterInfo.of(r) for r in rows],
     )

@@ -124,7 +124,13 @@ def create_job(
     def resolve_dataset(dataset_id: str) -> DatasetShape | None:
         return repository.dataset_shape(session, tenant, dataset_id) if _storable(dataset_id) else None
 
-    valid = validate_spec(spec, settings.limits, resolve_dataset=resolve_dataset)
+    def resolve_plugin(name: str) -> dict[str, Any] | None:
+        offered = repository.offered_plugin(session, name, live_within_s=settings.plugin_live_s)
+        return None if offered is None else offered.config_schema
+
+    valid = validate_spec(
+        spec, settings.limits, resolve_dataset=resolve_dataset, resolve_plugin=resolve_plugin
+    )
     try:
         job, created = repository.create_job(
             session, tenant, valid, idempotency_key=idempotency_key, max_jobs=settings.max_jobs_per_tenant

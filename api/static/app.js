@@ -107,6 +107,14 @@
 
   function statusBadge(status) { return el('span', { class: `status ${status}`, 'data-status': status }, status); }
 
+  // A library run the service records (origin external): its client runs it, no worker. A list: empty
+  // for other jobs, so that it can be spread into replaceChildren.
+  function originBadge(job) {
+    if (job.origin !== 'external') return [];
+    return [el('span', { class: 'origin-badge', title: 'a library run recorded by its client (no worker runs it)' }, 'external')];
+  }
+
+
   // A job's warnings (docs/API.md, "Warnings"): a mark for the jobs table, a list for the job page.
   function warningMark(job) {
     const warnings = job.warnings || [];
@@ -192,7 +200,7 @@
   function jobRow(job) {
     const best = job.best ? fmt(job.best.objective) : '–';
     return el('tr', { 'data-job-id': job.id },
-      el('td', {}, el('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.name)),
+      el('td', {}, el('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.name), ...originBadge(job)),
       el('td', {}, statusBadge(job.status), warningMark(job)),
       el('td', {}, progressBar(job)),
       el('td', { class: 'num' }, best),
@@ -341,7 +349,7 @@
 
     function drawSummary() {
       const job = state.job;
-      title.replaceChildren(job.name, ' ', statusBadge(job.status));
+      title.replaceChildren(job.name, ' ', statusBadge(job.status), ...originBadge(job));
       const best = job.best ? `${fmt(job.best.objective)} (meta-iteration ${job.best.meta_iter})` : '–';
       const cells = [
         ['status', statusBadge(job.status)], ['progress', progressBar(job)], ['best objective', best],

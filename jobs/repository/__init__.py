@@ -12,6 +12,9 @@ One submodule per resource, every public name re-exported here (callers write
 - `jobs.repository.jobs`: create, get, list (by cursor), cancel and delete jobs;
 - `jobs.repository.results`: a job's steps and hyperparameter snapshots;
 - `jobs.repository.datasets`: uploaded datasets;
+- `jobs.repository.plugins`: the model plugins the workers advertise;
+- `jobs.repository.external`: library runs the service records (origin ``external``): a recorder's
+  steps, heartbeats, resume and finish;
 - `jobs.repository.worker`: the worker's protocol (claim, heartbeat, record, warn, finish) and the
   reaper's queries (``DEFAULT_HEARTBEAT_TIMEOUT_S``); its docstring describes the protocol.
 
@@ -23,6 +26,14 @@ from __future__ import annotations
 
 from hypercore.steps import STEP_FIELDS  # the step vocabulary the rows follow (as before the split)
 from jobs.repository.datasets import create_dataset, dataset_shape, delete_dataset, get_dataset, list_datasets
+from jobs.repository.external import (
+    NotRecorded,
+    Recorded,
+    finish_recording,
+    record_step,
+    recording_heartbeat,
+    resume_recording,
+)
 from jobs.repository.jobs import JobPage, create_job, delete_job, get_job, list_jobs, request_cancel
 from jobs.repository.keys import (
     KEY_PREFIX,
@@ -34,6 +45,14 @@ from jobs.repository.keys import (
     list_api_keys,
     parse_api_key,
     revoke_api_key,
+)
+from jobs.repository.plugins import (
+    OfferedPlugin,
+    advertise_plugins,
+    offered_plugin,
+    offered_plugins,
+    refresh_plugins,
+    withdraw_plugins,
 )
 from jobs.repository.results import (
     HyperparameterValue,
@@ -67,9 +86,13 @@ __all__ = [
     "ClaimLost",
     "HyperparameterValue",
     "JobPage",
+    "NotRecorded",
+    "Recorded",
+    "OfferedPlugin",
     "StepPage",
     "StepTally",
     "add_warning",
+    "advertise_plugins",
     "authenticate",
     "claim_job",
     "create_api_key",
@@ -79,6 +102,7 @@ __all__ = [
     "delete_dataset",
     "delete_job",
     "finish_job",
+    "finish_recording",
     "get_dataset",
     "get_hyperparameter",
     "get_job",
@@ -89,11 +113,18 @@ __all__ = [
     "list_hyperparameters",
     "list_jobs",
     "list_steps",
+    "offered_plugin",
+    "offered_plugins",
     "parse_api_key",
     "record_meta_iteration",
+    "record_step",
+    "recording_heartbeat",
+    "refresh_plugins",
     "request_cancel",
     "requeue",
+    "resume_recording",
     "revoke_api_key",
     "stale_jobs",
     "tally_steps",
+    "withdraw_plugins",
 ]

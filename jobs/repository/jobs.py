@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.models import Checkpoint, HyperSnapshot, Job, Step, Tenant, db_now, new_id, utcnow
 from jobs.spec import JobSpec
-from jobs.states import ACTIVE, Status, check_transition
+from jobs.states import ACTIVE, Origin, Status, check_transition
 
 
 class QuotaExceeded(Conflict):
@@ -65,8 +65,10 @@ def create_job(
     *,
     idempotency_key: str | None = None,
     max_jobs: int | None = None,
+    origin: Origin = Origin.SERVICE,
 ) -> tuple[Job, bool]:
-    """Create a queued job; return ``(job, created)``.
+    """Create a queued job; return ``(job, created)``. A library run (``origin`` external,
+    `jobs.repository.external`) is created ``running`` instead, with its recorder's first heartbeat.
 
     With ``max_jobs`` (``REVTUNE_MAX_JOBS_PER_TENANT``), a tenant that already keeps that many jobs,
     whatever their status, gets `QuotaExceeded` (naming the limit, the count and what to delete);
@@ -83,7 +85,7 @@ def create_job(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key)
         )
         if existing is not None:
-            if existing.spec != spec_dict:
+            if existing.spec != spec_dict or existing.origin != origin:
                 raise Conflict(
                     f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} "
                     "with a different spec; use a new key for a new job"
@@ -92,11 +94,13 @@ def create_job(
     if max_jobs is not None:
         _check_job_quota(session, tenant_id, max_jobs)
     now = utcnow()
+    external = origin == Origin.EXTERNAL
     job = Job(
         id=new_id(),
         tenant_id=tenant_id,
         name=spec.name,
-        status=Status.QUEUED.value,
+        status=(Status.RUNNING if external else Status.QUEUED).value,
+        origin=origin.value,
         spec=spec_dict,
         meta_iter=0,
         meta_iterations=spec.meta.iterations,
@@ -105,6 +109,8 @@ def create_job(
         # The reaper compares it with the database's clock (a queued job nobody claimed in time),
         # so the database stamps it too: an API host whose clock is off cannot make it look stale.
         enqueued_at=db_now(),
+        started_at=db_now() if external else None,
+        heartbeat_at=db_now() if external else None,
     )
     session.add(job)
     session.flush()

@@ -19,7 +19,8 @@ The worker's protocol (``worker.runner``):
 
 The reaper: `stale_jobs` finds ``running`` jobs whose heartbeat is older than the timeout and
 ``queued`` jobs nobody claimed in time; `requeue` hands each back (conditionally, so racing reapers
-re-queue a job once).
+re-queue a job once). A library run the service records (origin ``external``) is never claimed nor
+re-queued: its heartbeats are its recorder's, and a stale one ends it ``failed`` (`recorder_died`).
 
 Time is the database's (`jobs.models.db_now`): heartbeats, claims, re-queues and finishes are
 stamped by the server, and staleness is computed there (``heartbeat_at < db_now(-timeout)``), so a
@@ -51,7 +52,7 @@ from hypercore.steps import STEP_FIELDS, STEP_TYPES
 from jobs.errors import Conflict
 from jobs.models import Checkpoint, HyperSnapshot, Job, Step, UTCDateTime, db_now, utcnow
 from jobs.settings import get_settings
-from jobs.states import ACTIVE, Status, check_transition
+from jobs.states import ACTIVE, Origin, Status, check_transition
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
 
@@ -125,6 +126,43 @@ def _fail_dead(session: Session, job_id: str, dead, *, deaths: int, meta_iter: i
     return result.rowcount == 1
 
 
+def _run_by_workers():
+    return Job.origin == Origin.SERVICE.value
+
+
+def recorder_died(timeout_s: float, meta_iter: int) -> str:
+    """The error of a library run whose recorder stopped sending heartbeats."""
+    kept = f"its {meta_iter} recorded meta-iterations are kept" if meta_iter else "it recorded nothing"
+    return (
+        f"the recorder of this library run sent no heartbeat for {timeout_s:g} s "
+        f"(REVTUNE_HEARTBEAT_TIMEOUT_S): its process died or lost the server; {kept}. Resume the run from "
+        "its checkpoint with client.record(..., job_id=...) to continue this job"
+    )
+
+
+def _fail_silent_recording(session: Session, condition, *, timeout_s: float, now) -> bool:
+    """A stale ``running`` library run (origin external, `condition`) ends ``failed`` with
+    `recorder_died`'s error (``cancelled`` if cancel was requested): no worker can resume it, its
+    recorder can (`jobs.repository.external.resume_recording`).."""
+    row = session.execute(
+        select(Job.meta_iter, Job.cancel_requested).where(
+            condition, Job.origin == Origin.EXTERNAL.value, Job.status == Status.RUNNING.value
+        )
+    ).one_or_none()
+    if row is None:
+        return False
+    values: dict[str, Any] = {"status": Status.FAILED.value, "error": recorder_died(timeout_s, row.meta_iter)}
+    if row.cancel_requested:
+        values = {"status": Status.CANCELLED.value}
+    result = session.execute(
+        update(Job)
+        .where(condition, Job.origin == Origin.EXTERNAL.value, Job.status == Status.RUNNING.value)
+        .values(**values, finished_at=_at(now))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def _held(job_id: str, claim: Claim):
     return and_(
         Job.id == job_id,
@@ -152,7 +190,8 @@ def claim_job(
     start one attempt more than the reaper would have allowed."""
     if max_deaths is None:
         max_deaths = get_settings().max_attempts
-    dead = and_(_silent(now, heartbeat_timeout_s), Job.cancel_requested.is_(False))
+    # A library run (origin external) is its recorder's: no worker claims it, whatever it finds.
+    dead = and_(_silent(now, heartbeat_timeout_s), Job.cancel_requested.is_(False), _run_by_workers())
     taken_over = session.execute(
         select(Job.deaths, Job.meta_iter).where(Job.id == job_id, dead)
     ).one_or_none()
@@ -164,7 +203,7 @@ def claim_job(
     claimable = or_(Job.status == Status.QUEUED.value, _silent(now, heartbeat_timeout_s))
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+        .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False), _run_by_workers())
         .values(
             status=Status.RUNNING.value,
             worker_id=worker_id,
@@ -257,6 +296,29 @@ def record_meta_iteration(
         return job.cancel_requested  # already recorded: a retried commit
     if k > job.meta_iter:
         raise Conflict(f"job {job_id}: meta-iteration {k} recorded before meta-iteration {job.meta_iter}")
+    store_meta_iteration(session, job, step=step, hyperparameters=hyperparameters, now=now)
+    stored = session.get(Checkpoint, job_id)
+    if stored is None:
+        session.add(Checkpoint(job_id=job_id, meta_iter=k + 1, data=checkpoint, created_at=now or utcnow()))
+    else:
+        stored.meta_iter, stored.data, stored.created_at = k + 1, checkpoint, now or utcnow()
+    session.flush()
+    return job.cancel_requested
+
+
+def store_meta_iteration(
+    session: Session,
+    job: Job,
+    *,
+    step: Mapping[str, Any],
+    hyperparameters: Mapping[str, Mapping[str, Any]],
+    now: datetime | None = None,
+) -> None:
+    """Add step ``job.meta_iter`` (``step["meta_iter"]``, checked by the caller) and the
+    hyperparameter snapshots after it, and move the job's progress and best objective on: the rows
+    `record_meta_iteration` and a recorded library run (`jobs.repository.external`) share."""
+    k = int(step["meta_iter"])
+    job_id = job.id
     now = now or utcnow()  # the rows' creation times, shown to users: not compared with anything
     unknown = sorted(set(step) - set(STEP_FIELDS))
     if unknown:
@@ -281,17 +343,11 @@ def record_meta_iteration(
                 data=values.tobytes(),
             )
         )
-    stored = session.get(Checkpoint, job_id)
-    if stored is None:
-        session.add(Checkpoint(job_id=job_id, meta_iter=k + 1, data=checkpoint, created_at=now))
-    else:
-        stored.meta_iter, stored.data, stored.created_at = k + 1, checkpoint, now
     job.meta_iter = k + 1
     objective = row.objective
     if objective is not None and (job.best_objective is None or objective < job.best_objective):
         job.best_objective, job.best_meta_iter = objective, k
     session.flush()
-    return job.cancel_requested
 
 
 def add_warning(
@@ -443,6 +499,11 @@ def requeue(
     else:
         eligible = _stale(now, heartbeat_timeout_s, queued_timeout_s)
     condition = and_(Job.id == job_id, eligible)
+    if heartbeat_timeout_s is not None and _fail_silent_recording(
+        session, condition, timeout_s=heartbeat_timeout_s, now=now
+    ):
+        return False
+    condition = and_(condition, _run_by_workers())
     cancelled = session.execute(
         update(Job)
         .where(condition, Job.status == Status.RUNNING.value, Job.cancel_requested.is_(True))

@@ -14,6 +14,7 @@ JOB_FIELDS = {
     "id",
     "name",
     "status",
+    "origin",
     "spec",
     "meta_iter",
     "meta_iterations",
@@ -40,6 +41,7 @@ def test_submit_answers_201_with_the_job_and_enqueues_only_its_id_after_commit(s
     job = submit(service.alice)
     assert set(job) == JOB_FIELDS
     assert job["status"] == "queued" and job["meta_iter"] == 0 and job["meta_iterations"] == 3
+    assert job["origin"] == "service"
     assert job["best"] is None and job["error"] is None and job["started_at"] is None
     assert job["warnings"] == []
     assert job["spec"]["training"] == {"steps": 5} and job["name"] == "tiny"

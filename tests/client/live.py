@@ -114,7 +114,10 @@ def _wait_healthy(service: Service, api: subprocess.Popen, timeout_s: float = 60
     raise AssertionError(f"the API did not answer /healthz in {timeout_s} s\n{service.logs()}")
 
 
-def start_service(folder: Path, workers: int = 1, auth: str = "off") -> Service:
+def start_service(
+    folder: Path, workers: int = 1, auth: str = "off", settings: dict[str, str] | None = None
+) -> Service:
+    """``settings``: more ``REVTUNE_*`` environment variables for every process (short timeouts)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -123,6 +126,7 @@ def start_service(folder: Path, workers: int = 1, auth: str = "off") -> Service:
         REVTUNE_BROKER_URL=f"sqla+sqlite:///{folder / 'broker.db'}",
         REVTUNE_AUTH=auth,
         JAX_PLATFORMS="cpu",
+        **(settings or {}),
     )
     service = Service(url=f"http://127.0.0.1:{port}", env=env, folder=folder)
     for url in (env["REVTUNE_DATABASE_URL"], env["REVTUNE_BROKER_URL"]):

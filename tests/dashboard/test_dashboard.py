@@ -19,6 +19,8 @@ import pytest
 import yaml
 from client.live import TINY_LAYERS, WARNED_SPEC, Service, tiny_spec
 
+from hypercore.spec import problem_from_spec
+from hypercore.tune import tune
 from jobs import templates
 from revtune import Client
 
@@ -240,6 +242,34 @@ def test_a_jobs_warnings_are_listed_on_its_page_and_marked_in_the_jobs_table(pag
     mark.wait_for()
     assert mark.get_attribute("data-warnings") == "2" and mark.is_visible()
     assert mark.get_attribute("title") == "\n".join(w["message"] for w in job["warnings"])
+    assert not page.errors, page.errors
+
+
+def test_a_recorded_library_run_is_listed_with_its_badge_and_drawn_like_any_job(page, service: Service):
+    """A `hypercore.tune` run in this process, recorded through the client: the jobs table marks it
+    external and its page draws the learned schedule the recorder sent."""
+    spec = {
+        "dataset": {"name": "digits", "train": 100, "valid": 50, "batch_size": 50},
+        "model": {"kind": "logreg"},
+        "training": {"steps": 3},
+        "hyperparameters": {"learning_rate": {"init": 0.3, "granularity": "step", "learn": True}},
+        "meta": {"iterations": 2},
+    }
+    with Client(service.url) as client:
+        recorder = client.record("laptop-run", spec)
+        with recorder:
+            tune(problem_from_spec(spec), callback=recorder)
+        job = client.get(recorder.job_id)
+    assert (job["origin"], job["status"]) == ("external", "succeeded")
+
+    page.goto(service.url)
+    badge = page.locator(f"tr[data-job-id='{job['id']}'] .origin-badge")
+    badge.wait_for()
+    assert badge.text_content() == "external"
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    page.wait_for_selector("#poll-state[data-polling='stopped']")
+    drawn = chart(page, "#hyper-learning_rate canvas")
+    assert drawn["labels"] == [0, 1, 2]
     assert not page.errors, page.errors
 
 

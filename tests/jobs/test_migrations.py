@@ -172,6 +172,7 @@ def test_upgrading_a_0001_database_with_rows_keeps_them_readable(backend, reques
     assert _raw(url, "SELECT id, requeue_after FROM jobs ORDER BY id") == [("j1", None), ("j2", None)]  # 0002
     assert _raw(url, "SELECT id, n_tasks, task_rows FROM datasets") == [("d1", 1, None)]  # 0003
     assert _raw(url, "SELECT id, deaths FROM jobs ORDER BY id") == [("j1", 0), ("j2", 0)]  # 0004
+    assert _raw(url, "SELECT origin FROM jobs ORDER BY id") == [("service",), ("service",)]  # 0007
     assert _raw(url, "SELECT job_id, meta_iter FROM steps ORDER BY meta_iter") == [("j1", 1), ("j1", 2)]
     assert _raw(url, "SELECT meta_iter, name FROM hyper_snapshots ORDER BY meta_iter") == [
         (1, "learning_rate"),

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 import api.routes
 from api import create_app, dashboard
+from api.limits import MAX_STEP_BYTES
 from jobs import repository
 from jobs.models import ApiKey
 from jobs.repository import keys as repository_keys
@@ -64,6 +65,7 @@ def test_route_enumeration_sees_what_the_contract_lists(service):
         ("GET", "/metrics"),
         ("GET", "/static/{path:path}"),
         ("GET", "/v1/templates"),
+        ("GET", "/v1/models"),
         ("GET", "/v1/templates/{name}"),
         ("GET", "/v1/datasets"),
         ("POST", "/v1/datasets"),
@@ -74,6 +76,11 @@ def test_route_enumeration_sees_what_the_contract_lists(service):
         ("GET", "/v1/jobs/{job_id}"),
         ("DELETE", "/v1/jobs/{job_id}"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("POST", "/v1/jobs/external"),
+        ("POST", "/v1/jobs/{job_id}/resume"),
+        ("POST", "/v1/jobs/{job_id}/steps"),
+        ("POST", "/v1/jobs/{job_id}/heartbeat"),
+        ("POST", "/v1/jobs/{job_id}/finish"),
         ("GET", "/v1/jobs/{job_id}/steps"),
         ("GET", "/v1/jobs/{job_id}/hyperparameters"),
         ("GET", "/v1/jobs/{job_id}/hyperparameters/{name}"),
@@ -220,6 +227,10 @@ def test_every_route_with_an_id_is_404_for_another_tenant(service):
         ("GET", "/v1/jobs/{job_id}/hyperparameters/{name}"),
         ("GET", "/v1/jobs/{job_id}/steps"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("POST", "/v1/jobs/{job_id}/finish"),
+        ("POST", "/v1/jobs/{job_id}/heartbeat"),
+        ("POST", "/v1/jobs/{job_id}/resume"),
+        ("POST", "/v1/jobs/{job_id}/steps"),
     ]
     job = service.alice.get(f"/v1/jobs/{mine['job_id']}").json()
     assert job["status"] == "succeeded" and job["meta_iter"] == 2, "bob's DELETE and cancel changed nothing"
@@ -247,6 +258,9 @@ def test_no_route_without_an_id_shows_another_tenants_data(service):
 # ---- floods and sizes --------------------------------------------------------------------------
 
 
+_RECORDER_WRITES = ("steps", "heartbeat", "finish", "resume")  # a library run's (api.routes.external)
+
+
 def test_every_post_route_is_rate_limited_with_retry_after(service):
     mine = _alice_has_everything(service)
     posts = [path for method, path in routes(service.app) if method == "POST"]
@@ -258,8 +272,19 @@ def test_every_post_route_is_rate_limited_with_retry_after(service):
             "data": {"name": "d"},
         },
     }
-    # the first two answers of each route, within its budget: what that route answers anyway
-    allowed = {"/v1/jobs": [201, 201], "/v1/datasets": [201, 201], "/v1/jobs/{job_id}/cancel": [409, 409]}
+    own_run = {"name": "mine", "model": {"kind": "own"}, "meta": {"iterations": 2}}
+    bodies["/v1/jobs/external"] = {"json": own_run}
+    bodies["/v1/jobs/{job_id}/steps"] = {"json": {"meta_iter": 0}}
+    bodies["/v1/jobs/{job_id}/finish"] = {"json": {"status": "succeeded"}}
+    # the first two answers of each route, within its budget: what that route answers anyway (alice's
+    # job is a worker's, so a library run's writes are 409)
+    allowed = {
+        "/v1/jobs": [201, 201],
+        "/v1/datasets": [201, 201],
+        "/v1/jobs/{job_id}/cancel": [409, 409],
+        "/v1/jobs/external": [201, 201],
+        **{f"/v1/jobs/{{job_id}}/{write}": [409, 409] for write in _RECORDER_WRITES},
+    }
     assert sorted(posts) == sorted(allowed)
     for path in posts:
         app = create_app(service.settings.model_copy(update={"post_rate_limit": 2}), enqueue=lambda _: None)
@@ -287,6 +312,8 @@ def test_oversized_bodies_are_413_on_every_post_route_before_the_handler_runs(se
         if path == "/v1/datasets":
             limit = service.settings.max_upload_bytes
             reply = upload(service.alice, b"\0" * (limit + 128 * 1024))
+        elif path == "/v1/jobs/{job_id}/steps":  # a library run's hyperparameters: a larger cap
+            reply = post_raw(service.alice, concrete, b'{"name": "' + b"x" * MAX_STEP_BYTES + b'"}')
         else:
             reply = post_raw(service.alice, concrete, big_json)
         assert reply.status_code == 413 and "limit" in reply.json()["detail"], (path, reply.status_code)
