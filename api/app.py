@@ -62,6 +62,9 @@ def create_app(
         version="1",
         summary="Tune thousands of hyperparameters by reversing training (SGD with momentum, Adam) exactly",
         lifespan=lifespan,
+        # /docs is api.dashboard's, served from the package (FastAPI's loads a CDN); ReDoc has no such copy
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessions = session_factory(settings)

@@ -4,6 +4,11 @@
 js-yaml (``api/static/vendor``), all packaged with the wheel, so the dashboard needs no separate
 server and no CDN. The page talks to the same ``/v1`` REST API as every other client.
 
+The interactive API docs at ``/docs`` (Swagger UI) are served the same way, from the
+``swagger-ui-py`` package (Swagger UI 5, which reads the OpenAPI 3.1 schema FastAPI writes) under
+``/docs-assets``: FastAPI's default page loads them from a CDN, and on a machine without a network it
+stays blank.
+
 Static files are served by a route rather than a ``StaticFiles`` mount because an ``APIRouter``'s
 mounts are not carried over by ``include_router``; the route resolves the path inside the static
 folder and refuses anything that escapes it.
@@ -11,12 +16,15 @@ folder and refuses anything that escapes it.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+SWAGGER_DIR = Path(str(resources.files("swagger_ui") / "static")).resolve()
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,7 +39,27 @@ def index() -> FileResponse:
 
 @router.get("/static/{path:path}")
 def static_file(path: str) -> FileResponse:
-    target = (STATIC_DIR / path).resolve()
-    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
+    return _file_in(STATIC_DIR, path)
+
+
+@router.get("/docs")
+def api_docs() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="revtune API",
+        swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs-assets/swagger-ui.css",
+        swagger_favicon_url="/docs-assets/favicon-32x32.png",
+    )
+
+
+@router.get("/docs-assets/{path:path}")
+def api_docs_asset(path: str) -> FileResponse:
+    return _file_in(SWAGGER_DIR, path)
+
+
+def _file_in(folder: Path, path: str) -> FileResponse:
+    target = (folder / path).resolve()
+    if not target.is_relative_to(folder) or not target.is_file():
         raise HTTPException(status_code=404, detail=f"no static file {path!r}")
     return FileResponse(target, headers=_NO_STALE)

@@ -9,6 +9,7 @@ its module to `_command_groups`. A command reports a mistake the user can fix by
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,3 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as e:
         print(f"revtune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`revtune steps JOB | head`): what it wanted was written. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -123,7 +123,15 @@ def test_openapi_documents_every_call_of_the_contract(service):
     assert "training" in job_spec["properties"] and job_spec["additionalProperties"] is False
     refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schema)))
     assert refs <= set(schema["components"]["schemas"]), "every reference resolves"
-    assert service.anonymous.get("/docs").status_code == 200
+    docs = service.anonymous.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # served from the package, never a CDN: the page works without a network
+    assert "http" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', docs.text))
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in docs.text
+        assert service.anonymous.get(f"/docs-assets/{asset}").status_code == 200
+    assert service.anonymous.get("/docs-assets/../../../etc/passwd").status_code == 404
+    assert service.anonymous.get("/redoc").status_code == 404
 
 
 def test_templates_list_and_get(service):

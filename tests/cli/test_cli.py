@@ -198,3 +198,14 @@ def test_datasets_lists_each_uploads_example_shape_and_target(service: Service, 
     cells = {row.split()[1]: row.split() for row in rows}
     assert cells["images"][5:8] == ["6x5", "class", "2"]
     assert cells["targets"][5:8] == ["3", "real", "2"]
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(service: Service):
+    """``revtune templates | head -1``: the reader closes the pipe before the CLI has written."""
+    cli = [sys.executable, "-c", "import sys; from revtune.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen(
+        [*cli, "templates", "--url", service.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()

@@ -273,6 +273,15 @@ def test_a_recorded_library_run_is_listed_with_its_badge_and_drawn_like_any_job(
     assert not page.errors, page.errors
 
 
+def test_the_api_docs_page_renders_its_operations_without_a_network(page, service: Service):
+    """Chromium here reaches no CDN: /docs must load Swagger UI from the service itself."""
+    page.goto(f"{service.url}/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_text_contents()
+    assert "/v1/jobs" in [p.replace("\u200b", "") for p in paths]
+    assert not page.errors, page.errors
+
+
 def test_cancel_button_stops_a_running_job(page, service: Service):
     with Client(service.url) as client:
         job = client.submit(tiny_spec(name="to-cancel", meta={"iterations": 200, "optimizer": "adam"}))

@@ -64,6 +64,8 @@ def test_route_enumeration_sees_what_the_contract_lists(service):
         ("GET", "/readyz"),
         ("GET", "/metrics"),
         ("GET", "/static/{path:path}"),
+        ("GET", "/docs"),
+        ("GET", "/docs-assets/{path:path}"),
         ("GET", "/v1/templates"),
         ("GET", "/v1/models"),
         ("GET", "/v1/templates/{name}"),
