@@ -191,7 +191,11 @@ def _alice_has_everything(service) -> dict[str, str]:
 # Path parameters that name a tenant's resource; a route with any other parameter must be added here
 # (or to GLOBAL_ROUTES, when it serves no tenant data) or the test below fails.
 TENANT_PARAMETERS = {"job_id", "dataset_id", "name"}
-GLOBAL_ROUTES = {("GET", "/v1/templates/{name}"), ("GET", "/static/{path:path}")}
+GLOBAL_ROUTES = {
+    ("GET", "/v1/templates/{name}"),
+    ("GET", "/static/{path:path}"),
+    ("GET", "/docs-assets/{path:path}"),
+}
 
 
 NOBODYS = {"job_id": "0" * 32, "dataset_id": "1" * 32, "name": "learning_rate"}
