@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml $(PLUGIN_EXAMPLE)/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e $(PLUGIN_EXAMPLE)
 	touch $(STAMP)
 
+# torch only for the tests (the export's PyTorch snippet is run): not a dependency of the service.
+TEST_STAMP := $(VENV)/.installed-test
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 serve: $(STAMP)
@@ -28,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

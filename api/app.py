@@ -21,7 +21,8 @@ from api import dashboard, errors, uploads
 from api.deps import KeyCache, RateLimiter
 from api.limits import BodyLimitMiddleware, CrossSiteGuardMiddleware, NulGuardMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import datasets, external, health, hyperparameters, jobs, models, steps, templates
+from api.routes import datasets, export, external, health, hyperparameters, jobs, models, steps, templates
+from api.routes.examples import router as examples_router
 from jobs.db import session_factory
 from jobs.settings import Settings, get_settings
 from jobs.spec import JobSpec
@@ -80,6 +81,8 @@ def create_app(
     errors.install(app)
     for module in (jobs, external, steps, hyperparameters, datasets, templates, models, health, dashboard):
         app.include_router(module.router)
+    app.include_router(export.router)  # GET /v1/jobs/{id}/export, beside the hyperparameters' reads
+    app.include_router(examples_router)  # GET /v1/jobs/{id}/training-examples: what example_weight's rows are
 
     # Outermost last: the body cap sees bytes before anything parses them.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
@@ -174,11 +177,11 @@ def _error_codes(path: str, method: str, operation: dict) -> set[str]:
         codes |= {"409", "415"}
     if method == "post" and path.endswith(("/steps", "/heartbeat", "/finish", "/resume")):
         codes.add("409")  # a library run's writes: not running, not external, a gap (api.routes.external)
-    if method == "post" and path.endswith(("/steps", "/finish")):
+    if method == "post" and path.endswith(("/steps", "/finish", "/continue")):
         codes.add("400")  # a body FastAPI cannot read as JSON at all
     if path == "/v1/datasets" and method == "post":
         codes.add("400")
-    if path.endswith("/cancel") or method == "delete":
+    if path.endswith(("/cancel", "/continue")) or method == "delete":
         codes.add("409")
     return codes
 

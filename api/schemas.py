@@ -38,6 +38,10 @@ class JobOut(BaseModel):
     best: Best | None
     error: str | None
     warnings: list[JobWarning]
+    cancel_requested: bool = Field(
+        description="cancel was requested: a running job stops after its current meta-iteration, "
+        "then reads cancelled"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -58,6 +62,7 @@ class JobOut(BaseModel):
             best=best,
             error=job.error,
             warnings=[JobWarning.model_validate(w) for w in job.warnings or []],
+            cancel_requested=bool(job.cancel_requested),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -9,6 +9,10 @@ one per row: ``task`` beside ``X``, or ``task_train``, ``task_valid`` (and ``tas
 split) beside the splits. The spec's counts split every task alike; a pre-split upload must hold as
 many rows of every task as of any other in each split.
 
+Either layout may add the rows the user knows to be mislabelled, to score a search for them (a job
+never trains on it): ``noisy`` beside ``X`` (one per row) or ``noisy_train`` beside ``X_train``, a
+1-D boolean or 0/1 integer array; another shape or dtype is refused naming it.
+
 Nothing half-written is ever visible: the bytes go to a temporary file in the datasets folder,
 are validated there, fsynced and renamed to ``<id>.npz``; the database row (the only way to see a
 dataset) is committed last. Files are named by the generated id, never by the user's name. An API

@@ -61,6 +61,7 @@ _ENGINE = {
     "buffer_slots": ("hypercore.tune", "buffer_slots"),
     "evaluate": ("hypercore.tune", "evaluate"),
     "hypergradient": ("hypercore.tune", "hypergradient"),
+    "hyperparameter_values": ("hypercore.tune", "hyperparameter_values"),
     "initial_hyperparameters": ("hypercore.tune", "initial_hyperparameters"),
     "tune": ("hypercore.tune", "tune"),
 }

@@ -39,7 +39,13 @@ its own mean. Every refusal is a `DataError` whose ``field`` names the offending
 
 The upload layout (DESIGN.md): an ``.npz`` holds ``X``, ``y`` (and optionally ``task``), split by
 the spec's counts, or ``X_train``, ``y_train``, ``X_valid``, ``y_valid``, optionally ``X_test``,
-``y_test`` (and ``task_train``, ``task_valid``, ``task_test`` for several tasks).
+``y_test`` (and ``task_train``, ``task_valid``, ``task_test`` for several tasks). Either may add a
+``noisy`` mask (``noisy``, or ``noisy_train`` beside the splits): the rows the user knows to be
+mislabelled, carried to ``Dataset.noisy`` to score a search for them, never trained on.
+
+Every `Dataset` says where its training examples came from (``train_rows``), and a spec's
+``dataset.label_noise`` flips a fraction of a class dataset's training labels (`flip_labels`) for
+experiments that must find them again; the validation and test labels stay true.
 """
 
 from __future__ import annotations
@@ -102,6 +108,18 @@ class Dataset:
     rows ``[s n / n_tasks, (s + 1) n / n_tasks)``), which is how `hypercore.models.MultitaskMLP`
     knows each row's task. ``task_names`` labels them.
 
+    ``train_rows`` (int64, one per training example) says where each training example came from:
+    its row in the source the dataset was built from, so a per-example result (a learned
+    ``example_weight``, a flipped label) can be traced back to the user's file. An ``X``/``y``
+    upload's row (``X[train_rows[i]]`` is training example ``i`` before centring, whatever the
+    shuffle and stratification did), the row within ``X_train`` of a pre-split upload, the row of a
+    built-in's raw arrays (`_raw`; ``mnist5k_tasks``: the row of its 10,000-image pool, mnist5k's
+    5,000 upright images then the same rotated). Left out, it is ``arange(n_train)``.
+
+    ``noisy`` (bool, one per training example, or None) marks the training examples known to be
+    mislabelled: those a spec's ``label_noise`` flipped (`flip_labels`), or an upload's own
+    ``noisy`` mask. Training never reads it; it scores a search for mislabelled examples.
+
     The arrays are read-only views: a dataset may be shared (built-ins are cached), so nobody
     may change it in place.
     """
@@ -118,6 +136,8 @@ class Dataset:
     n_tasks: int = 1
     task_names: tuple[str, ...] | None = None
     target: str = "class"
+    train_rows: np.ndarray | None = None
+    noisy: np.ndarray | None = None
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -181,6 +201,39 @@ class Dataset:
             raise DataError("task_names", f"needs {n_tasks} names, got {len(names)}")
         object.__setattr__(self, "n_tasks", n_tasks)
         object.__setattr__(self, "task_names", names)
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        """``train_rows`` and ``noisy`` as read-only arrays of one entry per training example."""
+        n_train = self.X_train.shape[0]
+        rows = self.train_rows
+        if rows is None:
+            rows = np.arange(n_train, dtype=np.int64)
+        elif (
+            not isinstance(rows, np.ndarray)
+            or rows.dtype == np.bool_
+            or not np.issubdtype(rows.dtype, np.integer)
+            or rows.shape != (n_train,)
+        ):
+            # A training split changed without its rows (dataclasses.replace) lands here: saying
+            # where its examples came from is the caller's to know.
+            raise DataError(
+                "train_rows", f"must be an integer array of shape ({n_train},), got {_describe(rows)}"
+            )
+        elif rows.size and rows.min() < 0:
+            raise DataError("train_rows", f"rows count from 0, found {rows.min()}")
+        rows = rows.astype(np.int64, copy=False).view()
+        rows.flags.writeable = False
+        object.__setattr__(self, "train_rows", rows)
+        if self.noisy is not None:
+            noisy = self.noisy
+            if not isinstance(noisy, np.ndarray) or noisy.dtype != np.bool_ or noisy.shape != (n_train,):
+                raise DataError(
+                    "noisy", f"must be a bool array of shape ({n_train},) or None, got {_describe(noisy)}"
+                )
+            noisy = noisy.view()
+            noisy.flags.writeable = False
+            object.__setattr__(self, "noisy", noisy)
 
     @property
     def n_features(self) -> int:
@@ -306,6 +359,7 @@ def load(
     seed: int = 0,
     center: bool = True,
     stratify: bool = False,
+    label_noise: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Built-in dataset ``name`` split ``n_train`` / ``n_valid`` / ``n_test`` after a shuffle drawn
     from ``seed``, pixels in [0, 1], minus the training split's mean image when ``center`` (the
@@ -323,16 +377,33 @@ def load(
     (alphabet, digit) the first images train, the next validate and the *last* ``n_test / 100``
     test, so a spec that moves images from validation to training keeps the same test set. Rows
     are task-major (A1..A5, then A1rot..A5rot), classes interleaved within a task; ``center``
-    subtracts each task's own training mean, and ``stratify`` has nothing left to do."""
+    subtracts each task's own training mean, and ``stratify`` has nothing left to do.
+
+    ``label_noise`` (``{"fraction": f, "seed": s}``, a spec's ``dataset.label_noise``) then flips
+    that fraction of the training labels (`flip_labels`); ``mnist5k_tasks`` refuses it.
+    ``train_rows`` says which row of `_raw` each training example is."""
     name = _builtin_name(name)
     info = _BUILTINS[name]
     counts = _counts(n_train, n_valid, n_test, info["n_examples"], name)
     seed = _count(seed, "seed", 0)
+    noise = label_noise_settings(label_noise)
     if name == "mnist5k_tasks":
+        if noise is not None:
+            raise DataError("dataset.label_noise", f"{_NOISE_NEEDS}, but mnist5k_tasks has 10 tasks")
         return _mnist5k_tasks(counts, seed, bool(center))
     X, y = _raw(name)
     order = _order(y, seed, stratify)
-    return _split(X[order], y[order], counts, name, info["n_classes"], info["example_shape"], bool(center))
+    ds = _split(
+        X[order],
+        y[order],
+        counts,
+        name,
+        info["n_classes"],
+        info["example_shape"],
+        bool(center),
+        train_rows=order[: counts[0]],
+    )
+    return _with_label_noise(ds, noise)
 
 
 def _order(y: np.ndarray, seed: int | None, stratify: bool) -> np.ndarray:
@@ -371,13 +442,13 @@ def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dat
     by_class = [np.flatnonzero(y == c) for c in range(n_classes)]
     starts = {"train": 0, "valid": per[0], "test": _PER_CLASS_PER_ALPHABET - per[2]}
     parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    train_rows: list[np.ndarray] = []
     for rotated in (False, True):
         for a in range(_ALPHABETS):
             first = a * _PER_CLASS_PER_ALPHABET
             # (digit, image) -> the alphabet's images; rotated tasks see the same ones turned by 90 degrees
-            group_images = np.stack(
-                [images[idx[first : first + _PER_CLASS_PER_ALPHABET]] for idx in by_class]
-            )
+            group = [idx[first : first + _PER_CLASS_PER_ALPHABET] for idx in by_class]
+            group_images = np.stack([images[idx] for idx in group])
             if rotated:
                 group_images = np.rot90(group_images, k=1, axes=(-2, -1))
             for split, n in zip(_SPLITS, per, strict=True):
@@ -385,18 +456,30 @@ def _mnist5k_tasks(counts: tuple[int, int, int], seed: int, center: bool) -> Dat
                 # classes interleaved: image 0 of every digit, then image 1, ...
                 parts[f"X_{split}"].append(chosen.transpose(1, 0, 2, 3).reshape(-1, 784))
                 parts[f"y_{split}"].append(np.tile(label_maps[a], n).astype(np.int32))
+            # The pool's row of each training image: mnist5k's (rotated: 5,000 more), in that order.
+            raw_rows = order[np.stack(group)[:, : per[0]]]  # (digit, n)
+            train_rows.append(raw_rows.T.reshape(-1) + (len(order) if rotated else 0))
     out = {k: np.ascontiguousarray(np.concatenate(v)).astype(v[0].dtype) for k, v in parts.items()}
     names = tuple(f"A{a + 1}" for a in range(_ALPHABETS)) + tuple(f"A{a + 1}rot" for a in range(_ALPHABETS))
-    return _finish(out, "mnist5k_tasks", n_classes, info["example_shape"], center, n_tasks, names)
+    return _finish(
+        out,
+        "mnist5k_tasks",
+        n_classes,
+        info["example_shape"],
+        center,
+        n_tasks,
+        names,
+        train_rows=np.concatenate(train_rows),
+    )
 
 
-def _split(X, y, counts, name, n_classes, example_shape, center, target="class") -> Dataset:
+def _split(X, y, counts, name, n_classes, example_shape, center, target="class", train_rows=None) -> Dataset:
     edges = np.cumsum((0, *counts))
     parts = {}
     for i, split in enumerate(_SPLITS):
         parts[f"X_{split}"] = X[edges[i] : edges[i + 1]]
         parts[f"y_{split}"] = y[edges[i] : edges[i + 1]]
-    return _finish(parts, name, n_classes, example_shape, center, target=target)
+    return _finish(parts, name, n_classes, example_shape, center, target=target, train_rows=train_rows)
 
 
 def _finish(
@@ -408,9 +491,11 @@ def _finish(
     n_tasks=1,
     task_names=None,
     target="class",
+    train_rows=None,
 ) -> Dataset:
     """The `Dataset` of ``parts`` (float32 / int32 arrays this module owns, so never copied again);
-    a multi-task one's rows task-major. ``center`` subtracts each task's own training mean."""
+    a multi-task one's rows task-major. ``center`` subtracts each task's own training mean; it moves
+    no row, so ``train_rows`` (each training row's source row) is kept as given."""
     if center:
         means = [b.mean(axis=0, dtype=np.float64) for b in np.split(parts["X_train"], n_tasks)]
         for split in _SPLITS:
@@ -427,6 +512,7 @@ def _finish(
         n_tasks=n_tasks,
         task_names=task_names,
         target=target,
+        train_rows=train_rows,
         **parts,
     )
 
@@ -535,6 +621,8 @@ def from_arrays(
     task: Any = None,
     shuffle_seed: int | None = None,
     stratify: bool = False,
+    noisy: Any = None,
+    label_noise: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """A dataset from one array of examples ``X`` ``(n, d)`` (or ``(n, *example_shape)``: images and
     sequences, stored flattened with their ``example_shape``) and labels ``y`` ``(n,)``, split in the
@@ -556,29 +644,43 @@ def from_arrays(
     ``task`` ``(n,)``, integers from 0, makes a multi-task dataset: every task is split alike, in its
     rows' order, so each count must be a multiple of the number of tasks (``n_train = 100`` over 4
     tasks trains on the first 25 rows of each); rows come out task-major, and ``center`` subtracts
-    each task's own training mean."""
+    each task's own training mean.
+
+    ``train_rows`` maps every training example back to its row of ``X``. ``noisy`` ``(n,)``, bool or
+    0/1, marks the rows the caller knows to be mislabelled: it becomes ``Dataset.noisy`` for the
+    training rows, and training ignores it. ``label_noise`` (``{"fraction", "seed"}``) flips training
+    labels (`flip_labels`) and records its own ``noisy`` in place of the caller's; a real target and
+    task ids refuse it."""
     X, example = _features(X, "X")
     example_shape = example_shape or example
     y = np.asarray(y)
     real = _is_real(y)
     y = _targets(y, "y", X.shape[0]) if real else _labels(y, "y", X.shape[0])
     counts = _counts(n_train, n_valid, n_test, X.shape[0], "the rows of X")
+    mask = None if noisy is None else _mask(noisy, "noisy", X.shape[0])
+    noise = label_noise_settings(label_noise)
+    _check_noise_target(noise, real=real, multitask=task is not None)
     if real:
         _check_real_options(n_classes=n_classes, stratify=stratify, task=task)
+    source = np.arange(X.shape[0], dtype=np.int64)  # each row's row of the caller's X
     if shuffle_seed is not None or stratify:
         order = _order(y, shuffle_seed, stratify)
-        X, y = X[order], y[order]
+        X, y, source = X[order], y[order], source[order]
         task = None if task is None else np.asarray(task)[order]
     if task is not None:
-        return _multitask_arrays(
-            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, example_shape, center
+        ds = _multitask_arrays(
+            X, y, _tasks(task, "task", X.shape[0]), counts, name, n_classes, example_shape, center, source
         )
+        return _with_noisy(ds, mask)
     used = sum(counts)
+    rows = source[: counts[0]]
     if real:
-        return _split(X[:used], y[:used], counts, name, 0, example_shape, center, target="real")
+        ds = _split(X[:used], y[:used], counts, name, 0, example_shape, center, "real", rows)
+        return _with_noisy(ds, mask)
     n_classes = _classes({"y": y[:used]}, n_classes)
     _check_training_classes(y[: counts[0]], y[counts[0] : used], shuffled=shuffle_seed is not None)
-    return _split(X[:used], y[:used], counts, name, n_classes, example_shape, center)
+    ds = _split(X[:used], y[:used], counts, name, n_classes, example_shape, center, train_rows=rows)
+    return _with_label_noise(ds, noise) if noise is not None else _with_noisy(ds, mask)
 
 
 def _check_real_options(*, n_classes: Any, stratify: bool = False, task: Any = None) -> None:
@@ -629,7 +731,9 @@ def _tasks(task: Any, field: str, n: int, n_tasks: int | None = None) -> np.ndar
     return task
 
 
-def _multitask_arrays(X, y, task, counts, name, n_classes, example_shape, center) -> Dataset:
+def _multitask_arrays(X, y, task, counts, name, n_classes, example_shape, center, source) -> Dataset:
+    """`from_arrays` with task ids: every task split alike, task-major; ``source`` is each row's row
+    of the caller's ``X``, for ``train_rows``."""
     n_tasks = int(task.max()) + 1
     for split, n in zip(_SPLITS, counts, strict=True):
         if n % n_tasks:
@@ -640,6 +744,7 @@ def _multitask_arrays(X, y, task, counts, name, n_classes, example_shape, center
     per = [n // n_tasks for n in counts]
     edges = np.cumsum((0, *per))
     parts: dict[str, list[np.ndarray]] = {f"{a}_{s}": [] for a in ("X", "y") for s in _SPLITS}
+    train_rows: list[np.ndarray] = []
     for s in range(n_tasks):
         rows = np.flatnonzero(task == s)
         if len(rows) < edges[-1]:
@@ -652,9 +757,12 @@ def _multitask_arrays(X, y, task, counts, name, n_classes, example_shape, center
             chosen = rows[edges[i] : edges[i + 1]]
             parts[f"X_{split}"].append(X[chosen])
             parts[f"y_{split}"].append(y[chosen])
+        train_rows.append(source[rows[edges[0] : edges[1]]])
     out = {k: np.concatenate(v) for k, v in parts.items()}
     n_classes = _classes({f"y_{s}": out[f"y_{s}"] for s in _SPLITS}, n_classes)
-    return _finish(out, name, n_classes, example_shape, center, n_tasks)
+    return _finish(
+        out, name, n_classes, example_shape, center, n_tasks, train_rows=np.concatenate(train_rows)
+    )
 
 
 def from_splits(
@@ -672,6 +780,8 @@ def from_splits(
     task_train: Any = None,
     task_valid: Any = None,
     task_test: Any = None,
+    noisy_train: Any = None,
+    label_noise: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """A dataset from arrays already split; the test split is optional (``X_test`` and ``y_test``
     both or neither). Every split's examples have one shape (``X_*`` of shape ``(n, *example)``, as in
@@ -683,7 +793,11 @@ def from_splits(
     other; its rows are put task-major, keeping their order within a task.
 
     A float ``y_train`` makes a real target (`from_arrays`): every split's ``y`` is then float with
-    the same ``k`` outputs, and there are no ``n_classes`` and task ids."""
+    the same ``k`` outputs, and there are no ``n_classes`` and task ids.
+
+    ``train_rows`` is each training example's row of ``X_train`` (the identity, unless task ids
+    reorder it); ``noisy_train`` and ``label_noise`` are `from_arrays`'s ``noisy`` and
+    ``label_noise`` for the training split."""
     if (X_test is None) != (y_test is None):
         missing = "X_test" if X_test is None else "y_test"
         raise DataError(missing, "X_test and y_test must be given together")
@@ -700,6 +814,8 @@ def from_splits(
                 )
     raw = {"train": (X_train, y_train), "valid": (X_valid, y_valid), "test": (X_test, y_test)}
     real = _is_real(np.asarray(y_train))
+    noise = label_noise_settings(label_noise)
+    _check_noise_target(noise, real=real, multitask=task_train is not None)
     if real:
         _check_real_options(n_classes=n_classes, task=task_train)
     parts: dict[str, np.ndarray] = {}
@@ -720,13 +836,17 @@ def from_splits(
         example = shape
         parts[f"X_{split}"] = X
         parts[f"y_{split}"] = _split_targets(y, f"y_{split}", X.shape[0], parts.get("y_train"), real)
+    n = parts["X_train"].shape[0]
+    mask = None if noisy_train is None else _mask(noisy_train, "noisy_train", n)
     if real:
-        return _finish(parts, name, 0, example_shape or example, center, target="real")
+        return _with_noisy(_finish(parts, name, 0, example_shape or example, center, target="real"), mask)
     n_classes = _classes({f"y_{s}": parts[f"y_{s}"] for s in _SPLITS}, n_classes)
     example_shape = example_shape or example
     if task_train is None:
-        return _finish(parts, name, n_classes, example_shape, center)
+        ds = _finish(parts, name, n_classes, example_shape, center)
+        return _with_label_noise(ds, noise) if noise is not None else _with_noisy(ds, mask)
     n_tasks = None
+    train_rows = None
     for split in _SPLITS:
         n = parts[f"y_{split}"].shape[0]
         task = (
@@ -745,7 +865,106 @@ def from_splits(
             )
         order = np.argsort(task, kind="stable")
         parts[f"X_{split}"], parts[f"y_{split}"] = parts[f"X_{split}"][order], parts[f"y_{split}"][order]
-    return _finish(parts, name, n_classes, example_shape, center, n_tasks)
+        if split == "train":
+            train_rows = order
+    ds = _finish(parts, name, n_classes, example_shape, center, n_tasks, train_rows=train_rows)
+    return _with_noisy(ds, mask)
+
+
+# ---- label noise and the ``noisy`` mask -----------------------------------------------------------
+
+_NOISE_NEEDS = "flips the class labels of one task's training examples"
+
+
+def label_noise_settings(value: Any) -> tuple[float, int] | None:
+    """A spec's ``dataset.label_noise`` (``{"fraction": f, "seed": s}``, ``seed`` 0 when left out) as
+    ``(fraction, seed)``, or None for no noise. Checked here too, not only by the service's schema:
+    a notebook's dict has none in front of it. ``fraction`` lies in [0, 1): flipping every label
+    leaves nothing clean to learn from."""
+    if value is None:
+        return None
+    field = "dataset.label_noise"
+    if not isinstance(value, Mapping):
+        raise DataError(field, f'must be a mapping {{"fraction": f, "seed": s}}, got {value!r:.100}')
+    present = {k: v for k, v in value.items() if v is not None}
+    unknown = sorted(set(present) - {"fraction", "seed"}, key=str)
+    if unknown:
+        raise DataError(f"{field}.{unknown[0]}", "unknown field; known: fraction, seed")
+    fraction = present.get("fraction")
+    if fraction is None:
+        raise DataError(f"{field}.fraction", "is required")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.integer, np.floating))
+        or not 0 <= fraction < 1
+    ):
+        raise DataError(f"{field}.fraction", f"must be a number in [0, 1), got {fraction!r:.100}")
+    seed = present.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"{field}.seed", f"must be an integer >= 0, got {seed!r:.100}")
+    return float(fraction), int(seed)
+
+
+def _check_noise_target(noise: tuple[float, int] | None, *, real: bool, multitask: bool) -> None:
+    """Refuse label noise where there are no class labels to flip (a real target) or where the
+    labels are not one label space per example (a multi-task dataset's tasks permute theirs)."""
+    if noise is None:
+        return
+    if real:
+        raise DataError(
+            "dataset.label_noise",
+            f"{_NOISE_NEEDS}, but y is a float array, a real (regression) target with no classes",
+        )
+    if multitask:
+        raise DataError("dataset.label_noise", f"{_NOISE_NEEDS}, but this dataset has several tasks")
+
+
+def flip_labels(y: np.ndarray, n_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` with ``round(fraction * len(y))`` labels, chosen uniformly without replacement, each
+    changed to a class drawn uniformly among the *other* ``n_classes - 1``, and the bool mask of
+    those changed. Both draws come from ``numpy.random.default_rng(seed)``, so the noise is a pure
+    function of its settings: a job rerun, resumed or compared with another flips the same labels."""
+    y = np.asarray(y)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(n, size=round(fraction * n), replace=False)
+    # A shift of 1 .. n_classes - 1 modulo n_classes: uniform over the classes other than y's own.
+    shift = rng.integers(1, n_classes, size=len(chosen))
+    out = y.copy()
+    out[chosen] = (y[chosen] + shift) % n_classes
+    noisy = np.zeros(n, dtype=np.bool_)
+    noisy[chosen] = True
+    return out.astype(y.dtype, copy=False), noisy
+
+
+def _with_label_noise(ds: Dataset, noise: tuple[float, int] | None) -> Dataset:
+    """``ds`` with `flip_labels` applied to its training labels (only theirs: validation and test
+    measure the truth), ``noisy`` recording which. None: ``ds`` itself."""
+    if noise is None:
+        return ds
+    y_train, noisy = flip_labels(ds.y_train, ds.n_classes, *noise)
+    return dataclasses.replace(ds, y_train=y_train, noisy=noisy)
+
+
+def _with_noisy(ds: Dataset, mask: np.ndarray | None) -> Dataset:
+    """``ds`` with its training rows' entries of ``mask`` (over the caller's rows) as ``noisy``."""
+    if mask is None:
+        return ds
+    return dataclasses.replace(ds, noisy=mask[ds.train_rows])
+
+
+def _mask(value: Any, field: str, n: int) -> np.ndarray:
+    """An upload's ``noisy`` mask as bool ``(n,)``: bool, or integers that are all 0 or 1."""
+    mask = np.asarray(value)
+    if mask.shape != (n,):
+        raise DataError(field, f"must have one entry per row, shape ({n},), got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(field, f"must be a boolean (or 0/1 integer) array, got dtype {mask.dtype}")
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise DataError(field, f"an integer mask holds 0 and 1 only, found {mask.min()}..{mask.max()}")
+    return mask.astype(np.bool_)
 
 
 def _split_targets(y: Any, field: str, n: int, y_train: np.ndarray | None, real: bool) -> np.ndarray:
@@ -787,6 +1006,8 @@ XY = frozenset({"X", "y"})
 SPLITS = frozenset({"X_train", "y_train", "X_valid", "y_valid"})
 TEST = frozenset({"X_test", "y_test"})
 TASKS = frozenset({"task", "task_train", "task_valid", "task_test"})
+# The rows the user knows to be mislabelled: ``noisy`` beside X, ``noisy_train`` beside X_train.
+NOISY = frozenset({"noisy", "noisy_train"})
 SPLIT_KEYS = (
     "X_train",
     "y_train",
@@ -797,6 +1018,7 @@ SPLIT_KEYS = (
     "task_train",
     "task_valid",
     "task_test",
+    "noisy_train",
 )
 
 
@@ -817,9 +1039,9 @@ CHUNK_BYTES = 1 << 20
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # An example has at most three axes: (H, W, C) images; (L, C) sequences and (d,) features have fewer.
 MAX_EXAMPLE_AXES = 3
-#: An upload holds at most 9 arrays (X_*, y_*, task_* of three splits); a zip with many more members,
-#: or a bigger central directory, is refused from its end record before `zipfile` builds an object
-#: per member.
+#: An upload holds at most 10 arrays (X_*, y_*, task_* of three splits, noisy_train); a zip with many
+#: more members, or a bigger central directory, is refused from its end record before `zipfile`
+#: builds an object per member.
 MAX_MEMBERS = 16
 _MAX_DIRECTORY_BYTES = 64 * 1024
 _NAMED = 5  # names an error lists before it only counts
@@ -835,7 +1057,8 @@ _ZIP_ERRORS = (
 )
 _EXPECTED = (
     "expected X and y, or X_train, y_train, X_valid, y_valid and optionally X_test, y_test (and, for "
-    "several tasks, task ids: task, or task_train, task_valid and task_test)"
+    "several tasks, task ids: task, or task_train, task_valid and task_test; optionally the rows known "
+    "to be mislabelled: noisy beside X, noisy_train beside X_train)"
 )
 _UNREADABLE = "not a readable .npz file (numpy.savez without pickled objects)"
 
@@ -1066,7 +1289,7 @@ def _check_directory(path: str | Path) -> None:
         return  # zipfile says what is wrong with it
     raise LayoutError(
         f"holds arrays {_listing(names, count)} in a {directory_bytes}-byte zip directory; an "
-        f"upload holds at most 9: {_EXPECTED}"
+        f"upload holds at most 10: {_EXPECTED}"
     )
 
 
@@ -1125,7 +1348,15 @@ def inspect_npz(
 
 def check_layout(names: set[str]) -> None:
     """Refuse array names that are not the upload layout (`LayoutError`)."""
-    data, tasks = names - TASKS, names & TASKS
+    noisy = names & NOISY
+    data, tasks = names - TASKS - NOISY, names & TASKS
+    if noisy and (data == XY or SPLITS <= data):
+        mine = "noisy" if data == XY else "noisy_train"
+        if noisy != {mine}:
+            where = "beside X and y" if data == XY else "beside X_train (one entry per training row)"
+            raise LayoutError(
+                f"holds {', '.join(sorted(noisy))}; the rows known to be mislabelled go as {mine} {where}"
+            )
     if data == XY and tasks <= {"task"}:
         return
     if SPLITS <= data and data <= SPLITS | TEST and (data & TEST in (set(), TEST)):
@@ -1245,6 +1476,15 @@ def _inspect(
                 raise LayoutError(
                     f"task{suffix} has {task.shape[0]} ids for the {rows[suffix]} rows of X{suffix}"
                 )
+    mask = next((headers[name] for name in NOISY if name in headers), None)
+    if mask is not None:
+        n = rows["" if mask.name == "noisy" else "_train"]
+        if mask.dtype.kind not in "biu" or mask.shape != (n,):
+            raise LayoutError(
+                f"{mask.name} must be a boolean (or 0/1 integer) array of shape ({n},), one entry per "
+                f"{'row of X' if mask.name == 'noisy' else 'row of X_train'}: the rows known to be "
+                f"mislabelled; got {mask.ndim}-D {mask.dtype} of shape {mask.shape}"
+            )
     total = sum(rows.values())
     if check_shape is not None:
         check_shape(total, n_features)
@@ -1258,6 +1498,10 @@ def _inspect(
         if low < 0:
             raise LayoutError(f"y{suffix} holds a negative label ({low}); labels count from 0")
         n_classes = max(n_classes, high + 1)
+    if mask is not None and mask.dtype.kind != "b":
+        low, high = _min_max(chunks(mask.name))
+        if low < 0 or high > 1:
+            raise LayoutError(f"{mask.name}: an integer mask holds 0 and 1 only, found {low}..{high}")
     n_tasks, task_rows = _inspect_tasks(chunks, rows) if headers.keys() & TASKS else (1, None)
     if "" in rows:
         return NpzShape(
@@ -1363,7 +1607,9 @@ def dataset_from_npz(
     """The `Dataset` of upload-layout ``arrays`` for a spec's ``dataset`` section: ``X``/``y`` (and
     ``task``) split by its ``train``/``valid``/``test`` counts, after shuffling the rows by ``seed``
     (the spec's) when ``shuffle`` is true and interleaving the classes when ``stratify`` is; or the
-    given splits (and task ids), which neither changes; centred unless ``center`` is false.
+    given splits (and task ids), which neither changes; centred unless ``center`` is false. The
+    section's ``label_noise`` flips training labels (`flip_labels`), in place of the upload's own
+    ``noisy`` mask when it has one (otherwise carried to ``Dataset.noisy``).
     Refusals of the spec's counts are on ``dataset.<count>``, those of the arrays on the array's
     name."""
     check_layout(set(arrays))
@@ -1384,5 +1630,12 @@ def dataset_from_npz(
             task=arrays.get("task"),
             shuffle_seed=seed if dataset.get("shuffle", False) else None,
             stratify=bool(dataset.get("stratify", False)),
+            noisy=arrays.get("noisy"),
+            label_noise=dataset.get("label_noise"),
         )
-    return from_splits(**{k: arrays.get(k) for k in SPLIT_KEYS}, name=name, center=center)
+    return from_splits(
+        **{k: arrays.get(k) for k in SPLIT_KEYS},
+        name=name,
+        center=center,
+        label_noise=dataset.get("label_noise"),
+    )

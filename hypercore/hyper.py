@@ -78,7 +78,9 @@ class Hyper:
     """One hyperparameter kind's setting: initial natural value, learn flag and granularity.
 
     ``init`` is a natural value (``0.5`` for a learning rate of 0.5), or for ``training_data`` the
-    scale of its ``N(0, 1)`` start or the string ``"data"`` (start from the dataset's inputs).
+    scale of its ``N(0, 1)`` start or the string ``"data"`` (start from the dataset's inputs), or
+    the values themselves (a warm start: an array of the layout's shape, or a mapping of arrays for a
+    kind with several, `hypercore.vocab.init_shape`).
     ``min`` (momentum, beta1, beta2): the smallest value a learned one is given, the floor the
     engine clamps it to and sizes its information buffer for (None: `hypercore.vocab.lowest`'s
     default, the kind's floor (momentum 0.1, a beta 0.5) or the init if lower).
@@ -158,6 +160,12 @@ class HyperSet:
     tasks: tuple[str, ...] = ()
     sharing_layers: tuple[str, ...] = ()
     training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER
+    n_classes: int = 0
+    # Per training example, for ``example_weight``'s labels: its row in the dataset's source (an
+    # upload's own row order, `hypercore.arrays.Dataset.train_rows`) and whether it is known to be
+    # mislabelled (``Dataset.noisy``; empty when nobody knows).
+    train_rows: tuple[int, ...] = ()
+    train_noisy: tuple[bool, ...] = ()
 
     @classmethod
     def build(
@@ -171,6 +179,9 @@ class HyperSet:
         tasks=(),
         sharing_layers=(),
         training_optimizer: str = vocab.DEFAULT_TRAINING_OPTIMIZER,
+        n_classes: int = 0,
+        train_rows=None,
+        train_noisy=None,
     ) -> HyperSet:
         """Validate and complete ``hypers`` with the `defaults` of ``training_optimizer`` for the
         kinds not given.
@@ -198,6 +209,22 @@ class HyperSet:
             if message:
                 field = "weight_decay" if "weight_decay" in hypers else "learning_rate"
                 raise HyperparameterError(f"hyperparameters.{field}.init", message)
+        for key, h in full.items():
+            if not vocab.is_array_init(h.init):
+                continue
+            want = vocab.init_shape(
+                key,
+                h.granularity,
+                steps=steps,
+                shapes={k: tuple(v) for k, v in shapes.items()},
+                train_shape=(int(train_shape[0]), int(train_shape[1])),
+                n_tasks=len(tasks),
+                sharing_layers=tuple(str(layer) for layer in sharing_layers),
+                n_classes=int(n_classes),
+            )
+            problem = vocab.init_shape_problem(h.init, want)
+            if problem:
+                raise HyperparameterError(f"hyperparameters.{key}.{problem[0]}", problem[1])
         if "sharing" in full and not (tasks and sharing_layers):
             raise HyperparameterError(
                 "hyperparameters.sharing",
@@ -213,6 +240,9 @@ class HyperSet:
             tasks=tuple(str(t) for t in tasks),
             sharing_layers=tuple(str(layer) for layer in sharing_layers),
             training_optimizer=training_optimizer,
+            n_classes=int(n_classes),
+            train_rows=() if train_rows is None else tuple(int(r) for r in np.asarray(train_rows)),
+            train_noisy=() if train_noisy is None else tuple(bool(b) for b in np.asarray(train_noisy)),
         )
 
     @property
@@ -236,6 +266,8 @@ class HyperSet:
             "step": (T,),
             "layer_step": (T, K),
             "weight": self.shapes[array] if array else (),
+            "example": (self.train_shape[0],),
+            "class": (self.n_classes,),
         }[h.granularity]
 
     def keys(self, kind: str) -> list[str]:
@@ -261,15 +293,20 @@ class HyperSet:
             if h.off:
                 continue
             if kind == "training_data":
-                if h.init == "data":
+                if isinstance(h.init, str):  # "data"
                     value = np.array(X_train, copy=True)
+                elif vocab.is_array_init(h.init):
+                    value = np.array(h.init, dtype=X_train.dtype)
                 else:
                     noise = np.asarray(jax.random.normal(key, self.train_shape, jnp.float64))
                     value = (h.init * noise).astype(X_train.dtype)
                 (learned if h.learn else fixed)[kind] = value
                 continue
             for k in self.keys(kind):
-                if kind == "sharing":
+                if vocab.is_array_init(h.init):  # the values themselves (a warm start)
+                    natural = h.init[k.split(".", 1)[1]] if isinstance(h.init, Mapping) else h.init
+                    raw = np.asarray(_to_raw(kind, np.asarray(natural, np.float64)), np.float64)
+                elif kind == "sharing":
                     S, c = len(self.tasks), float(h.init)
                     raw = (1.0 - c) * np.eye(S) + np.full((S, S), c / S)
                 else:
@@ -355,6 +392,16 @@ class HyperSet:
         """The training inputs to train on, or None to use the dataset's."""
         return raw.get("training_data") if "training_data" in self.hypers else None
 
+    def example_weights(self, raw: Mapping[str, jax.Array]) -> jax.Array | None:
+        """One weight per training example on the training loss (a per-class weight taken by each
+        example's label), or None without ``example_weight``."""
+        if "example_weight" not in self.hypers:
+            return None
+        x = self._natural("example_weight", raw["example_weight"])
+        if self.hypers["example_weight"].granularity == "class":
+            return x[jnp.asarray(self.train_labels, jnp.int32)]
+        return x
+
     def weight_decay(self, raw: Mapping[str, jax.Array]) -> jax.Array | dict[str, jax.Array] | float:
         """AdamW's weight decay as a `schedule`, or a concrete 0.0 without one (then the engine
         runs plain Adam)."""
@@ -412,6 +459,16 @@ class HyperSet:
         arrays = self.arrays
         if h.kind == "training_data":
             return ["example", "feature"], {"example": list(self.train_labels)}
+        if h.granularity == "example":
+            # Each example by its row in the source (the upload's own order), with its given label
+            # and, where known, whether it is mislabelled: what a search for bad examples reports.
+            rows = list(self.train_rows) or list(range(self.train_shape[0]))
+            labels: dict[str, list] = {"example": rows, "label": list(self.train_labels)}
+            if self.train_noisy:
+                labels["noisy"] = list(self.train_noisy)
+            return ["example"], labels
+        if h.granularity == "class":
+            return ["class"], {"class": list(range(self.n_classes))}
         return {
             "global": ([], {}),
             "layer": (["layer"], {"layer": arrays}),

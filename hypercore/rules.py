@@ -92,7 +92,7 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
     if not family.needs_data:
         if ds is not None:
             out.append((("dataset",), f"the {model['kind']} model has no data: leave `dataset` out"))
-        for kind in ("init_scale", "training_data"):
+        for kind in ("init_scale", "training_data", "example_weight"):
             if kind in given:
                 out.append(
                     (
@@ -112,7 +112,35 @@ def problems(spec: Mapping[str, Any], shape: DatasetShape | None) -> list[Proble
         out += _dataset_problems(spec, ds, shape)
         out += _target_problems(spec, ds, shape)
         out += _multitask_problems(spec, ds, family, shape)
+        out += _example_weight_problems(spec, ds, family, shape)
         out += _conv_shape_problems(model, family, shape)
+        if not out and model["kind"] != families.PLUGIN_KIND:
+            out += _init_shape_problems(spec, shape)
+    return out
+
+
+def _init_shape_problems(spec: Mapping[str, Any], shape: DatasetShape) -> list[Problem]:
+    """Array inits (warm starts) whose shape is not the job's layout (`hypercore.vocab.init_shape`).
+    A plugin model's arrays are known once a worker builds it; the engine checks those."""
+    shapes = model_shapes(spec, shape)
+    out: list[Problem] = []
+    for kind, setting in given_hyperparameters(spec).items():
+        if not vocab.is_array_init(setting.get("init")):
+            continue
+        want = vocab.init_shape(
+            kind,
+            setting["granularity"],
+            steps=_section(spec, "training")["steps"],
+            shapes=shapes,
+            train_shape=(n_train_rows(spec, shape), shape.n_features),
+            n_tasks=shape.n_tasks,
+            sharing_layers=tuple(families.sharing_layers(shapes)),
+            n_classes=shape.n_classes,
+        )
+        problem = vocab.init_shape_problem(setting["init"], want)
+        if problem:
+            field, message = problem
+            out.append((("hyperparameters", kind, *field.split(".", 1)), message))
     return out
 
 
@@ -308,24 +336,84 @@ def _dataset_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: Dat
             "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
             "tunes: use one or the other",
         )
+    out += _label_noise_problems(ds, shape)
+    return out
+
+
+_NOISE = "flips the class labels of a fraction of the training examples"
+
+
+def _label_noise_problems(ds: Mapping[str, Any], shape: DatasetShape) -> list[Problem]:
+    """Where the noisy examples would not stay put: a re-split moves examples between training and
+    validation every meta-iteration (a flipped label would turn up among the labels the objective
+    trusts), and a multi-task dataset's tasks label their examples each in their own way. A real
+    target is `_target_problems`'."""
+    if ds.get("label_noise") is None:
+        return []
+    field = ("dataset", "label_noise")
+    out: list[Problem] = []
+    if ds.get("resplit", False):
+        out.append(
+            (
+                field,
+                f"{_NOISE}, which dataset.resplit moves into the validation split every meta-iteration: "
+                "use one or the other",
+            )
+        )
+    if shape.n_tasks > 1:
+        out.append((field, f"{_NOISE} of a single-task dataset; this one has {shape.n_tasks} tasks"))
     return out
 
 
 def _target_problems(spec: Mapping[str, Any], ds: Mapping[str, Any], shape: DatasetShape) -> list[Problem]:
     """What needs class labels, on a dataset whose target is real (a float ``y``, a regression):
-    stratifying by class and learned training data (its examples are labelled by class). A
-    multi-task family is refused by `_multitask_problems` (a real target has one task)."""
+    stratifying by class, label noise and learned training data (its examples are labelled by
+    class). A multi-task family is refused by `_multitask_problems` (a real target has one task)."""
     if shape.target != "real":
         return []
     regression = "this dataset's target is real (a float y: a regression, with no classes)"
     out: list[Problem] = []
     if ds.get("stratify", False) and shape.layout != "splits":
         out.append((("dataset", "stratify"), f"interleaves the classes, but {regression}: leave it out"))
+    if ds.get("label_noise") is not None:
+        out.append((("dataset", "label_noise"), f"{_NOISE}, but {regression}: leave it out"))
     if "training_data" in given_hyperparameters(spec):
         out.append(
             (
                 ("hyperparameters", "training_data"),
                 f"learns training inputs labelled by class, but {regression}: leave it out",
+            )
+        )
+    return out
+
+
+def _example_weight_problems(
+    spec: Mapping[str, Any], ds: Mapping[str, Any], family: families.Family, shape: DatasetShape
+) -> list[Problem]:
+    """Where a weight per training example (or class) cannot follow its examples: a re-split moves
+    them between splits every meta-iteration, a multi-task model trains its tasks' rows full-batch
+    as blocks, and a real target has no classes to weigh."""
+    setting = given_hyperparameters(spec).get("example_weight")
+    if setting is None:
+        return []
+    field = ("hyperparameters", "example_weight")
+    out: list[Problem] = []
+    if ds.get("resplit", False):
+        out.append(
+            (
+                ("dataset", "resplit"),
+                "re-draws which examples train every meta-iteration, so a weight per training example "
+                "(hyperparameters.example_weight) would not stay with its example: use one or the other",
+            )
+        )
+    if family.multitask:
+        out.append((field, "weighs the examples of a single-task model; a multitask_mlp has none to weigh"))
+    if setting["granularity"] == "class" and shape.target == "real":
+        out.append(
+            (
+                (*field, "granularity"),
+                "one weight per class needs class labels, but this dataset's target is real (a "
+                "regression): use granularity example",
             )
         )
     return out
@@ -402,6 +490,8 @@ def hyperparameter_counts(
         "step": steps,
         "layer_step": steps * n_arrays,
         "weight": families.n_weights(shapes),
+        "example": n_train_rows(spec, shape),
+        "class": shape.n_classes,
     }
     given = given_hyperparameters(spec)
     defaults = vocab.default_kinds(vocab.training_optimizer(spec))

@@ -2,7 +2,8 @@
 
     name: lr-schedule-digits
     dataset: {name: digits, train: 1000, valid: 400, test: 397, batch_size: 100}   # or {id: ...}
-             # optional: center, stratify, resplit (a new train/valid split every meta-iteration)
+             # optional: center, stratify, resplit (a new train/valid split every meta-iteration),
+             # label_noise: {fraction: 0.4, seed: 1} (flip that fraction of the training labels)
     model: {kind: mlp, hidden: [50, 50], activation: tanh}      # or logreg, toy2d, multitask_mlp,
            # cnn, cnn1d: {kind: cnn, channels: [8, 16], kernel: 3, pool: 2, hidden: [32]}
     training: {steps: 100}                                    # optional: optimizer (below)
@@ -56,6 +57,7 @@ from hypercore import cnn as _cnn
 from hypercore import data as _data
 from hypercore import families, rules, vocab
 from hypercore import models as _models
+from hypercore.arrays import label_noise_settings
 from hypercore.families import FAMILIES, PLUGIN_KIND, DatasetShape, conv_settings
 from hypercore.hyper import Hyper
 from hypercore.meta import GuardConfig, MetaConfig
@@ -95,12 +97,15 @@ _SECTIONS = {
         "stratify",
         "resplit",
         "shuffle",
+        "label_noise",
     },
     "model": {"kind", "hidden", "activation", "channels", "kernel", "pool", "name", "config"},
     "training": {"steps", "optimizer"},
     "meta": {"iterations", "optimizer", "learning_rate", "momentum", "clip", "guard"},
 }
-_HYPER_KEYS = {"init", "granularity", "learn", "min"}
+# ``init_from``: where a ``{from_job, which}`` init's values came from (the service writes it; the
+# engine reads only the values).
+_HYPER_KEYS = {"init", "granularity", "learn", "min", "init_from"}
 
 
 def _section(spec: Mapping, name: str, required: bool = True) -> dict:
@@ -175,6 +180,10 @@ def _check_types(spec: Mapping) -> None:
                 _flag(ds[key], f"dataset.{key}")
         if "name" in ds and not isinstance(ds["name"], str):
             raise SpecError("dataset.name", f"must be a string, got {ds['name']!r}")
+        try:  # the loader's own check, so the two cannot disagree on what a setting means
+            label_noise_settings(ds.get("label_noise"))
+        except _data.DataError as e:
+            raise SpecError(e.field, e.message) from None
     training = _section(spec, "training")
     _int(training.get("steps"), "training.steps")
     optimizer = training.get("optimizer", vocab.DEFAULT_TRAINING_OPTIMIZER)
@@ -234,6 +243,9 @@ def check(spec: Mapping, dataset=None) -> None:
 
 
 def _dataset(section: dict, seed: int, dataset):
+    """A built-in's `Dataset` as the section asks (``label_noise`` included), or ``dataset`` as given:
+    an upload's was built from the same section by its loader (`hypercore.arrays.dataset_from_npz`,
+    which applies ``label_noise`` there)."""
     if dataset is not None:
         return dataset
     return _data.load(
@@ -244,6 +256,7 @@ def _dataset(section: dict, seed: int, dataset):
         seed=seed,
         center=section.get("center", True),
         stratify=section.get("stratify", False),
+        label_noise=section.get("label_noise"),
     )
 
 

@@ -160,6 +160,12 @@ class Problem:
                 "re-draws the training examples every meta-iteration, which hyperparameters.training_data "
                 "tunes: use one or the other",
             )
+        if resplit and "example_weight" in hyperparameters:
+            raise ProblemError(
+                "dataset.resplit",
+                "re-draws which examples train every meta-iteration, so a weight per training example "
+                "(hyperparameters.example_weight) would not stay with its example: use one or the other",
+            )
         _models.check_model(model)
         if getattr(dataset, "target", "class") == "real":
             _check_real_target(hyperparameters)
@@ -176,6 +182,11 @@ class Problem:
                     "dataset.batch_size",
                     "a multi-task model trains full-batch (its rows are laid out task by task): leave it out",
                 )
+            if "example_weight" in hyperparameters:
+                raise ProblemError(
+                    "hyperparameters.example_weight",
+                    "weighs the examples of a single-task model; a multitask_mlp has none to weigh",
+                )
         _check_model_fits(model, dataset)
         hypers = HyperSet.build(
             hyperparameters,
@@ -186,6 +197,9 @@ class Problem:
             tasks=dataset.task_names if multitask else (),
             sharing_layers=model.sharing_layers() if multitask else (),
             training_optimizer=training_optimizer,
+            n_classes=int(getattr(dataset, "n_classes", 0) or 0),
+            train_rows=getattr(dataset, "train_rows", None),
+            train_noisy=getattr(dataset, "noisy", None),
         )
         if not hypers.learned_kinds():
             raise ProblemError(
@@ -195,11 +209,19 @@ class Problem:
 
 
 def _check_real_target(hyperparameters: Mapping[str, Hyper]) -> None:
-    """What a real target cannot train with: learned training data is labelled by class."""
+    """What a real target cannot train with: learned training data is labelled by class, and so is
+    a weight per class."""
     if "training_data" in hyperparameters:
         raise ProblemError(
             "hyperparameters.training_data",
             "learns training inputs labelled by class; this dataset's target is real (a regression)",
+        )
+    weights = hyperparameters.get("example_weight")
+    if weights is not None and weights.granularity == "class":
+        raise ProblemError(
+            "hyperparameters.example_weight.granularity",
+            "one weight per class needs class labels; this dataset's target is real (a regression): "
+            "use granularity example",
         )
 
 
@@ -392,6 +414,9 @@ def _make_objective(problem: Problem, engine: str):
         sharing = hs.sharing(raw)
         if sharing is not None:
             meta["sharing"] = {k: jnp.asarray(v, dtype) for k, v in sharing.items()}
+        omega = hs.example_weights(raw)
+        if omega is not None:
+            meta["omega"] = jnp.asarray(omega, dtype)
 
         def net(w, meta):
             """The weights the model runs with: SGD trains a multi-task model's latent weights, which
@@ -405,7 +430,13 @@ def _make_objective(problem: Problem, engine: str):
                 idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
                 idx = idx if train_rows is None else train_rows[idx]
             xb, yb = rows(X, y_train, idx)
-            out = train_loss_fn(model.apply(net(w, meta), xb), yb)
+            outputs = model.apply(net(w, meta), xb)
+            if "omega" in meta:  # example weights: the weighted mean of the examples' own losses
+                omega = meta["omega"] if idx is None else meta["omega"][idx]
+                each = jax.vmap(lambda o, y: train_loss_fn(o[None], y[None]))(outputs, yb)
+                out = jnp.sum(omega * each) / jnp.sum(omega)
+            else:
+                out = train_loss_fn(outputs, yb)
             if "l2" in meta:
                 out = out + _models.l2_penalty(w, meta["l2"])
             return out
@@ -601,6 +632,15 @@ def initial_hyperparameters(problem: Problem, *, include_fixed: bool = False) ->
     with ``include_fixed``, the fixed ones' values too (what `evaluate` accepts)."""
     learned = _initial_checkpoint(problem, _meta.build(problem.meta)).learned
     return {**_fixed_raw(problem), **learned} if include_fixed else learned
+
+
+def hyperparameter_values(problem: Problem, checkpoint: Checkpoint | None = None) -> dict[str, HyperValue]:
+    """Every hyperparameter in natural units as meta-iteration ``checkpoint.meta_iter`` trains and
+    scores them (default: the initial values, meta-iteration 0's): a `Record` holds the values
+    *after* its update, so meta-iteration ``k`` evaluated record ``k - 1``'s and the first one
+    evaluated these."""
+    learned = initial_hyperparameters(problem) if checkpoint is None else checkpoint.learned
+    return problem.hypers.to_natural({**_fixed_raw(problem), **learned})
 
 
 def hypergradient(

@@ -19,6 +19,8 @@ kind               raw            natural                                     gr
 ``l2``             log lambda     penalty sum_i lambda_i w_i^2                global layer weight
 ``training_data``  the inputs     X_train itself (distillation)               weight
 ``sharing``        T itself       task s's weights sum_t T[s, t] Z[t]         global layer
+``example_weight`` log omega      the training loss sum_i omega_i l_i / sum_i  example class
+                                  omega_i over each minibatch
 =================  =============  ==========================================  =======================
 
 Training optimizers
@@ -48,7 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-GRANULARITIES = ("global", "layer", "step", "layer_step", "weight")
+GRANULARITIES = ("global", "layer", "step", "layer_step", "weight", "example", "class")
 Transform = Literal["log", "logit", "identity"]
 
 
@@ -172,6 +174,17 @@ KINDS: dict[str, Kind] = {
         data_init=True,
         doc="the training inputs themselves (init 'data', or a scale for an N(0, 1) start)",
     ),
+    # Data attribution: the hypergradient of example i's weight says how the validation loss would
+    # change if it counted more, through the whole training run (`hypercore.tune`). Log-parametrised:
+    # a weight shrinks towards 0 but never crosses it. ``class``: one per class (class imbalance).
+    "example_weight": Kind(
+        "log",
+        ("example", "class"),
+        None,
+        Domain(low=0.0, text="an example weight must be > 0 (log-parametrised)"),
+        doc="a weight per training example (example) or per class (class) on the training loss, the "
+        "weighted mean over each minibatch: the learned weights rank the examples to distrust",
+    ),
     "sharing": Kind(
         "identity",
         ("global", "layer"),
@@ -265,9 +278,10 @@ def optimizer_problem(name: str, optimizer: str) -> str | None:
 def decay_problem(learning_rate: Any, weight_decay: Any) -> str | None:
     """Why AdamW cannot start from these natural inits, or None: its weight-decay factor
     ``1 - alpha lambda`` must be at least `MIN_DECAY_FACTOR`, the smallest the exact engine runs."""
-    if not (_is_number(learning_rate) and _is_number(weight_decay)):
+    if not (_is_numeric(learning_rate) and _is_numeric(weight_decay)):
         return None
-    factor = 1.0 - float(learning_rate) * float(weight_decay)
+    learning_rate, weight_decay = (float(np.max(init_numbers(x))) for x in (learning_rate, weight_decay))
+    factor = 1.0 - learning_rate * weight_decay
     if factor >= MIN_DECAY_FACTOR:
         return None
     return (
@@ -284,8 +298,8 @@ def lowest_decay(learning_rate: Any, lr_learn: bool, weight_decay: Any, wd_learn
     learned, the engine's smallest, `MIN_DECAY_FACTOR` (a learned learning rate has no ceiling)."""
     if lr_learn or wd_learn:
         return MIN_DECAY_FACTOR
-    alpha = float(to_natural("learning_rate", to_raw("learning_rate", float(learning_rate))))
-    lam = float(to_natural("weight_decay", to_raw("weight_decay", float(weight_decay))))
+    alpha = float(np.max(to_natural("learning_rate", to_raw("learning_rate", init_numbers(learning_rate)))))
+    lam = float(np.max(to_natural("weight_decay", to_raw("weight_decay", init_numbers(weight_decay)))))
     return max(MIN_DECAY_FACTOR, 1.0 - alpha * lam)
 
 
@@ -315,11 +329,13 @@ def check_setting(
         return [("min", f"must be a finite number, got {minimum!r}")]
     if not kind.domain.contains(float(minimum)):
         return [("min", f"{kind.domain.text}, got {float(minimum)}")]
-    if minimum > init:
+    start = float(np.min(init_numbers(init)))
+    if minimum > start:
+        where = "init" if _is_number(init) else "init's smallest value"
         return [
             (
                 "min",
-                f"must be at most init ({float(init)}): a learned {name} starts there, got {float(minimum)}",
+                f"must be at most {where} ({start}): a learned {name} starts there, got {float(minimum)}",
             )
         ]
     return []
@@ -334,7 +350,7 @@ def lowest(name: str, init: Any, learn: bool, minimum: float | None = None) -> f
     kind = KINDS[name]
     if kind.floor is None:
         return None
-    start = float(to_natural(name, to_raw(name, float(init))))
+    start = float(np.min(to_natural(name, to_raw(name, init_numbers(init)))))
     if not learn:
         return start
     if minimum is not None:
@@ -351,8 +367,18 @@ def _check_init(name: str, init: Any, granularity: str, learn: Any) -> list[tupl
         return [("granularity", f"{name} cannot have granularity {granularity!r}; allowed: {allowed}")]
     if not isinstance(learn, bool):
         return [("learn", f"must be true or false, got {learn!r}")]
-    if init == "data":
+    if isinstance(init, str) and init == "data":
         return [] if kind.data_init else [("init", "'data' is an init for training_data only; give a number")]
+    if is_reference(init):
+        return [
+            (
+                "init",
+                "a {from_job, which} init is resolved by the service when the job is submitted "
+                "(POST /v1/jobs); outside it, give the values themselves (an array)",
+            )
+        ]
+    if is_array_init(init):
+        return _check_array_init(name, init, learn)
     if not _is_number(init) or not math.isfinite(init):
         if kind.data_init:
             return [("init", f"{kind.domain.text}, got {init!r}")]
@@ -369,6 +395,142 @@ def _check_init(name: str, init: Any, granularity: str, learn: Any) -> list[tupl
             ("learn", f"cannot be true while init is 0: {name} 0 is off"),
         ]
     return []
+
+
+# ---- array inits (warm starts) -------------------------------------------------------------------
+#
+# Besides a number, ``init`` may be the values themselves in natural units, as the service's
+# downloads and exports give them: an array of the hyperparameter's shape (nested lists; shapes in
+# `init_shape`), or for a kind stored as several arrays (a per-weight ``init_scale`` or ``l2``: one
+# per parameter array; a per-layer ``sharing``) a mapping from each array's suffix (``"layer0.W"``)
+# to its values. The service also takes ``{"from_job": ID, "which": "best" | "last" | N}``, which it
+# resolves into such values when the job is submitted (`jobs.warmstart`).
+
+REFERENCE_KEYS = frozenset({"from_job", "which"})
+
+
+def is_reference(init: Any) -> bool:
+    """A ``{"from_job": ..., "which": ...}`` init, which the service resolves into values."""
+    return isinstance(init, Mapping) and "from_job" in init
+
+
+def is_array_init(init: Any) -> bool:
+    """An init given as values: an array (nested lists) or a mapping of arrays, not a number."""
+    return not is_reference(init) and isinstance(init, list | tuple | np.ndarray | Mapping)
+
+
+def init_numbers(init: Any) -> np.ndarray:
+    """Every number of an init as one float64 vector: a number's one, an array's all, a mapping's
+    arrays' all (in its key order). Raises ValueError for an init that is not numbers."""
+    if isinstance(init, Mapping):
+        parts = [init_numbers(v) for v in init.values()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    try:
+        out = np.asarray(init, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"must be numbers, got {init!r:.80}") from e
+    return out.ravel()
+
+
+def _is_numeric(init: Any) -> bool:
+    return _is_number(init) or is_array_init(init)
+
+
+def _check_array_init(name: str, init: Any, learn: Any) -> list[tuple[str, str]]:
+    """An array init's values: numbers (a regular nested list), finite, each in the kind's domain;
+    its shape is checked against the job's (`hypercore.rules`, the engine)."""
+    kind = KINDS[name]
+    arrays = init.items() if isinstance(init, Mapping) else [(None, init)]
+    for key, array in arrays:
+        field = "init" if key is None else f"init.{key}"
+        try:
+            values = np.asarray(array, dtype=np.float64)
+        except (TypeError, ValueError):
+            return [(field, "must be a number, or an array of numbers (nested lists of equal lengths)")]
+        if values.size == 0:
+            return [(field, "is an empty array")]
+        bad = np.flatnonzero(~np.isfinite(values.ravel()))
+        if bad.size:
+            index = [int(i) for i in np.unravel_index(bad[0], values.shape)]
+            return [(field, f"must be finite, got {values.ravel()[bad[0]]} at index {index}")]
+        inside = np.asarray(np.vectorize(kind.domain.contains, otypes=[bool])(values))
+        if not inside.all():
+            first = int(np.flatnonzero(~inside.ravel())[0])
+            index = [int(i) for i in np.unravel_index(first, values.shape)]
+            return [(field, f"{kind.domain.text}, got {values.ravel()[first]} at index {index}")]
+        if kind.domain.zero_is_off and learn is True and (values == 0).any():
+            return [
+                (
+                    field,
+                    f"a learned {name} cannot start at 0 anywhere (log-parametrised: 0 has no gradient "
+                    "to follow); give positive values such as 1e-4",
+                )
+            ]
+    return []
+
+
+def init_shape(
+    name: str,
+    granularity: str,
+    *,
+    steps: int,
+    shapes: Mapping[str, tuple[int, ...]],
+    train_shape: tuple[int, int] | None = None,
+    n_tasks: int = 0,
+    sharing_layers: tuple[str, ...] = (),
+    n_classes: int = 0,
+) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    """The shape an array init of kind ``name`` at ``granularity`` must have: the shape of the
+    values a download gives (`hypercore.hyper.HyperSet`'s layout), or for a kind stored as several
+    arrays a mapping of their suffixes to shapes. ``shapes``: the model's parameter arrays in order."""
+    if name == "training_data":
+        return tuple(train_shape or ())
+    if name == "sharing":
+        matrix = (n_tasks, n_tasks)
+        return {layer: matrix for layer in sharing_layers} if granularity == "layer" else matrix
+    if granularity == "weight":
+        return {array: tuple(shape) for array, shape in shapes.items()}
+    if granularity == "example":
+        return (int((train_shape or (0,))[0]),)
+    if granularity == "class":
+        return (n_classes,)
+    return {
+        "global": (),
+        "layer": (len(shapes),),
+        "step": (steps,),
+        "layer_step": (steps, len(shapes)),
+    }[granularity]
+
+
+def init_shape_problem(
+    init: Any, want: tuple[int, ...] | Mapping[str, tuple[int, ...]]
+) -> tuple[str, str] | None:
+    """``(field, message)`` when an array init does not have the shape ``want`` (`init_shape`),
+    the field relative to the setting (``"init"`` or ``"init.<array>"``); None when it fits or is
+    a number (a number fills every value)."""
+    if not is_array_init(init):
+        return None
+    if isinstance(want, Mapping):
+        if not isinstance(init, Mapping):
+            return (
+                "init",
+                f"is stored as one array per parameter array: give a mapping of {', '.join(want)} "
+                "to their values (or a number for all)",
+            )
+        missing, extra = [k for k in want if k not in init], [k for k in init if k not in want]
+        if missing or extra:
+            return ("init", f"needs exactly the arrays {', '.join(want)}; missing {missing}, unknown {extra}")
+        for key, shape in want.items():
+            got = np.shape(np.asarray(init[key], dtype=np.float64))
+            if tuple(got) != tuple(shape):
+                return (f"init.{key}", f"must have shape {list(shape)}, got {list(got)}")
+        return None
+    if isinstance(init, Mapping):
+        return ("init", f"must be one array of shape {list(want)}, not a mapping")
+    got = np.shape(np.asarray(init, dtype=np.float64))
+    if tuple(got) != tuple(want):
+        return ("init", f"must have shape {list(want)}, got {list(got)}")
+    return None
 
 
 def is_off(name: str, init: Any) -> bool:

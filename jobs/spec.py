@@ -119,6 +119,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class LabelNoise(_Strict):
+    """Labels made wrong on purpose, for experiments that must find them again (a learned
+    ``example_weight`` should fall on exactly these): a fraction of the training labels, each moved
+    to another class. The validation and test labels stay true."""
+
+    fraction: float = Field(
+        ge=0,
+        lt=1,
+        description="the fraction of the training examples whose label is changed, round(fraction * "
+        "train) of them, each to a class drawn uniformly among the others",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="draws which examples and which classes (numpy.random.default_rng(seed)), apart "
+        "from the spec's seed",
+    )
+
+
 class DatasetSection(_Strict):
     name: BuiltinName | None = Field(None, description="a built-in dataset")
     id: str | None = Field(None, min_length=1, max_length=64, description="an uploaded dataset's id")
@@ -141,6 +161,11 @@ class DatasetSection(_Strict):
         description="draw a new train/valid split of the training and validation examples every "
         "meta-iteration (each class, and task, keeps its counts; the test split stays fixed), so many "
         "hyperparameters cannot fit one validation set",
+    )
+    label_noise: LabelNoise | None = Field(
+        None,
+        description="flip a fraction of the training labels after the split, for finding them again "
+        "(class labels of one task; not with resplit); it replaces an upload's own noisy mask",
     )
 
 
@@ -202,9 +227,28 @@ class TrainingSection(_Strict):
 class HyperSetting(_Strict):
     """One kind: its initial natural value, how finely it varies, and whether it is learned."""
 
-    init: float | str = Field(
-        description="a finite number, or 'data' for training_data",
-        json_schema_extra={"anyOf": [{"type": "number"}, {"const": "data"}]},
+    init: float | str | list | dict = Field(
+        description="the initial natural value: a finite number (every value starts there), 'data' "
+        "for training_data, the values themselves (a warm start: an array of the hyperparameter's "
+        "shape as downloads give it, or for a per-weight init_scale or l2 a mapping of each parameter "
+        'array\'s name to its values), or {"from_job": ID, "which": "best" | "last" | N} '
+        "to start from another job's values (resolved when the job is submitted)",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number"},
+                {"const": "data"},
+                {"type": "array"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "from_job": {"type": "string"},
+                        "which": {"anyOf": [{"enum": ["best", "last"]}, {"type": "integer", "minimum": 0}]},
+                    },
+                    "required": ["from_job"],
+                },
+                {"type": "object", "additionalProperties": {"type": "array"}},
+            ]
+        },
     )
     granularity: Granularity = "global"
     learn: bool = False
@@ -217,14 +261,32 @@ class HyperSetting(_Strict):
         "log2(1 / value) bits of every weight in the worker's memory, which is sized for this floor",
     )
 
+    init_from: dict[str, Any] | None = Field(
+        None,
+        description="written by the service: the job, `which` and meta-iteration a {from_job, which} "
+        "init took its values from",
+    )
+
     @field_validator("init", mode="plain")
     @classmethod
-    def _number_or_data(cls, value: Any) -> float | str:
-        # A plain validator, so an error is reported on `init` itself, not on a union member.
-        if value == "data":
+    def _number_data_or_values(cls, value: Any) -> float | str | list | dict:
+        # A plain validator, so an error is reported on `init` itself, not on a union member. An
+        # array's values and shape are checked by the rules (`hypercore.vocab.check_setting`).
+        if isinstance(value, str) and value == "data":
+            return value
+        if isinstance(value, list):
+            return value
+        if isinstance(value, dict):
+            if vocab.is_reference(value):
+                unknown = sorted(set(value) - vocab.REFERENCE_KEYS)
+                if unknown:
+                    raise ValueError(f"a from_job init takes from_job and which; unknown {unknown}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"must be a finite number (or 'data' for training_data), got {value!r}")
+            raise ValueError(
+                f"must be a finite number, an array of values, {{from_job, which}} (or 'data' for "
+                f"training_data), got {value!r:.100}"
+            )
         return float(value)
 
 

@@ -3,9 +3,15 @@
 ::
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
-       |                 |
+       |                 |                        |                 |
+       |                 |                        +--continue--> queued   (more meta-iterations,
+       |                 |                                                 from the checkpoint)
        |                 +--requeue--> queued     (worker died or shut down: resume from checkpoint)
        +--cancel--> cancelled                     (never started)
+
+A succeeded or cancelled job may be continued (`jobs.repository.continue_job`): it goes back to the
+queue with more meta-iterations and resumes from its checkpoint. A failed one may not (its run
+cannot go on as it was); a new job can start from its values instead.
 
 A library run the service records (origin ``external``, `Origin`) is created ``running`` by its
 recorder, is never queued, and may be resumed from ``failed`` (its last recorder died or its run
@@ -36,9 +42,9 @@ ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED}),
-    Status.SUCCEEDED: frozenset(),
+    Status.SUCCEEDED: frozenset({Status.QUEUED}),
     Status.FAILED: frozenset(),
-    Status.CANCELLED: frozenset(),
+    Status.CANCELLED: frozenset({Status.QUEUED}),
 }
 
 
@@ -46,7 +52,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 EXTERNAL_TRANSITIONS: dict[Status, frozenset[Status]] = {
     **TRANSITIONS,
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+    Status.SUCCEEDED: frozenset(),
     Status.FAILED: frozenset({Status.RUNNING}),
+    Status.CANCELLED: frozenset(),
 }
 
 

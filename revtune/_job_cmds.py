@@ -1,10 +1,15 @@
 """The job commands of the ``revtune`` CLI: talk to a server through `revtune.Client`.
 
-``submit``, ``jobs``, ``show``, ``steps``, ``hyper``, ``cancel``, ``delete``, ``templates``,
-``datasets`` and ``upload`` reach the server at ``--url`` (default ``$REVTUNE_URL``, else
-http://127.0.0.1:8000) with ``--api-key`` (default ``$REVTUNE_API_KEY``). Read commands print a table
-for people and, with ``--json``, the REST answer for scripts. ``run FILE`` needs no server: it runs a
-spec in this process with the engine and writes its metrics and hyperparameters to a folder.
+``submit``, ``wait``, ``jobs``, ``show``, ``steps``, ``hyper``, ``cancel``, ``delete``, ``templates``,
+``datasets`` (``datasets delete ID``) and ``upload`` reach the server at ``--url`` (default
+``$REVTUNE_URL``, else http://127.0.0.1:8000) with ``--api-key`` (default ``$REVTUNE_API_KEY``). Read
+commands print a table for people and, with ``--json``, the REST answer for scripts. ``run FILE``
+needs no server: it runs a spec in this process with the engine and writes its metrics and
+hyperparameters to a folder.
+
+Waiting (``wait JOB``, ``submit --wait``) exits with `EXIT_SUCCEEDED` (0) when the job succeeded and
+`EXIT_NOT_SUCCEEDED` (1) when it failed or was cancelled (the job printed says which, and why), so
+that a script can chain on it; 2 is every command's status for an error (`revtune.cli`).
 """
 
 from __future__ import annotations
@@ -24,10 +29,24 @@ import yaml
 from hypercore.steps import STEP_FIELDS
 from jobs.states import Status
 from revtune._common import CommandError
-from revtune.client import Client, Hyperparameter, ProgressBar, RevtuneError, load_spec
+from revtune.client import (
+    Client,
+    Conflict,
+    Hyperparameter,
+    NotFound,
+    ProgressBar,
+    RevtuneError,
+    load_spec,
+)
 
 _DEFAULT_URL = "http://127.0.0.1:8000"
 _STEP_COLUMNS = STEP_FIELDS
+
+EXIT_SUCCEEDED = 0
+EXIT_NOT_SUCCEEDED = 1  # the job waited for failed or was cancelled
+_EXIT_CODES = (
+    f"exit status {EXIT_SUCCEEDED}: the job succeeded; {EXIT_NOT_SUCCEEDED}: it failed or was cancelled"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the same job"
     )
-    p.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
+    p.add_argument(
+        "--wait", action="store_true", help=f"wait for the job to end, with a progress bar ({_EXIT_CODES})"
+    )
+
+    p = add("wait", _wait, f"wait for a job to end, with a progress bar and its warnings ({_EXIT_CODES})")
+    p.add_argument("id")
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long (status 2)"
+    )
 
     p = add("jobs", _jobs, "list jobs, newest first")
     p.add_argument("--status", choices=[s.value for s in Status])
@@ -71,13 +98,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add("cancel", _cancel, "cancel a queued or running job")
     p.add_argument("id")
 
+    p = add(
+        "continue",
+        _continue,
+        "run a succeeded or cancelled job for more meta-iterations (it resumes where it stopped and ends "
+        "as one job run for the sum would)",
+    )
+    p.add_argument("id")
+    p.add_argument("--iterations", type=int, required=True, metavar="N", help="how many more meta-iterations")
+    p.add_argument(
+        "--wait", action="store_true", help=f"wait for the job to end, with a progress bar ({_EXIT_CODES})"
+    )
+
     p = add("delete", _delete, "delete a finished job and its records", parents=(conn,))
     p.add_argument("id")
 
     p = add("templates", _templates, "list the ready-made specs, or print one (as YAML) to start from")
     p.add_argument("name", nargs="?")
 
-    add("datasets", _datasets, "list uploaded datasets")
+    p = add("datasets", _datasets, "list uploaded datasets; `datasets delete ID` deletes one")
+    actions = p.add_subparsers(dest="datasets_command", metavar="COMMAND")
+    # Its own --url/--api-key default to "not given", so that options given before `delete` stand.
+    conn_after = argparse.ArgumentParser(add_help=False)
+    conn_after.add_argument("--url", default=argparse.SUPPRESS, help="server URL (as for `datasets`)")
+    conn_after.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (as for `datasets`)")
+    what = "delete an uploaded dataset (refused while a queued or running job uses it)"
+    d = actions.add_parser("delete", help=what, description=what, parents=[conn_after])
+    d.add_argument("dataset_id", metavar="ID")
+    d.set_defaults(run=_guarded(_datasets_delete))
 
     p = add("upload", _upload, "upload a dataset (.npz with X, y or X_train, y_train, X_valid, y_valid)")
     p.add_argument("file")
@@ -171,9 +219,19 @@ def _show_job(job: dict[str, Any]) -> None:
         ("started", _when(job.get("started_at"))),
         ("finished", _when(job.get("finished_at"))),
         ("error", job.get("error")),
+        ("cancel", _CANCEL_PENDING if _cancel_pending(job) else None),
     ]
     fields += [("warning", f"{w['code']}{_since(w)}: {w['message']}") for w in job.get("warnings") or []]
     print("\n".join(f"{k:<10} {_fmt(v)}" for k, v in fields if v is not None))
+
+
+_CANCEL_PENDING = "requested; the job stops after its current meta-iteration, then reads cancelled"
+
+
+def _cancel_pending(job: dict[str, Any]) -> bool:
+    """Whether the job still runs though cancel was requested: its status alone reads ``running``
+    until the worker has finished the meta-iteration in flight."""
+    return bool(job.get("cancel_requested")) and job["status"] == Status.RUNNING
 
 
 def _since(warning: dict[str, Any]) -> str:
@@ -187,12 +245,38 @@ def _submit(args: argparse.Namespace) -> int:
         spec = load_spec(args.file) if args.file else None
         job = client.submit(spec, template=args.template, idempotency_key=args.idempotency_key)
         if args.wait:
-            job = client.wait(job, progress=True)
-        if args.json:
-            _print_json(job)
-        else:
-            _show_job(job)
-    return 1 if args.wait and job["status"] != Status.SUCCEEDED else 0
+            return _wait_and_show(client, job, args)
+    _print_job(job, args)
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _wait_and_show(client, args.id, args, timeout=args.timeout)
+
+
+def _wait_and_show(
+    client: Client, job: str | dict[str, Any], args: argparse.Namespace, timeout: float | None = None
+) -> int:
+    """`Client.wait`'s progress bar and warnings on stderr until the job ends, then the job as ``show``
+    prints it; the exit status says how it ended (`EXIT_SUCCEEDED`, `EXIT_NOT_SUCCEEDED`)."""
+    job_id = job if isinstance(job, str) else job["id"]
+    try:
+        job = client.wait(job, progress=True, timeout=timeout)
+    except TimeoutError as e:
+        raise CommandError(f"{e}; `revtune wait {job_id}` waits again") from e
+    except KeyboardInterrupt:
+        # Only the waiting stops: the job runs on in the service.
+        raise CommandError(f"stopped waiting; job {job_id} goes on (`revtune wait {job_id}`)") from None
+    _print_job(job, args)
+    return EXIT_SUCCEEDED if job["status"] == Status.SUCCEEDED else EXIT_NOT_SUCCEEDED
+
+
+def _print_job(job: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        _print_json(job)
+    else:
+        _show_job(job)
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -216,10 +300,7 @@ def _jobs(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get(args.id)
-    if args.json:
-        _print_json(job)
-    else:
-        _show_job(job)
+    _print_job(job, args)
     return 0
 
 
@@ -295,10 +376,16 @@ def _hyper_text(hp: Hyperparameter) -> str:
 def _cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.cancel(args.id)
-    if args.json:
-        _print_json(job)
-    else:
-        _show_job(job)
+    _print_job(job, args)  # a running job's says that the cancel is pending (`_show_job`)
+    return 0
+
+
+def _continue(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.continue_job(args.id, args.iterations)
+        if args.wait:
+            return _wait_and_show(client, job, args)
+    _print_job(job, args)
     return 0
 
 
@@ -348,6 +435,21 @@ def _datasets(args: argparse.Namespace) -> int:
         print(_table([c.upper() for c in cols], rows))
     else:
         print("no datasets")
+    return 0
+
+
+def _datasets_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            client.delete_dataset(args.dataset_id)
+        except NotFound as e:
+            raise CommandError(
+                f"no dataset {args.dataset_id!r} on {client.url} (`revtune datasets` lists them)"
+            ) from e
+        except Conflict as e:
+            # The server names the jobs: "dataset ... is used by active job(s) ...; cancel them first".
+            raise CommandError(f"{e.detail} (`revtune cancel JOB`), then delete it") from e
+    print(f"deleted dataset {args.dataset_id}")
     return 0
 
 

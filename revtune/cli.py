@@ -13,14 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from revtune import _job_cmds, _server_cmds
+from revtune import _export_cmds, _job_cmds, _server_cmds
 from revtune._common import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
 
 
 def _command_groups():
-    return (_server_cmds, _job_cmds)
+    return (_server_cmds, _job_cmds, _export_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

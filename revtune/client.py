@@ -91,6 +91,9 @@ class Job(TypedDict):
     best: Best | None
     error: str | None
     warnings: list[JobWarning]
+    # Cancel was requested: a job still ``running`` stops after its current meta-iteration, then
+    # reads ``cancelled``.
+    cancel_requested: bool
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -475,6 +478,14 @@ class Client:
         """Ask the worker to stop; the job becomes ``cancelled`` once it has (a queued job at once)."""
         return self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel").json()
 
+    def continue_job(self, job: str | Mapping[str, Any], iterations: int) -> Job:
+        """Run a succeeded or cancelled job for ``iterations`` more meta-iterations: it is queued
+        again, resumes from its checkpoint (the meta-optimiser's state included) and ends as one job
+        run for the sum from the start would, bit for bit. `wait` for it as for a new job."""
+        return self._request(
+            "POST", f"/v1/jobs/{_job_id(job)}/continue", json={"iterations": iterations}
+        ).json()
+
     def delete(self, job: str | Mapping[str, Any]) -> None:
         """Delete a finished job and its records. Raises :class:`Conflict` while queued or running."""
         self._request("DELETE", f"/v1/jobs/{_job_id(job)}")
@@ -600,6 +611,34 @@ class Client:
         if meta_iter is not None:
             params["meta_iter"] = meta_iter
         return self._request("GET", f"/v1/jobs/{_job_id(job)}/hyperparameters/{name}", params=params).content
+
+    def export(
+        self,
+        job: str | Mapping[str, Any],
+        *,
+        which: str,
+        to: str,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Download the job's hyperparameters at snapshot ``which`` (``"best"``: the values the
+        lowest-objective meta-iteration trained with; ``"last"``: the latest stored; or a snapshot
+        ``meta_iter``) as ``to``: ``"npz"`` (natural units, as stored) or ``"optax"``/``"pytorch"``
+        (a ``.zip`` with the schedules in that library's convention and a runnable snippet); docs/API.md,
+        "Export". Written to ``path`` (a directory: the server's file name inside it; default: that
+        name in the current directory); returns the file's path. The server's file name carries the
+        meta-iteration ``which`` resolved to (``{job}-{which}-{meta_iter}.npz``), as does the
+        ``__export__`` entry of the ``.npz``."""
+        response = self._request(
+            "GET", f"/v1/jobs/{_job_id(job)}/export", params={"which": str(which), "to": to}
+        )
+        disposition = response.headers.get("Content-Disposition", "")
+        name = disposition.partition('filename="')[2].partition('"')[0]
+        name = Path(name).name or f"{_job_id(job)}-{which}.{'npz' if to == 'npz' else 'zip'}"
+        target = Path.cwd() / name if path is None else Path(path)
+        if target.is_dir():
+            target = target / name
+        target.write_bytes(response.content)
+        return target
 
     # datasets
 

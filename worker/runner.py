@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from hypercore import plugins
 from hypercore.arrays import DataError, dataset_from_npz, read_npz
 from hypercore.families import PLUGIN_KIND, DatasetShape
-from hypercore.hyper import ConfigError
+from hypercore.hyper import ConfigError, HyperValue
 from hypercore.meta import MetaDivergedError
 from hypercore.spec import problem_from_spec
 from hypercore.tune import (
@@ -63,6 +63,7 @@ from hypercore.tune import (
     Problem,
     Record,
     ReversalError,
+    hyperparameter_values,
     initial_hyperparameters,
     tune,
 )
@@ -180,7 +181,10 @@ def load_dataset(spec_dataset: dict, settings: Settings, seed: int = 0):
     """The hypercore `Dataset` of an uploaded ``.npz`` (DESIGN.md: ``X``/``y`` split by the spec's
     counts, or ``X_train``/``y_train``/``X_valid``/``y_valid`` and optional ``X_test``/``y_test``;
     with task ids, ``task`` or ``task_<split>``, a multi-task one); an X/y upload's rows shuffled by
-    the spec's ``seed`` first when the stored spec says ``shuffle: true``."""
+    the spec's ``seed`` first when the stored spec says ``shuffle: true``. The section's
+    ``label_noise`` is applied here, by the same reader (`dataset_from_npz` passes it to
+    ``from_arrays``/``from_splits``), and an upload's ``noisy`` mask carried to ``Dataset.noisy``: the
+    engine takes the loaded dataset as given."""
     dataset_id = spec_dataset["id"]
     path = settings.dataset_path(dataset_id)
     if not path.is_file():
@@ -236,7 +240,10 @@ def build_problem(spec: dict, settings: Settings) -> Problem:
     model = spec.get("model") or {}
     if model.get("kind") == PLUGIN_KIND and model.get("name") not in loaded_plugins:
         raise _plugin_gone(model.get("name"))
-    key = json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True)
+    # Neither the name nor meta.iterations changes the compiled programs (`tune` takes the
+    # iterations as an argument): a continued job (more meta-iterations) reuses its problem.
+    meta = {k: v for k, v in (spec.get("meta") or {}).items() if k != "iterations"}
+    key = json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "meta": meta}, sort_keys=True)
     if key in _PROBLEMS and not (uploaded and not settings.dataset_path(ds_spec["id"]).is_file()):
         _PROBLEMS.move_to_end(key)
         return _PROBLEMS[key]
@@ -302,24 +309,32 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
-def _snapshots(record: Record, *, fixed: bool = True, learned: bool = True) -> dict[str, dict]:
-    """The hyperparameters after ``record``'s meta-iteration, as `repository.record_meta_iteration`
-    takes them (and stores: all it is given): the ``fixed`` ones, the ``learned`` ones, or both."""
+def _snapshots(
+    hyperparameters: Mapping[str, HyperValue], *, fixed: bool = True, learned: bool = True
+) -> dict[str, dict]:
+    """``hyperparameters`` (a `Record`'s, after its meta-iteration) as
+    `repository.record_meta_iteration` takes them (and stores: all it is given): the ``fixed`` ones,
+    the ``learned`` ones, or both."""
     return {
         name: {"values": value.values, "axes": value.axes, "labels": value.labels, "learned": value.learned}
-        for name, value in record.hyperparameters.items()
+        for name, value in hyperparameters.items()
         if (learned if value.learned else fixed)
     }
 
 
 def _snapshot_interval(record: Record, iterations: int, budget_bytes: int | None) -> int:
     """`jobs.repository.results.snapshot_interval` for this job's hyperparameters (their sizes
-    never change from one meta-iteration to the next)."""
+    never change from one meta-iteration to the next). Besides the grid, a job keeps the initial
+    values (at meta_iter 0) and, off the grid, the best-scoring ones: two more learned snapshots,
+    counted with the fixed ones."""
     sizes = {True: 0, False: 0}
     for value in record.hyperparameters.values():
         sizes[bool(value.learned)] += int(np.size(value.values)) * VALUE_BYTES
     return snapshot_interval(
-        learned_bytes=sizes[True], fixed_bytes=sizes[False], iterations=iterations, budget_bytes=budget_bytes
+        learned_bytes=sizes[True],
+        fixed_bytes=sizes[False] + 2 * sizes[True],
+        iterations=iterations,
+        budget_bytes=budget_bytes,
     )
 
 
@@ -367,6 +382,11 @@ class JobRun:
     iterations: int = 0
     snapshot_budget_bytes: int | None = None
     snapshot_every: int | None = None
+    # The hyperparameters the next meta-iteration trains with (and its step scores): the initial
+    # ones or the resumed checkpoint's, then each record's. Stored at that meta-iteration's own
+    # meta_iter when it is the first (the initial values) or the best so far off the snapshot grid,
+    # so that `which=best` always has its values (docs/API.md, "Export").
+    scored: dict[str, HyperValue] | None = None
 
     @classmethod
     def claim_job(cls, job_id: str, settings: Settings, sessions: Sessions) -> JobRun | None:
@@ -400,7 +420,9 @@ class JobRun:
         problem = build_problem(self.claim.spec, settings)
         self.guard_backoff = problem.meta.guard.backoff
         stored = self.claim.checkpoint
-        return problem, None if stored is None else resumable(Checkpoint.from_bytes(stored), problem)
+        checkpoint = None if stored is None else resumable(Checkpoint.from_bytes(stored), problem)
+        self.scored = hyperparameter_values(problem, checkpoint)
+        return problem, checkpoint
 
     def check_inputs(self, problem: Problem) -> None:
         """Step 2b: warn the user when the training inputs' scale makes the first hypergradients
@@ -428,22 +450,39 @@ class JobRun:
             self.nonfinite += 1
         if self.snapshot_every is None:
             self.snapshot_every = _snapshot_interval(record, self.iterations, self.snapshot_budget_bytes)
-        # Fixed hyperparameters never change: stored once, with the first meta-iteration.
-        fixed = record.meta_iter == 0
-        on_grid = stores_learned(record.meta_iter + 1, self.snapshot_every, self.iterations)
+        k = record.meta_iter
+        on_grid = stores_learned(k + 1, self.snapshot_every, self.iterations)
+        scored = self.scored or {}
 
         def write(session: Session) -> bool:
             # Off the grid, the learned ones are still stored when this is the job's last recorded
             # meta-iteration because it is being cancelled (record_meta_iteration answers with the
             # same cancel flag: `_cancel_requested` holds the job's row until the commit).
             learned = on_grid or self._cancel_requested(session)
+            # Meta-iteration 0 stores the values it trained with, the initial ones, fixed ones
+            # included (they never change: stored once). A later best-scoring meta-iteration stores
+            # its values where the grid does not, and an earlier best stored that way goes.
+            before, best_at = session.execute(
+                select(Job.best_objective, Job.best_meta_iter).where(Job.id == self.job_id)
+            ).one()
+            best = math.isfinite(record.objective) and (before is None or record.objective < before)
+            keep = None
+            if k == 0:
+                keep = _snapshots(scored)
+            elif best and not stores_learned(k, self.snapshot_every, self.iterations):
+                keep = _snapshots(scored, fixed=False)
+            drop = None
+            if best and best_at and not stores_learned(best_at, self.snapshot_every, self.iterations):
+                drop = best_at
             cancel = repository.record_meta_iteration(
                 session,
                 self.job_id,
                 self.claim,
                 step=record.step(),
-                hyperparameters=_snapshots(record, fixed=fixed, learned=learned),
+                hyperparameters=_snapshots(record.hyperparameters, fixed=False, learned=learned),
                 checkpoint=record.checkpoint.to_bytes(),
+                scored=keep,
+                drop=drop,
             )
             tally = repository.tally_steps(session, self.job_id, hypergrad_bound=health.MAX_HYPERGRAD_NORM)
             self._warn(session, health.meta_iteration_warnings(record, tally, self.guard_backoff))
@@ -452,6 +491,7 @@ class JobRun:
         cancel_requested = transaction(
             self.sessions, write, f"recording meta-iteration {record.meta_iter} of job {self.job_id}"
         )
+        self.scored = record.hyperparameters
         if cancel_requested:
             self.stop = Status.CANCELLED
         elif shutting_down.is_set():
@@ -541,6 +581,22 @@ class JobRun:
         return transaction(self.sessions, read, f"reading job {self.job_id}")
 
 
+def _pass_on(job_id: str, enqueue: Callable[[str], None]) -> None:
+    """A worker that is shutting down starts no job: the job stays ``queued`` and its message is
+    sent again, for another worker (or this one's successor), and this one is acknowledged.
+
+    Celery's consumer receives once more after a warm shutdown began (its loop drains the broker in
+    a ``finally`` around the check that stops it), and what comes then is typically the job this
+    worker has just handed back (`JobRun.hand_back`): claiming it would compile the job and run a
+    meta-iteration before the process could exit."""
+    try:
+        enqueue(job_id)
+    except EnqueueError as e:
+        log.warning("%s; the reaper will enqueue it", e)
+    log.info("job %s not started and sent back to the queue: the worker is shutting down", job_id)
+    return None
+
+
 def run_job(
     job_id: str,
     *,
@@ -550,11 +606,14 @@ def run_job(
 ) -> str | None:
     """Run the job to its end (or until cancel or shutdown); returns the status it was left in, or
     ``None`` when this worker did not (or no longer) hold the job. ``enqueue`` sends a handed-back
-    job to the broker (default `worker.enqueue.enqueue_job`)."""
+    job to the broker (default `worker.enqueue.enqueue_job`). A worker shutting down (`shutting_down`)
+    claims nothing (`_pass_on`), and hands back a job it claimed before the tuning starts."""
     settings = settings or get_settings()
     sessions = sessions or session_factory(settings)
     enqueue = enqueue or (lambda job_id: enqueue_job(job_id, settings))
 
+    if shutting_down.is_set():
+        return _pass_on(job_id, enqueue)
     run = JobRun.claim_job(job_id, settings, sessions)
     if run is None:
         log.info("job %s is not claimable (finished, cancelled or running elsewhere); skipping", job_id)
@@ -566,10 +625,12 @@ def run_job(
     except (JobInputError, CheckpointError) as e:
         return run.finish(Status.FAILED, _failure(job_id, e, "unreadable checkpoint"))
     run.check_inputs(problem)
+    if shutting_down.is_set():  # the shutdown began while the job was being claimed or built
+        return run.hand_back(enqueue)
 
     with _Heartbeat(sessions, job_id, run.claim, settings.heartbeat_interval_s):
         try:
-            tune(problem, callback=run.record, checkpoint=checkpoint)
+            tune(problem, callback=run.record, checkpoint=checkpoint, iterations=run.iterations)
         except repository.ClaimLost:
             log.warning("job %s was re-queued and claimed by another worker; abandoning this run", job_id)
             return None

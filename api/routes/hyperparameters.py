@@ -81,7 +81,8 @@ def get_hyperparameter(
     format: Annotated[Literal["json", "npy", "csv"], Query()] = "json",
 ):
     """One hyperparameter. ``json``: values as nested lists; ``npy``: ``numpy.save`` bytes (float64);
-    ``csv``: one row per value, a column per axis (its label where the axis has labels) and ``value``."""
+    ``csv``: one row per value, a column per axis (its label where the axis has labels) and ``value``.
+    A non-finite value is null in JSON, an empty cell in CSV and the IEEE NaN or infinity in ``.npy``."""
     hp = repository.get_hyperparameter(session, tenant, job_id, name, meta_iter=meta_iter)
     filename = f"{job_id}-{name}-{hp.meta_iter}"
     if format == "npy":
@@ -105,13 +106,14 @@ def get_hyperparameter(
         axes=hp.axes,
         labels=hp.labels,
         learned=hp.learned,
-        values=hp.values.tolist(),
+        values=hp.values.tolist(),  # pydantic writes a non-finite float as null
     )
 
 
 def to_csv(hp: HyperparameterValue) -> str:
     """Long format: a header of the axis names plus ``value``, then one row per element in C order.
-    Values are written with ``repr`` precision, so parsing the CSV gives back the same float64s."""
+    Values are written with ``repr`` precision, so parsing the CSV gives back the same float64s; a
+    non-finite one is an empty cell (JSON's null; ``.npy`` keeps the IEEE value)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     axes = list(hp.axes) if len(hp.axes) == hp.values.ndim else [f"axis{i}" for i in range(hp.values.ndim)]
@@ -121,5 +123,5 @@ def to_csv(hp: HyperparameterValue) -> str:
         labels = hp.labels.get(axis)
         coordinates.append(labels if isinstance(labels, list) and len(labels) == size else range(size))
     for index, value in zip(itertools.product(*coordinates), hp.values.ravel(), strict=True):
-        writer.writerow([*index, repr(float(value))])
+        writer.writerow([*index, repr(float(value)) if np.isfinite(value) else ""])
     return out.getvalue()

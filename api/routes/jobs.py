@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, list, get, cancel, delete."""
+"""``/v1/jobs``: submit, list, get, cancel, continue, delete."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api.deps import RateLimited, SessionDep, SettingsDep, TenantDep
 from api.schemas import JobOut, JobPageOut
-from jobs import repository, templates
-from jobs.errors import InvalidInput
-from jobs.spec import DatasetShape, validate_spec
+from jobs import repository, templates, warmstart
+from jobs.errors import Conflict, InvalidInput
+from jobs.settings import Settings
+from jobs.spec import DatasetShape, JobSpec, SpecError, validate_spec
 from worker.enqueue import EnqueueError
 
 log = logging.getLogger("revtune.api")
@@ -87,6 +90,21 @@ async def spec_body(request: Request) -> Any:
         raise InvalidInput(["body"], f"not valid JSON: {e}") from None
 
 
+def _validate(spec: Any, session: Session, tenant: str, settings: Settings) -> JobSpec:
+    """`validate_spec` with the server's limits, the tenant's uploads and the plugins on offer."""
+
+    def resolve_dataset(dataset_id: str) -> DatasetShape | None:
+        return repository.dataset_shape(session, tenant, dataset_id) if _storable(dataset_id) else None
+
+    def resolve_plugin(name: str) -> dict[str, Any] | None:
+        offered = repository.offered_plugin(session, name, live_within_s=settings.plugin_live_s)
+        return None if offered is None else offered.config_schema
+
+    return validate_spec(
+        spec, settings.limits, resolve_dataset=resolve_dataset, resolve_plugin=resolve_plugin
+    )
+
+
 def _storable(text: str) -> bool:
     """Whether ``text`` can be looked up in the database at all: PostgreSQL refuses NUL characters
     and no driver encodes a lone surrogate (neither is printable, nor in any id we generate)."""
@@ -121,16 +139,7 @@ def create_job(
     enqueues it later.
     """
 
-    def resolve_dataset(dataset_id: str) -> DatasetShape | None:
-        return repository.dataset_shape(session, tenant, dataset_id) if _storable(dataset_id) else None
-
-    def resolve_plugin(name: str) -> dict[str, Any] | None:
-        offered = repository.offered_plugin(session, name, live_within_s=settings.plugin_live_s)
-        return None if offered is None else offered.config_schema
-
-    valid = validate_spec(
-        spec, settings.limits, resolve_dataset=resolve_dataset, resolve_plugin=resolve_plugin
-    )
+    valid = _validate(warmstart.resolve_references(session, tenant, spec), session, tenant, settings)
     try:
         job, created = repository.create_job(
             session, tenant, valid, idempotency_key=idempotency_key, max_jobs=settings.max_jobs_per_tenant
@@ -192,3 +201,51 @@ def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
     repository.delete_job(session, tenant, job_id)
     session.commit()
     return Response(status_code=204)
+
+
+class ContinueIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(ge=1, description="how many more meta-iterations to run")
+
+
+@router.post("/{job_id}/continue", status_code=202, response_model=JobOut)
+def continue_job(
+    job_id: str,
+    body: ContinueIn,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: RateLimited,
+) -> JobOut:
+    """Run a succeeded or cancelled job for ``iterations`` more meta-iterations (202, queued): it
+    resumes from its checkpoint, meta-optimiser state included, and ends bit-identical to one job
+    run for the sum from the start. 409 while it is queued or running, for a failed job, and for a
+    recorded library run; 422 on ``iterations`` past ``REVTUNE_MAX_META_ITERATIONS`` in all."""
+
+    def check(spec: dict[str, Any]) -> None:
+        try:
+            _validate(spec, session, tenant, settings)
+        except SpecError as e:
+            first = e.errors[0]
+            if list(first["loc"])[-2:] == ["meta", "iterations"]:
+                limit = settings.limits.max_meta_iterations
+                done = spec["meta"]["iterations"] - body.iterations
+                raise InvalidInput(
+                    ["body", "iterations"],
+                    f"{first['msg']} in all: the job has run {done}, so at most {max(limit - done, 0)} "
+                    "more (REVTUNE_MAX_META_ITERATIONS)",
+                ) from None
+            field = ".".join(str(p) for p in first["loc"])
+            raise Conflict(
+                f"job {job_id}'s spec no longer passes the server's checks ({field}: {first['msg']}); "
+                "submit a corrected spec as a new job"
+            ) from None
+
+    job = repository.continue_job(session, tenant, job_id, body.iterations, check=check)
+    session.commit()
+    try:
+        request.app.state.enqueue(job.id)
+    except Exception as e:  # the broker: the job stays queued and the reaper sends it
+        log.warning("job %s is queued again but was not sent to the broker (%s); the reaper will", job.id, e)
+    return JobOut.of(job)

@@ -9,7 +9,7 @@ One submodule per resource, every public name re-exported here (callers write
 ``from jobs import repository`` and ``repository.create_job``):
 
 - `jobs.repository.keys`: tenants, API keys and `authenticate` (``LOCAL_TENANT``, ``KEY_PREFIX``);
-- `jobs.repository.jobs`: create, get, list (by cursor), cancel and delete jobs;
+- `jobs.repository.jobs`: create, get, list (by cursor), cancel, continue and delete jobs;
 - `jobs.repository.results`: a job's steps and hyperparameter snapshots;
 - `jobs.repository.datasets`: uploaded datasets;
 - `jobs.repository.plugins`: the model plugins the workers advertise;
@@ -34,7 +34,15 @@ from jobs.repository.external import (
     recording_heartbeat,
     resume_recording,
 )
-from jobs.repository.jobs import JobPage, create_job, delete_job, get_job, list_jobs, request_cancel
+from jobs.repository.jobs import (
+    JobPage,
+    continue_job,
+    create_job,
+    delete_job,
+    get_job,
+    list_jobs,
+    request_cancel,
+)
 from jobs.repository.keys import (
     KEY_PREFIX,
     LOCAL_TENANT,
@@ -97,6 +105,7 @@ __all__ = [
     "claim_job",
     "create_api_key",
     "create_dataset",
+    "continue_job",
     "create_job",
     "dataset_shape",
     "delete_dataset",

@@ -8,7 +8,9 @@ import binascii
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -196,6 +198,51 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
         job.cancel_requested = True
     elif job.status != Status.CANCELLED:
         raise Conflict(f"job {job_id} already {job.status}; there is nothing to cancel")
+    session.flush()
+    return job
+
+
+def continue_job(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    iterations: int,
+    *,
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> Job:
+    """Give a succeeded or cancelled job ``iterations`` more meta-iterations: its spec's
+    ``meta.iterations`` becomes the meta-iterations it finished plus ``iterations`` and it goes back
+    to the queue, to resume from its checkpoint (the meta-optimiser's state, the chaos guard's and
+    the hyperparameters), so that it ends where one job run for the sum from the start ends, bit for
+    bit. Its steps, snapshots, best and warnings are kept. ``check(spec)`` validates the new spec
+    (the server's limits; raise to refuse). The caller enqueues it after the commit.
+
+    `Conflict` for a job still queued or running, a failed one (its run cannot go on as it was: start
+    a new job from its values instead, ``init: {"from_job": ..., "which": "last"}``), and a library
+    run the service only records.
+    """
+    job = get_job(session, tenant_id, job_id)
+    if job.origin == Origin.EXTERNAL:
+        raise Conflict(
+            f"job {job_id} is a library run the service records: continue it from your own process "
+            "(Client.record with resume=True), not on the service's workers"
+        )
+    if job.status in ACTIVE:
+        raise Conflict(f"job {job_id} is {job.status}: continue it once it has finished")
+    if job.status == Status.FAILED:
+        raise Conflict(
+            f"job {job_id} failed ({job.error}); a failed run cannot go on as it was: submit a new job "
+            f'that starts from its values (hyperparameters.<kind>.init: {{"from_job": "{job_id}", '
+            '"which": "last"})'
+        )
+    spec = json.loads(json.dumps(job.spec))  # a new object: the JSON column sees only assignments
+    spec.setdefault("meta", {})["iterations"] = job.meta_iter + iterations
+    if check is not None:
+        check(spec)
+    _set_status(job, Status.QUEUED)
+    job.spec, job.meta_iterations = spec, job.meta_iter + iterations
+    job.cancel_requested, job.finished_at, job.error, job.worker_id = False, None, None, None
+    job.enqueued_at, job.requeue_after = utcnow(), None
     session.flush()
     return job
 

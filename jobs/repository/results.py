@@ -271,3 +271,76 @@ def _fixed_row(session: Session, job: Job, name: str, meta_iter: int) -> HyperSn
         .order_by(HyperSnapshot.meta_iter.desc())
         .limit(1)
     )
+
+
+# ---- export: which snapshot ----------------------------------------------------------------------
+
+
+def resolve_which(session: Session, tenant_id: str, job_id: str, which: str) -> int:
+    """The hyperparameter snapshot (its REST ``meta_iter``) that ``which`` names, for an export:
+
+    - ``"best"``: snapshot ``job.best_meta_iter``, the values the meta-iteration with the lowest
+      objective trained and scored (meta-iteration ``k`` draws its weights and minibatches from
+      ``(seed, k)`` and trains with snapshot ``k``, the values after ``k`` finished meta-iterations);
+    - ``"last"``: the latest stored snapshot, the values after the final update (which no
+      meta-iteration has trained with yet);
+    - a non-negative integer ``k``: snapshot ``k`` (0: the initial values).
+
+    `InvalidInput` on ``which`` for anything else; `Conflict` for a job with no finished
+    meta-iteration, or a ``best`` when every objective was non-finite; `NotFound`, naming what is
+    stored, for a snapshot the job does not have (a job recorded before snapshot 0 and the best's
+    were always kept may lack them)."""
+    from jobs.errors import Conflict, InvalidInput  # here: the module's shared imports stay as they are
+
+    text = which.strip() if isinstance(which, str) else ""
+    number = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 18  # no meta_iter is larger
+    if text not in ("best", "last") and not number:
+        raise InvalidInput(
+            ["query", "which"],
+            f"must be 'best', 'last' or a non-negative integer (a meta-iteration), got {which!r}",
+        )
+    job = get_job(session, tenant_id, job_id)
+    if job.meta_iter == 0:
+        raise Conflict(
+            f"job {job.id} ({job.status}) has no finished meta-iteration yet: there are no learned values to "
+            "export; try again once its first meta-iteration is recorded"
+        )
+    stored = _stored_meta_iters(session, job.id)
+    if not stored:
+        raise NotFound(f"job {job.id} has no hyperparameters stored")
+    if text == "last":
+        return stored[-1]
+    if text == "best":
+        if job.best_meta_iter is None:
+            raise Conflict(
+                f"job {job.id} has no best meta-iteration: none of its {job.meta_iter} recorded objectives "
+                "was finite (every training run diverged); export which=last or a meta-iteration instead"
+            )
+        k, what = job.best_meta_iter, f"its best meta-iteration, {job.best_meta_iter},"
+    else:
+        k, what = int(text), None
+    if k in stored:
+        return k
+    # _describe reads a grid from 1; snapshot 0 (the initial values) goes in front of it
+    listed = f"0, {_describe(stored[1:])}" if stored[0] == 0 and len(stored) > 1 else _describe(stored)
+    if what is None and k > job.meta_iter:
+        raise NotFound(
+            f"job {job.id} has no hyperparameter snapshot meta_iter {k}: it has finished {job.meta_iter} "
+            f"meta-iterations (snapshots 0..{job.meta_iter}); stored: {listed}"
+        )
+    earlier = [m for m in stored if m < k]
+    later = [m for m in stored if m > k]
+    nearest = " and ".join(
+        [*([f"{earlier[-1]} (earlier)"] if earlier else []), *([f"{later[0]} (later)"] if later else [])]
+    )
+    reason = (
+        "this job was recorded before snapshot 0 (the initial values) and the best's were always kept"
+        if k == 0 or what is not None
+        else "its learned hyperparameters are too large to keep after every meta-iteration "
+        "(REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB)"
+    )
+    subject = f"{what} trained with snapshot meta_iter {k}, which" if what else f"snapshot meta_iter {k}"
+    raise NotFound(
+        f"job {job.id}: {subject} is not stored ({reason}); its hyperparameters are stored at meta_iter "
+        f"{listed}; nearest stored: {nearest}"
+    )

@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from hypercore.steps import STEP_FIELDS, STEP_TYPES
@@ -270,6 +270,8 @@ def record_meta_iteration(
     step: Mapping[str, Any],
     hyperparameters: Mapping[str, Mapping[str, Any]],
     checkpoint: bytes,
+    scored: Mapping[str, Mapping[str, Any]] | None = None,
+    drop: int | None = None,
     now: datetime | None = None,
 ) -> bool:
     """Record meta-iteration ``step["meta_iter"]``; return whether cancel was requested.
@@ -277,7 +279,10 @@ def record_meta_iteration(
     ``step``: the REST step fields (non-finite numbers are stored as null). ``hyperparameters``:
     ``{name: {"values": array-like, "axes": [...], "labels": {...}, "learned": bool}}`` after this
     meta-iteration's update, in natural units. ``checkpoint``: what to resume from at the next
-    meta-iteration. Raises `ClaimLost` if the job is no longer this claim's.
+    meta-iteration. ``scored``: the same for the values this meta-iteration trained with, stored
+    at its own ``meta_iter`` ``k`` (the initial values, at ``k = 0``; the best-scoring values, where the
+    snapshot rule would not keep them). ``drop``: a meta-iteration whose learned snapshots go (an
+    earlier best's that no longer is). Raises `ClaimLost` if the job is no longer this claim's.
     """
     k = int(step["meta_iter"])
     # Taking the row (the conditional UPDATE locks it on PostgreSQL; SQLite locks the database)
@@ -296,6 +301,22 @@ def record_meta_iteration(
         return job.cancel_requested  # already recorded: a retried commit
     if k > job.meta_iter:
         raise Conflict(f"job {job_id}: meta-iteration {k} recorded before meta-iteration {job.meta_iter}")
+    if scored:
+        # Already there when a continued job's earlier run ended at k (its last snapshot).
+        there = set(
+            session.scalars(
+                select(HyperSnapshot.name).where(HyperSnapshot.job_id == job_id, HyperSnapshot.meta_iter == k)
+            )
+        )
+        _add_snapshots(session, job_id, k, {n: v for n, v in scored.items() if n not in there})
+    if drop is not None and drop != k:
+        session.execute(
+            delete(HyperSnapshot).where(
+                HyperSnapshot.job_id == job_id,
+                HyperSnapshot.meta_iter == drop,
+                HyperSnapshot.learned.is_(True),
+            )
+        )
     store_meta_iteration(session, job, step=step, hyperparameters=hyperparameters, now=now)
     stored = session.get(Checkpoint, job_id)
     if stored is None:
@@ -329,12 +350,24 @@ def store_meta_iteration(
             value = step.get(field)
             setattr(row, field, _finite(value) if kind is float else None if value is None else kind(value))
     session.add(row)
+    _add_snapshots(session, job_id, k + 1, hyperparameters)
+    job.meta_iter = k + 1
+    objective = row.objective
+    if objective is not None and (job.best_objective is None or objective < job.best_objective):
+        job.best_objective, job.best_meta_iter = objective, k
+    session.flush()
+
+
+def _add_snapshots(
+    session: Session, job_id: str, meta_iter: int, hyperparameters: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Add the snapshots ``{name: {"values", "axes", "labels", "learned"}}`` at ``meta_iter``."""
     for name, hv in hyperparameters.items():
         values = np.array(hv["values"], dtype="<f8", order="C")
         session.add(
             HyperSnapshot(
                 job_id=job_id,
-                meta_iter=k + 1,
+                meta_iter=meta_iter,
                 name=name,
                 shape=list(values.shape),
                 axes=list(hv.get("axes") or []),
@@ -343,11 +376,6 @@ def store_meta_iteration(
                 data=values.tobytes(),
             )
         )
-    job.meta_iter = k + 1
-    objective = row.objective
-    if objective is not None and (job.best_objective is None or objective < job.best_objective):
-        job.best_objective, job.best_meta_iter = objective, k
-    session.flush()
 
 
 def add_warning(

@@ -21,6 +21,7 @@ JOB_FIELDS = {
     "best",
     "error",
     "warnings",
+    "cancel_requested",
     "created_at",
     "started_at",
     "finished_at",
@@ -43,7 +44,7 @@ def test_submit_answers_201_with_the_job_and_enqueues_only_its_id_after_commit(s
     assert job["status"] == "queued" and job["meta_iter"] == 0 and job["meta_iterations"] == 3
     assert job["origin"] == "service"
     assert job["best"] is None and job["error"] is None and job["started_at"] is None
-    assert job["warnings"] == []
+    assert job["warnings"] == [] and job["cancel_requested"] is False
     assert job["spec"]["training"] == {"steps": 5} and job["name"] == "tiny"
     assert service.enqueued == [job["id"]]
     # Enqueued after the commit: the id is already readable through a separate session.
@@ -122,6 +123,9 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_by_flag(service):
         s.commit()
     reply = service.alice.post(f"/v1/jobs/{running['id']}/cancel")
     assert reply.status_code == 202 and reply.json()["status"] == "running"
+    # the answer says the cancel is pending: the job stops after its current meta-iteration
+    assert reply.json()["cancel_requested"] is True
+    assert service.alice.get(f"/v1/jobs/{running['id']}").json()["cancel_requested"] is True
     with service.sessions() as s:
         assert repository.get_job(s, service.tenant("alice"), running["id"]).cancel_requested
 

@@ -8,12 +8,14 @@ saved; with ``REVTUNE_UPDATE_SCREENSHOT=1`` it replaces ``docs/dashboard.png``.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -85,11 +87,26 @@ def page(browser, service: Service):
     pg = context.new_page()
     pg.errors = []
     pg.requested = []
+    # Answers the page asks for knowing they may be errors, as (status, URL pattern): Chromium logs
+    # every failed load as a console error. A job run before the worker stored the initial values
+    # answers 404 at meta_iter 0, and the page then draws no reference line; a test that provokes a
+    # refusal (a 409, a 422) adds its own.
+    pg.expected_failures = [(404, re.compile(r"/hyperparameters/[^/?]+\?(.*&)?meta_iter=0(&|$)"))]
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on(
+        "console", lambda m: pg.errors.append(m.text) if m.type == "error" and not _expected(pg, m) else None
+    )
     pg.on("request", lambda r: pg.requested.append((r.url, r.headers)))
     yield pg
     context.close()
+
+
+def _expected(pg, message) -> bool:
+    status = re.match(r"Failed to load resource: the server responded with a status of (\d+)", message.text)
+    url = (message.location or {}).get("url", "")
+    return bool(status) and any(
+        int(status[1]) == code and pattern.search(url) for code, pattern in pg.expected_failures
+    )
 
 
 def finished(client: Client, spec: dict) -> dict:
@@ -100,16 +117,29 @@ def finished(client: Client, spec: dict) -> dict:
 
 
 def chart(page, selector: str) -> dict:
-    """A Chart.js chart's type, labels and datasets, read from the live instance on the canvas."""
-    return page.evaluate(
+    """A Chart.js chart's type, labels and datasets, read from the live instance on the canvas:
+    ``datasets`` the data series, ``extras`` what the page draws beside them (``role`` "diverged":
+    the marks of meta-iterations that were not finite; "initial": the initial values' reference
+    lines), with their styles."""
+    drawn = page.evaluate(
         """(sel) => {
             const c = Chart.getChart(document.querySelector(sel));
             if (!c) return null;
             return { type: c.config.type, labels: c.data.labels,
-                     datasets: c.data.datasets.map((d) => ({ label: d.label, data: d.data })) };
+                     legend: (c.legend.legendItems || []).map((i) => ({
+                       text: i.text, pointStyle: i.pointStyle })),
+                     datasets: c.data.datasets.map((d) => ({
+                       label: d.label, data: d.data, role: d.revtuneRole || null, type: d.type || null,
+                       borderColor: d.borderColor, borderDash: d.borderDash || [],
+                       spanGaps: d.spanGaps === undefined ? null : d.spanGaps })) };
         }""",
         selector,
     )
+    if drawn is not None:
+        everything = drawn.pop("datasets")
+        drawn["datasets"] = [d for d in everything if d["role"] is None]
+        drawn["extras"] = [d for d in everything if d["role"] is not None]
+    return drawn
 
 
 def canvas_grey(page, selector: str) -> np.ndarray:
@@ -180,6 +210,7 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
     by_label = {d["label"]: d["data"] for d in curve["datasets"]}
     assert by_label["objective"] == [s["objective"] for s in steps]
     assert by_label["test_loss"] == [s["test_loss"] for s in steps]
+    assert not any(curve["extras"][0]["data"]) and page.is_hidden("#curve-diverged")
     hypergrad = chart(page, "#chart-hypergrad canvas")
     assert hypergrad["datasets"][0]["data"] == [s["hypergrad_norm"] for s in steps]
 
@@ -192,9 +223,15 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
         assert [d["label"] for d in drawn["datasets"]] == FORM_LABELS
         assert drawn["labels"] == list(range(FORM_SPEC["training"]["steps"]))
         np.testing.assert_allclose(np.array([d["data"] for d in drawn["datasets"]]).T, hp.values, rtol=1e-12)
+        # the worker stores the initial values at meta_iter 0: every layer started at the spec's init
+        (initial,) = drawn["extras"]
+        assert initial["label"] == "initial (meta-iteration 0)" and initial["borderDash"]
+        init = FORM_SPEC["hyperparameters"][hp.name]["init"]
+        np.testing.assert_allclose(initial["data"], [init] * FORM_SPEC["training"]["steps"], rtol=1e-12)
     bars = chart(page, "#hyper-init_scale canvas")
     assert bars["type"] == "bar" and bars["labels"] == FORM_LABELS
     np.testing.assert_allclose(bars["datasets"][0]["data"], scales.values, rtol=1e-12)
+    np.testing.assert_allclose(bars["extras"][0]["data"], [0.1] * TINY_LAYERS, rtol=1e-12)
 
     # Per-weight penalties on the first layer: one 8x8 picture (64 digit pixels) per hidden unit.
     pictures = page.locator("[id^='hyper-l2'] .images[data-image-side='8']")
@@ -224,8 +261,11 @@ def test_submit_from_the_form_and_watch_the_job_to_the_end(page, service: Servic
 def test_a_jobs_warnings_are_listed_on_its_page_and_marked_in_the_jobs_table(page, service: Service):
     with Client(service.url) as client:
         job = finished(client, WARNED_SPEC)
+        steps = client.steps(job["id"])
     codes = [w["code"] for w in job["warnings"]]
     assert codes == ["diverged", "chaos_guard"]
+    diverged = [s["meta_iter"] for s in steps if None in (s["objective"], s["train_loss"], s["valid_loss"])]
+    assert diverged == [1, 2]
 
     page.goto(f"{service.url}/#/jobs/{job['id']}")
     page.wait_for_selector("#poll-state[data-polling='stopped']")
@@ -236,6 +276,12 @@ def test_a_jobs_warnings_are_listed_on_its_page_and_marked_in_the_jobs_table(pag
         f"{w['code']} (from meta-iteration {w['meta_iter']}): {w['message']}" for w in job["warnings"]
     ]
     assert "in 2 of the 4 meta-iterations so far" in items.first.text_content()
+    # the diverged meta-iterations are gaps in the curves, marked
+    curve = chart(page, "#chart-curve canvas")
+    assert [
+        s["meta_iter"] for s, x in zip(steps, curve["datasets"][0]["data"], strict=True) if x is None
+    ] == diverged
+    assert page.get_attribute("#curve-diverged", "data-meta-iters") == "1,2"
 
     page.click("text=← all jobs")
     mark = page.locator(f"tr[data-job-id='{job['id']}'] .warn-mark")
@@ -495,4 +541,343 @@ def test_an_mlp_job_draws_its_first_layer_as_pictures_and_its_hidden_one_as_a_ma
 
     legend = [d["label"] for d in chart(page, "#hyper-learning_rate canvas")["datasets"]]
     assert legend == ["layer0.W (64→64)", "layer0.b (64)", "layer1.W (64→10)", "layer1.b (10)"]
+    assert not page.errors, page.errors
+
+
+# ---------------------------------------------------------------- recorded runs with chosen steps
+
+LAYERS = ["layer0.W", "layer0.b"]
+
+
+def schedule(k: int, steps: int = 3, layers: list[str] = LAYERS) -> dict:
+    """A learning-rate schedule after meta-iteration ``k``: axes (step, layer), values that tell
+    the steps, layers and meta-iterations apart."""
+    values = [
+        [round(0.3 - 0.01 * (k + 1) * (t + 1) / (j + 1), 9) for j in range(len(layers))] for t in range(steps)
+    ]
+    return {
+        "values": values,
+        "axes": ["step", "layer"],
+        "labels": {"step": list(range(steps)), "layer": layers},
+        "learned": True,
+    }
+
+
+def scales(k: int, layers: list[str] = LAYERS) -> dict:
+    return {
+        "values": [round(0.1 + 0.01 * (k + 1) * (j + 1), 9) for j in range(len(layers))],
+        "axes": ["layer"],
+        "labels": {"layer": layers},
+        "learned": True,
+    }
+
+
+def recorded_run(
+    service: Service, name: str, steps: list[dict], hyperparameters, *, finish: bool = True
+) -> str:
+    """A library run recorded through the REST calls (no worker, no engine): the given step fields
+    (null: not finite) and ``hyperparameters(k)`` after each meta-iteration ``k``; its id."""
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        description = {"name": name, "model": {"kind": "sketch-net"}, "meta": {"iterations": len(steps)}}
+        job_id = http.post("/v1/jobs/external", json=description).raise_for_status().json()["id"]
+        for k, step in enumerate(steps):
+            body = {"meta_iter": k, "hyperparameters": hyperparameters(k), **step}
+            assert http.post(f"/v1/jobs/{job_id}/steps", json=body).raise_for_status().json()["recorded"]
+        if finish:
+            http.post(f"/v1/jobs/{job_id}/finish", json={"status": "succeeded"}).raise_for_status()
+    return job_id
+
+
+def store_initial_values(service: Service, job_id: str, hyperparameters: dict) -> None:
+    """What the worker stores for the jobs it runs from now on: the initial values, as the snapshot at
+    meta_iter 0, written here straight into the service's database."""
+    from jobs import db
+    from jobs.models import HyperSnapshot
+
+    url = service.env["REVTUNE_DATABASE_URL"]
+    with db.session_factory(url)() as session:
+        for name, hv in hyperparameters.items():
+            values = np.asarray(hv["values"], dtype="<f8")
+            session.add(
+                HyperSnapshot(
+                    job_id=job_id,
+                    meta_iter=0,
+                    name=name,
+                    shape=list(values.shape),
+                    axes=hv["axes"],
+                    labels=hv["labels"],
+                    learned=True,
+                    data=values.tobytes(),
+                )
+            )
+        session.commit()
+    db.dispose(url)
+
+
+def step(objective, train_loss, hypergrad_norm) -> dict:
+    return {
+        "objective": objective,
+        "train_loss": train_loss,
+        "valid_loss": objective,
+        "test_loss": None,
+        "hypergrad_norm": hypergrad_norm,
+        "elapsed_s": 0.1,
+        "reversal_exact": True,
+    }
+
+
+def test_a_job_page_marks_diverged_steps_draws_initial_values_downloads_and_deletes(page, service: Service):
+    """One recorded run, on one page: meta-iterations 2 and 3 diverged (everything null) and 4 lost
+    its train loss, so the curves have gaps there, not lines across, with red crosses and a note; the
+    hypergradient chart marks its missing norms too and still shows the finite norm between gaps.
+    The initial values (a snapshot at meta_iter 0) are dashed reference lines. The download control
+    asks the export for the chosen values and format with the API key; deleting the job is refused
+    with the API's message while it runs, and works once it has finished."""
+    steps = [
+        step(0.9, 0.8, 1.5),
+        step(0.7, 0.6, 1.2),
+        step(None, None, None),
+        step(None, None, None),
+        step(0.6, None, 0.9),
+        step(0.5, 0.4, None),
+    ]
+    job_id = recorded_run(
+        service,
+        "diverging-run",
+        steps,
+        lambda k: {"learning_rate": schedule(k), "init_scale": scales(k)},
+        finish=False,
+    )
+    initial = {"learning_rate": schedule(0), "init_scale": scales(0)}
+    initial["learning_rate"]["values"] = [[0.3, 0.3] for _ in range(3)]
+    initial["init_scale"]["values"] = [0.1, 0.05]
+    store_initial_values(service, job_id, initial)
+    page.expected_failures += [(409, re.compile(f"/v1/jobs/{job_id}$")), (404, re.compile(r"/export\?"))]
+
+    page.goto(service.url + "/")
+    page.evaluate("localStorage.setItem('revtune.apiKey', 'rt_download_key')")
+    page.goto(f"{service.url}/#/jobs/{job_id}")
+    page.wait_for_selector("#hyper-init_scale canvas")
+    page.wait_for_selector("#curve-diverged:not([hidden])")
+
+    # A: gaps, never bridged, and the diverged meta-iterations marked
+    curve = chart(page, "#chart-curve canvas")
+    by_label = {d["label"]: d for d in curve["datasets"]}
+    assert by_label["objective"]["data"] == [0.9, 0.7, None, None, 0.6, 0.5]
+    assert by_label["train_loss"]["data"] == [0.8, 0.6, None, None, None, 0.4]
+    assert all(d["spanGaps"] is False for d in curve["datasets"])
+    (marks,) = curve["extras"]
+    assert marks["role"] == "diverged"
+    assert [m for m, x in enumerate(marks["data"]) if x is not None] == [2, 3, 4]
+    assert {"text": "diverged", "pointStyle": "crossRot"} in curve["legend"]
+    note = page.locator("#curve-diverged")
+    assert (
+        note.get_attribute("data-meta-iters") == "2,3,4"
+        and "diverged at meta-iterations 2, 3, 4" in note.text_content()
+    )
+    hypergrad = chart(page, "#chart-hypergrad canvas")
+    assert hypergrad["datasets"][0]["data"] == [1.5, 1.2, None, None, 0.9, None]
+    assert [m for m, x in enumerate(hypergrad["extras"][0]["data"]) if x is not None] == [2, 3, 5]
+    assert page.get_attribute("#hypergrad-missing", "data-meta-iters") == "2,3,5"
+    assert "3 of 6 meta-iterations had no finite norm" in page.text_content("#hypergrad-missing")
+    # the finite norm between two gaps is a dot; points inside a line are not drawn
+    radii = page.evaluate(
+        "Chart.getChart(document.querySelector('#chart-hypergrad canvas'))"
+        ".getDatasetMeta(0).data.map((p) => p.options.radius)"
+    )
+    assert radii[4] > 0 and radii[0] == radii[1] == 0
+
+    # E: the initial values, dashed: one grey line where every layer started alike, a step line over the bars
+    with httpx.Client(base_url=service.url) as http:
+        lr = http.get(f"/v1/jobs/{job_id}/hyperparameters/learning_rate").json()
+    schedules = chart(page, "#hyper-learning_rate canvas")
+    np.testing.assert_allclose(np.array([d["data"] for d in schedules["datasets"]]).T, lr["values"])
+    (reference,) = schedules["extras"]
+    assert reference["role"] == "initial" and reference["data"] == [0.3, 0.3, 0.3] and reference["borderDash"]
+    assert "initial (meta-iteration 0)" in [i["text"] for i in schedules["legend"]]
+    assert "dashed grey: initial" in page.text_content("#hyper-learning_rate .caption")
+    bars = chart(page, "#hyper-init_scale canvas")
+    assert bars["type"] == "bar" and bars["datasets"][0]["data"] == scales(5)["values"]
+    assert [(d["type"], d["data"]) for d in bars["extras"]] == [("line", [0.1, 0.05])]
+
+    # F: the download asks the export for the chosen values, with the API key; saved from a blob
+    asked = []
+
+    def export(route):
+        asked.append((route.request.url, route.request.headers.get("authorization")))
+        if "which=7" in route.request.url:
+            route.fulfill(status=404, json={"detail": "job has no hyperparameters recorded at meta_iter 7"})
+        elif "which=best" in route.request.url:
+            route.fulfill(
+                body=b"npz bytes", headers={"Content-Disposition": 'attachment; filename="run-best.npz"'}
+            )
+        else:
+            route.fulfill(body=b"torch bytes", content_type="application/octet-stream")
+
+    page.route(re.compile(r"/v1/jobs/[^/]+/export\?"), export)
+    which = page.get_attribute("#download-which", "title")
+    assert "best = the hyperparameters the best-scoring meta-iteration evaluated" in which
+    assert "last = the values after the final update, which no meta-iteration evaluated" in which
+    page.select_option("#download-to", "optax")
+    with page.expect_download() as saved:
+        page.click("#download-job")
+    assert saved.value.suggested_filename == "run-best.npz"
+    page.select_option("#download-which", "meta_iter")
+    page.fill("#download-meta-iter", "3")
+    page.select_option("#download-to", "pytorch")
+    with page.expect_download() as saved:
+        page.click("#download-job")
+    assert saved.value.suggested_filename == "diverging-run-3-pytorch.pt"
+    page.fill("#download-meta-iter", "7")
+    page.click("#download-job")
+    page.wait_for_function("document.querySelector('#download-errors').textContent.includes('(404)')")
+    assert "no hyperparameters recorded at meta_iter 7" in page.text_content("#download-errors")
+    export_url = f"{service.url}/v1/jobs/{job_id}/export"
+    assert asked == [
+        (f"{export_url}?which=best&to=optax", "Bearer rt_download_key"),
+        (f"{export_url}?which=3&to=pytorch", "Bearer rt_download_key"),
+        (f"{export_url}?which=7&to=pytorch", "Bearer rt_download_key"),
+    ]
+
+    # B: delete, confirmed; refused with the API's message while the job runs, done once it finished
+    dialogs = []
+
+    def confirm(dialog):
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", confirm)
+    page.click("#delete-job")
+    page.wait_for_function("document.querySelector('#job-action-error').textContent.includes('409')")
+    assert f"job {job_id} is running: cancel it first" in page.text_content("#job-action-error")
+    assert dialogs and "diverging-run" in dialogs[0]
+    with httpx.Client(base_url=service.url) as http:
+        http.post(f"/v1/jobs/{job_id}/finish", json={"status": "succeeded"}).raise_for_status()
+        page.wait_for_selector("#poll-state[data-polling='stopped']")
+        page.click("#delete-job")
+        page.wait_for_url(re.compile(r".*#/$"))
+        assert http.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert len(dialogs) == 2
+    assert not page.errors, page.errors
+
+
+def npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_datasets_are_uploaded_listed_and_deleted_and_selected_jobs_compared(page, service: Service):
+    """The home page's datasets: an upload the API refuses shows its detail naming the field, a good
+    one is listed and deleted. Then two recorded runs ticked in the jobs table open the compare view:
+    their objective curves on one chart, and the hyperparameters they share overlaid, one colour per
+    job, for a layer both have. A run with no initial values (404 at meta_iter 0) gets no reference line."""
+    page.expected_failures += [(422, re.compile(r"/v1/datasets$"))]
+    three_steps = [step(1.0, 0.9, 1.0), step(0.8, 0.7, 1.0), step(0.6, 0.5, 1.0)]
+    first = recorded_run(
+        service,
+        "compare-a",
+        three_steps,
+        lambda k: {
+            "learning_rate": schedule(k),
+            "init_scale": scales(k),
+            "momentum": {**schedule(k), "values": [[0.9, 0.9]] * 3},
+        },
+    )
+    wider = [*LAYERS, "layer1.W"]
+    second = recorded_run(
+        service,
+        "compare-b",
+        [step(1.1, 1.0, 1.0), step(None, None, None), step(0.9, 0.8, 1.0), step(0.7, 0.6, 1.0)],
+        lambda k: {"learning_rate": schedule(k, steps=4, layers=wider), "init_scale": scales(k, wider)},
+    )
+
+    # C: upload (refusals show the API's detail), list; B: delete a dataset
+    page.goto(service.url + "/")
+    page.set_input_files(
+        "#dataset-file",
+        files=[{"name": "broken.npz", "mimeType": "application/octet-stream", "buffer": b"not a zip"}],
+    )
+    assert page.input_value("#dataset-name") == "broken"
+    page.click("#upload-dataset")
+    page.wait_for_function("document.querySelector('#upload-errors').textContent.includes('(422)')")
+    assert "\nfile: " in page.text_content("#upload-errors")
+    good = npz(X=np.random.default_rng(0).normal(size=(30, 4)), y=np.arange(30) % 3)
+    page.set_input_files(
+        "#dataset-file", files=[{"name": "blobs.npz", "mimeType": "application/octet-stream", "buffer": good}]
+    )
+    page.fill("#dataset-name", "../blobs")
+    page.click("#upload-dataset")
+    page.wait_for_function("document.querySelector('#upload-errors').textContent.includes('\\nname: ')")
+    page.fill("#dataset-name", "blobs")
+    page.click("#upload-dataset")
+    page.wait_for_selector("#upload-result[data-dataset-id]")
+    dataset_id = page.get_attribute("#upload-result", "data-dataset-id")
+    row = page.locator(f"#datasets-table tr[data-dataset-id='{dataset_id}']")
+    row.wait_for()
+    assert page.text_content("#upload-errors") == ""
+    assert [row.locator("td").nth(i).text_content() for i in range(5)] == [
+        "blobs",
+        "30",
+        "[4]",
+        "3 classes",
+        "1",
+    ]
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.delete-dataset").click()
+    row.wait_for(state="detached")
+    with httpx.Client(base_url=service.url) as http:
+        assert http.get(f"/v1/datasets/{dataset_id}").status_code == 404
+
+    # D: tick two jobs, compare
+    for job_id in (first, second):
+        page.locator(f"tr[data-job-id='{job_id}'] input.select-job").check()
+    assert page.text_content("#compare-jobs") == "Compare 2 selected" and page.is_enabled("#compare-jobs")
+    page.click("#compare-jobs")
+    page.wait_for_url(re.compile(f".*#/compare/{first},{second}$"))
+    page.wait_for_selector("#chart-compare-hyper[data-hyper='learning_rate']")
+    assert page.locator("#compare-legend li").count() == 2
+    curves = chart(page, "#chart-compare-curve canvas")
+    assert curves["labels"] == [0, 1, 2, 3]
+    assert [(d["label"], d["data"]) for d in curves["datasets"]] == [
+        ("compare-a", [1.0, 0.8, 0.6, None]),
+        ("compare-b", [1.1, None, 0.9, 0.7]),
+    ]
+    colors = [d["borderColor"] for d in curves["datasets"]]
+    assert len(set(colors)) == 2 and all(d["spanGaps"] is False for d in curves["datasets"])
+    # only what both jobs have: not compare-a's momentum, not compare-b's layer1.W
+    assert page.eval_on_selector_all("#compare-hyper option", "os => os.map((o) => o.value)") == [
+        "init_scale",
+        "learning_rate",
+    ]
+    assert page.eval_on_selector_all("#compare-layer option", "os => os.map((o) => o.value)") == LAYERS
+    overlay = chart(page, "#chart-compare-hyper canvas")
+    assert overlay["labels"] == [0, 1, 2, 3]
+    assert [(d["label"], d["borderColor"]) for d in overlay["datasets"]] == list(
+        zip(["compare-a", "compare-b"], colors, strict=True)
+    )
+    assert [d["data"] for d in overlay["datasets"]] == [
+        [v[0] for v in schedule(2)["values"]],
+        [v[0] for v in schedule(3, 4, wider)["values"]],
+    ]
+    page.select_option("#compare-layer", "layer0.b")
+    page.wait_for_selector("#chart-compare-hyper[data-layer='layer0.b']")
+    assert [d["data"] for d in chart(page, "#chart-compare-hyper canvas")["datasets"]] == [
+        [v[1] for v in schedule(2)["values"]],
+        [v[1] for v in schedule(3, 4, wider)["values"]],
+    ]
+    page.select_option("#compare-hyper", "init_scale")
+    page.wait_for_selector("#chart-compare-hyper[data-hyper='init_scale']")
+    assert page.is_hidden("#compare-layer")
+    per_layer = chart(page, "#chart-compare-hyper canvas")
+    assert per_layer["type"] == "bar" and per_layer["labels"] == LAYERS
+    assert [d["data"] for d in per_layer["datasets"]] == [scales(2)["values"], scales(3, wider)["values"][:2]]
+
+    # E for a job without initial values: the 404 at meta_iter 0 draws nothing more
+    page.click(f"#compare-legend li[data-job-id='{first}'] a")
+    page.wait_for_selector("#hyper-init_scale canvas")
+    assert chart(page, "#hyper-learning_rate canvas")["extras"] == []
+    assert chart(page, "#hyper-init_scale canvas")["extras"] == []
+    assert "initial" not in page.text_content("#hyper-learning_rate .caption")
+    assert any("meta_iter=0" in u for u, _ in page.requested)
     assert not page.errors, page.errors

@@ -14,9 +14,9 @@ def _hypergradients_match(problem, x0, *, eps: float, unrolled_keys=()) -> None:
     training along a random direction (to 1e-5). ``unrolled_keys`` take their differences through the
     unrolled engine (the reversible one quantises momentum, so its objective is piecewise constant in
     gamma)."""
-    _, _, grad, report = hypergradient(problem)
+    _, _, grad, report = hypergradient(problem, x0)
     assert report.exact
-    _, _, grad_unrolled, _ = hypergradient(problem, engine="unrolled")
+    _, _, grad_unrolled, _ = hypergradient(problem, x0, engine="unrolled")
     rng = np.random.default_rng(0)
     for key in x0:
         scale = np.max(np.abs(grad_unrolled[key]))

@@ -78,6 +78,7 @@ VALID_INIT = {
     "l2": 1e-3,
     "training_data": "data",
     "sharing": 0.5,
+    "example_weight": 1.0,
 }
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from jobs import templates
 from jobs.settings import Settings
 from jobs.spec import BUILTIN_DATASETS, SpecError, count_hyperparameters, validate_spec
-from jobs.states import TERMINAL, IllegalTransition, Status, can_transition, check_transition
+from jobs.states import TERMINAL, IllegalTransition, Origin, Status, can_transition, check_transition
 
 
 def test_the_allowed_transitions_and_only_those():
@@ -19,14 +19,21 @@ def test_the_allowed_transitions_and_only_those():
         ("running", "failed"),
         ("running", "cancelled"),
         ("running", "queued"),
+        ("succeeded", "queued"),  # continued: more meta-iterations
+        ("cancelled", "queued"),
     }
     for old in Status:
         for new in Status:
             assert can_transition(old, new) == ((old.value, new.value) in allowed), (old, new)
+            # A recorded library run is never queued: its recorder continues it, not a worker.
+            external = can_transition(old, new, Origin.EXTERNAL)
+            assert not (external and new == Status.QUEUED and old != Status.RUNNING), (old, new)
     assert check_transition("queued", "running") is Status.RUNNING
     for final in TERMINAL:
-        with pytest.raises(IllegalTransition, match="final"):
+        with pytest.raises(IllegalTransition, match="allowed from"):
             check_transition(final, "running")
+    with pytest.raises(IllegalTransition, match="final"):
+        check_transition("failed", "queued")
 
 
 def test_defaults_live_in_the_data_folder(tmp_path):

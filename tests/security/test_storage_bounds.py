@@ -1,5 +1,6 @@
 """Storage per job is bounded: fixed hyperparameters are stored once, large learned ones every k-th
-meta-iteration and the last (docs/API.md, "Hyperparameters"), and the reads answer as before.
+meta-iteration and the last, beside the initial values (meta_iter 0) and the best-scoring ones
+(docs/API.md, "Hyperparameters"), and the reads answer as before.
 
 A small real job runs through `worker.runner.run_job` on SQLite and PostgreSQL; the values read back
 are compared with the `Record`s the engine handed the worker. The tenant quotas are tested through
@@ -45,8 +46,14 @@ LEARNED = ["learning_rate", "momentum"]
 FIXED = ["init_scale", "l2"]
 LEARNED_BYTES = (5 + 1) * 8
 FIXED_BYTES = (1 + 2) * 8
-# Room for the fixed ones and three learned snapshots: k = ceil(7 / 3) = 3, stored at 3, 6 and 7.
-SMALL_BUDGET = FIXED_BYTES + 3 * LEARNED_BYTES
+# Room for the fixed ones, the initial and the best's learned values, and three learned snapshots on
+# the grid: k = ceil(7 / 3) = 3, stored at 3, 6 and 7.
+SMALL_BUDGET = FIXED_BYTES + 5 * LEARNED_BYTES
+
+
+def best_meta_iter(records) -> int:
+    """The snapshot the lowest objective among ``records`` scored (step k trains snapshot k)."""
+    return int(np.nanargmin([r.objective for r in records]))
 
 
 def settings_for(database_url: str, data_dir, **changes) -> Settings:
@@ -130,17 +137,24 @@ def test_the_rule_keeps_a_job_within_its_budget():
     assert results.snapshot_interval(learned_bytes=48, fixed_bytes=24, iterations=7, budget_bytes=None) == 1
     assert results.snapshot_interval(learned_bytes=48, fixed_bytes=24, iterations=7, budget_bytes=10**6) == 1
     assert (
-        results.snapshot_interval(learned_bytes=48, fixed_bytes=24, iterations=7, budget_bytes=SMALL_BUDGET)
+        results.snapshot_interval(
+            learned_bytes=48, fixed_bytes=24 + 2 * 48, iterations=7, budget_bytes=SMALL_BUDGET
+        )
         == 3
     )
     # one snapshot does not fit: the last is kept anyway
     assert results.snapshot_interval(learned_bytes=48, fixed_bytes=24, iterations=7, budget_bytes=50) == 7
-    # the brief's job at the limits: 975k learned hyperparameters, 500 meta-iterations, 128 MiB
+    # the brief's job at the limits: 975k learned hyperparameters, 500 meta-iterations, 128 MiB; the
+    # worker counts the initial and the best's snapshots with the fixed ones
     learned, budget = 975_000 * 8, 128 * 1024 * 1024
-    k = results.snapshot_interval(learned_bytes=learned, fixed_bytes=0, iterations=500, budget_bytes=budget)
+    extra = 2 * learned
+    k = results.snapshot_interval(
+        learned_bytes=learned, fixed_bytes=extra, iterations=500, budget_bytes=budget
+    )
     kept = [m for m in range(1, 501) if results.stores_learned(m, k, 500)]
-    assert (k, len(kept), kept[-1]) == (30, 17, 500)
-    assert len(kept) * learned <= budget < (math.ceil(500 / (k - 1))) * learned  # the smallest k that fits
+    assert (k, len(kept), kept[-1]) == (34, 15, 500)
+    # the smallest k that fits
+    assert extra + len(kept) * learned <= budget < extra + math.ceil(500 / (k - 1)) * learned
     for iterations in range(1, 60):
         for fits in range(1, 70):
             k = results.snapshot_interval(
@@ -165,10 +179,10 @@ def test_fixed_hyperparameters_are_stored_once_and_read_as_before(database_url, 
 
     every = list(range(1, ITERATIONS + 1))
     assert stored(settings, job_id) == {
-        "init_scale": [1],
-        "l2": [1],
-        "learning_rate": every,
-        "momentum": every,
+        "init_scale": [0],
+        "l2": [0],
+        "learning_rate": [0, *every],
+        "momentum": [0, *every],
     }
     # every meta_iter reads as when everything was stored after every meta-iteration
     for meta_iter in every:
@@ -183,11 +197,14 @@ def test_fixed_hyperparameters_are_stored_once_and_read_as_before(database_url, 
         ]
         for name in FIXED:
             assert repository.get_hyperparameter(session, tenant, job_id, name).meta_iter == ITERATIONS
-        for meta_iter in (0, ITERATIONS + 1):
-            with pytest.raises(NotFound, match=f"meta_iter {meta_iter}"):
-                repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
-            with pytest.raises(NotFound, match=f"meta_iter {meta_iter}"):
-                repository.get_hyperparameter(session, tenant, job_id, "l2", meta_iter=meta_iter)
+        # meta_iter 0: the values the first meta-iteration trained with, fixed ones included
+        at_start, rows = repository.list_hyperparameters(session, tenant, job_id, meta_iter=0)
+        assert at_start == 0 and [r.name for r in rows] == sorted([*FIXED, *LEARNED])
+        meta_iter = ITERATIONS + 1
+        with pytest.raises(NotFound, match=f"meta_iter {meta_iter}"):
+            repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
+        with pytest.raises(NotFound, match=f"meta_iter {meta_iter}"):
+            repository.get_hyperparameter(session, tenant, job_id, "l2", meta_iter=meta_iter)
 
 
 def test_large_learned_hyperparameters_are_stored_every_kth_and_the_last(database_url, tmp_path, captured):
@@ -195,34 +212,28 @@ def test_large_learned_hyperparameters_are_stored_every_kth_and_the_last(databas
     tenant, job_id, status = run(settings)
     assert status == "succeeded" and len(captured) == ITERATIONS
 
-    assert stored(settings, job_id) == {
-        "init_scale": [1],
-        "l2": [1],
-        "learning_rate": [3, 6, 7],
-        "momentum": [3, 6, 7],
-    }
+    # the grid, the initial values and the best's (where the grid does not keep them), nothing else
+    kept = sorted({0, 3, 6, 7, best_meta_iter(captured)})
+    assert stored(settings, job_id) == {"init_scale": [0], "l2": [0], "learning_rate": kept, "momentum": kept}
     assert stored_bytes(settings, job_id) <= SMALL_BUDGET
     for meta_iter in (3, 6, 7):
         check_reads_at(settings, tenant, job_id, meta_iter, captured[meta_iter - 1])
+    listed = ", ".join(map(str, kept))
     with session_factory(settings)() as session:
         latest, _ = repository.list_hyperparameters(session, tenant, job_id)
         assert latest == ITERATIONS
-        for meta_iter, nearest in [
-            (1, "nearest stored: 3 (later)"),
-            (2, "nearest stored: 3 (later)"),
-            (4, "nearest stored: 3 (earlier) and 6 (later)"),
-            (5, "nearest stored: 3 (earlier) and 6 (later)"),
-        ]:
+        for meta_iter in sorted(set(range(1, 6)) - set(kept)):
+            earlier, later = max(m for m in kept if m < meta_iter), min(m for m in kept if m > meta_iter)
             with pytest.raises(NotFound) as listing:
                 repository.list_hyperparameters(session, tenant, job_id, meta_iter=meta_iter)
             message = str(listing.value)
             assert f"no hyperparameters recorded at meta_iter {meta_iter}" in message
             assert (
-                "REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB" in message and "stored at meta_iter 3, 6, 7" in message
+                "REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB" in message and f"stored at meta_iter {listed}" in message
             )
-            assert nearest in message
+            assert f"nearest stored: {earlier} (earlier) and {later} (later)" in message
             for name in LEARNED:
-                with pytest.raises(NotFound, match="stored at meta_iter 3, 6, 7"):
+                with pytest.raises(NotFound, match=f"stored at meta_iter {listed}"):
                     repository.get_hyperparameter(session, tenant, job_id, name, meta_iter=meta_iter)
             # a fixed hyperparameter still answers at every finished meta-iteration, with its value
             for name in FIXED:
@@ -250,12 +261,8 @@ def test_a_job_cancelled_off_the_grid_keeps_its_last_snapshot(database_url, tmp_
     monkeypatch.setattr(runner.JobRun, "record", cancel_during_the_fourth)
     tenant, job_id, status = run(settings)
     assert status == "cancelled" and len(captured) == 4
-    assert stored(settings, job_id) == {
-        "init_scale": [1],
-        "l2": [1],
-        "learning_rate": [3, 4],
-        "momentum": [3, 4],
-    }
+    kept = sorted({0, 3, 4, best_meta_iter(captured)})
+    assert stored(settings, job_id) == {"init_scale": [0], "l2": [0], "learning_rate": kept, "momentum": kept}
     for meta_iter in (3, 4):
         check_reads_at(settings, tenant, job_id, meta_iter, captured[meta_iter - 1])
     with sessions() as session:
