@@ -6,7 +6,9 @@
 #   1. the device JAX sees (jax.devices()) and XLA_FLAGS (hypercore adds --xla_gpu_deterministic_ops=true);
 #   2. the engine grid (benchmarks/engine_grid.py) at GPU sizes, its CNN cells (--models cnn) apart
 #      with their own time budget, asserting that every reversible cell that ran reversed exactly and
-#      gave finite hypergradients, and the paper-net engine benchmark (benchmarks/engine.py) at T = 1000;
+#      gave finite hypergradients, the paper-net engine benchmark (benchmarks/engine.py) at T = 1000, and
+#      the integer against the float division by gamma's numerator (benchmarks/division.py, T = 100:
+#      64-bit integer division is a software routine on a GPU);
 #   3. a short tuning job (template lr-schedule-mnist, a few meta-iterations), asserting every
 #      meta-iteration reversed exactly, and that the hypergradient is bit-identical when recomputed
 #      (deterministic ops);
@@ -16,7 +18,8 @@
 #   benchmarks/gpu_check.sh            # GPU size: under 10 minutes on one GPU
 #   benchmarks/gpu_check.sh --quick    # small size (also GPU_CHECK_QUICK=1), for a CPU: a few minutes
 #
-# Output: benchmarks/out/gpu_check/{engine.json,engine.png,engine_cnn.json,engine_cnn.png,engine_paper_net.json,tune.json}
+# Output: benchmarks/out/gpu_check/{engine.json,engine.png,engine_cnn.json,engine_cnn.png,engine_paper_net.json,
+#   division.json,tune.json}
 # (or $OUT/gpu_check if $OUT is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +67,9 @@ echo "== engine grid, CNN cells: ${CNN_ARGS[*]}"
 
 echo "== engine on the paper's MNIST net: ${PAPER_ARGS[*]}"
 "$PY" benchmarks/engine.py "${PAPER_ARGS[@]}" --out "$OUT_DIR/engine_paper_net.json"
+
+echo "== the division by gamma's numerator: integer against float (T = 100)"
+"$PY" benchmarks/division.py --steps 100 --repeats 5 --out "$OUT_DIR/division.json"
 
 echo "== short tuning job: lr-schedule-mnist, $TUNE_ITERS meta-iterations, $TUNE_TRAIN training images"
 "$PY" - "$OUT_DIR" "$TUNE_ITERS" "$TUNE_TRAIN" <<'EOF'
