@@ -14,7 +14,9 @@ What it does, in order (every number comes from this run):
    first-page listing query;
 3. starts the API (``uvicorn api:create_app --factory``, one process, as the Dockerfile does) with
    ``REVTUNE_POST_RATE_LIMIT`` raised to 1,000,000 per minute (the default, 120 per tenant per
-   minute, would cap the POST benchmark at 2 jobs/s), then measures with threads of httpx clients:
+   minute, would cap the POST benchmark at 2 jobs/s) and ``REVTUNE_MAX_JOBS_PER_TENANT`` to
+   1,000,000 (the default quota, 500, is below the bulk-inserted jobs), then measures with threads
+   of httpx clients:
    - ``GET /v1/jobs/{id}`` latency (``--get-requests``, ``--clients`` concurrent);
    - ``GET /v1/jobs/{id}/steps`` latency (10 steps per page);
    - ``GET /v1/jobs`` listing: the first page (limit 50 and 200) repeated, with and without a status
@@ -26,7 +28,10 @@ What it does, in order (every number comes from this run):
    builds and JIT-compiles the job's problem once, then keeps it cached for identical specs), then
    measures the queue latency (``started_at - created_at``, both stamped by the service) of
    ``--latency-jobs`` tiny jobs submitted one at a time to the idle worker, and the throughput
-   (jobs per hour) of ``--throughput-jobs`` tiny jobs submitted at once;
+   (jobs per hour) of ``--throughput-jobs`` tiny jobs submitted at once; then, for
+   ``lr-schedule-digits`` and ``lr-schedule-mnist`` (one meta-iteration each), one job to warm the
+   worker and ``--latency-jobs`` that differ from it only in their seed, one at a time: claim
+   (``started_at``) to first step recorded, which must not compile anything;
 5. starts a second worker, warms it up the same way (the API's GET latency is measured again
    while it compiles, i.e. with one CPU core busy), and measures the throughput with 2 workers.
 
@@ -619,6 +624,44 @@ def queue_latency(svc: Service, client: httpx.Client, n: int) -> dict[str, Any]:
     }
 
 
+START_TEMPLATES = ("lr-schedule-digits", "lr-schedule-mnist")
+
+
+def template_start(svc: Service, client: httpx.Client, template: str, n: int) -> dict[str, Any]:
+    """A template's job (one meta-iteration) warms the idle worker; then ``n`` jobs that differ from
+    it only in their seed, one at a time: ``started_at`` (the claim) to the ``created_at`` of the
+    job's first step (its first meta-iteration recorded), both stamped by the worker. The compiled
+    programs take the seed as an argument, so these jobs compile nothing."""
+    from jobs import templates
+    from jobs.db import session_factory
+    from jobs.models import Step
+
+    def spec(seed: int) -> dict[str, Any]:
+        s = templates.get(template)
+        assert s is not None
+        s["name"], s["seed"] = f"start-{template}-{seed}", seed
+        s["meta"]["iterations"] = 1
+        return s
+
+    svc.wait_terminal([svc.submit(client, spec(0))], 900)
+    starts = []
+    for seed in range(1, n + 1):
+        job_id = svc.submit(client, spec(seed))
+        (row,) = svc.wait_terminal([job_id], 300)
+        with session_factory(svc.db_url)() as session:
+            first = session.scalars(select(Step.created_at).where(Step.job_id == job_id, Step.meta_iter == 0))
+            starts.append((first.one() - row.started_at).total_seconds())
+        time.sleep(0.2)
+    a = np.asarray(starts) * 1000
+    return {
+        "template": template,
+        "jobs": n,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+    }
+
+
 def throughput(svc: Service, client: httpx.Client, n: int, workers: int) -> dict[str, Any]:
     """Submit ``n`` tiny jobs back to back; jobs per hour = n / (last finished_at - first created_at)."""
     t0 = time.perf_counter()
@@ -722,6 +765,8 @@ def main() -> int:
             REVTUNE_DATA_DIR=str(data_dir),
             REVTUNE_AUTH="on",
             REVTUNE_POST_RATE_LIMIT="1000000",
+            # The bulk-inserted jobs and the POSTs are one tenant's: past the default quota of 500.
+            REVTUNE_MAX_JOBS_PER_TENANT="1000000",
             JAX_PLATFORMS="cpu",
         )
         os.environ.update(
@@ -809,6 +854,9 @@ def main() -> int:
                 f"\nworker 1 ready in {ready_s:.1f} s; cold tiny job ran {run_1:.1f} s (build + JIT compile)"
             )
             results["queue_latency"] = queue_latency(svc, client, args.latency_jobs)
+            results["template_start"] = [
+                template_start(svc, client, template, args.latency_jobs) for template in START_TEMPLATES
+            ]
             results["throughput"] = [throughput(svc, client, args.throughput_jobs, 1)]
 
             # ---- two workers (the second compiles while the API is polled) ----
@@ -841,6 +889,10 @@ def main() -> int:
                 {"what": "created_at -> started_at (service clocks)", **ql["created_to_started"]},
                 {"what": "POST reply -> GET not queued (client)", **ql["post_reply_to_get_not_queued"]},
                 {"what": "started_at -> finished_at (tiny job, warm)", **ql["started_to_finished"]},
+                *(
+                    {"what": f"started_at -> first step, {t['template']} with another seed", **t}
+                    for t in results["template_start"]
+                ),
             ],
             [
                 ("what", "measure", ""),

@@ -71,10 +71,11 @@ def resplit_indices(
     Row ``i`` of a split is drawn from the examples of row ``i``'s own stratum (`split_strata`),
     uniformly without replacement, so each split keeps its size and its per-stratum counts; only
     which examples fill them changes. A pure function of ``(key_or_seed, meta_iter)``, seeded
-    apart from `batch_indices`; ``meta_iter`` may be traced, ``strata`` and ``n_train`` are concrete.
+    apart from `batch_indices`; ``key_or_seed``, ``meta_iter`` and ``strata`` may be traced (a job's
+    compiled program takes them as arguments), ``n_train`` is concrete.
     """
-    strata = np.asarray(strata)
-    if strata.ndim != 1 or not np.issubdtype(strata.dtype, np.integer):
+    strata = strata if isinstance(strata, jax.Array) else np.asarray(strata)
+    if strata.ndim != 1 or not jnp.issubdtype(strata.dtype, jnp.integer):
         raise DataError("strata", f"must be a 1-D integer array, got {_describe(strata)}")
     n_train = _count(n_train, "n_train", 1)
     if n_train >= len(strata):
@@ -85,9 +86,10 @@ def resplit_indices(
     key = jax.random.fold_in(jax.random.fold_in(key, _RESPLIT_STREAM), meta_iter)
     # The rows of each stratum, in pool order; sorting by (stratum, random bits) lists the same
     # examples per stratum in a random order, and the pair of orders maps rows to examples.
-    slots = np.argsort(strata, kind="stable").astype(np.int32)
+    strata = jnp.asarray(strata, jnp.int32)
+    slots = jnp.argsort(strata, stable=True).astype(jnp.int32)
     draws = jax.random.bits(key, strata.shape, jnp.uint32)
-    examples = jnp.lexsort((draws, jnp.asarray(strata, jnp.int32))).astype(jnp.int32)
+    examples = jnp.lexsort((draws, strata)).astype(jnp.int32)
     rows = jnp.zeros(len(strata), jnp.int32).at[slots].set(examples)
     return rows[:n_train], rows[n_train:]
 

@@ -392,15 +392,37 @@ class HyperSet:
         """The training inputs to train on, or None to use the dataset's."""
         return raw.get("training_data") if "training_data" in self.hypers else None
 
-    def example_weights(self, raw: Mapping[str, jax.Array]) -> jax.Array | None:
+    def example_weights(self, raw: Mapping[str, jax.Array], labels=None) -> jax.Array | None:
         """One weight per training example on the training loss (a per-class weight taken by each
-        example's label), or None without ``example_weight``."""
+        example's label: ``labels``, default ``train_labels``), or None without ``example_weight``."""
         if "example_weight" not in self.hypers:
             return None
         x = self._natural("example_weight", raw["example_weight"])
         if self.hypers["example_weight"].granularity == "class":
-            return x[jnp.asarray(self.train_labels, jnp.int32)]
+            return x[jnp.asarray(self.train_labels if labels is None else labels, jnp.int32)]
         return x
+
+    def program_key(self) -> tuple:
+        """What a compiled training program depends on in this set: the layout (steps, arrays,
+        training inputs' shape, tasks, training optimizer) and each kind's granularity, learn flag,
+        whether it is off, and a learned one's floor (the engine clamps to it). Not the values (the
+        programs take them as arguments) nor the training examples' labels and rows (a per-class
+        weight takes its labels from the dataset's, also an argument), so jobs that differ only in
+        those share their programs (`hypercore.tune`)."""
+        kinds = tuple(
+            (kind, h.granularity, h.learn, h.off, self.floor(kind) if h.learn else None)
+            for kind, h in self.hypers.items()
+        )
+        return (
+            kinds,
+            self.steps,
+            tuple(self.shapes.items()),
+            tuple(self.train_shape),
+            self.tasks,
+            self.sharing_layers,
+            self.training_optimizer,
+            self.n_classes,
+        )
 
     def weight_decay(self, raw: Mapping[str, jax.Array]) -> jax.Array | dict[str, jax.Array] | float:
         """AdamW's weight decay as a `schedule`, or a concrete 0.0 without one (then the engine

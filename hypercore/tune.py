@@ -22,13 +22,17 @@ Meta-iteration ``k`` (0-based), as in the paper's experiments (HIPS/hypergrad
 Everything a meta-iteration depends on is in a `Checkpoint` (raw hyperparameters, optimiser state,
 the step before it for the guard, meta_iter, seed): a run resumed from any record's checkpoint ends
 bit-identical to the uninterrupted run. One jitted function computes the objective, the metrics
-and the hypergradient; it compiles once per problem, and again only when falling gammas (or betas,
-or weight-decay factors) need a larger information buffer than the one allocated (which starts at
-twice the need and at least doubles each time, but never past what the floors need: a learned
-momentum or beta is clamped to its ``min`` and the engine's weight-decay factor is at least 0.5, so
-``buffer_capacity(T, floor)`` slots, or Adam's ``adam_capacity(T, b1 floor, b2 floor, decay
-floor)``, always suffice, and that is what the server sized the job's memory for,
-`hypercore.budget`).
+and the hypergradient. It takes the seed, the datasets and the hyperparameters' values as
+arguments, so it compiles once per problem structure (model, hyperparameter layout, shapes: jobs
+that differ only in seed, data or values share it, in the process and in the persistent
+compilation cache). The information buffer's capacity is the one static number that values
+decide. What the floors need always suffices (a learned momentum or beta is clamped to its ``min``
+and the engine's weight-decay factor is at least 0.5, so ``buffer_capacity(T, floor)`` slots, or
+Adam's ``adam_capacity(T, b1 floor, b2 floor, decay floor)``), and that is what the server sized
+the job's memory for (`hypercore.budget`). A buffer of at most `EAGER_BUFFER_BYTES` there is
+allocated at that capacity from the start, so the program depends on no value; a larger one starts
+at twice the need, and compiles again only when falling gammas (or betas, or weight-decay factors)
+need more, at least doubling each time, never past the floors' need.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -55,7 +61,7 @@ from hypercore import meta as _meta
 from hypercore import models as _models
 from hypercore._reference import unrolled_sgd
 from hypercore.adam import reversible_adam, unrolled_adam
-from hypercore.budget import adam_capacity
+from hypercore.budget import adam_capacity, buffer_bytes
 from hypercore.hyper import ConfigError, Hyper, HyperSet, HyperValue
 from hypercore.reversible import ReversalReport, buffer_capacity, empty_report, reversible_sgd
 from hypercore.steps import step_dict
@@ -86,8 +92,10 @@ class Problem:
     ``resplit`` draws a new train/valid split of the training and validation examples every
     meta-iteration (`hypercore.data.resplit_indices`; the test split stays as it is), so many
     hyperparameters cannot fit one validation set's noise.
-    ``compiled`` caches the jitted functions, so a second `tune` call on the same problem (resuming,
-    say) compiles nothing; `dataclasses.replace` shares it (see `_jitted`).
+    ``compiled`` caches the problem's inputs on the device (`_inputs`); the jitted programs are
+    shared by every problem of the same structure in the process (`_program`), so a second `tune`
+    call on this problem (resuming, say), or on one that differs only in its seed, data or
+    hyperparameter values, compiles nothing.
     `target` is the dataset's: class labels (NLL, error rates) or a real target (MSE, no error rates).
     """
 
@@ -368,39 +376,60 @@ def _metrics(model, w, X, y, target: str) -> dict[str, jax.Array]:
     return {"loss": loss, "error": _models.error_rate(outputs, y)}
 
 
+def _inputs(problem: Problem) -> dict[str, jax.Array]:
+    """What a job's compiled programs take besides the hyperparameters: the seed and the dataset's
+    splits (the training and validation examples pooled, with their strata, for a re-split), on the
+    device once per problem. Arguments rather than constants, so that jobs of the same shapes share
+    one program (`_program`)."""
+    ds = problem.dataset
+    key = ("inputs", id(ds), problem.seed, problem.resplit)
+    if key not in problem.compiled:
+        dtype = _weight_dtype(problem.model)
+        inputs = {"seed": jnp.asarray(problem.seed, jnp.int64)}
+        if problem.resplit:
+            inputs["strata"] = jnp.asarray(_data.split_strata(ds), jnp.int32)
+            inputs["X_pool"] = jnp.asarray(np.concatenate([ds.X_train, ds.X_valid]), dtype)
+            inputs["y_pool"] = jnp.asarray(np.concatenate([ds.y_train, ds.y_valid]))
+        else:
+            inputs["X_train"], inputs["y_train"] = jnp.asarray(ds.X_train, dtype), jnp.asarray(ds.y_train)
+            inputs["X_valid"], inputs["y_valid"] = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
+        if ds.n_test > 0:
+            inputs["X_test"], inputs["y_test"] = jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)
+        assert inputs["seed"].dtype == jnp.int64, "the engine runs with x64 on (hypercore._x64)"
+        problem.compiled[key] = (inputs, ds)  # the dataset kept alive, so its id is not reused
+    return problem.compiled[key][0]
+
+
 def _make_objective(problem: Problem, engine: str):
-    """``(learned, fixed, meta_iter, report, capacity) -> (objective, metrics)`` of one training run,
-    with the datasets closed over as concrete arrays (so the engine does not treat them as
-    differentiable inputs). A re-split picks rows of the pooled training and validation examples
-    by integer indices drawn from ``meta_iter``; the gathers happen inside the loss, so the engine
-    still sees no float input but the weights and ``meta``."""
-    model, ds, hs = problem.model, problem.dataset, problem.hypers
+    """``(learned, fixed, meta_iter, report, inputs, capacity) -> (objective, metrics)`` of one
+    training run, ``inputs`` being `_inputs`: the seed and the datasets are arguments, not constants,
+    and the engine does not treat them as differentiable (the loss closes over them). A re-split
+    picks rows of the pooled training and validation examples by integer indices drawn from
+    ``meta_iter``; the gathers happen inside the loss, so the engine still sees no float input but
+    the weights and ``meta``.
+
+    Only the problem's structure is closed over (`_program_key`): the model, the hyperparameters'
+    layout, batch size, objective, re-splitting and target."""
+    model, hs = problem.model, problem.hypers
     dtype = _weight_dtype(model)
-    if problem.resplit:
-        strata = _data.split_strata(ds)
-        X_pool = jnp.asarray(np.concatenate([ds.X_train, ds.X_valid]), dtype)
-        y_pool = jnp.asarray(np.concatenate([ds.y_train, ds.y_valid]))
-        X_train = X_valid = X_pool
-        y_train = y_valid = y_pool
-    else:
-        X_train = jnp.asarray(ds.X_train, dtype)
-        y_train = jnp.asarray(ds.y_train)
-        X_valid, y_valid = jnp.asarray(ds.X_valid, dtype), jnp.asarray(ds.y_valid)
-    has_test = ds.n_test > 0
-    X_test, y_test = (jnp.asarray(ds.X_test, dtype), jnp.asarray(ds.y_test)) if has_test else (None, None)
-    n_train, batch_size, seed = ds.n_train, problem.batch_size, problem.seed
-    w_root = _keys(seed)[0]
+    n_train, batch_size, resplit = problem.dataset.n_train, problem.batch_size, problem.resplit
     target = problem.target
     train_loss_fn = _models.loss_of(model, target)
 
     def rows(X, y, idx):
         return (X, y) if idx is None else (X[idx], y[idx])
 
-    def objective(learned, fixed, meta_iter, report, capacity):
-        if problem.resplit:
-            train_rows, valid_rows = _data.resplit_indices(seed, meta_iter, strata, n_train)
+    def objective(learned, fixed, meta_iter, report, inputs, capacity):
+        seed = inputs["seed"]
+        if resplit:
+            X_train = X_valid = inputs["X_pool"]
+            y_train = y_valid = inputs["y_pool"]
+            train_rows, valid_rows = _data.resplit_indices(seed, meta_iter, inputs["strata"], n_train)
         else:
+            X_train, y_train = inputs["X_train"], inputs["y_train"]
+            X_valid, y_valid = inputs["X_valid"], inputs["y_valid"]
             train_rows = valid_rows = None
+        w_root = _keys(seed)[0]
         raw = {**fixed, **learned}
         scales = {k: jnp.asarray(v, dtype) for k, v in hs.init_scales(raw).items()}
         w0 = model.init(jax.random.fold_in(w_root, meta_iter), scales)
@@ -414,7 +443,9 @@ def _make_objective(problem: Problem, engine: str):
         sharing = hs.sharing(raw)
         if sharing is not None:
             meta["sharing"] = {k: jnp.asarray(v, dtype) for k, v in sharing.items()}
-        omega = hs.example_weights(raw)
+        # A per-class weight goes to each training example by its label (the labels of the
+        # training rows, before any re-split: Problem.build refuses example weights with one).
+        omega = hs.example_weights(raw, labels=y_train)
         if omega is not None:
             meta["omega"] = jnp.asarray(omega, dtype)
 
@@ -443,8 +474,8 @@ def _make_objective(problem: Problem, engine: str):
 
         w_T = net(_train(hs, engine, loss, w0, meta, raw, capacity, report), meta)
         splits = {"train": rows(X_train, y_train, train_rows), "valid": rows(X_valid, y_valid, valid_rows)}
-        if has_test:
-            splits["test"] = (X_test, y_test)
+        if "X_test" in inputs:
+            splits["test"] = (inputs["X_test"], inputs["y_test"])
         m = {}
         for split, (X, y) in splits.items():
             for name, value in _metrics(model, w_T, X, y, target).items():
@@ -514,14 +545,38 @@ def _buffer_ceiling(hs: HyperSet) -> int:
     return adam_capacity(hs.steps, hs.floor("beta1"), hs.floor("beta2"), hs.decay_floor())
 
 
+# A buffer that takes at most this much at the floors' capacity is allocated at that capacity from
+# the first meta-iteration: the job's programs then depend on no hyperparameter value at all (no
+# compilation when a job differs from an earlier one only in its values, nor when a learned momentum
+# falls during the run). A larger one starts at twice what the values need (`_grown_capacity`).
+EAGER_BUFFER_BYTES = 64 << 20
+
+
+def _first_capacity(hs: HyperSet, needed: int) -> int:
+    """The information buffer's slots for a first run that needs ``needed``: the floors' capacity
+    (`_buffer_ceiling`) when its buffer is small (`EAGER_BUFFER_BYTES`), else `_grown_capacity`."""
+    ceiling = _buffer_ceiling(hs)
+    n_weights = sum(math.prod(shape) for shape in hs.shapes.values())
+    if buffer_bytes(n_weights, ceiling) <= EAGER_BUFFER_BYTES:
+        return max(needed, ceiling)
+    return _grown_capacity(hs, needed, None)
+
+
+def _grown_capacity(hs: HyperSet, needed: int, capacity: int | None) -> int:
+    """The slots for a run that needs ``needed`` after one that had ``capacity`` (None: none yet):
+    at least twice the old (or the need), so that a run compiles O(log) times at most, but not past
+    the floors' need (which `hypercore.budget` sized the job's memory for) unless ``needed`` is."""
+    return max(needed, min(2 * (capacity or needed), _buffer_ceiling(hs)))
+
+
 def _make_hypergrad(problem: Problem, engine: str):
-    """The jitted ``(learned, fixed, meta_iter, capacity) -> (objective, metrics, hypergrad, norm,
-    report)``."""
+    """The jitted ``(inputs, learned, fixed, meta_iter, capacity) -> (objective, metrics, hypergrad,
+    norm, report)``."""
     grad_fn = jax.value_and_grad(_make_objective(problem, engine), argnums=(0, 3), has_aux=True)
 
     @partial(jax.jit, static_argnames="capacity")
-    def hypergrad(learned, fixed, meta_iter, capacity):
-        (obj, m), (g, rep) = grad_fn(learned, fixed, meta_iter, empty_report(), capacity)
+    def hypergrad(inputs, learned, fixed, meta_iter, capacity):
+        (obj, m), (g, rep) = grad_fn(learned, fixed, meta_iter, empty_report(), inputs, capacity)
         return obj, m, g, optax.tree.norm(g), rep
 
     return hypergrad
@@ -574,48 +629,77 @@ def _check_fits(ckpt: Checkpoint, fresh: Checkpoint) -> None:
 
 
 def _make_evaluate(problem: Problem, engine: str):
-    """The jitted ``(raw, meta_iter, capacity) -> metrics`` of one forward training run."""
+    """The jitted ``(inputs, raw, meta_iter, capacity) -> metrics`` of one forward training run."""
     objective = _make_objective(problem, engine)
 
     @partial(jax.jit, static_argnames="capacity")
-    def evaluate(raw, meta_iter, capacity):
-        return objective(raw, {}, meta_iter, empty_report(), capacity)[1]
+    def evaluate(inputs, raw, meta_iter, capacity):
+        return objective(raw, {}, meta_iter, empty_report(), inputs, capacity)[1]
 
     return evaluate
 
 
-def _jitted(problem: Problem, engine: str, make=_make_hypergrad):
-    """The jitted function ``make`` builds (the hypergradient by default) for this problem's model, data,
-    hyperparameters, batch size, objective, seed and re-splitting, built once and shared by every
-    problem that has the same ones (a `dataclasses.replace` with another meta-optimiser or iteration
-    count compiles nothing new)."""
-    key = (
+# The jitted programs of the last problems run in this process, by `_program_key`: shared by every
+# problem of the same structure, whatever its seed, data and hyperparameter values.
+_PROGRAMS: OrderedDict[tuple, Any] = OrderedDict()
+_PROGRAM_CACHE_SIZE = 16
+
+
+def _program_key(problem: Problem, engine, make) -> tuple:
+    """What a compiled program depends on: the model (equal descriptions hash equal; another model,
+    a plugin's say, by identity), the hyperparameters' layout (`HyperSet.program_key`), the batch
+    size, objective, re-splitting and target, and the shapes and dtypes of `_inputs`. Not the seed,
+    the dataset's contents nor any hyperparameter's value: those are arguments."""
+    model = problem.model
+    try:
+        hash(model)
+    except TypeError:  # an unhashable model shares programs only with itself
+        model = ("id", id(problem.model))
+    shapes = tuple((k, v.shape, v.dtype.str) for k, v in _inputs(problem).items())
+    return (
         make.__name__,
         engine,
-        id(problem.model),
-        id(problem.dataset),
-        id(problem.hypers),
+        model,
+        problem.hypers.program_key(),
         problem.batch_size,
         problem.objective,
-        problem.seed,
         problem.resplit,
+        problem.target,
+        shapes,
     )
-    if key not in problem.compiled:
-        # The value keeps the objects alive, so their ids cannot be reused while cached.
-        problem.compiled[key] = (
-            make(problem, engine),
-            problem.model,
-            problem.dataset,
-            problem.hypers,
-        )
-    return problem.compiled[key][0]
+
+
+def _program(problem: Problem, engine, make=_make_hypergrad):
+    """The jitted program ``make`` builds (the hypergradient by default), built once per
+    `_program_key` and shared by every problem with that key in this process: a job that differs
+    from an earlier one only in its seed, data or hyperparameter values compiles nothing, and one in
+    a fresh process finds the same program in the persistent compilation cache. Its first argument
+    is `_inputs`."""
+    key = _program_key(problem, engine, make)
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+    else:
+        # The value keeps the problem's model alive, so an id in the key cannot be reused.
+        _PROGRAMS[key] = (make(problem, engine), problem.model)
+        while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    return _PROGRAMS[key][0]
+
+
+def _jitted(problem: Problem, engine, make=_make_hypergrad):
+    """`_program` with this problem's `_inputs` bound: ``(learned, fixed, meta_iter, capacity)``
+    for the hypergradient, ``(raw, meta_iter, capacity)`` for `evaluate`."""
+    return partial(_program(problem, engine, make), _inputs(problem))
+
+
+_META_UPDATES: dict[_meta.MetaConfig, Any] = {}
 
 
 def _meta_update_fn(problem: Problem, optimizer: optax.GradientTransformation):
     """The jitted meta-update ``(learned, opt_state, hypergrad, scale) -> (learned, opt_state)``: the
-    optimiser's update times the guard's step multiplier ``scale``."""
-    key = ("meta_update", problem.meta)
-    if key not in problem.compiled:
+    optimiser's update times the guard's step multiplier ``scale``; one per meta-optimiser
+    configuration in the process (``optimizer`` is `hypercore.meta.build` of ``problem.meta``)."""
+    if problem.meta not in _META_UPDATES:
 
         @jax.jit
         def meta_update(learned, opt_state, grads, scale):
@@ -623,8 +707,10 @@ def _meta_update_fn(problem: Problem, optimizer: optax.GradientTransformation):
             updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
             return optax.apply_updates(learned, updates), opt_state
 
-        problem.compiled[key] = meta_update
-    return problem.compiled[key]
+        if len(_META_UPDATES) >= _PROGRAM_CACHE_SIZE:
+            _META_UPDATES.pop(next(iter(_META_UPDATES)))
+        _META_UPDATES[problem.meta] = meta_update
+    return _META_UPDATES[problem.meta]
 
 
 def initial_hyperparameters(problem: Problem, *, include_fixed: bool = False) -> dict[str, np.ndarray]:
@@ -664,7 +750,7 @@ def hypergradient(
     fixed_np = _fixed_raw(problem)
     capacity = None
     if engine == "reversible":
-        capacity = buffer_slots(hs, {**fixed_np, **_host(learned)})
+        capacity = _first_capacity(hs, buffer_slots(hs, {**fixed_np, **_host(learned)}))
     obj, metrics, grads, _, rep = _jitted(problem, engine)(
         learned, _device(fixed_np), jnp.int32(meta_iter), capacity
     )
@@ -685,8 +771,9 @@ def evaluate(
     ``hyperparameters``: raw values (log learning rates, logit momenta, ...) of any learned or fixed
     hyperparameter, keyed as in `initial_hyperparameters`; the rest keep their starting values.
     ``meta_iter`` picks the initial weights and minibatches, as in `tune`. ``capacity``: the
-    information buffer's slots (default: enough for these momenta; pass a fixed, larger one to
-    evaluate many configurations without recompiling). Returns ``train_loss``, ``valid_loss``,
+    information buffer's slots (default: enough for the floors when that buffer is small, so any
+    values share one program, else for these momenta; pass a fixed, larger one to evaluate many
+    configurations without recompiling). Returns ``train_loss``, ``valid_loss``,
     ``valid_error`` and, with a test split, ``test_loss`` and ``test_error`` (no ``*_error`` for a
     real target); NaN if training diverged.
     For black-box searches and notebooks.
@@ -705,7 +792,7 @@ def evaluate(
     if optimizer is not None:
         capacity = 1  # unused
     elif capacity is None:
-        capacity = buffer_slots(hs, raw)
+        capacity = _first_capacity(hs, buffer_slots(hs, raw))
     metrics = _jitted(problem, optimizer or "reversible", make=_make_evaluate)(
         _device(raw), jnp.int32(meta_iter), capacity
     )
@@ -760,23 +847,23 @@ def tune(
     prev_learned, prev_opt_state = _device(state.prev_learned), opt_tree(state.prev_opt_state)
     guard = state.guard
     extra_capacity, capacity = 1, None
-    # The most the buffer needs: every gamma (beta) is >= its floor (a learned one is clamped).
-    ceiling = _buffer_ceiling(hs)
     records: list[Record] = []
     stopped = False
     for k in range(state.meta_iter, iterations):
         started = time.perf_counter()
         while True:
             if engine == "reversible":
-                # Capacity is static, so each new value compiles again: start at twice what the
-                # smallest gamma (betas, decay factor) needs, so that they can drift down for a
-                # while, never shrink it, and at least double it when it must grow, so that a run
-                # compiles O(log) times at most; but never past the ceiling (the floors' need, what
-                # hypercore.budget counts) unless an overflow asks for more. The results do not
-                # depend on it.
+                # Capacity is static, so each new value compiles again: start at the floors' need
+                # for a small buffer, else at twice what the smallest gamma (betas, decay factor)
+                # needs, so that they can drift down for a while; never shrink it, and at least
+                # double it when it must grow, so that a run compiles O(log) times at most; but
+                # never past the ceiling (the floors' need, what hypercore.budget counts) unless an
+                # overflow asks for more. The results do not depend on it.
                 needed = buffer_slots(hs, {**fixed_np, **_host(learned)}) * extra_capacity
-                if capacity is None or needed > capacity:
-                    capacity = max(needed, min(2 * (capacity or needed), ceiling))
+                if capacity is None:
+                    capacity = _first_capacity(hs, needed)
+                elif needed > capacity:
+                    capacity = _grown_capacity(hs, needed, capacity)
             obj, metrics, grads, norm, rep = hypergrad(learned, fixed, jnp.int32(k), capacity)
             report = ReversalReport.from_array(rep) if engine == "reversible" else None
             if report is None or not report.buffer_overflow:

@@ -227,8 +227,9 @@ def _check_plugin_sizes(spec: dict, problem: Problem, settings: Settings) -> Non
         raise JobInputError(f"{'.'.join(map(str, loc))}: {message}")
 
 
-# The last few problems built, by spec: a resumed or resubmitted job reuses the compiled functions
-# (`hypercore.tune` keeps them per problem object) instead of compiling again.
+# The last few problems built, by spec: a resumed or resubmitted job reuses its problem (its dataset
+# and device inputs) as it is. A job that differs only in seed, data or hyperparameter values builds
+# a new problem but compiles nothing: `hypercore.tune` shares compiled programs by structure.
 _PROBLEMS: OrderedDict[str, Problem] = OrderedDict()
 _PROBLEM_CACHE_SIZE = 2
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from spec_changes import changed
 
 from hypercore import _fixed, budget, rules, vocab
 from hypercore.spec import SpecError as EngineSpecError
@@ -171,13 +172,7 @@ def small(momentum: dict, **changes) -> dict:
         "meta": {"iterations": 2, "optimizer": "adam", "learning_rate": 0.04},
         "seed": 0,
     }
-    for path, value in changes.items():
-        *head, last = path.split("__")
-        node = spec
-        for part in head:
-            node = node[part]
-        node[last] = value
-    return spec
+    return changed(spec, **changes)
 
 
 class _Captured(Exception):
@@ -337,10 +332,11 @@ def test_low_learned_betas_are_refused_on_their_min():
 
 
 def _xla_bytes(problem, capacity: int) -> int:
-    hypergrad = tune_module._jitted(problem, "reversible")
+    hypergrad = tune_module._program(problem, "reversible")
     learned = tune_module._device(tune_module.initial_hyperparameters(problem))
     fixed = tune_module._device(tune_module._fixed_raw(problem))
-    stats = hypergrad.lower(learned, fixed, jnp.int32(0), capacity).compile().memory_analysis()
+    inputs = tune_module._inputs(problem)
+    stats = hypergrad.lower(inputs, learned, fixed, jnp.int32(0), capacity).compile().memory_analysis()
     if stats is None:
         pytest.skip(f"no memory analysis on {jax.default_backend()}")
     return stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
@@ -372,10 +368,11 @@ def _xla_bytes(problem, capacity: int) -> int:
 )
 def test_the_estimate_bounds_what_xla_allocates_for_a_meta_iteration(spec):
     """XLA's buffer assignment for the compiled hypergradient (arguments, outputs, temporaries) at
-    the engine's capacity: within the estimate's engine parts, and holding the whole buffer."""
+    the engine's capacity: within the estimate's engine parts and the dataset (an argument of the
+    program, `hypercore.tune._inputs`), and holding the whole buffer."""
     estimate = estimate_of(spec)
     measured = _xla_bytes(problem_from_spec(spec), estimate.capacity)
-    parts = ("information buffer", "engine state", "activations", "hyperparameters")
+    parts = ("information buffer", "engine state", "activations", "hyperparameters", "training data")
     bound = sum(estimate[p].bytes for p in parts)
     assert estimate["information buffer"].bytes < measured <= bound, (measured, estimate.breakdown())
 

@@ -7,6 +7,9 @@ checkpoint; stops (cancel, shutdown) and failures must leave the job in a state 
 
 from __future__ import annotations
 
+import copy
+import importlib
+
 import numpy as np
 import pytest
 from direct_worker import direct_worker_fixtures
@@ -102,6 +105,32 @@ def test_run_job_records_every_meta_iteration_and_matches_hypercore(settings, se
     # A redelivered message for a finished job changes nothing.
     assert runner.run_job(job_id, settings=settings, sessions=sessions) is None
     assert job_row(sessions, job_id).attempts == 1
+
+
+def test_a_job_that_differs_only_in_seed_and_values_compiles_nothing_on_a_warm_worker(
+    settings, sessions, tenant_id
+):
+    """The compiled programs take the seed, the data and the values as arguments (issue 21): after
+    one job, another with a new seed and learning rate runs on the same executable, to the bits the
+    library gives it."""
+    tune_module = importlib.import_module("hypercore.tune")
+    assert (
+        runner.run_job(submit(sessions, tenant_id, SPEC), settings=settings, sessions=sessions) == "succeeded"
+    )
+    other = copy.deepcopy(SPEC)
+    other["seed"] = 11
+    other["hyperparameters"]["learning_rate"]["init"] = 0.2
+    program = tune_module._program(problem_from_spec(other), "reversible")
+    held = program._cache_size()
+    assert held >= 1, "the first job's executable is the one the second finds"
+    job_id = submit(sessions, tenant_id, other)
+    assert runner.run_job(job_id, settings=settings, sessions=sessions) == "succeeded"
+    assert program._cache_size() == held, "the second job compiled its hypergradient again"
+    final = tune(problem_from_spec(other)).records[-1].hyperparameters
+    meta_iter, values = learned(sessions, tenant_id, job_id)
+    assert meta_iter == 4
+    for name, want in final.items():
+        np.testing.assert_array_equal(values[name], np.asarray(want.values, np.float64), err_msg=name)
 
 
 def test_shutdown_hands_the_job_back_and_the_next_run_resumes_to_the_same_result(
