@@ -35,8 +35,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The engine's tests (tests/hypercore: in-process, compile-bound, nothing shared between them) run on
+# two processes, the rest (databases, brokers, workers, browsers) on one. PYTEST_ARGS runs what it names.
 test: lint $(TEST_STAMP)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(BIN)/python -m pytest -n 2 tests/hypercore
+	$(BIN)/python -m pytest --ignore=tests/hypercore
+else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .revtune

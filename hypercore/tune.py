@@ -400,6 +400,10 @@ def _inputs(problem: Problem) -> dict[str, jax.Array]:
     return problem.compiled[key][0]
 
 
+# The most minibatch indices (steps x batch size, int32) drawn ahead of training: 16 MiB.
+_BATCH_TABLE_ENTRIES = 1 << 22
+
+
 def _make_objective(problem: Problem, engine: str):
     """``(learned, fixed, meta_iter, report, inputs, capacity) -> (objective, metrics)`` of one
     training run, ``inputs`` being `_inputs`: the seed and the datasets are arguments, not constants,
@@ -449,6 +453,14 @@ def _make_objective(problem: Problem, engine: str):
         if omega is not None:
             meta["omega"] = jnp.asarray(omega, dtype)
 
+        batches = None
+        if batch_size is not None and batch_size * hs.steps <= _BATCH_TABLE_ENTRIES:
+            # Every step's minibatch drawn at once, before training: the same indices as drawing
+            # each at its step (`_data.batch_indices` is a pure function of (seed, meta_iter, t)),
+            # without the random generator's small kernels in every forward and reversed step.
+            steps = jnp.arange(hs.steps, dtype=jnp.int32)
+            batches = jax.vmap(lambda t: _data.batch_indices(seed, meta_iter, t, n_train, batch_size))(steps)
+
         def net(w, meta):
             """The weights the model runs with: SGD trains a multi-task model's latent weights, which
             ``meta["sharing"]`` mixes across tasks (the L2 penalty stays on the latent ones)."""
@@ -458,7 +470,10 @@ def _make_objective(problem: Problem, engine: str):
             X = meta.get("X", X_train)  # training_data is never re-split (Problem.build)
             idx = train_rows
             if batch_size is not None:
-                idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
+                if batches is not None:
+                    idx = batches[t]
+                else:
+                    idx = _data.batch_indices(seed, meta_iter, t, n_train, batch_size)
                 idx = idx if train_rows is None else train_rows[idx]
             xb, yb = rows(X, y_train, idx)
             outputs = model.apply(net(w, meta), xb)

@@ -56,11 +56,14 @@ def _resolve(session: Session, tenant_id: str, kind: str, ref: Mapping[str, Any]
             [*field, "which"], f"must be 'best', 'last' or a meta-iteration, got {which!r:.60}"
         )
     try:
+        repository.get_job(session, tenant_id, job_id)
+    except NotFound as e:
+        raise InvalidInput([*field, "from_job"], str(e)) from None
+    try:
         meta_iter = resolve_which(session, tenant_id, job_id, str(which))
         _, rows = repository.list_hyperparameters(session, tenant_id, job_id, meta_iter=meta_iter)
     except NotFound as e:
-        where = "from_job" if "no job" in str(e).lower() else "which"
-        raise InvalidInput([*field, where], str(e)) from None
+        raise InvalidInput([*field, "which"], str(e)) from None
     except (Conflict, InvalidInput) as e:
         raise InvalidInput([*field, "which"], str(getattr(e, "msg", e))) from None
     names = [r.name for r in rows if r.name == kind or r.name.startswith(f"{kind}.")]

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, defer
 
-from jobs.errors import NotFound
+from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.models import HyperSnapshot, Job, Step
 from jobs.repository.jobs import get_job
 
@@ -290,8 +290,6 @@ def resolve_which(session: Session, tenant_id: str, job_id: str, which: str) -> 
     meta-iteration, or a ``best`` when every objective was non-finite; `NotFound`, naming what is
     stored, for a snapshot the job does not have (a job recorded before snapshot 0 and the best's
     were always kept may lack them)."""
-    from jobs.errors import Conflict, InvalidInput  # here: the module's shared imports stay as they are
-
     text = which.strip() if isinstance(which, str) else ""
     number = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 18  # no meta_iter is larger
     if text not in ("best", "last") and not number:
