@@ -62,6 +62,15 @@ def _status(service: Service, path: str, timeout_s: float) -> int | None:
         return None
 
 
+def _fresh(service: Service, method: str, path: str, **kwargs) -> httpx.Response:
+    """One request on a new connection, as a new client makes it. The shared client's pooled
+    connection sits idle across a freeze, and a server whose event loop the freeze's load delays
+    may close it for keep-alive just as a request goes out on it (httpx then reports "Server
+    disconnected"): a race of the test's connection pool, not an answer of the API."""
+    with httpx.Client(base_url=service.url, headers=service.http.headers) as client:
+        return client.request(method, path, **kwargs)
+
+
 def _timed(call):
     start = time.monotonic()
     try:
@@ -83,7 +92,7 @@ def test_readyz_is_503_within_its_deadline_while_the_broker_is_frozen_and_200_af
     _ready_again(service)
     with frozen(private_redis):
         time.sleep(READINESS_CACHE_S)  # the 200 cached just before the freeze may be reused until then
-        reply, took = _timed(lambda: service.http.get("/readyz", timeout=20))
+        reply, took = _timed(lambda: _fresh(service, "GET", "/readyz", timeout=20))
         assert not isinstance(reply, Exception), f"/readyz gave no answer within {took:.1f} s"
         assert reply.status_code == 503, reply.text
         assert reply.json() == {"ready": False, "database": "ok", "broker": "unavailable"}
@@ -119,7 +128,7 @@ def test_a_storm_of_readiness_probes_leaves_the_other_routes_their_threads(servi
             for thread in storm:
                 thread.start()
             time.sleep(3.0)  # every probe has been sent (and, on a thread-per-probe API, timed out) twice
-            reply, took = _timed(lambda: service.http.get(f"/v1/jobs/{job_id}", timeout=20))
+            reply, took = _timed(lambda: _fresh(service, "GET", f"/v1/jobs/{job_id}", timeout=20))
         finally:
             stop.set()
             for thread in storm:
@@ -146,13 +155,13 @@ def test_a_submit_while_the_broker_is_frozen_is_201_and_the_reaper_enqueues_it_a
     _ready_again(service)
     with frozen(private_redis):
         reply, took = _timed(
-            lambda: service.http.post("/v1/jobs", json=tiny_spec("during-the-freeze"), timeout=30)
+            lambda: _fresh(service, "POST", "/v1/jobs", json=tiny_spec("during-the-freeze"), timeout=30)
         )
         assert not isinstance(reply, Exception), f"POST /v1/jobs gave no answer within {took:.1f} s"
         assert reply.status_code == 201, reply.text
         assert took < 6.0, f"POST /v1/jobs took {took:.1f} s with the broker frozen"
         job_id = reply.json()["id"]
-        job, _ = _timed(lambda: service.http.get(f"/v1/jobs/{job_id}", timeout=10))
+        job, _ = _timed(lambda: _fresh(service, "GET", f"/v1/jobs/{job_id}", timeout=10))
         assert not isinstance(job, Exception) and job.json()["status"] == "queued"
     _ready_again(service)
     assert service.job(job_id)["status"] == "queued", "nobody claimed it: no worker runs here"
