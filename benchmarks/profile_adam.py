@@ -29,8 +29,8 @@ import hypercore
 SKIP = ("ThunkExecutor", "$")  # the executor's own spans and Python frames, which contain the ops
 
 
-def profile(fn, args, runs: int) -> collections.Counter:
-    """Microseconds per kernel name, summed over ``runs`` calls of the compiled ``fn``."""
+def trace_events(fn, args, runs: int) -> list[dict]:
+    """The profiler's trace events of ``runs`` calls of the compiled ``fn`` (after one warm-up call)."""
     jax.block_until_ready(fn(*args))
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
@@ -38,9 +38,13 @@ def profile(fn, args, runs: int) -> collections.Counter:
             jax.block_until_ready(fn(*args))
         jax.profiler.stop_trace()
         [path] = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)
-        events = json.load(gzip.open(path))["traceEvents"]
+        return json.load(gzip.open(path))["traceEvents"]
+
+
+def profile(fn, args, runs: int) -> collections.Counter:
+    """Microseconds per kernel name, summed over ``runs`` calls of the compiled ``fn``."""
     total: collections.Counter = collections.Counter()
-    for e in events:
+    for e in trace_events(fn, args, runs):
         if e.get("ph") == "X" and not e["name"].startswith(SKIP) and e["name"] != "while":
             total[e["name"]] += e.get("dur", 0)
     return total

@@ -66,15 +66,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +80,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import make_problem, plain_training  # noqa: E402
+from profile_adam import trace_events  # noqa: E402
 
 import hypercore  # noqa: E402
 from hypercore import _fixed  # noqa: E402
@@ -345,16 +343,8 @@ def classify(module: Module, name: str) -> str:
 
 def kernel_times(compiled, args, runs: int) -> dict[str, list[float]]:
     """Microseconds of every execution of every kernel (HLO instruction name) over ``runs`` calls."""
-    jax.block_until_ready(compiled(*args))
-    with tempfile.TemporaryDirectory() as tmp:
-        jax.profiler.start_trace(tmp)
-        for _ in range(runs):
-            jax.block_until_ready(compiled(*args))
-        jax.profiler.stop_trace()
-        [path] = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)
-        events = json.load(gzip.open(path))["traceEvents"]
     times: dict[str, list[float]] = collections.defaultdict(list)
-    for e in events:
+    for e in trace_events(compiled, args, runs):
         op = e.get("args", {}).get("hlo_op") if e.get("ph") == "X" else None
         if op and not e["name"].startswith("end:"):
             times[op].append(e.get("dur", 0.0))
