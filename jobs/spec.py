@@ -440,6 +440,13 @@ def model_size_problems(
     return out
 
 
+def built_model_problems(data: dict[str, Any], limits: SpecLimits, problem: Any) -> list[rules.Problem]:
+    """`model_size_problems` counted on a built `hypercore.Problem` (its model's arrays, its dataset):
+    what a worker checks of a plugin model before it runs the job, and `revtune run` before a local run."""
+    shapes = {name: tuple(int(d) for d in shape) for name, shape in problem.model.shapes.items()}
+    return model_size_problems(data, limits, DatasetShape.of_loaded(problem.dataset), shapes)
+
+
 def _memory_problems(data: dict[str, Any], limits: SpecLimits, shape: DatasetShape) -> list[rules.Problem]:
     """The job's estimated peak memory in the worker (`hypercore.budget`) against the limit, refused
     on the field that drives the largest part of it."""

@@ -485,9 +485,10 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("dataset.id: a spec on an uploaded dataset runs locally with --dataset FILE.npz")
     _validate_locally(spec, dataset)
     try:
-        problem = problem_from_spec(spec, dataset=dataset)
+        problem = problem_from_spec(spec, dataset=dataset, plugins=_spec_plugin(spec))
     except ConfigError as e:
         raise CommandError(f"invalid spec {args.file}: {e}") from e
+    _check_built_model(spec, problem)
     (out / "hyperparameters").mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     bar = None if args.quiet else ProgressBar(problem.iterations)
@@ -565,6 +566,45 @@ def _validate_locally(spec: dict[str, Any], dataset: Any) -> dict[str, Any]:
         return validate_spec(spec, Settings().limits, resolve_dataset=resolve).to_dict()
     except SpecError as e:
         raise CommandError(f"invalid spec: {e}") from e
+
+
+def _spec_plugin(spec: dict[str, Any]) -> dict[str, Any]:
+    """The installed model plugin a ``kind: plugin`` spec names, loaded (`hypercore.plugins.load`).
+
+    A local run needs no ``REVTUNE_MODEL_PLUGINS``: that allow-list says which installed code a
+    service's workers may run for its users, and here the code and the user are the same. Installed
+    is what counts, as for a worker."""
+    from hypercore.families import PLUGIN_KIND
+    from hypercore.plugins import installed, load
+
+    model = spec.get("model") or {}
+    if model.get("kind") != PLUGIN_KIND:
+        return {}
+    name = model.get("name")
+    available = installed()
+    if name not in available:
+        known = ", ".join(sorted(available)) or "none"
+        raise CommandError(
+            f"invalid spec: model.name: the model plugin {name!r} is not installed in this Python "
+            f"environment (installed: {known}); install its package here, as on a worker"
+        )
+    return load([name])
+
+
+def _check_built_model(spec: dict[str, Any], problem: Any) -> None:
+    """A plugin model's weights and hyperparameters against the server's limits, as a worker counts
+    them once the model is built (`jobs.spec.built_model_problems`); a built-in model's were checked
+    with the spec."""
+    from hypercore.families import PLUGIN_KIND
+    from jobs.settings import Settings
+    from jobs.spec import built_model_problems
+
+    if (spec.get("model") or {}).get("kind") != PLUGIN_KIND:
+        return
+    found = built_model_problems(spec, Settings().limits, problem)
+    if found:
+        loc, message = found[0]
+        raise CommandError(f"invalid spec: {'.'.join(map(str, loc))}: {message}")
 
 
 def _slug(name: str) -> str:

@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session
 
 from hypercore import plugins
 from hypercore.arrays import DataError, dataset_from_npz, read_npz
-from hypercore.families import PLUGIN_KIND, DatasetShape
+from hypercore.families import PLUGIN_KIND
 from hypercore.hyper import ConfigError, HyperValue
 from hypercore.meta import MetaDivergedError
 from hypercore.spec import problem_from_spec
@@ -72,7 +72,7 @@ from jobs.db import session_factory
 from jobs.models import Job
 from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
 from jobs.settings import Settings, get_settings
-from jobs.spec import model_size_problems
+from jobs.spec import built_model_problems
 from jobs.states import Status
 from worker import health
 from worker.enqueue import EnqueueError, enqueue_job
@@ -220,8 +220,7 @@ def _plugin_gone(name: str) -> JobInputError:
 def _check_plugin_sizes(spec: dict, problem: Problem, settings: Settings) -> None:
     """A plugin model's weights and hyperparameters against the server's limits, which the API could
     not count without the model (`jobs.spec.model_size_problems`)."""
-    shapes = {name: tuple(int(d) for d in shape) for name, shape in problem.model.shapes.items()}
-    found = model_size_problems(spec, settings.limits, DatasetShape.of_loaded(problem.dataset), shapes)
+    found = built_model_problems(spec, settings.limits, problem)
     if found:
         loc, message = found[0]
         raise JobInputError(f"{'.'.join(map(str, loc))}: {message}")
