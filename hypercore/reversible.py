@@ -207,18 +207,25 @@ class _Layout:
 
 
 def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
-    """A uint64 hash of the exact bits of a gradient: ``sum_i bits_i * k_i mod 2**64`` with distinct
-    odd multipliers ``k_i``, so any change of a single element changes it, and several changes
-    cancel only by a 2**-64 coincidence."""
+    """A uint64 hash of the exact bits of a gradient: ``sum_ij bits_ij * r_i * c_j mod 2**64``, with
+    each leaf seen as a matrix (its last axis the columns) and distinct odd multipliers ``r_i`` per
+    row and ``c_j`` per column, so any change of a single element changes it, and several changes
+    cancel only by a 2**-64 coincidence.
+
+    Multipliers per row and per column, not one per element: the per-element ones were a constant
+    as large as the weights that every step read from memory; these stay in cache."""
     total = jnp.zeros((), jnp.uint64)
     for leaf, g in enumerate(g_leaves):
-        g = jnp.ravel(g)
+        g = jnp.reshape(g, (-1, g.shape[-1])) if g.ndim >= 2 else jnp.reshape(g, (1, -1))
         uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
         bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
-        k = jnp.arange(g.size, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(
+        rows, cols = g.shape
+        c = jnp.arange(cols, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(1)
+        r = jnp.arange(rows, dtype=jnp.uint64) * jnp.uint64((0xD6E8FEB86659FD93 * 2) % 2**64) + jnp.uint64(
             2 * leaf + 1
         )
-        total = total + jnp.sum(bits * k, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
+        per_row = jnp.sum(bits * c, axis=1, dtype=jnp.uint64)
+        total = total + jnp.sum(per_row * r, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
     return total
 
 
@@ -476,7 +483,13 @@ class _Forward(NamedTuple):
 
 
 def _all(xs: list[jax.Array]) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(x) for x in xs]))
+    """True iff every element of every array is. Arrays of one shape (a step's checks on one weight
+    array) are combined elementwise first, so that they cost one reduction, not one each."""
+    by_shape: dict[tuple[int, ...], jax.Array] = {}
+    for x in xs:
+        shape = jnp.shape(x)
+        by_shape[shape] = by_shape[shape] & x if shape in by_shape else x
+    return jnp.all(jnp.stack([jnp.all(x) for x in by_shape.values()]))
 
 
 def _carried(buf: Buffer) -> Buffer:
