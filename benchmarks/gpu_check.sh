@@ -2,13 +2,15 @@
 # GPU check for revtune's engine: exact reversal and a short tuning job on the accelerator.
 #
 # Runs from the repository root (any working directory is fine: it cd's there) with .venv/bin/python
-# if present, else python3. Needs no network. Steps:
+# if present, else python3, which needs the dev and bench extras (`.venv/bin/pip install -e '.[dev,bench]'`:
+# equinox and optax for the grid's and AdamW's baselines), installed before, since it needs no network. Steps:
 #   1. the device JAX sees (jax.devices()) and XLA_FLAGS (hypercore adds --xla_gpu_deterministic_ops=true);
 #   2. the engine grid (benchmarks/engine_grid.py) at GPU sizes, its CNN cells (--models cnn) apart
 #      with their own time budget, asserting that every reversible cell that ran reversed exactly and
-#      gave finite hypergradients, the paper-net engine benchmark (benchmarks/engine.py) at T = 1000, and
-#      the integer against the float division by gamma's numerator (benchmarks/division.py, T = 100:
-#      64-bit integer division is a software routine on a GPU);
+#      gave finite hypergradients, the paper-net engine benchmark (benchmarks/engine.py) at T = 1000,
+#      exact reversible AdamW on the same net (benchmarks/engine_adam.py, T = 1000: exact reversal and
+#      finite hypergradients asserted), and the integer against the float division by gamma's numerator
+#      (benchmarks/division.py, T = 100: 64-bit integer division is a software routine on a GPU);
 #   3. a short tuning job (template lr-schedule-mnist, a few meta-iterations), asserting every
 #      meta-iteration reversed exactly, and that the hypergradient is bit-identical when recomputed
 #      (deterministic ops);
@@ -19,7 +21,7 @@
 #   benchmarks/gpu_check.sh --quick    # small size (also GPU_CHECK_QUICK=1), for a CPU: a few minutes
 #
 # Output: benchmarks/out/gpu_check/{engine.json,engine.png,engine_cnn.json,engine_cnn.png,engine_paper_net.json,
-#   division.json,tune.json}
+#   engine_adam.json,division.json,tune.json}
 # (or $OUT/gpu_check if $OUT is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ if [ "$QUICK" = "1" ]; then
   ENGINE_ARGS=(--sizes 1e4 --steps 100 300 --repeats 1 --mem-limit-gb 2 --max-cell-s 20 --time-budget-s 150)
   CNN_ARGS=(--models cnn --steps 100 --repeats 1 --mem-limit-gb 2 --max-cell-s 20 --time-budget-s 120)
   PAPER_ARGS=(--steps 100 --repeats 1)
+  ADAM_ARGS=(--steps 100 --repeats 1)
   TUNE_ITERS=3
   TUNE_TRAIN=600
 else
@@ -46,13 +49,19 @@ else
   CNN_ARGS=(--models cnn --steps 1000 10000 --batch 200 --repeats 3 --mem-limit-gb 60
             --max-cell-s 30 --time-budget-s 120)
   PAPER_ARGS=(--steps 1000 --repeats 5)
+  ADAM_ARGS=(--steps 1000 --repeats 3)
   TUNE_ITERS=10
   TUNE_TRAIN=3000
 fi
 
 echo "== gpu_check: python $PY, quick=$QUICK, started $(date -u +%H:%M:%S) UTC"
 "$PY" - <<'EOF'
+import importlib.util
 import os
+import sys
+missing = [m for m in ("equinox", "optax") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"gpu_check: {', '.join(missing)} not installed: .venv/bin/pip install -e '.[dev,bench]' first")
 import hypercore  # noqa: F401  (sets the deterministic-ops flag, turns on x64)
 import jax
 print("devices:", jax.devices(), "| backend:", jax.default_backend(), "| jax", jax.__version__)
@@ -67,6 +76,9 @@ echo "== engine grid, CNN cells: ${CNN_ARGS[*]}"
 
 echo "== engine on the paper's MNIST net: ${PAPER_ARGS[*]}"
 "$PY" benchmarks/engine.py "${PAPER_ARGS[@]}" --out "$OUT_DIR/engine_paper_net.json"
+
+echo "== exact reversible AdamW on the paper's MNIST net: ${ADAM_ARGS[*]}"
+"$PY" benchmarks/engine_adam.py "${ADAM_ARGS[@]}" --out "$OUT_DIR/engine_adam.json"
 
 echo "== the division by gamma's numerator: integer against float (T = 100)"
 "$PY" benchmarks/division.py --steps 100 --repeats 5 --out "$OUT_DIR/division.json"
@@ -99,6 +111,11 @@ for r in ran + ran_cnn:
     assert r["grad_finite"] is True, f"non-finite hypergradient: {what}"
 paper = json.load(open(f"{out_dir}/engine_paper_net.json"))
 assert all(r["reversal_exact"] is True for r in paper), "paper-net reversal not exact"
+adam = json.load(open(f"{out_dir}/engine_adam.json"))
+assert adam, "no reversible AdamW cell ran"
+for r in adam:
+    assert r["reversal_exact"] is True, f"AdamW reversal not exact at T={r['T']}"
+    assert r["hypergradients_finite"] is True, f"non-finite AdamW hypergradient at T={r['T']}"
 
 spec = templates.get("lr-schedule-mnist")
 spec["dataset"]["train"] = n_train
@@ -147,6 +164,12 @@ for r in paper:
     print(
         f"| paper net T={r['T']}: memory stored/reversible, (fwd+bwd)/plain | "
         f"{r['mem_stored'] / r['mem_reversible']:.0f}x, {r['time_ratio']:.2f}x |"
+    )
+for r in adam:
+    ratio = f"{r['time_ratio']:.2f}x" if "time_ratio" in r else "-"
+    print(
+        f"| AdamW, paper net T={r['T']}: memory stored/reversible, (fwd+bwd)/plain optax.adamw | "
+        f"{r['mem_stored'] / r['mem_reversible']:.0f}x, {ratio} |"
     )
 print(f"| tuning meta-iterations exact | {len(records)} of {len(records)} ({tune_s:.1f} s in all) |")
 print(f"| hypergradient bit-identical on recompute | {identical} |")
