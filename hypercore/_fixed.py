@@ -18,7 +18,9 @@ section 3; HIPS/hypergrad ``exact_rep.py``), without Python big integers:
   ``B * D + r`` could pass ``2**64``), every head spills its low 32 bits, in lock-step, into a
   *stack* of 32-bit slots packed two per ``uint64`` word, and the step's spill flag is recorded.
   The reverse pass un-spills exactly where the flags say, so no reverse decision depends on data
-  that could differ.
+  that could differ. When every weight array has one gamma per step (shared or per-array
+  schedules), the test reads a scalar upper bound on the heads that the numerators alone decide,
+  not the heads, so the spills depend on the gammas only.
 
 The stack's capacity is a static shape, but the gammas that decide its growth are traced (they are
 being learned), so the caller supplies the capacity; `capacity_for` derives it from a lower bound on
@@ -103,13 +105,16 @@ class Buffer(NamedTuple):
     ``heads``: uint64 arrays shaped like the leaves. ``stacks``: uint64 ``(W, *leaf.shape)``; slot
     ``k`` lives in word ``k // 2``, bits ``32 * (k % 2)`` and up. ``used``: int32, slots in use (the
     same for every parameter: spills are in lock-step). ``overflow``: bool, a spill found the stack
-    full (the state is then no longer invertible).
+    full (the state is then no longer invertible). ``bound``: float64, an upper bound on every head,
+    which `mul_gamma` keeps when each leaf's numerator is one number (a shared or per-array gamma),
+    so that the spill test reads no head (see `maybe_spill`).
     """
 
     heads: list[jax.Array]
     stacks: list[jax.Array]
     used: jax.Array
     overflow: jax.Array
+    bound: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
@@ -127,6 +132,7 @@ def empty_buffer(shapes: list[tuple[int, ...]], capacity: int) -> Buffer:
         stacks=[jnp.zeros((words, *s), _U64) for s in shapes],
         used=jnp.zeros((), jnp.int32),
         overflow=jnp.zeros((), jnp.bool_),
+        bound=jnp.zeros((), jnp.float64),
     )
 
 
@@ -150,8 +156,8 @@ def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, lis
     """Apply ``one`` (spill or unspill) to every leaf at slot ``k`` if ``do``.
 
     Branch-free: one row of each stack is read, selected and written back in place every step, O(N).
-    A ``lax.cond`` carrying the stacks looks cheaper (spills are rare) but inside the scan XLA copies
-    its operands, which made every step O(N * capacity).
+    (`maybe_spill` puts it behind a branch on a CPU; a reverse scan reads the stacks instead, see
+    `unspill`.)
     """
     word, shift = _slot_position(k)
     heads, stacks = [], []
@@ -163,16 +169,50 @@ def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, lis
     return heads, stacks
 
 
-def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT) -> tuple[Buffer, jax.Array]:
+def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT, *, by_bound: bool = False) -> tuple[Buffer, jax.Array]:
     """Spill every head's low 32 bits onto the stack if any head has reached ``limit`` (SGD's
-    ``HEAD_LIMIT``, below which a 16-bit push fits; `hypercore.adam` passes its own)."""
-    limit = jnp.asarray(limit, _U64)
-    spill = jnp.any(jnp.stack([jnp.any(h >= limit) for h in buf.heads]))
+    ``HEAD_LIMIT``, below which a 16-bit push fits; `hypercore.adam` passes its own).
+
+    ``by_bound``: test ``buf.bound``, an upper bound on every head, instead of every head: no pass
+    over the heads, and never a later spill than the heads would give. `capacity_for` sizes the
+    stack for this very bound, so the spills still fit; the reverse pass follows the recorded flags
+    either way.
+    """
+    if by_bound:
+        spill = buf.bound >= float(limit)
+    else:
+        limit_u = jnp.asarray(limit, _U64)
+        spill = jnp.any(jnp.stack([jnp.any(h >= limit_u) for h in buf.heads]))
     full = buf.used >= buf.capacity
     do = spill & ~full
-    heads, stacks = _move_slot(buf, do, jnp.minimum(buf.used, buf.capacity - 1), _spill_one)
-    used = buf.used + do.astype(jnp.int32)
-    return Buffer(heads, stacks, used, buf.overflow | (spill & full)), spill
+    heads, stacks = _spill_if(buf, do, jnp.minimum(buf.used, buf.capacity - 1))
+    bound = jnp.where(do, jnp.floor(buf.bound * 2.0**-SLOT_BITS), buf.bound) if by_bound else buf.bound
+    return buf._replace(
+        heads=heads,
+        stacks=stacks,
+        used=buf.used + do.astype(jnp.int32),
+        overflow=buf.overflow | (spill & full),
+        bound=bound,
+    ), spill
+
+
+def _spill_if(buf: Buffer, do: jax.Array, k: jax.Array) -> tuple[list, list]:
+    """`_move_slot` with `_spill_one` at slot ``k`` if ``do``. On a CPU behind a ``lax.cond``: a spill
+    comes every ``32 / log2(1 / gamma)`` steps or so, and the branch skips reading, selecting and
+    writing back a stack row per weight on the steps between (the forward scan updates the stacks in
+    place either way, whatever the capacity). Elsewhere branch-free: a GPU's conditional reads its
+    predicate on the host, a wait in every step."""
+
+    def select(heads, stacks):
+        return _move_slot(buf._replace(heads=heads, stacks=stacks), do, k, _spill_one)
+
+    def branch(heads, stacks):
+        def spill(hs):
+            return _move_slot(buf._replace(heads=hs[0], stacks=hs[1]), jnp.bool_(True), k, _spill_one)
+
+        return jax.lax.cond(do, spill, lambda hs: hs, (heads, stacks))
+
+    return jax.lax.platform_dependent(list(buf.heads), list(buf.stacks), cpu=branch, default=select)
 
 
 def unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array] | None = None) -> Buffer:
@@ -194,7 +234,12 @@ def unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array] | None = No
             for h, s in zip(buf.heads, stacks, strict=True)
         ]
         stacks = buf.stacks
-    return Buffer(heads, stacks, buf.used - do.astype(jnp.int32), buf.overflow | (spilled & ~do))
+    return buf._replace(
+        heads=heads,
+        stacks=stacks,
+        used=buf.used - do.astype(jnp.int32),
+        overflow=buf.overflow | (spilled & ~do),
+    )
 
 
 def divmod_unsigned(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -220,9 +265,15 @@ def divmod_signed(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
 def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[list, Buffer, jax.Array]:
     """Exactly ``v <- v * n / D`` for every leaf, the lost bits going into the buffer.
 
-    Returns ``(vs, buf, spilled)``. ``ns`` are int64 numerators broadcastable to the leaves.
+    Returns ``(vs, buf, spilled)``. ``ns`` are int64 numerators broadcastable to the leaves. Where
+    each is one number, ``buf.bound`` follows the heads (``h' = floor((h D + r) / n) < (h + 1) D / n``)
+    and decides the spill.
     """
-    buf, spilled = maybe_spill(buf)
+    by_bound = buf.bound is not None and all(jnp.ndim(n) == 0 for n in ns)
+    buf, spilled = maybe_spill(buf, by_bound=by_bound)
+    if by_bound:  # rounded up past float64's relative error (a few 2**-53) by the factor
+        rho = D / jnp.min(jnp.stack(ns)).astype(jnp.float64)
+        buf = buf._replace(bound=(buf.bound + 1.0) * rho * (1.0 + 2.0**-50))
     out_v, out_h = [], []
     for v, n, head in zip(vs, ns, buf.heads, strict=True):
         r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)

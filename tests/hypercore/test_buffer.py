@@ -95,6 +95,83 @@ def test_small_gammas_spill_and_restore():
     assert np.array_equal(np.asarray(v_back), np.asarray(v0))
 
 
+@functools.cache
+def _roundtrip_by_bound():
+    """As `_roundtrip`, with one numerator per leaf and step (a shared or per-array gamma): the spill
+    is decided on ``buf.bound``. Also returns every step's heads and bound before the push."""
+
+    @jax.jit
+    def run(v0, numerators):
+        buf = _fixed.empty_buffer([(N // 2,), (N // 2,)], CAPACITY)
+
+        def fwd(carry, n):
+            v, buf = carry
+            v, buf, spilled = _fixed.mul_gamma(v, [n[0], n[1]], buf)
+            return (v, buf), (spilled, jnp.concatenate(buf.heads), buf.bound)
+
+        v_start = [v0[: N // 2], v0[N // 2 :]]
+        (v, buf), (spills, heads, bounds) = jax.lax.scan(fwd, (v_start, buf), numerators)
+
+        def bwd(carry, xs):
+            v, buf = carry
+            n, spilled = xs
+            return _fixed.div_gamma(v, [n[0], n[1]], buf, spilled), None
+
+        (v_back, buf_back), _ = jax.lax.scan(bwd, (v, buf), (numerators, spills), reverse=True)
+        return jnp.concatenate(v_back), buf_back, buf.used, spills, buf.overflow, heads, bounds
+
+    return run
+
+
+numerator_pairs = st.lists(
+    st.lists(st.integers(1, _fixed.D), min_size=2, max_size=2), min_size=STEPS, max_size=STEPS
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(v0=velocities, numerators=numerator_pairs)
+def test_the_head_bound_bounds_every_head_and_spills_in_time(v0, numerators):
+    """With one numerator per leaf the spill test reads ``buf.bound``, not the heads: the bound is at
+    or above every head after each step, so no head reaches 2**48 before a push, and the round trip
+    is exact whenever the stack held."""
+    v0 = jnp.asarray(v0, jnp.int64)
+    v_back, buf, used, spills, overflow, heads, bounds = _roundtrip_by_bound()(v0, jnp.asarray(numerators))
+    heads = np.asarray(heads).astype(object)  # Python ints: no float rounding in the comparison
+    bounds = np.asarray(bounds)
+    assert all(int(h) <= b for row, b in zip(heads, bounds, strict=True) for h in row)
+    if bool(overflow):
+        assert int(used) == CAPACITY
+        return
+    assert all(int(h) < 2**_fixed.HEAD_BITS for h in heads.ravel())
+    assert np.array_equal(np.asarray(v_back), np.asarray(v0))
+    assert not any(np.any(np.asarray(h)) for h in buf.heads) and int(buf.used) == 0
+    assert int(used) == int(np.sum(np.asarray(spills)))
+
+
+def test_the_bound_decides_spills_no_later_than_the_heads_and_within_capacity_for():
+    """Over a long run at one gamma the bound spills at least as often as the heads would, and never
+    more often than `capacity_for`, which sizes the stack, allows."""
+    steps, n = 400, _fixed.gamma_numerator(0.8)
+    numerators = jnp.full((steps, 2), n, jnp.int64)
+    v0 = jnp.asarray(np.random.default_rng(1).integers(-(2**62), 2**62, N), jnp.int64)
+
+    def count(by_bound):
+        def fwd(carry, n_row):
+            v, buf = carry
+            ns = [n_row[0], n_row[1]] if by_bound else [jnp.broadcast_to(n_row[0], (N // 2,))] * 2
+            v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
+            return (v, buf), spilled
+
+        buf = _fixed.empty_buffer([(N // 2,), (N // 2,)], 64)
+        (_, buf), _ = jax.lax.scan(fwd, ([v0[: N // 2], v0[N // 2 :]], buf), numerators)
+        return int(buf.used), bool(buf.overflow)
+
+    (by_bound, o1), (by_heads, o2) = count(True), count(False)
+    assert not o1 and not o2
+    assert by_heads <= by_bound <= _fixed.capacity_for(steps, 0.8, bucket=False)
+    assert by_bound >= 1
+
+
 @pytest.mark.parametrize("x", [0.0, 1.5, -1.5, -(2.0**-48), 1234.5678, -16383.0])
 def test_fixed_point_round_trip(x):
     i, ok = _fixed.to_fixed(jnp.asarray(x))
