@@ -11,6 +11,8 @@ reports whether the two engines' hypergradients are bit-identical and how far ap
 
     .venv/bin/python benchmarks/engine_ab.py --base 154958a                        # paper net, 1e5, 1e4
     .venv/bin/python benchmarks/engine_ab.py --base 154958a --steps 1000 --cells paper 1e5
+    .venv/bin/python benchmarks/engine_ab.py --base 154958a --optimizer adamw --cells paper \
+        --out docs/figures/engine_ab_adamw.json     # reversible_adam against optax.adamw (engine_adam.py)
     # writes docs/figures/engine_ab.json unless --out says otherwise
 """
 
@@ -66,20 +68,36 @@ def fastest(fn, args, runs=3) -> float:
     return best
 
 
-def cell(name: str, T: int, gamma: float, rounds: int, engines: dict) -> dict:
+def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer: str = "sgd") -> dict:
     layers, batch = CELLS[name]
     loss, valid, w0 = make_problem(layers=layers, batch=batch)
-    capacity = _fixed.capacity_for(T, gamma, bucket=False)
+    if optimizer == "adamw":  # engine_adam.py's setting: lr 1e-3, b1 0.9, b2 0.999, wd 0.1
+        from engine_adam import adamw_scan
 
-    def meta_grad(module):
-        def f(alphas, gammas):
-            return valid(module.reversible_sgd(loss, w0, {}, alphas, gammas, capacity=capacity))
+        values = (1e-3, 0.9, 0.999, 0.1)
+        capacity = hypercore.adam_capacity(T, 0.9, 0.999, 1.0 - 1e-3 * 0.1, bucket=False)
 
-        return jax.jit(jax.grad(f, argnums=(0, 1)))
+        def meta_grad(module):
+            def f(lrs, b1s, b2s, wds):
+                return valid(module.reversible_adam(loss, w0, {}, lrs, b1s, b2s, wds, capacity=capacity))
 
+            return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))
+
+        plain = jax.jit(adamw_scan(loss, w0, T))
+    else:
+        values = (ALPHA, gamma)
+        capacity = _fixed.capacity_for(T, gamma, bucket=False)
+
+        def meta_grad(module):
+            def f(alphas, gammas):
+                return valid(module.reversible_sgd(loss, w0, {}, alphas, gammas, capacity=capacity))
+
+            return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+        plain = plain_training(loss, w0, T)
     fns = {label: meta_grad(module) for label, module in engines.items()}
-    fns["plain"] = plain_training(loss, w0, T)
-    args = (jnp.full((T,), ALPHA), jnp.full((T,), gamma))
+    fns["plain"] = plain
+    args = tuple(jnp.full((T,), x, jnp.float64) for x in values)
     grads = {label: fn(*args) for label, fn in fns.items() if label != "plain"}
     jax.block_until_ready(fns["plain"](*args))
     best = {label: float("inf") for label in fns}
@@ -90,10 +108,11 @@ def cell(name: str, T: int, gamma: float, rounds: int, engines: dict) -> dict:
     rel = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in zip(base, head, strict=True))
     row = {
         "cell": name,
+        "optimizer": optimizer,
         "layers": layers,
         "batch": batch,
         "T": T,
-        "gamma": gamma,
+        "gamma": gamma if optimizer == "sgd" else None,
         "capacity_slots": capacity,
         "ms_per_step": {label: 1e3 * t / T for label, t in best.items()},
         "base_over_plain": best["base"] / best["plain"],
@@ -104,7 +123,7 @@ def cell(name: str, T: int, gamma: float, rounds: int, engines: dict) -> dict:
     }
     ms = row["ms_per_step"]
     print(
-        f"{name} T={T}: base {ms['base']:.3f} ms/step ({row['base_over_plain']:.2f}x plain), "
+        f"{name} {optimizer} T={T}: base {ms['base']:.3f} ms/step ({row['base_over_plain']:.2f}x plain), "
         f"head {ms['head']:.3f} ({row['head_over_plain']:.2f}x), speedup {row['speedup']:.3f}, "
         f"bit-identical {row['bit_identical']}, max relative difference {rel:.1e}",
         flush=True,
@@ -119,7 +138,13 @@ def main():
     parser.add_argument("--base", required=True, help="the git revision to compare against (e.g. 154958a)")
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--steps", type=int, nargs="+", default=[100])
-    parser.add_argument("--gamma", type=float, default=0.9)
+    parser.add_argument("--gamma", type=float, default=0.9, help="SGD with momentum's gamma")
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="reversible_sgd against plain SGD with momentum, or reversible_adam against optax.adamw",
+    )
     parser.add_argument(
         "--rounds", type=int, default=7, help="rounds of 3 runs per function; the fastest counts"
     )
@@ -130,7 +155,11 @@ def main():
     ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         engines = {"base": import_base(args.base, Path(tmp)), "head": hypercore}
-        rows = [cell(name, T, args.gamma, args.rounds, engines) for T in args.steps for name in args.cells]
+        rows = [
+            cell(name, T, args.gamma, args.rounds, engines, args.optimizer)
+            for T in args.steps
+            for name in args.cells
+        ]
     out = {
         "base": args.base,
         "head": head_rev,

@@ -82,13 +82,17 @@ A pop-then-push at most doubles a head and adds ``2**24``, so a head below ``2**
 ``2**63`` before each of them and below ``2**64`` after the last; all heads spill their low 32 bits
 in lock-step (`hypercore._fixed.maybe_spill` with that limit) when one reaches it, the flag is
 recorded per step, and the reverse pass reads the forward stacks read-only
-(`hypercore._fixed.unspill`). Sharing the head is what brings the buffer near the information
-bound: separate heads for ``v`` and ``w`` would each hold 64 bits whatever they store (at
-``b2 = 0.999`` about 1.4 bits per 1000 steps), and the first push into an empty head costs up to
-24 bits once per head, not once per factor. `hypercore.budget.adam_capacity` (``adam_capacity``
-here) is this scheme's bound from the smallest value of each factor: on the paper's net at
-``(0.9, 0.999)`` and ``lr wd = 1e-4`` over 1000 steps it allows 5 slots, 4 are used, and the
-buffer is 1.25 times the information bound (`benchmarks/engine_adam.py`).
+(`hypercore._fixed.unspill`). With one value per array and step for every factor (shared or
+per-array schedules) the test reads a scalar bound on the heads instead of the heads (`_head_bound`,
+the recursion `adam_capacity` is derived from), so no pass over the heads is needed.
+
+Sharing the head is what brings the buffer near the information bound: separate heads for ``v``
+and ``w`` would each hold 64 bits whatever they store (at ``b2 = 0.999`` about 1.4 bits per 1000
+steps), and the first push into an empty head costs up to 24 bits once per head, not once per
+factor. `hypercore.budget.adam_capacity` (``adam_capacity`` here) is this scheme's bound from the
+smallest value of each factor: on the paper's net at ``(0.9, 0.999)`` and ``lr wd = 1e-4`` over 1000
+steps it allows 5 slots, 4 are used, and the buffer is 1.25 times the information bound
+(`benchmarks/engine_adam.py`, measured before the spill test read the bound).
 
 Determinism: ``u = mhat / (sqrt(vhat) + eps)`` is computed by one function (`_direction`) from the
 restored integers and the same float64 hyperparameters in both passes, with no multiply feeding an
@@ -309,6 +313,19 @@ def _unpush(head: jax.Array) -> tuple[jax.Array, jax.Array]:
     )
 
 
+def _head_bound(bound: jax.Array, factors: list[list[tuple[jax.Array, jax.Array]]]) -> jax.Array:
+    """An upper bound on every head after a step's pop-then-push multiplications, from one on every
+    head before them (`hypercore._fixed.Buffer.bound`). `mul_beta` leaves a head below
+    ``B 2**24 / n + 2**24``, so ``k`` factors with numerators of at least ``2**23`` leave it below
+    ``rho B + (2**k - 1) 2**24``, ``rho`` the product of ``2**24 / n`` at each factor's smallest
+    numerator: the recursion `hypercore.budget.adam_capacity` sizes the stack for. Rounded up past
+    float64's relative error (a few ``2**-53``) by the last factor."""
+    rho = jnp.float64(1.0)
+    for numerators in factors:
+        rho = rho * (DB / jnp.min(jnp.stack([n for n, _ in numerators])).astype(jnp.float64))
+    return (bound * rho + float((2 ** len(factors) - 1) * DB)) * (1.0 + 2.0**-50)
+
+
 def mul_beta(x: jax.Array, n: jax.Array, inv: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exactly ``x <- x * n / 2**24`` (error below one unit) with the head ``B``: pop ``s = B mod n``,
     ``X = x n + s``, ``x <- X div 2**24``, push ``X mod 2**24``. Needs int64 ``|x| < 2**62``,
@@ -470,7 +487,11 @@ class Adam:
     def forward_step(self, w, state, buf, g, hyper):
         m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
-        buf, spilled = _fixed.maybe_spill(buf, 1 << adam_spill_bits(self.factors))
+        nfs = self._numerators(hyper[5], decay_numerator) if self.weight_decay else None
+        factors = [n1, n2] if nfs is None else [n1, n2, nfs]
+        # One number per array and step for every factor: the spill test reads a bound, not the heads.
+        by_bound = buf.bound is not None and all(jnp.ndim(n) == 0 for f in factors for n, _ in f)
+        buf, spilled = _fixed.maybe_spill(buf, 1 << adam_spill_bits(self.factors), by_bound=by_bound)
         heads = list(buf.heads)
         _, dm, dv = self._increments(g, om1, om2)
         m_new, v_new = [], []
@@ -480,9 +501,9 @@ class Adam:
             x, heads[i] = mul_beta_v((vh[i], vl[i]), *n2[i], heads[i])
             v_new.append(add_v(x, dv[i][0]))
         dws, _ = self._steps(m_new, v_new, hyper)
-        if self.weight_decay:  # w <- (n / 2**24) w exactly, the lost bits on the same heads
+        if nfs is not None:  # w <- (n / 2**24) w exactly, the lost bits on the same heads
             w = list(w)
-            for i, nf in enumerate(self._numerators(hyper[5], decay_numerator)):
+            for i, nf in enumerate(nfs):
                 w[i], heads[i] = mul_beta(w[i], *nf, heads[i])
         w = [wi - d for wi, (d, _) in zip(w, dws, strict=True)]
         checks = [
@@ -493,7 +514,8 @@ class Adam:
             *map(in_range_v, v_new),
         ]
         state = (m_new, [x[0] for x in v_new], [x[1] for x in v_new])
-        return w, state, buf._replace(heads=heads), spilled, checks
+        bound = _head_bound(buf.bound, factors) if by_bound else buf.bound
+        return w, state, buf._replace(heads=heads, bound=bound), spilled, checks
 
     def undo_weights(self, w, state, buf, hyper, spilled, stacks):
         """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping the heads);

@@ -255,6 +255,22 @@ def test_divergence_is_reported_not_crashed():
     assert bool(jnp.all(jnp.isnan(d_lr)))
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+@pytest.mark.parametrize("T", [1, 7, 40, 150])
+def test_the_head_bound_bounds_every_head_and_the_spills_fit(T, weight_decay):
+    """Shared schedules: the spill test reads the heads' bound (`hypercore.adam._head_bound`), which
+    must be at or above every head at the end, with the spills within `adam_capacity`."""
+    loss, w0, _ = make_problem()
+    lrs = jnp.full((T,), 0.01)
+    decay_min = 1.0 - 0.01 * weight_decay if weight_decay else None
+    capacity = adam_capacity(T, 0.5, 0.5, decay_min, bucket=False)
+    state = forward_state_adam(loss, w0, {}, lrs, 0.5, 0.5, weight_decay, capacity=capacity)
+    bound = float(state.buf.bound)
+    assert all(int(np.max(np.asarray(h))) <= bound for h in state.buf.heads)
+    assert not bool(state.buf.overflow) and int(state.buf.used) <= capacity
+    assert check_reversal_adam(loss, w0, {}, lrs, 0.5, 0.5, weight_decay, capacity=capacity)
+
+
 def test_capacity_bound_holds_and_overflow_is_reported():
     loss, w0, _ = make_problem()
     T = 300
