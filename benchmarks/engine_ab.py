@@ -69,6 +69,10 @@ def fastest(fn, args, runs=3) -> float:
 
 
 def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer: str = "sgd") -> dict:
+    # A fresh cache per cell: with both engines and optax in one process, a later cell's plain AdamW
+    # was once handed an earlier cell's executable (JAX 0.10.2, "supplied 4 arguments but compiled
+    # program expected 21").
+    jax.clear_caches()
     layers, batch = CELLS[name]
     loss, valid, w0 = make_problem(layers=layers, batch=batch)
     if optimizer == "adamw":  # engine_adam.py's setting: lr 1e-3, b1 0.9, b2 0.999, wd 0.1
