@@ -11,8 +11,9 @@ reports whether the two engines' hypergradients are bit-identical and how far ap
 
     .venv/bin/python benchmarks/engine_ab.py --base 154958a                        # paper net, 1e5, 1e4
     .venv/bin/python benchmarks/engine_ab.py --base 154958a --steps 1000 --cells paper 1e5
-    .venv/bin/python benchmarks/engine_ab.py --base 154958a --optimizer adamw --cells paper \
-        --out docs/figures/engine_ab_adamw.json     # reversible_adam against optax.adamw (engine_adam.py)
+    # reversible_adam against optax.adamw (engine_adam.py's setting), one cell per run:
+    .venv/bin/python benchmarks/engine_ab.py --base 154958a --optimizer adamw --cells paper --steps 100 \
+        --out docs/figures/engine_ab_adamw.json
     # writes docs/figures/engine_ab.json unless --out says otherwise
 """
 
@@ -69,10 +70,6 @@ def fastest(fn, args, runs=3) -> float:
 
 
 def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer: str = "sgd") -> dict:
-    # A fresh cache per cell: with both engines and optax in one process, a later cell's plain AdamW
-    # was once handed an earlier cell's executable (JAX 0.10.2, "supplied 4 arguments but compiled
-    # program expected 21").
-    jax.clear_caches()
     layers, batch = CELLS[name]
     loss, valid, w0 = make_problem(layers=layers, batch=batch)
     if optimizer == "adamw":  # engine_adam.py's setting: lr 1e-3, b1 0.9, b2 0.999, wd 0.1
@@ -154,6 +151,11 @@ def main():
     )
     parser.add_argument("--out", default="docs/figures/engine_ab.json")
     args = parser.parse_args()
+    if args.optimizer == "adamw" and len(args.steps) * len(args.cells) > 1:
+        # The second AdamW cell in one process failed on its second call, every time, with "Execution
+        # supplied 4 arguments but compiled program expected 21" (JAX 0.10.2; jax.clear_caches() between
+        # cells did not help; reversible_adam alone, called again and again, does not). Not understood.
+        parser.error("--optimizer adamw: one cell (one --cells, one --steps) per run")
     head_rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
