@@ -169,6 +169,18 @@ def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, lis
     return heads, stacks
 
 
+# Multiplies a newly computed head bound, so that float64's rounding (a few 2**-53, relative) can only
+# raise it: `mul_gamma`'s and `hypercore.adam._head_bound`'s.
+BOUND_MARGIN = 1.0 + 2.0**-50
+
+
+def spill_by_bound(buf: Buffer, numerators: list[jax.Array]) -> bool:
+    """Whether a step's spill test may read ``buf.bound``: the buffer keeps one and every numerator the
+    step multiplies by is one number per leaf (a shared or per-array schedule), so that a scalar
+    recursion bounds every head. Static: decided while tracing."""
+    return buf.bound is not None and all(jnp.ndim(n) == 0 for n in numerators)
+
+
 def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT, *, by_bound: bool = False) -> tuple[Buffer, jax.Array]:
     """Spill every head's low 32 bits onto the stack if any head has reached ``limit`` (SGD's
     ``HEAD_LIMIT``, below which a 16-bit push fits; `hypercore.adam` passes its own).
@@ -269,11 +281,11 @@ def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[li
     each is one number, ``buf.bound`` follows the heads (``h' = floor((h D + r) / n) < (h + 1) D / n``)
     and decides the spill.
     """
-    by_bound = buf.bound is not None and all(jnp.ndim(n) == 0 for n in ns)
+    by_bound = spill_by_bound(buf, ns)
     buf, spilled = maybe_spill(buf, by_bound=by_bound)
-    if by_bound:  # rounded up past float64's relative error (a few 2**-53) by the factor
+    if by_bound:
         rho = D / jnp.min(jnp.stack(ns)).astype(jnp.float64)
-        buf = buf._replace(bound=(buf.bound + 1.0) * rho * (1.0 + 2.0**-50))
+        buf = buf._replace(bound=(buf.bound + 1.0) * rho * BOUND_MARGIN)
     out_v, out_h = [], []
     for v, n, head in zip(vs, ns, buf.heads, strict=True):
         r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)

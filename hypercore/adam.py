@@ -318,12 +318,12 @@ def _head_bound(bound: jax.Array, factors: list[list[tuple[jax.Array, jax.Array]
     head before them (`hypercore._fixed.Buffer.bound`). `mul_beta` leaves a head below
     ``B 2**24 / n + 2**24``, so ``k`` factors with numerators of at least ``2**23`` leave it below
     ``rho B + (2**k - 1) 2**24``, ``rho`` the product of ``2**24 / n`` at each factor's smallest
-    numerator: the recursion `hypercore.budget.adam_capacity` sizes the stack for. Rounded up past
-    float64's relative error (a few ``2**-53``) by the last factor."""
+    numerator: the recursion `hypercore.budget.adam_capacity` sizes the stack for, rounded up
+    (`hypercore._fixed.BOUND_MARGIN`)."""
     rho = jnp.float64(1.0)
     for numerators in factors:
         rho = rho * (DB / jnp.min(jnp.stack([n for n, _ in numerators])).astype(jnp.float64))
-    return (bound * rho + float((2 ** len(factors) - 1) * DB)) * (1.0 + 2.0**-50)
+    return (bound * rho + float((2 ** len(factors) - 1) * DB)) * _fixed.BOUND_MARGIN
 
 
 def mul_beta(x: jax.Array, n: jax.Array, inv: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -489,8 +489,7 @@ class Adam:
         n1, n2, om1, om2 = self._terms(hyper)
         nfs = self._numerators(hyper[5], decay_numerator) if self.weight_decay else None
         factors = [n1, n2] if nfs is None else [n1, n2, nfs]
-        # One number per array and step for every factor: the spill test reads a bound, not the heads.
-        by_bound = buf.bound is not None and all(jnp.ndim(n) == 0 for f in factors for n, _ in f)
+        by_bound = _fixed.spill_by_bound(buf, [n for f in factors for n, _ in f])
         buf, spilled = _fixed.maybe_spill(buf, 1 << adam_spill_bits(self.factors), by_bound=by_bound)
         heads = list(buf.heads)
         _, dm, dv = self._increments(g, om1, om2)
