@@ -11,7 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    REVTUNE_DATA_DIR=/data
+    REVTUNE_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/var/cache/revtune-numba
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -21,10 +22,13 @@ COPY api ./api
 COPY worker ./worker
 COPY revtune ./revtune
 COPY migrations ./migrations
+# The python -c line compiles the engine's fused CPU kernels into NUMBA_CACHE_DIR, which the workers'
+# user may write to: a CPU unlike the builder's compiles its own there, once, on its first job.
 RUN pip install . \
     && if [ -n "$JAX_EXTRA" ]; then pip install "jax[$JAX_EXTRA]>=0.4.30,<0.11"; fi \
+    && python -c "from hypercore import _fused; assert _fused.available()" \
     && useradd --create-home --uid 10001 revtune \
-    && mkdir -p /data && chown revtune /data
+    && mkdir -p /data && chown -R revtune /data "$NUMBA_CACHE_DIR"
 
 USER revtune
 EXPOSE 8000

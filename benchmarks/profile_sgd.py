@@ -108,7 +108,7 @@ CELLS = {
 }
 
 GAMMA_FNS = {"mul_gamma", "div_gamma", "divmod_unsigned", "divmod_signed"}
-BUFFER_FNS = {"maybe_spill", "unspill", "_move_slot", "_spill_one", "_unspill_one", "_slot_position"}
+BUFFER_FNS = {"maybe_spill", "unspill", "_move_slot", "_spill_one", "_unspill_one", "slot_position"}
 CONVERSION_FNS = {"to_fixed", "from_fixed", "in_range"}
 INTS = ("s64", "u64")
 FLOATS = ("f16", "bf16", "f32", "f64")

@@ -136,7 +136,7 @@ def empty_buffer(shapes: list[tuple[int, ...]], capacity: int) -> Buffer:
     )
 
 
-def _slot_position(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+def slot_position(k: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k // 2, (k % 2).astype(_U64) * jnp.asarray(SLOT_BITS, _U64)
 
 
@@ -159,14 +159,17 @@ def _move_slot(buf: Buffer, do: jax.Array, k: jax.Array, one) -> tuple[list, lis
     (`maybe_spill` puts it behind a branch on a CPU; a reverse scan reads the stacks instead, see
     `unspill`.)
     """
-    word, shift = _slot_position(k)
-    heads, stacks = [], []
-    for h, s in zip(buf.heads, buf.stacks, strict=True):
-        row = jax.lax.dynamic_index_in_dim(s, word, keepdims=False)
-        moved_h, moved_row = one(h, row, shift)
-        heads.append(jnp.where(do, moved_h, h))
-        stacks.append(jax.lax.dynamic_update_index_in_dim(s, jnp.where(do, moved_row, row), word, 0))
-    return heads, stacks
+    word, shift = slot_position(k)
+    moved = [_move_leaf(h, s, word, shift, do, one) for h, s in zip(buf.heads, buf.stacks, strict=True)]
+    return [h for h, _ in moved], [s for _, s in moved]
+
+
+def _move_leaf(head, stack, word, shift, do, one):
+    row = jax.lax.dynamic_index_in_dim(stack, word, keepdims=False)
+    moved_h, moved_row = one(head, row, shift)
+    return jnp.where(do, moved_h, head), jax.lax.dynamic_update_index_in_dim(
+        stack, jnp.where(do, moved_row, row), word, 0
+    )
 
 
 # Multiplies a newly computed head bound, so that float64's rounding (a few 2**-53, relative) can only
@@ -190,6 +193,17 @@ def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT, *, by_bound: bool = False)
     stack for this very bound, so the spills still fit; the reverse pass follows the recorded flags
     either way.
     """
+    counted, spill, do, k = plan_spill(buf, limit, by_bound=by_bound)
+    heads, stacks = _spill_if(buf, do, k)
+    return counted._replace(heads=heads, stacks=stacks), spill
+
+
+def plan_spill(
+    buf: Buffer, limit: int = HEAD_LIMIT, *, by_bound: bool = False
+) -> tuple[Buffer, jax.Array, jax.Array, jax.Array]:
+    """`maybe_spill`'s decision without the move: ``(buf, spill, do, k)``, with ``buf``'s counters and
+    bound as after the spill and its heads and stacks untouched. ``spill``: the step's flag (a head
+    reached ``limit``); ``do``: the move happens (the stack has room); ``k``: the slot it fills."""
     if by_bound:
         spill = buf.bound >= float(limit)
     else:
@@ -197,15 +211,11 @@ def maybe_spill(buf: Buffer, limit: int = HEAD_LIMIT, *, by_bound: bool = False)
         spill = jnp.any(jnp.stack([jnp.any(h >= limit_u) for h in buf.heads]))
     full = buf.used >= buf.capacity
     do = spill & ~full
-    heads, stacks = _spill_if(buf, do, jnp.minimum(buf.used, buf.capacity - 1))
     bound = jnp.where(do, jnp.floor(buf.bound * 2.0**-SLOT_BITS), buf.bound) if by_bound else buf.bound
-    return buf._replace(
-        heads=heads,
-        stacks=stacks,
-        used=buf.used + do.astype(jnp.int32),
-        overflow=buf.overflow | (spill & full),
-        bound=bound,
-    ), spill
+    counted = buf._replace(
+        used=buf.used + do.astype(jnp.int32), overflow=buf.overflow | (spill & full), bound=bound
+    )
+    return counted, spill, do, jnp.minimum(buf.used, buf.capacity - 1)
 
 
 def _spill_if(buf: Buffer, do: jax.Array, k: jax.Array) -> tuple[list, list]:
@@ -227,6 +237,30 @@ def _spill_if(buf: Buffer, do: jax.Array, k: jax.Array) -> tuple[list, list]:
     return jax.lax.platform_dependent(list(buf.heads), list(buf.stacks), cpu=branch, default=select)
 
 
+def spill_leaf(head: jax.Array, stack: jax.Array, k: jax.Array, do: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One leaf's spill into slot ``k`` if ``do`` (`maybe_spill`'s move, branch-free): ``(head, stack)``."""
+    word, shift = slot_position(k)
+    return _move_leaf(head, stack, word, shift, do, _spill_one)
+
+
+def unspill_slot(buf: Buffer, spilled: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(do, k)``: whether a step whose recorded flag is ``spilled`` pops slot ``k`` back."""
+    return spilled & (buf.used > 0), jnp.maximum(buf.used - 1, 0)
+
+
+def unspill_counters(buf: Buffer, spilled: jax.Array, do: jax.Array) -> Buffer:
+    """The buffer's counters after `unspill_slot`'s pop (``overflow`` if a recorded spill finds none)."""
+    return buf._replace(used=buf.used - do.astype(jnp.int32), overflow=buf.overflow | (spilled & ~do))
+
+
+def unspill_from(head: jax.Array, stack: jax.Array, k: jax.Array, do: jax.Array) -> jax.Array:
+    """One leaf's head after popping slot ``k`` of its read-only ``stack`` if ``do``."""
+    word, shift = slot_position(k)
+    return jnp.where(
+        do, _unspill_one(head, jax.lax.dynamic_index_in_dim(stack, word, keepdims=False), shift)[0], head
+    )
+
+
 def unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array] | None = None) -> Buffer:
     """Undo `maybe_spill` for a step whose recorded flag is ``spilled``.
 
@@ -235,23 +269,13 @@ def unspill(buf: Buffer, spilled: jax.Array, stacks: list[jax.Array] | None = No
     instead of carrying them. Carried through a transposed scan, XLA copies the whole stack every
     step (O(N * capacity) per step); read-only, a step costs O(N) whatever the capacity.
     """
-    do = spilled & (buf.used > 0)
-    k = jnp.maximum(buf.used - 1, 0)
+    do, k = unspill_slot(buf, spilled)
     if stacks is None:
         heads, stacks = _move_slot(buf, do, k, _unspill_one)
     else:
-        word, shift = _slot_position(k)
-        heads = [
-            jnp.where(do, _unspill_one(h, jax.lax.dynamic_index_in_dim(s, word, keepdims=False), shift)[0], h)
-            for h, s in zip(buf.heads, stacks, strict=True)
-        ]
+        heads = [unspill_from(h, s, k, do) for h, s in zip(buf.heads, stacks, strict=True)]
         stacks = buf.stacks
-    return buf._replace(
-        heads=heads,
-        stacks=stacks,
-        used=buf.used - do.astype(jnp.int32),
-        overflow=buf.overflow | (spilled & ~do),
-    )
+    return unspill_counters(buf._replace(heads=heads, stacks=stacks), spilled, do)
 
 
 def divmod_unsigned(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -281,20 +305,44 @@ def mul_gamma(vs: list[jax.Array], ns: list[jax.Array], buf: Buffer) -> tuple[li
     each is one number, ``buf.bound`` follows the heads (``h' = floor((h D + r) / n) < (h + 1) D / n``)
     and decides the spill.
     """
+    buf, spilled = mul_gamma_spill(buf, ns)
+    out_v, out_h = zip(
+        *[mul_gamma_leaf(v, n, h) for v, n, h in zip(vs, ns, buf.heads, strict=True)], strict=True
+    )
+    return list(out_v), buf._replace(heads=list(out_h)), spilled
+
+
+def mul_gamma_spill(buf: Buffer, ns: list[jax.Array]) -> tuple[Buffer, jax.Array]:
+    """`mul_gamma`'s first half, for every leaf at once: the spill, and the heads' bound after the step."""
     by_bound = spill_by_bound(buf, ns)
     buf, spilled = maybe_spill(buf, by_bound=by_bound)
-    if by_bound:
-        rho = D / jnp.min(jnp.stack(ns)).astype(jnp.float64)
-        buf = buf._replace(bound=(buf.bound + 1.0) * rho * BOUND_MARGIN)
-    out_v, out_h = [], []
-    for v, n, head in zip(vs, ns, buf.heads, strict=True):
-        r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)
-        q = v >> jnp.asarray(GAMMA_BITS, _I64)
-        head = (head << jnp.asarray(GAMMA_BITS, _U64)) | r
-        quotient, s = divmod_unsigned(head, n)
-        out_h.append(quotient)
-        out_v.append(q * n + s.astype(_I64))
-    return out_v, buf._replace(heads=out_h), spilled
+    return _bound_after_mul(buf, ns, by_bound), spilled
+
+
+def _bound_after_mul(buf: Buffer, ns: list[jax.Array], by_bound: bool) -> Buffer:
+    if not by_bound:
+        return buf
+    rho = D / jnp.min(jnp.stack(ns)).astype(jnp.float64)
+    return buf._replace(bound=(buf.bound + 1.0) * rho * BOUND_MARGIN)
+
+
+def plan_mul_gamma(buf: Buffer, ns: list[jax.Array]) -> tuple[Buffer, jax.Array, jax.Array, jax.Array]:
+    """`mul_gamma`'s scalar part, for a caller that moves the data itself (`hypercore._fused`): the
+    spill decision by the bound and the bound after the step. Returns `plan_spill`'s
+    ``(buf, spill, do, k)``; every numerator must be one number (`spill_by_bound`)."""
+    if not spill_by_bound(buf, ns):
+        raise ValueError("plan_mul_gamma needs a head bound and one numerator per leaf")
+    buf, spill, do, k = plan_spill(buf, by_bound=True)
+    return _bound_after_mul(buf, ns, True), spill, do, k
+
+
+def mul_gamma_leaf(v: jax.Array, n: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`mul_gamma`'s second half on one leaf: ``(v n / D, head)`` once the spill is done."""
+    r = (v & jnp.asarray(D - 1, _I64)).astype(_U64)
+    q = v >> jnp.asarray(GAMMA_BITS, _I64)
+    head = (head << jnp.asarray(GAMMA_BITS, _U64)) | r
+    quotient, s = divmod_unsigned(head, n)
+    return q * n + s.astype(_I64), quotient
 
 
 def div_gamma(
@@ -308,11 +356,15 @@ def div_gamma(
 
     ``stacks``: read the spilled words from these instead of popping them off ``buf`` (see `unspill`).
     """
-    out_v, out_h = [], []
-    for v, n, head in zip(vs, ns, buf.heads, strict=True):
-        q, s = divmod_signed(v, n)
-        head = head * n.astype(_U64) + s.astype(_U64)
-        r = (head & jnp.asarray(D - 1, _U64)).astype(_I64)
-        out_h.append(head >> jnp.asarray(GAMMA_BITS, _U64))
-        out_v.append((q << jnp.asarray(GAMMA_BITS, _I64)) + r)
-    return out_v, unspill(buf._replace(heads=out_h), spilled, stacks)
+    out_v, out_h = zip(
+        *[div_gamma_leaf(v, n, h) for v, n, h in zip(vs, ns, buf.heads, strict=True)], strict=True
+    )
+    return list(out_v), unspill(buf._replace(heads=list(out_h)), spilled, stacks)
+
+
+def div_gamma_leaf(v: jax.Array, n: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`div_gamma` on one leaf before the un-spill: ``(v D / n, head)``."""
+    q, s = divmod_signed(v, n)
+    head = head * n.astype(_U64) + s.astype(_U64)
+    r = (head & jnp.asarray(D - 1, _U64)).astype(_I64)
+    return (q << jnp.asarray(GAMMA_BITS, _I64)) + r, head >> jnp.asarray(GAMMA_BITS, _U64)

@@ -118,6 +118,7 @@ import numpy as np
 
 from hypercore import (
     _fixed,
+    _fused,
     _schedule,
     _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
 )
@@ -213,20 +214,33 @@ def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
     cancel only by a 2**-64 coincidence.
 
     Multipliers per row and per column, not one per element: the per-element ones were a constant
-    as large as the weights that every step read from memory; these stay in cache."""
+    as large as the weights that every step read from memory; these stay in cache. On a CPU, leaves
+    of a dtype `hypercore._fused` compiles are hashed by its kernel, in one pass (the same bits)."""
     total = jnp.zeros((), jnp.uint64)
     for leaf, g in enumerate(g_leaves):
-        g = jnp.reshape(g, (-1, g.shape[-1])) if g.ndim >= 2 else jnp.reshape(g, (1, -1))
-        uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
-        bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
-        rows, cols = g.shape
-        c = jnp.arange(cols, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(1)
-        r = jnp.arange(rows, dtype=jnp.uint64) * jnp.uint64((0xD6E8FEB86659FD93 * 2) % 2**64) + jnp.uint64(
-            2 * leaf + 1
-        )
-        per_row = jnp.sum(bits * c, axis=1, dtype=jnp.uint64)
-        total = total + jnp.sum(per_row * r, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
+        if g.dtype.name in _fused.FUSED_DTYPES and _fused.available():
+            term = _fused.on_cpu(
+                (g,),
+                lambda g, leaf=leaf: _fused.fingerprint(g, leaf),
+                lambda g, leaf=leaf: _fingerprint_leaf(g, leaf),
+            )
+        else:
+            term = _fingerprint_leaf(g, leaf)
+        total = total + term
     return total
+
+
+def _fingerprint_leaf(g: jax.Array, leaf: int) -> jax.Array:
+    g = jnp.reshape(g, (-1, g.shape[-1])) if g.ndim >= 2 else jnp.reshape(g, (1, -1))
+    uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
+    rows, cols = g.shape
+    c = jnp.arange(cols, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(1)
+    r = jnp.arange(rows, dtype=jnp.uint64) * jnp.uint64((0xD6E8FEB86659FD93 * 2) % 2**64) + jnp.uint64(
+        2 * leaf + 1
+    )
+    per_row = jnp.sum(bits * c, axis=1, dtype=jnp.uint64)
+    return jnp.sum(per_row * r, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
 
 
 class _Schedule:
@@ -375,6 +389,7 @@ class SGDM:
     name = "sgd_momentum"
     schedule_names = ("alphas", "gammas")
     decay_schedule = 1
+    checks_weights = True  # its checks hold the new weights' range: the engine need not test them again
 
     def buffer_shapes(self, shapes):
         return list(shapes)
@@ -394,9 +409,28 @@ class SGDM:
         one_minus = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
         return ns, one_minus
 
+    @staticmethod
+    def _fused(g, *per_leaf) -> bool:
+        """Whether this step may go through `hypercore._fused`'s kernels on a CPU: one value of each
+        schedule per weight array (not per weight) and gradients of a compiled dtype. Static."""
+        return (
+            all(jnp.ndim(x) == 0 for values in per_leaf for x in values)
+            and all(gi.dtype.name in _fused.FUSED_DTYPES for gi in g)
+            and _fused.available()
+        )
+
     def forward_step(self, w, v, buf, g, hyper):
         alpha, gamma = hyper
         ns, one_minus = self._decay_terms(gamma)
+        alphas = alpha.per_leaf()
+        if buf.bound is not None and self._fused(g, ns, one_minus, alphas):
+            buf, spilled, do, k = _fixed.plan_mul_gamma(buf, ns)
+            out = [
+                _fused.on_cpu((*args, k, do), _fused.sgd_forward, _sgd_forward_leaf)
+                for args in zip(w, v, buf.heads, buf.stacks, g, ns, one_minus, alphas, strict=True)
+            ]
+            w, v, heads, stacks, oks = (list(x) for x in zip(*out, strict=True))
+            return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks
         v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
         dv, ok1 = zip(
             *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
@@ -404,24 +438,36 @@ class SGDM:
         )
         v = [vi - d for vi, d in zip(v, dv, strict=True)]
         dw, ok2 = zip(
-            *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(alpha.per_leaf(), v, strict=True)],
+            *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(alphas, v, strict=True)],
             strict=True,
         )
         w = [wi + d for wi, d in zip(w, dw, strict=True)]
-        return w, v, buf, spilled, [*ok1, *ok2, *map(_fixed.in_range, v)]
+        return w, v, buf, spilled, [*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)]
 
     def undo_weights(self, w, v, buf, hyper, spilled, stacks):
         """Undo the weight update (no decay of ``w``: state and buffer pass through); ``w_aux`` is
-        ``v_{t+1}`` as floats."""
-        alpha, _ = hyper
-        v_next = [_fixed.from_fixed(x) for x in v]
-        w = [wi - _fixed.to_fixed(a * vn)[0] for wi, a, vn in zip(w, alpha.per_leaf(), v_next, strict=True)]
-        return w, v, buf, v_next
+        ``v_{t+1}`` (fixed point)."""
+        alphas = hyper[0].per_leaf()
+        if all(jnp.ndim(a) == 0 for a in alphas) and _fused.available():
+            w = [
+                _fused.on_cpu(args, _fused.sgd_undo_weights, _sgd_undo_weights_leaf)
+                for args in zip(w, v, alphas, strict=True)
+            ]
+        else:
+            w = [_sgd_undo_weights_leaf(wi, vi, a) for wi, vi, a in zip(w, v, alphas, strict=True)]
+        return w, v, buf, v
 
     def undo_state(self, v, buf, g, hyper, spilled, stacks):
         """Undo the velocity update given the recomputed gradient; ``s_aux`` is gamma's terms."""
-        _, gamma = hyper
-        ns, one_minus = self._decay_terms(gamma)
+        ns, one_minus = self._decay_terms(hyper[1])
+        if stacks is not None and self._fused(g, ns, one_minus):
+            do, k = _fixed.unspill_slot(buf, spilled)
+            out = [
+                _fused.on_cpu((*args, k, do), _fused.sgd_undo_state, _sgd_undo_state_leaf)
+                for args in zip(v, buf.heads, g, ns, one_minus, stacks, strict=True)
+            ]
+            v, heads = (list(x) for x in zip(*out, strict=True))
+            return v, _fixed.unspill_counters(buf._replace(heads=heads), spilled, do), (ns, one_minus)
         v = [
             vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0]
             for vi, om, gi in zip(v, one_minus, g, strict=True)
@@ -430,16 +476,66 @@ class SGDM:
         return v, buf, (ns, one_minus)
 
     def adjoint_step(self, dw, dv, g, v, hyper, v_next, decay_terms):
-        alpha, _ = hyper
         ns, one_minus = decay_terms
-        dalpha = [x * y for x, y in zip(dw, v_next, strict=True)]
-        dv = [d + a * x for d, a, x in zip(dv, alpha.per_leaf(), dw, strict=True)]
+        dalpha = [x * _fixed.from_fixed(y) for x, y in zip(dw, v_next, strict=True)]
+        dv = [d + a * x for d, a, x in zip(dv, hyper[0].per_leaf(), dw, strict=True)]
         dgamma = [
             d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64)) for d, vi, gi in zip(dv, v, g, strict=True)
         ]
         ct = [om * d for om, d in zip(one_minus, dv, strict=True)]
         dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
         return dw, dv, ct, (dalpha, dgamma)
+
+    def undo_and_adjoint(self, v, buf, g, hyper, spilled, stacks, dw, dv, v_next):
+        """`undo_state` then `adjoint_step`, in one pass per weight array on a CPU: ``v_{t+1}`` is read
+        before it is overwritten, so nothing keeps a copy of it. Returns ``(v, buf, dw, dv, ct,
+        dhyper)``; with one alpha and one gamma per array, ``dhyper`` holds their sums per array."""
+        ns, one_minus = self._decay_terms(hyper[1])
+        alphas = hyper[0].per_leaf()
+        if stacks is None or not self._fused(g, ns, one_minus, alphas):
+            v, buf, s_aux = self.undo_state(v, buf, g, hyper, spilled, stacks)
+            return (v, buf, *self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux))
+        do, k = _fixed.unspill_slot(buf, spilled)
+        out = [
+            _fused.on_cpu((*args, k, do), _fused.sgd_undo_adjoint, _sgd_undo_adjoint_leaf)
+            for args in zip(v, buf.heads, dv, g, stacks, dw, ns, one_minus, alphas, strict=True)
+        ]
+        v, heads, dv, ct, dalpha, dgamma = (list(x) for x in zip(*out, strict=True))
+        buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
+        return v, buf, dw, dv, ct, (dalpha, dgamma)
+
+
+# One weight array's steps in XLA's operations, as `hypercore._fused`'s kernels compute them: the
+# default branch of `_fused.on_cpu` (so the code off a CPU) and what `_fused`'s check compares with.
+
+
+def _sgd_forward_leaf(w, v, head, stack, g, n, om, alpha, k, do):
+    head, stack = _fixed.spill_leaf(head, stack, k, do)
+    v, head = _fixed.mul_gamma_leaf(v, n, head)
+    dv, ok1 = _fixed.to_fixed(om * g.astype(jnp.float64))
+    v = v - dv
+    dw, ok2 = _fixed.to_fixed(alpha * _fixed.from_fixed(v))
+    w = w + dw
+    return w, v, head, stack, jnp.all(ok1 & ok2 & _fixed.in_range(v) & _fixed.in_range(w))
+
+
+def _sgd_undo_weights_leaf(w, v, alpha):
+    return w - _fixed.to_fixed(alpha * _fixed.from_fixed(v))[0]
+
+
+def _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do):
+    v = v + _fixed.to_fixed(om * g.astype(jnp.float64))[0]
+    v, head = _fixed.div_gamma_leaf(v, n, head)
+    return v, _fixed.unspill_from(head, stack, k, do)
+
+
+def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, n, om, alpha, k, do):
+    dalpha = jnp.sum(dw * _fixed.from_fixed(v))
+    v, head = _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do)
+    dv = dv + alpha * dw
+    dgamma = jnp.sum(dv * (_fixed.from_fixed(v) + g.astype(jnp.float64)))
+    ct = (om * dv).astype(g.dtype)
+    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma
 
 
 OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}
@@ -501,6 +597,16 @@ def _carried(buf: Buffer) -> Buffer:
     return buf._replace(stacks=[])
 
 
+def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
+    """``undo_state`` then ``adjoint_step``, or the optimizer's ``undo_and_adjoint`` where it has one
+    (the two in one pass: `SGDM`). Returns ``(state, buf, dw, dstate, ct, dhyper)``."""
+    both = getattr(opt, "undo_and_adjoint", None)
+    if both is not None:
+        return both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)
+    state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
+    return (state, buf, *opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux))
+
+
 class _Engine(NamedTuple):
     """The passes `_make_engine` builds for one problem's shapes."""
 
@@ -545,7 +651,7 @@ def _make_engine(
             t, leaves_t = xs
             g = grad_w(weights(w), meta, consts, t)
             w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hypers(leaves_t))
-            ok = _all([*checks, *map(_fixed.in_range, w)])
+            ok = _all([*checks, *([] if getattr(opt, "checks_weights", False) else map(_fixed.in_range, w))])
             return (w, state, buf, diverged | ~ok), (_fingerprint(g), record)
 
         xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules))
@@ -588,8 +694,9 @@ def _make_engine(
             w, state, buf, w_aux = opt.undo_weights(w, state, buf, hyper, record, fwd.buf.stacks)
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), weights(w), meta, consts)
-            state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
-            dw, dstate, ct, dhyper = opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux)
+            state, buf, dw, dstate, ct, dhyper = _undo_and_adjoint(
+                opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux
+            )
             dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
             hw, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
             dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]

@@ -1,0 +1,473 @@
+"""The Numba side of `hypercore._fused`: the loops, and XLA FFI handlers that decode the call frame.
+
+Imported (and compiled) only by `hypercore._fused.available`. Each handler is a C function
+``XLA_FFI_Error* handler(XLA_FFI_CallFrame*)`` (``xla/ffi/api/c_api.h``, API 0.x). Layouts read
+here, in 8-byte words on a 64-bit platform:
+
+* ``XLA_FFI_CallFrame``: struct_size, extension_start, api, ctx, stage, then ``args`` (struct_size,
+  extension_start, size, types, args) at word 5 and ``rets`` (the same) at word 10;
+* ``XLA_FFI_Buffer``: struct_size, extension_start, dtype, data, rank, dims;
+* a metadata query (``extension_start`` of type 1) is answered with the API version the layouts
+  above are from, 0.1, and no traits.
+
+Every loop mirrors `hypercore._fixed`'s XLA formulation operation for operation; unsigned and signed
+64-bit values are never mixed (Numba would promote them to float64).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+FRAC_BITS = 48
+SCALE = float(2**FRAC_BITS)
+INV_SCALE = 1.0 / SCALE
+RANGE = 2.0**14
+LIMIT = np.int64((2**14) << FRAC_BITS)
+GAMMA_BITS = np.uint64(16)
+SHIFT_S = np.int64(16)
+LOW16_S = np.int64(0xFFFF)
+LOW16_U = np.uint64(0xFFFF)
+SLOT_BITS = np.uint64(32)
+LOW32_U = np.uint64(0xFFFFFFFF)
+INV_D = 1.0 / 65536.0
+API_MAJOR, API_MINOR = 0, 1
+EXTENSION_METADATA = 1
+
+
+@intrinsic
+def _ptr(typingctx, address):
+    """An int64 address as a ``void*``."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _null(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(cgutils.voidptr_t, None)
+
+    return types.voidptr(), codegen
+
+
+@njit(inline="always", cache=True)
+def _words(address, n):
+    return carray(_ptr(address), (n,), np.int64)
+
+
+@njit(inline="always", cache=True)
+def _metadata(frame):
+    """If this call is XLA's metadata query, answer it and return True."""
+    ext = frame[1]
+    if ext == 0:
+        return False
+    base = _words(ext, 4)  # struct_size, type (+ padding), next, metadata*
+    if (base[1] & 0xFFFFFFFF) != EXTENSION_METADATA:
+        return False
+    md = _words(base[3], 6)  # struct_size, api_version{struct_size, ext, major|minor}, traits, state id
+    md[1] = 24
+    md[2] = 0
+    md[3] = API_MAJOR | (API_MINOR << 32)
+    md[4] = 0
+    if md[0] >= 48:
+        md[5] = 0  # state_type_id: XLA_FFI_UNKNOWN_TYPE_ID
+    return True
+
+
+@njit(inline="always", cache=True)
+def _buffers(frame, word):
+    return _words(frame[word + 4], frame[word + 2])  # (args|rets).args, of length .size
+
+
+@njit(inline="always", cache=True)
+def _size(buffer):
+    b = _words(buffer, 6)
+    dims = _words(b[5], b[4])
+    n = 1
+    for i in range(b[4]):
+        n *= dims[i]
+    return n
+
+
+@njit(inline="always", cache=True)
+def _data(buffer):
+    return _words(buffer, 6)[3]
+
+
+@njit(inline="always", cache=True)
+def _array(buffer, n, dtype):
+    return carray(_ptr(_data(buffer)), (n,), dtype)
+
+
+@njit(inline="always", cache=True)
+def _scalar(buffer, dtype):
+    return carray(_ptr(_data(buffer)), (1,), dtype)[0]
+
+
+@njit(inline="always", cache=True)
+def _aliased(ret, arg, n, dtype):
+    """A result the call updates in place: XLA aliases it to its argument (``input_output_aliases``);
+    should the buffers ever differ, the argument is copied in first. In place, every array in a loop
+    is read and written through one pointer, so LLVM's overlap checks pass and the loop vectorises
+    (with a separate result pointer to the same memory they fail, and the loop runs scalar)."""
+    out = _array(ret, n, dtype)
+    if _data(ret) != _data(arg):
+        out[:] = _array(arg, n, dtype)
+    return out
+
+
+@njit(inline="always", cache=True)
+def _to_fixed(x):
+    """`hypercore._fixed.to_fixed` for one float64: ``(value, ok)``."""
+    ok = abs(x) < RANGE
+    return np.int64(np.rint((x if ok else 0.0) * SCALE)), ok
+
+
+@njit(inline="always", cache=True)
+def _from_fixed(i):
+    return np.float64(i) * INV_SCALE
+
+
+# Exact division by gamma's numerator ``1 <= n <= 2**16`` in float64, which vectorises (a 64-bit
+# integer division does not): a quotient estimate from the float reciprocal, off by at most
+# ``3 * 2**11 / n + 1`` for a 64-bit dividend, is corrected once by the remainder's own estimate (an
+# exact float64 integer, off by at most one) and once by a compare. ``inv`` is ``1.0 / n``.
+_BELOW_2_64 = 18446744073709549568.0  # the largest float64 below 2**64
+
+
+@njit(inline="always", cache=True)
+def _divmod_unsigned(x, n, inv):
+    """``(x // n, x % n)`` for uint64 ``x``, as uint64 and int64."""
+    q = np.uint64(min(np.float64(x) * inv, _BELOW_2_64))
+    r = np.int64(x - q * np.uint64(n))  # |r| <= (3 * 2**11 + 1) n: exact as int64 and float64
+    c = np.int64(np.floor(np.float64(r) * inv))
+    q = np.uint64(np.int64(q) + c)
+    r = r - c * n
+    if r < 0:
+        q -= np.uint64(1)
+        r += n
+    if r >= n:
+        q += np.uint64(1)
+        r -= n
+    return q, r
+
+
+@njit(inline="always", cache=True)
+def _divmod_signed(x, n, inv):
+    """Floor ``(x // n, x mod n)`` for int64 ``|x| < 2**62``."""
+    q = np.int64(np.floor(np.float64(x) * inv))
+    r = x - q * n
+    c = np.int64(np.floor(np.float64(r) * inv))
+    q = q + c
+    r = r - c * n
+    if r < 0:
+        q -= 1
+        r += n
+    if r >= n:
+        q += 1
+        r -= n
+    return q, r
+
+
+@njit(cache=True)
+def _spill_loop(head, row, shift):
+    """`hypercore._fixed._spill_one`: every head's low 32 bits into its stack word at ``shift``."""
+    for i in range(head.size):
+        h = head[i]
+        row[i] = row[i] | ((h & LOW32_U) << shift)
+        head[i] = h >> SLOT_BITS
+
+
+@njit(cache=True)
+def _forward_loop(w, v, head, g, n, om, alpha):
+    inv = 1.0 / np.float64(n)
+    ok = True
+    for i in range(w.size):
+        vi = v[i]
+        r = np.uint64(vi & LOW16_S)
+        q = vi >> SHIFT_S
+        quotient, s = _divmod_unsigned((head[i] << GAMMA_BITS) | r, n, inv)
+        vi = q * n + s
+        d, ok1 = _to_fixed(om * np.float64(g[i]))
+        vi = vi - d
+        dw, ok2 = _to_fixed(alpha * _from_fixed(vi))
+        wi = w[i] + dw
+        head[i] = quotient
+        v[i] = vi
+        w[i] = wi
+        ok = ok & ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
+    return ok
+
+
+@njit(inline="always", cache=True)
+def _stack_row(frame_args, index, n, word):
+    """Row ``word`` of the stack argument ``index`` (``(words, *leaf)``, C order): n uint64s."""
+    return carray(_ptr(_data(frame_args[index]) + word * n * 8), (n,), np.uint64)
+
+
+@njit(cache=True)
+def _forward(call_frame, gdtype):
+    # args: w, v, head, stack, g, n, om, alpha, word, shift, do; rets: w, v, head, stack, ok
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    w = _aliased(rets[0], args[0], n, np.int64)
+    v = _aliased(rets[1], args[1], n, np.int64)
+    head = _aliased(rets[2], args[2], n, np.uint64)
+    _aliased(rets[3], args[3], _size(args[3]), np.uint64)
+    if _scalar(args[10], np.bool_):
+        _spill_loop(head, _stack_row(rets, 3, n, _scalar(args[8], np.int64)), _scalar(args[9], np.uint64))
+    ok = _forward_loop(
+        w,
+        v,
+        head,
+        _array(args[4], n, gdtype),
+        _scalar(args[5], np.int64),
+        _scalar(args[6], np.float64),
+        _scalar(args[7], np.float64),
+    )
+    _array(rets[4], 1, np.bool_)[0] = ok
+    return _null()
+
+
+@njit(cache=True)
+def _undo_weights_loop(w, v, alpha):
+    for i in range(w.size):
+        dw, _ = _to_fixed(alpha * _from_fixed(v[i]))
+        w[i] = w[i] - dw
+
+
+@njit(cache=True)
+def _undo_weights(call_frame):
+    # args: w, v, alpha; rets: w
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    _undo_weights_loop(
+        _aliased(rets[0], args[0], n, np.int64), _array(args[1], n, np.int64), _scalar(args[2], np.float64)
+    )
+    return _null()
+
+
+@njit(inline="always", cache=True)
+def _undo_one(vi, h, gi, n, nu, inv, om, row_i, mask, shift, do):
+    """One parameter's `undo_state`: ``(v_t, head)`` from ``v_{t+1}`` and the head."""
+    d, _ = _to_fixed(om * np.float64(gi))
+    q, s = _divmod_signed(vi + d, n, inv)
+    h = h * nu + np.uint64(s)
+    r = np.int64(h & LOW16_U)
+    h = h >> GAMMA_BITS
+    if do:
+        h = (h << SLOT_BITS) | ((row_i & mask) >> shift)
+    return (q << SHIFT_S) + r, h
+
+
+@njit(cache=True)
+def _undo_state_loop(v, head, g, row, n, om, shift, do):
+    nu = np.uint64(n)
+    inv = 1.0 / np.float64(n)
+    mask = LOW32_U << shift
+    for i in range(v.size):
+        v[i], head[i] = _undo_one(v[i], head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
+
+
+@njit(cache=True)
+def _undo_state(call_frame, gdtype):
+    # args: v, head, g, stack, n, om, word, shift, do; rets: v, head
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    _undo_state_loop(
+        _aliased(rets[0], args[0], n, np.int64),
+        _aliased(rets[1], args[1], n, np.uint64),
+        _array(args[2], n, gdtype),
+        _stack_row(args, 3, n, _scalar(args[6], np.int64)),
+        _scalar(args[4], np.int64),
+        _scalar(args[5], np.float64),
+        _scalar(args[7], np.uint64),
+        _scalar(args[8], np.bool_),
+    )
+    return _null()
+
+
+# Reassociation lets LLVM vectorise the two sums (several partial sums, added at the end). Every
+# other float operation in this loop is one rounding, or a product with a power of two (exact), so
+# it cannot move anything else: the integer results stay XLA's, bit for bit (the engine's tests and
+# `hypercore._fused`'s check compare them). The sums are fixed by the compiled code, the same bits
+# on every run.
+@njit(cache=True, fastmath={"reassoc"})
+def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do):
+    nu = np.uint64(n)
+    inv = 1.0 / np.float64(n)
+    nd = np.float64(n) * INV_D
+    mask = LOW32_U << shift
+    dalpha = 0.0
+    dgamma = 0.0
+    for i in range(v.size):
+        v_next = v[i]
+        dalpha += dw[i] * _from_fixed(v_next)
+        vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
+        v[i] = vi
+        d = dv[i] + alpha * dw[i]
+        dgamma += d * (_from_fixed(vi) + np.float64(g[i]))
+        ct[i] = om * d
+        dv[i] = d * nd
+    return dalpha, dgamma
+
+
+@njit(cache=True)
+def _undo_adjoint(call_frame, gdtype):
+    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do; rets: v, head, dv, ct, dalpha, dgamma
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    dalpha, dgamma = _undo_adjoint_loop(
+        _aliased(rets[0], args[0], n, np.int64),
+        _aliased(rets[1], args[1], n, np.uint64),
+        _array(args[3], n, gdtype),
+        _stack_row(args, 4, n, _scalar(args[9], np.int64)),
+        _array(args[5], n, np.float64),
+        _aliased(rets[2], args[2], n, np.float64),
+        _array(rets[3], n, gdtype),
+        _scalar(args[6], np.int64),
+        _scalar(args[7], np.float64),
+        _scalar(args[8], np.float64),
+        _scalar(args[10], np.uint64),
+        _scalar(args[11], np.bool_),
+    )
+    _array(rets[4], 1, np.float64)[0] = dalpha
+    _array(rets[5], 1, np.float64)[0] = dgamma
+    return _null()
+
+
+# `hypercore.reversible._fingerprint` of one leaf seen as a (rows, cols) matrix: uint64 arithmetic
+# wraps, so any order of the sums gives its bits.
+ROW_MUL = np.uint64((0xD6E8FEB86659FD93 * 2) % 2**64)
+COL_MUL = np.uint64((0x9E3779B97F4A7C15 * 2) % 2**64)
+LEAF_MUL = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@njit(cache=True)
+def _fingerprint_loop(bits, rows, cols, leaf):
+    total = np.uint64(0)
+    first = np.uint64(2 * leaf + 1)
+    for i in range(rows):
+        acc = np.uint64(0)
+        for j in range(cols):
+            acc += np.uint64(bits[i * cols + j]) * (np.uint64(j) * COL_MUL + np.uint64(1))
+        total += acc * (np.uint64(i) * ROW_MUL + first)
+    return total * LEAF_MUL
+
+
+@njit(cache=True)
+def _fingerprint(call_frame, udtype):
+    # args: g, leaf; rets: hash (uint64)
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    b = _words(args[0], 6)
+    cols = _words(b[5], b[4])[b[4] - 1] if b[4] > 0 else 1
+    rows = n // cols if cols > 0 else 0
+    h = _fingerprint_loop(_array(args[0], n, udtype), rows, cols, _scalar(args[1], np.int64))
+    _array(rets[0], 1, np.uint64)[0] = h
+    return _null()
+
+
+_HANDLER = types.voidptr(types.voidptr)
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_f32(call_frame):
+    return _forward(call_frame, np.float32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_f64(call_frame):
+    return _forward(call_frame, np.float64)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_weights_any(call_frame):
+    return _undo_weights(call_frame)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_state_f32(call_frame):
+    return _undo_state(call_frame, np.float32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_state_f64(call_frame):
+    return _undo_state(call_frame, np.float64)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_adjoint_f32(call_frame):
+    return _undo_adjoint(call_frame, np.float32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_adjoint_f64(call_frame):
+    return _undo_adjoint(call_frame, np.float64)
+
+
+@cfunc(_HANDLER, cache=True)
+def _fingerprint_f32(call_frame):
+    return _fingerprint(call_frame, np.uint32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _fingerprint_f64(call_frame):
+    return _fingerprint(call_frame, np.uint64)
+
+
+HANDLERS = {
+    "revtune_sgd_forward_float32": _forward_f32,
+    "revtune_sgd_forward_float64": _forward_f64,
+    "revtune_sgd_undo_weights": _undo_weights_any,
+    "revtune_sgd_undo_state_float32": _undo_state_f32,
+    "revtune_sgd_undo_state_float64": _undo_state_f64,
+    "revtune_sgd_undo_adjoint_float32": _undo_adjoint_f32,
+    "revtune_sgd_undo_adjoint_float64": _undo_adjoint_f64,
+    "revtune_fingerprint_float32": _fingerprint_f32,
+    "revtune_fingerprint_float64": _fingerprint_f64,
+}
+
+
+_registered: list[bool] = []
+
+
+def _capsule(address: int):
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+    return new(address, b"xla._CUSTOM_CALL_TARGET", None)
+
+
+def register() -> None:
+    """Register every handler with XLA's FFI for the CPU (once per process)."""
+    import jax
+
+    if _registered:
+        return
+    for name, handler in HANDLERS.items():
+        jax.ffi.register_ffi_target(name, _capsule(handler.address), platform="cpu")
+    _registered.append(True)

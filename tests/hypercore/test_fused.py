@@ -1,0 +1,261 @@
+"""The fused CPU kernels (`hypercore._fused`) against the XLA formulation they replace.
+
+Integer results (weights, velocities, heads, stacks, fingerprints, range flags) must be the XLA
+formulation's bit for bit, for any numerator, velocity, head and gradient, so that a forward pass on
+one path is undone exactly on the other; float64 adjoints agree to rounding (their sums are taken in
+another order). The engine must pick the kernels on a CPU, fall back where they do not apply, and
+keep working without Numba.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_reversible import GAMMAS, _while_bodies, make_problem, rel_err, schedules  # the tiny net
+
+import hypercore
+from hypercore import _fixed, _fused, check_reversal, reversible
+from hypercore.reversible import forward_state
+
+SHAPE = (6, 5)
+N = SHAPE[0] * SHAPE[1]
+STACK_WORDS = 2
+
+
+def test_the_kernels_are_available_on_this_machine():
+    """Numba is a dependency: CI must run the kernels, not silently the fallback."""
+    assert _fused.available()
+
+
+@functools.cache
+def _pair(name):
+    """The fused kernel and its XLA formulation, each compiled once for SHAPE."""
+    fused = {
+        "forward": _fused.sgd_forward,
+        "undo_weights": _fused.sgd_undo_weights,
+        "undo_state": _fused.sgd_undo_state,
+        "undo_adjoint": _fused.sgd_undo_adjoint,
+    }[name]
+    xla = {
+        "forward": reversible._sgd_forward_leaf,
+        "undo_weights": reversible._sgd_undo_weights_leaf,
+        "undo_state": reversible._sgd_undo_state_leaf,
+        "undo_adjoint": reversible._sgd_undo_adjoint_leaf,
+    }[name]
+    return jax.jit(fused), jax.jit(xla)
+
+
+def _array(values, dtype):
+    return jnp.asarray(np.asarray(values, dtype=object).astype(dtype).reshape(SHAPE))
+
+
+def _ints(lo, hi):
+    return st.lists(st.integers(lo, hi), min_size=N, max_size=N)
+
+
+# gradients: ordinary values, values whose step leaves the fixed-point range, and non-finite ones
+_grads = st.lists(
+    st.one_of(
+        st.floats(-10.0, 10.0, width=32),
+        st.sampled_from([0.0, -0.0, 1e-30, -3e4, 5e5, float("inf"), float("nan")]),
+    ),
+    min_size=N,
+    max_size=N,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.one_of(st.integers(1, _fixed.D), st.sampled_from([1, 2, 3, 255, 4096, 58982, 65535, _fixed.D])),
+    w=_ints(-(2**61), 2**61),
+    v=_ints(-(2**62) + 1, 2**62 - 1),
+    heads=_ints(0, 2**48 - 1),
+    stack=st.lists(st.integers(0, 2**64 - 1), min_size=STACK_WORDS * N, max_size=STACK_WORDS * N),
+    g=_grads,
+    alpha=st.floats(1e-4, 3.0),
+    k=st.integers(0, 2 * STACK_WORDS - 1),
+    do=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_each_kernel_matches_the_xla_formulation_bit_for_bit(n, w, v, heads, stack, g, alpha, k, do, dtype):
+    n = jnp.int64(n)
+    om = (jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D
+    alpha = jnp.float64(alpha)
+    k, do = jnp.int32(k), jnp.bool_(do)
+    w, v = _array(w, np.int64), _array(v, np.int64)
+    heads = _array(heads, np.uint64)
+    stack = jnp.asarray(np.asarray(stack, dtype=object).astype(np.uint64).reshape((STACK_WORDS, *SHAPE)))
+    g = jnp.asarray(np.asarray(g, np.float64).reshape(SHAPE), dtype)
+    # a spilled step's heads are below 2**48 again only after the spill; keep the pushed heads in range
+    heads = jnp.where(do, heads, heads >> jnp.uint64(1))
+
+    fused, xla = _pair("forward")
+    ours, theirs = (
+        fused(w, v, heads, stack, g, n, om, alpha, k, do),
+        xla(w, v, heads, stack, g, n, om, alpha, k, do),
+    )
+    for name, a, b in zip(("w", "v", "head", "stack", "ok"), ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
+    w1, v1, h1, s1, ok = ours
+
+    fused, xla = _pair("undo_weights")
+    w_back = fused(w1, v1, alpha)
+    np.testing.assert_array_equal(np.asarray(w_back), np.asarray(xla(w1, v1, alpha)))
+    fused, xla = _pair("undo_state")
+    v_back, h_back = fused(v1, h1, g, n, om, s1, k, do)
+    v_xla, h_xla = xla(v1, h1, g, n, om, s1, k, do)
+    np.testing.assert_array_equal(np.asarray(v_back), np.asarray(v_xla))
+    np.testing.assert_array_equal(np.asarray(h_back), np.asarray(h_xla))
+    if bool(ok):  # an in-range step is undone exactly, by either path
+        np.testing.assert_array_equal(np.asarray(w_back), np.asarray(w))
+        np.testing.assert_array_equal(np.asarray(v_back), np.asarray(v))
+        np.testing.assert_array_equal(np.asarray(h_back), np.asarray(heads))
+
+    rng = np.random.default_rng(int(n))
+    dw, dv = (jnp.asarray(rng.normal(size=SHAPE)) for _ in range(2))
+    fused, xla = _pair("undo_adjoint")
+    ours = fused(v1, h1, dv, g, s1, dw, n, om, alpha, k, do)
+    theirs = xla(v1, h1, dv, g, s1, dw, n, om, alpha, k, do)
+    np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(v_xla))
+    np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(h_xla))
+    for name, a, b in zip(("dv", "ct", "dalpha", "dgamma"), ours[2:], theirs[2:], strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-6 if name == "ct" else 1e-12, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 11), (2, 3, 4)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fingerprint_kernel_hashes_the_same_bits(shape, dtype):
+    g = jax.random.normal(jax.random.key(1), shape, dtype)
+    ours = jax.jit(_fused.fingerprint, static_argnums=1)(g, 2)
+    assert int(ours) == int(reversible._fingerprint_leaf(g, 2))
+    flat = g.reshape(-1)
+    flipped = flat.at[flat.size // 2].set(jnp.nextafter(flat[flat.size // 2], jnp.inf)).reshape(shape)
+    assert int(jax.jit(_fused.fingerprint, static_argnums=1)(flipped, 2)) != int(ours)
+
+
+def _paths(fn):
+    """``fn()`` traced with the kernels off, then on."""
+    out = []
+    for on in (False, True):
+        with _fused.enabled(on):
+            out.append(fn())
+    return out
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_array"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_the_engine_on_either_path_reaches_the_same_state(kind, dtype):
+    """A forward pass with spills (gammas down to 0.3) ends in the same bits on both paths."""
+    loss, w0, _ = make_problem(dtype)
+    alphas, gammas = schedules(kind, 300, w0, GAMMAS["random"])
+    xla, fused = _paths(lambda: forward_state(loss, w0, {}, alphas, gammas))
+    assert int(fused.buf.used) > 2, "the run should spill"
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(fused), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with _fused.enabled(True):
+        assert check_reversal(loss, w0, {}, alphas, gammas)
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_array"])
+def test_the_hypergradients_agree_across_paths(kind):
+    T = 150
+    loss, w0, X = make_problem(jnp.float32)
+    alphas, gammas = schedules(kind, T, w0, GAMMAS["random"])
+    meta = {"l2": jnp.full(w0["W"].shape, 1e-3), "X": X}
+
+    def objective(w0, meta, alphas, gammas):
+        w_T = hypercore.reversible_sgd(loss, w0, meta, alphas, gammas, min_gamma=0.3)
+        return loss(w_T, meta, jnp.int32(0))
+
+    xla, fused = _paths(lambda: jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3)))(w0, meta, alphas, gammas))
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(fused), strict=True):
+        assert bool(jnp.all(jnp.isfinite(b)))
+        assert rel_err(b, a) < 1e-9
+
+
+def _custom_calls(fn, *args) -> set[str]:
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return {
+        line.split('custom_call_target="')[1].split('"')[0]
+        for line in text.splitlines()
+        if "custom_call_target" in line
+    }
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_array", "per_weight"])
+def test_the_engine_calls_the_kernels_where_they_apply(kind):
+    loss, w0, _ = make_problem(jnp.float32)
+    alphas, gammas = schedules(kind, 20, w0, GAMMAS["0.9"])
+
+    def f(alphas, gammas):
+        return jnp.sum(hypercore.reversible_sgd(loss, w0, {}, alphas, gammas, min_gamma=0.9)["V"])
+
+    off, on = _paths(lambda: _custom_calls(jax.grad(f, argnums=(0, 1)), alphas, gammas))
+    assert not any(c.startswith("revtune_") for c in off)
+    steps = {"revtune_sgd_forward_float32", "revtune_sgd_undo_weights", "revtune_sgd_undo_adjoint_float32"}
+    assert "revtune_fingerprint_float32" in on
+    if kind == "per_weight":  # one value per weight: the XLA formulation, which broadcasts
+        assert not steps & on
+    else:
+        assert steps <= on
+
+
+def test_the_environment_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("REVTUNE_FUSED_KERNELS", "0")
+    assert not _fused.available()
+    monkeypatch.setenv("REVTUNE_FUSED_KERNELS", "1")
+    assert _fused.available()
+
+
+def test_without_numba_the_engine_keeps_xla_s_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    monkeypatch.delitem(sys.modules, "hypercore._fused_kernels", raising=False)
+    monkeypatch.setitem(_fused._state, "checked", None)
+    assert not _fused.available()
+    loss, w0, _ = make_problem()
+    alphas, gammas = schedules("shared", 30, w0, GAMMAS["0.9"])
+    assert check_reversal(loss, w0, {}, alphas, gammas)
+
+
+def test_the_fused_loops_copy_no_weight_matrix():
+    """The kernels update in place (``input_output_aliases``); a copy of a weight matrix in a training
+    loop would cost a pass over memory each step (the XLA formulation's loops copy three of them here).
+    Structural, not timed. (XLA may still copy a tiny leaf whose
+    conversion it fuses into the gradient: that costs nothing.)"""
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(64, 96)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 64))
+    w0 = {
+        "W1": jnp.asarray(rng.normal(size=(96, 48)) * 0.1, jnp.float32),
+        "W2": jnp.zeros((48, 10), jnp.float32),
+    }
+
+    def loss(w, meta, t):
+        idx = (jnp.arange(16) + 16 * t) % 64
+        logits = jnp.tanh(X[idx] @ w["W1"]) @ w["W2"]
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[idx, None], axis=1))
+
+    def f(a, g):
+        return loss(hypercore.reversible_sgd(loss, w0, {}, a, g, capacity=8), {}, 0)
+
+    with _fused.enabled(True):
+        hlo = (
+            jax.jit(jax.grad(f, argnums=(0, 1)))
+            .lower(jnp.full((20,), 0.1), jnp.full((20,), 0.9))
+            .compile()
+            .as_text()
+        )
+    bodies = list(_while_bodies(hlo).values())
+    assert len(bodies) >= 2
+    assert any("revtune_sgd_undo_adjoint" in line for lines in bodies for line in lines)
+    copies = [line.strip() for lines in bodies for line in lines if " copy(" in line and "64[96,48]" in line]
+    assert copies == [], copies
