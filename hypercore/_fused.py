@@ -1,28 +1,35 @@
-"""Fused CPU kernels for reversible SGD with momentum: one pass over a weight array per half-step.
+"""Fused CPU kernels for the reversible engine: one pass over a weight array per half-step.
 
 XLA on a CPU splits a step's integer work on one weight array into several kernels (the head's
 shift, the division by gamma's numerator, the velocity, the weights, the checks), each a pass over
-memory, plus copies where the reverse loop's in-place updates conflict. These kernels do each half
-of a step in one loop over the elements instead, reading every array once:
+memory, and copies whole arrays where the reverse loop's updates in place conflict. These kernels do
+each half of a step in one loop over the elements instead, in place:
 
-* `sgd_forward`: the exact forward step after the spill, ``v <- v n / D`` through the buffer's
-  head, ``v -= (1 - gamma) g``, ``w += alpha v``, and the step's range checks as one flag;
+* `sgd_forward`: the spill (when the step has one), ``v <- v n / D`` through the buffer's head,
+  ``v -= (1 - gamma) g``, ``w += alpha v``, and the step's conversion and range checks as one flag;
 * `sgd_undo_weights`: ``w -= alpha v``;
 * `sgd_undo_state`: ``v += (1 - gamma) g``, ``v <- v D / n`` through the head, and the head's
-  un-spill from the stack word the forward pass recorded;
-* `sgd_adjoint`: the step's adjoint in float64 (``dv``, ``ct``) and its two sums (``dalpha``,
-  ``dgamma``).
+  un-spill from the stack word the forward pass filled (for `check_reversal`'s reverse pass);
+* `sgd_undo_adjoint`: the same undo and the step's float64 adjoint in one pass (``dv``, ``ct``, and
+  ``dalpha``, ``dgamma`` summed over the array), reading ``v_{t+1}`` before it overwrites it;
+* `fingerprint`: the gradient's hash of `hypercore.reversible._fingerprint`, for any optimizer;
+* `adam_forward`, `adam_undo_weights`: reversible Adam's and AdamW's forward step (after the spill,
+  as in SGD's) and the undo of its weights (`_fused_kernels_adam`); the undo of ``m`` and ``v`` and the
+  adjoint stay XLA's.
 
-The integer results are bit for bit those of the XLA formulation in `hypercore._fixed` (the same
-rounding, half to even, the same float64 products in the same order), so a forward pass on one
-path is undone exactly on the other. The float64 sums of the adjoint are taken in another order, so
-hypergradients agree with the XLA path to float64 rounding, not bit for bit.
+The integers (weights, moments, heads, stacks, flags, hashes) are bit for bit those of the
+`jax.numpy` formulation (`hypercore._fixed`, the ``_sgd_*_leaf`` functions of `hypercore.reversible`,
+the ``_adam_*_leaf`` ones of `hypercore.adam`): the same float64 operations in the same order, and
+SGD's division by gamma's numerator exact (in float64 arithmetic, which vectorises, corrected to the
+integer quotient). So a forward pass on one path is undone exactly on the other. SGD's float64 sums
+are added in another order: its hypergradients agree to rounding (Adam's are the same bits).
 
-The kernels are compiled by Numba and called through XLA's FFI (``jax.ffi.ffi_call``) as custom
-calls on the CPU; the handlers decode XLA's C call frame (``xla/ffi/api/c_api.h``) themselves. On
-other platforms, without Numba, or with ``REVTUNE_FUSED_KERNELS=0``, the engine keeps the XLA
-formulation. `available` compiles and registers them on first use and checks them against the XLA
-formulation on a small problem; a mismatch or a failure turns them off, with a warning.
+The loops are compiled by Numba (cached on disk) and called through XLA's FFI (``jax.ffi.ffi_call``)
+as custom calls on the CPU; the handlers decode XLA's C call frame (``xla/ffi/api/c_api.h``)
+themselves. The engine keeps the `jax.numpy` formulation where `available` is false (JAX's default
+backend not a CPU, no Numba, ``REVTUNE_FUSED_KERNELS=0``, or the check on first use failed, with a
+warning), for schedules with a value per weight, and for gradients of other dtypes; inside a program
+`on_cpu` picks per platform.
 """
 
 from __future__ import annotations
@@ -67,8 +74,9 @@ def wanted() -> bool:
 
 
 def available() -> bool:
-    """Whether the engine may call the fused kernels (on a CPU): wanted, compiled and checked."""
-    if not wanted():
+    """Whether the engine may call the fused kernels: wanted, JAX's default backend a CPU (a GPU host
+    loads no Numba and compiles nothing for it), compiled and checked."""
+    if not wanted() or jax.default_backend() != "cpu":
         return False
     with _lock:
         if _state["checked"] is None:
@@ -78,7 +86,8 @@ def available() -> bool:
 
 def _register_and_check() -> bool:
     try:
-        importlib.import_module("hypercore._fused_kernels").register()  # Numba: loaded on first use
+        kernels = importlib.import_module("hypercore._fused_kernels")  # Numba: loaded on first use
+        kernels.register()
     except Exception as e:  # noqa: BLE001  (no Numba, or it cannot compile here: keep XLA's path)
         if not isinstance(e, ImportError):
             warnings.warn(f"revtune: fused CPU kernels unavailable ({e!r}); using XLA's", stacklevel=3)
@@ -101,6 +110,7 @@ _S64, _U64, _F64 = jnp.int64, jnp.uint64, jnp.float64
 def _call(name: str, outs, *args, aliases: dict[int, int]):
     """The custom call ``name``; ``aliases`` (argument -> result) are updated in place, as the loops
     read each element before they write it."""
+    importlib.import_module("hypercore._fused_kernels").register()  # once; the engine calls `available` first
     return jax.ffi.ffi_call(name, outs, input_output_aliases=aliases)(*args)
 
 
@@ -195,6 +205,48 @@ def fingerprint(g, leaf: int):
     )
 
 
+def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay):
+    """``(w, m, vh, vl, head, stack, ok)`` after one forward step of Adam (AdamW if ``decay``) on one
+    weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``."""
+    word, shift = _slot(k)
+    outs = (*(_like(x) for x in (w, m, vh, vl, head, stack)), jax.ShapeDtypeStruct((), jnp.bool_))
+    return _call(
+        f"revtune_adam_forward_{g.dtype.name}",
+        outs,
+        w,
+        m,
+        vh,
+        vl,
+        head,
+        stack,
+        g,
+        *(_scalar(x, _S64) for x in (n1, n2, nf)),
+        *(_scalar(x, _F64) for x in (lr, c1, c2, eps)),
+        _scalar(decay, jnp.bool_),
+        word,
+        shift,
+        _scalar(do, jnp.bool_),
+        aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
+    )
+
+
+def adam_undo_weights(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
+    """``(w, head)``: ``w_t`` from ``w_{t+1}`` and the state (`hypercore.adam.Adam.undo_weights`)."""
+    return _call(
+        "revtune_adam_undo_weights",
+        (_like(w), _like(head)),
+        w,
+        m,
+        vh,
+        vl,
+        head,
+        _scalar(nf, _S64),
+        *(_scalar(x, _F64) for x in (lr, c1, c2, eps)),
+        _scalar(decay, jnp.bool_),
+        aliases={0: 0, 4: 1},
+    )
+
+
 def _slot(k):
     from hypercore._fixed import slot_position
 
@@ -248,10 +300,25 @@ def _self_check() -> None:
             failures.append(~(ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))
             flipped = g.at[3, 2].set(jnp.nextafter(g[3, 2], jnp.inf))
             failures.append(fingerprint(g, 0) == fingerprint(flipped, 0))
+            failures.append(~_adam_round_trip(w, v, head, stack, g, k, do))
         return jnp.stack(failures)
 
     failed = np.asarray(jax.jit(check)(problems))
     if failed.any():
-        what = ("step and undo", "fingerprint")
-        bad = sorted({f"{what[i % 2]} ({FUSED_DTYPES[i // 2]})" for i in np.flatnonzero(failed)})
+        what = ("step and undo", "fingerprint", "AdamW's step and undo")
+        bad = sorted({f"{what[i % 3]} ({FUSED_DTYPES[i // 3]})" for i in np.flatnonzero(failed)})
         raise AssertionError("failed: " + ", ".join(bad))
+
+
+def _adam_round_trip(w, m, head, stack, g, k, do):
+    """AdamW's two kernels: a step moves the weights, the moments and the stack, and the undo of the
+    weights restores them bit for bit."""
+    n1, n2, nf = jnp.int64(15099494), jnp.int64(16760439), jnp.int64(16760000)  # 0.9, 0.999, 1 - 1e-5
+    lr, c1, c2 = jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3)
+    vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
+    kw = {"eps": 1e-8, "decay": True}
+    out = adam_forward(w, m, vh, vl, head >> jnp.uint64(4), stack, g, n1, n2, nf, lr, c1, c2, k, do, **kw)
+    w1, m1, vh1, vl1, h1, s1, ok = out
+    moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
+    w0, _ = adam_undo_weights(w1, m1, vh1, vl1, h1, nf, lr, c1, c2, **kw)
+    return ok & moved & jnp.all(w0 == w)

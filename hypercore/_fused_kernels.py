@@ -10,8 +10,16 @@ here, in 8-byte words on a 64-bit platform:
 * a metadata query (``extension_start`` of type 1) is answered with the API version the layouts
   above are from, 0.1, and no traits.
 
-Every loop mirrors `hypercore._fixed`'s XLA formulation operation for operation; unsigned and signed
-64-bit values are never mixed (Numba would promote them to float64).
+Every loop computes what `hypercore._fixed`'s formulation computes, operation for operation but for
+the division by gamma's numerator (`_divmod_unsigned`, `_divmod_signed`: the same integers); unsigned
+and signed 64-bit values are never mixed (Numba would promote them to float64). Each loop reads and
+writes its arrays in place, one pointer per array, which is what lets LLVM vectorise it. Compiled
+code is cached on disk (Numba's ``cache=True``: next to this file, or in ``NUMBA_CACHE_DIR``), so
+only a machine's first process compiles (about 20 s).
+
+One thread per call: XLA runs independent kernels side by side on its own threads, and Numba's
+threads (OpenMP) inside these loops made the engine slower, not faster (1.5 to 2 times on this
+project's 2-core machine, with ``OMP_WAIT_POLICY=PASSIVE`` too).
 """
 
 from __future__ import annotations
@@ -466,8 +474,10 @@ def register() -> None:
     """Register every handler with XLA's FFI for the CPU (once per process)."""
     import jax
 
+    from hypercore import _fused_kernels_adam  # its loops use this module's plumbing
+
     if _registered:
         return
-    for name, handler in HANDLERS.items():
+    for name, handler in {**HANDLERS, **_fused_kernels_adam.HANDLERS}.items():
         jax.ffi.register_ffi_target(name, _capsule(handler.address), platform="cpu")
     _registered.append(True)

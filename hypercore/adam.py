@@ -115,6 +115,7 @@ restored weights; ``lr``'s direct cotangent ``-dw_{t+1} . u`` is unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,7 @@ import numpy as np
 
 from hypercore import (
     _fixed,
+    _fused,
     _schedule,
     _x64,  # noqa: F401  (configures JAX for the engine before any array exists)
     reversible,
@@ -484,13 +486,59 @@ class Adam:
         dws = [_fixed.to_fixed(a * p[3]) for a, p in zip(lr.per_leaf(), parts, strict=True)]
         return dws, parts
 
+    def _fused(self, hyper, g=None) -> bool:
+        """Whether this step may go through `hypercore._fused`'s kernels on a CPU: one value of every
+        schedule per weight array and step (not per weight) and, where given, gradients of a compiled
+        dtype. Static."""
+        return (
+            all(jnp.ndim(x) == 0 for h in hyper for x in h.per_leaf())
+            and (g is None or all(gi.dtype.name in _fused.FUSED_DTYPES for gi in g))
+            and _fused.available()
+        )
+
+    def _kernel(self, fused, xla):
+        """``(fused, xla)`` with this optimizer's static ``eps`` and weight decay bound."""
+        kw = {"eps": self.eps, "decay": self.weight_decay}
+        return functools.partial(fused, **kw), functools.partial(xla, **kw)
+
+    def _decay_numerators(self, hyper, leaves: int) -> list[jax.Array]:
+        """The weight-decay factors' numerators per leaf; ``2**24`` (no decay) for Adam."""
+        if not self.weight_decay:
+            return [jnp.int64(DB)] * leaves
+        return [n for n, _ in self._numerators(hyper[5], decay_numerator)]
+
     def forward_step(self, w, state, buf, g, hyper):
         m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
         nfs = self._numerators(hyper[5], decay_numerator) if self.weight_decay else None
         factors = [n1, n2] if nfs is None else [n1, n2, nfs]
         by_bound = _fixed.spill_by_bound(buf, [n for f in factors for n, _ in f])
-        buf, spilled = _fixed.maybe_spill(buf, 1 << adam_spill_bits(self.factors), by_bound=by_bound)
+        limit = 1 << adam_spill_bits(self.factors)
+        if by_bound and self._fused(hyper, g):
+            buf, spilled, do, k = _fixed.plan_spill(buf, limit, by_bound=True)
+            lr, _, _, c1, c2 = hyper[:5]
+            leaves = zip(
+                w,
+                m,
+                vh,
+                vl,
+                buf.heads,
+                buf.stacks,
+                g,
+                [n for n, _ in n1],
+                [n for n, _ in n2],
+                self._decay_numerators(hyper, len(w)),
+                lr.per_leaf(),
+                c1.per_leaf(),
+                c2.per_leaf(),
+                strict=True,
+            )
+            fused, xla = self._kernel(_fused.adam_forward, _adam_forward_leaf)
+            out = [_fused.on_cpu((*args, k, do), fused, xla) for args in leaves]
+            w, m, vh, vl, heads, stacks, oks = (list(x) for x in zip(*out, strict=True))
+            bound = _head_bound(buf.bound, factors)
+            return w, (m, vh, vl), buf._replace(heads=heads, stacks=stacks, bound=bound), spilled, oks
+        buf, spilled = _fixed.maybe_spill(buf, limit, by_bound=by_bound)
         heads = list(buf.heads)
         _, dm, dv = self._increments(g, om1, om2)
         m_new, v_new = [], []
@@ -522,6 +570,17 @@ class Adam:
         as floats and the factors used (else ``None``)."""
         m, vh, vl = state
         dws, parts = self._steps(m, list(zip(vh, vl, strict=True)), hyper)
+        if self._fused(hyper):  # the adjoint's `parts` stay XLA's; the weights go through the kernel
+            lr, _, _, c1, c2 = hyper[:5]
+            nfs = self._decay_numerators(hyper, len(w))
+            leaves = zip(
+                w, m, vh, vl, buf.heads, nfs, lr.per_leaf(), c1.per_leaf(), c2.per_leaf(), strict=True
+            )
+            fused, xla = self._kernel(_fused.adam_undo_weights, _adam_undo_weights_leaf)
+            w, heads = (
+                list(x) for x in zip(*[_fused.on_cpu(args, fused, xla) for args in leaves], strict=True)
+            )
+            return w, state, buf._replace(heads=heads), self._aux(parts, w, hyper)
         w = [wi + d for wi, (d, _) in zip(w, dws, strict=True)]
         if not self.weight_decay:
             return w, state, buf, (parts, None, None)
@@ -529,8 +588,13 @@ class Adam:
         nfs = self._numerators(hyper[5], decay_numerator)
         for i, nf in enumerate(nfs):
             w[i], heads[i] = div_beta(w[i], *nf, heads[i])
-        factors = [n.astype(jnp.float64) / DB for n, _ in nfs]
-        return w, state, buf._replace(heads=heads), (parts, [_fixed.from_fixed(x) for x in w], factors)
+        return w, state, buf._replace(heads=heads), self._aux(parts, w, hyper)
+
+    def _aux(self, parts, w, hyper):
+        if not self.weight_decay:
+            return parts, None, None
+        factors = [n.astype(jnp.float64) / DB for n, _ in self._numerators(hyper[5], decay_numerator)]
+        return parts, [_fixed.from_fixed(x) for x in w], factors
 
     def undo_state(self, state, buf, g, hyper, spilled, stacks):
         """Undo ``v``'s then ``m``'s update (the reverse of the forward's order on the shared
@@ -581,6 +645,42 @@ class Adam:
         dfactor = [d * x for d, x in zip(dw, w_t, strict=True)]
         dw = [f * d for f, d in zip(factors, dw, strict=True)]
         return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2, dfactor)
+
+
+# One weight array's steps in XLA's operations, as `hypercore._fused`'s Adam kernels compute them: the
+# default branch of `_fused.on_cpu` (so the code off a CPU) and what the tests compare the kernels with.
+
+
+def _leaf_terms(n1, n2):
+    inv1, inv2 = 1.0 / n1.astype(jnp.float64), 1.0 / n2.astype(jnp.float64)
+    om1 = (jnp.int64(DB) - n1).astype(jnp.float64) / DB
+    om2 = (jnp.int64(DB) - n2).astype(jnp.float64) / DB
+    return inv1, inv2, om1, om2
+
+
+def _adam_forward_leaf(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay):
+    head, stack = _fixed.spill_leaf(head, stack, k, do)
+    inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
+    (_, dm, dv) = Adam._increments([g], [om1], [om2])
+    (dm, ok_m), (dv, ok_v) = dm[0], dv[0]
+    x, head = mul_beta(m, n1, inv1, head)
+    m = x + dm
+    x, head = mul_beta_v((vh, vl), n2, inv2, head)
+    v = add_v(x, dv)
+    u = _direction(_fixed.from_fixed(m), from_fixed_v(v), c1, c2, eps)[3]
+    d, ok_d = _fixed.to_fixed(lr * u)
+    if decay:
+        w, head = mul_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
+    ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v))
+    return w - d, m, v[0], v[1], head, stack, ok
+
+
+def _adam_undo_weights_leaf(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
+    u = _direction(_fixed.from_fixed(m), from_fixed_v((vh, vl)), c1, c2, eps)[3]
+    w = w + _fixed.to_fixed(lr * u)[0]
+    if decay:
+        w, head = div_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
+    return w, head
 
 
 ADAM = Adam()

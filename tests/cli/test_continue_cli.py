@@ -20,9 +20,13 @@ def revtune(capsys, *args: object) -> tuple[int, str, str]:
 
 def test_continue_a_finished_job_to_the_same_end_as_one_run(service: Service, capsys):
     with Client(service.url) as client:
+        # a long job ahead of it on the one worker, so that "short" is still queued when continued
+        # (alone, a two-iteration job could finish before the command runs)
+        ahead = client.submit(tiny_spec(name="ahead", meta={"iterations": 500, "optimizer": "adam"}))
         short = client.submit(tiny_spec(name="short", meta={"iterations": 2}))["id"]
         rc, _, err = revtune(capsys, "continue", short, "--iterations", 2, "--url", service.url)
-        assert rc == 2 and "continue it once it has finished" in err  # still queued or running
+        client.cancel(ahead)
+        assert rc == 2 and "continue it once it has finished" in err  # still queued
         assert client.wait(short)["status"] == "succeeded"
 
         rc, out, err = revtune(capsys, "continue", short, "--iterations", 2, "--wait", "--url", service.url)

@@ -1,0 +1,244 @@
+"""The Numba loops and FFI handlers of `hypercore._fused` for reversible Adam and AdamW: the forward
+step and the undo of the weights. (The undo of ``m`` and ``v`` and the adjoint stay XLA's: written as
+one loop here they were correct but did not vectorise, 40 ns per weight against the forward's 4.)
+
+Each function is `hypercore.adam`'s operation of the same name on one element: the exact
+multiplication by ``n / 2**24`` through the head (`_mul_beta`, `_mul_beta_v`) and the inverse
+`_div_beta`, ``v``'s two 62-bit limbs, the update direction (`_direction`'s operations in its order),
+so that the integers come out as XLA's, bit for bit. ``error_model="numpy"``: a float division by zero
+is IEEE's, not a Python exception, whose test in every iteration kept the loops from vectorising. The
+plumbing (the call frame, results in place, one thread per call) is `hypercore._fused_kernels`'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, cfunc, njit
+
+from hypercore._fused_kernels import (
+    _HANDLER,
+    LIMIT,
+    _aliased,
+    _array,
+    _buffers,
+    _from_fixed,
+    _metadata,
+    _null,
+    _scalar,
+    _size,
+    _spill_loop,
+    _stack_row,
+    _to_fixed,
+)
+
+BETA_BITS_S = np.int64(24)
+BETA_BITS_U = np.uint64(24)
+DB = np.int64(1 << 24)
+INV_DB = 1.0 / float(1 << 24)
+LIMB_BITS = np.int64(62)
+LIMB_MASK = np.int64((1 << 62) - 1)
+V_SCALE = float(2**94)
+V_RANGE = float(2**30)
+HI_SCALE = 2.0 ** (62 - 94)
+LO_SCALE = 1.0 / V_SCALE
+M24, M31, M32 = (np.int64((1 << k) - 1) for k in (24, 31, 32))
+M24_U = np.uint64((1 << 24) - 1)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _divmod(x, n, inv):
+    """`hypercore.adam._divmod`: floor ``(x div n, x mod n)``, ``2**23 <= n <= 2**24``."""
+    q = np.int64(np.floor(np.float64(x) * inv))
+    r = x - q * n
+    if r < 0:
+        q -= 1
+        r += n
+    if r >= n:
+        q += 1
+        r -= n
+    return q, r
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _push(h1, r):
+    return (np.uint64(h1) << BETA_BITS_U) | np.uint64(r)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _mul_beta(x, n, inv, head):
+    h1, s = _divmod(np.int64(head), n, inv)  # `_pop`: the head is below 2**63
+    low = (x & M32) * n + s
+    x = (x >> np.int64(32)) * n * np.int64(256) + (low >> BETA_BITS_S)
+    return x, _push(h1, low & M24)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _div_beta(x, n, inv, head):
+    h1, r = np.int64(head >> BETA_BITS_U), np.int64(head & M24_U)  # `_unpush`
+    a, b = _divmod(x, n, inv)
+    q, s = _divmod((b << BETA_BITS_S) | r, n, inv)
+    return a * DB + q, np.uint64(h1 * n + s)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _mul_beta_v(hi, lo, n, inv, head):
+    h1, s = _divmod(np.int64(head), n, inv)
+    c = (lo & M31) * n + s
+    d0 = c & M31
+    c = (lo >> np.int64(31)) * n + (c >> np.int64(31))
+    d1 = c & M31
+    c = (hi & M31) * n + (c >> np.int64(31))
+    d2 = c & M31
+    c3 = (hi >> np.int64(31)) * n + (c >> np.int64(31))
+    lo = ((d2 & M24) << np.int64(38)) | (d1 << np.int64(7)) | (d0 >> BETA_BITS_S)
+    hi = (c3 << np.int64(7)) | (d2 >> BETA_BITS_S)
+    return hi, lo, _push(h1, d0 & M24)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _to_fixed_v(x):
+    ok = np.isfinite(x) & (x >= 0.0) & (x < V_RANGE)
+    y = (x if ok else 0.0) * V_SCALE
+    hi = np.floor(y * 2.0**-62)
+    return np.int64(hi), np.int64(np.rint(y - hi * 2.0**62)), ok
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _from_fixed_v(hi, lo):
+    return np.float64(hi) * HI_SCALE + np.float64(lo) * LO_SCALE
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _add_v(ah, al, bh, bl):
+    lo = al + bl
+    return ah + bh + (lo >> LIMB_BITS), lo & LIMB_MASK
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _direction(m, vh, vl, c1, rc2, eps):
+    """`hypercore.adam._direction` from the fixed-point state: ``(mhat, vhat, den, u)``; ``rc2`` is
+    ``1.0 / c2``, as XLA computes it once."""
+    m_f = _from_fixed(m)
+    vhat = _from_fixed_v(vh, vl) * rc2
+    den = np.sqrt(vhat) + eps
+    return m_f / c1, vhat, den, m_f / (c1 * den)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The forward step (after the spill): m's, then v's, then (AdamW) w's multiplication on one head.
+
+
+@njit(cache=True, error_model="numpy")
+def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay):
+    inv1, inv2, invf, rc2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2), 1.0 / np.float64(nf), 1.0 / c2
+    om1 = np.float64(DB - n1) * INV_DB
+    om2 = np.float64(DB - n2) * INV_DB
+    ok = True
+    for i in range(m.size):
+        g64 = np.float64(g[i])
+        dm, ok_m = _to_fixed(om1 * g64)
+        dvh, dvl, ok_v = _to_fixed_v(om2 * (g64 * g64))
+        mi, h = _mul_beta(m[i], n1, inv1, head[i])
+        mi = mi + dm
+        vhi, vlo, h = _mul_beta_v(vh[i], vl[i], n2, inv2, h)
+        vhi, vlo = _add_v(vhi, vlo, dvh, dvl)
+        _, _, _, u = _direction(mi, vhi, vlo, c1, rc2, eps)
+        d, ok_d = _to_fixed(lr * u)
+        wi = w[i]
+        if decay:
+            wi, h = _mul_beta(wi, nf, invf, h)
+        w[i] = wi - d
+        m[i] = mi
+        vh[i] = vhi
+        vl[i] = vlo
+        head[i] = h
+        ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < np.int64(1 << 62))
+    return ok
+
+
+@njit(cache=True, error_model="numpy")
+def _forward(call_frame, gdtype):
+    # args: w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, eps, decay, word, shift, do
+    # rets: w, m, vh, vl, head, stack, ok
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    w = _aliased(rets[0], args[0], n, np.int64)
+    m = _aliased(rets[1], args[1], n, np.int64)
+    vh = _aliased(rets[2], args[2], n, np.int64)
+    vl = _aliased(rets[3], args[3], n, np.int64)
+    head = _aliased(rets[4], args[4], n, np.uint64)
+    _aliased(rets[5], args[5], _size(args[5]), np.uint64)
+    if _scalar(args[17], np.bool_):
+        _spill_loop(head, _stack_row(rets, 5, n, _scalar(args[15], np.int64)), _scalar(args[16], np.uint64))
+    g = _array(args[6], n, gdtype)
+    n1, n2, nf = _scalar(args[7], np.int64), _scalar(args[8], np.int64), _scalar(args[9], np.int64)
+    lr, c1, c2 = _scalar(args[10], np.float64), _scalar(args[11], np.float64), _scalar(args[12], np.float64)
+    eps, decay = _scalar(args[13], np.float64), _scalar(args[14], np.bool_)
+    ok = _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay)
+    _array(rets[6], 1, np.bool_)[0] = ok
+    return _null()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reverse step's first half: the weights back (w + lr u, then AdamW's division on the head).
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, decay):
+    invf, rc2 = 1.0 / np.float64(nf), 1.0 / c2
+    for i in range(w.size):
+        _, _, _, u = _direction(m[i], vh[i], vl[i], c1, rc2, eps)
+        d, _ = _to_fixed(lr * u)
+        wi = w[i] + d
+        if decay:
+            wi, head[i] = _div_beta(wi, nf, invf, head[i])
+        w[i] = wi
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_weights(call_frame):
+    # args: w, m, vh, vl, head, nf, lr, c1, c2, eps, decay; rets: w, head
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    _undo_weights_loop(
+        _aliased(rets[0], args[0], n, np.int64),
+        _array(args[1], n, np.int64),
+        _array(args[2], n, np.int64),
+        _array(args[3], n, np.int64),
+        _aliased(rets[1], args[4], n, np.uint64),
+        _scalar(args[5], np.int64),
+        _scalar(args[6], np.float64),
+        _scalar(args[7], np.float64),
+        _scalar(args[8], np.float64),
+        _scalar(args[9], np.float64),
+        _scalar(args[10], np.bool_),
+    )
+    return _null()
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_f32(call_frame):
+    return _forward(call_frame, np.float32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _forward_f64(call_frame):
+    return _forward(call_frame, np.float64)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_weights_any(call_frame):
+    return _undo_weights(call_frame)
+
+
+HANDLERS = {
+    "revtune_adam_forward_float32": _forward_f32,
+    "revtune_adam_forward_float64": _forward_f64,
+    "revtune_adam_undo_weights": _undo_weights_any,
+}

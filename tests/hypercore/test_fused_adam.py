@@ -1,0 +1,149 @@
+"""The fused CPU kernels for reversible Adam and AdamW (`hypercore._fused`: the forward step and the
+undo of the weights) against `hypercore.adam`'s XLA formulation: integers bit for bit (so either path
+undoes the other's forward pass), the engine on either path to the same state and the same
+hypergradients, and the kernels where they apply.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_adam import decays, rel_err, schedules  # the tiny net's Adam schedules
+from test_fused import _empty_slot, _paths
+from test_reversible import make_problem
+
+from hypercore import _fused, adam
+from hypercore.adam import check_reversal_adam, forward_state_adam, reversible_adam
+
+SHAPE = (4, 7)
+N = SHAPE[0] * SHAPE[1]
+
+
+@functools.cache
+def _pair(name, decay):
+    kw = {"eps": 1e-8, "decay": decay}
+    fused = {
+        "forward": _fused.adam_forward,
+        "undo_weights": _fused.adam_undo_weights,
+    }[name]
+    xla = {
+        "forward": adam._adam_forward_leaf,
+        "undo_weights": adam._adam_undo_weights_leaf,
+    }[name]
+    return jax.jit(functools.partial(fused, **kw)), jax.jit(functools.partial(xla, **kw))
+
+
+def _array(values, dtype, shape=SHAPE):
+    return jnp.asarray(np.asarray(values, dtype=object).astype(dtype).reshape(shape))
+
+
+def _ints(lo, hi):
+    return st.lists(st.integers(lo, hi), min_size=N, max_size=N)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    decay=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    n1=st.integers(adam.N_MIN, adam.N_MAX),
+    n2=st.one_of(st.integers(adam.N_MIN, adam.N_MAX), st.just(16760439)),  # 0.999
+    nf=st.one_of(st.integers(adam.N_MIN, adam.DB), st.just(adam.DB)),
+    w=_ints(-(2**60), 2**60),
+    m=_ints(-(2**58), 2**58),
+    vh=_ints(0, 2**40),
+    vl=_ints(0, 2**62 - 1),
+    heads=_ints(0, 2**59),
+    g=st.lists(st.floats(-50.0, 50.0, width=32), min_size=N, max_size=N),
+    lr=st.floats(1e-5, 0.1),
+    c1=st.floats(0.05, 1.0),
+    c2=st.floats(1e-3, 1.0),
+    k=st.integers(0, 3),
+    do=st.booleans(),
+)
+def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
+    decay, dtype, n1, n2, nf, w, m, vh, vl, heads, g, lr, c1, c2, k, do
+):
+    w, m, vh, vl = (_array(x, np.int64) for x in (w, m, vh, vl))
+    heads = _array(heads, np.uint64)
+    heads = jnp.where(do, heads, heads >> jnp.uint64(1))  # below 2**58 without a spill, as the step needs
+    stack = _empty_slot(
+        _array(np.random.default_rng(n1).integers(0, 2**63, 2 * N), np.uint64, (2, *SHAPE)), k
+    )
+    g = jnp.asarray(np.asarray(g).reshape(SHAPE), dtype)
+    n1, n2, nf = jnp.int64(n1), jnp.int64(n2), jnp.int64(nf if decay else adam.DB)
+    lr, c1, c2, k, do = jnp.float64(lr), jnp.float64(c1), jnp.float64(c2), jnp.int32(k), jnp.bool_(do)
+
+    fused, xla = _pair("forward", decay)
+    args = (w, m, vh, vl, heads, stack, g, n1, n2, nf, lr, c1, c2, k, do)
+    ours, theirs = fused(*args), xla(*args)
+    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok"), ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
+    w1, m1, vh1, vl1, h1, s1, ok = ours
+
+    fused, xla = _pair("undo_weights", decay)
+    args = (w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
+    (w0, h0), theirs = fused(*args), xla(*args)
+    np.testing.assert_array_equal(np.asarray(w0), np.asarray(theirs[0]))
+    np.testing.assert_array_equal(np.asarray(h0), np.asarray(theirs[1]))
+
+    if bool(ok):  # an in-range step's weights come back exactly
+        np.testing.assert_array_equal(np.asarray(w0), np.asarray(w))
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_array"])
+@pytest.mark.parametrize("weight_decay", [False, True])
+def test_the_engine_on_either_path_reaches_the_same_state(kind, weight_decay):
+    loss, w0, _ = make_problem(jnp.float32)
+    lr, b1, b2 = schedules(kind, 200, w0, "random")
+    wd = decays(kind, 200, w0) if weight_decay else 0.0
+    xla, fused = _paths(lambda: forward_state_adam(loss, w0, {}, lr, b1, b2, wd))
+    assert int(fused.buf.used) > 1, "the run should spill"
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(fused), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with _fused.enabled(True):
+        assert check_reversal_adam(loss, w0, {}, lr, b1, b2, wd)
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_array"])
+@pytest.mark.parametrize("weight_decay", [False, True])
+def test_the_hypergradients_agree_across_paths(kind, weight_decay):
+    loss, w0, X = make_problem(jnp.float64)
+    lr, b1, b2 = schedules(kind, 100, w0, "random")
+    wd = decays(kind, 100, w0) if weight_decay else jnp.zeros(())
+
+    def objective(w0, lr, b1, b2, wd):
+        w_T = reversible_adam(loss, w0, {}, lr, b1, b2, wd if weight_decay else 0.0, min_beta=0.5)
+        return loss(w_T, {}, jnp.int32(0))
+
+    xla, fused = _paths(lambda: jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3, 4)))(w0, lr, b1, b2, wd))
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(fused), strict=True):
+        assert bool(jnp.all(jnp.isfinite(b)))
+        assert rel_err(b, a) < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_weight"])
+def test_the_engine_calls_the_kernels_where_they_apply(kind):
+    loss, w0, _ = make_problem(jnp.float32)
+    lr, b1, b2 = schedules(kind, 10, w0, "constant")
+
+    def f(lr):
+        return jnp.sum(reversible_adam(loss, w0, {}, lr, b1, b2, 0.01, min_beta=0.9)["V"])
+
+    def calls():
+        text = jax.jit(jax.grad(f)).lower(lr).compile().as_text()
+        return {
+            line.split('custom_call_target="')[1].split('"')[0]
+            for line in text.splitlines()
+            if "custom_call_target" in line
+        }
+
+    off, on = _paths(calls)
+    assert not any(c.startswith("revtune_adam") for c in off)
+    steps = {"revtune_adam_forward_float32", "revtune_adam_undo_weights"}
+    assert not steps & on if kind == "per_weight" else steps <= on
