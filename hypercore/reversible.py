@@ -61,6 +61,12 @@ optimizer's fixed-point conversions and state range): otherwise the run is repor
 something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
+Two optional members let an optimizer do more in one pass (`SGDM` has both, for `hypercore._fused`'s
+CPU kernels): ``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which
+the backward pass then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
+``(state, buf, dw, dstate, ct, dhyper)``, and ``checks_weights = True``, which says ``checks``
+already hold the new weights' range, so the engine does not test it again.
+
 A second exact optimizer is a class with these members, registered under a name, and an entry
 point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
 example; in outline (its ``m`` and ``v``, and with weight decay ``w``, are each multiplied by a
