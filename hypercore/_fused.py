@@ -46,11 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypercore import _x64  # noqa: F401
-
-FRAC_BITS = 48
-RANGE = 2.0**14
-GAMMA_BITS = 16
-D = 2**GAMMA_BITS
+from hypercore.budget import D
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"checked": None}

@@ -15,11 +15,11 @@ the division by gamma's numerator (`_divmod_unsigned`, `_divmod_signed`: the sam
 and signed 64-bit values are never mixed (Numba would promote them to float64). Each loop reads and
 writes its arrays in place, one pointer per array, which is what lets LLVM vectorise it. Compiled
 code is cached on disk (Numba's ``cache=True``: next to this file, or in ``NUMBA_CACHE_DIR``), so
-only a machine's first process compiles (about 20 s).
+only a machine's first process compiles.
 
 One thread per call: XLA runs independent kernels side by side on its own threads, and Numba's
-threads (OpenMP) inside these loops made the engine slower, not faster (1.5 to 2 times on this
-project's 2-core machine, with ``OMP_WAIT_POLICY=PASSIVE`` too).
+threads (OpenMP) inside these loops made the engine slower, not faster, on this project's 2-core
+machine (with ``OMP_WAIT_POLICY=PASSIVE`` too).
 """
 
 from __future__ import annotations
@@ -32,18 +32,20 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-FRAC_BITS = 48
-SCALE = float(2**FRAC_BITS)
+from hypercore import _fixed
+
+# `hypercore._fixed`'s constants, typed for Numba (which freezes globals into the compiled code)
+SCALE = _fixed.SCALE
 INV_SCALE = 1.0 / SCALE
-RANGE = 2.0**14
-LIMIT = np.int64((2**14) << FRAC_BITS)
-GAMMA_BITS = np.uint64(16)
-SHIFT_S = np.int64(16)
-LOW16_S = np.int64(0xFFFF)
-LOW16_U = np.uint64(0xFFFF)
-SLOT_BITS = np.uint64(32)
-LOW32_U = np.uint64(0xFFFFFFFF)
-INV_D = 1.0 / 65536.0
+RANGE = _fixed.RANGE
+LIMIT = np.int64(int(_fixed.RANGE) << _fixed.FRAC_BITS)
+GAMMA_BITS = np.uint64(_fixed.GAMMA_BITS)
+SHIFT_S = np.int64(_fixed.GAMMA_BITS)
+LOW16_S = np.int64(_fixed.D - 1)
+LOW16_U = np.uint64(_fixed.D - 1)
+SLOT_BITS = np.uint64(_fixed.SLOT_BITS)
+LOW32_U = np.uint64((1 << _fixed.SLOT_BITS) - 1)
+INV_D = 1.0 / _fixed.D
 API_MAJOR, API_MINOR = 0, 1
 EXTENSION_METADATA = 1
 

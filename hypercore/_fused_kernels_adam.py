@@ -1,6 +1,6 @@
 """The Numba loops and FFI handlers of `hypercore._fused` for reversible Adam and AdamW: the forward
 step and the undo of the weights. (The undo of ``m`` and ``v`` and the adjoint stay XLA's: written as
-one loop here they were correct but did not vectorise, 40 ns per weight against the forward's 4.)
+one loop here they were correct but did not vectorise, and ran slower than XLA.)
 
 Each function is `hypercore.adam`'s operation of the same name on one element: the exact
 multiplication by ``n / 2**24`` through the head (`_mul_beta`, `_mul_beta_v`) and the inverse
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, cfunc, njit
 
+from hypercore import adam
 from hypercore._fused_kernels import (
     _HANDLER,
     LIMIT,
@@ -31,18 +32,21 @@ from hypercore._fused_kernels import (
     _to_fixed,
 )
 
-BETA_BITS_S = np.int64(24)
-BETA_BITS_U = np.uint64(24)
-DB = np.int64(1 << 24)
-INV_DB = 1.0 / float(1 << 24)
-LIMB_BITS = np.int64(62)
-LIMB_MASK = np.int64((1 << 62) - 1)
-V_SCALE = float(2**94)
-V_RANGE = float(2**30)
-HI_SCALE = 2.0 ** (62 - 94)
+# `hypercore.adam`'s constants, typed for Numba
+BETA_BITS_S = np.int64(adam.BETA_BITS)
+BETA_BITS_U = np.uint64(adam.BETA_BITS)
+DB = np.int64(adam.DB)
+INV_DB = 1.0 / adam.DB
+LIMB_BITS = np.int64(adam.LIMB_BITS)
+LIMB_MASK = np.int64((1 << adam.LIMB_BITS) - 1)
+LIMB_LIMIT = np.int64(1 << adam.LIMB_BITS)
+LIMB_UNIT = float(2**adam.LIMB_BITS)
+V_SCALE = adam.V_SCALE
+V_RANGE = adam.V_RANGE
+HI_SCALE = 2.0 ** (adam.LIMB_BITS - adam.V_FRAC_BITS)
 LO_SCALE = 1.0 / V_SCALE
 M24, M31, M32 = (np.int64((1 << k) - 1) for k in (24, 31, 32))
-M24_U = np.uint64((1 << 24) - 1)
+M24_U = np.uint64(adam.DB - 1)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -99,8 +103,8 @@ def _mul_beta_v(hi, lo, n, inv, head):
 def _to_fixed_v(x):
     ok = np.isfinite(x) & (x >= 0.0) & (x < V_RANGE)
     y = (x if ok else 0.0) * V_SCALE
-    hi = np.floor(y * 2.0**-62)
-    return np.int64(hi), np.int64(np.rint(y - hi * 2.0**62)), ok
+    hi = np.floor(y * (1.0 / LIMB_UNIT))
+    return np.int64(hi), np.int64(np.rint(y - hi * LIMB_UNIT)), ok
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -152,7 +156,7 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay):
         vh[i] = vhi
         vl[i] = vlo
         head[i] = h
-        ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < np.int64(1 << 62))
+        ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < LIMB_LIMIT)
     return ok
 
 
