@@ -55,7 +55,8 @@ def import_base(rev: str, folder: Path):
     (folder / "hypercore").rename(folder / "hypercore_base")
     for path in (folder / "hypercore_base").rglob("*.py"):
         text = re.sub(r"\bhypercore\b(?=\.|\s+import|\s*$)", "hypercore_base", path.read_text(), flags=re.M)
-        path.write_text(text)
+        # the fused kernels' XLA FFI targets are process-wide names: the base's get their own
+        path.write_text(re.sub(r"""(["'])revtune_""", r"\1revtune_base_", text))
     sys.path.insert(0, str(folder))
     return importlib.import_module("hypercore_base")
 

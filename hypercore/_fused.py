@@ -13,16 +13,17 @@ each half of a step in one loop over the elements instead, in place:
 * `sgd_undo_adjoint`: the same undo and the step's float64 adjoint in one pass (``dv``, ``ct``, and
   ``dalpha``, ``dgamma`` summed over the array), reading ``v_{t+1}`` before it overwrites it;
 * `fingerprint`: the gradient's hash of `hypercore.reversible._fingerprint`, for any optimizer;
-* `adam_forward`, `adam_undo_weights`: reversible Adam's and AdamW's forward step (after the spill,
-  as in SGD's) and the undo of its weights (`_fused_kernels_adam`); the undo of ``m`` and ``v`` and the
-  adjoint stay XLA's.
+* `adam_forward`, `adam_undo_weights`, `adam_undo_adjoint`: reversible Adam's and AdamW's forward
+  step (after the spill, as in SGD's), the undo of its weights, and the undo of ``v`` and ``m`` with the
+  un-spill and the step's adjoint, its sums included (`_fused_kernels_adam`).
 
 The integers (weights, moments, heads, stacks, flags, hashes) are bit for bit those of the
 `jax.numpy` formulation (`hypercore._fixed`, the ``_sgd_*_leaf`` functions of `hypercore.reversible`,
 the ``_adam_*_leaf`` ones of `hypercore.adam`): the same float64 operations in the same order, and
 SGD's division by gamma's numerator exact (in float64 arithmetic, which vectorises, corrected to the
-integer quotient). So a forward pass on one path is undone exactly on the other. SGD's float64 sums
-are added in another order: its hypergradients agree to rounding (Adam's are the same bits).
+integer quotient). So a forward pass on one path is undone exactly on the other. The adjoints' float64
+sums are added in another order (and Adam's reverse loops multiply by reciprocals where XLA divides by
+a scalar): the hypergradients agree to rounding, about 1e-15 relative.
 
 The loops are compiled by Numba (cached on disk) and called through XLA's FFI (``jax.ffi.ffi_call``)
 as custom calls on the CPU; the handlers decode XLA's C call frame (``xla/ffi/api/c_api.h``)
@@ -243,6 +244,35 @@ def adam_undo_weights(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
     )
 
 
+def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps):
+    """`hypercore.adam.Adam.undo_and_adjoint` on one weight array: ``(m, vh, vl, head, dw, dm, dv, ct,
+    sums)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
+    the adjoint, ``ct`` in ``g``'s dtype and ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
+    the array. ``w`` is ``w_t`` (fixed point), read for ``df`` only; ``nf`` is ``2**24`` for Adam."""
+    word, shift = _slot(k)
+    outs = (*(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)), jax.ShapeDtypeStruct((6,), _F64))
+    return _call(
+        f"revtune_adam_undo_adjoint_{g.dtype.name}",
+        outs,
+        m,
+        vh,
+        vl,
+        head,
+        stack,
+        g,
+        dw,
+        dm,
+        dv,
+        w,
+        *(_scalar(x, _S64) for x in (n1, n2, nf)),
+        *(_scalar(x, _F64) for x in (lr, c1, c2, eps)),
+        word,
+        shift,
+        _scalar(do, jnp.bool_),
+        aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6},
+    )
+
+
 def _slot(k):
     from hypercore._fixed import slot_position
 
@@ -307,8 +337,8 @@ def _self_check() -> None:
 
 
 def _adam_round_trip(w, m, head, stack, g, k, do):
-    """AdamW's two kernels: a step moves the weights, the moments and the stack, and the undo of the
-    weights restores them bit for bit."""
+    """AdamW's three kernels: a step moves the weights, the moments and the stack, and the undo of the
+    weights, then of the state, restores them and the heads bit for bit."""
     n1, n2, nf = jnp.int64(15099494), jnp.int64(16760439), jnp.int64(16760000)  # 0.9, 0.999, 1 - 1e-5
     lr, c1, c2 = jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3)
     vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
@@ -316,5 +346,8 @@ def _adam_round_trip(w, m, head, stack, g, k, do):
     out = adam_forward(w, m, vh, vl, head >> jnp.uint64(4), stack, g, n1, n2, nf, lr, c1, c2, k, do, **kw)
     w1, m1, vh1, vl1, h1, s1, ok = out
     moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
-    w0, _ = adam_undo_weights(w1, m1, vh1, vl1, h1, nf, lr, c1, c2, **kw)
-    return ok & moved & jnp.all(w0 == w)
+    w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, nf, lr, c1, c2, **kw)
+    d = g.astype(_F64)
+    back = adam_undo_adjoint(m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do, eps=1e-8)
+    same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == head >> jnp.uint64(4)]
+    return ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

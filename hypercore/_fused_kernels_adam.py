@@ -1,6 +1,5 @@
 """The Numba loops and FFI handlers of `hypercore._fused` for reversible Adam and AdamW: the forward
-step and the undo of the weights. (The undo of ``m`` and ``v`` and the adjoint stay XLA's: written as
-one loop here they were correct but did not vectorise, and ran slower than XLA.)
+step, the undo of the weights, and the undo of ``m`` and ``v`` with the step's adjoint.
 
 Each function is `hypercore.adam`'s operation of the same name on one element: the exact
 multiplication by ``n / 2**24`` through the head (`_mul_beta`, `_mul_beta_v`) and the inverse
@@ -15,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, cfunc, njit
 
-from hypercore import adam
+from hypercore import _fixed, adam
 from hypercore._fused_kernels import (
     _HANDLER,
     LIMIT,
@@ -226,6 +225,164 @@ def _undo_weights(call_frame):
     return _null()
 
 
+# ---------------------------------------------------------------------------------------------------
+# The reverse step's second half, `Adam.undo_and_adjoint`: the adjoint of the step from ``m_{t+1}``,
+# ``v_{t+1}``, the undo of ``v``'s then ``m``'s update and the un-spill, then the terms that need
+# ``m_t`` and ``v_t``. One loop touching every array did not vectorise (about 14 arrays: too many for
+# LLVM's overlap checks), so each block of `BLOCK` weights goes through three short loops, which do.
+# The integer loop is `hypercore.adam`'s operations, bit for bit; the two float loops reassociate
+# (their sums vectorise, and scalar divisions become multiplications by the reciprocal), which moves
+# the adjoint's float64 values by an ulp or so and nothing else: no integer depends on them.
+
+BLOCK = 512
+M13, M25, M37 = (np.int64((1 << k) - 1) for k in (13, 25, 37))
+SLOT_BITS_U = np.uint64(_fixed.SLOT_BITS)
+LOW32_U = np.uint64((1 << _fixed.SLOT_BITS) - 1)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _div_beta_v(hi, lo, n, inv, head):
+    """`hypercore.adam.div_beta_v`: the long division of ``v 2**24 + (B mod 2**24)`` by ``n`` in
+    37-bit chunks."""
+    h1, r = np.int64(head >> BETA_BITS_U), np.int64(head & M24_U)
+    q3, rem = _divmod(hi >> np.int64(25), n, inv)
+    q2, rem = _divmod((rem << np.int64(37)) | ((hi & M25) << np.int64(12)) | (lo >> np.int64(50)), n, inv)
+    q1, rem = _divmod((rem << np.int64(37)) | ((lo >> np.int64(13)) & M37), n, inv)
+    q0, rem = _divmod((rem << np.int64(37)) | ((lo & M13) << BETA_BITS_S) | r, n, inv)
+    lo = q0 | ((q1 & M25) << np.int64(37))
+    hi = (q1 >> np.int64(25)) | (q2 << np.int64(12)) | (q3 << np.int64(49))
+    return hi, lo, np.uint64(h1 * n + rem)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _adjoint_block(m, vh, vl, dw, dm, dv, w, lr, rc1, rc2, eps, f):
+    """The adjoint from ``m_{t+1}, v_{t+1}``: ``dm, dv`` become ``dm_next, dv_next`` (unscaled);
+    AdamW's ``dw`` becomes ``f dw``. Returns the block's sums of ``dlr, dc1, dc2, dfactor``."""
+    s_lr, s_c1, s_c2, s_f = 0.0, 0.0, 0.0, 0.0
+    for i in range(m.size):
+        m_f = _from_fixed(m[i])
+        mhat = m_f * rc1
+        vhat = _from_fixed_v(vh[i], vl[i]) * rc2
+        root = np.sqrt(vhat)
+        rden = 1.0 / (root + eps)
+        u = mhat * rden
+        d = dw[i]
+        s_lr -= d * u
+        du = -lr * d
+        dmhat = du * rden
+        dvhat = (-0.5 * du * u * rden) / root if vhat > 0.0 else 0.0
+        s_c1 -= dmhat * mhat * rc1
+        s_c2 -= dvhat * vhat * rc2
+        dm[i] = dm[i] + dmhat * rc1
+        dv[i] = dv[i] + dvhat * rc2
+        s_f += d * _from_fixed(w[i])  # read and written unconditionally: a branch with memory
+        dw[i] = f * d  # access in it keeps the loop scalar (``f`` is 1 and ``w`` unused for Adam)
+    return s_lr, s_c1, s_c2, s_f
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_state_block(m, vh, vl, head, g, row, n1, n2, inv1, inv2, om1, om2, mask, shift, do):
+    """`hypercore.adam.Adam.undo_state` and the un-spill, on one block: ``v``'s update undone, then
+    ``m``'s, on the shared head."""
+    for i in range(m.size):
+        g64 = np.float64(g[i])
+        dvh, dvl, _ = _to_fixed_v(om2 * (g64 * g64))
+        lo = vl[i] - dvl
+        hi = vh[i] - dvh + (lo >> LIMB_BITS)
+        hi, lo, h = _div_beta_v(hi, lo & LIMB_MASK, n2, inv2, head[i])
+        dmi, _ = _to_fixed(om1 * g64)
+        mi, h = _div_beta(m[i] - dmi, n1, inv1, h)
+        ri = row[i]  # loaded unconditionally, for the same reason
+        if do:
+            h = (h << SLOT_BITS_U) | ((ri & mask) >> shift)
+        m[i] = mi
+        vh[i] = hi
+        vl[i] = lo
+        head[i] = h
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2):
+    """The terms that need ``m_t, v_t``: ``ct``, ``dm, dv`` scaled by the betas; the block's sums of
+    ``db1, db2``."""
+    s_b1, s_b2 = 0.0, 0.0
+    for i in range(m.size):
+        g64 = np.float64(g[i])
+        dmn = dm[i]
+        dvn = dv[i]
+        s_b1 += dmn * (_from_fixed(m[i]) - g64)
+        s_b2 += dvn * (_from_fixed_v(vh[i], vl[i]) - g64 * g64)
+        ct[i] = -(om1 * dmn + om2 * 2.0 * g64 * dvn)
+        dm[i] = dmn * nd1
+        dv[i] = dvn * nd2
+    return s_b1, s_b2
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_adjoint_loop(
+    m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, do
+):
+    inv1, inv2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2)
+    om1 = np.float64(DB - n1) * INV_DB
+    om2 = np.float64(DB - n2) * INV_DB
+    rc1, rc2 = 1.0 / c1, 1.0 / c2
+    f = np.float64(nf) * INV_DB
+    nd1, nd2 = np.float64(n1) * INV_DB, np.float64(n2) * INV_DB
+    mask = LOW32_U << shift
+    sums[:] = 0.0
+    for start in range(0, m.size, BLOCK):
+        b = slice(start, min(start + BLOCK, m.size))  # the loops index views from 0: with offsets,
+        # Numba's negative-index wraparound is a branch in every iteration, and they ran scalar
+        s_lr, s_c1, s_c2, s_f = _adjoint_block(
+            m[b], vh[b], vl[b], dw[b], dm[b], dv[b], w[b], lr, rc1, rc2, eps, f
+        )
+        _undo_state_block(
+            m[b], vh[b], vl[b], head[b], g[b], row[b], n1, n2, inv1, inv2, om1, om2, mask, shift, do
+        )
+        s_b1, s_b2 = _finish_block(m[b], vh[b], vl[b], g[b], dm[b], dv[b], ct[b], om1, om2, nd1, nd2)
+        sums[0] += s_lr
+        sums[1] += s_b1
+        sums[2] += s_b2
+        sums[3] += s_c1
+        sums[4] += s_c2
+        sums[5] += s_f
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_adjoint(call_frame, gdtype):
+    # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do
+    # rets: m, vh, vl, head, dw, dm, dv, ct, sums (6)
+    frame = carray(call_frame, (15,), np.int64)
+    if _metadata(frame):
+        return _null()
+    args, rets = _buffers(frame, 5), _buffers(frame, 10)
+    n = _size(args[0])
+    _undo_adjoint_loop(
+        _aliased(rets[0], args[0], n, np.int64),
+        _aliased(rets[1], args[1], n, np.int64),
+        _aliased(rets[2], args[2], n, np.int64),
+        _aliased(rets[3], args[3], n, np.uint64),
+        _array(args[5], n, gdtype),
+        _stack_row(args, 4, n, _scalar(args[17], np.int64)),
+        _aliased(rets[4], args[6], n, np.float64),
+        _aliased(rets[5], args[7], n, np.float64),
+        _aliased(rets[6], args[8], n, np.float64),
+        _array(args[9], n, np.int64),
+        _array(rets[7], n, gdtype),
+        _array(rets[8], 6, np.float64),
+        _scalar(args[10], np.int64),
+        _scalar(args[11], np.int64),
+        _scalar(args[12], np.int64),
+        _scalar(args[13], np.float64),
+        _scalar(args[14], np.float64),
+        _scalar(args[15], np.float64),
+        _scalar(args[16], np.float64),
+        _scalar(args[18], np.uint64),
+        _scalar(args[19], np.bool_),
+    )
+    return _null()
+
+
 @cfunc(_HANDLER, cache=True)
 def _forward_f32(call_frame):
     return _forward(call_frame, np.float32)
@@ -241,8 +398,20 @@ def _undo_weights_any(call_frame):
     return _undo_weights(call_frame)
 
 
+@cfunc(_HANDLER, cache=True)
+def _undo_adjoint_f32(call_frame):
+    return _undo_adjoint(call_frame, np.float32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _undo_adjoint_f64(call_frame):
+    return _undo_adjoint(call_frame, np.float64)
+
+
 HANDLERS = {
     "revtune_adam_forward_float32": _forward_f32,
     "revtune_adam_forward_float64": _forward_f64,
     "revtune_adam_undo_weights": _undo_weights_any,
+    "revtune_adam_undo_adjoint_float32": _undo_adjoint_f32,
+    "revtune_adam_undo_adjoint_float64": _undo_adjoint_f64,
 }

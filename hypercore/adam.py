@@ -566,11 +566,14 @@ class Adam:
 
     def undo_weights(self, w, state, buf, hyper, spilled, stacks):
         """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping the heads);
-        ``w_aux`` is ``(parts, w_t, f)``: ``(mhat, vhat, den, u)`` per leaf and, for AdamW, ``w_t``
-        as floats and the factors used (else ``None``)."""
+        ``w_aux`` is ``(parts, w_t, f)``: ``(mhat, vhat, den, u)`` per leaf, ``w_t`` (fixed point)
+        and, for AdamW, the factors used (else ``None``)."""
         m, vh, vl = state
         dws, parts = self._steps(m, list(zip(vh, vl, strict=True)), hyper)
-        if self._fused(hyper):  # the adjoint's `parts` stay XLA's; the weights go through the kernel
+        if self._fused(
+            hyper
+        ):  # `parts` are XLA's, for `adjoint_step`; `undo_and_adjoint`'s kernel recomputes
+            # them, and XLA then drops them as unused
             lr, _, _, c1, c2 = hyper[:5]
             nfs = self._decay_numerators(hyper, len(w))
             leaves = zip(
@@ -583,7 +586,7 @@ class Adam:
             return w, state, buf._replace(heads=heads), self._aux(parts, w, hyper)
         w = [wi + d for wi, (d, _) in zip(w, dws, strict=True)]
         if not self.weight_decay:
-            return w, state, buf, (parts, None, None)
+            return w, state, buf, self._aux(parts, w, hyper)
         heads = list(buf.heads)
         nfs = self._numerators(hyper[5], decay_numerator)
         for i, nf in enumerate(nfs):
@@ -592,59 +595,108 @@ class Adam:
 
     def _aux(self, parts, w, hyper):
         if not self.weight_decay:
-            return parts, None, None
-        factors = [n.astype(jnp.float64) / DB for n, _ in self._numerators(hyper[5], decay_numerator)]
-        return parts, [_fixed.from_fixed(x) for x in w], factors
+            return parts, w, None
+        return parts, w, [n.astype(jnp.float64) / DB for n, _ in self._numerators(hyper[5], decay_numerator)]
 
     def undo_state(self, state, buf, g, hyper, spilled, stacks):
         """Undo ``v``'s then ``m``'s update (the reverse of the forward's order on the shared
         head), then the step's spill."""
-        m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
-        heads = list(buf.heads)
-        g64, dm, dv = self._increments(g, om1, om2)
-        m_old, vh_old, vl_old = [], [], []
-        for i in range(len(m)):
-            (h, lo), heads[i] = div_beta_v(sub_v((vh[i], vl[i]), dv[i][0]), *n2[i], heads[i])
-            vh_old.append(h)
-            vl_old.append(lo)
-            x, heads[i] = div_beta(m[i] - dm[i][0], *n1[i], heads[i])
-            m_old.append(x)
+        leaves = zip(*state, buf.heads, g, n1, n2, om1, om2, strict=True)
+        m, vh, vl, heads = (list(x) for x in zip(*[_undo_state_leaf(*args) for args in leaves], strict=True))
         buf = _fixed.unspill(buf._replace(heads=heads), spilled, stacks)
-        return (m_old, vh_old, vl_old), buf, (n1, n2, om1, om2, g64)
+        return (m, vh, vl), buf, (n1, n2, om1, om2)
 
     def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, terms):
         lr, _, _, c1, c2 = hyper[:5]
         parts, w_t, factors = w_aux
-        dm, dv = dstate
-        m, vh, vl = state
-        n1, n2, om1, om2, g64 = terms
-        out_m, out_v, cts, dlr, db1, db2, dc1, dc2 = [], [], [], [], [], [], [], []
-        lrs, c1s, c2s = lr.per_leaf(), c1.per_leaf(), c2.per_leaf()
-        for i, (mhat, vhat, den, u) in enumerate(parts):
-            a, c1i, c2i = lrs[i], c1s[i], c2s[i]
-            dlr.append(-dw[i] * u)
-            du = -a * dw[i]
-            dmhat = du / den
-            dden = -du * u / den
-            pos = vhat > 0
-            dvhat = jnp.where(pos, dden * 0.5 / jnp.sqrt(jnp.where(pos, vhat, 1.0)), 0.0)
-            dm_next = dm[i] + dmhat / c1i
-            dv_next = dv[i] + dvhat / c2i
-            dc1.append(-dmhat * mhat / c1i)
-            dc2.append(-dvhat * vhat / c2i)
-            gi = g64[i]
-            db1.append(dm_next * (_fixed.from_fixed(m[i]) - gi))
-            db2.append(dv_next * (from_fixed_v((vh[i], vl[i])) - gi * gi))
-            dg = om1[i] * dm_next + om2[i] * 2.0 * gi * dv_next
-            cts.append(-dg)
-            out_m.append(dm_next * (n1[i][0].astype(jnp.float64) / DB))
-            out_v.append(dv_next * (n2[i][0].astype(jnp.float64) / DB))
+        n1, n2, om1, om2 = terms
+        leaves = zip(
+            parts,
+            dw,
+            *dstate,
+            g,
+            *state,
+            n1,
+            n2,
+            om1,
+            om2,
+            lr.per_leaf(),
+            c1.per_leaf(),
+            c2.per_leaf(),
+            strict=True,
+        )
+        dw_out, dm, dv, cts, dhyper = (
+            list(x) for x in zip(*[_adjoint_leaf(*args) for args in leaves], strict=True)
+        )
+        dhyper = [list(d) for d in zip(*dhyper, strict=True)]  # (dlr, db1, db2, dc1, dc2), each per leaf
         if not self.weight_decay:
-            return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2)
-        dfactor = [d * x for d, x in zip(dw, w_t, strict=True)]
-        dw = [f * d for f, d in zip(factors, dw, strict=True)]
-        return dw, (out_m, out_v), cts, (dlr, db1, db2, dc1, dc2, dfactor)
+            return dw_out, (dm, dv), cts, tuple(dhyper)
+        dfactor = [d * _fixed.from_fixed(x) for d, x in zip(dw, w_t, strict=True)]
+        dw_out = [f * d for f, d in zip(factors, dw, strict=True)]
+        return dw_out, (dm, dv), cts, (*dhyper, dfactor)
+
+    def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux):
+        """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (three short loops
+        per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds each
+        schedule's sum per array, which is all a schedule with one value per array needs."""
+        if stacks is None or not self._fused(hyper, g):
+            state, buf, s_aux = self.undo_state(state, buf, g, hyper, spilled, stacks)
+            return (state, buf, *self.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux))
+        lr, b1, b2, c1, c2 = hyper[:5]
+        do, k = _fixed.unspill_slot(buf, spilled)
+        leaves = zip(
+            *state,
+            buf.heads,
+            stacks,
+            g,
+            dw,
+            *dstate,
+            w_aux[1],
+            [n for n, _ in self._numerators(b1)],
+            [n for n, _ in self._numerators(b2)],
+            self._decay_numerators(hyper, len(dw)),
+            lr.per_leaf(),
+            c1.per_leaf(),
+            c2.per_leaf(),
+            strict=True,
+        )
+        fused = functools.partial(_fused.adam_undo_adjoint, eps=self.eps)
+        xla = functools.partial(_adam_undo_adjoint_leaf, eps=self.eps)
+        out = [_fused.on_cpu((*args, k, do), fused, xla) for args in leaves]
+        m, vh, vl, heads, dw, dm, dv, cts, sums = (list(x) for x in zip(*out, strict=True))
+        buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
+        dhyper = tuple([s[j] for s in sums] for j in range(6 if self.weight_decay else 5))
+        return (m, vh, vl), buf, dw, (dm, dv), cts, dhyper
+
+
+def _undo_state_leaf(m, vh, vl, head, g, n1, n2, om1, om2):
+    """`Adam.undo_state` on one weight array, before the un-spill: ``(m, vh, vl, head)`` one step
+    back; ``n1``, ``n2`` are ``(n, 1 / n)``."""
+    _, dm, dv = Adam._increments([g], [om1], [om2])
+    (vh, vl), head = div_beta_v(sub_v((vh, vl), dv[0][0]), *n2, head)
+    m, head = div_beta(m - dm[0][0], *n1, head)
+    return m, vh, vl, head
+
+
+def _adjoint_leaf(parts, dw, dm, dv, g, m, vh, vl, n1, n2, om1, om2, lr, c1, c2):
+    """`Adam.adjoint_step` on one weight array, but for AdamW's factor: ``(dw, dm, dv, ct, (dlr, db1,
+    db2, dc1, dc2))``, per parameter, from the step's ``parts`` and the restored ``m_t``, ``v_t``."""
+    mhat, vhat, den, u = parts
+    du = -lr * dw
+    dmhat = du / den
+    dden = -du * u / den
+    pos = vhat > 0
+    dvhat = jnp.where(pos, dden * 0.5 / jnp.sqrt(jnp.where(pos, vhat, 1.0)), 0.0)
+    dm_next = dm + dmhat / c1
+    dv_next = dv + dvhat / c2
+    g64 = g.astype(jnp.float64)
+    db1 = dm_next * (_fixed.from_fixed(m) - g64)
+    db2 = dv_next * (from_fixed_v((vh, vl)) - g64 * g64)
+    ct = -(om1 * dm_next + om2 * 2.0 * g64 * dv_next)
+    dhyper = (-dw * u, db1, db2, -dmhat * mhat / c1, -dvhat * vhat / c2)
+    nd1, nd2 = (n[0].astype(jnp.float64) / DB for n in (n1, n2))
+    return dw, dm_next * nd1, dv_next * nd2, ct, dhyper
 
 
 # One weight array's steps in XLA's operations, as `hypercore._fused`'s Adam kernels compute them: the
@@ -681,6 +733,20 @@ def _adam_undo_weights_leaf(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
     if decay:
         w, head = div_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
     return w, head
+
+
+def _adam_undo_adjoint_leaf(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps):
+    inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
+    parts = _direction(_fixed.from_fixed(m), from_fixed_v((vh, vl)), c1, c2, eps)
+    m, vh, vl, head = _undo_state_leaf(m, vh, vl, head, g, (n1, inv1), (n2, inv2), om1, om2)
+    head = _fixed.unspill_from(head, stack, k, do)
+    state = (m, vh, vl)
+    _, dm, dv, ct, dhyper = _adjoint_leaf(
+        parts, dw, dm, dv, g, *state, (n1, inv1), (n2, inv2), om1, om2, lr, c1, c2
+    )
+    f = nf.astype(jnp.float64) / DB
+    sums = jnp.stack([jnp.sum(x) for x in (*dhyper, dw * _fixed.from_fixed(w))])
+    return *state, head, f * dw, dm, dv, ct.astype(g.dtype), sums
 
 
 ADAM = Adam()

@@ -61,9 +61,10 @@ optimizer's fixed-point conversions and state range): otherwise the run is repor
 something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
-Two optional members let an optimizer do more in one pass (`SGDM` has both, for `hypercore._fused`'s
-CPU kernels): ``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which
-the backward pass then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
+Two optional members let an optimizer do more in one pass (`SGDM` has both and `hypercore.adam.Adam`
+the first, for `hypercore._fused`'s CPU kernels):
+``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the backward pass
+then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
 ``(state, buf, dw, dstate, ct, dhyper)``, and ``checks_weights = True``, which says ``checks``
 already hold the new weights' range, so the engine does not test it again.
 
@@ -605,7 +606,8 @@ def _carried(buf: Buffer) -> Buffer:
 
 def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
     """``undo_state`` then ``adjoint_step``, or the optimizer's ``undo_and_adjoint`` where it has one
-    (the two in one pass: `SGDM`). Returns ``(state, buf, dw, dstate, ct, dhyper)``."""
+    (the two in one call per weight array: `SGDM`, `hypercore.adam.Adam`). Returns ``(state, buf, dw,
+    dstate, ct, dhyper)``."""
     both = getattr(opt, "undo_and_adjoint", None)
     if both is not None:
         return both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)

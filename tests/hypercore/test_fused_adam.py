@@ -1,7 +1,8 @@
-"""The fused CPU kernels for reversible Adam and AdamW (`hypercore._fused`: the forward step and the
-undo of the weights) against `hypercore.adam`'s XLA formulation: integers bit for bit (so either path
-undoes the other's forward pass), the engine on either path to the same state and the same
-hypergradients, and the kernels where they apply.
+"""The fused CPU kernels for reversible Adam and AdamW (`hypercore._fused`: the forward step, the
+undo of the weights, and the undo of the state with the step's adjoint) against `hypercore.adam`'s XLA
+formulation: integers bit for bit (so either path undoes the other's forward pass), the adjoint's
+floats to rounding, the engine on either path to the same state and the same hypergradients, and the
+kernels where they apply.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ N = SHAPE[0] * SHAPE[1]
 
 @functools.cache
 def _pair(name, decay):
-    kw = {"eps": 1e-8, "decay": decay}
+    kw = {"eps": 1e-8} if name == "undo_adjoint" else {"eps": 1e-8, "decay": decay}
     fused = {
         "forward": _fused.adam_forward,
         "undo_weights": _fused.adam_undo_weights,
+        "undo_adjoint": _fused.adam_undo_adjoint,
     }[name]
     xla = {
         "forward": adam._adam_forward_leaf,
         "undo_weights": adam._adam_undo_weights_leaf,
+        "undo_adjoint": adam._adam_undo_adjoint_leaf,
     }[name]
     return jax.jit(functools.partial(fused, **kw)), jax.jit(functools.partial(xla, **kw))
 
@@ -92,8 +95,27 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     np.testing.assert_array_equal(np.asarray(w0), np.asarray(theirs[0]))
     np.testing.assert_array_equal(np.asarray(h0), np.asarray(theirs[1]))
 
-    if bool(ok):  # an in-range step's weights come back exactly
+    fused, xla = _pair("undo_adjoint", decay)
+    rng = np.random.default_rng(int(n2))
+    dw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(3))
+    args = (m1, vh1, vl1, h0, s1, g, dw, dm, dv, w0, n1, n2, nf, lr, c1, c2, k, do)
+    ours, theirs = fused(*args), xla(*args)
+    names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums")
+    for name, a, b in zip(names, ours, theirs, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if name in ("m", "vh", "vl", "head"):  # the integers bit for bit
+            np.testing.assert_array_equal(a, b, err_msg=f"undo_adjoint: {name}")
+        else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few apart
+            assert a.dtype == b.dtype, name
+            scale = np.max(np.abs(b)) if name == "sums" else np.abs(b)
+            np.testing.assert_array_less(
+                np.abs(a - b), 1e-12 * scale + 1e-300, err_msg=f"undo_adjoint: {name}"
+            )
+
+    if bool(ok):  # an in-range step comes back exactly: the weights, then the state and the heads
         np.testing.assert_array_equal(np.asarray(w0), np.asarray(w))
+        for name, a, b in zip(names, ours[:4], (m, vh, vl, heads), strict=False):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"restored: {name}")
 
 
 @pytest.mark.parametrize("kind", ["shared", "per_array"])
@@ -145,5 +167,5 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
 
     off, on = _paths(calls)
     assert not any(c.startswith("revtune_adam") for c in off)
-    steps = {"revtune_adam_forward_float32", "revtune_adam_undo_weights"}
+    steps = {"revtune_adam_forward_float32", "revtune_adam_undo_weights", "revtune_adam_undo_adjoint_float32"}
     assert not steps & on if kind == "per_weight" else steps <= on
