@@ -40,6 +40,7 @@ _ENGINE = {
     "buffer_capacity": ("hypercore.reversible", "buffer_capacity"),
     "check_reversal": ("hypercore.reversible", "check_reversal"),
     "empty_report": ("hypercore.reversible", "empty_report"),
+    "prepare_kernels": ("hypercore._fused", "prepare"),
     "forward_state": ("hypercore.reversible", "forward_state"),
     "reversible_sgd": ("hypercore.reversible", "reversible_sgd"),
     "adam_capacity": ("hypercore.adam", "adam_capacity"),

@@ -81,6 +81,13 @@ def available() -> bool:
     return bool(_state["checked"])
 
 
+def prepare() -> bool:
+    """Load the kernels and run their check now, not in the first engine step (which then traces
+    faster): a worker calls it at its start, so its first job does not wait for Numba. Returns whether
+    the engine will use them (`available`); with them off, or off a CPU, it does nothing."""
+    return available()
+
+
 def _register_and_check() -> bool:
     try:
         kernels = importlib.import_module("hypercore._fused_kernels")  # Numba: loaded on first use

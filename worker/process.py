@@ -32,9 +32,10 @@ def run_worker(settings: Settings | None = None, *, loglevel: str = "INFO") -> N
     from worker import tasks  # noqa: F401  (registers the task and initialises JAX before consuming)
     from worker.app import QUEUE, app, plugin_queue
     from worker.reaper import start_reaper
-    from worker.runner import configure_compilation_cache, load_plugins
+    from worker.runner import configure_compilation_cache, load_plugins, prepare_engine
 
     configure_compilation_cache(settings)
+    prepare_engine()
     plugins = load_plugins(settings)
     advertiser = _Advertiser(settings, f"{socket.gethostname()}:{os.getpid()}", plugins)
     if plugins:

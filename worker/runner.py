@@ -101,6 +101,21 @@ def configure_compilation_cache(settings: Settings) -> Path | None:
     return folder
 
 
+def prepare_engine() -> None:
+    """Load the engine's CPU kernels and run their check (`hypercore.prepare_kernels`) at the worker's
+    start, after `configure_compilation_cache` (the check's program is cached too), so a fresh
+    worker's first job does not wait for them."""
+    import hypercore
+
+    started = time.perf_counter()
+    used = hypercore.prepare_kernels()
+    log.info(
+        "engine ready in %.1f s (fused CPU kernels: %s)",
+        time.perf_counter() - started,
+        "on" if used else "off",
+    )
+
+
 T = TypeVar("T")
 Sessions = Callable[[], Session]
 

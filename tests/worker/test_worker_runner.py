@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 
 import numpy as np
 import pytest
@@ -329,3 +330,21 @@ def test_a_regression_upload_trains_on_the_squared_error_as_hypercore_does(setti
     assert [(s.valid_error, s.test_error) for s in steps] == [(None, None)] * 3
     assert [s.valid_loss for s in steps] == [r.valid_loss for r in result.records]
     assert [s.reversal_exact for s in steps] == [True] * 3
+
+
+def test_the_worker_prepares_the_engine_before_its_first_job(caplog, monkeypatch):
+    """`revtune worker` loads the fused CPU kernels and runs their check at its start
+    (`runner.prepare_engine`), so a fresh worker's first job does not wait for them; with the
+    kernels turned off it says so, and loads nothing."""
+    from hypercore import _fused
+
+    with caplog.at_level(logging.INFO, logger="worker.runner"):
+        runner.prepare_engine()
+    assert "fused CPU kernels: on" in caplog.text
+    assert _fused._state["checked"] is True  # loaded and checked: the engine's first step does neither
+
+    monkeypatch.setenv("REVTUNE_FUSED_KERNELS", "0")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.runner"):
+        runner.prepare_engine()
+    assert "fused CPU kernels: off" in caplog.text
