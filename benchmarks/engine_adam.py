@@ -13,7 +13,12 @@ training-optimizer slot. On the paper's MNIST net (784-50-50-50-10 tanh, 44,860 
   information-theoretic ``N * sum_t (log2(1/b1_t) + log2(1/b2_t) + log2(1/f_t)) / 8``, with
   ``f_t = 1 - lr_t wd_t`` and the quantised values the engine uses.
 * time: forward + backward through ``reversible_adam`` divided by plain float32 ``optax.adamw``
-  training of the same T (jitted, medians of --repeats runs, measured side by side in this process).
+  training of the same T (jitted, medians of --repeats runs, measured side by side in this process),
+  and against the same meta-gradient through per-step ``jax.checkpoint`` where its memory estimate is
+  below --mem-limit-gb.
+
+--cell picks the model: the paper's net (the default) or one of ``engine_grid.py``'s MLP cells at its
+batch of 50 (``1e4`` 784-12-10, ``1e5`` 784-128-10, ``1e6`` 784-1000-200-10).
 
 optax's ``adamw`` runs under ``optax.inject_hyperparams`` with the four schedules indexed by its
 step count, so its hyperparameters are traced too (with constant schedules its bias correction
@@ -22,6 +27,8 @@ step count, so its hyperparameters are traced too (with constant schedules its b
     .venv/bin/python benchmarks/engine_adam.py            # T in 100, 1000; benchmarks/out/engine_adam.json
     .venv/bin/python benchmarks/engine_adam.py --long     # T = 10000 too
     .venv/bin/python benchmarks/engine_adam.py --steps 100 --repeats 5
+    # engine_grid.py's MLP cells at batch 50 (timing per-step jax.checkpoint too, where it fits):
+    .venv/bin/python benchmarks/engine_adam.py --cell 1e5 --out docs/figures/engine_adam_1e5.json
 """
 
 from __future__ import annotations
@@ -37,10 +44,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from engine import make_problem, memory_bytes, timed  # the paper-net benchmark's net, data, helpers
+from engine import (
+    BATCH,
+    LAYERS,
+    make_problem,
+    memory_bytes,
+    timed,
+)  # the paper-net benchmark's net, data, helpers
 
 import hypercore
 from hypercore import adam as _adam
+
+# The models: the paper's net (the default) and `engine_grid.py`'s MLP cells at its batch of 50.
+CELLS = {
+    "paper": (LAYERS, BATCH),
+    "1e4": ([784, 12, 10], 50),
+    "1e5": ([784, 128, 10], 50),
+    "1e6": ([784, 1000, 200, 10], 50),
+}
 
 # The issue's targets at T = 1000.
 TARGET_MEMORY_RATIO = 300.0  # stored trajectory / reversible, at least
@@ -160,13 +181,17 @@ def info_bound_bits(n_params, lrs, b1s, b2s, wds) -> float:
     return float(n_params * per_step.sum())
 
 
-def run(T, lr, b1, b2, wd, repeats, time_it) -> dict:
-    loss, valid, w0 = make_problem()
+def run(T, lr, b1, b2, wd, repeats, time_it, cell="paper", mem_limit_gb=4.0) -> dict:
+    layers, batch = CELLS[cell]
+    loss, valid, w0 = make_problem(layers=layers, batch=batch)
     n_params = sum(x.size for x in jax.tree.leaves(w0))
     args = tuple(jnp.full((T,), x, jnp.float64) for x in (lr, b1, b2, wd))
     capacity = hypercore.adam_capacity(T, b1, b2, 1.0 - lr * wd, bucket=False)
     fns = meta_grad_fns(loss, valid, w0, T, capacity)
     row = {
+        "cell": cell,
+        "layers": layers,
+        "batch": batch,
         "T": T,
         "lr": lr,
         "b1": b1,
@@ -211,6 +236,9 @@ def run(T, lr, b1, b2, wd, repeats, time_it) -> dict:
         row["time_ratio"] = t_rev / t_plain
         if "equinox" in fns:  # the memory-frugal alternative's price in time
             row["time_equinox_s"] = timed(fns["equinox"], args, repeats)
+        if row["mem_checkpoint"] <= mem_limit_gb * 2**30:  # per-step jax.checkpoint: T copies of the state
+            row["time_checkpoint_s"] = timed(fns["checkpoint"], args, repeats)
+            row["time_vs_checkpoint"] = t_rev / row["time_checkpoint_s"]
     return row
 
 
@@ -236,12 +264,31 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=0.1, help="lr * wd = 1e-4 by default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-time", action="store_true", help="memory only")
+    parser.add_argument(
+        "--cell", choices=list(CELLS), default="paper", help="the model and batch (default paper)"
+    )
+    parser.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=4.0,
+        help="time per-step jax.checkpoint only below this estimate",
+    )
     parser.add_argument("--out", default="benchmarks/out/engine_adam.json")
     args = parser.parse_args()
     steps = [*args.steps, 10000] if args.long and 10000 not in args.steps else args.steps
     rows = []
     for T in steps:
-        row = run(T, args.lr, args.b1, args.b2, args.weight_decay, args.repeats, not args.no_time)
+        row = run(
+            T,
+            args.lr,
+            args.b1,
+            args.b2,
+            args.weight_decay,
+            args.repeats,
+            not args.no_time,
+            args.cell,
+            args.mem_limit_gb,
+        )
         if T == 1000:
             row["targets_met"] = targets(row)
         rows.append(row)
@@ -276,6 +323,11 @@ def main():
             f"{r['buffer_bytes_allocated'] / r['buffer_info_bytes']:.2f}x | {timing} |"
         )
     for r in rows:
+        if "time_checkpoint_s" in r:
+            print(
+                f"time at T = {r['T']}: per-step jax.checkpoint {r['time_checkpoint_s']:.3g} s; reversible "
+                f"{r['time_vs_checkpoint']:.2f}x that"
+            )
         if "time_equinox_s" in r:
             print(
                 f"time at T = {r['T']}: equinox's checkpointed loop {r['time_equinox_s']:.3g} s "
