@@ -27,7 +27,9 @@ a scalar): the hypergradients agree to rounding, about 1e-15 relative.
 
 The loops are compiled by Numba (cached on disk) and called through XLA's FFI (``jax.ffi.ffi_call``)
 as custom calls on the CPU; the handlers decode XLA's C call frame (``xla/ffi/api/c_api.h``)
-themselves. The engine keeps the `jax.numpy` formulation where `available` is false (JAX's default
+themselves, and run a large array's elements in chunks on XLA's intra-op thread pool, returning an FFI
+future (`hypercore._fused_launch`; the chunks are fixed by the array's size, so the results do not
+depend on the threads). The engine keeps the `jax.numpy` formulation where `available` is false (JAX's default
 backend not a CPU, no Numba, ``REVTUNE_FUSED_KERNELS=0``, or the check on first use failed, with a
 warning), for schedules with a value per weight, and for gradients of other dtypes; inside a program
 `on_cpu` picks per platform.
@@ -300,12 +302,14 @@ def on_cpu(args, fused: Callable, xla: Callable):
 
 
 def _self_check() -> None:
-    """Run every kernel once on a small problem, through a spill and back, in one compiled program:
-    the undo must restore the state bit for bit, and the fingerprint must see a one-bit change. (That
-    they compute what the XLA formulation computes, bit for bit, is tests/hypercore/test_fused.py's;
-    here the XLA side would cost seconds of compilation at every start.)"""
+    """Run every kernel once on two problems, through a spill and back, in one compiled program: the
+    undo must restore the state bit for bit, and the fingerprint must see a one-bit change. The float32
+    problem is large enough to run in chunks on XLA's threads (`hypercore._fused_launch`), so a runtime
+    that ran them wrongly fails here. (That they compute what the XLA formulation computes, bit for
+    bit, is tests/hypercore/test_fused.py's; here the XLA side would cost seconds of compilation at
+    every start.)"""
     rng = np.random.default_rng(0)
-    shape = (37, 5)
+    chunked = 2 * importlib.import_module("hypercore._fused_launch").MIN_CHUNK // 5 + 1
     problems = [
         (
             jnp.asarray(rng.integers(-(2**50), 2**50, shape), _S64),
@@ -315,7 +319,7 @@ def _self_check() -> None:
             jnp.asarray(rng.normal(size=shape) * 3, dt),
             jnp.asarray(rng.normal(size=shape), _F64),
         )
-        for dt in FUSED_DTYPES
+        for dt, shape in zip(FUSED_DTYPES, ((chunked, 5), (37, 5)), strict=True)
     ]
 
     def check(problems):

@@ -1,4 +1,5 @@
-"""The Numba side of `hypercore._fused`: the loops, and XLA FFI handlers that decode the call frame.
+"""The Numba side of `hypercore._fused`: SGD's loops, the fingerprint's handler, and the plumbing every
+handler uses to decode XLA's call frame.
 
 Imported (and compiled) only by `hypercore._fused.available`. Each handler is a C function
 ``XLA_FFI_Error* handler(XLA_FFI_CallFrame*)`` (``xla/ffi/api/c_api.h``, API 0.x). Layouts read
@@ -17,9 +18,9 @@ writes its arrays in place, one pointer per array, which is what lets LLVM vecto
 code is cached on disk (Numba's ``cache=True``: next to this file, or in ``NUMBA_CACHE_DIR``), so
 only a machine's first process compiles.
 
-One thread per call: XLA runs independent kernels side by side on its own threads, and Numba's
-threads (OpenMP) inside these loops made the engine slower, not faster, on this project's 2-core
-machine (with ``OMP_WAIT_POLICY=PASSIVE`` too).
+The loops are single-threaded: `hypercore._fused_launch` (the steps' handlers) runs an array's
+elements in chunks on XLA's own intra-op thread pool. (Numba's threads, OpenMP, inside the loops had
+made the engine slower, not faster, on this project's 2-core machine.)
 """
 
 from __future__ import annotations
@@ -135,6 +136,24 @@ def _aliased(ret, arg, n, dtype):
 
 
 @njit(inline="always", cache=True)
+def _elems(table, i, n, dtype):
+    """Entry ``i`` of a launch's pointer table (`hypercore._fused_launch`) as ``n`` elements."""
+    return carray(_ptr(table[i]), (n,), dtype)
+
+
+@njit(inline="always", cache=True)
+def _value(table, i, dtype):
+    """The scalar at entry ``i`` of a launch's pointer table."""
+    return carray(_ptr(table[i]), (1,), dtype)[0]
+
+
+@njit(inline="always", cache=True)
+def _table_row(table, i, n, word):
+    """Row ``word`` of the stack at entry ``i`` (``(words, *leaf)``, C order): n uint64s."""
+    return carray(_ptr(table[i] + word * n * 8), (n,), np.uint64)
+
+
+@njit(inline="always", cache=True)
 def _to_fixed(x):
     """`hypercore._fixed.to_fixed` for one float64: ``(value, ok)``."""
     ok = abs(x) < RANGE
@@ -223,31 +242,35 @@ def _stack_row(frame_args, index, n, word):
     return carray(_ptr(_data(frame_args[index]) + word * n * 8), (n,), np.uint64)
 
 
+# Each kernel below is a `prepare` (the copies into results XLA did not alias, before any chunk runs), a
+# `body` on elements ``[a, b)`` of its arrays, which writes what it reduces into ``part``, and, where
+# it reduces, a `finish` that combines the chunks' parts in chunk order; `hypercore._fused_launch`
+# splits the elements into chunks and runs the bodies, on XLA's threads where it can. The arrays are
+# read through a table of the call's buffer pointers: arguments first, then results.
+
+
 @njit(cache=True)
-def _forward(call_frame, gdtype):
+def _sgd_forward_prepare(args, rets, n):
     # args: w, v, head, stack, g, n, om, alpha, word, shift, do; rets: w, v, head, stack, ok
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
-    w = _aliased(rets[0], args[0], n, np.int64)
-    v = _aliased(rets[1], args[1], n, np.int64)
-    head = _aliased(rets[2], args[2], n, np.uint64)
+    for i in range(3):
+        _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], _size(args[3]), np.uint64)
-    if _scalar(args[10], np.bool_):
-        _spill_loop(head, _stack_row(rets, 3, n, _scalar(args[8], np.int64)), _scalar(args[9], np.uint64))
+
+
+@njit(cache=True)
+def _sgd_forward_body(table, n, a, b, part, gdtype):
+    w = _elems(table, 11, n, np.int64)[a:b]
+    v = _elems(table, 12, n, np.int64)[a:b]
+    head = _elems(table, 13, n, np.uint64)[a:b]
+    if _value(table, 10, np.bool_):
+        _spill_loop(
+            head, _table_row(table, 14, n, _value(table, 8, np.int64))[a:b], _value(table, 9, np.uint64)
+        )
+    g = _elems(table, 4, n, gdtype)[a:b]
     ok = _forward_loop(
-        w,
-        v,
-        head,
-        _array(args[4], n, gdtype),
-        _scalar(args[5], np.int64),
-        _scalar(args[6], np.float64),
-        _scalar(args[7], np.float64),
+        w, v, head, g, _value(table, 5, np.int64), _value(table, 6, np.float64), _value(table, 7, np.float64)
     )
-    _array(rets[4], 1, np.bool_)[0] = ok
-    return _null()
+    part[0] = 1.0 if ok else 0.0
 
 
 @njit(cache=True)
@@ -258,17 +281,16 @@ def _undo_weights_loop(w, v, alpha):
 
 
 @njit(cache=True)
-def _undo_weights(call_frame):
+def _sgd_undo_weights_prepare(args, rets, n):
     # args: w, v, alpha; rets: w
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
+    _aliased(rets[0], args[0], n, np.int64)
+
+
+@njit(cache=True)
+def _sgd_undo_weights_body(table, n, a, b, part):
     _undo_weights_loop(
-        _aliased(rets[0], args[0], n, np.int64), _array(args[1], n, np.int64), _scalar(args[2], np.float64)
+        _elems(table, 3, n, np.int64)[a:b], _elems(table, 1, n, np.int64)[a:b], _value(table, 2, np.float64)
     )
-    return _null()
 
 
 @njit(inline="always", cache=True)
@@ -294,24 +316,24 @@ def _undo_state_loop(v, head, g, row, n, om, shift, do):
 
 
 @njit(cache=True)
-def _undo_state(call_frame, gdtype):
+def _sgd_undo_state_prepare(args, rets, n):
     # args: v, head, g, stack, n, om, word, shift, do; rets: v, head
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
+    _aliased(rets[0], args[0], n, np.int64)
+    _aliased(rets[1], args[1], n, np.uint64)
+
+
+@njit(cache=True)
+def _sgd_undo_state_body(table, n, a, b, part, gdtype):
     _undo_state_loop(
-        _aliased(rets[0], args[0], n, np.int64),
-        _aliased(rets[1], args[1], n, np.uint64),
-        _array(args[2], n, gdtype),
-        _stack_row(args, 3, n, _scalar(args[6], np.int64)),
-        _scalar(args[4], np.int64),
-        _scalar(args[5], np.float64),
-        _scalar(args[7], np.uint64),
-        _scalar(args[8], np.bool_),
+        _elems(table, 9, n, np.int64)[a:b],
+        _elems(table, 10, n, np.uint64)[a:b],
+        _elems(table, 2, n, gdtype)[a:b],
+        _table_row(table, 3, n, _value(table, 6, np.int64))[a:b],
+        _value(table, 4, np.int64),
+        _value(table, 5, np.float64),
+        _value(table, 7, np.uint64),
+        _value(table, 8, np.bool_),
     )
-    return _null()
 
 
 # Reassociation lets LLVM vectorise the two sums (several partial sums, added at the end). Every
@@ -340,30 +362,29 @@ def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do):
 
 
 @njit(cache=True)
-def _undo_adjoint(call_frame, gdtype):
+def _sgd_undo_adjoint_prepare(args, rets, n):
     # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do; rets: v, head, dv, ct, dalpha, dgamma
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
-    dalpha, dgamma = _undo_adjoint_loop(
-        _aliased(rets[0], args[0], n, np.int64),
-        _aliased(rets[1], args[1], n, np.uint64),
-        _array(args[3], n, gdtype),
-        _stack_row(args, 4, n, _scalar(args[9], np.int64)),
-        _array(args[5], n, np.float64),
-        _aliased(rets[2], args[2], n, np.float64),
-        _array(rets[3], n, gdtype),
-        _scalar(args[6], np.int64),
-        _scalar(args[7], np.float64),
-        _scalar(args[8], np.float64),
-        _scalar(args[10], np.uint64),
-        _scalar(args[11], np.bool_),
+    _aliased(rets[0], args[0], n, np.int64)
+    _aliased(rets[1], args[1], n, np.uint64)
+    _aliased(rets[2], args[2], n, np.float64)
+
+
+@njit(cache=True)
+def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
+    part[0], part[1] = _undo_adjoint_loop(
+        _elems(table, 12, n, np.int64)[a:b],
+        _elems(table, 13, n, np.uint64)[a:b],
+        _elems(table, 3, n, gdtype)[a:b],
+        _table_row(table, 4, n, _value(table, 9, np.int64))[a:b],
+        _elems(table, 5, n, np.float64)[a:b],
+        _elems(table, 14, n, np.float64)[a:b],
+        _elems(table, 15, n, gdtype)[a:b],
+        _value(table, 6, np.int64),
+        _value(table, 7, np.float64),
+        _value(table, 8, np.float64),
+        _value(table, 10, np.uint64),
+        _value(table, 11, np.bool_),
     )
-    _array(rets[4], 1, np.float64)[0] = dalpha
-    _array(rets[5], 1, np.float64)[0] = dgamma
-    return _null()
 
 
 # `hypercore.reversible._fingerprint` of one leaf seen as a (rows, cols) matrix: uint64 arithmetic
@@ -405,41 +426,6 @@ _HANDLER = types.voidptr(types.voidptr)
 
 
 @cfunc(_HANDLER, cache=True)
-def _forward_f32(call_frame):
-    return _forward(call_frame, np.float32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _forward_f64(call_frame):
-    return _forward(call_frame, np.float64)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_weights_any(call_frame):
-    return _undo_weights(call_frame)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_state_f32(call_frame):
-    return _undo_state(call_frame, np.float32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_state_f64(call_frame):
-    return _undo_state(call_frame, np.float64)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_adjoint_f32(call_frame):
-    return _undo_adjoint(call_frame, np.float32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_adjoint_f64(call_frame):
-    return _undo_adjoint(call_frame, np.float64)
-
-
-@cfunc(_HANDLER, cache=True)
 def _fingerprint_f32(call_frame):
     return _fingerprint(call_frame, np.uint32)
 
@@ -450,13 +436,6 @@ def _fingerprint_f64(call_frame):
 
 
 HANDLERS = {
-    "revtune_sgd_forward_float32": _forward_f32,
-    "revtune_sgd_forward_float64": _forward_f64,
-    "revtune_sgd_undo_weights": _undo_weights_any,
-    "revtune_sgd_undo_state_float32": _undo_state_f32,
-    "revtune_sgd_undo_state_float64": _undo_state_f64,
-    "revtune_sgd_undo_adjoint_float32": _undo_adjoint_f32,
-    "revtune_sgd_undo_adjoint_float64": _undo_adjoint_f64,
     "revtune_fingerprint_float32": _fingerprint_f32,
     "revtune_fingerprint_float64": _fingerprint_f64,
 }
@@ -476,10 +455,10 @@ def register() -> None:
     """Register every handler with XLA's FFI for the CPU (once per process)."""
     import jax
 
-    from hypercore import _fused_kernels_adam  # its loops use this module's plumbing
+    from hypercore import _fused_launch  # the steps' handlers, which use this module's plumbing
 
     if _registered:
         return
-    for name, handler in {**HANDLERS, **_fused_kernels_adam.HANDLERS}.items():
+    for name, handler in {**HANDLERS, **_fused_launch.HANDLERS}.items():
         jax.ffi.register_ffi_target(name, _capsule(handler.address), platform="cpu")
     _registered.append(True)

@@ -1,34 +1,31 @@
-"""The Numba loops and FFI handlers of `hypercore._fused` for reversible Adam and AdamW: the forward
-step, the undo of the weights, and the undo of ``m`` and ``v`` with the step's adjoint.
+"""The Numba loops of `hypercore._fused` for reversible Adam and AdamW: the forward step, the undo of
+the weights, and the undo of ``m`` and ``v`` with the step's adjoint.
 
 Each function is `hypercore.adam`'s operation of the same name on one element: the exact
 multiplication by ``n / 2**24`` through the head (`_mul_beta`, `_mul_beta_v`) and the inverse
 `_div_beta`, ``v``'s two 62-bit limbs, the update direction (`_direction`'s operations in its order),
 so that the integers come out as XLA's, bit for bit. ``error_model="numpy"``: a float division by zero
 is IEEE's, not a Python exception, whose test in every iteration kept the loops from vectorising. The
-plumbing (the call frame, results in place, one thread per call) is `hypercore._fused_kernels`'.
+plumbing (the call frame, results in place) is `hypercore._fused_kernels`'; the handlers, which run
+chunks of an array on XLA's threads, are `hypercore._fused_launch`'s.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, cfunc, njit
+from numba import njit
 
 from hypercore import _fixed, adam
 from hypercore._fused_kernels import (
-    _HANDLER,
     LIMIT,
     _aliased,
-    _array,
-    _buffers,
+    _elems,
     _from_fixed,
-    _metadata,
-    _null,
-    _scalar,
     _size,
     _spill_loop,
-    _stack_row,
+    _table_row,
     _to_fixed,
+    _value,
 )
 
 # `hypercore.adam`'s constants, typed for Numba
@@ -159,30 +156,44 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay):
     return ok
 
 
-@njit(cache=True, error_model="numpy")
-def _forward(call_frame, gdtype):
+@njit(cache=True)
+def _adam_forward_prepare(args, rets, n):
     # args: w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, eps, decay, word, shift, do
     # rets: w, m, vh, vl, head, stack, ok
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
-    w = _aliased(rets[0], args[0], n, np.int64)
-    m = _aliased(rets[1], args[1], n, np.int64)
-    vh = _aliased(rets[2], args[2], n, np.int64)
-    vl = _aliased(rets[3], args[3], n, np.int64)
-    head = _aliased(rets[4], args[4], n, np.uint64)
+    for i in range(4):
+        _aliased(rets[i], args[i], n, np.int64)
+    _aliased(rets[4], args[4], n, np.uint64)
     _aliased(rets[5], args[5], _size(args[5]), np.uint64)
-    if _scalar(args[17], np.bool_):
-        _spill_loop(head, _stack_row(rets, 5, n, _scalar(args[15], np.int64)), _scalar(args[16], np.uint64))
-    g = _array(args[6], n, gdtype)
-    n1, n2, nf = _scalar(args[7], np.int64), _scalar(args[8], np.int64), _scalar(args[9], np.int64)
-    lr, c1, c2 = _scalar(args[10], np.float64), _scalar(args[11], np.float64), _scalar(args[12], np.float64)
-    eps, decay = _scalar(args[13], np.float64), _scalar(args[14], np.bool_)
-    ok = _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay)
-    _array(rets[6], 1, np.bool_)[0] = ok
-    return _null()
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_forward_body(table, n, a, b, part, gdtype):
+    w = _elems(table, 18, n, np.int64)[a:b]
+    m = _elems(table, 19, n, np.int64)[a:b]
+    vh = _elems(table, 20, n, np.int64)[a:b]
+    vl = _elems(table, 21, n, np.int64)[a:b]
+    head = _elems(table, 22, n, np.uint64)[a:b]
+    if _value(table, 17, np.bool_):
+        _spill_loop(
+            head, _table_row(table, 23, n, _value(table, 15, np.int64))[a:b], _value(table, 16, np.uint64)
+        )
+    ok = _forward_loop(
+        w,
+        m,
+        vh,
+        vl,
+        head,
+        _elems(table, 6, n, gdtype)[a:b],
+        _value(table, 7, np.int64),
+        _value(table, 8, np.int64),
+        _value(table, 9, np.int64),
+        _value(table, 10, np.float64),
+        _value(table, 11, np.float64),
+        _value(table, 12, np.float64),
+        _value(table, 13, np.float64),
+        _value(table, 14, np.bool_),
+    )
+    part[0] = 1.0 if ok else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,28 +212,28 @@ def _undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, decay):
         w[i] = wi
 
 
-@njit(cache=True, error_model="numpy")
-def _undo_weights(call_frame):
+@njit(cache=True)
+def _adam_undo_weights_prepare(args, rets, n):
     # args: w, m, vh, vl, head, nf, lr, c1, c2, eps, decay; rets: w, head
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
+    _aliased(rets[0], args[0], n, np.int64)
+    _aliased(rets[1], args[4], n, np.uint64)
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_undo_weights_body(table, n, a, b, part):
     _undo_weights_loop(
-        _aliased(rets[0], args[0], n, np.int64),
-        _array(args[1], n, np.int64),
-        _array(args[2], n, np.int64),
-        _array(args[3], n, np.int64),
-        _aliased(rets[1], args[4], n, np.uint64),
-        _scalar(args[5], np.int64),
-        _scalar(args[6], np.float64),
-        _scalar(args[7], np.float64),
-        _scalar(args[8], np.float64),
-        _scalar(args[9], np.float64),
-        _scalar(args[10], np.bool_),
+        _elems(table, 11, n, np.int64)[a:b],
+        _elems(table, 1, n, np.int64)[a:b],
+        _elems(table, 2, n, np.int64)[a:b],
+        _elems(table, 3, n, np.int64)[a:b],
+        _elems(table, 12, n, np.uint64)[a:b],
+        _value(table, 5, np.int64),
+        _value(table, 6, np.float64),
+        _value(table, 7, np.float64),
+        _value(table, 8, np.float64),
+        _value(table, 9, np.float64),
+        _value(table, 10, np.bool_),
     )
-    return _null()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,70 +359,39 @@ def _undo_adjoint_loop(
         sums[5] += s_f
 
 
-@njit(cache=True, error_model="numpy")
-def _undo_adjoint(call_frame, gdtype):
+@njit(cache=True)
+def _adam_undo_adjoint_prepare(args, rets, n):
     # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do
     # rets: m, vh, vl, head, dw, dm, dv, ct, sums (6)
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
+    for i in range(3):
+        _aliased(rets[i], args[i], n, np.int64)
+    _aliased(rets[3], args[3], n, np.uint64)
+    for i in range(3):
+        _aliased(rets[4 + i], args[6 + i], n, np.float64)
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
     _undo_adjoint_loop(
-        _aliased(rets[0], args[0], n, np.int64),
-        _aliased(rets[1], args[1], n, np.int64),
-        _aliased(rets[2], args[2], n, np.int64),
-        _aliased(rets[3], args[3], n, np.uint64),
-        _array(args[5], n, gdtype),
-        _stack_row(args, 4, n, _scalar(args[17], np.int64)),
-        _aliased(rets[4], args[6], n, np.float64),
-        _aliased(rets[5], args[7], n, np.float64),
-        _aliased(rets[6], args[8], n, np.float64),
-        _array(args[9], n, np.int64),
-        _array(rets[7], n, gdtype),
-        _array(rets[8], 6, np.float64),
-        _scalar(args[10], np.int64),
-        _scalar(args[11], np.int64),
-        _scalar(args[12], np.int64),
-        _scalar(args[13], np.float64),
-        _scalar(args[14], np.float64),
-        _scalar(args[15], np.float64),
-        _scalar(args[16], np.float64),
-        _scalar(args[18], np.uint64),
-        _scalar(args[19], np.bool_),
+        _elems(table, 20, n, np.int64)[a:b],
+        _elems(table, 21, n, np.int64)[a:b],
+        _elems(table, 22, n, np.int64)[a:b],
+        _elems(table, 23, n, np.uint64)[a:b],
+        _elems(table, 5, n, gdtype)[a:b],
+        _table_row(table, 4, n, _value(table, 17, np.int64))[a:b],
+        _elems(table, 24, n, np.float64)[a:b],
+        _elems(table, 25, n, np.float64)[a:b],
+        _elems(table, 26, n, np.float64)[a:b],
+        _elems(table, 9, n, np.int64)[a:b],
+        _elems(table, 27, n, gdtype)[a:b],
+        part[:6],
+        _value(table, 10, np.int64),
+        _value(table, 11, np.int64),
+        _value(table, 12, np.int64),
+        _value(table, 13, np.float64),
+        _value(table, 14, np.float64),
+        _value(table, 15, np.float64),
+        _value(table, 16, np.float64),
+        _value(table, 18, np.uint64),
+        _value(table, 19, np.bool_),
     )
-    return _null()
-
-
-@cfunc(_HANDLER, cache=True)
-def _forward_f32(call_frame):
-    return _forward(call_frame, np.float32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _forward_f64(call_frame):
-    return _forward(call_frame, np.float64)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_weights_any(call_frame):
-    return _undo_weights(call_frame)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_adjoint_f32(call_frame):
-    return _undo_adjoint(call_frame, np.float32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _undo_adjoint_f64(call_frame):
-    return _undo_adjoint(call_frame, np.float64)
-
-
-HANDLERS = {
-    "revtune_adam_forward_float32": _forward_f32,
-    "revtune_adam_forward_float64": _forward_f64,
-    "revtune_adam_undo_weights": _undo_weights_any,
-    "revtune_adam_undo_adjoint_float32": _undo_adjoint_f32,
-    "revtune_adam_undo_adjoint_float64": _undo_adjoint_f64,
-}

@@ -266,3 +266,66 @@ def test_the_fused_loops_copy_no_weight_matrix():
     assert any("revtune_sgd_undo_adjoint" in line for lines in bodies for line in lines)
     copies = [line.strip() for lines in bodies for line in lines if " copy(" in line and "64[96,48]" in line]
     assert copies == [], copies
+
+
+def _large(rng, shape):
+    """A weight array's worth of valid SGD state: large enough to run in several chunks."""
+    ints = functools.partial(rng.integers, size=shape)
+    return (
+        jnp.asarray(ints(-(2**50), 2**50), jnp.int64),
+        jnp.asarray(ints(-(2**50), 2**50), jnp.int64),
+        jnp.asarray(ints(0, 2**47), jnp.uint64),
+        jnp.asarray(rng.integers(0, 2**63, (STACK_WORDS, *shape)), jnp.uint64),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulation(dtype):
+    """An array of several chunks (`hypercore._fused_launch`: its chunks go to XLA's thread pool, the
+    call returns a future) gives the XLA formulation's integers bit for bit, and its sums to rounding,
+    through a spill and back, four such arrays in one program; on one thread, every bit the same."""
+    from hypercore import _fused_launch
+
+    shape = (5 * _fused_launch.MIN_CHUNK // 128 + 3, 128)
+    assert _fused_launch.chunk_count(shape[0] * shape[1]) == 5
+    rng = np.random.default_rng(7)
+    leaves = [_large(rng, shape) for _ in range(4)]
+    gs = [jnp.asarray(rng.normal(size=shape) * 3, dtype) for _ in leaves]
+    dvs = [jnp.asarray(rng.normal(size=shape)) for _ in leaves]
+    n, a, k, do = jnp.int64(58982), jnp.float64(0.3), jnp.int32(1), jnp.bool_(True)
+    om = (jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D
+
+    def round_trip(impl, leaves, gs, dvs):
+        out = []
+        for (w, v, head, stack), g, dv in zip(leaves, gs, dvs, strict=True):
+            stack = _empty_slot(stack, 1)
+            w1, v1, h1, s1, ok = impl["forward"](w, v, head, stack, g, n, om, a, k, do)
+            w0 = impl["undo_weights"](w1, v1, a)
+            v0, h0 = impl["undo_state"](v1, h1, g, n, om, s1, k, do)
+            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, n, om, a, k, do)
+            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2]), adj[2:]))
+        return out
+
+    fused = {
+        name: getattr(_fused, f"sgd_{name}")
+        for name in ("forward", "undo_weights", "undo_state", "undo_adjoint")
+    }
+    xla = {name: getattr(reversible, f"_sgd_{name}_leaf") for name in fused}
+    compiled = jax.jit(functools.partial(round_trip, fused))
+    ours = compiled(leaves, gs, dvs)
+    theirs = jax.jit(functools.partial(round_trip, xla))(leaves, gs, dvs)
+    _fused_launch.thread_limit.value = 1  # the same chunks, all on the calling thread
+    try:
+        alone = compiled(leaves, gs, dvs)
+    finally:
+        _fused_launch.thread_limit.value = 0
+    for a_, b_ in zip(jax.tree.leaves(ours), jax.tree.leaves(alone), strict=True):  # sums included
+        np.testing.assert_array_equal(np.asarray(a_), np.asarray(b_))
+    for (w, v, head, _), (ints, floats), (ints_x, floats_x) in zip(leaves, ours, theirs, strict=True):
+        for a_, b_ in zip(ints, ints_x, strict=True):
+            np.testing.assert_array_equal(np.asarray(a_), np.asarray(b_))
+        assert bool(ints[4]), "the step should stay in range"
+        for restored, original in zip(ints[5:], (w, v, head, v, head), strict=True):
+            np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
+        for a_, b_ in zip(floats, floats_x, strict=True):
+            np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), rtol=1e-12, atol=0)

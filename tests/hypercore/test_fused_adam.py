@@ -169,3 +169,54 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
     assert not any(c.startswith("revtune_adam") for c in off)
     steps = {"revtune_adam_forward_float32", "revtune_adam_undo_weights", "revtune_adam_undo_adjoint_float32"}
     assert not steps & on if kind == "per_weight" else steps <= on
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
+    """Arrays of several chunks (`hypercore._fused_launch`, on XLA's thread pool) give the XLA
+    formulation's integers bit for bit and its adjoint to rounding, and undo the step exactly; two such
+    arrays in one program."""
+    from hypercore import _fused_launch
+
+    shape = (3 * _fused_launch.MIN_CHUNK // 64 + 1, 64)
+    rng = np.random.default_rng(11)
+
+    def leaf():
+        ints = functools.partial(rng.integers, size=shape)
+        w, m = (jnp.asarray(ints(-(2**50), 2**50)) for _ in range(2))
+        vh, vl = jnp.asarray(ints(0, 2**20)), jnp.asarray(ints(0, 2**62))
+        head = jnp.asarray(ints(0, 2**50), jnp.uint64)
+        stack = _empty_slot(jnp.asarray(rng.integers(0, 2**63, (2, *shape)), jnp.uint64), 2)
+        g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        return w, m, vh, vl, head, stack, g
+
+    leaves = [leaf() for _ in range(2)]
+    n1, n2 = jnp.int64(15099494), jnp.int64(16760439)
+    nf = jnp.int64(16760000 if decay else adam.DB)
+    lr, c1, c2, k, do = jnp.float64(1e-3), jnp.float64(0.3), jnp.float64(0.01), jnp.int32(2), jnp.bool_(True)
+
+    def round_trip(impl, leaves):
+        out = []
+        for w, m, vh, vl, head, stack, g in leaves:
+            step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do)
+            w1, m1, vh1, vl1, h1, s1, ok = step
+            w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
+            d = g.astype(jnp.float64)
+            back = impl["undo_adjoint"](m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do)
+            out.append(((*step, w0, *back[:4]), back[4:]))
+        return out
+
+    names = ("forward", "undo_weights", "undo_adjoint")
+    ours = jax.jit(lambda x: round_trip({n: _pair(n, decay)[0] for n in names}, x))(leaves)
+    theirs = jax.jit(lambda x: round_trip({n: _pair(n, decay)[1] for n in names}, x))(leaves)
+    for (w, m, vh, vl, head, _, _), (ints, floats), (ints_x, floats_x) in zip(
+        leaves, ours, theirs, strict=True
+    ):
+        for a, b in zip(ints, ints_x, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert bool(ints[6]), "the step should stay in range"
+        for restored, original in zip(ints[7:], (w, m, vh, vl, head), strict=True):
+            np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
+        for a, b in zip(floats, floats_x, strict=True):
+            scale = np.max(np.abs(np.asarray(b)))
+            np.testing.assert_array_less(np.abs(np.asarray(a) - np.asarray(b)), 1e-12 * scale + 1e-300)
