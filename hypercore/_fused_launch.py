@@ -221,7 +221,7 @@ def _chunk_sum(parts, chunks, j):
 MIN_CHUNK = 16384  # elements: below two of these an array runs as one chunk
 MAX_CHUNKS = 16
 PART_WORDS = 8  # a chunk's reductions
-MAX_TABLE = 32  # buffer pointers: a kernel's arguments and results
+MAX_TABLE = 32  # buffer pointers: a kernel's arguments and results (Adam's reverse half has 29)
 # A launch record, in 8-byte words: the counters, the call, its table, then `parts` (chunks x PART_WORDS)
 REFS, NEXT, REMAINING, CHUNKS, SIZE, KIND, NARGS, API, FUTURE, TABLE = range(10)
 HEADER_WORDS = TABLE + MAX_TABLE
@@ -306,21 +306,23 @@ def _launch(call_frame, kind):
         threads = _pool_threads(api, frame[FRAME_CTX])
         if limit > 1:
             threads = min(threads, limit)
-    future = 0
+    words = HEADER_WORDS + chunks * PART_WORDS
+    record, future = 0, 0
     if threads > 1:
+        record = _malloc(8 * words)
         created = np.zeros(3, np.int64)  # XLA_FFI_Future_Create_Args
         created[0] = 16
-        if _api_call(_words(api, 24)[API_FUTURE_CREATE], created.ctypes.data) == 0:
+        if record != 0 and _api_call(_words(api, 24)[API_FUTURE_CREATE], created.ctypes.data) == 0:
             future = created[2]
-    words = HEADER_WORDS + chunks * PART_WORDS
-    if future == 0:  # one thread, no pool or no future: the same chunks, here
+        elif record != 0:
+            _free(record)
+    if future == 0:  # one thread, no pool, no future or no memory: the same chunks, here
         local = np.zeros(words, np.int64)
         _fill(local.ctypes.data, 2, chunks, n, kind, nargs, args, nrets, rets, api, 0)  # never freed
         _participate(local.ctypes.data)
         local[REFS] = 0  # (`local` lives until here)
         return _null()
     tasks = min(chunks - 1, threads)
-    record = _malloc(8 * words)
     _fill(record, 1 + tasks, chunks, n, kind, nargs, args, nrets, rets, api, future)
     carray(call_frame, (FRAME_WORDS_WITH_FUTURE,), np.int64)[FRAME_FUTURE] = future
     schedule = np.zeros(5, np.int64)  # XLA_FFI_ThreadPool_Schedule_Args
