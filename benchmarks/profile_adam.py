@@ -8,6 +8,7 @@ arithmetic, conversions, copies). Also the same for plain ``optax.adamw`` traini
 
     .venv/bin/python benchmarks/profile_adam.py            # T = 100, about a minute
     .venv/bin/python benchmarks/profile_adam.py --steps 200 --top 30
+    .venv/bin/python benchmarks/profile_adam.py --cell 1e5     # engine_adam.py's cells at batch 50
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 from engine import make_problem
-from engine_adam import adamw_scan
+from engine_adam import CELLS, adamw_scan
 
 import hypercore
 
@@ -64,11 +65,15 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument(
+        "--cell", choices=list(CELLS), default="paper", help="the model and batch (default paper)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="list the slowest kernels of the engine")
     args = parser.parse_args()
     T = args.steps
-    loss, valid, w0 = make_problem()
+    layers, batch = CELLS[args.cell]
+    loss, valid, w0 = make_problem(layers=layers, batch=batch)
     schedules = tuple(jnp.full((T,), x, jnp.float64) for x in (1e-3, 0.9, 0.999, 0.1))
     capacity = hypercore.adam_capacity(T, 0.9, 0.999, 1 - 1e-4, bucket=False)
 
@@ -78,7 +83,10 @@ def main():
     engine = profile(jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3))), schedules, args.runs)
     plain = profile(jax.jit(adamw_scan(loss, w0, T)), schedules, args.runs)
     per = args.runs * T
-    print(f"device: {jax.devices()[0].device_kind}, T = {T}, {args.runs} runs; ms per training step")
+    print(
+        f"device: {jax.devices()[0].device_kind}, cell {args.cell}, T = {T}, {args.runs} runs;"
+        " ms per training step"
+    )
     for name, total in (
         ("reversible AdamW, forward + backward", engine),
         ("plain optax.adamw training", plain),

@@ -12,7 +12,8 @@ here, in 8-byte words on a 64-bit platform:
   above are from, 0.1, and no traits.
 
 Every loop computes what `hypercore._fixed`'s formulation computes, operation for operation but for
-the division by gamma's numerator (`_divmod_unsigned`, `_divmod_signed`: the same integers); unsigned
+the division by gamma's numerator (`_divmod_unsigned`, `_divmod_signed`: the same integers) and the
+conversions between integers and floats (`_i2f` and the rest: the same bits, see there); unsigned
 and signed 64-bit values are never mixed (Numba would promote them to float64). Each loop reads and
 writes its arrays in place, one pointer per array, which is what lets LLVM vectorise it. Compiled
 code is cached on disk (Numba's ``cache=True``: next to this file, or in ``NUMBA_CACHE_DIR``), so
@@ -26,8 +27,10 @@ made the engine slower, not faster, on this project's 2-core machine.)
 from __future__ import annotations
 
 import ctypes
+import platform
 
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
 from numba.core import cgutils
@@ -153,16 +156,140 @@ def _table_row(table, i, n, word):
     return carray(_ptr(table[i] + word * n * 8), (n,), np.uint64)
 
 
+# Conversions between 64-bit integers and float64 in operations AVX2 has for vectors. x86 converts a
+# 64-bit integer to or from a float only one element at a time before AVX-512DQ: in a vectorised loop
+# each conversion became four extracts, four scalar conversions and four inserts, about a quarter of
+# the reversible Adam step's time on an AVX2 CPU (BENCHMARKS.md). The ``_bits`` functions build the
+# float from its bits instead: an integer below 2**51 in magnitude, added to the bits of
+# ``2**52 + 2**51``, is that float's mantissa. Each gives exactly what the hardware conversion gives (a
+# 64-bit integer is split into two halves, each converted exactly, and their sum rounded once, which is
+# the correct rounding), so nothing that reads their results can tell them apart. Where the CPU
+# Numba compiles for converts vectors itself (AVX-512DQ, or not x86), the plain conversions are used.
+MAGIC_F = 6755399441055744.0  # 2**52 + 2**51
+MAGIC_I = np.int64(0x4338000000000000)  # its bits
+TWO52_F = 4503599627370496.0  # 2**52
+TWO52_I = np.int64(0x4330000000000000)
+TWO52_U = np.uint64(0x4330000000000000)
+TWO32_F = 4294967296.0
+INV_TWO32_F = 1.0 / TWO32_F
+LOW32_S = np.int64(0xFFFFFFFF)
+HALF_S = np.int64(32)
+
+
+def _native_conversions() -> bool:
+    """Whether the CPU Numba compiles for converts 64-bit integers and floats in vectors."""
+    from numba.core import config
+
+    if config.CPU_NAME or config.CPU_FEATURES:  # compiling for some other CPU: the portable way
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True  # AArch64 (NEON, SVE) and the rest convert vectors of 64-bit lanes
+    return bool(llvm.get_host_cpu_features().get("avx512dq", False))
+
+
+NATIVE_CONVERSIONS = _native_conversions()  # frozen into the compiled code, cached per CPU by Numba
+
+
+def _bitcast(to_float: bool):
+    def generic(typingctx, x):
+        src = types.int64 if to_float else types.float64
+        if to_float and isinstance(x, types.Integer) and x.bitwidth == 64:
+            src = x
+        dst = types.float64 if to_float else types.int64
+        llvm_dst = ir.DoubleType() if to_float else ir.IntType(64)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_dst)
+
+        return dst(src), codegen
+
+    return intrinsic(generic)
+
+
+_as_f64 = _bitcast(True)  # the float64 with these 64 bits (an int64 or uint64)
+_as_i64 = _bitcast(False)  # the int64 with this float64's bits
+
+
+@njit(inline="always", cache=True)
+def _i2f_small_bits(x):
+    """``float64(x)`` for an int64 ``|x| < 2**51`` (exact)."""
+    return _as_f64(x + MAGIC_I) - MAGIC_F
+
+
+@njit(inline="always", cache=True)
+def _i2f_bits(x):
+    """``float64(x)`` for any int64, correctly rounded."""
+    return _i2f_small_bits(x >> HALF_S) * TWO32_F + (_as_f64((x & LOW32_S) | TWO52_I) - TWO52_F)
+
+
+@njit(inline="always", cache=True)
+def _u2f_bits(x):
+    """``float64(x)`` for any uint64, correctly rounded."""
+    hi = _as_f64((x >> np.uint64(32)) | TWO52_U) - TWO52_F
+    return hi * TWO32_F + (_as_f64((x & LOW32_U) | TWO52_U) - TWO52_F)
+
+
+@njit(inline="always", cache=True)
+def _f2i_small_bits(d):
+    """``int64(d)`` for an integral float64 ``|d| < 2**51``."""
+    return _as_i64(d + MAGIC_F) - MAGIC_I
+
+
+@njit(inline="always", cache=True)
+def _f2i_bits(d):
+    """``int64(d)`` for an integral float64 ``|d| < 2**63``."""
+    hi = np.floor(d * INV_TWO32_F)
+    return (_f2i_small_bits(hi) << HALF_S) + (_as_i64(d - hi * TWO32_F + TWO52_F) - TWO52_I)
+
+
+@njit(inline="always", cache=True)
+def _f2u_bits(d):
+    """``uint64(d)`` for an integral float64 ``0 <= d < 2**64``."""
+    hi = np.floor(d * INV_TWO32_F)
+    lo = _as_i64(d - hi * TWO32_F + TWO52_F) - TWO52_I
+    return np.uint64(_f2i_small_bits(hi) << HALF_S) | np.uint64(lo)
+
+
+@njit(inline="always", cache=True)
+def _i2f_small(x):
+    return np.float64(x) if NATIVE_CONVERSIONS else _i2f_small_bits(x)
+
+
+@njit(inline="always", cache=True)
+def _i2f(x):
+    return np.float64(x) if NATIVE_CONVERSIONS else _i2f_bits(x)
+
+
+@njit(inline="always", cache=True)
+def _u2f(x):
+    return np.float64(x) if NATIVE_CONVERSIONS else _u2f_bits(x)
+
+
+@njit(inline="always", cache=True)
+def _f2i_small(d):
+    return np.int64(d) if NATIVE_CONVERSIONS else _f2i_small_bits(d)
+
+
+@njit(inline="always", cache=True)
+def _f2i(d):
+    return np.int64(d) if NATIVE_CONVERSIONS else _f2i_bits(d)
+
+
+@njit(inline="always", cache=True)
+def _f2u(d):
+    return np.uint64(d) if NATIVE_CONVERSIONS else _f2u_bits(d)
+
+
 @njit(inline="always", cache=True)
 def _to_fixed(x):
     """`hypercore._fixed.to_fixed` for one float64: ``(value, ok)``."""
     ok = abs(x) < RANGE
-    return np.int64(np.rint((x if ok else 0.0) * SCALE)), ok
+    return _f2i(np.rint((x if ok else 0.0) * SCALE)), ok
 
 
 @njit(inline="always", cache=True)
 def _from_fixed(i):
-    return np.float64(i) * INV_SCALE
+    return _i2f(i) * INV_SCALE
 
 
 # Exact division by gamma's numerator ``1 <= n <= 2**16`` in float64, which vectorises (a 64-bit
@@ -175,9 +302,9 @@ _BELOW_2_64 = 18446744073709549568.0  # the largest float64 below 2**64
 @njit(inline="always", cache=True)
 def _divmod_unsigned(x, n, inv):
     """``(x // n, x % n)`` for uint64 ``x``, as uint64 and int64."""
-    q = np.uint64(min(np.float64(x) * inv, _BELOW_2_64))
+    q = _f2u(np.floor(min(_u2f(x) * inv, _BELOW_2_64)))
     r = np.int64(x - q * np.uint64(n))  # |r| <= (3 * 2**11 + 1) n: exact as int64 and float64
-    c = np.int64(np.floor(np.float64(r) * inv))
+    c = _f2i_small(np.floor(_i2f_small(r) * inv))
     q = np.uint64(np.int64(q) + c)
     r = r - c * n
     if r < 0:
@@ -192,9 +319,9 @@ def _divmod_unsigned(x, n, inv):
 @njit(inline="always", cache=True)
 def _divmod_signed(x, n, inv):
     """Floor ``(x // n, x mod n)`` for int64 ``|x| < 2**62``."""
-    q = np.int64(np.floor(np.float64(x) * inv))
+    q = _f2i(np.floor(_i2f(x) * inv))
     r = x - q * n
-    c = np.int64(np.floor(np.float64(r) * inv))
+    c = _f2i_small(np.floor(_i2f_small(r) * inv))
     q = q + c
     r = r - c * n
     if r < 0:

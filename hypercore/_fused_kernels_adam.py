@@ -17,10 +17,14 @@ from numba import njit
 
 from hypercore import _fixed, adam
 from hypercore._fused_kernels import (
+    INV_SCALE,
     LIMIT,
     _aliased,
     _elems,
+    _f2i,
+    _f2i_small,
     _from_fixed,
+    _i2f,
     _size,
     _spill_loop,
     _table_row,
@@ -45,14 +49,19 @@ M24, M31, M32 = (np.int64((1 << k) - 1) for k in (24, 31, 32))
 M24_U = np.uint64(adam.DB - 1)
 
 
+# The quotient estimate is biased low by ``DIVMOD_BIAS`` so that it is the quotient or one less, never
+# one more, and one correction finishes it: for ``|x| < 2**63`` and ``n >= 2**23`` the quotient is below
+# ``2**40``, and the float64 estimate (three roundings, the product of the converted ``x`` with the
+# rounded ``1 / n``) is within ``3 * 2**-13`` of ``x / n``, the subtraction of the bias within
+# another ``2**-13``: far less than the bias, which is far less than one.
+DIVMOD_BIAS = 2.0**-8
+
+
 @njit(inline="always", cache=True, error_model="numpy")
 def _divmod(x, n, inv):
-    """`hypercore.adam._divmod`: floor ``(x div n, x mod n)``, ``2**23 <= n <= 2**24``."""
-    q = np.int64(np.floor(np.float64(x) * inv))
+    """`hypercore.adam._divmod`: floor ``(x div n, x mod n)`` for int64 ``x``, ``2**23 <= n <= 2**24``."""
+    q = _f2i_small(np.floor(_i2f(x) * inv - DIVMOD_BIAS))
     r = x - q * n
-    if r < 0:
-        q -= 1
-        r += n
     if r >= n:
         q += 1
         r -= n
@@ -100,11 +109,24 @@ def _to_fixed_v(x):
     ok = np.isfinite(x) & (x >= 0.0) & (x < V_RANGE)
     y = (x if ok else 0.0) * V_SCALE
     hi = np.floor(y * (1.0 / LIMB_UNIT))
-    return np.int64(hi), np.int64(np.rint(y - hi * LIMB_UNIT)), ok
+    return _f2i(hi), _f2i(np.rint(y - hi * LIMB_UNIT)), ok
 
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _from_fixed_v(hi, lo):
+    return _i2f(hi) * HI_SCALE + _i2f(lo) * LO_SCALE
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _from_fixed_scalar(i):
+    """`_from_fixed` by the hardware's conversion, which the float-only loops (`_adjoint_block`,
+    `_finish_block`) run faster with than with `hypercore._fused_kernels`' bit-built one on AVX2."""
+    return np.float64(i) * INV_SCALE
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _from_fixed_v_scalar(hi, lo):
+    """`_from_fixed_v` by the hardware's conversions (see `_from_fixed_scalar`)."""
     return np.float64(hi) * HI_SCALE + np.float64(lo) * LO_SCALE
 
 
@@ -271,9 +293,9 @@ def _adjoint_block(m, vh, vl, dw, dm, dv, w, lr, rc1, rc2, eps, f):
     AdamW's ``dw`` becomes ``f dw``. Returns the block's sums of ``dlr, dc1, dc2, dfactor``."""
     s_lr, s_c1, s_c2, s_f = 0.0, 0.0, 0.0, 0.0
     for i in range(m.size):
-        m_f = _from_fixed(m[i])
+        m_f = _from_fixed_scalar(m[i])
         mhat = m_f * rc1
-        vhat = _from_fixed_v(vh[i], vl[i]) * rc2
+        vhat = _from_fixed_v_scalar(vh[i], vl[i]) * rc2
         root = np.sqrt(vhat)
         rden = 1.0 / (root + eps)
         u = mhat * rden
@@ -286,7 +308,7 @@ def _adjoint_block(m, vh, vl, dw, dm, dv, w, lr, rc1, rc2, eps, f):
         s_c2 -= dvhat * vhat * rc2
         dm[i] = dm[i] + dmhat * rc1
         dv[i] = dv[i] + dvhat * rc2
-        s_f += d * _from_fixed(w[i])  # read and written unconditionally: a branch with memory
+        s_f += d * _from_fixed_scalar(w[i])  # read and written unconditionally: a branch with memory
         dw[i] = f * d  # access in it keeps the loop scalar (``f`` is 1 and ``w`` unused for Adam)
     return s_lr, s_c1, s_c2, s_f
 
@@ -321,8 +343,8 @@ def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2):
         g64 = np.float64(g[i])
         dmn = dm[i]
         dvn = dv[i]
-        s_b1 += dmn * (_from_fixed(m[i]) - g64)
-        s_b2 += dvn * (_from_fixed_v(vh[i], vl[i]) - g64 * g64)
+        s_b1 += dmn * (_from_fixed_scalar(m[i]) - g64)
+        s_b2 += dvn * (_from_fixed_v_scalar(vh[i], vl[i]) - g64 * g64)
         ct[i] = -(om1 * dmn + om2 * 2.0 * g64 * dvn)
         dm[i] = dmn * nd1
         dv[i] = dvn * nd2

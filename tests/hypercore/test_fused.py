@@ -329,3 +329,66 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
             np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
         for a_, b_ in zip(floats, floats_x, strict=True):
             np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), rtol=1e-12, atol=0)
+
+
+def _conversion_loops():
+    """Numba loops over `hypercore._fused_kernels`' conversions and the hardware's own."""
+    from numba import njit
+
+    from hypercore import _fused_kernels as k
+
+    def loop(fn):
+        @njit
+        def run(x, out):
+            for i in range(x.size):
+                out[i] = fn(x[i])
+
+        return run
+
+    names = ("i2f", "u2f", "f2i", "f2u", "i2f_small", "f2i_small")
+    ours = {name: loop(getattr(k, f"_{name}")) for name in names}  # what this CPU's kernels use
+    ours |= {f"{name}_bits": loop(getattr(k, f"_{name}_bits")) for name in names}  # what AVX2's use
+    theirs = {
+        "i2f": loop(njit(lambda x: np.float64(x))),
+        "u2f": loop(njit(lambda x: np.float64(x))),
+        "f2i": loop(njit(lambda x: np.int64(x))),
+        "f2u": loop(njit(lambda x: np.uint64(x))),
+    }
+    theirs["i2f_small"], theirs["f2i_small"] = theirs["i2f"], theirs["f2i"]
+    return ours, theirs
+
+
+def test_the_vector_friendly_conversions_give_the_hardware_s_bits():
+    """The kernels convert 64-bit integers to and from float64 through the floats' bits on x86 without
+    AVX-512DQ (no vector conversion there): every result must be the hardware conversion's, over each
+    function's whole range, its ends, rounding ties and both signs. Both the bit-built conversions and
+    whichever this CPU's kernels use are checked."""
+    ours, theirs = _conversion_loops()
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**64, 200_000, dtype=np.uint64)
+    shifts = rng.integers(0, 64, words.size).astype(np.uint64)  # every magnitude, not just the top ones
+    ends = [0, 1, 2, 2**31, 2**32 - 1, 2**32, 2**51 - 1, 2**52 + 1, 2**53 - 1, 2**53 + 1, 2**54 + 2]
+    ends += [2**62, 2**63 - 1, 2**63 - 2, 2**64 - 1, 2**64 - 2]  # ties included (2**53 + 1, ...)
+    unsigned = np.concatenate([words >> shifts, np.array(ends, dtype=np.uint64)])
+    signed = np.concatenate(
+        [words.view(np.int64) >> shifts.astype(np.int64), np.array(ends, dtype=np.uint64).view(np.int64)]
+    )
+    signed = np.concatenate([signed, -signed[signed > -(2**63)], [-(2**63), 2**63 - 1]])
+    small = signed[(signed > -(2**51)) & (signed < 2**51)]
+    cases = {"i2f": signed, "u2f": unsigned, "i2f_small": small}
+    floats = np.rint(rng.standard_normal(200_000) * np.exp2(rng.uniform(0, 64, 200_000)))
+    floats = np.concatenate([floats, [0.0, -0.0, 1.0, -1.0, 2.0**51 - 1, 2.0**52, 2.0**62, 2.0**63 - 1024]])
+    floats = np.concatenate([floats, -floats, np.nextafter(2.0**64, 0) - np.arange(3) * 4096])
+    cases["f2i"] = floats[np.abs(floats) < 2.0**63]
+    cases["f2u"] = floats[(floats >= 0) & (floats < 2.0**64)]
+    cases["f2i_small"] = floats[np.abs(floats) < 2.0**51]
+    for name, x in [(f"{n}{tail}", x) for n, x in cases.items() for tail in ("", "_bits")]:
+        base = name.removesuffix("_bits")
+        dtype = (
+            np.float64 if base in ("i2f", "u2f", "i2f_small") else (np.uint64 if base == "f2u" else np.int64)
+        )
+        a, b = np.empty(x.size, dtype), np.empty(x.size, dtype)
+        ours[name](x, a)
+        theirs[base](x, b)
+        bad = np.flatnonzero(a.view(np.uint64) != b.view(np.uint64))
+        assert bad.size == 0, f"{name}: {x[bad[:3]]} -> {a[bad[:3]]}, not {b[bad[:3]]}"

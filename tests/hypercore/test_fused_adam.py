@@ -220,3 +220,39 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
         for a, b in zip(floats, floats_x, strict=True):
             scale = np.max(np.abs(np.asarray(b)))
             np.testing.assert_array_less(np.abs(np.asarray(a) - np.asarray(b)), 1e-12 * scale + 1e-300)
+
+
+def test_the_kernels_division_is_exact_at_its_ends():
+    """The kernels' exact division (`_divmod`: a float estimate biased low, one correction) is floor
+    division for every dividend the kernels pass, up to ``|x| < 2**63``, and both ends of ``n``."""
+    from numba import njit
+
+    from hypercore import _fused_kernels_adam as k
+
+    @njit
+    def run(x, n, q, r):
+        inv = 1.0 / np.float64(n)
+        for i in range(x.size):
+            q[i], r[i] = k._divmod(x[i], n, inv)
+
+    rng = np.random.default_rng(5)
+    for n in (adam.N_MIN, adam.N_MIN + 1, 12582912, 16760438, adam.N_MAX, adam.DB):
+        near = [
+            j * n + d
+            for j in (0, 1, -1, 2**39, -(2**39), (2**63 - 1) // n, -(2**63) // n)
+            for d in (-1, 0, 1)
+        ]
+        near += [2**63 - 1, -(2**63), 2**62, -(2**62)]
+        x = [int(v) for v in rng.integers(-(2**63), 2**63 - 1, 50_000, dtype=np.int64)]
+        x += [
+            int(v) >> int(s)
+            for v, s in zip(
+                rng.integers(-(2**63), 2**63 - 1, 50_000), rng.integers(0, 63, 50_000), strict=True
+            )
+        ]
+        x = np.array([v for v in near + x if -(2**63) <= v < 2**63], dtype=np.int64)
+        q, r = np.empty_like(x), np.empty_like(x)
+        run(x, np.int64(n), q, r)
+        want = [divmod(int(v), n) for v in x]
+        np.testing.assert_array_equal(q, np.array([a for a, _ in want], dtype=np.int64), err_msg=f"n = {n}")
+        np.testing.assert_array_equal(r, np.array([b for _, b in want], dtype=np.int64), err_msg=f"n = {n}")

@@ -1,0 +1,198 @@
+"""The fused CPU kernels' loops alone (issue 21, item 1): nanoseconds per weight, one thread.
+
+Times each Numba loop of `hypercore._fused_kernels` (reversible SGD) and `_fused_kernels_adam` (AdamW)
+on one array of valid random state, the size of the 1e5 cell's first layer (100,352 weights), called
+directly from Python: no XLA, no chunks, no threads. The state is restored from a copy before each
+call and only the call is timed; the fastest of --rounds rounds of --calls calls is kept. With
+--base, the same loops of an earlier commit (``git archive``, as `engine_ab.py` does) are timed in
+turn in the same process, and their outputs compared bit for bit (the float64 sums to rounding).
+
+The XLA-level figures (`engine_ab.py`, `engine_grid.py`) are what users get; this is the quick loop for
+kernel work, and it names the CPU's vector features, on which the loops' speed depends most (a 64-bit
+integer converts to or from a float in vectors only with AVX-512DQ).
+
+    .venv/bin/python benchmarks/kernels.py                                  # ~1 min (compiles first)
+    .venv/bin/python benchmarks/kernels.py --base 322550d --out docs/figures/kernels_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from llvmlite import binding as llvm
+
+import hypercore
+
+N = 100_352  # the 1e5 cell's 784 x 128 layer
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def state(seed: int = 0) -> dict:
+    """Valid state for both optimizers' loops (the ranges `tests/hypercore/test_fused*.py` use)."""
+    rng = np.random.default_rng(seed)
+    ints = rng.integers
+    n_sgd = 58982  # gamma 0.9 on 2**16
+    n1, n2, nf = (np.int64(round(b * 2**24)) for b in (0.9, 0.999, 1 - 1e-4))  # AdamW's defaults
+    return {
+        "w": ints(-(2**50), 2**50, N).astype(np.int64),
+        "v": ints(-(2**50), 2**50, N).astype(np.int64),
+        "m": (rng.standard_normal(N) * 2**30).astype(np.int64),
+        "vh": ints(0, 2**20, N).astype(np.int64),
+        "vl": ints(0, 2**62, N).astype(np.int64),
+        "head": ints(2**30, 2**40, N).astype(np.uint64),
+        "row": ints(0, 2**63, N).astype(np.uint64),
+        "g": (rng.standard_normal(N) * 1e-2).astype(np.float32),
+        "dw": rng.standard_normal(N),
+        "dm": rng.standard_normal(N),
+        "dv": rng.standard_normal(N),
+        "ct": np.zeros(N, np.float32),
+        "sums": np.zeros(6),
+        "n_sgd": np.int64(n_sgd),
+        "om_sgd": (2**16 - n_sgd) / 2**16,
+        "n1": n1,
+        "n2": n2,
+        "nf": nf,
+    }
+
+
+def loops(sgd, adam, s: dict) -> dict:
+    """Each loop as a call on the state ``s`` (its arrays updated in place), by name."""
+    w, v, m, vh, vl, head, row, g = (s[k] for k in ("w", "v", "m", "vh", "vl", "head", "row", "g"))
+    dw, dm, dv, ct, sums = (s[k] for k in ("dw", "dm", "dv", "ct", "sums"))
+    n, om, n1, n2, nf = (s[k] for k in ("n_sgd", "om_sgd", "n1", "n2", "nf"))
+    off, shift = False, np.uint64(0)
+    lr, c1, c2, eps = 1e-3, 0.5, 0.3, 1e-8
+    return {
+        "sgd forward": lambda: sgd._forward_loop(w, v, head, g, n, om, 0.1),
+        "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1),
+        "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
+        "sgd undo_adjoint": lambda: sgd._undo_adjoint_loop(
+            v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off
+        ),
+        "adamw forward": lambda: adam._forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, True),
+        "adamw undo_weights": lambda: adam._undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, True),
+        "adamw undo_adjoint": lambda: adam._undo_adjoint_loop(
+            m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, off
+        ),
+    }
+
+
+def modules(package: str):
+    return (
+        importlib.import_module(f"{package}._fused_kernels"),
+        importlib.import_module(f"{package}._fused_kernels_adam"),
+    )
+
+
+def time_loop(call, s: dict, original: dict, calls: int) -> float:
+    """Seconds of the fastest call among ``calls``, each on state restored from ``original``."""
+    best = float("inf")
+    for _ in range(calls):
+        for k, v in original.items():
+            if isinstance(v, np.ndarray):
+                np.copyto(s[k], v)
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base", help="an earlier commit whose loops to time beside these")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--out", default="benchmarks/out/kernels.json")
+    args = parser.parse_args()
+
+    engines = {"head": modules("hypercore")}
+    if args.base:
+        from engine_ab import import_base
+
+        import_base(args.base, Path(tempfile.mkdtemp()))
+        engines = {"base": modules("hypercore_base"), **engines}
+    original = state()
+    states = {label: _copy(original) for label in engines}
+    calls = {label: loops(*mods, states[label]) for label, mods in engines.items()}
+    names = list(calls["head"])
+    best = {label: dict.fromkeys(names, float("inf")) for label in engines}
+    for label in engines:  # compile (or load from Numba's cache) before timing
+        for name in names:
+            time_loop(calls[label][name], states[label], original, 1)
+    for _ in range(args.rounds):
+        for name in names:
+            for label in engines:
+                best[label][name] = min(
+                    best[label][name], time_loop(calls[label][name], states[label], original, args.calls)
+                )
+
+    features = llvm.get_host_cpu_features()
+    head_rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "hypercore"], cwd=ROOT, capture_output=True, text=True
+    )
+    out = {
+        "base": args.base,
+        "head": head_rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else ""),
+        "cpu": llvm.get_host_cpu_name(),
+        "processor": platform.processor() or platform.machine(),
+        "avx2": bool(features.get("avx2", False)),
+        "avx512dq": bool(features.get("avx512dq", False)),
+        "native_conversions": bool(engines["head"][0].NATIVE_CONVERSIONS),
+        "weights": N,
+        "rows": [],
+    }
+    print(f"CPU {out['cpu']} (AVX2 {out['avx2']}, AVX-512DQ {out['avx512dq']}), {N:,} weights, one thread")
+    for name in names:
+        row = {"loop": name, **{f"ns_per_weight_{label}": 1e9 * best[label][name] / N for label in engines}}
+        if args.base:
+            row["speedup"] = best["base"][name] / best["head"][name]
+            row["same_integers"], row["max_rel_float_difference"] = compare(engines, name, original)
+        out["rows"].append(row)
+        text = "  ".join(f"{label} {1e9 * best[label][name] / N:6.2f}" for label in engines)
+        extra = (
+            f"  speedup {row['speedup']:.2f}, integers identical {row['same_integers']}" if args.base else ""
+        )
+        print(f"{name:20s} {text} ns/weight{extra}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _copy(original: dict) -> dict:
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in original.items()}
+
+
+def compare(engines: dict, name: str, original: dict) -> tuple[bool, float]:
+    """One call of loop ``name`` of the base and of the head, each on a fresh copy of the state: are
+    the integer arrays the same, and how far apart (relative to their largest) are the floats?"""
+    a, b = _copy(original), _copy(original)
+    loops(*engines["base"], a)[name]()
+    loops(*engines["head"], b)[name]()
+    same, rel = True, 0.0
+    for k, v in original.items():
+        if not isinstance(v, np.ndarray):
+            continue
+        if np.issubdtype(v.dtype, np.integer):
+            same &= bool(np.array_equal(a[k], b[k]))
+        else:
+            scale = max(float(np.max(np.abs(a[k]))), 1e-300)
+            rel = max(rel, float(np.max(np.abs(a[k] - b[k]))) / scale)
+    return same, rel
+
+
+if __name__ == "__main__":
+    hypercore  # noqa: B018  (configures JAX's x64 before the kernels' modules import it)
+    main()
