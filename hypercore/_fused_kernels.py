@@ -36,7 +36,9 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from hypercore import _fixed
+from hypercore import _fixed, _kernel_cache
+
+_kernel_cache.install()  # before the first decorator: the kernels' cache is keyed by all their sources
 
 # `hypercore._fixed`'s constants, typed for Numba (which freezes globals into the compiled code)
 SCALE = _fixed.SCALE

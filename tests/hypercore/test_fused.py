@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -392,3 +393,32 @@ def test_the_vector_friendly_conversions_give_the_hardware_s_bits():
         theirs[base](x, b)
         bad = np.flatnonzero(a.view(np.uint64) != b.view(np.uint64))
         assert bad.size == 0, f"{name}: {x[bad[:3]]} -> {a[bad[:3]]}, not {b[bad[:3]]}"
+
+
+def test_the_kernels_cache_is_keyed_by_every_kernel_source(tmp_path, monkeypatch):
+    """Numba keys a cached function by its own file alone, and the handlers hold compiled copies of
+    the loops of the other kernel modules: every kernel function must be stamped with one digest of
+    all of `_kernel_cache.SOURCES`, which any change to any of them changes."""
+    from hypercore import _fused_kernels, _fused_kernels_adam, _fused_launch, _kernel_cache
+
+    functions = [_fused_kernels._forward_loop, _fused_kernels_adam._undo_adjoint_loop, _fused_launch._body]
+    functions += [_fused_launch._task, _fused_launch.HANDLERS["revtune_adam_forward_float32"]]
+    for fn in functions:
+        locator = fn._cache._impl.locator
+        assert isinstance(locator, _kernel_cache._AllSources), fn
+        assert locator.get_source_stamp() == _kernel_cache.sources_digest()
+
+    original = _kernel_cache.sources_digest()
+    copies = []
+    for path in map(Path, _kernel_cache._PATHS):
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        copies.append(copy)
+    monkeypatch.setattr(_kernel_cache, "_PATHS", tuple(map(str, copies)))
+    before = _kernel_cache.sources_digest()
+    assert before == original  # the same contents elsewhere: the same digest
+    for copy in copies:
+        copy.write_text(copy.read_text() + "\n# an edit\n")
+        after = _kernel_cache.sources_digest()
+        assert after != before, copy
+        before = after
