@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
@@ -71,10 +71,13 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 class KeyCache:
     """Verified keys: SHA-256 of the key -> (key id, tenant id, expiry on the monotonic clock).
     Each hit pushes the expiry back to ``ttl_s`` from then: a key in steady use stays cached (and
-    is never re-verified, nor met by the failed-key limit), one left unused for ``ttl_s`` drops out."""
+    is never re-verified, nor met by the failed-key limit), one left unused for ``ttl_s`` drops out.
+    ``clock`` is the monotonic clock the expiries are read on (a test's own clock, where it needs one
+    that a loaded machine cannot stall)."""
 
-    def __init__(self, ttl_s: float):
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
+        self._clock = clock
         self._entries: dict[str, tuple[str, str, float]] = {}
         self._lock = threading.Lock()
 
@@ -83,7 +86,7 @@ class KeyCache:
         return hashlib.sha256(key.encode()).hexdigest()
 
     def get(self, key: str) -> tuple[str, str] | None:
-        digest, now = self._digest(key), time.monotonic()
+        digest, now = self._digest(key), self._clock()
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
@@ -97,7 +100,7 @@ class KeyCache:
     def put(self, key: str, key_id: str, tenant_id: str) -> None:
         if self.ttl_s > 0:
             with self._lock:
-                self._entries[self._digest(key)] = (key_id, tenant_id, time.monotonic() + self.ttl_s)
+                self._entries[self._digest(key)] = (key_id, tenant_id, self._clock() + self.ttl_s)
 
     def clear(self) -> None:
         with self._lock:
