@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from llvmlite import binding as llvm
 
-import hypercore
+import hypercore  # noqa: F401  (configures JAX's x64 before the kernels' modules import it)
 
 N = 100_352  # the 1e5 cell's 784 x 128 layer
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,5 +194,4 @@ def compare(engines: dict, name: str, original: dict) -> tuple[bool, float]:
 
 
 if __name__ == "__main__":
-    hypercore  # noqa: B018  (configures JAX's x64 before the kernels' modules import it)
     main()
