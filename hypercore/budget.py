@@ -52,6 +52,10 @@ worker runtime              1.5 GiB: Python, JAX and XLA compiling the job. Meas
 ==========================  ====================================================================
 
 Each component names the spec field that drives it (``loc``), so a refusal can say what to change.
+
+A plugin model (``model.kind`` ``plugin``) has no shapes before a worker builds it: the worker
+estimates it then (``peak_bytes(spec, shape, shapes)``, `jobs.spec.built_model_problems`), with
+``U`` its input and output units alone, since its hidden activations are unknown: a lower bound.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hypercore import families, rules, vocab
-from hypercore.families import FAMILIES, DatasetShape
+from hypercore.families import DatasetShape
 
 __all__ = [
     "ADAM_BETA_BITS",
@@ -378,7 +382,7 @@ def _buffer(
 def _rows(spec: Mapping[str, Any], shape: DatasetShape) -> tuple[int, int, int, int]:
     """``(train, valid, test, source)`` rows; a model without data trains on one observation."""
     model = _section(spec, "model")
-    if not FAMILIES[model["kind"]].needs_data:
+    if not families.family(model["kind"]).needs_data:
         return 1, 0, 0, 0
     ds = _section(spec, "dataset")
     if shape.layout in ("splits", "loaded"):
@@ -392,20 +396,28 @@ def _model_loc(spec: Mapping[str, Any]) -> rules.Loc:
     return ("model", "hidden") if _section(spec, "model").get("hidden") else ("model",)
 
 
-def peak_bytes(spec: Mapping[str, Any], shape: DatasetShape) -> Estimate:
+def peak_bytes(
+    spec: Mapping[str, Any], shape: DatasetShape, shapes: families.Shapes | None = None
+) -> Estimate:
     """The `Estimate` of ``spec`` (the JSON dict of a job spec that passed `hypercore.rules.problems`)
-    on a dataset of ``shape`` (`hypercore.rules.dataset_shape`). See the module docstring."""
+    on a dataset of ``shape`` (`hypercore.rules.dataset_shape`). See the module docstring.
+
+    ``shapes``: a plugin model's parameter arrays, which only a built model knows (a worker checks
+    the estimate then, `jobs.spec.built_model_problems`). A plugin's hidden activations are not
+    known at all, so its activations count the input and output units alone, and the estimate is
+    a lower bound: a job it refuses does not fit, one it accepts may still not."""
     model = _section(spec, "model")
-    shapes = rules.model_shapes(spec, shape)
+    plugin = model["kind"] == families.PLUGIN_KIND
+    shapes = rules.model_shapes(spec, shape) if shapes is None else shapes
     N = families.n_weights(shapes)
     T = int(_section(spec, "training")["steps"])
     iterations = int(_section(spec, "meta").get("iterations", 50))
     ds = _section(spec, "dataset")
     n_train, n_valid, n_test, n_source = _rows(spec, shape)
-    F = shape.n_features if FAMILIES[model["kind"]].needs_data else 0
+    F = shape.n_features if families.family(model["kind"]).needs_data else 0
     scored = n_train + n_valid + n_test
     batch = ds.get("batch_size") or n_train
-    units = families.activation_units(model, shape)
+    units = shape.n_features + shape.n_outputs if plugin else families.activation_units(model, shape)
     model_loc = _model_loc(spec)
 
     buffer, sized_for = _buffer(spec, T, N, model_loc)
@@ -421,11 +433,12 @@ def peak_bytes(spec: Mapping[str, Any], shape: DatasetShape) -> Estimate:
         "activations",
         4 * units * (ACTIVATION_COPIES * batch + EVAL_COPIES * scored),
         ("dataset", "batch_size"),
-        f"{batch} rows of {units} units a step, {scored} rows scored",
+        f"{batch} rows of {units} units a step, {scored} rows scored"
+        + ("; a plugin's hidden units are not counted" if plugin else ""),
         "a smaller dataset.batch_size (or fewer rows) needs less",
     )
 
-    counts = rules.hyperparameter_counts(spec, shape)
+    counts = rules.hyperparameter_counts(spec, shape, shapes)
     given = rules.given_hyperparameters(spec)
     learned = {k: n for k, n in counts.items() if given.get(k, {}).get("learn", False)}
     v_learned = sum(learned.values())

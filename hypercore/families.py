@@ -278,7 +278,7 @@ TOY2D_SHAPE = DatasetShape(n_features=1, n_classes=2)
 def parameter_shapes(model: Mapping[str, Any], shape: DatasetShape) -> Shapes:
     """The parameter arrays of the spec's ``model`` section on a dataset of ``shape``, as the engine
     names them."""
-    return FAMILIES[model["kind"]].shapes(model, shape)
+    return family(model["kind"]).shapes(model, shape)
 
 
 def sharing_layers(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:

@@ -418,7 +418,8 @@ def model_size_problems(
 ) -> list[rules.Problem]:
     """The model's and the hyperparameters' sizes against the server's limits, then the memory
     estimate. ``shapes``: a plugin model's arrays, which only the worker that built it knows (it checks
-    the weights and the hyperparameters; the memory estimate needs a built-in family's layers)."""
+    checks the weights, the hyperparameters and the memory estimate, which counts no hidden
+    activations of a plugin: `hypercore.budget.peak_bytes`)."""
     out: list[rules.Problem] = []
     shapes = rules.model_shapes(data, shape) if shapes is None else shapes
     n_weights = families.n_weights(shapes)
@@ -435,8 +436,8 @@ def model_size_problems(
                 f"at most {limits.max_hyperparameters} are allowed",
             )
         )
-    if not out and data["model"]["kind"] != PLUGIN_KIND:  # the memory would only repeat the sizes
-        out += _memory_problems(data, limits, shape)
+    if not out:  # past a size limit, the memory would only repeat it
+        out += _memory_problems(data, limits, shape, shapes)
     return out
 
 
@@ -447,10 +448,12 @@ def built_model_problems(data: dict[str, Any], limits: SpecLimits, problem: Any)
     return model_size_problems(data, limits, DatasetShape.of_loaded(problem.dataset), shapes)
 
 
-def _memory_problems(data: dict[str, Any], limits: SpecLimits, shape: DatasetShape) -> list[rules.Problem]:
+def _memory_problems(
+    data: dict[str, Any], limits: SpecLimits, shape: DatasetShape, shapes: families.Shapes
+) -> list[rules.Problem]:
     """The job's estimated peak memory in the worker (`hypercore.budget`) against the limit, refused
     on the field that drives the largest part of it."""
-    estimate = budget.peak_bytes(data, shape)
+    estimate = budget.peak_bytes(data, shape, shapes)
     if estimate.total <= limits.max_job_memory_bytes:
         return []
     part = estimate.largest

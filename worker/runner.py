@@ -233,8 +233,8 @@ def _plugin_gone(name: str) -> JobInputError:
 
 
 def _check_plugin_sizes(spec: dict, problem: Problem, settings: Settings) -> None:
-    """A plugin model's weights and hyperparameters against the server's limits, which the API could
-    not count without the model (`jobs.spec.model_size_problems`)."""
+    """A plugin model's weights, hyperparameters and memory against the server's limits, which the
+    API could not count without the model (`jobs.spec.model_size_problems`)."""
     found = built_model_problems(spec, settings.limits, problem)
     if found:
         loc, message = found[0]
@@ -259,17 +259,17 @@ def build_problem(spec: dict, settings: Settings) -> Problem:
     # iterations as an argument): a continued job (more meta-iterations) reuses its problem.
     meta = {k: v for k, v in (spec.get("meta") or {}).items() if k != "iterations"}
     key = json.dumps({**{k: v for k, v in spec.items() if k != "name"}, "meta": meta}, sort_keys=True)
-    if key in _PROBLEMS and not (uploaded and not settings.dataset_path(ds_spec["id"]).is_file()):
-        _PROBLEMS.move_to_end(key)
-        return _PROBLEMS[key]
-    try:
-        dataset = load_dataset(ds_spec, settings, spec.get("seed", 0)) if uploaded else None
-        problem = problem_from_spec(spec, dataset=dataset, plugins=loaded_plugins)
-    except ConfigError as e:
-        raise JobInputError(str(e)) from e
-    if model.get("kind") == PLUGIN_KIND:
-        _check_plugin_sizes(spec, problem, settings)
+    problem = _PROBLEMS.get(key)
+    if problem is None or (uploaded and not settings.dataset_path(ds_spec["id"]).is_file()):
+        try:
+            dataset = load_dataset(ds_spec, settings, spec.get("seed", 0)) if uploaded else None
+            problem = problem_from_spec(spec, dataset=dataset, plugins=loaded_plugins)
+        except ConfigError as e:
+            raise JobInputError(str(e)) from e
+    if model.get("kind") == PLUGIN_KIND:  # every job, a reused problem's too: its meta.iterations
+        _check_plugin_sizes(spec, problem, settings)  # count, and so may this worker's limits
     _PROBLEMS[key] = problem
+    _PROBLEMS.move_to_end(key)
     while len(_PROBLEMS) > _PROBLEM_CACHE_SIZE:
         _PROBLEMS.popitem(last=False)
     return problem

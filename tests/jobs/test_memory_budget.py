@@ -118,6 +118,29 @@ def test_revtune_run_refuses_it_too(tmp_path, capsys):
     assert "REVTUNE_MAX_JOB_MEMORY_BYTES" in err and not (tmp_path / "out").exists()
 
 
+def test_a_plugin_s_estimate_is_its_shapes_with_no_hidden_activations():
+    """A plugin model's estimate (the worker's, once built: `jobs.spec.built_model_problems`) counts
+    what its shapes say exactly as a built-in's, and only the input and output units of its
+    activations: on the same arrays it is the built-in family's estimate less the hidden units."""
+    spec = json.loads(json.dumps(BIG))
+    spec["model"]["hidden"] = [32]
+    data = validate_spec(spec).to_dict()
+    shape = rules.dataset_shape(data)
+    builtin = budget.peak_bytes(data, shape)
+    plugin = {**data, "model": {"kind": "plugin", "name": "resmlp", "config": {}}}
+    with pytest.raises(ValueError, match="has no shapes before a worker builds it"):
+        budget.peak_bytes(plugin, shape)
+    estimate = budget.peak_bytes(plugin, shape, rules.model_shapes(data, shape))
+    assert estimate.n_weights == builtin.n_weights == 64 * 32 + 32 + 32 * 10 + 10
+    others = [c for c in builtin.components if c.name != "activations"]
+    assert [(c.name, c.bytes) for c in estimate.components if c.name != "activations"] == [
+        (c.name, c.bytes) for c in others
+    ]
+    units, hidden_units = 64 + 10, 64 + 32 + 10
+    assert estimate["activations"].bytes * hidden_units == builtin["activations"].bytes * units
+    assert estimate["activations"].detail.endswith("; a plugin's hidden units are not counted")
+
+
 def test_every_template_fits_the_default_limit():
     for name in templates.names():
         estimate = estimate_of(templates.get(name))

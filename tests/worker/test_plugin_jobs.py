@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from direct_worker import direct_worker_fixtures
 
-from hypercore import plugins
+from hypercore import budget, plugins
 from jobs import models, repository
 from jobs.spec import validate_spec
 from worker import runner
@@ -81,6 +81,26 @@ def test_a_plugin_model_past_the_weight_limit_fails_at_build_naming_it(settings,
     assert runner.run_job(job_id, settings=settings, sessions=sessions) == "failed"
     # 64*32 + 32 + 32*32 + 32 + 32*10 + 10 weights, past REVTUNE_MAX_WEIGHTS = 1000
     assert job_row(sessions, job_id).error == "model: the model has 3466 weights; at most 1000 are allowed"
+
+
+def test_a_plugin_job_past_the_memory_limit_fails_at_build_naming_the_field(
+    settings, sessions, submit, loaded
+):
+    """The API cannot estimate a plugin job's memory (it has no shapes); the worker does, once built,
+    without the plugin's hidden activations (`hypercore.budget.peak_bytes`): a lower bound."""
+    job_id = submit(SPEC)
+    tight = settings.model_copy(update={"max_job_memory_bytes": budget.RUNTIME_BYTES + 2**10})
+    assert runner.run_job(job_id, settings=tight, sessions=sessions) == "failed"
+    row = job_row(sessions, job_id)
+    # the largest part: the activations of its input and output units (the plugin's hidden ones unknown)
+    assert row.error.startswith("dataset.batch_size: this job needs about 1.5 GiB in the worker (activations")
+    assert "60 rows of 74 units a step, 90 rows scored; a plugin's hidden units are not counted)" in row.error
+    assert row.error.endswith(
+        "past REVTUNE_MAX_JOB_MEMORY_BYTES = 1.5 GiB: a smaller dataset.batch_size (or fewer rows) needs less"
+    )
+    assert row.meta_iter == 0
+    # the same job fits the default limit (the first test ran it)
+    assert runner.run_job(submit(SPEC), settings=settings, sessions=sessions) == "succeeded"
 
 
 def test_a_job_whose_plugin_no_worker_offers_fails_saying_so(settings, sessions, submit, monkeypatch):
