@@ -20,15 +20,17 @@ from api.routes.health import Readiness, broker_check
 
 
 class HungBroker:
-    """A broker check that hangs until `release`; counts its calls."""
+    """A broker check that hangs until `release`; counts its calls, and sets `answered` as it returns."""
 
     def __init__(self):
         self.calls = 0
         self.released = threading.Event()
+        self.answered = threading.Event()
 
     def __call__(self, url: str) -> str:
         self.calls += 1
         self.released.wait(30)
+        self.answered.set()
         return "ok"
 
 
@@ -51,8 +53,11 @@ async def _probes(app, n: int) -> list[tuple[int, float]]:
 
 
 def test_forty_probes_on_a_hung_broker_get_503_within_the_deadline_from_one_check(tmp_path):
+    # Each time bound sits a second or more from what a correct readiness takes and from what a
+    # broken one would (the 30 s hang; a new timeout_s deadline), so a slow machine does not matter.
+    timeout_s, cache_s = 3.0, 0.5
     hung = HungBroker()
-    app = _app(tmp_path, hung, readiness_timeout_s=1.0, readiness_cache_s=0.5)
+    app = _app(tmp_path, hung, readiness_timeout_s=timeout_s, readiness_cache_s=cache_s)
     try:
         start = time.monotonic()
         answers = asyncio.run(_probes(app, 40))
@@ -60,18 +65,22 @@ def test_forty_probes_on_a_hung_broker_get_503_within_the_deadline_from_one_chec
         assert {status for status, _, _ in answers} == {503}
         not_ready = {"ready": False, "database": "ok", "broker": "unavailable"}
         assert all(body == not_ready for _, body, _ in answers)
-        assert took < 2.5, f"40 probes took {took:.1f} s"
+        assert took < timeout_s + 1.5, f"40 probes took {took:.1f} s"
         assert hung.calls == 1, "single flight: one check for the whole storm"
         # Within the cache window the answer is reused; past it, the check still running is not
-        # started again and the probe answers at once (its deadline has passed).
+        # started again and the probe answers at once (its deadline has passed), not timeout_s later.
         again = asyncio.run(_probes(app, 5))
         assert {s for s, _, _ in again} == {503} and hung.calls == 1
-        time.sleep(0.6)
+        time.sleep(cache_s + 0.1)
         late = asyncio.run(_probes(app, 5))
-        assert {s for s, _, _ in late} == {503} and max(t for _, _, t in late) < 0.8 and hung.calls == 1
+        assert {s for s, _, _ in late} == {503} and hung.calls == 1
+        assert max(t for _, _, t in late) < timeout_s - 1.0, f"late probes took {[t for _, _, t in late]}"
     finally:
         hung.released.set()
-    time.sleep(0.6)  # the hung check has now answered "ok"; the cached 503 has expired
+    # The hung check has answered "ok"; once its run and the cached 503 are older than cache_s, a
+    # probe starts a new check (the margin covers the moment between its answer and its run's end).
+    assert hung.answered.wait(10), "the hung check did not return after its release"
+    time.sleep(cache_s + 0.5)
     recovered = asyncio.run(_probes(app, 3))
     assert {s for s, _, _ in recovered} == {200}
     assert hung.calls == 2, "one new check after the broker came back"
