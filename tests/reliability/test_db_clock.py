@@ -7,7 +7,6 @@ patched, which is every clock the code under test could read on its own."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,6 +27,7 @@ SPEC = {
     "meta": {"iterations": 3},
 }
 SKEW = timedelta(seconds=120)
+TIMEOUT_S = 10.0  # the heartbeat timeout: far under the skew, far over a stalled machine's pause
 
 
 def skew_clock(monkeypatch, by: timedelta) -> None:
@@ -126,14 +126,14 @@ def test_a_skewed_workers_dead_job_is_requeued_after_the_timeout_by_the_database
         broker_url="memory://",
         data_dir=tmp_path,
         heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=1.0,
+        heartbeat_timeout_s=TIMEOUT_S,
         queued_timeout_s=600,
     )
     sessions = session_factory(settings)
     job_id = submit(sessions)
     with monkeypatch.context() as patch:
         skew_clock(patch, skew)
-        held = claim(sessions, job_id, "skewed", 1.0)
+        held = claim(sessions, job_id, "skewed", TIMEOUT_S)
         with sessions() as session:
             repository.record_meta_iteration(
                 session, job_id, held, step={"meta_iter": 0}, hyperparameters={}, checkpoint=b"c"
@@ -146,13 +146,18 @@ def test_a_skewed_workers_dead_job_is_requeued_after_the_timeout_by_the_database
     for when in (stamped.started_at, stamped.heartbeat_at):
         assert abs((when - db_now).total_seconds()) < 5, (when, db_now)
 
-    assert reap(settings, enqueue=lambda job_id: None) == []  # still within the timeout
+    # Still within the timeout by the database's clock (the reaper reads it): a slow worker's beat,
+    # stamped 120 s in the past, would be stale already.
+    assert reap(settings, enqueue=lambda job_id: None) == []
     assert row(sessions, job_id).status == "running"
-    time.sleep(1.3)  # past the timeout by the database's clock: the worker is dead
-    assert reap(settings, enqueue=lambda job_id: None) == [job_id]
+    # Past the timeout by the database's clock the worker is dead: a reaper at the database's time
+    # plus the timeout and a half (a fixed `now`, not a sleep) re-queues it; a fast worker's beat,
+    # stamped 120 s ahead, would not be stale yet.
+    later = database_time(sessions) + timedelta(seconds=TIMEOUT_S + 0.5)
+    assert reap(settings, enqueue=lambda job_id: None, now=later) == [job_id]
     job = row(sessions, job_id)
     assert (job.status, job.worker_id, job.deaths) == ("queued", None, 1)
-    assert abs((job.enqueued_at - database_time(sessions)).total_seconds()) < 5
+    assert job.enqueued_at == later
 
 
 def test_finishing_and_requeueing_are_stamped_by_the_database_clock(database_url, tmp_path, monkeypatch):
@@ -184,9 +189,9 @@ def test_db_now_orders_with_stored_times_on_both_databases(database_url):
     sessions = session_factory(database_url)
     job_id = submit(sessions)
     with sessions() as session:
-        now = session.scalar(select(db_now()))
+        # one statement: SQLite reads 'now' once per statement (PostgreSQL once per transaction)
+        now, earlier = session.execute(select(db_now(), db_now(-90.25))).one()
         assert now.tzinfo is not None and abs((now - datetime.now(UTC)).total_seconds()) < 5
-        earlier = session.scalar(select(db_now(-90.25)))
         assert abs((now - earlier).total_seconds() - 90.25) < 1
         # stored by Python a fifth of a second ago (the API's create_job does so): most often in
         # the same second as the server's clock
