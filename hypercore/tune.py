@@ -334,6 +334,9 @@ class Record:
     ``elapsed_s``: this meta-iteration's wall time (the first includes compilation).
     ``reversal_exact``: the engine's report (None with the unrolled engine, which does not reverse).
     ``events``: the chaos guard's back-offs in this meta-iteration.
+    ``trained_with``: the hyperparameters this meta-iteration trained with, before its update (the
+    initial values for the first; for a later one, the previous record's ``hyperparameters``, the
+    same arrays): what its losses were measured with, and what a best meta-iteration's export holds.
     """
 
     meta_iter: int
@@ -349,6 +352,7 @@ class Record:
     events: tuple[_meta.GuardEvent, ...]
     hyperparameters: dict[str, HyperValue]
     checkpoint: Checkpoint
+    trained_with: dict[str, HyperValue] = dataclasses.field(default_factory=dict)
 
     def step(self) -> dict:
         """The REST ``step`` fields (`hypercore.steps`); non-finite numbers become None (JSON has
@@ -866,6 +870,10 @@ def tune(
     stopped = False
     for k in range(state.meta_iter, iterations):
         started = time.perf_counter()
+        # the previous record's values after its update (no copy), or the values this call starts from
+        trained_with = (
+            records[-1].hyperparameters if records else hs.to_natural({**fixed_np, **_host(learned)})
+        )
         while True:
             if engine == "reversible":
                 # Capacity is static, so each new value compiles again: start at the floors' need
@@ -928,6 +936,7 @@ def tune(
             events=() if event is None else (event,),
             hyperparameters=hs.to_natural({**fixed_np, **ckpt.learned}),
             checkpoint=ckpt,
+            trained_with=trained_with,
         )
         records.append(record)
         state = ckpt

@@ -14,7 +14,8 @@ worker runs. Two inputs come from that recorder:
 - one *step* per meta-iteration (`RecordedStep`): the REST step fields plus the hyperparameters after
   it, in natural units, each ``{"values", "axes", "labels", "learned"}`` (``shape`` optional, checked)
   as `hypercore.tune.Record.hyperparameters` gives them; ``values`` are nested lists of numbers, null
-  for a non-finite value.
+  for a non-finite value. Optionally ``scored``, the same for the values it trained with
+  (`hypercore.tune.Record.trained_with`): the initial values at meta-iteration 0, and a new best's.
 """
 
 from __future__ import annotations
@@ -132,12 +133,20 @@ class _StepFields(BaseModel):
         default_factory=dict,
         description="by name; fixed ones (learned false) are stored from meta_iter 0 only",
     )
+    scored: dict[str, HyperparameterIn] | None = Field(
+        None,
+        description="optional, by name: the values this meta-iteration trained with (hypercore's "
+        "Record.trained_with), kept as snapshot meta_iter (the initial values at 0, fixed ones "
+        "included; a new best's where the snapshot grid does not keep them), so that export "
+        "which=best and which=0 find them",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> _StepFields:
-        for name in self.hyperparameters:
-            if len(name) > 100 or not re.match(_NAME, name):
-                raise ValueError(f"hyperparameters: {name[:100]!r} is not a name ({_NAME}, at most 100)")
+        for field, named in (("hyperparameters", self.hyperparameters), ("scored", self.scored or {})):
+            for name in named:
+                if len(name) > 100 or not re.match(_NAME, name):
+                    raise ValueError(f"{field}: {name[:100]!r} is not a name ({_NAME}, at most 100)")
         return self
 
 

@@ -15,6 +15,9 @@ like any other. No worker runs it.
   that ends earlier without an error also finishes it ``succeeded``, one that raises ``failed``.
 - A thread sends a heartbeat every ``heartbeat_s`` seconds; a recorder whose process dies leaves the
   job ``failed`` once the server's heartbeat timeout (60 s by default) has passed.
+- The values a meta-iteration trained with (``Record.trained_with``) go along with the first one and
+  with each new best objective, so that the job's export ``which="best"`` (and ``which=0``, the
+  initial values) finds them, as for a worker's job.
 - Resuming: ``tune(problem, checkpoint=saved, callback=client.record(name, spec, job_id=job_id))``
   continues the same job (a failed one runs again); meta-iterations it already holds are skipped, a
   gap is refused. ``idempotency_key=`` finds the job again without its id.
@@ -74,18 +77,30 @@ def _number(value: Any) -> Any:
     return value if np.isfinite(value) else None
 
 
-def step_body(record: Any, *, fixed: bool) -> dict[str, Any]:
+def step_body(record: Any, *, fixed: bool, scored: bool = False) -> dict[str, Any]:
     """The ``POST /v1/jobs/{id}/steps`` body of one meta-iteration: a `hypercore.tune.Record` (or any
     object with its attributes). Values are float64 in natural units, exact (a JSON number is the
     float's shortest round-trip form), null where not finite; ``fixed`` hyperparameters are sent only
-    when asked (the service keeps them from meta-iteration 0 only)."""
+    when asked (the service keeps them from meta-iteration 0 only). ``scored``: also send the values
+    it trained with (``record.trained_with``, where it has them) as ``scored``, which the service
+    keeps at meta-iteration 0 and for a new best objective."""
     step = {field: getattr(record, field, None) for field in _STEP_FIELDS}
     body: dict[str, Any] = {k: _number(v) for k, v in step.items() if k != "meta_iter"}
     body["meta_iter"] = int(record.meta_iter)
     if body["reversal_exact"] is not None:
         body["reversal_exact"] = bool(step["reversal_exact"])
+    body["hyperparameters"] = _hyperparameters(getattr(record, "hyperparameters", None), fixed=fixed)
+    trained_with = getattr(record, "trained_with", None)
+    if scored and trained_with:
+        body["scored"] = _hyperparameters(trained_with, fixed=fixed)
+    return body
+
+
+def _hyperparameters(given: Mapping[str, Any] | None, *, fixed: bool) -> dict[str, Any]:
+    """``{name: HyperValue}`` (or mappings with its keys) as the step body's JSON, the fixed ones
+    only when asked."""
     hypers = {}
-    for name, value in (getattr(record, "hyperparameters", None) or {}).items():
+    for name, value in (given or {}).items():
         get = value.get if isinstance(value, Mapping) else lambda attr, v=value: getattr(v, attr)
         learned = bool(get("learned"))
         if not (learned or fixed):
@@ -102,8 +117,7 @@ def step_body(record: Any, *, fixed: bool) -> dict[str, Any]:
             "labels": _plain(dict(get("labels") or {})),
             "learned": learned,
         }
-    body["hyperparameters"] = hypers
-    return body
+    return hypers
 
 
 class Recorder:
@@ -118,6 +132,8 @@ class Recorder:
     def __init__(self, client: Client, job: Job, *, heartbeat_s: float = 10.0, retry_s: float = 60.0) -> None:
         self.client, self.job = client, job
         self.recorded = int(job["meta_iter"])
+        best = job.get("best") or {}
+        self._best = best.get("objective")  # the best objective recorded: a lower one sends its values
         self.cancel_requested = False
         self.finished = False
         self.retry_s = retry_s
@@ -139,7 +155,12 @@ class Recorder:
         k = int(record.meta_iter)
         if k < self.recorded:  # resumed from an earlier checkpoint: the service has this one
             return self.cancel_requested
-        reply = self._post(f"/v1/jobs/{self.job_id}/steps", step_body(record, fixed=k == 0))
+        objective = _number(getattr(record, "objective", None))
+        best = objective is not None and (self._best is None or objective < self._best)
+        body = step_body(record, fixed=k == 0, scored=k == 0 or best)
+        reply = self._post(f"/v1/jobs/{self.job_id}/steps", body)
+        if best:
+            self._best = objective
         self.recorded = int(reply["meta_iter"])
         if reply["cancel_requested"]:
             self.cancel_requested = True

@@ -108,21 +108,27 @@ def record_step(
     job_id: OwnJob, body: RecordedStep, session: SessionDep, settings: SettingsDep, tenant: RateLimited
 ) -> RecordedOut:
     """Record one meta-iteration (``meta_iter`` from 0, in order): the step fields and the
-    hyperparameters after it, in natural units. A ``meta_iter`` already recorded is answered without
+    hyperparameters after it, in natural units; optionally ``scored``, the values it trained with (at
+    ``meta_iter`` 0 the initial values, and for a new best objective), which the job keeps as
+    snapshot ``meta_iter`` where a worker would. A ``meta_iter`` already recorded is answered without
     writing (``recorded: false``: a retried POST); skipping one is 409. ``cancel_requested: true``:
     stop the loop and finish the job ``cancelled``."""
-    step = body.model_dump(exclude={"hyperparameters"})
-    hyperparameters = {
-        name: {"values": hv.array(), "axes": hv.axes, "labels": hv.labels, "learned": hv.learned}
-        for name, hv in body.hyperparameters.items()
-    }
+    step = body.model_dump(exclude={"hyperparameters", "scored"})
+
+    def stored(given: dict) -> dict:
+        return {
+            name: {"values": hv.array(), "axes": hv.axes, "labels": hv.labels, "learned": hv.learned}
+            for name, hv in given.items()
+        }
+
     done = repository.record_step(
         session,
         tenant,
         job_id,
         step=step,
-        hyperparameters=hyperparameters,
+        hyperparameters=stored(body.hyperparameters),
         snapshot_budget_bytes=settings.max_snapshot_bytes_per_job,
+        scored=stored(body.scored) if body.scored else None,
     )
     session.commit()
     return RecordedOut(

@@ -17,6 +17,7 @@ The heartbeat is the database's clock (`jobs.models.db_now`), as for workers.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -25,7 +26,7 @@ from jobs.errors import Conflict, InvalidInput
 from jobs.models import HyperSnapshot, Job, db_now, utcnow
 from jobs.repository.jobs import get_job
 from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
-from jobs.repository.worker import store_meta_iteration
+from jobs.repository.worker import store_meta_iteration, store_scored
 from jobs.states import TERMINAL, Origin, Status, check_transition
 
 
@@ -124,13 +125,17 @@ def record_step(
     step: dict,
     hyperparameters: dict[str, dict],
     snapshot_budget_bytes: int | None,
+    scored: dict[str, dict] | None = None,
 ) -> Recorded:
     """Record meta-iteration ``step["meta_iter"]`` (0-based) of a running library run.
 
     ``hyperparameters``: ``{name: {"values": float64 array, "axes", "labels", "learned"}}`` after it.
-    Which are stored follows the worker's rule (module docstring). A ``meta_iter`` already recorded
-    is not written again (``recorded`` False); one past the next is a `Conflict` (a gap); one at or
-    past ``meta.iterations`` is `InvalidInput` on ``meta_iter``."""
+    ``scored``: the same for the values it trained with (`hypercore.tune.Record.trained_with`), kept
+    where the worker keeps them: at ``meta_iter`` 0 (the initial values, the fixed ones with them),
+    and for a new best objective where the snapshot grid does not keep its values; the earlier best's
+    kept that way then goes. Which are stored follows the worker's rule (module docstring). A
+    ``meta_iter`` already recorded is not written again (``recorded`` False); one past the next is a
+    `Conflict` (a gap); one at or past ``meta.iterations`` is `InvalidInput` on ``meta_iter``."""
     job = _beat(session, tenant_id, job_id)
     k = int(step["meta_iter"])
     if k < job.meta_iter:
@@ -158,10 +163,23 @@ def record_step(
         iterations=job.meta_iterations,
         budget_bytes=snapshot_budget_bytes,
     )
-    # Fixed ones never change: stored with meta-iteration 0. The learned ones on the grid, and as
-    # the last before a cancel (the recorder stops after this one), as the worker does.
+    # Fixed ones never change: stored once, with snapshot 0 (the values meta-iteration 0 trained
+    # with) when the recorder sends it, else with the values after meta-iteration 0. The learned ones
+    # on the grid, and as the last before a cancel (the recorder stops after this one), as the
+    # worker does; the values a new best trained with where the grid does not keep them.
     learned = stores_learned(k + 1, interval, job.meta_iterations) or job.cancel_requested
-    kept = {name: hv for name, hv in hyperparameters.items() if (learned if hv["learned"] else k == 0)}
+    fixed_after = k == 0 and not scored
+    kept = {name: hv for name, hv in hyperparameters.items() if (learned if hv["learned"] else fixed_after)}
+    objective, before, best_at = step.get("objective"), job.best_objective, job.best_meta_iter
+    best = objective is not None and math.isfinite(objective) and (before is None or objective < before)
+    keep, drop = None, None
+    if scored and k == 0:
+        keep = scored
+    elif scored and best and not stores_learned(k, interval, job.meta_iterations):
+        keep = {name: hv for name, hv in scored.items() if hv["learned"]}
+    if best and best_at and not stores_learned(best_at, interval, job.meta_iterations):
+        drop = best_at
+    store_scored(session, job_id, k, keep, drop)
     store_meta_iteration(session, job, step=step, hyperparameters=kept, now=utcnow())
     return Recorded(job.meta_iter, True, job.cancel_requested)
 

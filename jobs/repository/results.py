@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, defer
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.models import HyperSnapshot, Job, Step
 from jobs.repository.jobs import get_job
+from jobs.states import Origin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +333,10 @@ def resolve_which(session: Session, tenant_id: str, job_id: str, which: str) -> 
         [*([f"{earlier[-1]} (earlier)"] if earlier else []), *([f"{later[0]} (later)"] if later else [])]
     )
     reason = (
-        "this job was recorded before snapshot 0 (the initial values) and the best's were always kept"
+        "its recorder sent no values that meta-iteration trained with (a step's scored, which "
+        "revtune's recorder takes from hypercore's Record.trained_with)"
+        if job.origin == Origin.EXTERNAL.value and (k == 0 or what is not None)
+        else "this job was recorded before snapshot 0 (the initial values) and the best's were always kept"
         if k == 0 or what is not None
         else "its learned hyperparameters are too large to keep after every meta-iteration "
         "(REVTUNE_MAX_SNAPSHOT_BYTES_PER_JOB)"

@@ -301,6 +301,27 @@ def record_meta_iteration(
         return job.cancel_requested  # already recorded: a retried commit
     if k > job.meta_iter:
         raise Conflict(f"job {job_id}: meta-iteration {k} recorded before meta-iteration {job.meta_iter}")
+    store_scored(session, job_id, k, scored, drop)
+    store_meta_iteration(session, job, step=step, hyperparameters=hyperparameters, now=now)
+    stored = session.get(Checkpoint, job_id)
+    if stored is None:
+        session.add(Checkpoint(job_id=job_id, meta_iter=k + 1, data=checkpoint, created_at=now or utcnow()))
+    else:
+        stored.meta_iter, stored.data, stored.created_at = k + 1, checkpoint, now or utcnow()
+    session.flush()
+    return job.cancel_requested
+
+
+def store_scored(
+    session: Session,
+    job_id: str,
+    k: int,
+    scored: Mapping[str, Mapping[str, Any]] | None,
+    drop: int | None,
+) -> None:
+    """Store ``scored``, the values meta-iteration ``k`` trained with, at ``meta_iter`` ``k`` (those
+    not there yet), and remove the learned snapshots of meta-iteration ``drop``: what
+    `record_meta_iteration` and a recorded library run (`jobs.repository.external`) share."""
     if scored:
         # Already there when a continued job's earlier run ended at k (its last snapshot).
         there = set(
@@ -317,14 +338,6 @@ def record_meta_iteration(
                 HyperSnapshot.learned.is_(True),
             )
         )
-    store_meta_iteration(session, job, step=step, hyperparameters=hyperparameters, now=now)
-    stored = session.get(Checkpoint, job_id)
-    if stored is None:
-        session.add(Checkpoint(job_id=job_id, meta_iter=k + 1, data=checkpoint, created_at=now or utcnow()))
-    else:
-        stored.meta_iter, stored.data, stored.created_at = k + 1, checkpoint, now or utcnow()
-    session.flush()
-    return job.cancel_requested
 
 
 def store_meta_iteration(

@@ -16,6 +16,7 @@ import pytest
 
 import hypercore
 from client.live import _CLI, Service, start_service
+from hypercore.tune import hyperparameter_values
 from revtune import Client
 from revtune.client import Conflict, NotFound, ValidationError
 from revtune.recorder import step_body
@@ -112,6 +113,18 @@ def test_a_recorded_run_is_stored_bit_for_bit_and_shown_like_any_job(alice, prob
             assert stored.labels == {k: list(v) for k, v in value.labels.items()}
     listed = {j["id"]: j["origin"] for j in alice.iter_jobs()}
     assert listed[job["id"]] == "external"
+    # the values each meta-iteration trained with: snapshot 0 (the initial ones, which a recording
+    # kept no copy of before `Record.trained_with`) and the best's, which export which=best reads
+    best = records[job["best"]["meta_iter"]]
+    for k, r in ((0, records[0]), (best.meta_iter, best)):
+        for name, value in r.trained_with.items():
+            stored = alice.hyperparameters(job, name, meta_iter=k)
+            assert stored.values.tobytes() == np.asarray(value.values, np.float64).tobytes(), (k, name)
+    assert records[1].trained_with is records[0].hyperparameters  # the same arrays, not a copy
+    initial = hyperparameter_values(problem)  # the worker's own source of snapshot 0
+    assert {n: v.values.tolist() for n, v in records[0].trained_with.items()} == {
+        n: v.values.tolist() for n, v in initial.items()
+    }
 
 
 def test_a_cancel_reaches_the_recorder_which_stops_tune(alice, problem):

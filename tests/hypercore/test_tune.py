@@ -20,6 +20,7 @@ from hypercore.tune import (
     Problem,
     ProblemError,
     evaluate,
+    hyperparameter_values,
     initial_hyperparameters,
     tune,
 )
@@ -134,6 +135,23 @@ def test_resumed_run_is_bit_identical(schedule_problem, schedule_run, stop_after
         assert np.array_equal(a, b)
     for key, value in full.hyperparameters.items():
         assert np.array_equal(value.values, resumed.hyperparameters[key].values)
+
+
+def test_each_record_holds_the_values_it_trained_with(schedule_problem, schedule_run):
+    """`Record.trained_with`: the first record's are the initial values (fixed ones included), a later
+    one's are the previous record's ``hyperparameters`` (the same arrays), and a resumed run's first
+    record's are the checkpoint's: what a recorder sends for snapshot 0 and a best's export."""
+    result, _ = schedule_run
+    initial = hyperparameter_values(schedule_problem)
+    assert set(result.records[0].trained_with) == set(initial) >= {"learning_rate", "momentum"}  # fixed too
+    for name, value in initial.items():
+        assert np.array_equal(result.records[0].trained_with[name].values, value.values), name
+    for before, after in zip(result.records[:-1], result.records[1:], strict=True):
+        assert after.trained_with is before.hyperparameters
+    saved = result.records[2].checkpoint.to_bytes()
+    resumed = tune(schedule_problem, checkpoint=Checkpoint.from_bytes(saved), iterations=4)
+    for name, value in result.records[2].hyperparameters.items():
+        assert np.array_equal(resumed.records[0].trained_with[name].values, value.values), name
 
 
 def test_callback_can_stop_the_run(schedule_problem):

@@ -15,6 +15,7 @@ from jobs.db import session_factory
 from jobs.errors import Conflict, InvalidInput, NotFound
 from jobs.external import validate_description
 from jobs.models import HyperSnapshot, utcnow
+from jobs.repository.results import resolve_which
 from jobs.spec import SpecError, SpecLimits, validate_spec
 from jobs.states import IllegalTransition, Origin
 
@@ -150,6 +151,71 @@ def test_the_snapshot_budget_thins_the_learned_snapshots_like_a_workers(sessions
             )
         ).all()
         assert sorted(stored) == [2, 3]
+
+
+def _trained_with(k: int) -> dict:
+    """What meta-iteration ``k`` trained with (the recorder's ``scored``): learning rate 10 + k."""
+    return {
+        "learning_rate": {"values": np.full(5, 10.0 + k), "axes": ["step"], "labels": {}, "learned": True},
+        "l2": {"values": np.zeros(()), "axes": [], "labels": {}, "learned": False},
+    }
+
+
+def _stored(sessions, job_id) -> dict[int, dict[str, float]]:
+    """``{meta_iter: {name: first value}}`` of the job's snapshots."""
+    with sessions() as s:
+        rows = s.scalars(select(HyperSnapshot).where(HyperSnapshot.job_id == job_id)).all()
+        out: dict[int, dict[str, float]] = {}
+        for row in rows:
+            out.setdefault(row.meta_iter, {})[row.name] = float(np.frombuffer(row.data, "<f8").flat[0])
+        return out
+
+
+@pytest.mark.parametrize(
+    ("objectives", "best", "kept"),
+    [
+        # a best off the grid (meta_iter 1: the grid of a 90-byte budget keeps 2 and 3) keeps its values
+        ((1.0, 0.5, 2.0), 1, {0: {"learning_rate": 10.0, "l2": 0.0}, 1: {"learning_rate": 11.0}}),
+        # a later best on the grid: the earlier best's values go, the grid's snapshot 2 is the best's
+        ((1.0, 0.5, 0.25), 2, {0: {"learning_rate": 10.0, "l2": 0.0}}),
+    ],
+)
+def test_the_values_a_recorded_run_trained_with_are_kept_as_a_worker_keeps_them(
+    sessions, tenants, objectives, best, kept
+):
+    tenant = tenants[0]
+    job_id = _record(sessions, tenant)
+    for k, objective in enumerate(objectives):
+        with sessions() as s:
+            repo.record_step(
+                s,
+                tenant,
+                job_id,
+                step={"meta_iter": k, "objective": objective},
+                hyperparameters=_hypers(k),
+                snapshot_budget_bytes=90,
+                scored=_trained_with(k),
+            )
+            s.commit()
+    grid = {2: {"learning_rate": 1.3}, 3: {"learning_rate": 2.3}}  # after meta-iterations 1 and 2
+    assert _stored(sessions, job_id) == {**kept, **grid}, "the fixed l2 once, with snapshot 0"
+    with sessions() as s:
+        assert resolve_which(s, tenant, job_id, "best") == best
+        assert resolve_which(s, tenant, job_id, "0") == 0
+
+
+def test_a_recorder_that_sends_no_trained_with_values_keeps_the_fixed_ones_after_meta_iteration_0(
+    sessions, tenants
+):
+    job_id = _record(sessions, tenants[0])
+    for k in range(3):
+        _step(sessions, tenants[0], job_id, k, budget=90)
+    assert _stored(sessions, job_id) == {1: {"l2": 0.0}, 2: {"learning_rate": 1.3}, 3: {"learning_rate": 2.3}}
+    with (
+        sessions() as s,
+        pytest.raises(NotFound, match="its recorder sent no values that meta-iteration trained"),
+    ):
+        resolve_which(s, tenants[0], job_id, "0")
 
 
 def test_only_a_running_recording_of_the_callers_tenant_takes_writes(sessions, tenants):
