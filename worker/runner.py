@@ -63,7 +63,6 @@ from hypercore.tune import (
     Problem,
     Record,
     ReversalError,
-    hyperparameter_values,
     initial_hyperparameters,
     tune,
 )
@@ -397,11 +396,6 @@ class JobRun:
     iterations: int = 0
     snapshot_budget_bytes: int | None = None
     snapshot_every: int | None = None
-    # The hyperparameters the next meta-iteration trains with (and its step scores): the initial
-    # ones or the resumed checkpoint's, then each record's. Stored at that meta-iteration's own
-    # meta_iter when it is the first (the initial values) or the best so far off the snapshot grid,
-    # so that `which=best` always has its values (docs/API.md, "Export").
-    scored: dict[str, HyperValue] | None = None
 
     @classmethod
     def claim_job(cls, job_id: str, settings: Settings, sessions: Sessions) -> JobRun | None:
@@ -436,7 +430,6 @@ class JobRun:
         self.guard_backoff = problem.meta.guard.backoff
         stored = self.claim.checkpoint
         checkpoint = None if stored is None else resumable(Checkpoint.from_bytes(stored), problem)
-        self.scored = hyperparameter_values(problem, checkpoint)
         return problem, checkpoint
 
     def check_inputs(self, problem: Problem) -> None:
@@ -467,7 +460,10 @@ class JobRun:
             self.snapshot_every = _snapshot_interval(record, self.iterations, self.snapshot_budget_bytes)
         k = record.meta_iter
         on_grid = stores_learned(k + 1, self.snapshot_every, self.iterations)
-        scored = self.scored or {}
+        # The values this meta-iteration trained with (and its step scores): stored at its own
+        # meta_iter when it is the first (the initial values) or the best so far off the snapshot
+        # grid, so that `which=best` always has its values (docs/API.md, "Export").
+        scored = record.trained_with
 
         def write(session: Session) -> bool:
             # Off the grid, the learned ones are still stored when this is the job's last recorded
@@ -506,7 +502,6 @@ class JobRun:
         cancel_requested = transaction(
             self.sessions, write, f"recording meta-iteration {record.meta_iter} of job {self.job_id}"
         )
-        self.scored = record.hyperparameters
         if cancel_requested:
             self.stop = Status.CANCELLED
         elif shutting_down.is_set():
