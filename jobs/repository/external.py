@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -154,6 +155,7 @@ def record_step(
             if job.meta_iter
             else f"meta_iter {k}: job {job_id} has no recorded meta-iteration, so the next one is meta_iter 0"
         )
+    _check_scored(scored or {}, hyperparameters)
     sizes = {True: 0, False: 0}
     for hv in hyperparameters.values():
         sizes[bool(hv["learned"])] += int(hv["values"].size) * VALUE_BYTES
@@ -182,6 +184,30 @@ def record_step(
     store_scored(session, job_id, k, keep, drop)
     store_meta_iteration(session, job, step=step, hyperparameters=kept, now=utcnow())
     return Recorded(job.meta_iter, True, job.cancel_requested)
+
+
+def _check_scored(scored: dict[str, dict], hyperparameters: dict[str, dict]) -> None:
+    """`InvalidInput` on ``scored.<name>`` for a value that is not the same hyperparameter as the
+    step's own before its update: a name the step lacks, another shape, other axes or ``learned``."""
+    for name, hv in scored.items():
+        other = hyperparameters.get(name)
+        if other is None:
+            known = ", ".join(sorted(hyperparameters)) or "none"
+            raise InvalidInput(
+                ["body", "scored", name],
+                f"not one of this step's hyperparameters ({known}): scored holds the values the step's "
+                "own hyperparameters had before its update",
+            )
+        mine, theirs = _layout(hv), _layout(other)
+        if mine != theirs:
+            raise InvalidInput(
+                ["body", "scored", name], f"{mine} differ from hyperparameters.{name}'s: {theirs}"
+            )
+
+
+def _layout(hv: dict) -> str:
+    shape, learned = list(np.shape(hv["values"])), str(bool(hv["learned"])).lower()
+    return f"shape {shape}, axes {list(hv['axes'])}, learned {learned}"
 
 
 def finish_recording(

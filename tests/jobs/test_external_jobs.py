@@ -218,6 +218,32 @@ def test_a_recorder_that_sends_no_trained_with_values_keeps_the_fixed_ones_after
         resolve_which(s, tenants[0], job_id, "0")
 
 
+def test_trained_with_values_that_are_not_the_step_s_hyperparameters_are_refused_naming_them(
+    sessions, tenants
+):
+    job_id = _record(sessions, tenants[0])
+    unknown = {**_trained_with(0), "momentum": _trained_with(0)["l2"]}
+    reshaped = _trained_with(0)
+    reshaped["learning_rate"] = {**reshaped["learning_rate"], "values": np.full(4, 10.0)}
+    for scored, loc, message in (
+        (unknown, "momentum", "not one of this step's hyperparameters (l2, learning_rate)"),
+        (reshaped, "learning_rate", "shape [4], axes ['step'], learned true differ from "),
+    ):
+        with sessions() as s, pytest.raises(InvalidInput) as caught:
+            repo.record_step(
+                s,
+                tenants[0],
+                job_id,
+                step={"meta_iter": 0, "objective": 1.0},
+                hyperparameters=_hypers(0),
+                snapshot_budget_bytes=None,
+                scored=scored,
+            )
+        assert caught.value.loc == ["body", "scored", loc] and message in caught.value.msg
+    assert _stored(sessions, job_id) == {}, "nothing is stored"
+    assert _step(sessions, tenants[0], job_id, 0).recorded, "and the step is still the next one"
+
+
 def test_only_a_running_recording_of_the_callers_tenant_takes_writes(sessions, tenants):
     alice, bob = tenants
     job_id = _record(sessions, alice)
