@@ -473,7 +473,9 @@ def _run(args: argparse.Namespace) -> int:
 
     ``OUT/steps.jsonl`` gains a line per meta-iteration (so a crash keeps what was done),
     ``OUT/steps.csv`` and ``OUT/hyperparameters/<name>.npy`` + ``.json`` (axes, labels, values in
-    natural units) are written at the end, with ``OUT/spec.json`` and ``OUT/summary.json``.
+    natural units, after the last meta-iteration) are written at the end, with ``OUT/best/`` the
+    same for the values the lowest-objective meta-iteration trained with (what a server job's
+    ``export which=best`` gives), ``OUT/spec.json`` and ``OUT/summary.json``.
     """
     spec = load_spec(args.file)
     out = Path(args.out) if args.out else Path("runs") / _slug(str(spec.get("name") or Path(args.file).stem))
@@ -493,10 +495,16 @@ def _run(args: argparse.Namespace) -> int:
     (out / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     bar = None if args.quiet else ProgressBar(problem.iterations)
     steps: list[dict[str, Any]] = []
+    best_values: dict[str, Any] = {}  # what the best meta-iteration so far trained with
+    lowest: list[float] = []
     with (out / "steps.jsonl").open("w") as log:
 
         def on_record(record: Any) -> None:
             step = record.step()
+            if step["objective"] is not None and (not lowest or step["objective"] < lowest[0]):
+                lowest[:] = [step["objective"]]
+                best_values.clear()
+                best_values.update(record.trained_with)
             steps.append(step)
             log.write(json.dumps(step) + "\n")
             log.flush()
@@ -514,11 +522,17 @@ def _run(args: argparse.Namespace) -> int:
                 bar.close()
     write_steps_csv(out / "steps.csv", steps)
     meta_iter = len(steps)
-    for name, value in result.hyperparameters.items():
-        hp = Hyperparameter(name, meta_iter, np.asarray(value.values), tuple(value.axes), dict(value.labels))
-        write_hyperparameter(out / "hyperparameters", hp)
     finite = [s for s in steps if s["objective"] is not None]
     best = min(finite, key=lambda s: s["objective"]) if finite else None
+    for folder, values, at in (
+        ("hyperparameters", result.hyperparameters, meta_iter),
+        ("best", best_values, best["meta_iter"] if best else None),
+    ):
+        if values:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        for name, value in values.items():
+            hp = Hyperparameter(name, at, np.asarray(value.values), tuple(value.axes), dict(value.labels))
+            write_hyperparameter(out / folder, hp)
     summary = {
         "name": spec.get("name"),
         "meta_iterations": meta_iter,
@@ -529,7 +543,8 @@ def _run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if best:
         print(f"best objective {best['objective']:.6g} at meta-iteration {best['meta_iter']}")
-    print(f"wrote {out}/: steps.jsonl, steps.csv, hyperparameters/*.npy|json, summary.json")
+    best_files = ", best/*.npy|json (the values the best meta-iteration trained with)" if best_values else ""
+    print(f"wrote {out}/: steps.jsonl, steps.csv, hyperparameters/*.npy|json{best_files}, summary.json")
     return 0
 
 

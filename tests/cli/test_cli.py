@@ -174,6 +174,16 @@ def test_run_tunes_locally_and_writes_results(spec_file, tmp_path):
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["best"]["objective"] == min(s["objective"] for s in steps)
     assert "best objective" in proc.stdout
+    # OUT/best: what the best meta-iteration trained with (the initial values if it was the first)
+    k = summary["best"]["meta_iter"]
+    best = json.loads((out_dir / "best" / "learning_rate.json").read_text())
+    assert best["meta_iter"] == k and best["axes"] == ["step", "layer"]
+    import hypercore  # the same run in this process: bit for bit
+
+    again = hypercore.tune(hypercore.problem_from_spec(TINY_SPEC), iterations=k + 1).records[k]
+    for name, value in again.trained_with.items():
+        np.testing.assert_array_equal(np.load(out_dir / "best" / f"{name}.npy"), value.values, err_msg=name)
+    assert "best/*.npy|json" in proc.stdout
 
 
 def test_run_refuses_a_bad_spec_naming_the_field(tmp_path, capsys):
