@@ -607,8 +607,8 @@ def _spec_plugin(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_built_model(spec: dict[str, Any], problem: Any) -> None:
-    """A plugin model's weights and hyperparameters against the server's limits, as a worker counts
-    them once the model is built (`jobs.spec.built_model_problems`); a built-in model's were checked
+    """A plugin model's weights, hyperparameters and memory against the server's limits, as a worker
+    counts them once the model is built (`jobs.spec.built_model_problems`); a built-in model's were checked
     with the spec."""
     from hypercore.families import PLUGIN_KIND
     from jobs.settings import Settings

@@ -1,6 +1,6 @@
 """``revtune run`` on a spec whose model is a plugin: the installed plugin is loaded for the run (no
 ``REVTUNE_MODEL_PLUGINS``: that allow-list is the service's), and the built model is held to the
-server's size limits, as a worker holds it."""
+server's size and memory limits, as a worker holds it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from hypercore import budget
 from revtune.cli import main
 
 SPEC = {
@@ -62,16 +63,23 @@ def test_a_plugin_config_its_schema_refuses_names_the_field(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("variable", "field", "limit"),
+    ("variable", "value", "field", "limit"),
     [
-        ("REVTUNE_MAX_WEIGHTS", "model", "at most 100 are allowed"),
-        ("REVTUNE_MAX_HYPERPARAMETERS", "hyperparameters", "at most 10 are allowed"),
+        ("REVTUNE_MAX_WEIGHTS", 100, "model", "at most 100 are allowed"),
+        ("REVTUNE_MAX_HYPERPARAMETERS", 10, "hyperparameters", "at most 10 are allowed"),
+        # the worker's 1.5 GiB runtime and 1 KiB: the data (the largest part here) does not fit
+        (
+            "REVTUNE_MAX_JOB_MEMORY_BYTES",
+            budget.RUNTIME_BYTES + 2**10,
+            "dataset.train",
+            "in the worker (training data ",
+        ),
     ],
 )
 def test_the_built_plugin_model_is_held_to_the_servers_limits(
-    tmp_path, capsys, monkeypatch, variable, field, limit
+    tmp_path, capsys, monkeypatch, variable, value, field, limit
 ):
-    monkeypatch.setenv(variable, "100" if field == "model" else "10")
+    monkeypatch.setenv(variable, str(value))
     rc, err, out = run(tmp_path, capsys, SPEC)
     assert rc == 2
     assert f"invalid spec: {field}: " in err and limit in err
