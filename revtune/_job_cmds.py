@@ -495,16 +495,10 @@ def _run(args: argparse.Namespace) -> int:
     (out / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     bar = None if args.quiet else ProgressBar(problem.iterations)
     steps: list[dict[str, Any]] = []
-    best_values: dict[str, Any] = {}  # what the best meta-iteration so far trained with
-    lowest: list[float] = []
     with (out / "steps.jsonl").open("w") as log:
 
         def on_record(record: Any) -> None:
             step = record.step()
-            if step["objective"] is not None and (not lowest or step["objective"] < lowest[0]):
-                lowest[:] = [step["objective"]]
-                best_values.clear()
-                best_values.update(record.trained_with)
             steps.append(step)
             log.write(json.dumps(step) + "\n")
             log.flush()
@@ -524,6 +518,7 @@ def _run(args: argparse.Namespace) -> int:
     meta_iter = len(steps)
     finite = [s for s in steps if s["objective"] is not None]
     best = min(finite, key=lambda s: s["objective"]) if finite else None
+    best_values = result.records[best["meta_iter"]].trained_with if best else {}  # a fresh run: from 0
     for folder, values, at in (
         ("hyperparameters", result.hyperparameters, meta_iter),
         ("best", best_values, best["meta_iter"] if best else None),

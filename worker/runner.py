@@ -69,7 +69,7 @@ from hypercore.tune import (
 from jobs import repository
 from jobs.db import session_factory
 from jobs.models import Job
-from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
+from jobs.repository.results import VALUE_BYTES, scored_rule, snapshot_interval, stores_learned
 from jobs.settings import Settings, get_settings
 from jobs.spec import built_model_problems
 from jobs.states import Status
@@ -470,21 +470,14 @@ class JobRun:
             # meta-iteration because it is being cancelled (record_meta_iteration answers with the
             # same cancel flag: `_cancel_requested` holds the job's row until the commit).
             learned = on_grid or self._cancel_requested(session)
-            # Meta-iteration 0 stores the values it trained with, the initial ones, fixed ones
-            # included (they never change: stored once). A later best-scoring meta-iteration stores
-            # its values where the grid does not, and an earlier best stored that way goes.
+            # The values it trained with: meta-iteration 0's, and a new best's off the grid.
             before, best_at = session.execute(
                 select(Job.best_objective, Job.best_meta_iter).where(Job.id == self.job_id)
             ).one()
-            best = math.isfinite(record.objective) and (before is None or record.objective < before)
-            keep = None
-            if k == 0:
-                keep = _snapshots(scored)
-            elif best and not stores_learned(k, self.snapshot_every, self.iterations):
-                keep = _snapshots(scored, fixed=False)
-            drop = None
-            if best and best_at and not stores_learned(best_at, self.snapshot_every, self.iterations):
-                drop = best_at
+            which, drop = scored_rule(
+                k, record.objective, before, best_at, self.snapshot_every, self.iterations
+            )
+            keep = None if which is None else _snapshots(scored, fixed=which == "all")
             cancel = repository.record_meta_iteration(
                 session,
                 self.job_id,

@@ -17,7 +17,6 @@ The heartbeat is the database's clock (`jobs.models.db_now`), as for workers.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 from jobs.errors import Conflict, InvalidInput
 from jobs.models import HyperSnapshot, Job, db_now, utcnow
 from jobs.repository.jobs import get_job
-from jobs.repository.results import VALUE_BYTES, snapshot_interval, stores_learned
+from jobs.repository.results import VALUE_BYTES, scored_rule, snapshot_interval, stores_learned
 from jobs.repository.worker import store_meta_iteration, store_scored
 from jobs.states import TERMINAL, Origin, Status, check_transition
 
@@ -172,15 +171,10 @@ def record_step(
     learned = stores_learned(k + 1, interval, job.meta_iterations) or job.cancel_requested
     fixed_after = k == 0 and not scored
     kept = {name: hv for name, hv in hyperparameters.items() if (learned if hv["learned"] else fixed_after)}
-    objective, before, best_at = step.get("objective"), job.best_objective, job.best_meta_iter
-    best = objective is not None and math.isfinite(objective) and (before is None or objective < before)
-    keep, drop = None, None
-    if scored and k == 0:
-        keep = scored
-    elif scored and best and not stores_learned(k, interval, job.meta_iterations):
-        keep = {name: hv for name, hv in scored.items() if hv["learned"]}
-    if best and best_at and not stores_learned(best_at, interval, job.meta_iterations):
-        drop = best_at
+    which, drop = scored_rule(
+        k, step.get("objective"), job.best_objective, job.best_meta_iter, interval, job.meta_iterations
+    )
+    keep = {name: hv for name, hv in (scored or {}).items() if which == "all" or (which and hv["learned"])}
     store_scored(session, job_id, k, keep, drop)
     store_meta_iteration(session, job, step=step, hyperparameters=kept, now=utcnow())
     return Recorded(job.meta_iter, True, job.cancel_requested)

@@ -10,6 +10,7 @@ everything were stored there: a fixed hyperparameter's value at any ``meta_iter`
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,29 @@ def stores_learned(meta_iter: int, interval: int, iterations: int) -> bool:
     REST ``meta_iter``) are stored under `snapshot_interval`'s ``interval`` (the worker also stores
     them when the job is being cancelled, as its last)."""
     return interval <= 1 or meta_iter % interval == 0 or meta_iter >= iterations
+
+
+def scored_rule(
+    k: int,
+    objective: float | None,
+    best_objective: float | None,
+    best_meta_iter: int | None,
+    interval: int,
+    iterations: int,
+) -> tuple[str | None, int | None]:
+    """Which of the values meta-iteration ``k`` trained with are stored at its own ``meta_iter``:
+    ``"all"`` at 0 (the initial values, the fixed ones with them, stored once), ``"learned"`` for a
+    new best objective the snapshot grid does not keep, else None; and the earlier best whose learned
+    snapshots then go (kept off the grid only as a best), or None. The rule a worker's job and a
+    recorded library run share, read before this meta-iteration moves the job's best."""
+    best = (
+        objective is not None
+        and math.isfinite(objective)
+        and (best_objective is None or objective < best_objective)
+    )
+    keep = "all" if k == 0 else "learned" if best and not stores_learned(k, interval, iterations) else None
+    gone = best and best_meta_iter and not stores_learned(best_meta_iter, interval, iterations)
+    return keep, best_meta_iter if gone else None
 
 
 # ---- reading them back ---------------------------------------------------------------------------
