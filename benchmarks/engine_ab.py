@@ -41,7 +41,12 @@ import hypercore
 from hypercore import _fixed
 
 ROOT = Path(__file__).resolve().parent.parent
-CELLS = {"paper": ([784, 50, 50, 50, 10], 200), "1e5": ([784, 128, 10], 50), "1e4": ([784, 12, 10], 50)}
+CELLS = {
+    "paper": ([784, 50, 50, 50, 10], 200),
+    "1e6": ([784, 1000, 200, 10], 50),
+    "1e5": ([784, 128, 10], 50),
+    "1e4": ([784, 12, 10], 50),
+}
 ALPHA = 0.1
 
 

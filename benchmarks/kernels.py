@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 import subprocess
@@ -54,6 +55,7 @@ def state(seed: int = 0) -> dict:
         "dm": rng.standard_normal(N),
         "dv": rng.standard_normal(N),
         "ct": np.zeros(N, np.float32),
+        "w_model": np.zeros(N, np.float32),
         "sums": np.zeros(6),
         "n_sgd": np.int64(n_sgd),
         "om_sgd": (2**16 - n_sgd) / 2**16,
@@ -70,9 +72,13 @@ def loops(sgd, adam, s: dict) -> dict:
     n, om, n1, n2, nf = (s[k] for k in ("n_sgd", "om_sgd", "n1", "n2", "nf"))
     off, shift = False, np.uint64(0)
     lr, c1, c2, eps = 1e-3, 0.5, 0.3, 1e-8
+
+    def copy(loop):  # the model-dtype copy of the weights, where the loop writes one (since 2026-12-07)
+        return (s["w_model"],) if "wf" in inspect.signature(loop.py_func).parameters else ()
+
     return {
-        "sgd forward": lambda: sgd._forward_loop(w, v, head, g, n, om, 0.1),
-        "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1),
+        "sgd forward": lambda: sgd._forward_loop(w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop)),
+        "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop)),
         "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
         "sgd undo_adjoint": lambda: sgd._undo_adjoint_loop(
             v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off

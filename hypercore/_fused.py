@@ -8,6 +8,8 @@ each half of a step in one loop over the elements instead, in place:
 * `sgd_forward`: the spill (when the step has one), ``v <- v n / D`` through the buffer's head,
   ``v -= (1 - gamma) g``, ``w += alpha v``, and the step's conversion and range checks as one flag;
 * `sgd_undo_weights`: ``w -= alpha v``;
+* both also write the new weights in the model's dtype, the copy the next gradient reads, which
+  XLA would otherwise make in one more pass over the weights;
 * `sgd_undo_state`: ``v += (1 - gamma) g``, ``v <- v D / n`` through the head, and the head's
   un-spill from the stack word the forward pass filled (for `check_reversal`'s reverse pass);
 * `sgd_undo_adjoint`: the same undo and the step's float64 adjoint in one pass (``dv``, ``ct``, and
@@ -129,13 +131,21 @@ def _scalar(x, dtype):
 
 
 def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do):
-    """``(w, v, head, stack, ok)`` after one forward step on one weight array (`SGDM.forward_step`):
-    the spill of the head into slot ``k`` of ``stack`` if ``do``, then the step. ``ok``: every
-    conversion and range check passed."""
+    """``(w, v, head, stack, w_model, ok)`` after one forward step on one weight array
+    (`SGDM.forward_step`): the spill of the head into slot ``k`` of ``stack`` if ``do``, then the
+    step. ``w_model``: the new weights in ``g``'s dtype (the model's). ``ok``: every conversion and
+    range check passed."""
     word, shift = _slot(k)
     return _call(
         f"revtune_sgd_forward_{g.dtype.name}",
-        (_like(w), _like(v), _like(head), _like(stack), jax.ShapeDtypeStruct((), jnp.bool_)),
+        (
+            _like(w),
+            _like(v),
+            _like(head),
+            _like(stack),
+            _like(w, g.dtype),
+            jax.ShapeDtypeStruct((), jnp.bool_),
+        ),
         w,
         v,
         head,
@@ -151,9 +161,18 @@ def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do):
     )
 
 
-def sgd_undo_weights(w, v, alpha):
-    """``w - alpha v`` in fixed point (`SGDM.undo_weights`)."""
-    return _call("revtune_sgd_undo_weights", _like(w), w, v, _scalar(alpha, _F64), aliases={0: 0})
+def sgd_undo_weights(w, v, alpha, dtype):
+    """``(w - alpha v, w_model)`` in fixed point (`SGDM.undo_weights`), ``w_model`` the restored
+    weights in the model's ``dtype``."""
+    dtype = jnp.dtype(dtype)
+    return _call(
+        f"revtune_sgd_undo_weights_{dtype.name}",
+        (_like(w), _like(w, dtype)),
+        w,
+        v,
+        _scalar(alpha, _F64),
+        aliases={0: 0},
+    )
 
 
 def sgd_undo_state(v, head, g, n, one_minus, stack, k, do):
@@ -213,7 +232,9 @@ def fingerprint(g, leaf: int):
 
 def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay):
     """``(w, m, vh, vl, head, stack, ok)`` after one forward step of Adam (AdamW if ``decay``) on one
-    weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``."""
+    weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``.
+    (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: their loops are bound by
+    arithmetic, not memory, and the conversion in them cost more than XLA's pass of its own.)"""
     word, shift = _slot(k)
     outs = (*(_like(x) for x in (w, m, vh, vl, head, stack)), jax.ShapeDtypeStruct((), jnp.bool_))
     return _call(
@@ -322,18 +343,21 @@ def _self_check() -> None:
         for dt, shape in zip(FUSED_DTYPES, ((chunked, 5), (37, 5)), strict=True)
     ]
 
+    from hypercore._fixed import from_fixed
+
     def check(problems):
         n = jnp.int64(58982)
         om = (jnp.int64(D) - n).astype(_F64) / D
         a, k, do = jnp.float64(0.3), jnp.int32(1), jnp.bool_(True)
         failures = []
         for w, v, head, stack, g, dv in problems:
-            w1, v1, h1, s1, ok = sgd_forward(w, v, head, stack, g, n, om, a, k, do)
+            w1, v1, h1, s1, wm1, ok = sgd_forward(w, v, head, stack, g, n, om, a, k, do)
             moved = jnp.any(w1 != w) & jnp.any(v1 != v) & jnp.any(h1 != head) & jnp.any(s1 != stack)
-            w_b = sgd_undo_weights(w1, v1, a)
+            w_b, wm_b = sgd_undo_weights(w1, v1, a, g.dtype)
             v_b, h_b = sgd_undo_state(v1, h1, g, n, om, s1, k, do)
             v_c, h_c, *_ = sgd_undo_adjoint(v1, h1, dv, g, s1, dv, n, om, a, k, do)
-            same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head]
+            copies = [wm1 == from_fixed(w1).astype(g.dtype), wm_b == from_fixed(w).astype(g.dtype)]
+            same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head, *copies]
             failures.append(~(ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))
             flipped = g.at[3, 2].set(jnp.nextafter(g[3, 2], jnp.inf))
             failures.append(fingerprint(g, 0) == fingerprint(flipped, 0))

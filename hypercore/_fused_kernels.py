@@ -345,7 +345,9 @@ def _spill_loop(head, row, shift):
 
 
 @njit(cache=True)
-def _forward_loop(w, v, head, g, n, om, alpha):
+def _forward_loop(w, v, head, g, n, om, alpha, wf):
+    """The step on ``[a, b)``; ``wf`` gets the new weights in the model's dtype (``g``'s), the copy the
+    next step's gradient reads, so that XLA need not pass over the weights again to make it."""
     inv = 1.0 / np.float64(n)
     ok = True
     for i in range(w.size):
@@ -361,6 +363,7 @@ def _forward_loop(w, v, head, g, n, om, alpha):
         head[i] = quotient
         v[i] = vi
         w[i] = wi
+        wf[i] = _from_fixed(wi)
         ok = ok & ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
     return ok
 
@@ -380,7 +383,7 @@ def _stack_row(frame_args, index, n, word):
 
 @njit(cache=True)
 def _sgd_forward_prepare(args, rets, n):
-    # args: w, v, head, stack, g, n, om, alpha, word, shift, do; rets: w, v, head, stack, ok
+    # args: w, v, head, stack, g, n, om, alpha, word, shift, do; rets: w, v, head, stack, w_model, ok
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], _size(args[3]), np.uint64)
@@ -397,28 +400,40 @@ def _sgd_forward_body(table, n, a, b, part, gdtype):
         )
     g = _elems(table, 4, n, gdtype)[a:b]
     ok = _forward_loop(
-        w, v, head, g, _value(table, 5, np.int64), _value(table, 6, np.float64), _value(table, 7, np.float64)
+        w,
+        v,
+        head,
+        g,
+        _value(table, 5, np.int64),
+        _value(table, 6, np.float64),
+        _value(table, 7, np.float64),
+        _elems(table, 15, n, gdtype)[a:b],
     )
     part[0] = 1.0 if ok else 0.0
 
 
 @njit(cache=True)
-def _undo_weights_loop(w, v, alpha):
+def _undo_weights_loop(w, v, alpha, wf):
     for i in range(w.size):
         dw, _ = _to_fixed(alpha * _from_fixed(v[i]))
-        w[i] = w[i] - dw
+        wi = w[i] - dw
+        w[i] = wi
+        wf[i] = _from_fixed(wi)
 
 
 @njit(cache=True)
 def _sgd_undo_weights_prepare(args, rets, n):
-    # args: w, v, alpha; rets: w
+    # args: w, v, alpha; rets: w, w_model
     _aliased(rets[0], args[0], n, np.int64)
 
 
 @njit(cache=True)
-def _sgd_undo_weights_body(table, n, a, b, part):
+def _sgd_undo_weights_body(table, n, a, b, part, dtype):
     _undo_weights_loop(
-        _elems(table, 3, n, np.int64)[a:b], _elems(table, 1, n, np.int64)[a:b], _value(table, 2, np.float64)
+        _elems(table, 3, n, np.int64)[a:b],
+        _elems(table, 1, n, np.int64)[a:b],
+        _value(table, 2, np.float64),
+        _elems(table, 4, n, dtype)[a:b],
     )
 
 

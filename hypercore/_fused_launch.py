@@ -136,17 +136,17 @@ FRAME_CTX, FRAME_FUTURE, FRAME_WORDS_WITH_FUTURE = 3, 21, 22
 # ---------------------------------------------------------------------------------------------------
 # The kernels, by number: a launch record names one, and `_body` and `_finish` dispatch on it.
 
-SGD_FORWARD_F32, SGD_FORWARD_F64, SGD_UNDO_WEIGHTS = 0, 1, 2
-SGD_UNDO_STATE_F32, SGD_UNDO_STATE_F64, SGD_UNDO_ADJOINT_F32, SGD_UNDO_ADJOINT_F64 = 3, 4, 5, 6
-ADAM_FORWARD_F32, ADAM_FORWARD_F64, ADAM_UNDO_WEIGHTS = 7, 8, 9
-ADAM_UNDO_ADJOINT_F32, ADAM_UNDO_ADJOINT_F64 = 10, 11
+SGD_FORWARD_F32, SGD_FORWARD_F64, SGD_UNDO_WEIGHTS_F32, SGD_UNDO_WEIGHTS_F64 = 0, 1, 2, 3
+SGD_UNDO_STATE_F32, SGD_UNDO_STATE_F64, SGD_UNDO_ADJOINT_F32, SGD_UNDO_ADJOINT_F64 = 4, 5, 6, 7
+ADAM_FORWARD_F32, ADAM_FORWARD_F64, ADAM_UNDO_WEIGHTS = 8, 9, 10
+ADAM_UNDO_ADJOINT_F32, ADAM_UNDO_ADJOINT_F64 = 11, 12
 
 
 @njit(cache=True)
 def _prepare(kind, args, rets, n):
     if kind <= SGD_FORWARD_F64:
         sgd._sgd_forward_prepare(args, rets, n)
-    elif kind == SGD_UNDO_WEIGHTS:
+    elif kind <= SGD_UNDO_WEIGHTS_F64:
         sgd._sgd_undo_weights_prepare(args, rets, n)
     elif kind <= SGD_UNDO_STATE_F64:
         sgd._sgd_undo_state_prepare(args, rets, n)
@@ -166,8 +166,10 @@ def _body(kind, table, n, a, b, part):
         sgd._sgd_forward_body(table, n, a, b, part, np.float32)
     elif kind == SGD_FORWARD_F64:
         sgd._sgd_forward_body(table, n, a, b, part, np.float64)
-    elif kind == SGD_UNDO_WEIGHTS:
-        sgd._sgd_undo_weights_body(table, n, a, b, part)
+    elif kind == SGD_UNDO_WEIGHTS_F32:
+        sgd._sgd_undo_weights_body(table, n, a, b, part, np.float32)
+    elif kind == SGD_UNDO_WEIGHTS_F64:
+        sgd._sgd_undo_weights_body(table, n, a, b, part, np.float64)
     elif kind == SGD_UNDO_STATE_F32:
         sgd._sgd_undo_state_body(table, n, a, b, part, np.float32)
     elif kind == SGD_UNDO_STATE_F64:
@@ -196,7 +198,7 @@ def _finish(kind, table, nargs, chunks, parts):
         ok = True
         for c in range(chunks):
             ok = ok & (parts[c, 0] == 1.0)
-        flag = nargs + (4 if kind <= SGD_FORWARD_F64 else 6)
+        flag = nargs + (5 if kind <= SGD_FORWARD_F64 else 6)
         carray(_ptr(table[flag]), (1,), np.bool_)[0] = ok
     elif kind == SGD_UNDO_ADJOINT_F32 or kind == SGD_UNDO_ADJOINT_F64:
         for j in range(2):  # dalpha, dgamma: a result each
@@ -357,8 +359,13 @@ def _sgd_forward_f64(call_frame):
 
 
 @cfunc(_HANDLER, cache=True)
-def _sgd_undo_weights(call_frame):
-    return _launch(call_frame, SGD_UNDO_WEIGHTS)
+def _sgd_undo_weights_f32(call_frame):
+    return _launch(call_frame, SGD_UNDO_WEIGHTS_F32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _sgd_undo_weights_f64(call_frame):
+    return _launch(call_frame, SGD_UNDO_WEIGHTS_F64)
 
 
 @cfunc(_HANDLER, cache=True)
@@ -409,7 +416,8 @@ def _adam_undo_adjoint_f64(call_frame):
 HANDLERS = {
     "revtune_sgd_forward_float32": _sgd_forward_f32,
     "revtune_sgd_forward_float64": _sgd_forward_f64,
-    "revtune_sgd_undo_weights": _sgd_undo_weights,
+    "revtune_sgd_undo_weights_float32": _sgd_undo_weights_f32,
+    "revtune_sgd_undo_weights_float64": _sgd_undo_weights_f64,
     "revtune_sgd_undo_state_float32": _sgd_undo_state_f32,
     "revtune_sgd_undo_state_float64": _sgd_undo_state_f64,
     "revtune_sgd_undo_adjoint_float32": _sgd_undo_adjoint_f32,

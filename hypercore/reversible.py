@@ -61,12 +61,17 @@ optimizer's fixed-point conversions and state range): otherwise the run is repor
 something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
-Two optional members let an optimizer do more in one pass (`SGDM` has both and `hypercore.adam.Adam`
-the first, for `hypercore._fused`'s CPU kernels):
+Optional members let an optimizer do more in one pass (`SGDM` has all of them and
+`hypercore.adam.Adam` the first, for `hypercore._fused`'s CPU kernels):
 ``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the backward pass
 then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
-``(state, buf, dw, dstate, ct, dhyper)``, and ``checks_weights = True``, which says ``checks``
-already hold the new weights' range, so the engine does not test it again.
+``(state, buf, dw, dstate, ct, dhyper)``; ``checks_weights = True``, which says ``checks``
+already hold the new weights' range, so the engine does not test it again; and
+``forward_step_with_copy(w, state, buf, g, hyper)`` and ``undo_weights_with_copy(w, state, buf, hyper,
+record, stacks, dtypes)``, which return what ``forward_step`` and ``undo_weights`` do and, last, the
+new weights in the model's dtypes (``dtypes``, one per leaf; ``g``'s in the forward step), the copy
+the next gradient reads, made in the same pass over the weights (or ``None``: the engine converts
+them itself, as for an optimizer without these members).
 
 A second exact optimizer is a class with these members, registered under a name, and an entry
 point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
@@ -114,6 +119,7 @@ pop a head in the reverse of the order the forward step pushed it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -427,6 +433,11 @@ class SGDM:
         )
 
     def forward_step(self, w, v, buf, g, hyper):
+        return self.forward_step_with_copy(w, v, buf, g, hyper)[:5]
+
+    def forward_step_with_copy(self, w, v, buf, g, hyper):
+        """`forward_step`, and the new weights in ``g``'s dtypes where the kernels made them in the
+        step's own pass (``None`` on XLA's path, where converting them is a fusion of its own)."""
         alpha, gamma = hyper
         ns, one_minus = self._decay_terms(gamma)
         alphas = alpha.per_leaf()
@@ -436,8 +447,8 @@ class SGDM:
                 _fused.on_cpu((*args, k, do), _fused.sgd_forward, _sgd_forward_leaf)
                 for args in zip(w, v, buf.heads, buf.stacks, g, ns, one_minus, alphas, strict=True)
             ]
-            w, v, heads, stacks, oks = (list(x) for x in zip(*out, strict=True))
-            return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks
+            w, v, heads, stacks, copy, oks = (list(x) for x in zip(*out, strict=True))
+            return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks, copy
         v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
         dv, ok1 = zip(
             *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
@@ -449,20 +460,36 @@ class SGDM:
             strict=True,
         )
         w = [wi + d for wi, d in zip(w, dw, strict=True)]
-        return w, v, buf, spilled, [*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)]
+        checks = [*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)]
+        return w, v, buf, spilled, checks, None
 
     def undo_weights(self, w, v, buf, hyper, spilled, stacks):
         """Undo the weight update (no decay of ``w``: state and buffer pass through); ``w_aux`` is
         ``v_{t+1}`` (fixed point)."""
+        dtypes = [jnp.float64] * len(w)  # a copy no one reads: the kernels' path takes one dtype
+        return self.undo_weights_with_copy(w, v, buf, hyper, spilled, stacks, dtypes)[:4]
+
+    def undo_weights_with_copy(self, w, v, buf, hyper, spilled, stacks, dtypes):
+        """`undo_weights`, and the restored weights in ``dtypes`` where the kernels made them in the
+        same pass (``None`` on XLA's path)."""
         alphas = hyper[0].per_leaf()
-        if all(jnp.ndim(a) == 0 for a in alphas) and _fused.available():
-            w = [
-                _fused.on_cpu(args, _fused.sgd_undo_weights, _sgd_undo_weights_leaf)
-                for args in zip(w, v, alphas, strict=True)
+        if (
+            all(jnp.ndim(a) == 0 for a in alphas)
+            and all(jnp.dtype(dt).name in _fused.FUSED_DTYPES for dt in dtypes)
+            and _fused.available()
+        ):
+            out = [
+                _fused.on_cpu(
+                    args,
+                    functools.partial(_fused.sgd_undo_weights, dtype=dt),
+                    functools.partial(_sgd_undo_weights_leaf, dtype=dt),
+                )
+                for *args, dt in zip(w, v, alphas, dtypes, strict=True)
             ]
-        else:
-            w = [_sgd_undo_weights_leaf(wi, vi, a) for wi, vi, a in zip(w, v, alphas, strict=True)]
-        return w, v, buf, v
+            w, copy = (list(x) for x in zip(*out, strict=True))
+            return w, v, buf, v, copy
+        w = [_sgd_undo_weights_leaf(wi, vi, a)[0] for wi, vi, a in zip(w, v, alphas, strict=True)]
+        return w, v, buf, v, None
 
     def undo_state(self, v, buf, g, hyper, spilled, stacks):
         """Undo the velocity update given the recomputed gradient; ``s_aux`` is gamma's terms."""
@@ -523,11 +550,13 @@ def _sgd_forward_leaf(w, v, head, stack, g, n, om, alpha, k, do):
     v = v - dv
     dw, ok2 = _fixed.to_fixed(alpha * _fixed.from_fixed(v))
     w = w + dw
-    return w, v, head, stack, jnp.all(ok1 & ok2 & _fixed.in_range(v) & _fixed.in_range(w))
+    ok = jnp.all(ok1 & ok2 & _fixed.in_range(v) & _fixed.in_range(w))
+    return w, v, head, stack, _fixed.from_fixed(w).astype(g.dtype), ok
 
 
-def _sgd_undo_weights_leaf(w, v, alpha):
-    return w - _fixed.to_fixed(alpha * _fixed.from_fixed(v))[0]
+def _sgd_undo_weights_leaf(w, v, alpha, dtype=jnp.float64):
+    w = w - _fixed.to_fixed(alpha * _fixed.from_fixed(v))[0]
+    return w, _fixed.from_fixed(w).astype(dtype)
 
 
 def _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do):
@@ -604,6 +633,33 @@ def _carried(buf: Buffer) -> Buffer:
     return buf._replace(stacks=[])
 
 
+def _model_copy(w: list[jax.Array], dtypes) -> list[jax.Array]:
+    """The fixed-point weights in the model's dtypes, the values the gradient is taken at."""
+    return [_fixed.from_fixed(x).astype(dt) for x, dt in zip(w, dtypes, strict=True)]
+
+
+def _forward_step(opt: TrainingOptimizer, w, state, buf, g, hyper, dtypes):
+    """``forward_step``, and the new weights in the model's ``dtypes``: the optimizer's own copy where
+    it makes one in the step's pass (``forward_step_with_copy``), else converted here."""
+    with_copy = getattr(opt, "forward_step_with_copy", None)
+    step = opt.forward_step if with_copy is None else with_copy
+    w, state, buf, record, checks, *copy = step(w, state, buf, g, hyper)
+    copy = copy[0] if copy and copy[0] is not None else _model_copy(w, dtypes)
+    return w, state, buf, record, checks, copy
+
+
+def _undo_weights(opt: TrainingOptimizer, w, state, buf, hyper, record, stacks, dtypes):
+    """``undo_weights``, and the restored weights in the model's ``dtypes`` (see `_forward_step`)."""
+    with_copy = getattr(opt, "undo_weights_with_copy", None)
+    if with_copy is None:
+        out = opt.undo_weights(w, state, buf, hyper, record, stacks)
+    else:
+        out = with_copy(w, state, buf, hyper, record, stacks, dtypes)
+    w, state, buf, w_aux, *copy = out
+    copy = copy[0] if copy and copy[0] is not None else _model_copy(w, dtypes)
+    return w, state, buf, w_aux, copy
+
+
 def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
     """``undo_state`` then ``adjoint_step``, or the optimizer's ``undo_and_adjoint`` where it has one
     (the two in one call per weight array: `SGDM`, `hypercore.adam.Adam`). Returns ``(state, buf, dw,
@@ -639,9 +695,6 @@ def _make_engine(
     def grad_w(w_tree, meta, consts, t):
         return jax.tree.leaves(jax.grad(loss)(w_tree, meta, t, *consts))
 
-    def weights(w_fixed):
-        return layout.to_model([_fixed.from_fixed(x) for x in w_fixed])
-
     def schedule_leaves(schedules):
         return tuple(s.leaves(x) for s, x in zip(scheds, schedules, strict=True))
 
@@ -654,18 +707,21 @@ def _make_engine(
         state = opt.init_state(list(layout.shapes))
         buf = _fixed.empty_buffer(opt.buffer_shapes(list(layout.shapes)), capacity)
 
+        # The weights are carried in the model's dtypes too, the copy each step's gradient reads:
+        # made by the step that changes them, in the same pass where the optimizer can.
         def step(carry, xs):
-            w, state, buf, diverged = carry
+            w, w_model, state, buf, diverged = carry
             t, leaves_t = xs
-            g = grad_w(weights(w), meta, consts, t)
-            w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hypers(leaves_t))
+            g = grad_w(layout.to_model(w_model), meta, consts, t)
+            w, state, buf, record, checks, w_model = _forward_step(
+                opt, w, state, buf, g, hypers(leaves_t), layout.dtypes
+            )
             ok = _all([*checks, *([] if getattr(opt, "checks_weights", False) else map(_fixed.in_range, w))])
-            return (w, state, buf, diverged | ~ok), (_fingerprint(g), record)
+            return (w, w_model, state, buf, diverged | ~ok), (_fingerprint(g), record)
 
         xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules))
-        (w, state, buf, diverged), (fps, records) = jax.lax.scan(
-            step, (list(w), state, buf, ~_all(list(ok_w))), xs
-        )
+        init = (list(w), _model_copy(list(w), layout.dtypes), state, buf, ~_all(list(ok_w)))
+        (w, _, state, buf, diverged), (fps, records) = jax.lax.scan(step, init, xs)
         return _Forward(w, state, buf, diverged, fps, records)
 
     def scan_backwards(body, init, fwd, schedules):
@@ -683,8 +739,10 @@ def _make_engine(
             w, state, buf, mismatch = carry
             t, leaves_t, fp, record = xs
             hyper = hypers(leaves_t)
-            w, state, buf, _ = opt.undo_weights(w, state, buf, hyper, record, fwd.buf.stacks)
-            g = grad_w(weights(w), meta, consts, t)
+            w, state, buf, _, w_model = _undo_weights(
+                opt, w, state, buf, hyper, record, fwd.buf.stacks, layout.dtypes
+            )
+            g = grad_w(layout.to_model(w_model), meta, consts, t)
             state, buf, _ = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
             return (w, state, buf, first_mismatch(mismatch, g, fp, t)), None
 
@@ -699,9 +757,11 @@ def _make_engine(
             w, state, buf, mismatch, dw, dstate, dmeta = carry
             t, leaves_t, fp, record = xs
             hyper = hypers(leaves_t)
-            w, state, buf, w_aux = opt.undo_weights(w, state, buf, hyper, record, fwd.buf.stacks)
+            w, state, buf, w_aux, w_model = _undo_weights(
+                opt, w, state, buf, hyper, record, fwd.buf.stacks, layout.dtypes
+            )
             meta, consts = meta_all
-            g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), weights(w), meta, consts)
+            g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), layout.to_model(w_model), meta, consts)
             state, buf, dw, dstate, ct, dhyper = _undo_and_adjoint(
                 opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux
             )

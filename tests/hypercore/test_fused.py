@@ -36,8 +36,9 @@ def test_the_kernels_are_available_on_this_machine():
 
 
 @functools.cache
-def _pair(name):
-    """The fused kernel and its XLA formulation, each compiled once for SHAPE."""
+def _pair(name, dtype=None):
+    """The fused kernel and its XLA formulation, each compiled once for SHAPE (and for the model's
+    ``dtype``, the undo of the weights)."""
     fused = {
         "forward": _fused.sgd_forward,
         "undo_weights": _fused.sgd_undo_weights,
@@ -50,6 +51,8 @@ def _pair(name):
         "undo_state": reversible._sgd_undo_state_leaf,
         "undo_adjoint": reversible._sgd_undo_adjoint_leaf,
     }[name]
+    if dtype is not None:
+        fused, xla = functools.partial(fused, dtype=dtype), functools.partial(xla, dtype=dtype)
     return jax.jit(fused), jax.jit(xla)
 
 
@@ -109,13 +112,19 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
         fused(w, v, heads, stack, g, n, om, alpha, k, do),
         xla(w, v, heads, stack, g, n, om, alpha, k, do),
     )
-    for name, a, b in zip(("w", "v", "head", "stack", "ok"), ours, theirs, strict=True):
+    for name, a, b in zip(("w", "v", "head", "stack", "w_model", "ok"), ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
-    w1, v1, h1, s1, ok = ours
+    w1, v1, h1, s1, w1_model, ok = ours
+    assert w1_model.dtype == g.dtype
+    np.testing.assert_array_equal(np.asarray(w1_model), np.asarray(_fixed.from_fixed(w1).astype(g.dtype)))
 
-    fused, xla = _pair("undo_weights")
-    w_back = fused(w1, v1, alpha)
-    np.testing.assert_array_equal(np.asarray(w_back), np.asarray(xla(w1, v1, alpha)))
+    fused, xla = _pair("undo_weights", dtype)
+    w_back, w_back_model = fused(w1, v1, alpha)
+    for a, b in zip((w_back, w_back_model), xla(w1, v1, alpha), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg="undo_weights")
+    assert w_back_model.dtype == g.dtype
+    converted = _fixed.from_fixed(w_back).astype(g.dtype)
+    np.testing.assert_array_equal(np.asarray(w_back_model), np.asarray(converted))
     fused, xla = _pair("undo_state")
     v_back, h_back = fused(v1, h1, g, n, om, s1, k, do)
     v_xla, h_xla = xla(v1, h1, g, n, om, s1, k, do)
@@ -209,7 +218,11 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
 
     off, on = _paths(lambda: _custom_calls(jax.grad(f, argnums=(0, 1)), alphas, gammas))
     assert not any(c.startswith("revtune_") for c in off)
-    steps = {"revtune_sgd_forward_float32", "revtune_sgd_undo_weights", "revtune_sgd_undo_adjoint_float32"}
+    steps = {
+        "revtune_sgd_forward_float32",
+        "revtune_sgd_undo_weights_float32",
+        "revtune_sgd_undo_adjoint_float32",
+    }
     assert "revtune_fingerprint_float32" in on
     if kind == "per_weight":  # one value per weight: the XLA formulation, which broadcasts
         assert not steps & on
@@ -237,8 +250,10 @@ def test_without_numba_the_engine_keeps_xla_s_path(monkeypatch):
 def test_the_fused_loops_copy_no_weight_matrix():
     """The kernels update in place (``input_output_aliases``); a copy of a weight matrix in a training
     loop would cost a pass over memory each step (the XLA formulation's loops copy three of them here).
-    Structural, not timed. (XLA may still copy a tiny leaf whose
-    conversion it fuses into the gradient: that costs nothing.)"""
+    Nor does XLA pass over the weight matrix to make the float32 copy the gradient reads: the kernels
+    that change the weights write it.
+    Structural, not timed. (XLA may still copy a tiny leaf whose conversion it fuses into the gradient:
+    that costs nothing.)"""
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.normal(size=(64, 96)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 64))
@@ -265,8 +280,11 @@ def test_the_fused_loops_copy_no_weight_matrix():
     bodies = list(_while_bodies(hlo).values())
     assert len(bodies) >= 2
     assert any("revtune_sgd_undo_adjoint" in line for lines in bodies for line in lines)
-    copies = [line.strip() for lines in bodies for line in lines if " copy(" in line and "64[96,48]" in line]
+    copies = [line.strip() for lines in bodies for line in lines if " copy(" in line and "[96,48]" in line]
     assert copies == [], copies
+    fusions = [line.strip().split(" = ", 1) for lines in bodies for line in lines if " fusion(" in line]
+    converts = [name for name, rhs in fusions if "convert" in name and rhs.startswith("f32[96,48]")]
+    assert converts == [], converts
 
 
 def _large(rng, shape):
@@ -300,11 +318,11 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
         out = []
         for (w, v, head, stack), g, dv in zip(leaves, gs, dvs, strict=True):
             stack = _empty_slot(stack, 1)
-            w1, v1, h1, s1, ok = impl["forward"](w, v, head, stack, g, n, om, a, k, do)
-            w0 = impl["undo_weights"](w1, v1, a)
+            w1, v1, h1, s1, copy1, ok = impl["forward"](w, v, head, stack, g, n, om, a, k, do)
+            w0, copy0 = impl["undo_weights"](w1, v1, a, g.dtype)
             v0, h0 = impl["undo_state"](v1, h1, g, n, om, s1, k, do)
             adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, n, om, a, k, do)
-            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2]), adj[2:]))
+            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0), adj[2:]))
         return out
 
     fused = {
@@ -326,8 +344,12 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
         for a_, b_ in zip(ints, ints_x, strict=True):
             np.testing.assert_array_equal(np.asarray(a_), np.asarray(b_))
         assert bool(ints[4]), "the step should stay in range"
-        for restored, original in zip(ints[5:], (w, v, head, v, head), strict=True):
+        for restored, original in zip(ints[5:10], (w, v, head, v, head), strict=True):
             np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
+        for copy, fixed in zip(ints[10:], (ints[0], w), strict=True):  # the weights in g's dtype
+            assert copy.dtype == dtype
+            converted = _fixed.from_fixed(fixed).astype(dtype)
+            np.testing.assert_array_equal(np.asarray(copy), np.asarray(converted))
         for a_, b_ in zip(floats, floats_x, strict=True):
             np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), rtol=1e-12, atol=0)
 
