@@ -6,8 +6,10 @@ meta-gradient through each, alternating: ``d valid(w_T) / d (alphas, gammas)`` o
 ``benchmarks/engine.py``'s problem (a tanh MLP on MNIST-shaped noise, minibatches drawn from
 ``(seed, t)``, shared schedules of shape (T,), alpha 0.1) and plain float32 training of the same T
 steps. Each timing is the fastest of 3 runs, repeated --rounds times in turn for each function and
-the fastest round kept, so that a neighbour's load shows as noise in every function alike. Also
-reports whether the two engines' hypergradients are bit-identical and how far apart they are.
+the fastest round kept, so that a neighbour's load shows as noise in every function alike. Each
+round's own speedup (base over head, the two timed next to each other) is reported too, lowest,
+median and highest: on a noisy machine one run's fastest rounds can say the opposite of most rounds.
+Also reports whether the two engines' hypergradients are bit-identical and how far apart they are.
 
     .venv/bin/python benchmarks/engine_ab.py --base 154958a                        # paper net, 1e5, 1e4
     .venv/bin/python benchmarks/engine_ab.py --base 154958a --steps 1000 --cells paper 1e5
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -107,10 +110,12 @@ def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer:
     args = tuple(jnp.full((T,), x, jnp.float64) for x in values)
     grads = {label: fn(*args) for label, fn in fns.items() if label != "plain"}
     jax.block_until_ready(fns["plain"](*args))
-    best = {label: float("inf") for label in fns}
+    times = {label: [] for label in fns}
     for _ in range(rounds):
         for label, fn in fns.items():
-            best[label] = min(best[label], fastest(fn, args))
+            times[label].append(fastest(fn, args))
+    best = {label: min(ts) for label, ts in times.items()}
+    per_round = sorted(b / h for b, h in zip(times["base"], times["head"], strict=True))
     (base, head) = grads["base"], grads["head"]
     rel = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in zip(base, head, strict=True))
     row = {
@@ -125,13 +130,16 @@ def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer:
         "base_over_plain": best["base"] / best["plain"],
         "head_over_plain": best["head"] / best["plain"],
         "speedup": best["base"] / best["head"],
+        "speedup_per_round": per_round,
+        "rounds_ms_per_step": {label: [1e3 * t / T for t in ts] for label, ts in times.items()},
         "bit_identical": all(bool(jnp.array_equal(a, b)) for a, b in zip(base, head, strict=True)),
         "max_rel_difference": rel,
     }
     ms = row["ms_per_step"]
     print(
         f"{name} {optimizer} T={T}: base {ms['base']:.3f} ms/step ({row['base_over_plain']:.2f}x plain), "
-        f"head {ms['head']:.3f} ({row['head_over_plain']:.2f}x), speedup {row['speedup']:.3f}, "
+        f"head {ms['head']:.3f} ({row['head_over_plain']:.2f}x), speedup {row['speedup']:.3f} "
+        f"(per round {per_round[0]:.3f}, median {statistics.median(per_round):.3f}, {per_round[-1]:.3f}), "
         f"bit-identical {row['bit_identical']}, max relative difference {rel:.1e}",
         flush=True,
     )
