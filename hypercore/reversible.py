@@ -642,22 +642,28 @@ def _forward_step(opt: TrainingOptimizer, w, state, buf, g, hyper, dtypes):
     """``forward_step``, and the new weights in the model's ``dtypes``: the optimizer's own copy where
     it makes one in the step's pass (``forward_step_with_copy``), else converted here."""
     with_copy = getattr(opt, "forward_step_with_copy", None)
-    step = opt.forward_step if with_copy is None else with_copy
-    w, state, buf, record, checks, *copy = step(w, state, buf, g, hyper)
-    copy = copy[0] if copy and copy[0] is not None else _model_copy(w, dtypes)
-    return w, state, buf, record, checks, copy
+    if with_copy is None:
+        w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hyper)
+        copy = None
+    else:
+        w, state, buf, record, checks, copy = with_copy(w, state, buf, g, hyper)
+    return w, state, buf, record, checks, _or_converted(copy, w, dtypes)
 
 
 def _undo_weights(opt: TrainingOptimizer, w, state, buf, hyper, record, stacks, dtypes):
     """``undo_weights``, and the restored weights in the model's ``dtypes`` (see `_forward_step`)."""
     with_copy = getattr(opt, "undo_weights_with_copy", None)
     if with_copy is None:
-        out = opt.undo_weights(w, state, buf, hyper, record, stacks)
+        w, state, buf, w_aux = opt.undo_weights(w, state, buf, hyper, record, stacks)
+        copy = None
     else:
-        out = with_copy(w, state, buf, hyper, record, stacks, dtypes)
-    w, state, buf, w_aux, *copy = out
-    copy = copy[0] if copy and copy[0] is not None else _model_copy(w, dtypes)
-    return w, state, buf, w_aux, copy
+        w, state, buf, w_aux, copy = with_copy(w, state, buf, hyper, record, stacks, dtypes)
+    return w, state, buf, w_aux, _or_converted(copy, w, dtypes)
+
+
+def _or_converted(copy: list[jax.Array] | None, w: list[jax.Array], dtypes) -> list[jax.Array]:
+    """The optimizer's copy of the weights in the model's dtypes, or ``w`` converted to them."""
+    return _model_copy(w, dtypes) if copy is None else copy
 
 
 def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
