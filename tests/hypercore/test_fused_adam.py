@@ -223,8 +223,9 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
 
 
 def test_the_kernels_division_is_exact_at_its_ends():
-    """The kernels' exact division (`_divmod`: a float estimate biased low, one correction) is floor
-    division for every dividend the kernels pass, up to ``|x| < 2**63``, and both ends of ``n``."""
+    """The kernels' exact division (`_divmod`: a float estimate biased low and rounded to nearest by
+    the float adds, one correction) is floor division for every dividend the kernels pass, up to
+    ``|x| < 2**63``, and both ends of ``n``."""
     from numba import njit
 
     from hypercore import _fused_kernels_adam as k
