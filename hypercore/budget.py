@@ -54,8 +54,10 @@ worker runtime              1.5 GiB: Python, JAX and XLA compiling the job. Meas
 Each component names the spec field that drives it (``loc``), so a refusal can say what to change.
 
 A plugin model (``model.kind`` ``plugin``) has no shapes before a worker builds it: the worker
-estimates it then (``peak_bytes(spec, shape, shapes)``, `jobs.spec.built_model_problems`), with
-``U`` its input and output units alone, since its hidden activations are unknown: a lower bound.
+estimates it then (``peak_bytes(spec, shape, shapes, units)``, `jobs.spec.built_model_problems`), with
+``U`` counted on the built model: its outputs and the residuals JAX's gradient of it keeps per example
+(`hypercore.models.held_activation_units`). Without ``units`` a plugin's ``U`` is its input and output
+units alone, a lower bound.
 """
 
 from __future__ import annotations
@@ -397,15 +399,19 @@ def _model_loc(spec: Mapping[str, Any]) -> rules.Loc:
 
 
 def peak_bytes(
-    spec: Mapping[str, Any], shape: DatasetShape, shapes: families.Shapes | None = None
+    spec: Mapping[str, Any],
+    shape: DatasetShape,
+    shapes: families.Shapes | None = None,
+    units: int | None = None,
 ) -> Estimate:
     """The `Estimate` of ``spec`` (the JSON dict of a job spec that passed `hypercore.rules.problems`)
     on a dataset of ``shape`` (`hypercore.rules.dataset_shape`). See the module docstring.
 
-    ``shapes``: a plugin model's parameter arrays, which only a built model knows (a worker checks
-    the estimate then, `jobs.spec.built_model_problems`). A plugin's hidden activations are not
-    known at all, so its activations count the input and output units alone, and the estimate is
-    a lower bound: a job it refuses does not fit, one it accepts may still not."""
+    ``shapes`` and ``units``: a plugin model's parameter arrays and the activations one example adds
+    to a step (`hypercore.models.held_activation_units`), which only a built model knows (a worker
+    checks the estimate then, `jobs.spec.built_model_problems`). Without ``units`` a plugin's
+    activations count its input and output units alone, and the estimate is a lower bound: a job it
+    refuses does not fit, one it accepts may still not."""
     model = _section(spec, "model")
     plugin = model["kind"] == families.PLUGIN_KIND
     shapes = rules.model_shapes(spec, shape) if shapes is None else shapes
@@ -417,7 +423,12 @@ def peak_bytes(
     F = shape.n_features if families.family(model["kind"]).needs_data else 0
     scored = n_train + n_valid + n_test
     batch = ds.get("batch_size") or n_train
-    units = shape.n_features + shape.n_outputs if plugin else families.activation_units(model, shape)
+    if not plugin:
+        units, unit_note = families.activation_units(model, shape), ""
+    elif units is None:
+        units, unit_note = shape.n_features + shape.n_outputs, "; a plugin's hidden units are not counted"
+    else:
+        unit_note = "; the plugin's counted on its gradient"
     model_loc = _model_loc(spec)
 
     buffer, sized_for = _buffer(spec, T, N, model_loc)
@@ -433,8 +444,7 @@ def peak_bytes(
         "activations",
         4 * units * (ACTIVATION_COPIES * batch + EVAL_COPIES * scored),
         ("dataset", "batch_size"),
-        f"{batch} rows of {units} units a step, {scored} rows scored"
-        + ("; a plugin's hidden units are not counted" if plugin else ""),
+        f"{batch} rows of {units} units a step, {scored} rows scored{unit_note}",
         "a smaller dataset.batch_size (or fewer rows) needs less",
     )
 

@@ -206,6 +206,27 @@ class Model:
         return h
 
 
+def held_activation_units(model: Any, example_shape: Sequence[int], dtype: Any = np.float32) -> int:
+    """What one more example adds to a training step's activations, in array elements: the outputs of
+    ``model.apply`` and the residuals JAX's VJP of it keeps from the forward pass for the backward
+    one (the inputs, pre-activations and layer outputs the gradient reads). Counted on abstract
+    arrays (`jax.eval_shape`: nothing is computed or allocated) as half the difference between
+    batches of 4 and 2, so what does not grow with the batch (the weights the VJP also keeps) does not
+    count. For the memory estimate of a model whose layers revtune does not know, a plugin's
+    (`hypercore.budget.peak_bytes`); a built-in's are counted from its spec."""
+    params = jax.eval_shape(model.init, jax.random.key(0), dict.fromkeys(model.shapes, 1.0))
+
+    def held(params, X):
+        outputs, vjp = jax.vjp(model.apply, params, X)
+        return outputs, jax.tree.leaves(vjp)
+
+    def elements(batch: int) -> int:
+        arrays = jax.eval_shape(held, params, jax.ShapeDtypeStruct((batch, *example_shape), dtype))
+        return sum(math.prod(a.shape) for a in jax.tree.leaves(arrays))
+
+    return max(0, (elements(4) - elements(2)) // 2)
+
+
 def check_dtype(dtype: Any) -> np.dtype:
     """A model's weight dtype as a numpy dtype; `ModelError` on ``model.dtype`` unless floating."""
     try:

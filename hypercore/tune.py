@@ -110,6 +110,13 @@ class Problem:
     resplit: bool = False
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
+    def activation_units(self) -> int:
+        """The activations one training example adds to a step, in array elements, counted on the
+        built model (`hypercore.models.held_activation_units`): what a worker's memory estimate of a
+        plugin model uses (`jobs.spec.built_model_problems`)."""
+        X = self.dataset.X_train
+        return _models.held_activation_units(self.model, X.shape[1:], X.dtype)
+
     @property
     def target(self) -> str:
         """``"class"`` (the losses are NLLs, with error rates) or ``"real"`` (mean squared errors)."""

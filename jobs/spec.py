@@ -414,12 +414,16 @@ def _size_problems(spec: JobSpec, limits: SpecLimits, shape: DatasetShape) -> li
 
 
 def model_size_problems(
-    data: dict[str, Any], limits: SpecLimits, shape: DatasetShape, shapes: families.Shapes | None = None
+    data: dict[str, Any],
+    limits: SpecLimits,
+    shape: DatasetShape,
+    shapes: families.Shapes | None = None,
+    units: int | None = None,
 ) -> list[rules.Problem]:
     """The model's and the hyperparameters' sizes against the server's limits, then the memory
-    estimate. ``shapes``: a plugin model's arrays, which only the worker that built it knows (it checks
-    checks the weights, the hyperparameters and the memory estimate, which counts no hidden
-    activations of a plugin: `hypercore.budget.peak_bytes`)."""
+    estimate. ``shapes`` and ``units``: a plugin model's arrays and the activations one example adds
+    to a step, which only the worker that built it knows (`built_model_problems`;
+    `hypercore.budget.peak_bytes`)."""
     out: list[rules.Problem] = []
     shapes = rules.model_shapes(data, shape) if shapes is None else shapes
     n_weights = families.n_weights(shapes)
@@ -437,23 +441,29 @@ def model_size_problems(
             )
         )
     if not out:  # past a size limit, the memory would only repeat it
-        out += _memory_problems(data, limits, shape, shapes)
+        out += _memory_problems(data, limits, shape, shapes, units)
     return out
 
 
 def built_model_problems(data: dict[str, Any], limits: SpecLimits, problem: Any) -> list[rules.Problem]:
-    """`model_size_problems` counted on a built `hypercore.Problem` (its model's arrays, its dataset):
-    what a worker checks of a plugin model before it runs the job, and `revtune run` before a local run."""
+    """`model_size_problems` counted on a built `hypercore.Problem` (its model's arrays, its dataset,
+    its activations per example: `Problem.activation_units`): what a worker checks of a plugin model
+    before it runs the job, and `revtune run` before a local run."""
     shapes = {name: tuple(int(d) for d in shape) for name, shape in problem.model.shapes.items()}
-    return model_size_problems(data, limits, DatasetShape.of_loaded(problem.dataset), shapes)
+    shape = DatasetShape.of_loaded(problem.dataset)
+    return model_size_problems(data, limits, shape, shapes, problem.activation_units())
 
 
 def _memory_problems(
-    data: dict[str, Any], limits: SpecLimits, shape: DatasetShape, shapes: families.Shapes
+    data: dict[str, Any],
+    limits: SpecLimits,
+    shape: DatasetShape,
+    shapes: families.Shapes,
+    units: int | None = None,
 ) -> list[rules.Problem]:
     """The job's estimated peak memory in the worker (`hypercore.budget`) against the limit, refused
     on the field that drives the largest part of it."""
-    estimate = budget.peak_bytes(data, shape, shapes)
+    estimate = budget.peak_bytes(data, shape, shapes, units)
     if estimate.total <= limits.max_job_memory_bytes:
         return []
     part = estimate.largest

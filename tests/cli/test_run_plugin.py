@@ -67,12 +67,13 @@ def test_a_plugin_config_its_schema_refuses_names_the_field(tmp_path, capsys):
     [
         ("REVTUNE_MAX_WEIGHTS", 100, "model", "at most 100 are allowed"),
         ("REVTUNE_MAX_HYPERPARAMETERS", 10, "hyperparameters", "at most 10 are allowed"),
-        # the worker's 1.5 GiB runtime and 1 KiB: the data (the largest part here) does not fit
+        # the worker's 1.5 GiB runtime and 1 KiB: the activations counted on the built model (the
+        # largest part here, more than the data) do not fit
         (
             "REVTUNE_MAX_JOB_MEMORY_BYTES",
             budget.RUNTIME_BYTES + 2**10,
-            "dataset.train",
-            "in the worker (training data ",
+            "dataset.batch_size",
+            "in the worker (activations ",
         ),
     ],
 )

@@ -12,6 +12,7 @@ from hypercore.models import (
     ModelError,
     Toy2D,
     error_rate,
+    held_activation_units,
     l2_penalty,
     logistic_regression,
     mlp,
@@ -314,3 +315,26 @@ def test_toy2d_tunes_to_the_papers_figure_1_losses():
 def test_toy2d_spec_refuses_what_does_not_apply(change, field):
     with pytest.raises(hypercore.SpecError, match=field):
         hypercore.problem_from_spec(TOY_SPEC | change)
+
+
+def test_held_activation_units_grow_with_the_layers_and_not_with_the_weights():
+    """`held_activation_units`: per example, the outputs and what the gradient keeps between its passes
+    (the input, and one to three copies of each hidden layer: its output, its activation's derivative),
+    counted without running anything; the weights the gradient also keeps do not count."""
+    narrow = held_activation_units(mlp(64, [32], 10), (64,))
+    wide = held_activation_units(mlp(64, [256], 10), (64,))
+    assert 64 + 32 + 10 <= narrow <= 64 + 3 * 32 + 10
+    assert 224 <= wide - narrow <= 3 * 224  # not 64 * 224 more: the wider first matrix is not counted
+    deeper = held_activation_units(mlp(64, [32, 32, 32], 10), (64,))
+    assert 64 <= deeper - narrow <= 3 * 64
+    assert held_activation_units(logistic_regression(64, 10), (64,)) in (10, 64 + 10)
+
+
+def test_held_activation_units_follow_a_plugin_s_own_apply():
+    """A model revtune knows nothing of (the example plugin's residual MLP, with residual blocks):
+    each block adds at least its width, and the count is the same for float32 and float64 inputs."""
+    from revtune_plugin_example import ResidualMLP
+
+    one, three = (held_activation_units(ResidualMLP(64, 16, 10, blocks=b), (64,)) for b in (1, 3))
+    assert 2 * 16 <= three - one <= 2 * 3 * 16
+    assert one == held_activation_units(ResidualMLP(64, 16, 10, blocks=1), (64,), np.float64)

@@ -118,10 +118,11 @@ def test_revtune_run_refuses_it_too(tmp_path, capsys):
     assert "REVTUNE_MAX_JOB_MEMORY_BYTES" in err and not (tmp_path / "out").exists()
 
 
-def test_a_plugin_s_estimate_is_its_shapes_with_no_hidden_activations():
+def test_a_plugin_s_estimate_is_its_shapes_and_the_activations_counted_on_it():
     """A plugin model's estimate (the worker's, once built: `jobs.spec.built_model_problems`) counts
-    what its shapes say exactly as a built-in's, and only the input and output units of its
-    activations: on the same arrays it is the built-in family's estimate less the hidden units."""
+    what its shapes say exactly as a built-in's. Without the units counted on the built model only
+    the input and output units of its activations count: on the same arrays it is the built-in
+    family's estimate less the hidden units."""
     spec = json.loads(json.dumps(BIG))
     spec["model"]["hidden"] = [32]
     data = validate_spec(spec).to_dict()
@@ -139,6 +140,12 @@ def test_a_plugin_s_estimate_is_its_shapes_with_no_hidden_activations():
     units, hidden_units = 64 + 10, 64 + 32 + 10
     assert estimate["activations"].bytes * hidden_units == builtin["activations"].bytes * units
     assert estimate["activations"].detail.endswith("; a plugin's hidden units are not counted")
+    # once built, a worker counts them on the model (`hypercore.models.held_activation_units`)
+    counted = budget.peak_bytes(plugin, shape, rules.model_shapes(data, shape), units=200)
+    assert counted["activations"].bytes * units == estimate["activations"].bytes * 200
+    assert counted["activations"].detail == (
+        "100 rows of 200 units a step, 1797 rows scored; the plugin's counted on its gradient"
+    )
 
 
 def test_every_template_fits_the_default_limit():

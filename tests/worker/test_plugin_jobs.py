@@ -87,14 +87,15 @@ def test_a_plugin_job_past_the_memory_limit_fails_at_build_naming_the_field(
     settings, sessions, submit, loaded
 ):
     """The API cannot estimate a plugin job's memory (it has no shapes); the worker does, once built,
-    without the plugin's hidden activations (`hypercore.budget.peak_bytes`): a lower bound."""
+    with the activations counted on the built model (`hypercore.models.held_activation_units`)."""
     job_id = submit(SPEC)
     tight = settings.model_copy(update={"max_job_memory_bytes": budget.RUNTIME_BYTES + 2**10})
     assert runner.run_job(job_id, settings=tight, sessions=sessions) == "failed"
     row = job_row(sessions, job_id)
-    # the largest part: the activations of its input and output units (the plugin's hidden ones unknown)
+    # the largest part: the activations, 64 inputs and 10 outputs and what the gradient keeps of its
+    # width-8 layers (40 units: more than their 16 hidden units, fewer than 74 + 16 * 3)
     assert row.error.startswith("dataset.batch_size: this job needs about 1.5 GiB in the worker (activations")
-    assert "60 rows of 74 units a step, 90 rows scored; a plugin's hidden units are not counted)" in row.error
+    assert "60 rows of 114 units a step, 90 rows scored; the plugin's counted on its gradient)" in row.error
     assert row.error.endswith(
         "past REVTUNE_MAX_JOB_MEMORY_BYTES = 1.5 GiB: a smaller dataset.batch_size (or fewer rows) needs less"
     )
