@@ -220,12 +220,15 @@ def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do):
 
 
 def fingerprint(g, leaf: int):
-    """`hypercore.reversible._fingerprint`'s term for leaf number ``leaf``, in one pass."""
+    """`hypercore.reversible._fingerprint`'s term for leaf number ``leaf``, in one pass (in chunks on
+    XLA's threads for a large leaf)."""
+    cols = g.shape[-1] if g.ndim >= 1 else 1
     return _call(
         f"revtune_fingerprint_{g.dtype.name}",
         jax.ShapeDtypeStruct((), _U64),
         g,
         jnp.int64(leaf),
+        jnp.int64(cols),
         aliases={},
     )
 

@@ -1,4 +1,4 @@
-"""The Numba side of `hypercore._fused`: SGD's loops, the fingerprint's handler, and the plumbing every
+"""The Numba side of `hypercore._fused`: SGD's loops, the fingerprint's, and the plumbing every
 handler uses to decode XLA's call frame.
 
 Imported (and compiled) only by `hypercore._fused.available`. Each handler is a C function
@@ -32,7 +32,7 @@ import platform
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -121,11 +121,6 @@ def _data(buffer):
 @njit(inline="always", cache=True)
 def _array(buffer, n, dtype):
     return carray(_ptr(_data(buffer)), (n,), dtype)
-
-
-@njit(inline="always", cache=True)
-def _scalar(buffer, dtype):
-    return carray(_ptr(_data(buffer)), (1,), dtype)[0]
 
 
 @njit(inline="always", cache=True)
@@ -552,57 +547,37 @@ def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
 
 
 # `hypercore.reversible._fingerprint` of one leaf seen as a (rows, cols) matrix: uint64 arithmetic
-# wraps, so any order of the sums gives its bits.
+# wraps, so any order of the sums gives its bits, and the chunks of a large leaf
+# (`hypercore._fused_launch`) add their parts in any order.
 ROW_MUL = np.uint64((0xD6E8FEB86659FD93 * 2) % 2**64)
 COL_MUL = np.uint64((0x9E3779B97F4A7C15 * 2) % 2**64)
 LEAF_MUL = np.uint64(0xBF58476D1CE4E5B9)
 
 
 @njit(cache=True)
-def _fingerprint_loop(bits, rows, cols, leaf):
+def _fingerprint_part(bits, a, b, cols, leaf):
+    """The terms of elements ``a`` to ``b`` (flat, C order) of the hash, before its final multiplier
+    `LEAF_MUL`: a chunk may start and end inside a row."""
     total = np.uint64(0)
+    if b <= a:
+        return total  # (an empty leaf has no columns to divide by)
     first = np.uint64(2 * leaf + 1)
-    for i in range(rows):
+    i = a // cols
+    e = a
+    while e < b:
+        end = min((i + 1) * cols, b)
+        j0 = np.uint64(e - i * cols)
+        seg = bits[e:end]  # indexed from 0: see `_undo_adjoint_loop` in _fused_kernels_adam
         acc = np.uint64(0)
-        for j in range(cols):
-            acc += np.uint64(bits[i * cols + j]) * (np.uint64(j) * COL_MUL + np.uint64(1))
+        for k in range(seg.size):
+            acc += np.uint64(seg[k]) * ((j0 + np.uint64(k)) * COL_MUL + np.uint64(1))
         total += acc * (np.uint64(i) * ROW_MUL + first)
-    return total * LEAF_MUL
+        e = end
+        i += 1
+    return total
 
 
-@njit(cache=True)
-def _fingerprint(call_frame, udtype):
-    # args: g, leaf; rets: hash (uint64)
-    frame = carray(call_frame, (15,), np.int64)
-    if _metadata(frame):
-        return _null()
-    args, rets = _buffers(frame, 5), _buffers(frame, 10)
-    n = _size(args[0])
-    b = _words(args[0], 6)
-    cols = _words(b[5], b[4])[b[4] - 1] if b[4] > 0 else 1
-    rows = n // cols if cols > 0 else 0
-    h = _fingerprint_loop(_array(args[0], n, udtype), rows, cols, _scalar(args[1], np.int64))
-    _array(rets[0], 1, np.uint64)[0] = h
-    return _null()
-
-
-_HANDLER = types.voidptr(types.voidptr)
-
-
-@cfunc(_HANDLER, cache=True)
-def _fingerprint_f32(call_frame):
-    return _fingerprint(call_frame, np.uint32)
-
-
-@cfunc(_HANDLER, cache=True)
-def _fingerprint_f64(call_frame):
-    return _fingerprint(call_frame, np.uint64)
-
-
-HANDLERS = {
-    "revtune_fingerprint_float32": _fingerprint_f32,
-    "revtune_fingerprint_float64": _fingerprint_f64,
-}
+_HANDLER = types.voidptr(types.voidptr)  # every handler's C type (`hypercore._fused_launch`'s)
 
 
 _registered: list[bool] = []
@@ -623,6 +598,6 @@ def register() -> None:
 
     if _registered:
         return
-    for name, handler in {**HANDLERS, **_fused_launch.HANDLERS}.items():
+    for name, handler in _fused_launch.HANDLERS.items():
         jax.ffi.register_ffi_target(name, _capsule(handler.address), platform="cpu")
     _registered.append(True)

@@ -1,12 +1,12 @@
 """How `hypercore._fused`'s step kernels run: each call's elements in chunks, on XLA's CPU threads.
 
 A kernel is one weight array's loop (`hypercore._fused_kernels`, `_fused_kernels_adam`), bound by
-memory and by exact 64-bit arithmetic, and XLA runs one custom call at a time here: on its own, a
-large array's loop used one core of several. So a handler splits the elements into chunks fixed by
-the array's size alone (`chunk_bounds`), hands the chunks to XLA's intra-op thread pool through its
-FFI (``XLA_FFI_ThreadPool_Schedule``) and returns at once with an FFI future
-(``XLA_FFI_Future_Create``), which the last chunk to finish sets available; XLA keeps the call's
-buffers alive until then.
+memory and by exact 64-bit arithmetic, or a gradient's fingerprint, and XLA runs one custom call at a
+time here: on its own, a large array's loop used one core of several. So a handler splits the
+elements into chunks fixed by the array's size alone (`chunk_bounds`), hands the chunks to XLA's
+intra-op thread pool through its FFI (``XLA_FFI_ThreadPool_Schedule``) and returns at once with an
+FFI future (``XLA_FFI_Future_Create``), which the last chunk to finish sets available; XLA keeps the
+call's buffers alive until then.
 
 The handler never waits, so it cannot deadlock on a busy pool: it works through the chunks itself
 too, each chunk taken by exactly one worker through an atomic counter, and a task that starts after
@@ -140,10 +140,13 @@ SGD_FORWARD_F32, SGD_FORWARD_F64, SGD_UNDO_WEIGHTS_F32, SGD_UNDO_WEIGHTS_F64 = 0
 SGD_UNDO_STATE_F32, SGD_UNDO_STATE_F64, SGD_UNDO_ADJOINT_F32, SGD_UNDO_ADJOINT_F64 = 4, 5, 6, 7
 ADAM_FORWARD_F32, ADAM_FORWARD_F64, ADAM_UNDO_WEIGHTS = 8, 9, 10
 ADAM_UNDO_ADJOINT_F32, ADAM_UNDO_ADJOINT_F64 = 11, 12
+FINGERPRINT_F32, FINGERPRINT_F64 = 13, 14
 
 
 @njit(cache=True)
 def _prepare(kind, args, rets, n):
+    if kind >= FINGERPRINT_F32:
+        return  # reads its gradient, writes one hash
     if kind <= SGD_FORWARD_F64:
         sgd._sgd_forward_prepare(args, rets, n)
     elif kind <= SGD_UNDO_WEIGHTS_F64:
@@ -186,14 +189,26 @@ def _body(kind, table, n, a, b, part):
         adam._adam_undo_weights_body(table, n, a, b, part)
     elif kind == ADAM_UNDO_ADJOINT_F32:
         adam._adam_undo_adjoint_body(table, n, a, b, part, np.float32)
-    else:
+    elif kind == ADAM_UNDO_ADJOINT_F64:
         adam._adam_undo_adjoint_body(table, n, a, b, part, np.float64)
+    elif kind == FINGERPRINT_F32:
+        _fingerprint_body(table, n, a, b, part, np.uint32)
+    else:
+        _fingerprint_body(table, n, a, b, part, np.uint64)
+
+
+@njit(inline="always", cache=True)
+def _fingerprint_body(table, n, a, b, part, udtype):
+    # args: g, leaf, cols; rets: hash. The chunk's uint64 part travels in a float64 word, bit for bit.
+    bits = carray(_ptr(table[0]), (n,), udtype)
+    leaf, cols = carray(_ptr(table[1]), (1,), np.int64)[0], carray(_ptr(table[2]), (1,), np.int64)[0]
+    part[0] = sgd._as_f64(sgd._fingerprint_part(bits, a, b, cols, leaf))
 
 
 @njit(cache=True)
 def _finish(kind, table, nargs, chunks, parts):
     """Write what the chunks reduced: the range flag of a forward step (all chunks in range), the
-    adjoints' sums (added in chunk order)."""
+    adjoints' sums (added in chunk order), a fingerprint."""
     if kind <= SGD_FORWARD_F64 or kind == ADAM_FORWARD_F32 or kind == ADAM_FORWARD_F64:
         ok = True
         for c in range(chunks):
@@ -207,6 +222,11 @@ def _finish(kind, table, nargs, chunks, parts):
         sums = carray(_ptr(table[nargs + 8]), (6,), np.float64)
         for j in range(6):
             sums[j] = _chunk_sum(parts, chunks, j)
+    elif kind >= FINGERPRINT_F32:  # its chunks' parts, added with uint64's wrap-around (any order)
+        total = np.uint64(0)
+        for c in range(chunks):
+            total += np.uint64(sgd._as_i64(parts[c, 0]))
+        carray(_ptr(table[nargs]), (1,), np.uint64)[0] = total * sgd.LEAF_MUL
 
 
 @njit(inline="always", cache=True)
@@ -413,7 +433,19 @@ def _adam_undo_adjoint_f64(call_frame):
     return _launch(call_frame, ADAM_UNDO_ADJOINT_F64)
 
 
+@cfunc(_HANDLER, cache=True)
+def _fingerprint_f32(call_frame):
+    return _launch(call_frame, FINGERPRINT_F32)
+
+
+@cfunc(_HANDLER, cache=True)
+def _fingerprint_f64(call_frame):
+    return _launch(call_frame, FINGERPRINT_F64)
+
+
 HANDLERS = {
+    "revtune_fingerprint_float32": _fingerprint_f32,
+    "revtune_fingerprint_float64": _fingerprint_f64,
     "revtune_sgd_forward_float32": _sgd_forward_f32,
     "revtune_sgd_forward_float64": _sgd_forward_f64,
     "revtune_sgd_undo_weights_float32": _sgd_undo_weights_f32,
