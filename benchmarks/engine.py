@@ -39,7 +39,10 @@ BATCH = 200
 N_EXAMPLES = 1000
 
 
-def make_problem(seed=0, layers=LAYERS, batch=BATCH):
+def make_problem(seed=0, layers=LAYERS, batch=BATCH, table_steps=None):
+    """``(loss, valid, w0)``. The loss draws step ``t``'s minibatch with ``jax.random`` inside it; with
+    ``table_steps`` it reads the same indices from a table drawn before training, as
+    `hypercore.tune` does (`benchmarks/minibatch_rng.py` compares the two)."""
     rng = np.random.default_rng(seed)
     X = jnp.asarray(rng.normal(size=(N_EXAMPLES, layers[0])), jnp.float32)
     y = jnp.asarray(rng.integers(0, layers[-1], N_EXAMPLES), jnp.int32)
@@ -57,8 +60,13 @@ def make_problem(seed=0, layers=LAYERS, batch=BATCH):
                 h = jnp.tanh(h)
         return jax.nn.log_softmax(h)
 
+    def draw(t):
+        return jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
+
+    table = None if table_steps is None else jax.vmap(draw)(jnp.arange(table_steps, dtype=jnp.int32))
+
     def loss(w, meta, t):
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
+        idx = draw(t) if table is None else table[t]
         logp = predict(w, X[idx])
         return -jnp.mean(jnp.take_along_axis(logp, y[idx, None], axis=1))
 
