@@ -39,10 +39,22 @@ BATCH = 200
 N_EXAMPLES = 1000
 
 
+def minibatch_indices(seed, batch, table_steps=None):
+    """``t ->`` step ``t``'s minibatch indices, drawn with ``jax.random`` inside the loss; with
+    ``table_steps``, the same indices read from a table drawn before training, as `hypercore.tune`
+    does (`benchmarks/minibatch_rng.py` compares the two)."""
+
+    def draw(t):
+        return jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
+
+    if table_steps is None:
+        return draw
+    table = jax.vmap(draw)(jnp.arange(table_steps, dtype=jnp.int32))
+    return lambda t: table[t]
+
+
 def make_problem(seed=0, layers=LAYERS, batch=BATCH, table_steps=None):
-    """``(loss, valid, w0)``. The loss draws step ``t``'s minibatch with ``jax.random`` inside it; with
-    ``table_steps`` it reads the same indices from a table drawn before training, as
-    `hypercore.tune` does (`benchmarks/minibatch_rng.py` compares the two)."""
+    """``(loss, valid, w0)``; ``table_steps``: see `minibatch_indices`."""
     rng = np.random.default_rng(seed)
     X = jnp.asarray(rng.normal(size=(N_EXAMPLES, layers[0])), jnp.float32)
     y = jnp.asarray(rng.integers(0, layers[-1], N_EXAMPLES), jnp.int32)
@@ -60,13 +72,10 @@ def make_problem(seed=0, layers=LAYERS, batch=BATCH, table_steps=None):
                 h = jnp.tanh(h)
         return jax.nn.log_softmax(h)
 
-    def draw(t):
-        return jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
-
-    table = None if table_steps is None else jax.vmap(draw)(jnp.arange(table_steps, dtype=jnp.int32))
+    indices = minibatch_indices(seed, batch, table_steps)
 
     def loss(w, meta, t):
-        idx = draw(t) if table is None else table[t]
+        idx = indices(t)
         logp = predict(w, X[idx])
         return -jnp.mean(jnp.take_along_axis(logp, y[idx, None], axis=1))
 

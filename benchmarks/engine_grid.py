@@ -2,7 +2,8 @@
 
 The meta-gradient ``d valid(w_T) / d (alphas, gammas)`` of T steps of SGD with momentum on a tanh MLP
 or a small tanh convolutional net (MNIST-shaped Gaussian-noise inputs, 1,000 examples, minibatches of
---batch drawn from ``(seed, t)``), with shared learning-rate and momentum schedules of shape (T,),
+--batch drawn from ``(seed, t)``: inside the loss, or with ``--minibatches table`` from a table drawn
+before training, as a tuning job does), with shared learning-rate and momentum schedules of shape (T,),
 computed five ways:
 
 * ``reversible``: `hypercore.reversible_sgd` (exact int64 fixed-point reversal; the information
@@ -56,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from engine import BATCH as N_VALID  # engine.make_problem validates on the first BATCH examples
-from engine import N_EXAMPLES, make_problem  # the same MLP and data as the paper-net benchmark
+from engine import N_EXAMPLES, make_problem, minibatch_indices  # the paper-net benchmark's MLP and data
 
 import hypercore
 from hypercore import _fixed
@@ -100,7 +101,7 @@ def equinox_sgd(loss, w0, alphas, gammas, checkpoints):
     return w
 
 
-def make_cnn_problem(config: dict, batch: int, seed: int = 0):
+def make_cnn_problem(config: dict, batch: int, seed: int = 0, table_steps: int | None = None):
     """``(loss, valid, w0)`` for the CNN ``config`` (`CNNS`) on the data of `engine.make_problem`: the
     same Gaussian-noise inputs, labels, minibatches and validation examples."""
     model = cnn(**config)
@@ -115,8 +116,10 @@ def make_cnn_problem(config: dict, batch: int, seed: int = 0):
         logp = jax.nn.log_softmax(model.apply(w, Xb))
         return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
 
+    indices = minibatch_indices(seed, batch, table_steps)
+
     def loss(w, meta, t):
-        idx = jax.random.randint(jax.random.fold_in(jax.random.key(seed), t), (batch,), 0, N_EXAMPLES)
+        idx = indices(t)
         return nll(w, X[idx], y[idx])
 
     def valid(w):
@@ -125,12 +128,14 @@ def make_cnn_problem(config: dict, batch: int, seed: int = 0):
     return loss, valid, w0
 
 
-def build(size: str, batch: int) -> tuple[object, object, dict, dict]:
-    """``(loss, valid, w0, description)`` of the model named ``size``; the description opens its row."""
+def build(size: str, batch: int, table_steps: int | None = None) -> tuple[object, object, dict, dict]:
+    """``(loss, valid, w0, description)`` of the model named ``size``; the description opens its row.
+    ``table_steps``: minibatches from a table (`engine.minibatch_indices`)."""
     if size in CNNS:
-        return (*make_cnn_problem(CNNS[size], batch), {"size": size, "model": "cnn", **CNNS[size]})
+        problem = make_cnn_problem(CNNS[size], batch, table_steps=table_steps)
+        return (*problem, {"size": size, "model": "cnn", **CNNS[size]})
     description = {"size": size, "model": "mlp", "layers": SIZES[size]}
-    return (*make_problem(layers=SIZES[size], batch=batch), description)
+    return (*make_problem(layers=SIZES[size], batch=batch, table_steps=table_steps), description)
 
 
 def model_label(r: dict) -> str:
@@ -192,7 +197,7 @@ def timed(compiled, args, repeats: int) -> tuple[float, object]:
 def run_cell(size, T, args, per_step: dict, started: float) -> dict:
     """One (model size, T) cell: every engine plus plain training. ``per_step[(size, engine)]``
     holds the seconds per step measured at a smaller T, for the time estimates."""
-    loss, valid, w0, description = build(size, args.batch)
+    loss, valid, w0, description = build(size, args.batch, T if args.minibatches == "table" else None)
     n_params = sum(x.size for x in jax.tree.leaves(w0))
     alphas = jnp.full((T,), ALPHA, jnp.float32)
     gammas = jnp.full((T,), GAMMA, jnp.float32)
@@ -352,6 +357,14 @@ def main():
     parser.add_argument(
         "--time-budget-s", type=float, default=math.inf, help="run no new cell after this many seconds"
     )
+    parser.add_argument(
+        "--minibatches",
+        choices=["loss", "table"],
+        default="loss",
+        help="draw each step's minibatch with jax.random inside the loss (the default, as every grid in"
+        " BENCHMARKS.md before minibatch_rng.py), or read it from a table drawn before training, as a"
+        " tuning job does",
+    )
     parser.add_argument("--out", default="docs/figures/engine_grid.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -369,6 +382,7 @@ def main():
         "alpha": ALPHA,
         "mem_limit_gb": args.mem_limit_gb,
         "max_cell_s": args.max_cell_s,
+        "minibatches": args.minibatches,
         "total_s": time.perf_counter() - started,
     }
     print_table(rows, machine)
