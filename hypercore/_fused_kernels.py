@@ -577,6 +577,13 @@ def _fingerprint_part(bits, a, b, cols, leaf):
     return total
 
 
+@njit(cache=True)
+def _fingerprint_body(table, n, a, b, part, udtype):
+    # args: g, leaf, cols; rets: hash. The chunk's uint64 part travels in a float64 word, bit for bit.
+    bits = _elems(table, 0, n, udtype)
+    part[0] = _as_f64(_fingerprint_part(bits, a, b, _value(table, 2, np.int64), _value(table, 1, np.int64)))
+
+
 _HANDLER = types.voidptr(types.voidptr)  # every handler's C type (`hypercore._fused_launch`'s)
 
 

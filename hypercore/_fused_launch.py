@@ -192,17 +192,9 @@ def _body(kind, table, n, a, b, part):
     elif kind == ADAM_UNDO_ADJOINT_F64:
         adam._adam_undo_adjoint_body(table, n, a, b, part, np.float64)
     elif kind == FINGERPRINT_F32:
-        _fingerprint_body(table, n, a, b, part, np.uint32)
+        sgd._fingerprint_body(table, n, a, b, part, np.uint32)
     else:
-        _fingerprint_body(table, n, a, b, part, np.uint64)
-
-
-@njit(inline="always", cache=True)
-def _fingerprint_body(table, n, a, b, part, udtype):
-    # args: g, leaf, cols; rets: hash. The chunk's uint64 part travels in a float64 word, bit for bit.
-    bits = carray(_ptr(table[0]), (n,), udtype)
-    leaf, cols = carray(_ptr(table[1]), (1,), np.int64)[0], carray(_ptr(table[2]), (1,), np.int64)[0]
-    part[0] = sgd._as_f64(sgd._fingerprint_part(bits, a, b, cols, leaf))
+        sgd._fingerprint_body(table, n, a, b, part, np.uint64)
 
 
 @njit(cache=True)
