@@ -73,20 +73,51 @@ def loops(sgd, adam, s: dict) -> dict:
     off, shift = False, np.uint64(0)
     lr, c1, c2, eps = 1e-3, 0.5, 0.3, 1e-8
 
+    def has(loop, name):
+        return name in inspect.signature(loop.py_func).parameters
+
     def copy(loop):  # the model-dtype copy of the weights, where the loop writes one (since 2026-12-07)
-        return (s["w_model"],) if "wf" in inspect.signature(loop.py_func).parameters else ()
+        return (s["w_model"],) if has(loop, "wf") else ()
+
+    def first(loop):  # the gradient's fingerprint, where the loop takes it (since 2026-12-08)
+        return (np.uint64(1),) if has(loop, "first") else ()
 
     return {
-        "sgd forward": lambda: sgd._forward_loop(w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop)),
+        "sgd forward": lambda: sgd._forward_loop(
+            w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop), *first(sgd._forward_loop)
+        ),
         "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop)),
         "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
         "sgd undo_adjoint": lambda: sgd._undo_adjoint_loop(
-            v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off
+            v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, *first(sgd._undo_adjoint_loop)
         ),
-        "adamw forward": lambda: adam._forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, True),
+        "adamw forward": lambda: adam._forward_loop(
+            w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, True, *first(adam._forward_loop)
+        ),
         "adamw undo_weights": lambda: adam._undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, True),
         "adamw undo_adjoint": lambda: adam._undo_adjoint_loop(
-            m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, off
+            m,
+            vh,
+            vl,
+            head,
+            g,
+            row,
+            dw,
+            dm,
+            dv,
+            w,
+            ct,
+            sums,
+            n1,
+            n2,
+            nf,
+            lr,
+            c1,
+            c2,
+            eps,
+            shift,
+            off,
+            *first(adam._undo_adjoint_loop),
         ),
     }
 

@@ -130,11 +130,11 @@ def _scalar(x, dtype):
     return jnp.asarray(x).astype(dtype).reshape(())
 
 
-def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do):
-    """``(w, v, head, stack, w_model, ok)`` after one forward step on one weight array
+def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do, *, leaf):
+    """``(w, v, head, stack, w_model, ok, fp)`` after one forward step on one weight array
     (`SGDM.forward_step`): the spill of the head into slot ``k`` of ``stack`` if ``do``, then the
     step. ``w_model``: the new weights in ``g``'s dtype (the model's). ``ok``: every conversion and
-    range check passed."""
+    range check passed. ``fp``: `fingerprint` ``(g, leaf)``, taken in the same pass."""
     word, shift = _slot(k)
     return _call(
         f"revtune_sgd_forward_{g.dtype.name}",
@@ -145,6 +145,7 @@ def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do):
             _like(stack),
             _like(w, g.dtype),
             jax.ShapeDtypeStruct((), jnp.bool_),
+            jax.ShapeDtypeStruct((), _U64),
         ),
         w,
         v,
@@ -157,6 +158,7 @@ def sgd_forward(w, v, head, stack, g, n, one_minus, alpha, k, do):
         word,
         shift,
         _scalar(do, jnp.bool_),
+        _scalar(leaf, _S64),
         aliases={0: 0, 1: 1, 2: 2, 3: 3},
     )
 
@@ -195,14 +197,15 @@ def sgd_undo_state(v, head, g, n, one_minus, stack, k, do):
     )
 
 
-def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do):
+def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do, *, leaf):
     """`sgd_undo_state` and the step's adjoint in one pass (`SGDM.undo_and_adjoint`): ``(v, head, dv,
-    ct, dalpha, dgamma)``, ``ct`` in ``g``'s dtype, ``dalpha`` and ``dgamma`` summed over the array."""
+    ct, dalpha, dgamma, fp)``, ``ct`` in ``g``'s dtype, ``dalpha`` and ``dgamma`` summed over the
+    array, ``fp`` `fingerprint` ``(g, leaf)``."""
     word, shift = _slot(k)
     scalar = jax.ShapeDtypeStruct((), _F64)
     return _call(
         f"revtune_sgd_undo_adjoint_{g.dtype.name}",
-        (_like(v), _like(head), _like(dv), _like(g), scalar, scalar),
+        (_like(v), _like(head), _like(dv), _like(g), scalar, scalar, jax.ShapeDtypeStruct((), _U64)),
         v,
         head,
         dv,
@@ -215,31 +218,36 @@ def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do):
         word,
         shift,
         _scalar(do, jnp.bool_),
+        _scalar(leaf, _S64),
         aliases={0: 0, 1: 1, 2: 2},
     )
 
 
 def fingerprint(g, leaf: int):
     """`hypercore.reversible._fingerprint`'s term for leaf number ``leaf``, in one pass (in chunks on
-    XLA's threads for a large leaf)."""
-    cols = g.shape[-1] if g.ndim >= 1 else 1
+    XLA's threads for a large leaf). The step kernels that read a gradient take the same term in their
+    own pass (their ``fp``); this one is for the steps without one."""
     return _call(
         f"revtune_fingerprint_{g.dtype.name}",
         jax.ShapeDtypeStruct((), _U64),
         g,
         jnp.int64(leaf),
-        jnp.int64(cols),
         aliases={},
     )
 
 
-def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay):
-    """``(w, m, vh, vl, head, stack, ok)`` after one forward step of Adam (AdamW if ``decay``) on one
-    weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``.
+def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay, leaf):
+    """``(w, m, vh, vl, head, stack, ok, fp)`` after one forward step of Adam (AdamW if ``decay``) on
+    one weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``;
+    ``fp`` is `fingerprint` ``(g, leaf)``.
     (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: their loops are bound by
     arithmetic, not memory, and the conversion in them cost more than XLA's pass of its own.)"""
     word, shift = _slot(k)
-    outs = (*(_like(x) for x in (w, m, vh, vl, head, stack)), jax.ShapeDtypeStruct((), jnp.bool_))
+    outs = (
+        *(_like(x) for x in (w, m, vh, vl, head, stack)),
+        jax.ShapeDtypeStruct((), jnp.bool_),
+        jax.ShapeDtypeStruct((), _U64),
+    )
     return _call(
         f"revtune_adam_forward_{g.dtype.name}",
         outs,
@@ -256,6 +264,7 @@ def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *,
         word,
         shift,
         _scalar(do, jnp.bool_),
+        _scalar(leaf, _S64),
         aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
     )
 
@@ -277,13 +286,18 @@ def adam_undo_weights(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
     )
 
 
-def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps):
+def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps, leaf):
     """`hypercore.adam.Adam.undo_and_adjoint` on one weight array: ``(m, vh, vl, head, dw, dm, dv, ct,
-    sums)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
-    the adjoint, ``ct`` in ``g``'s dtype and ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
-    the array. ``w`` is ``w_t`` (fixed point), read for ``df`` only; ``nf`` is ``2**24`` for Adam."""
+    sums, fp)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
+    the adjoint, ``ct`` in ``g``'s dtype, ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
+    the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w`` is ``w_t`` (fixed point), read for ``df``
+    only; ``nf`` is ``2**24`` for Adam."""
     word, shift = _slot(k)
-    outs = (*(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)), jax.ShapeDtypeStruct((6,), _F64))
+    outs = (
+        *(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)),
+        jax.ShapeDtypeStruct((6,), _F64),
+        jax.ShapeDtypeStruct((), _U64),
+    )
     return _call(
         f"revtune_adam_undo_adjoint_{g.dtype.name}",
         outs,
@@ -302,6 +316,7 @@ def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, 
         word,
         shift,
         _scalar(do, jnp.bool_),
+        _scalar(leaf, _S64),
         aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6},
     )
 
@@ -327,7 +342,8 @@ def on_cpu(args, fused: Callable, xla: Callable):
 
 def _self_check() -> None:
     """Run every kernel once on two problems, through a spill and back, in one compiled program: the
-    undo must restore the state bit for bit, and the fingerprint must see a one-bit change. The float32
+    undo must restore the state bit for bit, the fingerprint must see a one-bit change, and the step
+    kernels' fingerprints must be the fingerprint kernel's. The float32
     problem is large enough to run in chunks on XLA's threads (`hypercore._fused_launch`), so a runtime
     that ran them wrongly fails here. (That they compute what the XLA formulation computes, bit for
     bit, is tests/hypercore/test_fused.py's; here the XLA side would cost seconds of compilation at
@@ -354,17 +370,18 @@ def _self_check() -> None:
         a, k, do = jnp.float64(0.3), jnp.int32(1), jnp.bool_(True)
         failures = []
         for w, v, head, stack, g, dv in problems:
-            w1, v1, h1, s1, wm1, ok = sgd_forward(w, v, head, stack, g, n, om, a, k, do)
+            w1, v1, h1, s1, wm1, ok, fp1 = sgd_forward(w, v, head, stack, g, n, om, a, k, do, leaf=1)
             moved = jnp.any(w1 != w) & jnp.any(v1 != v) & jnp.any(h1 != head) & jnp.any(s1 != stack)
             w_b, wm_b = sgd_undo_weights(w1, v1, a, g.dtype)
             v_b, h_b = sgd_undo_state(v1, h1, g, n, om, s1, k, do)
-            v_c, h_c, *_ = sgd_undo_adjoint(v1, h1, dv, g, s1, dv, n, om, a, k, do)
+            v_c, h_c, *_, fp_c = sgd_undo_adjoint(v1, h1, dv, g, s1, dv, n, om, a, k, do, leaf=1)
             copies = [wm1 == from_fixed(w1).astype(g.dtype), wm_b == from_fixed(w).astype(g.dtype)]
-            same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head, *copies]
+            fp = fingerprint(g, 1)
+            same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head, *copies, fp1 == fp, fp_c == fp]
             failures.append(~(ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))
             flipped = g.at[3, 2].set(jnp.nextafter(g[3, 2], jnp.inf))
-            failures.append(fingerprint(g, 0) == fingerprint(flipped, 0))
-            failures.append(~_adam_round_trip(w, v, head, stack, g, k, do))
+            failures.append((fingerprint(g, 0) == fingerprint(flipped, 0)) | (fingerprint(g, 0) == fp))
+            failures.append(~_adam_round_trip(w, v, head, stack, g, k, do, fp))
         return jnp.stack(failures)
 
     failed = np.asarray(jax.jit(check)(problems))
@@ -374,18 +391,23 @@ def _self_check() -> None:
         raise AssertionError("failed: " + ", ".join(bad))
 
 
-def _adam_round_trip(w, m, head, stack, g, k, do):
+def _adam_round_trip(w, m, head, stack, g, k, do, fp):
     """AdamW's three kernels: a step moves the weights, the moments and the stack, and the undo of the
-    weights, then of the state, restores them and the heads bit for bit."""
+    weights, then of the state, restores them and the heads bit for bit; both steps' fingerprints are
+    ``fp``, leaf 1's."""
     n1, n2, nf = jnp.int64(15099494), jnp.int64(16760439), jnp.int64(16760000)  # 0.9, 0.999, 1 - 1e-5
     lr, c1, c2 = jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3)
     vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
     kw = {"eps": 1e-8, "decay": True}
-    out = adam_forward(w, m, vh, vl, head >> jnp.uint64(4), stack, g, n1, n2, nf, lr, c1, c2, k, do, **kw)
-    w1, m1, vh1, vl1, h1, s1, ok = out
+    h = head >> jnp.uint64(4)
+    w1, m1, vh1, vl1, h1, s1, ok, fp1 = adam_forward(
+        w, m, vh, vl, h, stack, g, n1, n2, nf, lr, c1, c2, k, do, **kw, leaf=1
+    )
     moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
     w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, nf, lr, c1, c2, **kw)
     d = g.astype(_F64)
-    back = adam_undo_adjoint(m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do, eps=1e-8)
-    same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == head >> jnp.uint64(4)]
+    back = adam_undo_adjoint(
+        m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do, eps=1e-8, leaf=1
+    )
+    same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == h, fp1 == fp, back[9] == fp]
     return ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

@@ -208,6 +208,20 @@ _as_i64 = _bitcast(False)  # the int64 with this float64's bits
 
 
 @intrinsic
+def _bits_u64(typingctx, x):
+    """A float32's or float64's bits, zero-extended to a uint64 (the fingerprint's reading of them)."""
+    if not isinstance(x, types.Float):
+        return None
+    width = x.bitwidth
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(width))
+        return bits if width == 64 else builder.zext(bits, ir.IntType(64))
+
+    return types.uint64(x), codegen
+
+
+@intrinsic
 def _llrint(typingctx, x):
     """LLVM's ``llrint``: the float64 rounded to an int64 in the current rounding mode, which is
     round-half-to-even as ``np.rint`` (neither Numba nor XLA's threads change it). With AVX-512DQ a
@@ -350,6 +364,36 @@ def _divmod_signed(x, n, inv):
     return q, r
 
 
+# `hypercore.reversible._fingerprint`: a leaf's term is ``LEAF_MUL * sum_e bits_e * (e ELEM_MUL +
+# 2 leaf + 1)`` over its elements ``e`` in C order, mod 2**64. The multiplier is odd and affine in the
+# index, so a chunk ``[a, b)`` of any kernel that reads the gradient adds its part from its first
+# multiplier (`_fingerprint_first`); uint64 arithmetic wraps, so the parts add up in any order to the
+# same bits.
+ELEM_MUL = np.uint64((0x9E3779B97F4A7C15 * 2) % 2**64)
+LEAF_MUL = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@njit(inline="always", cache=True)
+def _fingerprint_first(a, leaf):
+    """The multiplier of element ``a`` of leaf number ``leaf``."""
+    return np.uint64(a) * ELEM_MUL + np.uint64(2 * leaf + 1)
+
+
+@njit(inline="always", cache=True)
+def _fingerprint_term(x, first, i):
+    """Element ``i`` of a chunk's term, the chunk's first multiplier ``first``."""
+    return _bits_u64(x) * (first + np.uint64(i) * ELEM_MUL)
+
+
+@njit(cache=True)
+def _fingerprint_part(g, first):
+    """A chunk's part of the hash (before `LEAF_MUL`), its first element's multiplier ``first``."""
+    h = np.uint64(0)
+    for i in range(g.size):
+        h += _fingerprint_term(g[i], first, i)
+    return h
+
+
 @njit(cache=True)
 def _spill_loop(head, row, shift):
     """`hypercore._fixed._spill_one`: every head's low 32 bits into its stack word at ``shift``."""
@@ -360,12 +404,15 @@ def _spill_loop(head, row, shift):
 
 
 @njit(cache=True)
-def _forward_loop(w, v, head, g, n, om, alpha, wf):
+def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
     """The step on ``[a, b)``; ``wf`` gets the new weights in the model's dtype (``g``'s), the copy the
-    next step's gradient reads, so that XLA need not pass over the weights again to make it."""
+    next step's gradient reads, so that XLA need not pass over the weights again to make it. Returns
+    the range flag and the gradient's fingerprint part (`_fingerprint_part`, from ``first``)."""
     inv = 1.0 / np.float64(n)
     ok = True
+    h = np.uint64(0)
     for i in range(w.size):
+        h += _fingerprint_term(g[i], first, i)
         vi = v[i]
         r = np.uint64(vi & LOW16_S)
         q = vi >> SHIFT_S
@@ -380,7 +427,7 @@ def _forward_loop(w, v, head, g, n, om, alpha, wf):
         w[i] = wi
         wf[i] = _from_fixed(wi)
         ok = ok & ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
-    return ok
+    return ok, h
 
 
 @njit(inline="always", cache=True)
@@ -398,7 +445,8 @@ def _stack_row(frame_args, index, n, word):
 
 @njit(cache=True)
 def _sgd_forward_prepare(args, rets, n):
-    # args: w, v, head, stack, g, n, om, alpha, word, shift, do; rets: w, v, head, stack, w_model, ok
+    # args: w, v, head, stack, g, n, om, alpha, word, shift, do, leaf
+    # rets: w, v, head, stack, w_model, ok, fingerprint
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], _size(args[3]), np.uint64)
@@ -406,15 +454,15 @@ def _sgd_forward_prepare(args, rets, n):
 
 @njit(cache=True)
 def _sgd_forward_body(table, n, a, b, part, gdtype):
-    w = _elems(table, 11, n, np.int64)[a:b]
-    v = _elems(table, 12, n, np.int64)[a:b]
-    head = _elems(table, 13, n, np.uint64)[a:b]
+    w = _elems(table, 12, n, np.int64)[a:b]
+    v = _elems(table, 13, n, np.int64)[a:b]
+    head = _elems(table, 14, n, np.uint64)[a:b]
     if _value(table, 10, np.bool_):
         _spill_loop(
-            head, _table_row(table, 14, n, _value(table, 8, np.int64))[a:b], _value(table, 9, np.uint64)
+            head, _table_row(table, 15, n, _value(table, 8, np.int64))[a:b], _value(table, 9, np.uint64)
         )
     g = _elems(table, 4, n, gdtype)[a:b]
-    ok = _forward_loop(
+    ok, h = _forward_loop(
         w,
         v,
         head,
@@ -422,9 +470,11 @@ def _sgd_forward_body(table, n, a, b, part, gdtype):
         _value(table, 5, np.int64),
         _value(table, 6, np.float64),
         _value(table, 7, np.float64),
-        _elems(table, 15, n, gdtype)[a:b],
+        _elems(table, 16, n, gdtype)[a:b],
+        _fingerprint_first(a, _value(table, 11, np.int64)),
     )
     part[0] = 1.0 if ok else 0.0
+    part[1] = _as_f64(h)
 
 
 @njit(cache=True)
@@ -501,14 +551,16 @@ def _sgd_undo_state_body(table, n, a, b, part, gdtype):
 # `hypercore._fused`'s check compare them). The sums are fixed by the compiled code, the same bits
 # on every run.
 @njit(cache=True, fastmath={"reassoc"})
-def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do):
+def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, first):
     nu = np.uint64(n)
     inv = 1.0 / np.float64(n)
     nd = np.float64(n) * INV_D
     mask = LOW32_U << shift
     dalpha = 0.0
     dgamma = 0.0
+    h = np.uint64(0)
     for i in range(v.size):
+        h += _fingerprint_term(g[i], first, i)
         v_next = v[i]
         dalpha += dw[i] * _from_fixed(v_next)
         vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
@@ -517,12 +569,13 @@ def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do):
         dgamma += d * (_from_fixed(vi) + np.float64(g[i]))
         ct[i] = om * d
         dv[i] = d * nd
-    return dalpha, dgamma
+    return dalpha, dgamma, h
 
 
 @njit(cache=True)
 def _sgd_undo_adjoint_prepare(args, rets, n):
-    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do; rets: v, head, dv, ct, dalpha, dgamma
+    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do, leaf
+    # rets: v, head, dv, ct, dalpha, dgamma, fingerprint
     _aliased(rets[0], args[0], n, np.int64)
     _aliased(rets[1], args[1], n, np.uint64)
     _aliased(rets[2], args[2], n, np.float64)
@@ -530,58 +583,30 @@ def _sgd_undo_adjoint_prepare(args, rets, n):
 
 @njit(cache=True)
 def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
-    part[0], part[1] = _undo_adjoint_loop(
-        _elems(table, 12, n, np.int64)[a:b],
-        _elems(table, 13, n, np.uint64)[a:b],
+    part[0], part[1], h = _undo_adjoint_loop(
+        _elems(table, 13, n, np.int64)[a:b],
+        _elems(table, 14, n, np.uint64)[a:b],
         _elems(table, 3, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 9, np.int64))[a:b],
         _elems(table, 5, n, np.float64)[a:b],
-        _elems(table, 14, n, np.float64)[a:b],
-        _elems(table, 15, n, gdtype)[a:b],
+        _elems(table, 15, n, np.float64)[a:b],
+        _elems(table, 16, n, gdtype)[a:b],
         _value(table, 6, np.int64),
         _value(table, 7, np.float64),
         _value(table, 8, np.float64),
         _value(table, 10, np.uint64),
         _value(table, 11, np.bool_),
+        _fingerprint_first(a, _value(table, 12, np.int64)),
     )
-
-
-# `hypercore.reversible._fingerprint` of one leaf seen as a (rows, cols) matrix: uint64 arithmetic
-# wraps, so any order of the sums gives its bits, and the chunks of a large leaf
-# (`hypercore._fused_launch`) add their parts in any order.
-ROW_MUL = np.uint64((0xD6E8FEB86659FD93 * 2) % 2**64)
-COL_MUL = np.uint64((0x9E3779B97F4A7C15 * 2) % 2**64)
-LEAF_MUL = np.uint64(0xBF58476D1CE4E5B9)
+    part[2] = _as_f64(h)
 
 
 @njit(cache=True)
-def _fingerprint_part(bits, a, b, cols, leaf):
-    """The terms of elements ``a`` to ``b`` (flat, C order) of the hash, before its final multiplier
-    `LEAF_MUL`: a chunk may start and end inside a row."""
-    total = np.uint64(0)
-    if b <= a:
-        return total  # (an empty leaf has no columns to divide by)
-    first = np.uint64(2 * leaf + 1)
-    i = a // cols
-    e = a
-    while e < b:
-        end = min((i + 1) * cols, b)
-        j0 = np.uint64(e - i * cols)
-        seg = bits[e:end]  # indexed from 0: see `_undo_adjoint_loop` in _fused_kernels_adam
-        acc = np.uint64(0)
-        for k in range(seg.size):
-            acc += np.uint64(seg[k]) * ((j0 + np.uint64(k)) * COL_MUL + np.uint64(1))
-        total += acc * (np.uint64(i) * ROW_MUL + first)
-        e = end
-        i += 1
-    return total
-
-
-@njit(cache=True)
-def _fingerprint_body(table, n, a, b, part, udtype):
-    # args: g, leaf, cols; rets: hash. The chunk's uint64 part travels in a float64 word, bit for bit.
-    bits = _elems(table, 0, n, udtype)
-    part[0] = _as_f64(_fingerprint_part(bits, a, b, _value(table, 2, np.int64), _value(table, 1, np.int64)))
+def _fingerprint_body(table, n, a, b, part, dtype):
+    # args: g, leaf; rets: hash. The chunk's uint64 part travels in a float64 word, bit for bit.
+    part[0] = _as_f64(
+        _fingerprint_part(_elems(table, 0, n, dtype)[a:b], _fingerprint_first(a, _value(table, 1, np.int64)))
+    )
 
 
 _HANDLER = types.voidptr(types.voidptr)  # every handler's C type (`hypercore._fused_launch`'s)

@@ -17,14 +17,18 @@ from numba import njit
 
 from hypercore import _fixed, adam
 from hypercore._fused_kernels import (
+    ELEM_MUL,
     INV_SCALE,
     LIMIT,
     MAGIC_F,
     MAGIC_I,
     _aliased,
+    _as_f64,
     _as_i64,
     _elems,
     _f2i,
+    _fingerprint_first,
+    _fingerprint_term,
     _from_fixed,
     _i2f,
     _rint_i64,
@@ -165,12 +169,14 @@ def _direction(m, vh, vl, c1, rc2, eps):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay):
+def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay, first):
     inv1, inv2, invf, rc2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2), 1.0 / np.float64(nf), 1.0 / c2
     om1 = np.float64(DB - n1) * INV_DB
     om2 = np.float64(DB - n2) * INV_DB
     ok = True
+    fp = np.uint64(0)
     for i in range(m.size):
+        fp += _fingerprint_term(g[i], first, i)
         g64 = np.float64(g[i])
         dm, ok_m = _to_fixed(om1 * g64)
         dvh, dvl, ok_v = _to_fixed_v(om2 * (g64 * g64))
@@ -189,13 +195,13 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay):
         vl[i] = vlo
         head[i] = h
         ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < LIMB_LIMIT)
-    return ok
+    return ok, fp
 
 
 @njit(cache=True)
 def _adam_forward_prepare(args, rets, n):
-    # args: w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, eps, decay, word, shift, do
-    # rets: w, m, vh, vl, head, stack, ok
+    # args: w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, eps, decay, word, shift, do, leaf
+    # rets: w, m, vh, vl, head, stack, ok, fingerprint
     for i in range(4):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[4], args[4], n, np.uint64)
@@ -204,16 +210,16 @@ def _adam_forward_prepare(args, rets, n):
 
 @njit(cache=True, error_model="numpy")
 def _adam_forward_body(table, n, a, b, part, gdtype):
-    w = _elems(table, 18, n, np.int64)[a:b]
-    m = _elems(table, 19, n, np.int64)[a:b]
-    vh = _elems(table, 20, n, np.int64)[a:b]
-    vl = _elems(table, 21, n, np.int64)[a:b]
-    head = _elems(table, 22, n, np.uint64)[a:b]
+    w = _elems(table, 19, n, np.int64)[a:b]
+    m = _elems(table, 20, n, np.int64)[a:b]
+    vh = _elems(table, 21, n, np.int64)[a:b]
+    vl = _elems(table, 22, n, np.int64)[a:b]
+    head = _elems(table, 23, n, np.uint64)[a:b]
     if _value(table, 17, np.bool_):
         _spill_loop(
-            head, _table_row(table, 23, n, _value(table, 15, np.int64))[a:b], _value(table, 16, np.uint64)
+            head, _table_row(table, 24, n, _value(table, 15, np.int64))[a:b], _value(table, 16, np.uint64)
         )
-    ok = _forward_loop(
+    ok, fp = _forward_loop(
         w,
         m,
         vh,
@@ -228,8 +234,10 @@ def _adam_forward_body(table, n, a, b, part, gdtype):
         _value(table, 12, np.float64),
         _value(table, 13, np.float64),
         _value(table, 14, np.bool_),
+        _fingerprint_first(a, _value(table, 18, np.int64)),
     )
     part[0] = 1.0 if ok else 0.0
+    part[1] = _as_f64(fp)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,11 +357,13 @@ def _undo_state_block(m, vh, vl, head, g, row, n1, n2, inv1, inv2, om1, om2, mas
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2):
+def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2, first):
     """The terms that need ``m_t, v_t``: ``ct``, ``dm, dv`` scaled by the betas; the block's sums of
-    ``db1, db2``."""
+    ``db1, db2``, and its part of the gradient's fingerprint (from ``first``)."""
     s_b1, s_b2 = 0.0, 0.0
+    fp = np.uint64(0)
     for i in range(m.size):
+        fp += _fingerprint_term(g[i], first, i)
         g64 = np.float64(g[i])
         dmn = dm[i]
         dvn = dv[i]
@@ -362,13 +372,14 @@ def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2):
         ct[i] = -(om1 * dmn + om2 * 2.0 * g64 * dvn)
         dm[i] = dmn * nd1
         dv[i] = dvn * nd2
-    return s_b1, s_b2
+    return s_b1, s_b2, fp
 
 
 @njit(cache=True, error_model="numpy")
 def _undo_adjoint_loop(
-    m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, do
+    m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, do, first
 ):
+    """The chunk's undo and adjoint, in blocks; returns its part of the gradient's fingerprint."""
     inv1, inv2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2)
     om1 = np.float64(DB - n1) * INV_DB
     om2 = np.float64(DB - n2) * INV_DB
@@ -377,6 +388,7 @@ def _undo_adjoint_loop(
     nd1, nd2 = np.float64(n1) * INV_DB, np.float64(n2) * INV_DB
     mask = LOW32_U << shift
     sums[:] = 0.0
+    fp = np.uint64(0)
     for start in range(0, m.size, BLOCK):
         b = slice(start, min(start + BLOCK, m.size))  # the loops index views from 0: with offsets,
         # Numba's negative-index wraparound is a branch in every iteration, and they ran scalar
@@ -386,19 +398,34 @@ def _undo_adjoint_loop(
         _undo_state_block(
             m[b], vh[b], vl[b], head[b], g[b], row[b], n1, n2, inv1, inv2, om1, om2, mask, shift, do
         )
-        s_b1, s_b2 = _finish_block(m[b], vh[b], vl[b], g[b], dm[b], dv[b], ct[b], om1, om2, nd1, nd2)
+        s_b1, s_b2, fp_b = _finish_block(
+            m[b],
+            vh[b],
+            vl[b],
+            g[b],
+            dm[b],
+            dv[b],
+            ct[b],
+            om1,
+            om2,
+            nd1,
+            nd2,
+            first + np.uint64(start) * ELEM_MUL,
+        )
+        fp += fp_b
         sums[0] += s_lr
         sums[1] += s_b1
         sums[2] += s_b2
         sums[3] += s_c1
         sums[4] += s_c2
         sums[5] += s_f
+    return fp
 
 
 @njit(cache=True)
 def _adam_undo_adjoint_prepare(args, rets, n):
-    # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do
-    # rets: m, vh, vl, head, dw, dm, dv, ct, sums (6)
+    # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do, leaf
+    # rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], n, np.uint64)
@@ -408,18 +435,18 @@ def _adam_undo_adjoint_prepare(args, rets, n):
 
 @njit(cache=True, error_model="numpy")
 def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
-    _undo_adjoint_loop(
-        _elems(table, 20, n, np.int64)[a:b],
+    fp = _undo_adjoint_loop(
         _elems(table, 21, n, np.int64)[a:b],
         _elems(table, 22, n, np.int64)[a:b],
-        _elems(table, 23, n, np.uint64)[a:b],
+        _elems(table, 23, n, np.int64)[a:b],
+        _elems(table, 24, n, np.uint64)[a:b],
         _elems(table, 5, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 17, np.int64))[a:b],
-        _elems(table, 24, n, np.float64)[a:b],
         _elems(table, 25, n, np.float64)[a:b],
         _elems(table, 26, n, np.float64)[a:b],
+        _elems(table, 27, n, np.float64)[a:b],
         _elems(table, 9, n, np.int64)[a:b],
-        _elems(table, 27, n, gdtype)[a:b],
+        _elems(table, 28, n, gdtype)[a:b],
         part[:6],
         _value(table, 10, np.int64),
         _value(table, 11, np.int64),
@@ -430,4 +457,6 @@ def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
         _value(table, 16, np.float64),
         _value(table, 18, np.uint64),
         _value(table, 19, np.bool_),
+        _fingerprint_first(a, _value(table, 20, np.int64)),
     )
+    part[6] = _as_f64(fp)

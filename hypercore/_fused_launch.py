@@ -192,33 +192,34 @@ def _body(kind, table, n, a, b, part):
     elif kind == ADAM_UNDO_ADJOINT_F64:
         adam._adam_undo_adjoint_body(table, n, a, b, part, np.float64)
     elif kind == FINGERPRINT_F32:
-        sgd._fingerprint_body(table, n, a, b, part, np.uint32)
+        sgd._fingerprint_body(table, n, a, b, part, np.float32)
     else:
-        sgd._fingerprint_body(table, n, a, b, part, np.uint64)
+        sgd._fingerprint_body(table, n, a, b, part, np.float64)
 
 
 @njit(cache=True)
 def _finish(kind, table, nargs, chunks, parts):
     """Write what the chunks reduced: the range flag of a forward step (all chunks in range), the
-    adjoints' sums (added in chunk order), a fingerprint."""
+    adjoints' sums (added in chunk order), the gradient's fingerprint (a forward step's, an undo with
+    its adjoint's, or the fingerprint kernel's own)."""
     if kind <= SGD_FORWARD_F64 or kind == ADAM_FORWARD_F32 or kind == ADAM_FORWARD_F64:
         ok = True
         for c in range(chunks):
             ok = ok & (parts[c, 0] == 1.0)
         flag = nargs + (5 if kind <= SGD_FORWARD_F64 else 6)
         carray(_ptr(table[flag]), (1,), np.bool_)[0] = ok
+        _write_fingerprint(table[flag + 1], parts, chunks, 1)
     elif kind == SGD_UNDO_ADJOINT_F32 or kind == SGD_UNDO_ADJOINT_F64:
         for j in range(2):  # dalpha, dgamma: a result each
             carray(_ptr(table[nargs + 4 + j]), (1,), np.float64)[0] = _chunk_sum(parts, chunks, j)
+        _write_fingerprint(table[nargs + 6], parts, chunks, 2)
     elif kind == ADAM_UNDO_ADJOINT_F32 or kind == ADAM_UNDO_ADJOINT_F64:
         sums = carray(_ptr(table[nargs + 8]), (6,), np.float64)
         for j in range(6):
             sums[j] = _chunk_sum(parts, chunks, j)
-    elif kind >= FINGERPRINT_F32:  # its chunks' parts, added with uint64's wrap-around (any order)
-        total = np.uint64(0)
-        for c in range(chunks):
-            total += np.uint64(sgd._as_i64(parts[c, 0]))
-        carray(_ptr(table[nargs]), (1,), np.uint64)[0] = total * sgd.LEAF_MUL
+        _write_fingerprint(table[nargs + 9], parts, chunks, 6)
+    elif kind >= FINGERPRINT_F32:
+        _write_fingerprint(table[nargs], parts, chunks, 0)
 
 
 @njit(inline="always", cache=True)
@@ -229,13 +230,23 @@ def _chunk_sum(parts, chunks, j):
     return total
 
 
+@njit(inline="always", cache=True)
+def _write_fingerprint(address, parts, chunks, j):
+    """The leaf's fingerprint term at ``address``: the chunks' uint64 parts (word ``j``, its bits in a
+    float64), added with uint64's wrap-around (any order), times `LEAF_MUL`."""
+    total = np.uint64(0)
+    for c in range(chunks):
+        total += np.uint64(sgd._as_i64(parts[c, j]))
+    carray(_ptr(address), (1,), np.uint64)[0] = total * sgd.LEAF_MUL
+
+
 # ---------------------------------------------------------------------------------------------------
 # Chunks and launches
 
 MIN_CHUNK = 16384  # elements: below two of these an array runs as one chunk
 MAX_CHUNKS = 16
 PART_WORDS = 8  # a chunk's reductions
-MAX_TABLE = 32  # buffer pointers: a kernel's arguments and results (Adam's reverse half has 29)
+MAX_TABLE = 32  # buffer pointers: a kernel's arguments and results (Adam's reverse half has 31)
 # A launch record, in 8-byte words: the counters, the call, its table, then `parts` (chunks x PART_WORDS)
 REFS, NEXT, REMAINING, CHUNKS, SIZE, KIND, NARGS, API, FUTURE, TABLE = range(10)
 HEADER_WORDS = TABLE + MAX_TABLE

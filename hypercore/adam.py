@@ -508,6 +508,12 @@ class Adam:
         return [n for n, _ in self._numerators(hyper[5], decay_numerator)]
 
     def forward_step(self, w, state, buf, g, hyper):
+        return self.forward_step_fused(w, state, buf, g, hyper)[:5]
+
+    def forward_step_fused(self, w, state, buf, g, hyper):
+        """`forward_step`, then ``(None, fp)``: no copy of the weights in the model's dtypes (XLA's
+        conversion is cheaper than the kernels' would be, see `hypercore._fused.adam_forward`) and
+        ``g``'s fingerprint where the kernels took it in the step's pass (else ``None``)."""
         m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
         nfs = self._numerators(hyper[5], decay_numerator) if self.weight_decay else None
@@ -534,10 +540,16 @@ class Adam:
                 strict=True,
             )
             fused, xla = self._kernel(_fused.adam_forward, _adam_forward_leaf)
-            out = [_fused.on_cpu((*args, k, do), fused, xla) for args in leaves]
-            w, m, vh, vl, heads, stacks, oks = (list(x) for x in zip(*out, strict=True))
+            out = [
+                _fused.on_cpu(
+                    (*args, k, do), functools.partial(fused, leaf=leaf), functools.partial(xla, leaf=leaf)
+                )
+                for leaf, args in enumerate(leaves)
+            ]
+            w, m, vh, vl, heads, stacks, oks, fps = (list(x) for x in zip(*out, strict=True))
             bound = _head_bound(buf.bound, factors)
-            return w, (m, vh, vl), buf._replace(heads=heads, stacks=stacks, bound=bound), spilled, oks
+            buf = buf._replace(heads=heads, stacks=stacks, bound=bound)
+            return w, (m, vh, vl), buf, spilled, oks, None, reversible._sum_u64(fps)
         buf, spilled = _fixed.maybe_spill(buf, limit, by_bound=by_bound)
         heads = list(buf.heads)
         _, dm, dv = self._increments(g, om1, om2)
@@ -562,7 +574,7 @@ class Adam:
         ]
         state = (m_new, [x[0] for x in v_new], [x[1] for x in v_new])
         bound = _head_bound(buf.bound, factors) if by_bound else buf.bound
-        return w, state, buf._replace(heads=heads, bound=bound), spilled, checks
+        return w, state, buf._replace(heads=heads, bound=bound), spilled, checks, None, None
 
     def undo_weights(self, w, state, buf, hyper, spilled, stacks):
         """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping the heads);
@@ -639,10 +651,11 @@ class Adam:
     def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux):
         """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (three short loops
         per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds each
-        schedule's sum per array, which is all a schedule with one value per array needs."""
+        schedule's sum per array, which is all a schedule with one value per array needs. Last,
+        ``g``'s fingerprint, taken in the same pass (``None`` on XLA's path)."""
         if stacks is None or not self._fused(hyper, g):
             state, buf, s_aux = self.undo_state(state, buf, g, hyper, spilled, stacks)
-            return (state, buf, *self.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux))
+            return (state, buf, *self.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), None)
         lr, b1, b2, c1, c2 = hyper[:5]
         do, k = _fixed.unspill_slot(buf, spilled)
         leaves = zip(
@@ -661,13 +674,18 @@ class Adam:
             c2.per_leaf(),
             strict=True,
         )
-        fused = functools.partial(_fused.adam_undo_adjoint, eps=self.eps)
-        xla = functools.partial(_adam_undo_adjoint_leaf, eps=self.eps)
-        out = [_fused.on_cpu((*args, k, do), fused, xla) for args in leaves]
-        m, vh, vl, heads, dw, dm, dv, cts, sums = (list(x) for x in zip(*out, strict=True))
+        out = [
+            _fused.on_cpu(
+                (*args, k, do),
+                functools.partial(_fused.adam_undo_adjoint, eps=self.eps, leaf=leaf),
+                functools.partial(_adam_undo_adjoint_leaf, eps=self.eps, leaf=leaf),
+            )
+            for leaf, args in enumerate(leaves)
+        ]
+        m, vh, vl, heads, dw, dm, dv, cts, sums, fps = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
         dhyper = tuple([s[j] for s in sums] for j in range(6 if self.weight_decay else 5))
-        return (m, vh, vl), buf, dw, (dm, dv), cts, dhyper
+        return (m, vh, vl), buf, dw, (dm, dv), cts, dhyper, reversible._sum_u64(fps)
 
 
 def _undo_state_leaf(m, vh, vl, head, g, n1, n2, om1, om2):
@@ -710,7 +728,7 @@ def _leaf_terms(n1, n2):
     return inv1, inv2, om1, om2
 
 
-def _adam_forward_leaf(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay):
+def _adam_forward_leaf(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay, leaf):
     head, stack = _fixed.spill_leaf(head, stack, k, do)
     inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
     (_, dm, dv) = Adam._increments([g], [om1], [om2])
@@ -724,7 +742,7 @@ def _adam_forward_leaf(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, 
     if decay:
         w, head = mul_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
     ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v))
-    return w - d, m, v[0], v[1], head, stack, ok
+    return w - d, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf)
 
 
 def _adam_undo_weights_leaf(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
@@ -735,7 +753,9 @@ def _adam_undo_weights_leaf(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
     return w, head
 
 
-def _adam_undo_adjoint_leaf(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps):
+def _adam_undo_adjoint_leaf(
+    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps, leaf
+):
     inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
     parts = _direction(_fixed.from_fixed(m), from_fixed_v((vh, vl)), c1, c2, eps)
     m, vh, vl, head = _undo_state_leaf(m, vh, vl, head, g, (n1, inv1), (n2, inv2), om1, om2)
@@ -746,7 +766,8 @@ def _adam_undo_adjoint_leaf(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf
     )
     f = nf.astype(jnp.float64) / DB
     sums = jnp.stack([jnp.sum(x) for x in (*dhyper, dw * _fixed.from_fixed(w))])
-    return *state, head, f * dw, dm, dv, ct.astype(g.dtype), sums
+    fp = reversible._fingerprint_leaf(g, leaf)
+    return *state, head, f * dw, dm, dv, ct.astype(g.dtype), sums, fp
 
 
 ADAM = Adam()

@@ -62,16 +62,18 @@ something through the buffer: the smallest value over them, with ``buffer_slots`
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
 Optional members let an optimizer do more in one pass (`SGDM` has all of them and
-`hypercore.adam.Adam` the first, for `hypercore._fused`'s CPU kernels):
+`hypercore.adam.Adam` the first two, for `hypercore._fused`'s CPU kernels):
 ``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the backward pass
 then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
-``(state, buf, dw, dstate, ct, dhyper)``; ``checks_weights = True``, which says ``checks``
-already hold the new weights' range, so the engine does not test it again; and
-``forward_step_with_copy(w, state, buf, g, hyper)`` and ``undo_weights_with_copy(w, state, buf, hyper,
-record, stacks, dtypes)``, which return what ``forward_step`` and ``undo_weights`` do and, last, the
-new weights in the model's dtypes (``dtypes``, one per leaf; ``g``'s in the forward step), the copy
-the next gradient reads, made in the same pass over the weights (or ``None``: the engine converts
-them itself, as for an optimizer without these members).
+``(state, buf, dw, dstate, ct, dhyper, fp)``; ``forward_step_fused(w, state, buf, g, hyper)``, which
+returns what ``forward_step`` does and then ``(copy, fp)``; ``checks_weights = True``, which says
+``checks`` already hold the new weights' range, so the engine does not test it again; and
+``undo_weights_with_copy(w, state, buf, hyper, record, stacks, dtypes)``, which returns what
+``undo_weights`` does and, last, ``copy``. ``copy`` is the new weights in the model's dtypes
+(``dtypes``, one per leaf; ``g``'s in the forward step), the copy the next gradient reads, made in the
+same pass over the weights; ``fp`` is ``g``'s fingerprint (`_fingerprint`, the same bits), taken in
+the pass that reads ``g``. Either may be ``None``: the engine then converts the weights or hashes the
+gradient itself, as for an optimizer without these members.
 
 A second exact optimizer is a class with these members, registered under a name, and an entry
 point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
@@ -221,14 +223,17 @@ class _Layout:
 
 
 def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
-    """A uint64 hash of the exact bits of a gradient: ``sum_ij bits_ij * r_i * c_j mod 2**64``, with
-    each leaf seen as a matrix (its last axis the columns) and distinct odd multipliers ``r_i`` per
-    row and ``c_j`` per column, so any change of a single element changes it, and several changes
-    cancel only by a 2**-64 coincidence.
+    """A uint64 hash of the exact bits of a gradient: ``sum_l L sum_e bits_le * (e M + 2 l + 1) mod
+    2**64`` over the leaves ``l`` and their elements ``e`` in C order (`_fingerprint_leaf`), with
+    ``M`` even and ``L`` odd, so every element's multiplier is odd: any change of a single element
+    changes the hash, and several changes cancel only by a coincidence mod 2**64.
 
-    Multipliers per row and per column, not one per element: the per-element ones were a constant
-    as large as the weights that every step read from memory; these stay in cache. On a CPU, leaves
-    of a dtype `hypercore._fused` compiles are hashed by its kernel, in one pass (the same bits)."""
+    The multiplier is computed, not read (an array of them was once a constant as large as the
+    weights that every step read from memory), and affine in the element's index, so any contiguous
+    part of a leaf adds its share from its first index: the CPU kernels that read the gradient anyway
+    (a fused forward step, an undo with its adjoint) take it in their own pass and the optimizer hands
+    it to the engine (see the module's docstring). Elsewhere, on a CPU, leaves of a dtype
+    `hypercore._fused` compiles are hashed by its fingerprint kernel, in one pass (the same bits)."""
     total = jnp.zeros((), jnp.uint64)
     for leaf, g in enumerate(g_leaves):
         if g.dtype.name in _fused.FUSED_DTYPES and _fused.available():
@@ -243,17 +248,16 @@ def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
     return total
 
 
+_FP_ELEM_MUL = (0x9E3779B97F4A7C15 * 2) % 2**64  # `_fingerprint`'s M and L (`hypercore._fused_kernels`')
+_FP_LEAF_MUL = 0xBF58476D1CE4E5B9
+
+
 def _fingerprint_leaf(g: jax.Array, leaf: int) -> jax.Array:
-    g = jnp.reshape(g, (-1, g.shape[-1])) if g.ndim >= 2 else jnp.reshape(g, (1, -1))
+    """Leaf number ``leaf``'s term of `_fingerprint`."""
     uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(g, uint).astype(jnp.uint64)
-    rows, cols = g.shape
-    c = jnp.arange(cols, dtype=jnp.uint64) * jnp.uint64((0x9E3779B97F4A7C15 * 2) % 2**64) + jnp.uint64(1)
-    r = jnp.arange(rows, dtype=jnp.uint64) * jnp.uint64((0xD6E8FEB86659FD93 * 2) % 2**64) + jnp.uint64(
-        2 * leaf + 1
-    )
-    per_row = jnp.sum(bits * c, axis=1, dtype=jnp.uint64)
-    return jnp.sum(per_row * r, dtype=jnp.uint64) * jnp.uint64(0xBF58476D1CE4E5B9)
+    bits = jax.lax.bitcast_convert_type(jnp.reshape(g, (-1,)), uint).astype(jnp.uint64)
+    mul = jnp.arange(bits.size, dtype=jnp.uint64) * jnp.uint64(_FP_ELEM_MUL) + jnp.uint64(2 * leaf + 1)
+    return jnp.sum(bits * mul, dtype=jnp.uint64) * jnp.uint64(_FP_LEAF_MUL)
 
 
 class _Schedule:
@@ -433,22 +437,29 @@ class SGDM:
         )
 
     def forward_step(self, w, v, buf, g, hyper):
-        return self.forward_step_with_copy(w, v, buf, g, hyper)[:5]
+        return self.forward_step_fused(w, v, buf, g, hyper)[:5]
 
-    def forward_step_with_copy(self, w, v, buf, g, hyper):
-        """`forward_step`, and the new weights in ``g``'s dtypes where the kernels made them in the
-        step's own pass (``None`` on XLA's path, where converting them is a fusion of its own)."""
+    def forward_step_fused(self, w, v, buf, g, hyper):
+        """`forward_step`, then the new weights in ``g``'s dtypes and ``g``'s fingerprint where the
+        kernels made them in the step's own pass (``None, None`` on XLA's path, where converting the
+        weights is a fusion of its own)."""
         alpha, gamma = hyper
         ns, one_minus = self._decay_terms(gamma)
         alphas = alpha.per_leaf()
         if buf.bound is not None and self._fused(g, ns, one_minus, alphas):
             buf, spilled, do, k = _fixed.plan_mul_gamma(buf, ns)
             out = [
-                _fused.on_cpu((*args, k, do), _fused.sgd_forward, _sgd_forward_leaf)
-                for args in zip(w, v, buf.heads, buf.stacks, g, ns, one_minus, alphas, strict=True)
+                _fused.on_cpu(
+                    (*args, k, do),
+                    functools.partial(_fused.sgd_forward, leaf=leaf),
+                    functools.partial(_sgd_forward_leaf, leaf=leaf),
+                )
+                for leaf, args in enumerate(
+                    zip(w, v, buf.heads, buf.stacks, g, ns, one_minus, alphas, strict=True)
+                )
             ]
-            w, v, heads, stacks, copy, oks = (list(x) for x in zip(*out, strict=True))
-            return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks, copy
+            w, v, heads, stacks, copy, oks, fps = (list(x) for x in zip(*out, strict=True))
+            return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks, copy, _sum_u64(fps)
         v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
         dv, ok1 = zip(
             *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
@@ -461,7 +472,7 @@ class SGDM:
         )
         w = [wi + d for wi, d in zip(w, dw, strict=True)]
         checks = [*ok1, *ok2, *map(_fixed.in_range, v), *map(_fixed.in_range, w)]
-        return w, v, buf, spilled, checks, None
+        return w, v, buf, spilled, checks, None, None
 
     def undo_weights(self, w, v, buf, hyper, spilled, stacks):
         """Undo the weight update (no decay of ``w``: state and buffer pass through); ``w_aux`` is
@@ -523,27 +534,39 @@ class SGDM:
     def undo_and_adjoint(self, v, buf, g, hyper, spilled, stacks, dw, dv, v_next):
         """`undo_state` then `adjoint_step`, in one pass per weight array on a CPU: ``v_{t+1}`` is read
         before it is overwritten, so nothing keeps a copy of it. Returns ``(v, buf, dw, dv, ct,
-        dhyper)``; with one alpha and one gamma per array, ``dhyper`` holds their sums per array."""
+        dhyper, fp)``; with one alpha and one gamma per array, ``dhyper`` holds their sums per array;
+        ``fp`` is ``g``'s fingerprint from the same pass, or ``None`` (XLA's path)."""
         ns, one_minus = self._decay_terms(hyper[1])
         alphas = hyper[0].per_leaf()
         if stacks is None or not self._fused(g, ns, one_minus, alphas):
             v, buf, s_aux = self.undo_state(v, buf, g, hyper, spilled, stacks)
-            return (v, buf, *self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux))
+            return (v, buf, *self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux), None)
         do, k = _fixed.unspill_slot(buf, spilled)
         out = [
-            _fused.on_cpu((*args, k, do), _fused.sgd_undo_adjoint, _sgd_undo_adjoint_leaf)
-            for args in zip(v, buf.heads, dv, g, stacks, dw, ns, one_minus, alphas, strict=True)
+            _fused.on_cpu(
+                (*args, k, do),
+                functools.partial(_fused.sgd_undo_adjoint, leaf=leaf),
+                functools.partial(_sgd_undo_adjoint_leaf, leaf=leaf),
+            )
+            for leaf, args in enumerate(
+                zip(v, buf.heads, dv, g, stacks, dw, ns, one_minus, alphas, strict=True)
+            )
         ]
-        v, heads, dv, ct, dalpha, dgamma = (list(x) for x in zip(*out, strict=True))
+        v, heads, dv, ct, dalpha, dgamma, fps = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
-        return v, buf, dw, dv, ct, (dalpha, dgamma)
+        return v, buf, dw, dv, ct, (dalpha, dgamma), _sum_u64(fps)
 
 
 # One weight array's steps in XLA's operations, as `hypercore._fused`'s kernels compute them: the
 # default branch of `_fused.on_cpu` (so the code off a CPU) and what `_fused`'s check compares with.
 
 
-def _sgd_forward_leaf(w, v, head, stack, g, n, om, alpha, k, do):
+def _sum_u64(terms: list[jax.Array]) -> jax.Array:
+    """Fingerprint terms added mod 2**64 (`_fingerprint`)."""
+    return functools.reduce(jnp.add, terms, jnp.zeros((), jnp.uint64))
+
+
+def _sgd_forward_leaf(w, v, head, stack, g, n, om, alpha, k, do, *, leaf):
     head, stack = _fixed.spill_leaf(head, stack, k, do)
     v, head = _fixed.mul_gamma_leaf(v, n, head)
     dv, ok1 = _fixed.to_fixed(om * g.astype(jnp.float64))
@@ -551,7 +574,7 @@ def _sgd_forward_leaf(w, v, head, stack, g, n, om, alpha, k, do):
     dw, ok2 = _fixed.to_fixed(alpha * _fixed.from_fixed(v))
     w = w + dw
     ok = jnp.all(ok1 & ok2 & _fixed.in_range(v) & _fixed.in_range(w))
-    return w, v, head, stack, _fixed.from_fixed(w).astype(g.dtype), ok
+    return w, v, head, stack, _fixed.from_fixed(w).astype(g.dtype), ok, _fingerprint_leaf(g, leaf)
 
 
 def _sgd_undo_weights_leaf(w, v, alpha, dtype=jnp.float64):
@@ -565,13 +588,14 @@ def _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do):
     return v, _fixed.unspill_from(head, stack, k, do)
 
 
-def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, n, om, alpha, k, do):
+def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, n, om, alpha, k, do, *, leaf):
     dalpha = jnp.sum(dw * _fixed.from_fixed(v))
     v, head = _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do)
     dv = dv + alpha * dw
     dgamma = jnp.sum(dv * (_fixed.from_fixed(v) + g.astype(jnp.float64)))
     ct = (om * dv).astype(g.dtype)
-    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma
+    fp = _fingerprint_leaf(g, leaf)
+    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma, fp
 
 
 OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}
@@ -639,15 +663,15 @@ def _model_copy(w: list[jax.Array], dtypes) -> list[jax.Array]:
 
 
 def _forward_step(opt: TrainingOptimizer, w, state, buf, g, hyper, dtypes):
-    """``forward_step``, and the new weights in the model's ``dtypes``: the optimizer's own copy where
-    it makes one in the step's pass (``forward_step_with_copy``), else converted here."""
-    with_copy = getattr(opt, "forward_step_with_copy", None)
-    if with_copy is None:
+    """``forward_step``, the new weights in the model's ``dtypes`` and ``g``'s fingerprint: the
+    optimizer's own where it makes them in the step's pass (``forward_step_fused``), else here."""
+    fused = getattr(opt, "forward_step_fused", None)
+    if fused is None:
         w, state, buf, record, checks = opt.forward_step(w, state, buf, g, hyper)
-        copy = None
+        copy = fp = None
     else:
-        w, state, buf, record, checks, copy = with_copy(w, state, buf, g, hyper)
-    return w, state, buf, record, checks, _or_converted(copy, w, dtypes)
+        w, state, buf, record, checks, copy, fp = fused(w, state, buf, g, hyper)
+    return w, state, buf, record, checks, _or_converted(copy, w, dtypes), _or_hashed(fp, g)
 
 
 def _undo_weights(opt: TrainingOptimizer, w, state, buf, hyper, record, stacks, dtypes):
@@ -666,15 +690,21 @@ def _or_converted(copy: list[jax.Array] | None, w: list[jax.Array], dtypes) -> l
     return _model_copy(w, dtypes) if copy is None else copy
 
 
+def _or_hashed(fp: jax.Array | None, g: list[jax.Array]) -> jax.Array:
+    """The optimizer's fingerprint of ``g``, or `_fingerprint`'s pass of its own."""
+    return _fingerprint(g) if fp is None else fp
+
+
 def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
     """``undo_state`` then ``adjoint_step``, or the optimizer's ``undo_and_adjoint`` where it has one
     (the two in one call per weight array: `SGDM`, `hypercore.adam.Adam`). Returns ``(state, buf, dw,
-    dstate, ct, dhyper)``."""
+    dstate, ct, dhyper, fp)``, ``fp`` ``g``'s fingerprint (the optimizer's, or taken here)."""
     both = getattr(opt, "undo_and_adjoint", None)
     if both is not None:
-        return both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)
+        *out, fp = both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)
+        return (*out, _or_hashed(fp, g))
     state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
-    return (state, buf, *opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux))
+    return (state, buf, *opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), _fingerprint(g))
 
 
 class _Engine(NamedTuple):
@@ -719,11 +749,11 @@ def _make_engine(
             w, w_model, state, buf, diverged = carry
             t, leaves_t = xs
             g = grad_w(layout.to_model(w_model), meta, consts, t)
-            w, state, buf, record, checks, w_model = _forward_step(
+            w, state, buf, record, checks, w_model, fp = _forward_step(
                 opt, w, state, buf, g, hypers(leaves_t), layout.dtypes
             )
             ok = _all([*checks, *([] if getattr(opt, "checks_weights", False) else map(_fixed.in_range, w))])
-            return (w, w_model, state, buf, diverged | ~ok), (_fingerprint(g), record)
+            return (w, w_model, state, buf, diverged | ~ok), (fp, record)
 
         xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules))
         init = (list(w), _model_copy(list(w), layout.dtypes), state, buf, ~_all(list(ok_w)))
@@ -734,8 +764,8 @@ def _make_engine(
         xs = (jnp.arange(T, dtype=jnp.int32), schedule_leaves(schedules), fwd.fingerprints, fwd.records)
         return jax.lax.scan(body, init, xs, reverse=True)
 
-    def first_mismatch(mismatch, g, fp, t):
-        return jnp.where((mismatch == _NO_STEP) & (_fingerprint(g) != fp), t, mismatch)
+    def first_mismatch(mismatch, fp_now, fp, t):
+        return jnp.where((mismatch == _NO_STEP) & (fp_now != fp), t, mismatch)
 
     def reverse(fwd: _Forward, meta_all, schedules):
         """Run the training backwards without derivatives; for `check_reversal`."""
@@ -750,7 +780,7 @@ def _make_engine(
             )
             g = grad_w(layout.to_model(w_model), meta, consts, t)
             state, buf, _ = opt.undo_state(state, buf, g, hyper, record, fwd.buf.stacks)
-            return (w, state, buf, first_mismatch(mismatch, g, fp, t)), None
+            return (w, state, buf, first_mismatch(mismatch, _fingerprint(g), fp, t)), None
 
         init = (fwd.w, fwd.state, _carried(fwd.buf), jnp.asarray(_NO_STEP, jnp.int32))
         (w, state, buf, mismatch), _ = scan_backwards(step, init, fwd, schedules)
@@ -768,14 +798,14 @@ def _make_engine(
             )
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), layout.to_model(w_model), meta, consts)
-            state, buf, dw, dstate, ct, dhyper = _undo_and_adjoint(
+            state, buf, dw, dstate, ct, dhyper, fp_now = _undo_and_adjoint(
                 opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux
             )
             dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
             hw, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
             dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]
             dmeta = jax.tree.map(lambda acc, h: acc - h.astype(acc.dtype), dmeta, (hmeta, hconsts))
-            return (w, state, buf, first_mismatch(mismatch, g, fp, t), dw, dstate, dmeta), dhyper
+            return (w, state, buf, first_mismatch(mismatch, fp_now, fp, t), dw, dstate, dmeta), dhyper
 
         init = (
             fwd.w,

@@ -35,10 +35,14 @@ def test_the_kernels_are_available_on_this_machine():
     assert _fused.available()
 
 
+LEAF = 3  # the leaf number the step kernels' fingerprints are taken for
+
+
 @functools.cache
 def _pair(name, dtype=None):
     """The fused kernel and its XLA formulation, each compiled once for SHAPE (and for the model's
-    ``dtype``, the undo of the weights)."""
+    ``dtype``, the undo of the weights; for leaf number `LEAF`, the steps that take the gradient's
+    fingerprint)."""
     fused = {
         "forward": _fused.sgd_forward,
         "undo_weights": _fused.sgd_undo_weights,
@@ -53,6 +57,8 @@ def _pair(name, dtype=None):
     }[name]
     if dtype is not None:
         fused, xla = functools.partial(fused, dtype=dtype), functools.partial(xla, dtype=dtype)
+    if name in ("forward", "undo_adjoint"):
+        fused, xla = functools.partial(fused, leaf=LEAF), functools.partial(xla, leaf=LEAF)
     return jax.jit(fused), jax.jit(xla)
 
 
@@ -112,9 +118,10 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
         fused(w, v, heads, stack, g, n, om, alpha, k, do),
         xla(w, v, heads, stack, g, n, om, alpha, k, do),
     )
-    for name, a, b in zip(("w", "v", "head", "stack", "w_model", "ok"), ours, theirs, strict=True):
+    for name, a, b in zip(("w", "v", "head", "stack", "w_model", "ok", "fp"), ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
-    w1, v1, h1, s1, w1_model, ok = ours
+    w1, v1, h1, s1, w1_model, ok, fp = ours
+    assert fp.dtype == jnp.uint64 and int(fp) == int(reversible._fingerprint_leaf(g, LEAF))
     assert w1_model.dtype == g.dtype
     np.testing.assert_array_equal(np.asarray(w1_model), np.asarray(_fixed.from_fixed(w1).astype(g.dtype)))
 
@@ -142,7 +149,8 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
     theirs = xla(v1, h1, dv, g, s1, dw, n, om, alpha, k, do)
     np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(v_xla))
     np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(h_xla))
-    for name, a, b in zip(("dv", "ct", "dalpha", "dgamma"), ours[2:], theirs[2:], strict=True):
+    assert int(ours[6]) == int(theirs[6]) == int(fp), "undo_adjoint: the gradient's fingerprint"
+    for name, a, b in zip(("dv", "ct", "dalpha", "dgamma"), ours[2:6], theirs[2:6], strict=True):
         np.testing.assert_allclose(
             np.asarray(a), np.asarray(b), rtol=1e-6 if name == "ct" else 1e-12, err_msg=name
         )
@@ -225,11 +233,12 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
         "revtune_sgd_undo_weights_float32",
         "revtune_sgd_undo_adjoint_float32",
     }
-    assert "revtune_fingerprint_float32" in on
     if kind == "per_weight":  # one value per weight: the XLA formulation, which broadcasts
         assert not steps & on
+        assert "revtune_fingerprint_float32" in on  # the gradient's hash in a pass of its own
     else:
         assert steps <= on
+        assert "revtune_fingerprint_float32" not in on  # taken by the steps, in their own passes
 
 
 def test_the_environment_turns_the_kernels_off(monkeypatch):
@@ -320,11 +329,11 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
         out = []
         for (w, v, head, stack), g, dv in zip(leaves, gs, dvs, strict=True):
             stack = _empty_slot(stack, 1)
-            w1, v1, h1, s1, copy1, ok = impl["forward"](w, v, head, stack, g, n, om, a, k, do)
+            w1, v1, h1, s1, copy1, ok, fp1 = impl["forward"](w, v, head, stack, g, n, om, a, k, do, leaf=2)
             w0, copy0 = impl["undo_weights"](w1, v1, a, g.dtype)
             v0, h0 = impl["undo_state"](v1, h1, g, n, om, s1, k, do)
-            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, n, om, a, k, do)
-            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0), adj[2:]))
+            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, n, om, a, k, do, leaf=2)
+            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0, fp1, adj[6]), adj[2:6]))
         return out
 
     fused = {
@@ -342,13 +351,15 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
         _fused_launch.thread_limit.value = 0
     for a_, b_ in zip(jax.tree.leaves(ours), jax.tree.leaves(alone), strict=True):  # sums included
         np.testing.assert_array_equal(np.asarray(a_), np.asarray(b_))
-    for (w, v, head, _), (ints, floats), (ints_x, floats_x) in zip(leaves, ours, theirs, strict=True):
+    for (w, v, head, _), g, (ints, floats), (ints_x, floats_x) in zip(leaves, gs, ours, theirs, strict=True):
         for a_, b_ in zip(ints, ints_x, strict=True):
             np.testing.assert_array_equal(np.asarray(a_), np.asarray(b_))
         assert bool(ints[4]), "the step should stay in range"
         for restored, original in zip(ints[5:10], (w, v, head, v, head), strict=True):
             np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
-        for copy, fixed in zip(ints[10:], (ints[0], w), strict=True):  # the weights in g's dtype
+        want = int(reversible._fingerprint_leaf(g, 2))  # the chunks' parts of the gradient's hash, added
+        assert int(ints[12]) == int(ints[13]) == want
+        for copy, fixed in zip(ints[10:12], (ints[0], w), strict=True):  # the weights in g's dtype
             assert copy.dtype == dtype
             converted = _fixed.from_fixed(fixed).astype(dtype)
             np.testing.assert_array_equal(np.asarray(copy), np.asarray(converted))

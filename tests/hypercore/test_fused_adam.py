@@ -19,16 +19,21 @@ from test_adam import decays, rel_err, schedules  # the tiny net's Adam schedule
 from test_fused import _empty_slot, _paths
 from test_reversible import make_problem
 
-from hypercore import _fused, adam
+from hypercore import _fused, adam, reversible
 from hypercore.adam import check_reversal_adam, forward_state_adam, reversible_adam
 
 SHAPE = (4, 7)
 N = SHAPE[0] * SHAPE[1]
+LEAF = 5
 
 
 @functools.cache
 def _pair(name, decay):
+    """The fused kernel and its XLA formulation, compiled; the steps that read the gradient take its
+    fingerprint for leaf number `LEAF`."""
     kw = {"eps": 1e-8} if name == "undo_adjoint" else {"eps": 1e-8, "decay": decay}
+    if name != "undo_weights":
+        kw["leaf"] = LEAF
     fused = {
         "forward": _fused.adam_forward,
         "undo_weights": _fused.adam_undo_weights,
@@ -85,9 +90,10 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     fused, xla = _pair("forward", decay)
     args = (w, m, vh, vl, heads, stack, g, n1, n2, nf, lr, c1, c2, k, do)
     ours, theirs = fused(*args), xla(*args)
-    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok"), ours, theirs, strict=True):
+    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok", "fp"), ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
-    w1, m1, vh1, vl1, h1, s1, ok = ours
+    w1, m1, vh1, vl1, h1, s1, ok, fp = ours
+    assert fp.dtype == jnp.uint64 and int(fp) == int(reversible._fingerprint_leaf(g, LEAF))
 
     fused, xla = _pair("undo_weights", decay)
     args = (w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
@@ -100,10 +106,11 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     dw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(3))
     args = (m1, vh1, vl1, h0, s1, g, dw, dm, dv, w0, n1, n2, nf, lr, c1, c2, k, do)
     ours, theirs = fused(*args), xla(*args)
-    names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums")
+    names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums", "fp")
+    assert int(ours[9]) == int(fp), "undo_adjoint: the gradient's fingerprint"
     for name, a, b in zip(names, ours, theirs, strict=True):
         a, b = np.asarray(a), np.asarray(b)
-        if name in ("m", "vh", "vl", "head"):  # the integers bit for bit
+        if name in ("m", "vh", "vl", "head", "fp"):  # the integers bit for bit
             np.testing.assert_array_equal(a, b, err_msg=f"undo_adjoint: {name}")
         else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few apart
             assert a.dtype == b.dtype, name
@@ -199,24 +206,26 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
         out = []
         for w, m, vh, vl, head, stack, g in leaves:
             step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do)
-            w1, m1, vh1, vl1, h1, s1, ok = step
+            w1, m1, vh1, vl1, h1, s1, ok, _ = step
             w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
             d = g.astype(jnp.float64)
             back = impl["undo_adjoint"](m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do)
-            out.append(((*step, w0, *back[:4]), back[4:]))
+            out.append(((*step, w0, *back[:4], back[9]), back[4:9]))
         return out
 
     names = ("forward", "undo_weights", "undo_adjoint")
     ours = jax.jit(lambda x: round_trip({n: _pair(n, decay)[0] for n in names}, x))(leaves)
     theirs = jax.jit(lambda x: round_trip({n: _pair(n, decay)[1] for n in names}, x))(leaves)
-    for (w, m, vh, vl, head, _, _), (ints, floats), (ints_x, floats_x) in zip(
+    for (w, m, vh, vl, head, _, g), (ints, floats), (ints_x, floats_x) in zip(
         leaves, ours, theirs, strict=True
     ):
         for a, b in zip(ints, ints_x, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert bool(ints[6]), "the step should stay in range"
-        for restored, original in zip(ints[7:], (w, m, vh, vl, head), strict=True):
+        for restored, original in zip(ints[8:13], (w, m, vh, vl, head), strict=True):
             np.testing.assert_array_equal(np.asarray(restored), np.asarray(original))
+        want = int(reversible._fingerprint_leaf(g, LEAF))  # chunks' and blocks' parts of the hash, added
+        assert int(ints[7]) == int(ints[13]) == want
         for a, b in zip(floats, floats_x, strict=True):
             scale = np.max(np.abs(np.asarray(b)))
             np.testing.assert_array_less(np.abs(np.asarray(a) - np.asarray(b)), 1e-12 * scale + 1e-300)
