@@ -33,9 +33,20 @@ under 10 s, else one run. A cell whose time, extrapolated linearly in T from the
 at a smaller T, would exceed --max-cell-s is not run. No cell is started after --time-budget-s.
 The reversible engine's own report (exact reversal, buffer slots used) comes from the timed run.
 
+Those timings run one engine after another, so a machine whose speed drifts (a neighbour's load, a
+CPU's clock) moves one engine's time and not another's: between two runs of the grid the same cell's
+ratio has moved by 20 %. ``--rounds R`` then times plain training, the reversible engine and
+``jax.checkpoint`` (where each was timed above) in turn, R times, each the fastest of --repeats runs
+(one run where the reversible engine's took 10 s or more), and reports each round's ratios,
+reversible over plain training and over ``jax.checkpoint``: their median and range are the figures to
+read the issue's targets from (``engine_ab.py`` compares commits the same way).
+
     .venv/bin/python benchmarks/engine_grid.py --max-cell-s 200 --time-budget-s 1200
     # writes docs/figures/engine_grid.json (+ .png); benchmarks/gpu_check.sh runs it on a GPU
     .venv/bin/python benchmarks/engine_grid.py --sizes 1e4 --steps 100 1000 --repeats 5
+    # the targets' reading: interleaved rounds, minibatches as a job draws them
+    .venv/bin/python benchmarks/engine_grid.py --sizes 1e4 1e5 1e6 --steps 100 1000 --rounds 3 \
+        --minibatches table --max-cell-s 60 --out docs/figures/engine_grid_rounds.json
     # the CNN cells alone, into their own file (docs/figures/engine_grid_cnn.json + .png):
     nice -n 19 .venv/bin/python benchmarks/engine_grid.py --models cnn --steps 100 1000 \
         --out docs/figures/engine_grid_cnn.json
@@ -207,6 +218,7 @@ def run_cell(size, T, args, per_step: dict, started: float) -> dict:
     limit = args.mem_limit_gb * 2**30
     fns = {name: meta_grad_fn(name, loss, valid, w0, T, capacity) for name in ENGINES}
     fns["plain"] = plain_training(loss, w0, T)
+    timed_fns = {}
     for name in ("plain", *ENGINES):
         if time.perf_counter() - started > args.time_budget_s:
             row[f"time_{name}"] = "not run: time budget spent"  # not compiled either: no memory figure
@@ -231,18 +243,58 @@ def run_cell(size, T, args, per_step: dict, started: float) -> dict:
         row[f"time_{name}"] = seconds
         row[f"repeats_{name}"] = repeats
         per_step[(size, name)] = seconds / T
+        timed_fns[name] = compiled
         if name == "reversible":
             rep = hypercore.ReversalReport.from_array(out[2])
             row["reversal_exact"] = rep.exact
             row["slots_used"] = rep.slots_used
             row["grad_finite"] = bool(np.all(np.isfinite(np.asarray(out[0]))))
         print(f"  {size} T={T} {name}: {mem / 2**20:.1f} MiB, {seconds:.3f} s", flush=True)
+    if args.rounds > 1 and {"plain", "reversible"} <= set(timed_fns):
+        repeats = args.repeats if row["time_reversible"] < 10 else 1
+        row.update(interleaved(timed_fns, (alphas, gammas, report), args.rounds, repeats))
     info_bits = n_params * T * math.log2(_fixed.D / int(_fixed.gamma_numerator(GAMMA)))
     row["buffer_info_bytes"] = info_bits / 8
     row["buffer_bytes_allocated"] = int(n_params * 8 * (1 + math.ceil(capacity / 2)))
     if "slots_used" in row:
         row["buffer_bytes_used"] = int(n_params * 8 * (1 + math.ceil(row["slots_used"] / 2)))
     return row
+
+
+ROUND_ENGINES = ("plain", "reversible", "checkpoint")
+
+
+def interleaved(compiled: dict, args: tuple, rounds: int, repeats: int) -> dict:
+    """Plain training, the reversible engine and ``jax.checkpoint`` (those in ``compiled``) timed in
+    turn, ``rounds`` times, each the fastest of ``repeats`` runs (the first run after another
+    engine's pays for that engine's memory and caches, which matters most to plain training's short
+    runs): each round's seconds, and its ratios of the reversible engine's time to the others'."""
+    names = [n for n in ROUND_ENGINES if n in compiled]
+    seconds = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(compiled[name](*args))
+                best = min(best, time.perf_counter() - t0)
+            seconds[name].append(best)
+    out = {f"rounds_time_{n}": ts for n, ts in seconds.items()}
+    for name in names:
+        if name != "reversible":
+            out[f"rounds_ratio_{name}"] = [
+                r / x for r, x in zip(seconds["reversible"], seconds[name], strict=True)
+            ]
+    return out
+
+
+def fmt_ratios(r, name) -> str:
+    """A cell's per-round ratios of the reversible engine's time to ``name``'s: median (lowest to
+    highest)."""
+    ratios = r.get(f"rounds_ratio_{name}")
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f} to {max(ratios):.2f})"
 
 
 def fmt_mem(r, name) -> str:
@@ -284,6 +336,15 @@ def print_table(rows, machine) -> None:
         cells.append(str(r.get("reversal_exact", "-")))
         print("| " + " | ".join(cells) + " |")
     print()
+    if any("rounds_ratio_plain" in r for r in rows):
+        print("| model | params | T | rounds | reversible / plain training | reversible / jax.checkpoint |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            if "rounds_ratio_plain" in r:
+                cells = [model_label(r), f"{r['n_params']:,}", str(r["T"]), str(len(r["rounds_ratio_plain"]))]
+                cells += [fmt_ratios(r, "plain"), fmt_ratios(r, "checkpoint")]
+                print("| " + " | ".join(cells) + " |")
+        print()
     print("| model | params | T | buffer slots used / allocated | buffer bytes used / info-theoretic |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -365,6 +426,13 @@ def main():
         " BENCHMARKS.md before minibatch_rng.py), or read it from a table drawn before training, as a"
         " tuning job does",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="then time plain training, the reversible engine and jax.checkpoint in turn, this many"
+        " rounds, and report each round's ratios (1: none)",
+    )
     parser.add_argument("--out", default="docs/figures/engine_grid.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -383,6 +451,7 @@ def main():
         "mem_limit_gb": args.mem_limit_gb,
         "max_cell_s": args.max_cell_s,
         "minibatches": args.minibatches,
+        "rounds": args.rounds,
         "total_s": time.perf_counter() - started,
     }
     print_table(rows, machine)
