@@ -16,6 +16,14 @@ operations of its fused computation) is read: its opcode, its element types, and
 that emitted it (the module's ``StackFrames`` table, e.g. ``to_fixed`` or ``_fingerprint``). The
 kernel goes to the first part whose rule matches any of its operations:
 
+0. a fused CPU kernel (a ``custom-call`` to a ``revtune_*`` target, `hypercore._fused`, which does the
+   integer work below in one pass per weight array on a CPU): ``fused kernels: step, undo with
+   adjoint`` (the forward step, and the reverse step's undo of the velocity with the adjoint, each
+   with the gradient's fingerprint since da4981a), ``fused kernels: undo of the weights``, or
+   ``gradient fingerprint`` for the hash kernel of its own. (Before this rule, which came after the
+   profiles in BENCHMARKS.md's "The engine on an AVX-512 CPU, Zen 4", they fell under rules 9 to 11.)
+   A kernel that runs in chunks on XLA's threads is timed by its call, which takes chunks itself until
+   none is left: roughly its own time, not its threads' sum;
 1. ``matrix products``: a ``dot``/``convolution``, or an XNNPACK/YNNPACK ``ynn_fusion`` that contains
    one (the layers' products of the gradient; in reverse, of its recomputation and of its VJP);
 2. ``minibatch (RNG, gather)``: a ``gather``, or an operation of the loss's ``jax.random`` calls
@@ -86,6 +94,8 @@ import hypercore  # noqa: E402
 from hypercore import _fixed  # noqa: E402
 
 PARTS = (
+    "fused kernels: step, undo with adjoint",
+    "fused kernels: undo of the weights",
     "matrix products",
     "minibatch (RNG, gather)",
     "gradient fingerprint",
@@ -137,7 +147,7 @@ class Instr:
     """One HLO instruction: opcode, element types (result and operands, once `Module` resolves
     them), the computations it calls, its ``op_name`` and Python stack frame, its fusion kind."""
 
-    __slots__ = ("name", "opcode", "types", "operands", "called", "op_name", "frame", "kind")
+    __slots__ = ("name", "opcode", "types", "operands", "called", "op_name", "frame", "kind", "target")
 
     def __init__(self, name: str, rest: str):
         self.name = name
@@ -168,6 +178,8 @@ class Instr:
         self.frame = int(mm.group(1)) if mm else 0
         mm = re.search(r'"kind":"(\w+)"', tail)
         self.kind = mm.group(1) if mm else ""
+        mm = re.search(r'custom_call_target="([^"]*)"', tail)
+        self.target = mm.group(1) if mm else ""
 
 
 class Module:
@@ -296,6 +308,13 @@ def classify(module: Module, name: str) -> str:
     def any_op(pred) -> bool:
         return any(pred(o) for o in ops)
 
+    targets = {o.target for o in ops if o.target.startswith("revtune_")}
+    if targets:  # a fused CPU kernel (`hypercore._fused`), by what it does
+        if any("fingerprint" in t for t in targets):
+            return "gradient fingerprint"
+        if any("undo_weights" in t for t in targets):
+            return "fused kernels: undo of the weights"
+        return "fused kernels: step, undo with adjoint"
     if opcodes & {"dot", "convolution"}:  # a dot, or a (ynn_)fusion around one
         return "matrix products"
     if (
