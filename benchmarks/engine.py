@@ -138,6 +138,38 @@ def timed(fn, args, repeats):
     return statistics.median(times)
 
 
+def interleaved(fns: dict, args, rounds: int, repeats: int, against: str = "reversible") -> dict:
+    """The functions ``fns`` (name -> compiled or jitted) timed in turn, ``rounds`` times, each the
+    fastest of ``repeats`` runs (the first run after another function's pays for its memory and
+    caches, which matters most to plain training's short runs): each round's seconds
+    (``rounds_time_<name>``), and each round's ratio of ``against``'s time to every other's
+    (``rounds_ratio_<name>``). Timed one after another instead, engines' ratios moved by 20 % between
+    runs on this project's machines: the rounds let a drift reach every function alike."""
+    seconds = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                best = min(best, time.perf_counter() - t0)
+            seconds[name].append(best)
+    out = {f"rounds_time_{n}": ts for n, ts in seconds.items()}
+    for name in fns:
+        if name != against:
+            out[f"rounds_ratio_{name}"] = [
+                a / x for a, x in zip(seconds[against], seconds[name], strict=True)
+            ]
+    return out
+
+
+def ratios_text(ratios: list[float] | None) -> str:
+    """Per-round ratios as ``median x (lowest to highest)``."""
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f} to {max(ratios):.2f})"
+
+
 def run(T: int, gamma: float, repeats: int, time_it: bool) -> dict:
     loss, valid, w0 = make_problem()
     n_params = sum(x.size for x in jax.tree.leaves(w0))

@@ -15,7 +15,8 @@ training-optimizer slot. On the paper's MNIST net (784-50-50-50-10 tanh, 44,860 
 * time: forward + backward through ``reversible_adam`` divided by plain float32 ``optax.adamw``
   training of the same T (jitted, medians of --repeats runs, measured side by side in this process),
   and against the same meta-gradient through per-step ``jax.checkpoint`` where its memory estimate is
-  below --mem-limit-gb.
+  below --mem-limit-gb. Those run one after another; ``--rounds R`` then times the three in turn, R
+  times (`engine.interleaved`), and prints each round's ratios: the figures to read the targets from.
 
 --cell picks the model: the paper's net (the default) or one of ``engine_grid.py``'s MLP cells at its
 batch of 50 (``1e4`` 784-12-10, ``1e5`` 784-128-10, ``1e6`` 784-1000-200-10).
@@ -29,6 +30,7 @@ step count, so its hyperparameters are traced too (with constant schedules its b
     .venv/bin/python benchmarks/engine_adam.py --steps 100 --repeats 5
     # engine_grid.py's MLP cells at batch 50 (timing per-step jax.checkpoint too, where it fits):
     .venv/bin/python benchmarks/engine_adam.py --cell 1e5 --out docs/figures/engine_adam_1e5.json
+    .venv/bin/python benchmarks/engine_adam.py --cell 1e5 --steps 100 --rounds 5   # ratios in rounds
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ import optax
 from engine import (
     BATCH,
     LAYERS,
+    interleaved,
     make_problem,
     memory_bytes,
+    ratios_text,
     timed,
 )  # the paper-net benchmark's net, data, helpers
 
@@ -181,7 +185,7 @@ def info_bound_bits(n_params, lrs, b1s, b2s, wds) -> float:
     return float(n_params * per_step.sum())
 
 
-def run(T, lr, b1, b2, wd, repeats, time_it, cell="paper", mem_limit_gb=4.0) -> dict:
+def run(T, lr, b1, b2, wd, repeats, time_it, cell="paper", mem_limit_gb=4.0, rounds=1) -> dict:
     layers, batch = CELLS[cell]
     loss, valid, w0 = make_problem(layers=layers, batch=batch)
     n_params = sum(x.size for x in jax.tree.leaves(w0))
@@ -239,6 +243,11 @@ def run(T, lr, b1, b2, wd, repeats, time_it, cell="paper", mem_limit_gb=4.0) -> 
         if row["mem_checkpoint"] <= mem_limit_gb * 2**30:  # per-step jax.checkpoint: T copies of the state
             row["time_checkpoint_s"] = timed(fns["checkpoint"], args, repeats)
             row["time_vs_checkpoint"] = t_rev / row["time_checkpoint_s"]
+        if rounds > 1:  # the same three in turn: the figures to read the targets from
+            turn = {"plain": train, "reversible": fns["reversible"]}
+            if "time_checkpoint_s" in row:
+                turn["checkpoint"] = fns["checkpoint"]
+            row.update(interleaved(turn, args, rounds, repeats))
     return row
 
 
@@ -273,6 +282,13 @@ def main():
         default=4.0,
         help="time per-step jax.checkpoint only below this estimate",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="then time plain training, the reversible engine and jax.checkpoint in turn, this many"
+        " rounds (each the fastest of --repeats runs), and report each round's ratios (1: none)",
+    )
     parser.add_argument("--out", default="benchmarks/out/engine_adam.json")
     args = parser.parse_args()
     steps = [*args.steps, 10000] if args.long and 10000 not in args.steps else args.steps
@@ -288,6 +304,7 @@ def main():
             not args.no_time,
             args.cell,
             args.mem_limit_gb,
+            args.rounds,
         )
         if T == 1000:
             row["targets_met"] = targets(row)
@@ -332,6 +349,12 @@ def main():
             print(
                 f"time at T = {r['T']}: equinox's checkpointed loop {r['time_equinox_s']:.3g} s "
                 f"({r['time_equinox_s'] / r['time_plain_s']:.2f}x plain training)"
+            )
+        if "rounds_ratio_plain" in r:
+            print(
+                f"time at T = {r['T']}, {len(r['rounds_ratio_plain'])} rounds in turn: reversible / plain "
+                f"{ratios_text(r['rounds_ratio_plain'])}, / jax.checkpoint "
+                f"{ratios_text(r.get('rounds_ratio_checkpoint'))}"
             )
         print(
             f"fidelity at T = {r['T']} (float64, against optax.adamw with the raw values): relative error "

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from engine import BATCH as N_VALID  # engine.make_problem validates on the first BATCH examples
-from engine import N_EXAMPLES, make_problem, minibatch_indices  # the paper-net benchmark's MLP and data
+from engine import N_EXAMPLES, interleaved, make_problem, minibatch_indices, ratios_text
 
 import hypercore
 from hypercore import _fixed
@@ -252,7 +252,8 @@ def run_cell(size, T, args, per_step: dict, started: float) -> dict:
         print(f"  {size} T={T} {name}: {mem / 2**20:.1f} MiB, {seconds:.3f} s", flush=True)
     if args.rounds > 1 and {"plain", "reversible"} <= set(timed_fns):
         repeats = args.repeats if row["time_reversible"] < 10 else 1
-        row.update(interleaved(timed_fns, (alphas, gammas, report), args.rounds, repeats))
+        fns = {name: timed_fns[name] for name in ROUND_ENGINES if name in timed_fns}
+        row.update(interleaved(fns, (alphas, gammas, report), args.rounds, repeats))
     info_bits = n_params * T * math.log2(_fixed.D / int(_fixed.gamma_numerator(GAMMA)))
     row["buffer_info_bytes"] = info_bits / 8
     row["buffer_bytes_allocated"] = int(n_params * 8 * (1 + math.ceil(capacity / 2)))
@@ -264,37 +265,9 @@ def run_cell(size, T, args, per_step: dict, started: float) -> dict:
 ROUND_ENGINES = ("plain", "reversible", "checkpoint")
 
 
-def interleaved(compiled: dict, args: tuple, rounds: int, repeats: int) -> dict:
-    """Plain training, the reversible engine and ``jax.checkpoint`` (those in ``compiled``) timed in
-    turn, ``rounds`` times, each the fastest of ``repeats`` runs (the first run after another
-    engine's pays for that engine's memory and caches, which matters most to plain training's short
-    runs): each round's seconds, and its ratios of the reversible engine's time to the others'."""
-    names = [n for n in ROUND_ENGINES if n in compiled]
-    seconds = {n: [] for n in names}
-    for _ in range(rounds):
-        for name in names:
-            best = math.inf
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled[name](*args))
-                best = min(best, time.perf_counter() - t0)
-            seconds[name].append(best)
-    out = {f"rounds_time_{n}": ts for n, ts in seconds.items()}
-    for name in names:
-        if name != "reversible":
-            out[f"rounds_ratio_{name}"] = [
-                r / x for r, x in zip(seconds["reversible"], seconds[name], strict=True)
-            ]
-    return out
-
-
 def fmt_ratios(r, name) -> str:
-    """A cell's per-round ratios of the reversible engine's time to ``name``'s: median (lowest to
-    highest)."""
-    ratios = r.get(f"rounds_ratio_{name}")
-    if not ratios:
-        return "-"
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f} to {max(ratios):.2f})"
+    """A cell's per-round ratios of the reversible engine's time to ``name``'s."""
+    return ratios_text(r.get(f"rounds_ratio_{name}"))
 
 
 def fmt_mem(r, name) -> str:
