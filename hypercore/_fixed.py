@@ -51,6 +51,12 @@ SCALE = float(2**FRAC_BITS)
 RANGE = float(2**14)
 HEAD_LIMIT = 2**HEAD_BITS
 
+# The gradient fingerprint's multipliers (`hypercore.reversible._fingerprint`): ``M``, even, so that
+# every element's ``e M + 2 leaf + 1`` is odd, and ``L``, odd. Here, one definition for the engine's
+# `jax.numpy` formulation and the CPU kernels, whose on-disk cache this file is part of the key of.
+FINGERPRINT_ELEM_MUL = (0x9E3779B97F4A7C15 * 2) % 2**64
+FINGERPRINT_LEAF_MUL = 0xBF58476D1CE4E5B9
+
 _U64 = jnp.uint64
 _I64 = jnp.int64
 

@@ -369,8 +369,8 @@ def _divmod_signed(x, n, inv):
 # index, so a chunk ``[a, b)`` of any kernel that reads the gradient adds its part from its first
 # multiplier (`_fingerprint_first`); uint64 arithmetic wraps, so the parts add up in any order to the
 # same bits.
-ELEM_MUL = np.uint64((0x9E3779B97F4A7C15 * 2) % 2**64)
-LEAF_MUL = np.uint64(0xBF58476D1CE4E5B9)
+ELEM_MUL = np.uint64(_fixed.FINGERPRINT_ELEM_MUL)
+LEAF_MUL = np.uint64(_fixed.FINGERPRINT_LEAF_MUL)
 
 
 @njit(inline="always", cache=True)

@@ -248,16 +248,13 @@ def _fingerprint(g_leaves: list[jax.Array]) -> jax.Array:
     return total
 
 
-_FP_ELEM_MUL = (0x9E3779B97F4A7C15 * 2) % 2**64  # `_fingerprint`'s M and L (`hypercore._fused_kernels`')
-_FP_LEAF_MUL = 0xBF58476D1CE4E5B9
-
-
 def _fingerprint_leaf(g: jax.Array, leaf: int) -> jax.Array:
     """Leaf number ``leaf``'s term of `_fingerprint`."""
     uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[g.dtype.itemsize]
     bits = jax.lax.bitcast_convert_type(jnp.reshape(g, (-1,)), uint).astype(jnp.uint64)
-    mul = jnp.arange(bits.size, dtype=jnp.uint64) * jnp.uint64(_FP_ELEM_MUL) + jnp.uint64(2 * leaf + 1)
-    return jnp.sum(bits * mul, dtype=jnp.uint64) * jnp.uint64(_FP_LEAF_MUL)
+    elem_mul = jnp.uint64(_fixed.FINGERPRINT_ELEM_MUL)
+    mul = jnp.arange(bits.size, dtype=jnp.uint64) * elem_mul + jnp.uint64(2 * leaf + 1)
+    return jnp.sum(bits * mul, dtype=jnp.uint64) * jnp.uint64(_fixed.FINGERPRINT_LEAF_MUL)
 
 
 class _Schedule:
