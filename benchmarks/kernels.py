@@ -82,6 +82,20 @@ def loops(sgd, adam, s: dict) -> dict:
     def first(loop):  # the gradient's fingerprint, where the loop takes it (since 2026-12-08)
         return (np.uint64(1),) if has(loop, "first") else ()
 
+    # AdamW's loops are called by their parameters' names, which have changed over the commits
+    # --base may name; these are the values of every name any of them had. ``rw = 2**24``, ``r1 =
+    # r2 = 2**24``: a step with no renormalisation (most steps, since the scaled state).
+    adamw = {
+        **{k: s[k] for k in ("w", "m", "vh", "vl", "head", "g", "row", "dw", "dm", "dv", "ct", "sums")},
+        **{"n1": n1, "n2": n2, "nf": nf, "lr": lr, "c1": c1, "c2": c2, "eps": eps, "decay": True},
+        **{"first": np.uint64(1), "shift": shift, "do": off},
+        **{"r1": np.int64(2**24), "r2": np.int64(2**24), "rw": np.int64(2**24)},
+        **{"s1": 0.9, "s2": 0.97, "sw": 0.999},
+    }
+
+    def by_name(loop):
+        return lambda: loop(*[adamw[p] for p in inspect.signature(loop.py_func).parameters])
+
     return {
         "sgd forward": lambda: sgd._forward_loop(
             w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop), *first(sgd._forward_loop)
@@ -91,34 +105,9 @@ def loops(sgd, adam, s: dict) -> dict:
         "sgd undo_adjoint": lambda: sgd._undo_adjoint_loop(
             v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, *first(sgd._undo_adjoint_loop)
         ),
-        "adamw forward": lambda: adam._forward_loop(
-            w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, True, *first(adam._forward_loop)
-        ),
-        "adamw undo_weights": lambda: adam._undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, True),
-        "adamw undo_adjoint": lambda: adam._undo_adjoint_loop(
-            m,
-            vh,
-            vl,
-            head,
-            g,
-            row,
-            dw,
-            dm,
-            dv,
-            w,
-            ct,
-            sums,
-            n1,
-            n2,
-            nf,
-            lr,
-            c1,
-            c2,
-            eps,
-            shift,
-            off,
-            *first(adam._undo_adjoint_loop),
-        ),
+        "adamw forward": by_name(adam._forward_loop),
+        "adamw undo_weights": by_name(adam._undo_weights_loop),
+        "adamw undo_adjoint": by_name(adam._undo_adjoint_loop),
     }
 
 

@@ -236,10 +236,14 @@ def fingerprint(g, leaf: int):
     )
 
 
-def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay, leaf):
-    """``(w, m, vh, vl, head, stack, ok, fp)`` after one forward step of Adam (AdamW if ``decay``) on
-    one weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``;
-    ``fp`` is `fingerprint` ``(g, leaf)``.
+def adam_forward(
+    w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, r1, s1, r2, s2, sw, k, do, *, eps, leaf
+):
+    """``(w, m, vh, vl, head, stack, ok, fp)`` after one forward step of Adam or AdamW on one weight
+    array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``; ``r1, s1,
+    r2, s2, rw, sw`` are the renormalisations and scales of ``m``, ``v`` and ``w`` at this step
+    (`hypercore.adam.renormalisations`; ``rw = 2**24``, ``sw = 1`` for Adam), ``fp`` is `fingerprint`
+    ``(g, leaf)``.
     (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: their loops are bound by
     arithmetic, not memory, and the conversion in them cost more than XLA's pass of its own.)"""
     word, shift = _slot(k)
@@ -258,19 +262,21 @@ def adam_forward(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *,
         head,
         stack,
         g,
-        *(_scalar(x, _S64) for x in (n1, n2, nf)),
+        *(_scalar(x, _S64) for x in (n1, n2, rw)),
         *(_scalar(x, _F64) for x in (lr, c1, c2, eps)),
-        _scalar(decay, jnp.bool_),
         word,
         shift,
         _scalar(do, jnp.bool_),
         _scalar(leaf, _S64),
+        *_moment_scalars(r1, s1, r2, s2),
+        _scalar(sw, _F64),
         aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
     )
 
 
-def adam_undo_weights(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
-    """``(w, head)``: ``w_t`` from ``w_{t+1}`` and the state (`hypercore.adam.Adam.undo_weights`)."""
+def adam_undo_weights(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps):
+    """``(w, head)``: ``w_t`` from ``w_{t+1}`` and the state (`hypercore.adam.Adam.undo_weights`), with
+    the scales and ``w``'s renormalisation of `adam_forward`."""
     return _call(
         "revtune_adam_undo_weights",
         (_like(w), _like(head)),
@@ -279,19 +285,20 @@ def adam_undo_weights(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
         vh,
         vl,
         head,
-        _scalar(nf, _S64),
-        *(_scalar(x, _F64) for x in (lr, c1, c2, eps)),
-        _scalar(decay, jnp.bool_),
+        _scalar(rw, _S64),
+        *(_scalar(x, _F64) for x in (lr, c1, c2, eps, s1, s2, sw)),
         aliases={0: 0, 4: 1},
     )
 
 
-def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps, leaf):
+def adam_undo_adjoint(
+    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
+):
     """`hypercore.adam.Adam.undo_and_adjoint` on one weight array: ``(m, vh, vl, head, dw, dm, dv, ct,
     sums, fp)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
     the adjoint, ``ct`` in ``g``'s dtype, ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
     the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w`` is ``w_t`` (fixed point), read for ``df``
-    only; ``nf`` is ``2**24`` for Adam."""
+    only; ``nf`` is ``2**24`` for Adam; ``r1, s1, r2, s2`` as in `adam_forward`."""
     word, shift = _slot(k)
     outs = (
         *(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)),
@@ -317,8 +324,13 @@ def adam_undo_adjoint(m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, 
         shift,
         _scalar(do, jnp.bool_),
         _scalar(leaf, _S64),
+        *_moment_scalars(r1, s1, r2, s2),
         aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6},
     )
+
+
+def _moment_scalars(r1, s1, r2, s2):
+    return _scalar(r1, _S64), _scalar(s1, _F64), _scalar(r2, _S64), _scalar(s2, _F64)
 
 
 def _slot(k):
@@ -395,20 +407,22 @@ def _self_check() -> None:
 def _adam_round_trip(w, m, head, stack, g, k, do, fp):
     """AdamW's three kernels: a step moves the weights, the moments and the stack, and the undo of the
     weights, then of the state, restores them and the heads bit for bit; both steps' fingerprints are
-    ``fp``, leaf 1's."""
+    ``fp``, leaf 1's. The moments and the weights are renormalised (``r1``, ``r2``, ``rw``), which
+    most steps are not."""
     n1, n2, nf = jnp.int64(15099494), jnp.int64(16760439), jnp.int64(16760000)  # 0.9, 0.999, 1 - 1e-5
     lr, c1, c2 = jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3)
+    moments = (jnp.int64(10066330), jnp.float64(0.55), jnp.int64(9000000), jnp.float64(0.7))
+    rw, sw = jnp.int64(8500000), jnp.float64(0.95)
     vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
-    kw = {"eps": 1e-8, "decay": True}
     h = head >> jnp.uint64(4)
     w1, m1, vh1, vl1, h1, s1, ok, fp1 = adam_forward(
-        w, m, vh, vl, h, stack, g, n1, n2, nf, lr, c1, c2, k, do, **kw, leaf=1
+        w, m, vh, vl, h, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do, eps=1e-8, leaf=1
     )
     moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
-    w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, nf, lr, c1, c2, **kw)
+    w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw, eps=1e-8)
     d = g.astype(_F64)
     back = adam_undo_adjoint(
-        m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do, eps=1e-8, leaf=1
+        m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, eps=1e-8, leaf=1
     )
     same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == h, fp1 == fp, back[9] == fp]
     return ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

@@ -67,10 +67,11 @@ M24_U = np.uint64(adam.DB - 1)
 # for the quotient ``Q = floor(x / n)``, so its nearest integer is ``Q - 1`` or ``Q``; added to
 # ``2**52 + 2**51`` (where the float64 spacing is 1) it is rounded to that integer, whose bits, less
 # those of the constant, are the int64 (`_f2i_small_bits`' trick). That replaces a floor (two
-# instructions on x86) and a conversion with an add and an integer subtraction. AdamW does eleven of
+# instructions on x86) and a conversion with an add and an integer subtraction. AdamW did eleven of
 # these divisions per weight and step (three forward, two in the undo of ``w``, six in that of ``m`` and
 # ``v``); with `_rint_i64`'s one-instruction rounding, the three loops ran 1.11 to 1.26 times as fast
-# (BENCHMARKS.md, on an Intel Xeon).
+# (BENCHMARKS.md, on an Intel Xeon). Since the state is stored scaled (`hypercore.adam`, "Scaled
+# state"), they run only at a step that halves ``m``, ``v`` or ``w``: none at most steps.
 DIVMOD_BIAS = 2.0**-8
 _DIVMOD_SHIFT = 0.5 + DIVMOD_BIAS
 
@@ -137,8 +138,8 @@ def _from_fixed_v(hi, lo):
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _from_fixed_scalar(i):
-    """`_from_fixed` by the hardware's conversion, which the float-only loops (`_adjoint_block`,
-    `_finish_block`) run faster with than with `hypercore._fused_kernels`' bit-built one on AVX2."""
+    """`_from_fixed` by the hardware's conversion, which the float-only loop (`_adjoint_block`) runs
+    faster with than with `hypercore._fused_kernels`' bit-built one on AVX2."""
     return np.float64(i) * INV_SCALE
 
 
@@ -155,13 +156,46 @@ def _add_v(ah, al, bh, bl):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _direction(m, vh, vl, c1, rc2, eps):
-    """`hypercore.adam._direction` from the fixed-point state: ``(mhat, vhat, den, u)``; ``rc2`` is
-    ``1.0 / c2``, as XLA computes it once."""
-    m_f = _from_fixed(m)
-    vhat = _from_fixed_v(vh, vl) * rc2
+def _direction(m, vh, vl, s1, c1, k2, eps):
+    """`hypercore.adam._direction` from the stored moments, ``m``'s scale ``s1`` and ``k2 = s2 *
+    (1.0 / c2)``, as XLA computes it once: ``(mhat, vhat, den, u)``."""
+    m_f = _from_fixed(m) * s1
+    vhat = _from_fixed_v(vh, vl) * k2
     den = np.sqrt(vhat) + eps
     return m_f / c1, vhat, den, m_f / (c1 * den)
+
+
+# The renormalisations of the stored moments and (AdamW) weights (`hypercore.adam.renormalisations`): an
+# exact multiplication by ``R / 2**24`` through the head before a step's update, ``m``'s, ``v``'s then
+# ``w``'s, and their undo after the reverse step's, in the reverse order. ``R = 2**24`` (none) is the
+# identity, skipped: most steps have none.
+
+
+@njit(cache=True, error_model="numpy")
+def _renorm_loop(w, m, vh, vl, head, r1, r2, rw):
+    """The renormalisations due at a forward step, in the head's order: ``m``'s, ``v``'s, ``w``'s."""
+    inv1, inv2, invw = 1.0 / np.float64(r1), 1.0 / np.float64(r2), 1.0 / np.float64(rw)
+    if r1 != DB:
+        for i in range(m.size):
+            m[i], head[i] = _mul_beta(m[i], r1, inv1, head[i])
+    if r2 != DB:
+        for i in range(m.size):
+            vh[i], vl[i], head[i] = _mul_beta_v(vh[i], vl[i], r2, inv2, head[i])
+    if rw != DB:
+        for i in range(m.size):
+            w[i], head[i] = _mul_beta(w[i], rw, invw, head[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _unrenorm_loop(m, vh, vl, head, r1, r2):
+    """The moments' renormalisations undone, ``v``'s then ``m``'s (``w``'s is `_undo_weights_loop`'s)."""
+    inv1, inv2 = 1.0 / np.float64(r1), 1.0 / np.float64(r2)
+    if r2 != DB:
+        for i in range(m.size):
+            vh[i], vl[i], head[i] = _div_beta_v(vh[i], vl[i], r2, inv2, head[i])
+    if r1 != DB:
+        for i in range(m.size):
+            m[i], head[i] = _div_beta(m[i], r1, inv1, head[i])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,39 +203,40 @@ def _direction(m, vh, vl, c1, rc2, eps):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_loop(w, m, vh, vl, head, g, n1, n2, nf, lr, c1, c2, eps, decay, first):
-    inv1, inv2, invf, rc2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2), 1.0 / np.float64(nf), 1.0 / c2
+def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1, r2, s2, rw, sw):
+    """The step on one chunk: the renormalisations where due, then the moments' updates (divided by
+    their scales ``s1``, ``s2`` after the step) and the weights' (by ``sw``). Returns the range flag
+    and the gradient's fingerprint part (from ``first``)."""
+    if r1 != DB or r2 != DB or rw != DB:
+        _renorm_loop(w, m, vh, vl, head, r1, r2, rw)
+    k2 = s2 * (1.0 / c2)
     om1 = np.float64(DB - n1) * INV_DB
     om2 = np.float64(DB - n2) * INV_DB
+    i1, i2 = om1 * (1.0 / s1), om2 * (1.0 / s2)  # `hypercore.adam.Adam._increments`' factors
+    kw = lr * (1.0 / sw)
     ok = True
     fp = np.uint64(0)
     for i in range(m.size):
         fp += _fingerprint_term(g[i], first, i)
         g64 = np.float64(g[i])
-        dm, ok_m = _to_fixed(om1 * g64)
-        dvh, dvl, ok_v = _to_fixed_v(om2 * (g64 * g64))
-        mi, h = _mul_beta(m[i], n1, inv1, head[i])
-        mi = mi + dm
-        vhi, vlo, h = _mul_beta_v(vh[i], vl[i], n2, inv2, h)
-        vhi, vlo = _add_v(vhi, vlo, dvh, dvl)
-        _, _, _, u = _direction(mi, vhi, vlo, c1, rc2, eps)
-        d, ok_d = _to_fixed(lr * u)
-        wi = w[i]
-        if decay:
-            wi, h = _mul_beta(wi, nf, invf, h)
-        w[i] = wi - d
+        dm, ok_m = _to_fixed(i1 * g64)
+        dvh, dvl, ok_v = _to_fixed_v(i2 * (g64 * g64))
+        mi = m[i] + dm
+        vhi, vlo = _add_v(vh[i], vl[i], dvh, dvl)
+        _, _, _, u = _direction(mi, vhi, vlo, s1, c1, k2, eps)
+        d, ok_d = _to_fixed(kw * u)
+        w[i] = w[i] - d
         m[i] = mi
         vh[i] = vhi
         vl[i] = vlo
-        head[i] = h
         ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < LIMB_LIMIT)
     return ok, fp
 
 
 @njit(cache=True)
 def _adam_forward_prepare(args, rets, n):
-    # args: w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, eps, decay, word, shift, do, leaf
-    # rets: w, m, vh, vl, head, stack, ok, fingerprint
+    # args: w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, eps, word, shift, do, leaf, r1, s1, r2,
+    # s2, sw; rets: w, m, vh, vl, head, stack, ok, fingerprint
     for i in range(4):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[4], args[4], n, np.uint64)
@@ -210,14 +245,14 @@ def _adam_forward_prepare(args, rets, n):
 
 @njit(cache=True, error_model="numpy")
 def _adam_forward_body(table, n, a, b, part, gdtype):
-    w = _elems(table, 19, n, np.int64)[a:b]
-    m = _elems(table, 20, n, np.int64)[a:b]
-    vh = _elems(table, 21, n, np.int64)[a:b]
-    vl = _elems(table, 22, n, np.int64)[a:b]
-    head = _elems(table, 23, n, np.uint64)[a:b]
-    if _value(table, 17, np.bool_):
+    w = _elems(table, 23, n, np.int64)[a:b]
+    m = _elems(table, 24, n, np.int64)[a:b]
+    vh = _elems(table, 25, n, np.int64)[a:b]
+    vl = _elems(table, 26, n, np.int64)[a:b]
+    head = _elems(table, 27, n, np.uint64)[a:b]
+    if _value(table, 16, np.bool_):
         _spill_loop(
-            head, _table_row(table, 24, n, _value(table, 15, np.int64))[a:b], _value(table, 16, np.uint64)
+            head, _table_row(table, 28, n, _value(table, 14, np.int64))[a:b], _value(table, 15, np.uint64)
         )
     ok, fp = _forward_loop(
         w,
@@ -228,13 +263,17 @@ def _adam_forward_body(table, n, a, b, part, gdtype):
         _elems(table, 6, n, gdtype)[a:b],
         _value(table, 7, np.int64),
         _value(table, 8, np.int64),
-        _value(table, 9, np.int64),
         _value(table, 10, np.float64),
         _value(table, 11, np.float64),
         _value(table, 12, np.float64),
         _value(table, 13, np.float64),
-        _value(table, 14, np.bool_),
-        _fingerprint_first(a, _value(table, 18, np.int64)),
+        _fingerprint_first(a, _value(table, 17, np.int64)),
+        _value(table, 18, np.int64),
+        _value(table, 19, np.float64),
+        _value(table, 20, np.int64),
+        _value(table, 21, np.float64),
+        _value(table, 9, np.int64),
+        _value(table, 22, np.float64),
     )
     part[0] = 1.0 if ok else 0.0
     part[1] = _as_f64(fp)
@@ -245,20 +284,23 @@ def _adam_forward_body(table, n, a, b, part, gdtype):
 
 
 @njit(cache=True, error_model="numpy")
-def _undo_weights_loop(w, m, vh, vl, head, nf, lr, c1, c2, eps, decay):
-    invf, rc2 = 1.0 / np.float64(nf), 1.0 / c2
+def _undo_weights_loop(w, m, vh, vl, head, rw, lr, c1, c2, eps, s1, s2, sw):
+    """``w_t`` from ``w_{t+1}``: the step's update added back, then (AdamW, where one was due) the
+    weights' renormalisation undone."""
+    k2, kw = s2 * (1.0 / c2), lr * (1.0 / sw)
     for i in range(w.size):
-        _, _, _, u = _direction(m[i], vh[i], vl[i], c1, rc2, eps)
-        d, _ = _to_fixed(lr * u)
-        wi = w[i] + d
-        if decay:
-            wi, head[i] = _div_beta(wi, nf, invf, head[i])
-        w[i] = wi
+        _, _, _, u = _direction(m[i], vh[i], vl[i], s1, c1, k2, eps)
+        d, _ = _to_fixed(kw * u)
+        w[i] = w[i] + d
+    if rw != DB:
+        invw = 1.0 / np.float64(rw)
+        for i in range(w.size):
+            w[i], head[i] = _div_beta(w[i], rw, invw, head[i])
 
 
 @njit(cache=True)
 def _adam_undo_weights_prepare(args, rets, n):
-    # args: w, m, vh, vl, head, nf, lr, c1, c2, eps, decay; rets: w, head
+    # args: w, m, vh, vl, head, rw, lr, c1, c2, eps, s1, s2, sw; rets: w, head
     _aliased(rets[0], args[0], n, np.int64)
     _aliased(rets[1], args[4], n, np.uint64)
 
@@ -266,28 +308,31 @@ def _adam_undo_weights_prepare(args, rets, n):
 @njit(cache=True, error_model="numpy")
 def _adam_undo_weights_body(table, n, a, b, part):
     _undo_weights_loop(
-        _elems(table, 11, n, np.int64)[a:b],
+        _elems(table, 13, n, np.int64)[a:b],
         _elems(table, 1, n, np.int64)[a:b],
         _elems(table, 2, n, np.int64)[a:b],
         _elems(table, 3, n, np.int64)[a:b],
-        _elems(table, 12, n, np.uint64)[a:b],
+        _elems(table, 14, n, np.uint64)[a:b],
         _value(table, 5, np.int64),
         _value(table, 6, np.float64),
         _value(table, 7, np.float64),
         _value(table, 8, np.float64),
         _value(table, 9, np.float64),
-        _value(table, 10, np.bool_),
+        _value(table, 10, np.float64),
+        _value(table, 11, np.float64),
+        _value(table, 12, np.float64),
     )
 
 
 # ---------------------------------------------------------------------------------------------------
-# The reverse step's second half, `Adam.undo_and_adjoint`: the adjoint of the step from ``m_{t+1}``,
-# ``v_{t+1}``, the undo of ``v``'s then ``m``'s update and the un-spill, then the terms that need
-# ``m_t`` and ``v_t``. One loop touching every array did not vectorise (about 14 arrays: too many for
-# LLVM's overlap checks), so each block of `BLOCK` weights goes through three short loops, which do.
-# The integer loop is `hypercore.adam`'s operations, bit for bit; the two float loops reassociate
-# (their sums vectorise, and scalar divisions become multiplications by the reciprocal), which moves
-# the adjoint's float64 values by an ulp or so and nothing else: no integer depends on them.
+# The reverse step's second half, `Adam.undo_and_adjoint`: the adjoint of the step, all from ``m_{t+1}``,
+# ``v_{t+1}`` and ``g_t`` (`hypercore.adam._adjoint_leaf`), then the undo of the moments' updates, of
+# their renormalisations where due, and of the spill. One loop touching every array did not vectorise
+# (about 14 arrays: too many for LLVM's overlap checks), so each block of `BLOCK` weights goes through
+# short loops, which do. The integer loops are `hypercore.adam`'s operations, bit for bit; the float
+# loop reassociates (its sums vectorise, and scalar divisions become multiplications by the
+# reciprocal), which moves the adjoint's float64 values by an ulp or so and nothing else: no integer
+# depends on them.
 
 BLOCK = 512
 M13, M25, M37 = (np.int64((1 << k) - 1) for k in (13, 25, 37))
@@ -310,14 +355,20 @@ def _div_beta_v(hi, lo, n, inv, head):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _adjoint_block(m, vh, vl, dw, dm, dv, w, lr, rc1, rc2, eps, f):
-    """The adjoint from ``m_{t+1}, v_{t+1}``: ``dm, dv`` become ``dm_next, dv_next`` (unscaled);
-    AdamW's ``dw`` becomes ``f dw``. Returns the block's sums of ``dlr, dc1, dc2, dfactor``."""
-    s_lr, s_c1, s_c2, s_f = 0.0, 0.0, 0.0, 0.0
+def _adjoint_block(m, vh, vl, g, dw, dm, dv, w, ct, lr, rc1, rc2, s1, s2, om1, om2, nd1, nd2, eps, f, first):
+    """The step's adjoint from the stored ``m_{t+1}, v_{t+1}`` (scaled by ``s1``, ``s2``): ``dm, dv``
+    become the cotangents of ``m_t, v_t``, ``ct`` minus ``g_t``'s, AdamW's ``dw`` becomes ``f dw``.
+    Returns the block's sums of ``dlr, dc1, dc2, dfactor`` and of ``db1 b1, db2 b2`` (the caller
+    divides), and its part of the gradient's fingerprint (from ``first``)."""
+    s_lr, s_c1, s_c2, s_f, s_b1, s_b2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    fp = np.uint64(0)
     for i in range(m.size):
-        m_f = _from_fixed_scalar(m[i])
+        fp += _fingerprint_term(g[i], first, i)
+        g64 = np.float64(g[i])
+        m_f = _from_fixed_scalar(m[i]) * s1
+        v_f = _from_fixed_v_scalar(vh[i], vl[i]) * s2
         mhat = m_f * rc1
-        vhat = _from_fixed_v_scalar(vh[i], vl[i]) * rc2
+        vhat = v_f * rc2
         root = np.sqrt(vhat)
         rden = 1.0 / (root + eps)
         u = mhat * rden
@@ -328,104 +379,127 @@ def _adjoint_block(m, vh, vl, dw, dm, dv, w, lr, rc1, rc2, eps, f):
         dvhat = (-0.5 * du * u * rden) / root if vhat > 0.0 else 0.0
         s_c1 -= dmhat * mhat * rc1
         s_c2 -= dvhat * vhat * rc2
-        dm[i] = dm[i] + dmhat * rc1
-        dv[i] = dv[i] + dvhat * rc2
-        s_f += d * _from_fixed_scalar(w[i])  # read and written unconditionally: a branch with memory
-        dw[i] = f * d  # access in it keeps the loop scalar (``f`` is 1 and ``w`` unused for Adam)
-    return s_lr, s_c1, s_c2, s_f
-
-
-@njit(cache=True, error_model="numpy")
-def _undo_state_block(m, vh, vl, head, g, row, n1, n2, inv1, inv2, om1, om2, mask, shift, do):
-    """`hypercore.adam.Adam.undo_state` and the un-spill, on one block: ``v``'s update undone, then
-    ``m``'s, on the shared head."""
-    for i in range(m.size):
-        g64 = np.float64(g[i])
-        dvh, dvl, _ = _to_fixed_v(om2 * (g64 * g64))
-        lo = vl[i] - dvl
-        hi = vh[i] - dvh + (lo >> LIMB_BITS)
-        hi, lo, h = _div_beta_v(hi, lo & LIMB_MASK, n2, inv2, head[i])
-        dmi, _ = _to_fixed(om1 * g64)
-        mi, h = _div_beta(m[i] - dmi, n1, inv1, h)
-        ri = row[i]  # loaded unconditionally, for the same reason
-        if do:
-            h = (h << SLOT_BITS_U) | ((ri & mask) >> shift)
-        m[i] = mi
-        vh[i] = hi
-        vl[i] = lo
-        head[i] = h
-
-
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _finish_block(m, vh, vl, g, dm, dv, ct, om1, om2, nd1, nd2, first):
-    """The terms that need ``m_t, v_t``: ``ct``, ``dm, dv`` scaled by the betas; the block's sums of
-    ``db1, db2``, and its part of the gradient's fingerprint (from ``first``)."""
-    s_b1, s_b2 = 0.0, 0.0
-    fp = np.uint64(0)
-    for i in range(m.size):
-        fp += _fingerprint_term(g[i], first, i)
-        g64 = np.float64(g[i])
-        dmn = dm[i]
-        dvn = dv[i]
-        s_b1 += dmn * (_from_fixed_scalar(m[i]) - g64)
-        s_b2 += dvn * (_from_fixed_v_scalar(vh[i], vl[i]) - g64 * g64)
+        dmn = dm[i] + dmhat * rc1
+        dvn = dv[i] + dvhat * rc2
+        s_b1 += dmn * (m_f - g64)
+        s_b2 += dvn * (v_f - g64 * g64)
         ct[i] = -(om1 * dmn + om2 * 2.0 * g64 * dvn)
         dm[i] = dmn * nd1
         dv[i] = dvn * nd2
-    return s_b1, s_b2, fp
+        s_f += d * _from_fixed_scalar(w[i])  # read and written unconditionally: a branch with memory
+        dw[i] = f * d  # access in it keeps the loop scalar (``f`` is 1 and ``w`` unused for Adam)
+    return s_lr, s_c1, s_c2, s_f, s_b1, s_b2, fp
 
 
 @njit(cache=True, error_model="numpy")
-def _undo_adjoint_loop(
-    m, vh, vl, head, g, row, dw, dm, dv, w, ct, sums, n1, n2, nf, lr, c1, c2, eps, shift, do, first
+def _undo_updates_block(m, vh, vl, g, i1, i2):
+    """`hypercore.adam.Adam.undo_state`'s subtractions on one block: ``v``'s update, then ``m``'s;
+    ``i1``, ``i2`` are `hypercore.adam.Adam._increments`' factors."""
+    for i in range(m.size):
+        g64 = np.float64(g[i])
+        dvh, dvl, _ = _to_fixed_v(i2 * (g64 * g64))
+        lo = vl[i] - dvl
+        vh[i] = vh[i] - dvh + (lo >> LIMB_BITS)
+        vl[i] = lo & LIMB_MASK
+        dmi, _ = _to_fixed(i1 * g64)
+        m[i] = m[i] - dmi
+
+
+@njit(cache=True, error_model="numpy")
+def _unspill_block(head, row, mask, shift):
+    """`hypercore._fixed.unspill_from` on one block."""
+    for i in range(head.size):
+        head[i] = (head[i] << SLOT_BITS_U) | ((row[i] & mask) >> shift)
+
+
+@njit(cache=True, error_model="numpy")
+def _undo_adjoint_loop(  # noqa: PLR0913
+    m,
+    vh,
+    vl,
+    head,
+    g,
+    row,
+    dw,
+    dm,
+    dv,
+    w,
+    ct,
+    sums,
+    n1,
+    n2,
+    nf,
+    lr,
+    c1,
+    c2,
+    eps,
+    shift,
+    do,
+    first,
+    r1,
+    s1,
+    r2,
+    s2,
 ):
-    """The chunk's undo and adjoint, in blocks; returns its part of the gradient's fingerprint."""
-    inv1, inv2 = 1.0 / np.float64(n1), 1.0 / np.float64(n2)
+    """The chunk's adjoint and undo, in blocks; returns its part of the gradient's fingerprint."""
     om1 = np.float64(DB - n1) * INV_DB
     om2 = np.float64(DB - n2) * INV_DB
     rc1, rc2 = 1.0 / c1, 1.0 / c2
+    i1, i2 = om1 * (1.0 / s1), om2 * (1.0 / s2)
     f = np.float64(nf) * INV_DB
     nd1, nd2 = np.float64(n1) * INV_DB, np.float64(n2) * INV_DB
+    renorm = r1 != DB or r2 != DB
     mask = LOW32_U << shift
     sums[:] = 0.0
+    s_b1, s_b2 = 0.0, 0.0
     fp = np.uint64(0)
     for start in range(0, m.size, BLOCK):
         b = slice(start, min(start + BLOCK, m.size))  # the loops index views from 0: with offsets,
         # Numba's negative-index wraparound is a branch in every iteration, and they ran scalar
-        s_lr, s_c1, s_c2, s_f = _adjoint_block(
-            m[b], vh[b], vl[b], dw[b], dm[b], dv[b], w[b], lr, rc1, rc2, eps, f
-        )
-        _undo_state_block(
-            m[b], vh[b], vl[b], head[b], g[b], row[b], n1, n2, inv1, inv2, om1, om2, mask, shift, do
-        )
-        s_b1, s_b2, fp_b = _finish_block(
+        s_lr, s_c1, s_c2, s_f, b1, b2, fp_b = _adjoint_block(
             m[b],
             vh[b],
             vl[b],
             g[b],
+            dw[b],
             dm[b],
             dv[b],
+            w[b],
             ct[b],
+            lr,
+            rc1,
+            rc2,
+            s1,
+            s2,
             om1,
             om2,
             nd1,
             nd2,
+            eps,
+            f,
             first + np.uint64(start) * ELEM_MUL,
         )
+        _undo_updates_block(m[b], vh[b], vl[b], g[b], i1, i2)
+        if renorm:
+            _unrenorm_loop(m[b], vh[b], vl[b], head[b], r1, r2)
+        if do:
+            _unspill_block(head[b], row[b], mask, shift)
         fp += fp_b
         sums[0] += s_lr
-        sums[1] += s_b1
-        sums[2] += s_b2
+        s_b1 += b1
+        s_b2 += b2
         sums[3] += s_c1
         sums[4] += s_c2
         sums[5] += s_f
+    sums[1] = s_b1 / nd1
+    sums[2] = s_b2 / nd2
     return fp
 
 
 @njit(cache=True)
 def _adam_undo_adjoint_prepare(args, rets, n):
-    # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do, leaf
-    # rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
+    # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do, leaf,
+    # r1, s1, r2, s2; rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], n, np.uint64)
@@ -436,17 +510,17 @@ def _adam_undo_adjoint_prepare(args, rets, n):
 @njit(cache=True, error_model="numpy")
 def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
     fp = _undo_adjoint_loop(
-        _elems(table, 21, n, np.int64)[a:b],
-        _elems(table, 22, n, np.int64)[a:b],
-        _elems(table, 23, n, np.int64)[a:b],
-        _elems(table, 24, n, np.uint64)[a:b],
+        _elems(table, 25, n, np.int64)[a:b],
+        _elems(table, 26, n, np.int64)[a:b],
+        _elems(table, 27, n, np.int64)[a:b],
+        _elems(table, 28, n, np.uint64)[a:b],
         _elems(table, 5, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 17, np.int64))[a:b],
-        _elems(table, 25, n, np.float64)[a:b],
-        _elems(table, 26, n, np.float64)[a:b],
-        _elems(table, 27, n, np.float64)[a:b],
+        _elems(table, 29, n, np.float64)[a:b],
+        _elems(table, 30, n, np.float64)[a:b],
+        _elems(table, 31, n, np.float64)[a:b],
         _elems(table, 9, n, np.int64)[a:b],
-        _elems(table, 28, n, gdtype)[a:b],
+        _elems(table, 32, n, gdtype)[a:b],
         part[:6],
         _value(table, 10, np.int64),
         _value(table, 11, np.int64),
@@ -458,5 +532,9 @@ def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
         _value(table, 18, np.uint64),
         _value(table, 19, np.bool_),
         _fingerprint_first(a, _value(table, 20, np.int64)),
+        _value(table, 21, np.int64),
+        _value(table, 22, np.float64),
+        _value(table, 23, np.int64),
+        _value(table, 24, np.float64),
     )
     part[6] = _as_f64(fp)

@@ -10,17 +10,47 @@ The rule (optax's ``adamw``, per-step values, ``m_0 = v_0 = 0``; ``wd = 0`` is `
     vhat    = v_{t+1} / c2_t,   c2_t = 1 - prod_{s<=t} b2_s
     w_{t+1} = f_t w_t - lr_t mhat / (sqrt(vhat) + eps),   f_t = 1 - lr_t wd_t
 
-runs on int64 fixed point so that the backward pass runs it in reverse bit for bit:
+runs on int64 fixed point so that the backward pass runs it in reverse bit for bit. The state is
+stored scaled (see "Scaled state"), so most steps are additions and their undo subtractions:
 
-    w_t = (w_{t+1} + fixed(lr_t u(m_{t+1}, v_{t+1}, c1_t, c2_t))) / f_t   (`Adam.undo_weights`;
-        exactly, bits from the buffer; no division without weight decay)
-    g_t recomputed at w_t by the engine
-    m_t = (m_{t+1} - fixed((1 - b1_t) g_t)) / b1_t  exactly, bits from the buffer
-    v_t = (v_{t+1} - fixedv((1 - b2_t) g_t^2)) / b2_t  exactly, bits from the buffer
+    w'_t = w'_{t+1} + fixed((lr_t / F_{t+1}) u(m_{t+1}, v_{t+1}, c1_t, c2_t))   (`Adam.undo_weights`)
+    g_t recomputed at w_t = F_t w'_t by the engine
+    m'_t = m'_{t+1} - fixed(((1 - b1_t) / S1_{t+1}) g_t)
+    v'_t = v'_{t+1} - fixedv(((1 - b2_t) / S2_{t+1}) g_t^2)
+
+each then, at a step that halved it, doubled exactly with the bit from the buffer.
+
+Scaled state
+------------
+The moments are stored scaled, ``m = S1 m'`` and ``v = S2 v'``, and AdamW's weights too,
+``w = F w'``, with float64 scales that follow the factors: ``S_{t+1} = S_t b_t`` and
+``F_{t+1} = F_t f_t``. A step's update is then an addition, ``m'_{t+1} = m'_t + fixed((1 - b1_t)
+g_t / S1_{t+1})`` (``w'_{t+1} = w'_t - fixed(lr_t u / F_{t+1})``), and its undo a subtraction of
+the same integers: no multiplication by a factor through the buffer at most steps. The scale is the
+factors' running product brought into ``(1/2, 1]`` by a power of two: where the product crosses a
+power of two, the stored value is halved exactly (`mul_beta` by ``2**23 / 2**24``, one bit into the
+buffer) and the scale doubled, both exact, so the true state follows the rule as closely as before:
+the increments' rounding and float64's in each step's product, never a drift. At ``b1 = 0.9`` that
+is one step in 6.6, at ``b2 = 0.999`` one in 690, at ``lr wd = 1e-4`` one in 6,900.
+
+`renormalisations` computes the halvings (``R = 2**23``; ``2**24``, the identity, where none is
+due) and ``S_{t+1}`` per step from the quantised factors: schedules with no data in them
+(``renorm1, scale1, renorm2, scale2`` and AdamW's ``renorm_w, scale_w, scale_w_before``), read by
+both passes and without a
+derivative (the hypergradients reach the betas and the decay through the rule's own terms, as
+before). The engine's gradient reads ``F_t w'_t``, a copy the optimizer makes (the forward step's
+with ``F_{t+1}``, the undo's with ``F_t``, ``scale_w_before``: the same float64 value), and returns
+``F_T w'_T`` (`Adam.final_weights`); ``F_0 = S_0 = 1``, so the reverse pass still ends at ``w_0``,
+``m_0 = v_0 = 0`` exactly. The scales stay in ``(1/2, 1]``, so the stored values need one bit of the
+ranges below; the true values' resolution is at least as fine as stated there. The buffer takes the
+same information (``log2(1 / b)`` bits a step, in renormalisations' batches) in fewer pushes. The
+kernels' loops (`hypercore._fused_kernels_adam`) then run no division at most steps: AdamW's ran
+eleven per weight and step before, and took twice the time (docs/BENCHMARKS.md, "Scaled state").
 
 Representation
 --------------
-* ``w`` and ``m``: `hypercore._fixed`'s fixed point (``x * 2**48`` in int64, ``|x| < 2**14``). ``m``'s
+* ``w`` and ``m`` (stored: ``w'``, ``m'``): `hypercore._fixed`'s fixed point (``x * 2**48`` in
+  int64, ``|x| < 2**14``, so ``|w|, |m| < 2**13`` at least, just before a renormalisation). ``m``'s
   resolution is absolute, 3.6e-15: with gradients of 1e-6 its increments ``(1 - b1) g`` are known to
   4e-8 relative and the weights follow the quantised rule to 2e-7 of how far they move
   (``test_any_loss_scale_follows_the_rule``), 1e-12 at gradients near 1.
@@ -74,25 +104,27 @@ one) and corrects it exactly. ``B`` grows by ``log2(DB / n)`` bits.
 One head per weight
 -------------------
 The buffer has one uint64 head per parameter, shared by the step's two (Adam) or three (AdamW)
-multiplications: ``m``'s, then ``v``'s, then, after the update is computed from ``m_{t+1}, v_{t+1}``,
-``w``'s (``w <- mul_beta(w, n_f)`` before ``- fixed(lr u)``). `Adam.undo_weights` pops ``w``'s bits
-and `Adam.undo_state` ``v``'s, then ``m``'s, then the spill: the reverse order on the same head.
+renormalisations (where due): ``m``'s, then ``v``'s, then ``w``'s, each before its update.
+`Adam.undo_weights` pops ``w``'s bits and `Adam.undo_state` ``v``'s, then ``m``'s, then the spill:
+the reverse order on the same head.
 A pop-then-push at most doubles a head and adds ``2**24``, so a head below ``2**(63 - k)``
 (`hypercore.budget.adam_spill_bits`) at the start of a step with ``k`` multiplications stays below
 ``2**63`` before each of them and below ``2**64`` after the last; all heads spill their low 32 bits
 in lock-step (`hypercore._fixed.maybe_spill` with that limit) when one reaches it, the flag is
 recorded per step, and the reverse pass reads the forward stacks read-only
 (`hypercore._fixed.unspill`). With one value per array and step for every factor (shared or
-per-array schedules) the test reads a scalar bound on the heads instead of the heads (`_head_bound`,
-the recursion `adam_capacity` is derived from), so no pass over the heads is needed.
+per-array schedules) the test reads a scalar bound on the heads instead of the heads (`_head_bound`;
+`adam_capacity` sizes the stack for every factor at its smallest at every step, a bound on it), so
+no pass over the heads is needed.
 
 Sharing the head is what brings the buffer near the information bound: separate heads for ``v``
 and ``w`` would each hold 64 bits whatever they store (at ``b2 = 0.999`` about 1.4 bits per 1000
 steps), and the first push into an empty head costs up to 24 bits once per head, not once per
 factor. `hypercore.budget.adam_capacity` (``adam_capacity`` here) is this scheme's bound from the
 smallest value of each factor: on the paper's net at ``(0.9, 0.999)`` and ``lr wd = 1e-4`` over 1000
-steps it allows 5 slots, 4 are used, and the buffer is 1.25 times the information bound
-(`benchmarks/engine_adam.py`, measured before the spill test read the bound).
+steps it allows 5 slots, 4 were used, and the buffer was 1.25 times the information bound
+(`benchmarks/engine_adam.py`, measured before the spill test read the bound and the state was scaled;
+docs/BENCHMARKS.md, "Scaled state", has the figures since).
 
 Determinism: ``u = mhat / (sqrt(vhat) + eps)`` is computed by one function (`_direction`) from the
 restored integers and the same float64 hyperparameters in both passes, with no multiply feeding an
@@ -108,8 +140,9 @@ a value computed from restored state. Sutskever's form (the gradient at ``w_t + 
 the same circularity. The slot does not make it cheap, so it is not offered.
 
 The adjoint of the weight decay: ``dw_t = f_t dw_{t+1} - H_t ct`` (`Adam.adjoint_step` returns
-``f_t dw_{t+1}``, the engine subtracts ``H_t ct``) and ``df_t = dw_{t+1} . w_t``, with ``w_t`` the
-restored weights; ``lr``'s direct cotangent ``-dw_{t+1} . u`` is unchanged.
+``f_t dw_{t+1}``, the engine subtracts ``H_t ct``) and ``df_t = dw_{t+1} . w_t``, with ``w_t =
+F_t w'_t`` the restored weights; ``lr``'s direct cotangent ``-dw_{t+1} . u`` is unchanged. The
+adjoint is of the rule in true values throughout: the scales are representation, not rule.
 """
 
 from __future__ import annotations
@@ -238,6 +271,41 @@ def bias_corrections(betas: PyTree) -> PyTree:
     return jax.tree.map(lambda b: 1.0 - jnp.cumprod(jnp.asarray(b, jnp.float64), axis=0), betas)
 
 
+# A renormalisation halves the stored value exactly: ``R = 2**23``.
+HALF = 2**23
+
+
+def renormalisations(factors: PyTree) -> tuple[PyTree, PyTree]:
+    """The scaled state's two schedules for one multiplied quantity (``m``, ``v`` or AdamW's ``w``;
+    see "Scaled state"), from its quantised factors (``b1``, ``b2`` or the decay factors) shaped as a
+    schedule: ``(renorms, scales)``, float64 like ``factors``.
+
+    The scale is the factors' running product ``P_{t+1} = prod_{s<=t} b_s`` times the power of two
+    that brings it into ``(1/2, 1]`` (kept so as it runs: ``P`` itself would underflow float64 after
+    1,074 halvings, 7,000 steps at ``b = 0.9``). ``scales[t] = S_{t+1}``, the scale after
+    step ``t``. ``renorms[t]``: the numerator ``R`` of the exact multiplication by ``R / 2**24`` that
+    step ``t`` applies to the stored value before its update: ``2**23`` (a halving, one bit into the
+    buffer) at a step where ``P`` crosses a power of two (``S_t b_t <= 1/2``: the scale doubles),
+    else ``2**24`` (none). So ``S_{t+1} prod_{s<=t} (R_s / 2**24) = P_{t+1}``, exactly but for
+    float64's rounding of each step's product: no drift. Factors are at least one half, so ``P``
+    crosses at most one power of two a step. Functions of the schedule only (no data, no derivative:
+    `jax.lax.stop_gradient`), so both passes read the same values."""
+
+    def step(scale, factor):
+        scale = scale * factor
+        halve = scale <= 0.5
+        scale = jnp.where(halve, 2.0 * scale, scale)  # exact
+        return scale, (jnp.where(halve, float(HALF), float(DB)), scale)
+
+    def one(b):
+        b = jax.lax.stop_gradient(jnp.asarray(b, jnp.float64))
+        return jax.lax.scan(step, jnp.ones(b.shape[1:], jnp.float64), b)[1]
+
+    leaves, treedef = jax.tree.flatten(factors)
+    pairs = [one(b) for b in leaves]
+    return tuple(jax.tree.unflatten(treedef, [p[i] for p in pairs]) for i in (0, 1))
+
+
 # --- v's fixed point: two 62-bit limbs ----------------------------------------------------------
 
 
@@ -317,15 +385,15 @@ def _unpush(head: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _head_bound(bound: jax.Array, factors: list[list[tuple[jax.Array, jax.Array]]]) -> jax.Array:
     """An upper bound on every head after a step's pop-then-push multiplications, from one on every
-    head before them (`hypercore._fixed.Buffer.bound`). `mul_beta` leaves a head below
-    ``B 2**24 / n + 2**24``, so ``k`` factors with numerators of at least ``2**23`` leave it below
-    ``rho B + (2**k - 1) 2**24``, ``rho`` the product of ``2**24 / n`` at each factor's smallest
-    numerator: the recursion `hypercore.budget.adam_capacity` sizes the stack for, rounded up
-    (`hypercore._fixed.BOUND_MARGIN`)."""
-    rho = jnp.float64(1.0)
+    head before them (`hypercore._fixed.Buffer.bound`). `mul_beta` by ``n < 2**24`` leaves a head
+    below ``B 2**24 / n + 2**24``, and by ``n = 2**24`` (a moment's step without renormalisation)
+    unchanged; each factor is bounded at its smallest numerator over the leaves, and the result
+    rounded up (`hypercore._fixed.BOUND_MARGIN`). `hypercore.budget.adam_capacity` sizes the stack for
+    the recursion with every factor at its smallest value at every step, which bounds this one."""
     for numerators in factors:
-        rho = rho * (DB / jnp.min(jnp.stack([n for n, _ in numerators])).astype(jnp.float64))
-    return (bound * rho + float((2 ** len(factors) - 1) * DB)) * _fixed.BOUND_MARGIN
+        n = jnp.min(jnp.stack([n for n, _ in numerators]))
+        bound = jnp.where(n < DB, bound * (DB / n.astype(jnp.float64)) + float(DB), bound)
+    return bound * _fixed.BOUND_MARGIN
 
 
 def mul_beta(x: jax.Array, n: jax.Array, inv: jax.Array, head: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -391,7 +459,7 @@ def div_beta_v(v, n, inv, head):
 # --- the optimizer ----------------------------------------------------------------------------
 
 
-def _direction(m_f, v_f, c1, c2, eps):
+def _direction(m_f, v_f, c1, c2, eps, v_scale=1.0):
     """``(mhat, vhat, den, u)`` with ``u = mhat / (sqrt(vhat) + eps)``: the one computation of the
     update from the state, shared by the forward and the reverse pass, which must agree to the bit.
 
@@ -400,9 +468,14 @@ def _direction(m_f, v_f, c1, c2, eps):
     optimised HLO for ``(a / b) / c`` is ``(a * (1 / b)) / c``), so a quotient written that way could
     round one way in the forward pass and another in the reverse one, where the adjoint also needs
     ``mhat``: the weights then came back a unit off. Here the reciprocals are explicit (``vhat``)
-    and ``u = m / (c1 den)`` divides by an array, the same operations in both passes."""
+    and ``u = m / (c1 den)`` divides by an array, the same operations in both passes.
+
+    ``v_scale``: ``v_f`` is the stored ``v'`` and ``vhat = v' (S2 / c2)`` ("Scaled state"), one
+    product of scalars first: XLA folds a product of two constant factors into one wherever it can,
+    so ``(v' S2) / c2`` could round one way in a program where the schedules are constants and
+    another where they are not."""
     mhat = m_f / c1  # for the adjoint only
-    vhat = v_f * (1.0 / c2)
+    vhat = v_f * (v_scale * (1.0 / c2))
     den = jnp.sqrt(vhat) + eps
     return mhat, vhat, den, m_f / (c1 * den)
 
@@ -430,7 +503,9 @@ class Adam:
     @property
     def schedule_names(self):
         names = ("learning_rates", "b1", "b2", "bias1", "bias2")
-        return (*names, "decay_factors") if self.weight_decay else names
+        names = (*names, "decay_factors") if self.weight_decay else names
+        names = (*names, "renorm1", "scale1", "renorm2", "scale2")
+        return (*names, "renorm_w", "scale_w", "scale_w_before") if self.weight_decay else names
 
     @property
     def decay_schedule(self):
@@ -468,22 +543,66 @@ class Adam:
         om2 = [(jnp.int64(DB) - n).astype(jnp.float64) / DB for n, _ in n2]
         return n1, n2, om1, om2
 
+    @property
+    def _scaled(self) -> int:
+        """The index of the first of the scaled moments' schedules ``renorm1, scale1, renorm2,
+        scale2`` (`renormalisations`)."""
+        return 6 if self.weight_decay else 5
+
+    def _renorms(self, hyper):
+        """Per leaf, ``(R, 1 / R)`` of ``m``'s and of ``v``'s renormalisation at this step."""
+        i = self._scaled
+        numerator = lambda x: jnp.asarray(x).astype(_I64)  # noqa: E731  (exact: R <= 2**24)
+        return self._numerators(hyper[i], numerator), self._numerators(hyper[i + 2], numerator)
+
+    def _scales(self, hyper):
+        """Per leaf, the scales of ``m`` and ``v`` after this step (float64)."""
+        i = self._scaled
+        return hyper[i + 1].per_leaf(), hyper[i + 3].per_leaf()
+
+    def _weight_scales(self, hyper, leaves: int):
+        """Per leaf, ``((R, 1 / R), S, S_before)`` of AdamW's stored weights at this step: the
+        renormalisation and the scale after and before the step; the identities for Adam."""
+        if not self.weight_decay:
+            one = (jnp.int64(DB), jnp.float64(1.0 / DB))
+            return [one] * leaves, [jnp.float64(1.0)] * leaves, [jnp.float64(1.0)] * leaves
+        i = self._scaled + 4
+        numerator = lambda x: jnp.asarray(x).astype(_I64)  # noqa: E731
+        return self._numerators(hyper[i], numerator), hyper[i + 1].per_leaf(), hyper[i + 2].per_leaf()
+
+    def _copy(self, w, scales, dtypes):
+        """AdamW's weights in the model's dtypes, ``F w'``; ``None`` (the engine converts) for Adam."""
+        if not self.weight_decay:
+            return None
+        return [(_fixed.from_fixed(x) * s).astype(dt) for x, s, dt in zip(w, scales, dtypes, strict=True)]
+
+    def final_weights(self, w, hyper):
+        """The weights after the last step, float64: the stored ones times their scale."""
+        _, after, _ = self._weight_scales(hyper, len(w))
+        return [_fixed.from_fixed(x) * s for x, s in zip(w, after, strict=True)]
+
     @staticmethod
-    def _increments(g, om1, om2):
+    def _increments(g, om1, om2, s1, s2):
+        """The stored moments' increments ``fixed(((1 - b) / S) g)``, ``S`` the scale after the step
+        (the factor one scalar: see `_direction`'s ``v_scale``)."""
         g64 = [x.astype(jnp.float64) for x in g]
-        dm = [_fixed.to_fixed(o * x) for o, x in zip(om1, g64, strict=True)]
-        dv = [to_fixed_v(o * (x * x)) for o, x in zip(om2, g64, strict=True)]
+        dm = [_fixed.to_fixed((o * (1.0 / s)) * x) for o, x, s in zip(om1, g64, s1, strict=True)]
+        dv = [to_fixed_v((o * (1.0 / s)) * (x * x)) for o, x, s in zip(om2, g64, s2, strict=True)]
         return g64, dm, dv
 
     def _steps(self, m, v, hyper):
+        """The weights' updates ``fixed((lr / F) u)`` (``F`` AdamW's weight scale after the step, one
+        scalar factor as in `_increments`) and `_parts` per leaf."""
         lr, _, _, c1, c2 = hyper[:5]
-        m_f = [_fixed.from_fixed(x) for x in m]
-        v_f = [from_fixed_v(x) for x in v]
+        s1, s2 = self._scales(hyper)
+        _, sw, _ = self._weight_scales(hyper, len(m))
         parts = [
-            _direction(a, b, x, y, self.eps)
-            for a, b, x, y in zip(m_f, v_f, c1.per_leaf(), c2.per_leaf(), strict=True)
+            _parts(_fixed.from_fixed(a), from_fixed_v(b), x, y, p, q, self.eps)
+            for a, b, x, y, p, q in zip(m, v, s1, s2, c1.per_leaf(), c2.per_leaf(), strict=True)
         ]
-        dws = [_fixed.to_fixed(a * p[3]) for a, p in zip(lr.per_leaf(), parts, strict=True)]
+        dws = [
+            _fixed.to_fixed((a * (1.0 / f)) * p[5]) for a, f, p in zip(lr.per_leaf(), sw, parts, strict=True)
+        ]
         return dws, parts
 
     def _fused(self, hyper, g=None) -> bool:
@@ -497,9 +616,11 @@ class Adam:
         )
 
     def _kernel(self, fused, xla):
-        """``(fused, xla)`` with this optimizer's static ``eps`` and weight decay bound."""
-        kw = {"eps": self.eps, "decay": self.weight_decay}
-        return functools.partial(fused, **kw), functools.partial(xla, **kw)
+        """``(fused, xla)`` with this optimizer's static ``eps`` (and, for XLA's, the weight decay)
+        bound: the kernels skip a renormalisation by ``2**24`` themselves."""
+        return functools.partial(fused, eps=self.eps), functools.partial(
+            xla, eps=self.eps, decay=self.weight_decay
+        )
 
     def _decay_numerators(self, hyper, leaves: int) -> list[jax.Array]:
         """The weight-decay factors' numerators per leaf; ``2**24`` (no decay) for Adam."""
@@ -507,17 +628,25 @@ class Adam:
             return [jnp.int64(DB)] * leaves
         return [n for n, _ in self._numerators(hyper[5], decay_numerator)]
 
+    def _moment_args(self, hyper):
+        """Per leaf, the kernels' ``(r1, s1, r2, s2)``."""
+        (r1, r2), (s1, s2) = self._renorms(hyper), self._scales(hyper)
+        return list(zip([r for r, _ in r1], s1, [r for r, _ in r2], s2, strict=True))
+
     def forward_step(self, w, state, buf, g, hyper):
         return self.forward_step_fused(w, state, buf, g, hyper)[:5]
 
     def forward_step_fused(self, w, state, buf, g, hyper):
-        """`forward_step`, then ``(None, fp)``: no copy of the weights in the model's dtypes (XLA's
-        conversion is cheaper than the kernels' would be, see `hypercore._fused.adam_forward`) and
-        ``g``'s fingerprint where the kernels took it in the step's pass (else ``None``)."""
+        """`forward_step`, then ``(copy, fp)``: AdamW's scaled weights in the model's dtypes (XLA's
+        pass; ``None`` for Adam, which the engine converts: the kernels' would cost more, see
+        `hypercore._fused.adam_forward`) and ``g``'s fingerprint where the kernels took it in the
+        step's pass (else ``None``)."""
         m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
-        nfs = self._numerators(hyper[5], decay_numerator) if self.weight_decay else None
-        factors = [n1, n2] if nfs is None else [n1, n2, nfs]
+        r1, r2 = self._renorms(hyper)
+        rw, sw, _ = self._weight_scales(hyper, len(w))
+        factors = [r1, r2, rw] if self.weight_decay else [r1, r2]
+        dtypes = [x.dtype for x in g]
         by_bound = _fixed.spill_by_bound(buf, [n for f in factors for n, _ in f])
         limit = 1 << adam_spill_bits(self.factors)
         if by_bound and self._fused(hyper, g):
@@ -533,37 +662,41 @@ class Adam:
                 g,
                 [n for n, _ in n1],
                 [n for n, _ in n2],
-                self._decay_numerators(hyper, len(w)),
+                [n for n, _ in rw],
                 lr.per_leaf(),
                 c1.per_leaf(),
                 c2.per_leaf(),
+                self._moment_args(hyper),
                 strict=True,
             )
             fused, xla = self._kernel(_fused.adam_forward, _adam_forward_leaf)
             out = [
                 _fused.on_cpu(
-                    (*args, k, do), functools.partial(fused, leaf=leaf), functools.partial(xla, leaf=leaf)
+                    (*args, *moments, sw[leaf], k, do),
+                    functools.partial(fused, leaf=leaf),
+                    functools.partial(xla, leaf=leaf),
                 )
-                for leaf, args in enumerate(leaves)
+                for leaf, (*args, moments) in enumerate(leaves)
             ]
             w, m, vh, vl, heads, stacks, oks, fps = (list(x) for x in zip(*out, strict=True))
             bound = _head_bound(buf.bound, factors)
             buf = buf._replace(heads=heads, stacks=stacks, bound=bound)
-            return w, (m, vh, vl), buf, spilled, oks, None, reversible._sum_u64(fps)
+            copy = self._copy(w, sw, dtypes)
+            return w, (m, vh, vl), buf, spilled, oks, copy, reversible._sum_u64(fps)
         buf, spilled = _fixed.maybe_spill(buf, limit, by_bound=by_bound)
         heads = list(buf.heads)
-        _, dm, dv = self._increments(g, om1, om2)
+        _, dm, dv = self._increments(g, om1, om2, *self._scales(hyper))
         m_new, v_new = [], []
-        for i in range(len(m)):
-            x, heads[i] = mul_beta(m[i], *n1[i], heads[i])
+        for i in range(len(m)):  # the renormalisations (identities at most steps), then the updates
+            x, heads[i] = mul_beta(m[i], *r1[i], heads[i])
             m_new.append(x + dm[i][0])
-            x, heads[i] = mul_beta_v((vh[i], vl[i]), *n2[i], heads[i])
+            x, heads[i] = mul_beta_v((vh[i], vl[i]), *r2[i], heads[i])
             v_new.append(add_v(x, dv[i][0]))
         dws, _ = self._steps(m_new, v_new, hyper)
-        if nfs is not None:  # w <- (n / 2**24) w exactly, the lost bits on the same heads
+        if self.weight_decay:  # w' renormalised (the identity at most steps), on the same heads
             w = list(w)
-            for i, nf in enumerate(nfs):
-                w[i], heads[i] = mul_beta(w[i], *nf, heads[i])
+            for i in range(len(w)):
+                w[i], heads[i] = mul_beta(w[i], *rw[i], heads[i])
         w = [wi - d for wi, (d, _) in zip(w, dws, strict=True)]
         checks = [
             *(ok for _, ok in dm),
@@ -574,22 +707,36 @@ class Adam:
         ]
         state = (m_new, [x[0] for x in v_new], [x[1] for x in v_new])
         bound = _head_bound(buf.bound, factors) if by_bound else buf.bound
-        return w, state, buf._replace(heads=heads, bound=bound), spilled, checks, None, None
+        copy = self._copy(w, sw, dtypes)
+        return w, state, buf._replace(heads=heads, bound=bound), spilled, checks, copy, None
 
     def undo_weights(self, w, state, buf, hyper, spilled, stacks):
-        """``w_t = w_{t+1} + fixed(lr u)`` (AdamW: then divided by the factor, popping the heads);
-        ``w_aux`` is ``(parts, w_t, f)``: ``(mhat, vhat, den, u)`` per leaf, ``w_t`` (fixed point)
-        and, for AdamW, the factors used (else ``None``)."""
+        """``w_t = w_{t+1} + fixed((lr / F) u)``, then (AdamW) the weights' renormalisation undone
+        where one was due, popping the heads; ``w_aux`` is ``(parts, w_t, f)``: `_parts` per leaf,
+        ``w_t`` (the stored weights) and, for AdamW, the decay factors used (else ``None``)."""
         m, vh, vl = state
         dws, parts = self._steps(m, list(zip(vh, vl, strict=True)), hyper)
+        rw, sw, _ = self._weight_scales(hyper, len(w))
         if self._fused(
             hyper
         ):  # `parts` are XLA's, for `adjoint_step`; `undo_and_adjoint`'s kernel recomputes
             # them, and XLA then drops them as unused
             lr, _, _, c1, c2 = hyper[:5]
-            nfs = self._decay_numerators(hyper, len(w))
+            s1, s2 = self._scales(hyper)
             leaves = zip(
-                w, m, vh, vl, buf.heads, nfs, lr.per_leaf(), c1.per_leaf(), c2.per_leaf(), strict=True
+                w,
+                m,
+                vh,
+                vl,
+                buf.heads,
+                [n for n, _ in rw],
+                lr.per_leaf(),
+                c1.per_leaf(),
+                c2.per_leaf(),
+                s1,
+                s2,
+                sw,
+                strict=True,
             )
             fused, xla = self._kernel(_fused.adam_undo_weights, _adam_undo_weights_leaf)
             w, heads = (
@@ -600,10 +747,16 @@ class Adam:
         if not self.weight_decay:
             return w, state, buf, self._aux(parts, w, hyper)
         heads = list(buf.heads)
-        nfs = self._numerators(hyper[5], decay_numerator)
-        for i, nf in enumerate(nfs):
-            w[i], heads[i] = div_beta(w[i], *nf, heads[i])
+        for i in range(len(w)):
+            w[i], heads[i] = div_beta(w[i], *rw[i], heads[i])
         return w, state, buf._replace(heads=heads), self._aux(parts, w, hyper)
+
+    def undo_weights_with_copy(self, w, state, buf, hyper, spilled, stacks, dtypes):
+        """`undo_weights`, then AdamW's restored weights in the model's ``dtypes`` (``F_t w'_t``, the
+        scale before the step: the copy the forward pass made after the step before)."""
+        w, state, buf, w_aux = self.undo_weights(w, state, buf, hyper, spilled, stacks)
+        _, _, before = self._weight_scales(hyper, len(w))
+        return w, state, buf, w_aux, self._copy(w, before, dtypes)
 
     def _aux(self, parts, w, hyper):
         if not self.weight_decay:
@@ -611,13 +764,26 @@ class Adam:
         return parts, w, [n.astype(jnp.float64) / DB for n, _ in self._numerators(hyper[5], decay_numerator)]
 
     def undo_state(self, state, buf, g, hyper, spilled, stacks):
-        """Undo ``v``'s then ``m``'s update (the reverse of the forward's order on the shared
-        head), then the step's spill."""
+        """Undo ``v``'s then ``m``'s update and renormalisation (the reverse of the forward's order
+        on the shared head), then the step's spill."""
         n1, n2, om1, om2 = self._terms(hyper)
-        leaves = zip(*state, buf.heads, g, n1, n2, om1, om2, strict=True)
+        r1, r2 = self._renorms(hyper)
+        s1, s2 = self._scales(hyper)
+        leaves = zip(*state, buf.heads, g, r1, r2, om1, om2, s1, s2, strict=True)
         m, vh, vl, heads = (list(x) for x in zip(*[_undo_state_leaf(*args) for args in leaves], strict=True))
         buf = _fixed.unspill(buf._replace(heads=heads), spilled, stacks)
         return (m, vh, vl), buf, (n1, n2, om1, om2)
+
+    @property
+    def _no_derivative(self) -> int:
+        """How many schedules, last, are the scales' (`renormalisations`): functions of ``b1``, ``b2``
+        and the decay factors without a derivative (the hypergradient reaches those through the
+        rule's own terms)."""
+        return 7 if self.weight_decay else 4
+
+    def _zero_cotangents(self, dw):
+        """The scales' schedules' cotangents: zeros, one per parameter."""
+        return tuple([jnp.zeros_like(d) for d in dw] for _ in range(self._no_derivative))
 
     def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, terms):
         lr, _, _, c1, c2 = hyper[:5]
@@ -628,7 +794,6 @@ class Adam:
             dw,
             *dstate,
             g,
-            *state,
             n1,
             n2,
             om1,
@@ -642,16 +807,18 @@ class Adam:
             list(x) for x in zip(*[_adjoint_leaf(*args) for args in leaves], strict=True)
         )
         dhyper = [list(d) for d in zip(*dhyper, strict=True)]  # (dlr, db1, db2, dc1, dc2), each per leaf
+        zeros = self._zero_cotangents(dw)
         if not self.weight_decay:
-            return dw_out, (dm, dv), cts, tuple(dhyper)
-        dfactor = [d * _fixed.from_fixed(x) for d, x in zip(dw, w_t, strict=True)]
+            return dw_out, (dm, dv), cts, (*dhyper, *zeros)
+        _, _, before = self._weight_scales(hyper, len(dw))
+        dfactor = [d * (_fixed.from_fixed(x) * s) for d, x, s in zip(dw, w_t, before, strict=True)]
         dw_out = [f * d for f, d in zip(factors, dw, strict=True)]
-        return dw_out, (dm, dv), cts, (*dhyper, dfactor)
+        return dw_out, (dm, dv), cts, (*dhyper, dfactor, *zeros)
 
     def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux):
-        """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (three short loops
-        per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds each
-        schedule's sum per array, which is all a schedule with one value per array needs. Last,
+        """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (a float loop and an
+        integer one per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds
+        each schedule's sum per array, which is all a schedule with one value per array needs. Last,
         ``g``'s fingerprint, taken in the same pass (``None`` on XLA's path)."""
         if stacks is None or not self._fused(hyper, g):
             state, buf, s_aux = self.undo_state(state, buf, g, hyper, spilled, stacks)
@@ -672,35 +839,51 @@ class Adam:
             lr.per_leaf(),
             c1.per_leaf(),
             c2.per_leaf(),
+            self._moment_args(hyper),
             strict=True,
         )
         out = [
             _fused.on_cpu(
-                (*args, k, do),
+                (*args, *moments, k, do),
                 functools.partial(_fused.adam_undo_adjoint, eps=self.eps, leaf=leaf),
                 functools.partial(_adam_undo_adjoint_leaf, eps=self.eps, leaf=leaf),
             )
-            for leaf, args in enumerate(leaves)
+            for leaf, (*args, moments) in enumerate(leaves)
         ]
         m, vh, vl, heads, dw, dm, dv, cts, sums, fps = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
-        dhyper = tuple([s[j] for s in sums] for j in range(6 if self.weight_decay else 5))
-        return (m, vh, vl), buf, dw, (dm, dv), cts, dhyper, reversible._sum_u64(fps)
+        dhyper = tuple([s[j] for s in sums] for j in range(5))
+        if self.weight_decay:  # the kernels' sum of dw w' times the scale of w_t
+            _, _, before = self._weight_scales(hyper, len(sums))
+            dhyper = (*dhyper, [s[5] * b for s, b in zip(sums, before, strict=True)])
+        zeros = tuple([jnp.zeros((), jnp.float64)] * len(sums) for _ in range(self._no_derivative))
+        return (m, vh, vl), buf, dw, (dm, dv), cts, (*dhyper, *zeros), reversible._sum_u64(fps)
 
 
-def _undo_state_leaf(m, vh, vl, head, g, n1, n2, om1, om2):
+def _parts(m_stored, v_stored, s1, s2, c1, c2, eps):
+    """``(m, v, mhat, vhat, den, u)``: the moments (float64, from the stored ones and their scales)
+    and `_direction`'s terms, what the undo of the weights hands the adjoint. (``m``'s scaling is a
+    power of two times ``s1``, exact, so it may be folded either way.)"""
+    m_f = m_stored * s1
+    return (m_f, v_stored * s2, *_direction(m_f, v_stored, c1, c2, eps, s2))
+
+
+def _undo_state_leaf(m, vh, vl, head, g, r1, r2, om1, om2, s1, s2):
     """`Adam.undo_state` on one weight array, before the un-spill: ``(m, vh, vl, head)`` one step
-    back; ``n1``, ``n2`` are ``(n, 1 / n)``."""
-    _, dm, dv = Adam._increments([g], [om1], [om2])
-    (vh, vl), head = div_beta_v(sub_v((vh, vl), dv[0][0]), *n2, head)
-    m, head = div_beta(m - dm[0][0], *n1, head)
+    back; ``r1``, ``r2`` are the renormalisations' ``(R, 1 / R)``, ``s1``, ``s2`` the scales after
+    the step."""
+    _, dm, dv = Adam._increments([g], [om1], [om2], [s1], [s2])
+    (vh, vl), head = div_beta_v(sub_v((vh, vl), dv[0][0]), *r2, head)
+    m, head = div_beta(m - dm[0][0], *r1, head)
     return m, vh, vl, head
 
 
-def _adjoint_leaf(parts, dw, dm, dv, g, m, vh, vl, n1, n2, om1, om2, lr, c1, c2):
+def _adjoint_leaf(parts, dw, dm, dv, g, n1, n2, om1, om2, lr, c1, c2):
     """`Adam.adjoint_step` on one weight array, but for AdamW's factor: ``(dw, dm, dv, ct, (dlr, db1,
-    db2, dc1, dc2))``, per parameter, from the step's ``parts`` and the restored ``m_t``, ``v_t``."""
-    mhat, vhat, den, u = parts
+    db2, dc1, dc2))``, per parameter, from the step's ``parts`` (`_parts` of ``m_{t+1}, v_{t+1}``).
+    ``db1`` needs ``m_t - g_t``, which is ``(m_{t+1} - g_t) / b1`` exactly in real numbers: no need
+    for the restored moments (``v`` likewise)."""
+    m_f, v_f, mhat, vhat, den, u = parts
     du = -lr * dw
     dmhat = du / den
     dden = -du * u / den
@@ -709,11 +892,11 @@ def _adjoint_leaf(parts, dw, dm, dv, g, m, vh, vl, n1, n2, om1, om2, lr, c1, c2)
     dm_next = dm + dmhat / c1
     dv_next = dv + dvhat / c2
     g64 = g.astype(jnp.float64)
-    db1 = dm_next * (_fixed.from_fixed(m) - g64)
-    db2 = dv_next * (from_fixed_v((vh, vl)) - g64 * g64)
+    nd1, nd2 = (n[0].astype(jnp.float64) / DB for n in (n1, n2))
+    db1 = dm_next * (m_f - g64) / nd1
+    db2 = dv_next * (v_f - g64 * g64) / nd2
     ct = -(om1 * dm_next + om2 * 2.0 * g64 * dv_next)
     dhyper = (-dw * u, db1, db2, -dmhat * mhat / c1, -dvhat * vhat / c2)
-    nd1, nd2 = (n[0].astype(jnp.float64) / DB for n in (n1, n2))
     return dw, dm_next * nd1, dv_next * nd2, ct, dhyper
 
 
@@ -722,52 +905,58 @@ def _adjoint_leaf(parts, dw, dm, dv, g, m, vh, vl, n1, n2, om1, om2, lr, c1, c2)
 
 
 def _leaf_terms(n1, n2):
-    inv1, inv2 = 1.0 / n1.astype(jnp.float64), 1.0 / n2.astype(jnp.float64)
     om1 = (jnp.int64(DB) - n1).astype(jnp.float64) / DB
     om2 = (jnp.int64(DB) - n2).astype(jnp.float64) / DB
-    return inv1, inv2, om1, om2
+    return om1, om2
 
 
-def _adam_forward_leaf(w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do, *, eps, decay, leaf):
+def _with_inverse(n):
+    return n, 1.0 / n.astype(jnp.float64)
+
+
+def _adam_forward_leaf(
+    w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, r1, s1, r2, s2, sw, k, do, *, eps, decay, leaf
+):
     head, stack = _fixed.spill_leaf(head, stack, k, do)
-    inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
-    (_, dm, dv) = Adam._increments([g], [om1], [om2])
+    om1, om2 = _leaf_terms(n1, n2)
+    (_, dm, dv) = Adam._increments([g], [om1], [om2], [s1], [s2])
     (dm, ok_m), (dv, ok_v) = dm[0], dv[0]
-    x, head = mul_beta(m, n1, inv1, head)
+    x, head = mul_beta(m, *_with_inverse(r1), head)
     m = x + dm
-    x, head = mul_beta_v((vh, vl), n2, inv2, head)
+    x, head = mul_beta_v((vh, vl), *_with_inverse(r2), head)
     v = add_v(x, dv)
-    u = _direction(_fixed.from_fixed(m), from_fixed_v(v), c1, c2, eps)[3]
-    d, ok_d = _fixed.to_fixed(lr * u)
+    u = _direction(_fixed.from_fixed(m) * s1, from_fixed_v(v), c1, c2, eps, s2)[3]
+    d, ok_d = _fixed.to_fixed((lr * (1.0 / sw)) * u)
     if decay:
-        w, head = mul_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
+        w, head = mul_beta(w, *_with_inverse(rw), head)
     ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v))
     return w - d, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf)
 
 
-def _adam_undo_weights_leaf(w, m, vh, vl, head, nf, lr, c1, c2, *, eps, decay):
-    u = _direction(_fixed.from_fixed(m), from_fixed_v((vh, vl)), c1, c2, eps)[3]
-    w = w + _fixed.to_fixed(lr * u)[0]
+def _adam_undo_weights_leaf(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps, decay):
+    u = _direction(_fixed.from_fixed(m) * s1, from_fixed_v((vh, vl)), c1, c2, eps, s2)[3]
+    w = w + _fixed.to_fixed((lr * (1.0 / sw)) * u)[0]
     if decay:
-        w, head = div_beta(w, nf, 1.0 / nf.astype(jnp.float64), head)
+        w, head = div_beta(w, *_with_inverse(rw), head)
     return w, head
 
 
 def _adam_undo_adjoint_leaf(
-    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, k, do, *, eps, leaf
+    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
 ):
-    inv1, inv2, om1, om2 = _leaf_terms(n1, n2)
-    parts = _direction(_fixed.from_fixed(m), from_fixed_v((vh, vl)), c1, c2, eps)
-    m, vh, vl, head = _undo_state_leaf(m, vh, vl, head, g, (n1, inv1), (n2, inv2), om1, om2)
+    om1, om2 = _leaf_terms(n1, n2)
+    parts = _parts(_fixed.from_fixed(m), from_fixed_v((vh, vl)), s1, s2, c1, c2, eps)
+    m, vh, vl, head = _undo_state_leaf(
+        m, vh, vl, head, g, _with_inverse(r1), _with_inverse(r2), om1, om2, s1, s2
+    )
     head = _fixed.unspill_from(head, stack, k, do)
-    state = (m, vh, vl)
     _, dm, dv, ct, dhyper = _adjoint_leaf(
-        parts, dw, dm, dv, g, *state, (n1, inv1), (n2, inv2), om1, om2, lr, c1, c2
+        parts, dw, dm, dv, g, _with_inverse(n1), _with_inverse(n2), om1, om2, lr, c1, c2
     )
     f = nf.astype(jnp.float64) / DB
     sums = jnp.stack([jnp.sum(x) for x in (*dhyper, dw * _fixed.from_fixed(w))])
     fp = reversible._fingerprint_leaf(g, leaf)
-    return *state, head, f * dw, dm, dv, ct.astype(g.dtype), sums, fp
+    return m, vh, vl, head, f * dw, dm, dv, ct.astype(g.dtype), sums, fp
 
 
 ADAM = Adam()
@@ -811,6 +1000,11 @@ def _setup(loss, w0, meta, learning_rates, b1, b2, weight_decay, eps, capacity, 
         weight_decay = _as_schedule(weight_decay, T)
         _schedule.check(weight_decay, w0, "weight_decay")
         schedules = (*schedules, weight_decay_factors(learning_rates, weight_decay))
+    schedules = (*schedules, *renormalisations(b1), *renormalisations(b2))
+    if decoupled:  # the weights are stored scaled too: w = F w'
+        renorm_w, scale_w = renormalisations(schedules[5])
+        before = jax.tree.map(lambda x: jnp.concatenate([jnp.ones_like(x[:1]), x[:-1]]), scale_w)
+        schedules = (*schedules, renorm_w, scale_w, before)
     if capacity is None:
         if min_beta is None:
             mins = [_concrete_min(schedules[i]) for i in ((1, 2, 5) if decoupled else (1, 2))]

@@ -200,10 +200,13 @@ def adam_capacity(
 
     A step multiplies each weight's one head by ``rho = prod 2**24 / n`` (the factors' numerators)
     and adds at most ``C = (2**k - 1) 2**24`` (``k`` factors, each pop-then-push), so from ``B_0``
-    a head is below ``rho**i (B_0 + i C)`` after ``i`` steps. Heads spill 32 bits in lock-step at
-    the start of a step once one reaches ``adam_spill_bits(k)`` bits; with ``F`` the most steps from
-    an empty head to the first spill and ``S`` from a spilled one (below ``2**32``) to the next, at
-    most ``1 + (steps - 1 - F) // S`` spills happen. ``bucket`` rounds up to 2, 3, 4, 6, 8, 12, ...
+    a head is below ``rho**i (B_0 + i C)`` after ``i`` steps. (The engine stores the state scaled,
+    `hypercore.adam`'s "Scaled state": it pushes a factor's bits as a halving where its running
+    product crosses a power of two, the same bits in fewer pushes, which this recursion bounds.)
+    Heads spill 32 bits in lock-step at the start of a step once one reaches ``adam_spill_bits(k)``
+    bits; with ``F`` the most steps from an empty head to the first spill and ``S`` from a spilled
+    one (below ``2**32``) to the next, at most ``1 + (steps - 1 - F) // S`` spills happen.
+    ``bucket`` rounds up to 2, 3, 4, 6, 8, 12, ...
     as `capacity_for` does. The buffer then takes `buffer_bytes` (one head per weight).
     """
     if steps < 0:

@@ -73,19 +73,25 @@ returns what ``forward_step`` does and then ``(copy, fp)``; ``checks_weights = T
 (``dtypes``, one per leaf; ``g``'s in the forward step), the copy the next gradient reads, made in the
 same pass over the weights; ``fp`` is ``g``'s fingerprint (`_fingerprint`, the same bits), taken in
 the pass that reads ``g``. Either may be ``None``: the engine then converts the weights or hashes the
-gradient itself, as for an optimizer without these members.
+gradient itself, as for an optimizer without these members. An optimizer that stores the weights
+scaled (`hypercore.adam`'s AdamW: ``w = F w'``) makes both copies itself and has
+``final_weights(w, hyper)``, the float64 weights from the stored ones after the last step (``hyper``
+that step's values), which the engine returns; it compares the stored weights with ``w_0`` after the
+reverse pass as they are, so the scale must be 1 at ``t = 0``.
 
 A second exact optimizer is a class with these members, registered under a name, and an entry
 point that passes its schedules; nothing in the engine is copied. `hypercore.adam` is the worked
-example; in outline (its ``m`` and ``v``, and with weight decay ``w``, are each multiplied by a
-decay ``n / 2**24`` through one head per parameter that the three share)::
+example; in outline (its ``m`` and ``v``, and with weight decay ``w``, are stored scaled by float64
+factors that follow their decays, and halved exactly, the lost bit pushed onto one head per parameter
+that the three share, when a decay's running product crosses a power of two: "Scaled state" there)::
 
     @dataclasses.dataclass(frozen=True)
     class Adam:
         eps: float = 1e-8
         weight_decay: bool = False       # AdamW: w_{t+1} = f_t w_t - lr_t u_t, f_t = 1 - lr_t wd_t
         name = "adam"                    # "adamw" with weight decay
-        schedule_names = ("learning_rates", "b1", "b2", "bias1", "bias2")   # + "decay_factors"
+        schedule_names = ("learning_rates", "b1", "b2", "bias1", "bias2")   # + "decay_factors",
+        # + the scales' schedules: "renorm1", "scale1", "renorm2", "scale2" (+ w's three)
         decay_schedule = (1, 2)          # + 5: the smallest of b1, b2 (and f) sizes the buffer
 
         def buffer_shapes(self, shapes):  # one head per parameter, shared by m's, v's (, w's) bits
@@ -96,16 +102,17 @@ decay ``n / 2**24`` through one head per parameter that the three share)::
             return tuple([jnp.zeros(s, jnp.int64) for s in shapes] for _ in range(3))  # m, v's limbs
         def init_adjoint(self, dw_T):    # the state's cotangent at T, float64, same structure
             return ([jnp.zeros_like(x) for x in dw_T], [jnp.zeros_like(x) for x in dw_T])
-        def forward_step(self, w, state, buf, g, hyper): ...   # mul_beta pushes m's, v's, w's bits
-        def undo_weights(self, w, state, buf, hyper, record, stacks): ...  # + lr u; div_beta on w
-        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # div_beta on v, then m
+        def forward_step(self, w, state, buf, g, hyper): ...   # renormalisations (mul_beta) push
+        # m's, v's, w's bits where due; then m' += fixed((1 - b1) g / S1), v' likewise, w' -= ...
+        def undo_weights(self, w, state, buf, hyper, record, stacks): ...  # + (lr / F) u; div_beta
+        def undo_state(self, state, buf, g, hyper, record, stacks): ...   # - increments; div_beta
         def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux): ...  # dw -> f dw
 
     OPTIMIZERS["adam"], OPTIMIZERS["adamw"] = Adam(), Adam(weight_decay=True)
 
     def reversible_adam(loss, w0, meta, learning_rates, b1, b2, weight_decay=0.0, *, capacity=None,
                         min_beta=None, report=None):
-        schedules = (learning_rates, b1, b2, c1, c2, f)   # quantised, f = weight_decay_factors(...)
+        schedules = (learning_rates, b1, b2, c1, c2, f, *scales)   # quantised, f = weight_decay_factors(...)
         engine, meta_all = _prepare(loss, w0, meta, schedules, capacity=capacity,
                                     min_gamma=min_beta, optimizer="adamw")
         return _train(engine, w0, meta_all, schedules, report)
@@ -713,6 +720,7 @@ class _Engine(NamedTuple):
     backward: Callable
     restored: Callable
     to_fixed_w0: Callable
+    final_weights: Callable
 
 
 def _make_engine(
@@ -830,7 +838,15 @@ def _make_engine(
     def to_fixed_w0(w0):
         return [_fixed.to_fixed(x)[0] for x in layout.from_model(w0)]
 
-    return _Engine(layout, forward, reverse, backward, restored, to_fixed_w0)
+    def final_weights(w, schedules):
+        """The float64 weights from the stored ones after the last step."""
+        final = getattr(opt, "final_weights", None)
+        if final is None:
+            return [_fixed.from_fixed(x) for x in w]
+        last = tuple([x[-1] for x in leaves] for leaves in schedule_leaves(schedules))
+        return final(w, hypers(last))
+
+    return _Engine(layout, forward, reverse, backward, restored, to_fixed_w0, final_weights)
 
 
 def _decay_indices(optimizer: TrainingOptimizer) -> tuple[int, ...]:
@@ -899,21 +915,21 @@ def _prepare(
 def _train(engine: _Engine, w0: PyTree, meta_all, schedules: tuple, report: jax.Array | None) -> PyTree:
     """``w_T``, differentiable by reversal with respect to ``w0``, ``meta_all``, every schedule and
     ``report`` (whose cotangent is the `ReversalReport`)."""
-    layout, forward, _, backward, restored, to_fixed_w0 = engine
+    layout, forward, _, backward, restored, to_fixed_w0, final_weights = engine
     if report is None:
         report = empty_report()
 
-    def output(fwd: _Forward):
-        w = [jnp.where(fwd.diverged, jnp.nan, _fixed.from_fixed(x)) for x in fwd.w]
+    def output(fwd: _Forward, schedules):
+        w = [jnp.where(fwd.diverged, jnp.nan, x) for x in final_weights(fwd.w, schedules)]
         return layout.to_model(w)
 
     @jax.custom_vjp
     def run(w0, meta_all, schedules, report):
-        return output(forward(w0, meta_all, schedules))
+        return output(forward(w0, meta_all, schedules), schedules)
 
     def run_fwd(w0, meta_all, schedules, report):
         fwd = forward(w0, meta_all, schedules)
-        return output(fwd), (fwd, to_fixed_w0(w0), meta_all, schedules)
+        return output(fwd, schedules), (fwd, to_fixed_w0(w0), meta_all, schedules)
 
     def run_bwd(res, w_bar):
         fwd, w0_fixed, meta_all, schedules = res

@@ -29,6 +29,7 @@ from hypercore.adam import (
     mul_beta_v,
     quantize_beta,
     quantize_decay,
+    renormalisations,
     reversible_adam,
     sub_v,
     to_fixed_v,
@@ -68,6 +69,44 @@ def decays(kind, T, w0, seed=0, low=0.1, high=5.0):
 def rel_err(a, b):
     a, b = jnp.ravel(jnp.asarray(a, jnp.float64)), jnp.ravel(jnp.asarray(b, jnp.float64))
     return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.parametrize("betas", ["0.9", "0.999", "0.5", "random", "per_weight", "decay"])
+def test_renormalisations_keep_the_scale_in_range_and_never_drift(betas):
+    """The scaled state's schedules: a halving (``R = 2**23``) only where the scale times the step's
+    factor falls to one half or below, none (``2**24``) elsewhere; the scale in ``(1/2, 1]``; and the
+    scale times the halvings' product equal to the factors' cumulative product to float64's rounding,
+    over 10,000 steps: nothing accumulates."""
+    T, rng = 10000, np.random.default_rng(3)  # 0.5**10000 underflows float64: P is kept normalised
+    shape = (T, 3, 2) if betas == "per_weight" else (T,)
+    b = {
+        "0.9": np.full(shape, 0.9),
+        "0.999": np.full(shape, 0.999),
+        "0.5": np.full(shape, 0.5),
+        "random": rng.uniform(0.5, 0.9999, shape),
+        "per_weight": rng.uniform(0.5, 0.9999, shape),
+        "decay": np.where(rng.random(shape) < 0.5, 1.0, 1 - 1e-3),  # AdamW's factors reach 1
+    }[betas]
+    b = np.asarray(quantize_decay(jnp.asarray(b)) if betas == "decay" else quantize_beta(jnp.asarray(b)))
+    r, scale = (np.asarray(x) for x in renormalisations(jnp.asarray(b)))
+    assert r.shape == scale.shape == b.shape and r.dtype == scale.dtype == np.float64
+    assert np.all((r == 2**23) | (r == 2**24))
+    assert np.all((scale > 0.5) & (scale <= 1.0))
+    previous = np.concatenate([np.ones((1, *shape[1:])), scale[:-1]])
+    np.testing.assert_array_equal(r == 2**23, previous * b <= 0.5)  # halved exactly where due
+    # in 80-bit floats, whose sums of thousands of logs are exact enough to see a drift of 1e-10
+    ld = np.longdouble
+    log_true = np.cumsum(np.log(b.astype(ld)), axis=0)  # log prod b
+    log_ours = np.log(scale.astype(ld)) + np.cumsum(np.log(r.astype(ld) / 2**24), axis=0)
+    drift = float(np.max(np.abs(log_ours - log_true)))
+    assert drift < 1e-10, drift
+    due = int(np.sum(r == 2**23))
+    if betas == "0.9":  # log2(1 / 0.9) = 0.152 halvings a step
+        assert 1515 <= due <= 1525
+    if betas == "0.999":
+        assert due == 14
+    if betas == "0.5":
+        assert due == T
 
 
 def test_quantize_beta_values_and_straight_through_gradient():
@@ -518,3 +557,30 @@ def test_any_loss_scale_follows_the_rule(scale):
         err = float(jnp.max(jnp.abs(got[k] - want[k])))
         print(f"scale {scale:g} {k}: moved {moved:.3g}, off the rule by {err:.3g}")
         assert moved > 1e-3 and err <= (1e-6 if scale < 1e-3 else 1e-8 if scale < 1 else 1e-11) * moved
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_weight"])
+def test_adamw_follows_the_rule_through_its_renormalisations(kind):
+    """The scaled state (`hypercore.adam`, "Scaled state") with every scale halved several times in
+    120 steps (``b1 = 0.6``: 0.74 halvings a step; ``b2 = 0.95``: one in 14; ``lr wd = 0.03``: one in
+    23): the weights the engine returns, ``F_T w'_T``, follow the quantised rule in float64 as closely
+    as unscaled state did (1e-12 of how far they move), and the run reverses exactly."""
+    X = jax.random.normal(jax.random.key(0), (16, 5), jnp.float64)
+    y = jnp.sin(X.sum(1))
+
+    def loss(w, meta, t):
+        return jnp.mean((jnp.tanh(X @ w["W"]) @ w["V"] - y) ** 2)
+
+    w0 = {"W": 0.3 * jax.random.normal(jax.random.key(1), (5, 4), jnp.float64), "V": 0.3 * jnp.ones(4)}
+    T = 120
+    lr, b1, b2, wd = (jnp.full(T, x) for x in (0.01, 0.6, 0.95, 3.0))
+    if kind == "per_weight":  # a different decay per weight: renormalisations at different steps
+        rng = np.random.default_rng(0)
+        wd = {k: jnp.asarray(rng.uniform(1.0, 5.0, (T, *v.shape))) for k, v in w0.items()}
+    got = reversible_adam(loss, w0, {}, lr, b1, b2, wd)
+    want = unrolled_adam(loss, w0, {}, lr, b1, b2, wd, quantize=True)
+    for k in w0:
+        moved = float(jnp.max(jnp.abs(want[k] - w0[k])))
+        err = float(jnp.max(jnp.abs(got[k] - want[k])))
+        assert moved > 1e-2 and err <= 1e-12 * moved, (k, moved, err)
+    assert check_reversal_adam(loss, w0, {}, lr, b1, b2, wd)

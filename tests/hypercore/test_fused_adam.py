@@ -31,9 +31,8 @@ LEAF = 5
 def _pair(name, decay):
     """The fused kernel and its XLA formulation, compiled; the steps that read the gradient take its
     fingerprint for leaf number `LEAF`."""
-    kw = {"eps": 1e-8} if name == "undo_adjoint" else {"eps": 1e-8, "decay": decay}
-    if name != "undo_weights":
-        kw["leaf"] = LEAF
+    kw = {"eps": 1e-8} if name == "undo_weights" else {"eps": 1e-8, "leaf": LEAF}
+    xla_kw = kw if name == "undo_adjoint" else {**kw, "decay": decay}  # the kernels need no flag
     fused = {
         "forward": _fused.adam_forward,
         "undo_weights": _fused.adam_undo_weights,
@@ -44,7 +43,7 @@ def _pair(name, decay):
         "undo_weights": adam._adam_undo_weights_leaf,
         "undo_adjoint": adam._adam_undo_adjoint_leaf,
     }[name]
-    return jax.jit(functools.partial(fused, **kw)), jax.jit(functools.partial(xla, **kw))
+    return jax.jit(functools.partial(fused, **kw)), jax.jit(functools.partial(xla, **xla_kw))
 
 
 def _array(values, dtype, shape=SHAPE):
@@ -73,9 +72,15 @@ def _ints(lo, hi):
     c2=st.floats(1e-3, 1.0),
     k=st.integers(0, 3),
     do=st.booleans(),
+    r1=st.one_of(st.just(adam.DB), st.integers(adam.N_MIN, adam.DB)),  # mostly no renormalisation
+    r2=st.one_of(st.just(adam.DB), st.integers(adam.N_MIN, adam.DB)),
+    rw=st.one_of(st.just(adam.DB), st.integers(adam.N_MIN, adam.DB)),  # AdamW's only
+    s1=st.floats(0.5, 1.0),
+    s2=st.floats(0.5, 1.0),
+    sw=st.floats(0.5, 1.0),
 )
 def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
-    decay, dtype, n1, n2, nf, w, m, vh, vl, heads, g, lr, c1, c2, k, do
+    decay, dtype, n1, n2, nf, w, m, vh, vl, heads, g, lr, c1, c2, k, do, r1, r2, rw, s1, s2, sw
 ):
     w, m, vh, vl = (_array(x, np.int64) for x in (w, m, vh, vl))
     heads = _array(heads, np.uint64)
@@ -86,9 +91,11 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     g = jnp.asarray(np.asarray(g).reshape(SHAPE), dtype)
     n1, n2, nf = jnp.int64(n1), jnp.int64(n2), jnp.int64(nf if decay else adam.DB)
     lr, c1, c2, k, do = jnp.float64(lr), jnp.float64(c1), jnp.float64(c2), jnp.int32(k), jnp.bool_(do)
+    moments = (jnp.int64(r1), jnp.float64(s1), jnp.int64(r2), jnp.float64(s2))
+    rw, sw = (jnp.int64(rw), jnp.float64(sw)) if decay else (jnp.int64(adam.DB), jnp.float64(1.0))
 
     fused, xla = _pair("forward", decay)
-    args = (w, m, vh, vl, heads, stack, g, n1, n2, nf, lr, c1, c2, k, do)
+    args = (w, m, vh, vl, heads, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do)
     ours, theirs = fused(*args), xla(*args)
     for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok", "fp"), ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
@@ -96,7 +103,7 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     assert fp.dtype == jnp.uint64 and int(fp) == int(reversible._fingerprint_leaf(g, LEAF))
 
     fused, xla = _pair("undo_weights", decay)
-    args = (w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
+    args = (w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
     (w0, h0), theirs = fused(*args), xla(*args)
     np.testing.assert_array_equal(np.asarray(w0), np.asarray(theirs[0]))
     np.testing.assert_array_equal(np.asarray(h0), np.asarray(theirs[1]))
@@ -104,7 +111,7 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     fused, xla = _pair("undo_adjoint", decay)
     rng = np.random.default_rng(int(n2))
     dw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(3))
-    args = (m1, vh1, vl1, h0, s1, g, dw, dm, dv, w0, n1, n2, nf, lr, c1, c2, k, do)
+    args = (m1, vh1, vl1, h0, s1, g, dw, dm, dv, w0, n1, n2, nf, lr, c1, c2, *moments, k, do)
     ours, theirs = fused(*args), xla(*args)
     names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums", "fp")
     assert int(ours[9]) == int(fp), "undo_adjoint: the gradient's fingerprint"
@@ -178,11 +185,12 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
     assert not steps & on if kind == "per_weight" else steps <= on
 
 
+@pytest.mark.parametrize("renorm", [False, True])
 @pytest.mark.parametrize("decay", [False, True])
-def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
+def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay, renorm):
     """Arrays of several chunks (`hypercore._fused_launch`, on XLA's thread pool) give the XLA
     formulation's integers bit for bit and its adjoint to rounding, and undo the step exactly; two such
-    arrays in one program."""
+    arrays in one program. ``renorm``: a step that renormalises both moments (and AdamW's weights)."""
     from hypercore import _fused_launch
 
     shape = (3 * _fused_launch.MIN_CHUNK // 64 + 1, 64)
@@ -201,15 +209,21 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay):
     n1, n2 = jnp.int64(15099494), jnp.int64(16760439)
     nf = jnp.int64(16760000 if decay else adam.DB)
     lr, c1, c2, k, do = jnp.float64(1e-3), jnp.float64(0.3), jnp.float64(0.01), jnp.int32(2), jnp.bool_(True)
+    r1, r2 = (jnp.int64(10066330), jnp.int64(9000000)) if renorm else (jnp.int64(adam.DB),) * 2
+    moments = (r1, jnp.float64(0.6), r2, jnp.float64(0.8))
+    rw = jnp.int64(8500000 if renorm and decay else adam.DB)
+    sw = jnp.float64(0.9 if decay else 1.0)
 
     def round_trip(impl, leaves):
         out = []
         for w, m, vh, vl, head, stack, g in leaves:
-            step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, nf, lr, c1, c2, k, do)
+            step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do)
             w1, m1, vh1, vl1, h1, s1, ok, _ = step
-            w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, nf, lr, c1, c2)
+            w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
             d = g.astype(jnp.float64)
-            back = impl["undo_adjoint"](m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, k, do)
+            back = impl["undo_adjoint"](
+                m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do
+            )
             out.append(((*step, w0, *back[:4], back[9]), back[4:9]))
         return out
 
