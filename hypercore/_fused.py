@@ -244,8 +244,9 @@ def adam_forward(
     r2, s2, rw, sw`` are the renormalisations and scales of ``m``, ``v`` and ``w`` at this step
     (`hypercore.adam.renormalisations`; ``rw = 2**24``, ``sw = 1`` for Adam), ``fp`` is `fingerprint`
     ``(g, leaf)``.
-    (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: their loops are bound by
-    arithmetic, not memory, and the conversion in them cost more than XLA's pass of its own.)"""
+    (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: written in their loops it
+    measured slower than XLA's pass of its own, before the state was scaled and after, at 1e6 weights:
+    docs/BENCHMARKS.md, "Scaled state".)"""
     word, shift = _slot(k)
     outs = (
         *(_like(x) for x in (w, m, vh, vl, head, stack)),

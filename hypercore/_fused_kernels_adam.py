@@ -167,8 +167,8 @@ def _direction(m, vh, vl, s1, c1, k2, eps):
 
 # The renormalisations of the stored moments and (AdamW) weights (`hypercore.adam.renormalisations`): an
 # exact multiplication by ``R / 2**24`` through the head before a step's update, ``m``'s, ``v``'s then
-# ``w``'s, and their undo after the reverse step's, in the reverse order. ``R = 2**24`` (none) is the
-# identity, skipped: most steps have none.
+# ``w``'s, and their undo after the reverse step's, in the reverse order. The engine's are halvings,
+# ``R = 2**23``; ``R = 2**24`` (none) is the identity, skipped: most steps have none.
 
 
 @njit(cache=True, error_model="numpy")
