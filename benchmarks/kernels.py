@@ -55,6 +55,7 @@ def state(seed: int = 0) -> dict:
         "dm": rng.standard_normal(N),
         "dv": rng.standard_normal(N),
         "ct": np.zeros(N, np.float32),
+        "hw": (rng.standard_normal(N) * 1e-3).astype(np.float32),  # AdamW's deferred product (2026-12-07)
         "w_model": np.zeros(N, np.float32),
         "sums": np.zeros(6),
         "n_sgd": np.int64(n_sgd),
@@ -86,7 +87,7 @@ def loops(sgd, adam, s: dict) -> dict:
     # --base may name; these are the values of every name any of them had. ``rw = 2**24``, ``r1 =
     # r2 = 2**24``: a step with no renormalisation (most steps, since the scaled state).
     adamw = {
-        **{k: s[k] for k in ("w", "m", "vh", "vl", "head", "g", "row", "dw", "dm", "dv", "ct", "sums")},
+        **{k: s[k] for k in ("w", "m", "vh", "vl", "head", "g", "row", "dw", "hw", "dm", "dv", "ct", "sums")},
         **{"n1": n1, "n2": n2, "nf": nf, "lr": lr, "c1": c1, "c2": c2, "eps": eps, "decay": True},
         **{"first": np.uint64(1), "shift": shift, "do": off},
         **{"r1": np.int64(2**24), "r2": np.int64(2**24), "rw": np.int64(2**24)},

@@ -293,13 +293,15 @@ def adam_undo_weights(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps):
 
 
 def adam_undo_adjoint(
-    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
+    m, vh, vl, head, stack, g, dw, hw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
 ):
     """`hypercore.adam.Adam.undo_and_adjoint` on one weight array: ``(m, vh, vl, head, dw, dm, dv, ct,
     sums, fp)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
     the adjoint, ``ct`` in ``g``'s dtype, ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
-    the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w`` is ``w_t`` (fixed point), read for ``df``
-    only; ``nf`` is ``2**24`` for Adam; ``r1, s1, r2, s2`` as in `adam_forward`."""
+    the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w_{t+1}``'s cotangent is ``dw - hw``, ``hw``
+    (``g``'s dtype) the part the engine did not subtract (`hypercore.reversible`'s ``subtracts_hvp``);
+    ``w`` is ``w_t`` (fixed point), read for ``df`` only; ``nf`` is ``2**24`` for Adam; ``r1, s1, r2,
+    s2`` as in `adam_forward`."""
     word, shift = _slot(k)
     outs = (
         *(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)),
@@ -326,6 +328,7 @@ def adam_undo_adjoint(
         _scalar(do, jnp.bool_),
         _scalar(leaf, _S64),
         *_moment_scalars(r1, s1, r2, s2),
+        hw,
         aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6},
     )
 
@@ -423,7 +426,7 @@ def _adam_round_trip(w, m, head, stack, g, k, do, fp):
     w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw, eps=1e-8)
     d = g.astype(_F64)
     back = adam_undo_adjoint(
-        m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, eps=1e-8, leaf=1
+        m1, vh1, vl1, h0, s1, g, d, g, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, eps=1e-8, leaf=1
     )
     same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == h, fp1 == fp, back[9] == fp]
     return ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

@@ -206,7 +206,8 @@ def _unrenorm_loop(m, vh, vl, head, r1, r2):
 def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1, r2, s2, rw, sw):
     """The step on one chunk: the renormalisations where due, then the moments' updates (divided by
     their scales ``s1``, ``s2`` after the step) and the weights' (by ``sw``). Returns the range flag
-    and the gradient's fingerprint part (from ``first``)."""
+    (of the moments and the new weights: the engine does not test the weights again) and the
+    gradient's fingerprint part (from ``first``)."""
     if r1 != DB or r2 != DB or rw != DB:
         _renorm_loop(w, m, vh, vl, head, r1, r2, rw)
     k2 = s2 * (1.0 / c2)
@@ -225,11 +226,13 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1,
         vhi, vlo = _add_v(vh[i], vl[i], dvh, dvl)
         _, _, _, u = _direction(mi, vhi, vlo, s1, c1, k2, eps)
         d, ok_d = _to_fixed(kw * u)
-        w[i] = w[i] - d
+        wi = w[i] - d
+        w[i] = wi
         m[i] = mi
         vh[i] = vhi
         vl[i] = vlo
         ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < LIMB_LIMIT)
+        ok = ok & (wi < LIMIT) & (wi > -LIMIT)
     return ok, fp
 
 
@@ -355,9 +358,13 @@ def _div_beta_v(hi, lo, n, inv, head):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _adjoint_block(m, vh, vl, g, dw, dm, dv, w, ct, lr, rc1, rc2, s1, s2, om1, om2, nd1, nd2, eps, f, first):
-    """The step's adjoint from the stored ``m_{t+1}, v_{t+1}`` (scaled by ``s1``, ``s2``): ``dm, dv``
-    become the cotangents of ``m_t, v_t``, ``ct`` minus ``g_t``'s, AdamW's ``dw`` becomes ``f dw``.
+def _adjoint_block(  # noqa: PLR0913
+    m, vh, vl, g, dw, hw, dm, dv, w, ct, lr, rc1, rc2, s1, s2, om1, om2, nd1, nd2, eps, f, first
+):
+    """The step's adjoint from the stored ``m_{t+1}, v_{t+1}`` (scaled by ``s1``, ``s2``): ``dw - hw``
+    is ``w_{t+1}``'s cotangent (``hw`` the later step's vector-Jacobian product of the gradient, which
+    the engine leaves to this pass), ``dm, dv`` become the cotangents of ``m_t, v_t``, ``ct`` minus
+    ``g_t``'s, and ``dw`` becomes ``f (dw - hw)`` (AdamW's ``f``; 1 for Adam).
     Returns the block's sums of ``dlr, dc1, dc2, dfactor`` and of ``db1 b1, db2 b2`` (the caller
     divides), and its part of the gradient's fingerprint (from ``first``)."""
     s_lr, s_c1, s_c2, s_f, s_b1, s_b2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -372,7 +379,7 @@ def _adjoint_block(m, vh, vl, g, dw, dm, dv, w, ct, lr, rc1, rc2, s1, s2, om1, o
         root = np.sqrt(vhat)
         rden = 1.0 / (root + eps)
         u = mhat * rden
-        d = dw[i]
+        d = dw[i] - np.float64(hw[i])
         s_lr -= d * u
         du = -lr * d
         dmhat = du * rden
@@ -421,6 +428,7 @@ def _undo_adjoint_loop(  # noqa: PLR0913
     g,
     row,
     dw,
+    hw,
     dm,
     dv,
     w,
@@ -462,6 +470,7 @@ def _undo_adjoint_loop(  # noqa: PLR0913
             vl[b],
             g[b],
             dw[b],
+            hw[b],
             dm[b],
             dv[b],
             w[b],
@@ -499,7 +508,7 @@ def _undo_adjoint_loop(  # noqa: PLR0913
 @njit(cache=True)
 def _adam_undo_adjoint_prepare(args, rets, n):
     # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do, leaf,
-    # r1, s1, r2, s2; rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
+    # r1, s1, r2, s2, hw; rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], n, np.uint64)
@@ -510,17 +519,18 @@ def _adam_undo_adjoint_prepare(args, rets, n):
 @njit(cache=True, error_model="numpy")
 def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
     fp = _undo_adjoint_loop(
-        _elems(table, 25, n, np.int64)[a:b],
         _elems(table, 26, n, np.int64)[a:b],
         _elems(table, 27, n, np.int64)[a:b],
-        _elems(table, 28, n, np.uint64)[a:b],
+        _elems(table, 28, n, np.int64)[a:b],
+        _elems(table, 29, n, np.uint64)[a:b],
         _elems(table, 5, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 17, np.int64))[a:b],
-        _elems(table, 29, n, np.float64)[a:b],
         _elems(table, 30, n, np.float64)[a:b],
+        _elems(table, 25, n, gdtype)[a:b],
         _elems(table, 31, n, np.float64)[a:b],
+        _elems(table, 32, n, np.float64)[a:b],
         _elems(table, 9, n, np.int64)[a:b],
-        _elems(table, 32, n, gdtype)[a:b],
+        _elems(table, 33, n, gdtype)[a:b],
         part[:6],
         _value(table, 10, np.int64),
         _value(table, 11, np.int64),

@@ -495,6 +495,8 @@ class Adam:
 
     eps: float = 1e-8
     weight_decay: bool = False
+    checks_weights = True  # the step's checks hold the new weights' range, in the pass that makes them
+    subtracts_hvp = True  # `undo_and_adjoint` takes the engine's last vector-Jacobian product, ``hw``
 
     @property
     def name(self):
@@ -704,6 +706,7 @@ class Adam:
             *(ok for _, ok in dws),
             *map(_fixed.in_range, m_new),
             *map(in_range_v, v_new),
+            *map(_fixed.in_range, w),
         ]
         state = (m_new, [x[0] for x in v_new], [x[1] for x in v_new])
         bound = _head_bound(buf.bound, factors) if by_bound else buf.bound
@@ -815,12 +818,14 @@ class Adam:
         dw_out = [f * d for f, d in zip(factors, dw, strict=True)]
         return dw_out, (dm, dv), cts, (*dhyper, dfactor, *zeros)
 
-    def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux):
+    def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux, hw):
         """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (a float loop and an
         integer one per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds
         each schedule's sum per array, which is all a schedule with one value per array needs. Last,
-        ``g``'s fingerprint, taken in the same pass (``None`` on XLA's path)."""
+        ``g``'s fingerprint, taken in the same pass (``None`` on XLA's path). ``w_{t+1}``'s cotangent
+        is ``dw - hw`` (`subtracts_hvp`), subtracted in the kernels' pass."""
         if stacks is None or not self._fused(hyper, g):
+            dw = [d - h.astype(jnp.float64) for d, h in zip(dw, hw, strict=True)]
             state, buf, s_aux = self.undo_state(state, buf, g, hyper, spilled, stacks)
             return (state, buf, *self.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), None)
         lr, b1, b2, c1, c2 = hyper[:5]
@@ -831,6 +836,7 @@ class Adam:
             stacks,
             g,
             dw,
+            hw,
             *dstate,
             w_aux[1],
             [n for n, _ in self._numerators(b1)],
@@ -929,8 +935,9 @@ def _adam_forward_leaf(
     d, ok_d = _fixed.to_fixed((lr * (1.0 / sw)) * u)
     if decay:
         w, head = mul_beta(w, *_with_inverse(rw), head)
-    ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v))
-    return w - d, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf)
+    w = w - d
+    ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v) & _fixed.in_range(w))
+    return w, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf)
 
 
 def _adam_undo_weights_leaf(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps, decay):
@@ -942,8 +949,9 @@ def _adam_undo_weights_leaf(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, e
 
 
 def _adam_undo_adjoint_leaf(
-    m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
+    m, vh, vl, head, stack, g, dw, hw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
 ):
+    dw = dw - hw.astype(jnp.float64)
     om1, om2 = _leaf_terms(n1, n2)
     parts = _parts(_fixed.from_fixed(m), from_fixed_v((vh, vl)), s1, s2, c1, c2, eps)
     m, vh, vl, head = _undo_state_leaf(

@@ -61,13 +61,17 @@ optimizer's fixed-point conversions and state range): otherwise the run is repor
 something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
-Optional members let an optimizer do more in one pass (`SGDM` has all of them and
-`hypercore.adam.Adam` the first two, for `hypercore._fused`'s CPU kernels):
+Optional members let an optimizer do more in one pass (`SGDM` and `hypercore.adam.Adam` have the
+first four, for `hypercore._fused`'s CPU kernels):
 ``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the backward pass
 then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
 ``(state, buf, dw, dstate, ct, dhyper, fp)``; ``forward_step_fused(w, state, buf, g, hyper)``, which
 returns what ``forward_step`` does and then ``(copy, fp)``; ``checks_weights = True``, which says
-``checks`` already hold the new weights' range, so the engine does not test it again; and
+``checks`` already hold the new weights' range, so the engine does not test it again;
+``subtracts_hvp = True`` (`hypercore.adam.Adam`), which says ``undo_and_adjoint`` takes one more
+argument, ``hw``: the later step's vector-Jacobian product of the gradient (a list in the model's
+dtypes), which ``dw`` has yet to lose (``w_{t+1}``'s cotangent is ``dw - hw``), subtracted in the
+optimizer's own pass over ``dw`` rather than in one of XLA's; and
 ``undo_weights_with_copy(w, state, buf, hyper, record, stacks, dtypes)``, which returns what
 ``undo_weights`` does and, last, ``copy``. ``copy`` is the new weights in the model's dtypes
 (``dtypes``, one per leaf; ``g``'s in the forward step), the copy the next gradient reads, made in the
@@ -699,16 +703,24 @@ def _or_hashed(fp: jax.Array | None, g: list[jax.Array]) -> jax.Array:
     return _fingerprint(g) if fp is None else fp
 
 
-def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux):
+def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stacks, dw, dstate, w_aux, hw):
     """``undo_state`` then ``adjoint_step``, or the optimizer's ``undo_and_adjoint`` where it has one
-    (the two in one call per weight array: `SGDM`, `hypercore.adam.Adam`). Returns ``(state, buf, dw,
-    dstate, ct, dhyper, fp)``, ``fp`` ``g``'s fingerprint (the optimizer's, or taken here)."""
+    (the two in one call per weight array: `SGDM`, `hypercore.adam.Adam`). ``hw`` is the later step's
+    vector-Jacobian product of the gradient, still to be subtracted from ``dw`` where the optimizer
+    ``subtracts_hvp`` (else ``None``). Returns ``(state, buf, dw, dstate, ct, dhyper, fp)``, ``fp``
+    ``g``'s fingerprint (the optimizer's, or taken here)."""
     both = getattr(opt, "undo_and_adjoint", None)
     if both is not None:
-        *out, fp = both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)
+        extra = () if hw is None else (hw,)
+        *out, fp = both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux, *extra)
         return (*out, _or_hashed(fp, g))
     state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
     return (state, buf, *opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), _fingerprint(g))
+
+
+def _minus(dw, hw):
+    """``dw - hw``, leaf by leaf, ``hw`` (a vector-Jacobian product in the model's dtypes) in float64."""
+    return [d - h.astype(jnp.float64) for d, h in zip(dw, hw, strict=True)]
 
 
 class _Engine(NamedTuple):
@@ -795,7 +807,7 @@ def _make_engine(
         """Algorithm 2: reverse the training and accumulate every hypergradient."""
 
         def step(carry, xs):
-            w, state, buf, mismatch, dw, dstate, dmeta = carry
+            w, state, buf, mismatch, dw, hw, dstate, dmeta = carry
             t, leaves_t, fp, record = xs
             hyper = hypers(leaves_t)
             w, state, buf, w_aux, w_model = _undo_weights(
@@ -804,24 +816,34 @@ def _make_engine(
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), layout.to_model(w_model), meta, consts)
             state, buf, dw, dstate, ct, dhyper, fp_now = _undo_and_adjoint(
-                opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux
+                opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux, hw
             )
             dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
-            hw, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
-            dw = [d - h.astype(jnp.float64) for d, h in zip(dw, jax.tree.leaves(hw), strict=True)]
+            h, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
+            if deferred:  # the next step's pass subtracts it
+                hw = jax.tree.leaves(h)
+            else:
+                dw = _minus(dw, jax.tree.leaves(h))
             dmeta = jax.tree.map(lambda acc, h: acc - h.astype(acc.dtype), dmeta, (hmeta, hconsts))
-            return (w, state, buf, first_mismatch(mismatch, fp_now, fp, t), dw, dstate, dmeta), dhyper
+            return (w, state, buf, first_mismatch(mismatch, fp_now, fp, t), dw, hw, dstate, dmeta), dhyper
 
+        # An optimizer that ``subtracts_hvp`` takes each step's vector-Jacobian product into the next
+        # (earlier) step's pass over ``dw``: ``w_t``'s cotangent is ``dw - hw``, saving an XLA pass over
+        # the weights per step; the last is subtracted here.
+        deferred = getattr(opt, "subtracts_hvp", False)
+        hw0 = [jnp.zeros(s, dt) for s, dt in zip(layout.shapes, layout.dtypes, strict=True)]
         init = (
             fwd.w,
             fwd.state,
             _carried(fwd.buf),
             jnp.asarray(_NO_STEP, jnp.int32),
             dw_T,
+            hw0 if deferred else None,
             opt.init_adjoint(dw_T),
             jax.tree.map(jnp.zeros_like, meta_all),
         )
-        (w, state, buf, mismatch, dw, _, dmeta), dhypers = scan_backwards(step, init, fwd, schedules)
+        (w, state, buf, mismatch, dw, hw, _, dmeta), dhypers = scan_backwards(step, init, fwd, schedules)
+        dw = _minus(dw, hw) if deferred else dw
         return w, state, buf, mismatch, dw, dmeta, dhypers
 
     def restored(w, state, buf, w0_fixed):

@@ -19,7 +19,7 @@ from test_adam import decays, rel_err, schedules  # the tiny net's Adam schedule
 from test_fused import _empty_slot, _paths
 from test_reversible import make_problem
 
-from hypercore import _fused, adam, reversible
+from hypercore import ReversalReport, _fixed, _fused, adam, empty_report, reversible
 from hypercore.adam import check_reversal_adam, forward_state_adam, reversible_adam
 
 SHAPE = (4, 7)
@@ -110,8 +110,9 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
 
     fused, xla = _pair("undo_adjoint", decay)
     rng = np.random.default_rng(int(n2))
-    dw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(3))
-    args = (m1, vh1, vl1, h0, s1, g, dw, dm, dv, w0, n1, n2, nf, lr, c1, c2, *moments, k, do)
+    dw, hw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(4))
+    hw = hw.astype(g.dtype)  # the later step's vector-Jacobian product, which the kernel subtracts
+    args = (m1, vh1, vl1, h0, s1, g, dw, hw, dm, dv, w0, n1, n2, nf, lr, c1, c2, *moments, k, do)
     ours, theirs = fused(*args), xla(*args)
     names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums", "fp")
     assert int(ours[9]) == int(fp), "undo_adjoint: the gradient's fingerprint"
@@ -119,9 +120,11 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
         a, b = np.asarray(a), np.asarray(b)
         if name in ("m", "vh", "vl", "head", "fp"):  # the integers bit for bit
             np.testing.assert_array_equal(a, b, err_msg=f"undo_adjoint: {name}")
-        else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few apart
+        else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few of the array's
+            # scale apart (where terms cancel, as ``dw - hw`` or ``ct``'s two can, the result is
+            # smaller than its terms, and so is its relative precision)
             assert a.dtype == b.dtype, name
-            scale = np.max(np.abs(b)) if name == "sums" else np.abs(b)
+            scale = np.max(np.abs(b))
             np.testing.assert_array_less(
                 np.abs(a - b), 1e-12 * scale + 1e-300, err_msg=f"undo_adjoint: {name}"
             )
@@ -130,6 +133,52 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
         np.testing.assert_array_equal(np.asarray(w0), np.asarray(w))
         for name, a, b in zip(names, ours[:4], (m, vh, vl, heads), strict=False):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"restored: {name}")
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_the_forward_step_flags_weights_it_moves_out_of_range(decay):
+    """The step's range flag covers the new weights (`Adam.checks_weights`: the engine does not test
+    them again), on both paths: one weight at the edge of the fixed-point range, moved past it by the
+    step, makes it false; the same weight moved the other way keeps it true."""
+    limit = int(_fixed.RANGE) << _fixed.FRAC_BITS
+    m = jnp.zeros(SHAPE, jnp.int64)
+    vh, vl = jnp.zeros(SHAPE, jnp.int64), jnp.zeros(SHAPE, jnp.int64)
+    heads = jnp.full(SHAPE, 12345, jnp.uint64)
+    stack = _empty_slot(jnp.zeros((2, *SHAPE), jnp.uint64), 0)
+    one = (jnp.int64(adam.DB), jnp.float64(1.0))
+    hyper = (jnp.int64(15099494), jnp.int64(16760439), jnp.int64(adam.DB))  # b1 0.9, b2 0.999, no decay
+    rest = (jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3), *one, *one, jnp.float64(1.0))
+    fused, xla = _pair("forward", decay)
+    for sign, expect in ((1.0, False), (-1.0, True)):
+        # w - lr u with u = sign(g): a positive gradient lowers the weight past -limit, a negative one
+        # raises it back inside
+        w = jnp.zeros(SHAPE, jnp.int64).at[1, 2].set(-(limit - 1))
+        g = jnp.zeros(SHAPE, jnp.float32).at[1, 2].set(sign)
+        args = (w, m, vh, vl, heads, stack, g, *hyper, *rest, jnp.int32(0), jnp.bool_(False))
+        ours, theirs = fused(*args), xla(*args)
+        assert bool(ours[6]) is expect and bool(theirs[6]) is expect, (sign, bool(ours[6]), bool(theirs[6]))
+        np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(theirs[0]))
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_weight"])
+def test_weights_that_drift_out_of_range_are_reported_on_either_path(kind):
+    """Each step within range (``|lr u|`` about 1e4, under ``2**14``), the weights past it after the
+    second: the run reports an overflow, with the kernels and without (shared schedules take them,
+    per-weight ones XLA's list of leaves), though no single step's conversion failed."""
+    _, w0, _ = make_problem()
+    T = 4
+    lr = jnp.full((T,), 1e4) if kind == "shared" else {k: jnp.full((T, *v.shape), 1e4) for k, v in w0.items()}
+
+    def run():
+        def f(lr, report):
+            w_T = reversible_adam(lambda w, m, t: jnp.sum(w["W"]), w0, {}, lr, 0.9, 0.999, report=report)
+            return jnp.sum(w_T["W"])
+
+        return f(lr, empty_report()), jax.grad(f, 1)(lr, empty_report())
+
+    for value, rep in _paths(run):
+        assert bool(jnp.isnan(value))
+        assert ReversalReport.from_array(rep).overflow
 
 
 @pytest.mark.parametrize("kind", ["shared", "per_array"])
@@ -220,9 +269,9 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay, renorm)
             step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do)
             w1, m1, vh1, vl1, h1, s1, ok, _ = step
             w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
-            d = g.astype(jnp.float64)
+            d, hw = g.astype(jnp.float64), g * jnp.float32(0.25)
             back = impl["undo_adjoint"](
-                m1, vh1, vl1, h0, s1, g, d, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do
+                m1, vh1, vl1, h0, s1, g, d, hw, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do
             )
             out.append(((*step, w0, *back[:4], back[9]), back[4:9]))
         return out
