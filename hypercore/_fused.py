@@ -117,8 +117,15 @@ _S64, _U64, _F64 = jnp.int64, jnp.uint64, jnp.float64
 
 def _call(name: str, outs, *args, aliases: dict[int, int]):
     """The custom call ``name``; ``aliases`` (argument -> result) are updated in place, as the loops
-    read each element before they write it."""
+    read each element before they write it. Refused while tracing where its buffers would not fit the
+    launch record's table (`hypercore._fused_launch.MAX_TABLE`), which the handler would write past."""
     importlib.import_module("hypercore._fused_kernels").register()  # once; the engine calls `available` first
+    limit = importlib.import_module("hypercore._fused_launch").MAX_TABLE
+    if len(args) + len(outs) > limit:
+        raise ValueError(
+            f"{name}: {len(args)} arguments and {len(outs)} results, more than the {limit} buffers "
+            "of hypercore._fused_launch.MAX_TABLE"
+        )
     return jax.ffi.ffi_call(name, outs, input_output_aliases=aliases)(*args)
 
 

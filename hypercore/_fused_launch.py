@@ -246,7 +246,8 @@ def _write_fingerprint(address, parts, chunks, j):
 MIN_CHUNK = 16384  # elements: below two of these an array runs as one chunk
 MAX_CHUNKS = 16
 PART_WORDS = 8  # a chunk's reductions
-MAX_TABLE = 40  # buffer pointers: a kernel's arguments and results (Adam's reverse half has 35)
+MAX_TABLE = 40  # buffer pointers: a kernel's arguments and results (Adam's reverse half has 36;
+# `hypercore._fused._call` refuses more while tracing)
 # A launch record, in 8-byte words: the counters, the call, its table, then `parts` (chunks x PART_WORDS)
 REFS, NEXT, REMAINING, CHUNKS, SIZE, KIND, NARGS, API, FUTURE, TABLE = range(10)
 HEADER_WORDS = TABLE + MAX_TABLE

@@ -241,6 +241,22 @@ def test_the_engine_calls_the_kernels_where_they_apply(kind):
         assert "revtune_fingerprint_float32" not in on  # taken by the steps, in their own passes
 
 
+def test_a_call_with_more_buffers_than_the_launch_record_holds_is_refused():
+    """Past `MAX_TABLE` buffers the handler would write past its launch record (it once segfaulted
+    the self-check): the call is refused while tracing, before anything runs."""
+    from hypercore import _fused_launch
+
+    x = jnp.zeros(3, jnp.float32)
+    outs = (jax.ShapeDtypeStruct((), jnp.uint64),)
+    args = [x] * _fused_launch.MAX_TABLE  # one result more than fits
+
+    def call(x):
+        return _fused._call("revtune_fingerprint_float32", outs, *args, aliases={})
+
+    with pytest.raises(ValueError, match="MAX_TABLE"):
+        jax.jit(call).lower(x)
+
+
 def test_the_environment_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("REVTUNE_FUSED_KERNELS", "0")
     assert not _fused.available()
