@@ -121,9 +121,10 @@ def _call(name: str, outs, *args, aliases: dict[int, int]):
     launch record's table (`hypercore._fused_launch.MAX_TABLE`), which the handler would write past."""
     importlib.import_module("hypercore._fused_kernels").register()  # once; the engine calls `available` first
     limit = importlib.import_module("hypercore._fused_launch").MAX_TABLE
-    if len(args) + len(outs) > limit:
+    results = len(outs) if isinstance(outs, (tuple, list)) else 1  # one result: not in a tuple
+    if len(args) + results > limit:
         raise ValueError(
-            f"{name}: {len(args)} arguments and {len(outs)} results, more than the {limit} buffers "
+            f"{name}: {len(args)} arguments and {results} results, more than the {limit} buffers "
             "of hypercore._fused_launch.MAX_TABLE"
         )
     return jax.ffi.ffi_call(name, outs, input_output_aliases=aliases)(*args)

@@ -714,6 +714,8 @@ def _undo_and_adjoint(opt: TrainingOptimizer, state, buf, g, hyper, record, stac
         extra = () if hw is None else (hw,)
         *out, fp = both(state, buf, g, hyper, record, stacks, dw, dstate, w_aux, *extra)
         return (*out, _or_hashed(fp, g))
+    if hw is not None:  # ``subtracts_hvp`` without the member that would: subtracted here
+        dw = _minus(dw, hw)
     state, buf, s_aux = opt.undo_state(state, buf, g, hyper, record, stacks)
     return (state, buf, *opt.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), _fingerprint(g))
 

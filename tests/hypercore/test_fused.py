@@ -247,14 +247,18 @@ def test_a_call_with_more_buffers_than_the_launch_record_holds_is_refused():
     from hypercore import _fused_launch
 
     x = jnp.zeros(3, jnp.float32)
-    outs = (jax.ShapeDtypeStruct((), jnp.uint64),)
-    args = [x] * _fused_launch.MAX_TABLE  # one result more than fits
+    out = jax.ShapeDtypeStruct((), jnp.uint64)
+    for outs in (out, (out,)):  # one result, bare or in a tuple, after a full table of arguments
 
-    def call(x):
-        return _fused._call("revtune_fingerprint_float32", outs, *args, aliases={})
+        def call(x, outs=outs):
+            return _fused._call(
+                "revtune_fingerprint_float32", outs, *[x] * _fused_launch.MAX_TABLE, aliases={}
+            )
 
-    with pytest.raises(ValueError, match="MAX_TABLE"):
-        jax.jit(call).lower(x)
+        with pytest.raises(ValueError, match="MAX_TABLE"):
+            jax.jit(call).lower(x)
+    # and one that fits runs as before
+    assert int(jax.jit(lambda x: _fused.fingerprint(x, 1))(x)) == int(reversible._fingerprint_leaf(x, 1))
 
 
 def test_the_environment_turns_the_kernels_off(monkeypatch):

@@ -401,3 +401,27 @@ def test_reverse_pass_does_not_copy_the_information_stack():
         if " copy(" in line and any(s in line for s in stack_shapes)
     ]
     assert copies == [], copies
+
+
+def test_a_deferred_product_reaches_an_optimizer_without_its_own_undo_and_adjoint():
+    """``subtracts_hvp`` leaves the vector-Jacobian product ``hw`` to the optimizer's pass; one that
+    declares it but has no ``undo_and_adjoint`` still gets ``dw - hw`` in its ``adjoint_step``."""
+    from hypercore import reversible
+
+    seen = []
+
+    class Plain:
+        subtracts_hvp = True
+
+        def undo_state(self, state, buf, g, hyper, record, stacks):
+            return state, buf, None
+
+        def adjoint_step(self, dw, dstate, g, state, hyper, w_aux, s_aux):
+            seen.append(dw)
+            return dw, dstate, [jnp.zeros_like(x) for x in g], ()
+
+    dw, hw = [jnp.array([1.0, 2.0])], [jnp.array([0.5, 0.25], jnp.float32)]
+    g = [jnp.zeros(2, jnp.float32)]
+    out = reversible._undo_and_adjoint(Plain(), None, None, g, None, None, None, dw, None, None, hw)
+    np.testing.assert_array_equal(np.asarray(seen[0][0]), [0.5, 1.75])
+    np.testing.assert_array_equal(np.asarray(out[2][0]), [0.5, 1.75])
