@@ -6,7 +6,9 @@ meta-gradient through each, alternating: ``d valid(w_T) / d (alphas, gammas)`` o
 ``benchmarks/engine.py``'s problem (a tanh MLP on MNIST-shaped noise, minibatches drawn from
 ``(seed, t)``, shared schedules of shape (T,), alpha 0.1) and plain float32 training of the same T
 steps. Each timing is the fastest of 3 runs, repeated --rounds times in turn for each function and
-the fastest round kept, so that a neighbour's load shows as noise in every function alike. Each
+the fastest round kept, so that a neighbour's load shows as noise in every function alike; every other
+round runs them in the reverse order (with one order throughout, the base against itself read the
+second engine 4 % slower by the median round: docs/BENCHMARKS.md). Each
 round's own speedup (base over head, the two timed next to each other) is reported too, lowest,
 median and highest: on a noisy machine one run's fastest rounds can say the opposite of most rounds.
 Also reports whether the two engines' hypergradients are bit-identical and how far apart they are.
@@ -111,8 +113,10 @@ def cell(name: str, T: int, gamma: float, rounds: int, engines: dict, optimizer:
     grads = {label: fn(*args) for label, fn in fns.items() if label != "plain"}
     jax.block_until_ready(fns["plain"](*args))
     times = {label: [] for label in fns}
-    for _ in range(rounds):
-        for label, fn in fns.items():
+    for r in range(rounds):
+        # every other round in the reverse order: an A/A run (the base commit against itself) read
+        # the second engine 4 to 11 % slower at 1e5 when the base always went first
+        for label, fn in list(fns.items())[:: -1 if r % 2 else 1]:
             times[label].append(fastest(fn, args))
     best = {label: min(ts) for label, ts in times.items()}
     per_round = sorted(b / h for b, h in zip(times["base"], times["head"], strict=True))
