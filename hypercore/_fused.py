@@ -17,7 +17,8 @@ each half of a step in one loop over the elements instead, in place:
 * `fingerprint`: the gradient's hash of `hypercore.reversible._fingerprint`, for any optimizer;
 * `adam_forward`, `adam_undo_weights`, `adam_undo_adjoint`: reversible Adam's and AdamW's forward
   step (after the spill, as in SGD's), the undo of its weights, and the undo of ``v`` and ``m`` with the
-  un-spill and the step's adjoint, its sums included (`_fused_kernels_adam`).
+  un-spill and the step's adjoint, its sums included, then the step before's undo of the weights and
+  their model-dtype copy, the engine's reverse loop pipelined (`_fused_kernels_adam`).
 
 The integers (weights, moments, heads, stacks, flags, hashes) are bit for bit those of the
 `jax.numpy` formulation (`hypercore._fixed`, the ``_sgd_*_leaf`` functions of `hypercore.reversible`,
@@ -301,21 +302,54 @@ def adam_undo_weights(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps):
 
 
 def adam_undo_adjoint(
-    m, vh, vl, head, stack, g, dw, hw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
+    m,
+    vh,
+    vl,
+    head,
+    stack,
+    g,
+    dw,
+    hw,
+    dm,
+    dv,
+    w,
+    n1,
+    n2,
+    nf,
+    lr,
+    c1,
+    c2,
+    r1,
+    s1,
+    r2,
+    s2,
+    k,
+    do,
+    prev,
+    *,
+    eps,
+    leaf,
 ):
-    """`hypercore.adam.Adam.undo_and_adjoint` on one weight array: ``(m, vh, vl, head, dw, dm, dv, ct,
-    sums, fp)``, the state one step back (un-spilling slot ``k`` of the read-only ``stack`` if ``do``),
-    the adjoint, ``ct`` in ``g``'s dtype, ``sums`` those of ``(dlr, db1, db2, dc1, dc2, df)`` over
-    the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w_{t+1}``'s cotangent is ``dw - hw``, ``hw``
-    (``g``'s dtype) the part the engine did not subtract (`hypercore.reversible`'s ``subtracts_hvp``);
-    ``w`` is ``w_t`` (fixed point), read for ``df`` only; ``nf`` is ``2**24`` for Adam; ``r1, s1, r2,
-    s2`` as in `adam_forward`."""
+    """`hypercore.adam.Adam.undo_adjoint_then_weights` on one weight array: ``(m, vh, vl, head, dw, dm,
+    dv, ct, sums, fp, w, wf)``. First the step's: the state one step back (un-spilling slot ``k`` of the
+    read-only ``stack`` if ``do``), the adjoint, ``ct`` in ``g``'s dtype, ``sums`` those of ``(dlr,
+    db1, db2, dc1, dc2, df)`` over the array and ``fp`` `fingerprint` ``(g, leaf)``. ``w_{t+1}``'s
+    cotangent is ``dw - hw``, ``hw`` (``g``'s dtype) the part the engine did not subtract
+    (`hypercore.reversible`'s ``subtracts_hvp``); ``w`` is ``w_t`` (fixed point); ``nf`` is ``2**24``
+    for Adam; ``r1, s1, r2, s2`` as in `adam_forward`. Then the step before's `adam_undo_weights` from
+    the restored state, ``w_{t-1}``, and its copy ``wf`` in ``g``'s dtype: ``prev`` is that step's ``(rw,
+    lr, c1, c2, s1, s2, sw, scale)``, ``scale`` the copy's (``lr = 0``, ``rw = 2**24``: none)."""
     word, shift = _slot(k)
     outs = (
         *(_like(x) for x in (m, vh, vl, head, dw, dm, dv, g)),
         jax.ShapeDtypeStruct((6,), _F64),
         jax.ShapeDtypeStruct((), _U64),
+        _like(w),
+        _like(g),
     )
+    rw_p, *floats = prev
+    # the kernel's order: lr, c1, c2, s1, s2, sw, scale, then rw (exact in a float64: at most 2**24)
+    packed = jnp.stack([_scalar(x, _F64) for x in (*floats, rw_p)])
     return _call(
         f"revtune_adam_undo_adjoint_{g.dtype.name}",
         outs,
@@ -337,7 +371,8 @@ def adam_undo_adjoint(
         _scalar(leaf, _S64),
         *_moment_scalars(r1, s1, r2, s2),
         hw,
-        aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6},
+        packed,
+        aliases={0: 0, 1: 1, 2: 2, 3: 3, 6: 4, 7: 5, 8: 6, 9: 10},
     )
 
 
@@ -417,24 +452,41 @@ def _self_check() -> None:
 
 
 def _adam_round_trip(w, m, head, stack, g, k, do, fp):
-    """AdamW's three kernels: a step moves the weights, the moments and the stack, and the undo of the
-    weights, then of the state, restores them and the heads bit for bit; both steps' fingerprints are
-    ``fp``, leaf 1's. The moments and the weights are renormalised (``r1``, ``r2``, ``rw``), which
-    most steps are not."""
+    """AdamW's three kernels over two steps: the first renormalises the moments and the weights and
+    spills, the second neither (as most steps). The undo of the second's weights, then of its state
+    with the first's weights in the same pass, then of the first's state with no step before it
+    restore the weights, the moments and the heads bit for bit, with the weights' copies; every
+    fingerprint is ``fp``, leaf 1's."""
+    from hypercore._fixed import from_fixed
+
     n1, n2, nf = jnp.int64(15099494), jnp.int64(16760439), jnp.int64(16760000)  # 0.9, 0.999, 1 - 1e-5
     lr, c1, c2 = jnp.float64(1e-3), jnp.float64(0.1), jnp.float64(1e-3)
     moments = (jnp.int64(10066330), jnp.float64(0.55), jnp.int64(9000000), jnp.float64(0.7))
     rw, sw = jnp.int64(8500000), jnp.float64(0.95)
+    one = jnp.int64(1 << 24)
+    lr_b, c1_b, c2_b, sw_b = jnp.float64(2e-3), jnp.float64(0.2), jnp.float64(2e-3), jnp.float64(0.9)
+    moments_b = (one, jnp.float64(0.5), one, jnp.float64(0.65))
     vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
     h = head >> jnp.uint64(4)
     w1, m1, vh1, vl1, h1, s1, ok, fp1 = adam_forward(
         w, m, vh, vl, h, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do, eps=1e-8, leaf=1
     )
     moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
-    w0, h0 = adam_undo_weights(w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw, eps=1e-8)
+    kw = {"eps": 1e-8, "leaf": 1}
+    step_b = (n1, n2, one, lr_b, c1_b, c2_b, *moments_b, sw_b)
+    w2, m2, vh2, vl2, h2, s2, ok2, fp2 = adam_forward(w1, m1, vh1, vl1, h1, s1, g, *step_b, k, False, **kw)
+    w_b, h_b = adam_undo_weights(w2, m2, vh2, vl2, h2, one, lr_b, c1_b, c2_b, 0.5, 0.65, sw_b, eps=1e-8)
     d = g.astype(_F64)
-    back = adam_undo_adjoint(
-        m1, vh1, vl1, h0, s1, g, d, g, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, eps=1e-8, leaf=1
+    adjoint = (g, d, g, d, d)  # g, dw, hw, dm, dv
+    first = (rw, lr, c1, c2, moments[1], moments[3], sw, 0.5)  # the first step's weights, copy at 0.5
+    hyper_b = (n1, n2, nf, lr_b, c1_b, c2_b, *moments_b, k, False)
+    back = adam_undo_adjoint(m2, vh2, vl2, h_b, s2, *adjoint, w_b, *hyper_b, first, **kw)
+    none = (one, 0.0, c1, c2, moments[1], moments[3], sw, 1.0)
+    hyper_a = (n1, n2, nf, lr, c1, c2, *moments, k, do)
+    m0, vh0, vl0, h0, *_, fp0, w0, wf0 = adam_undo_adjoint(
+        *back[:4], s1, *adjoint, back[10], *hyper_a, none, **kw
     )
-    same = [w0 == w, back[0] == m, back[1] == vh, back[2] == vl, back[3] == h, fp1 == fp, back[9] == fp]
-    return ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))
+    copies = [back[11] == (from_fixed(w) * 0.5).astype(g.dtype), wf0 == from_fixed(w).astype(g.dtype)]
+    restored = [back[10] == w, w_b == w1, back[0] == m1, back[1] == vh1, back[2] == vl1, w0 == w]
+    same = [*restored, m0 == m, vh0 == vh, vl0 == vl, h0 == h, *copies, fp1 == fp, fp2 == fp, back[9] == fp]
+    return ok & ok2 & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

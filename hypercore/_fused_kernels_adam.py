@@ -301,6 +301,14 @@ def _undo_weights_loop(w, m, vh, vl, head, rw, lr, c1, c2, eps, s1, s2, sw):
             w[i], head[i] = _div_beta(w[i], rw, invw, head[i])
 
 
+@njit(cache=True, error_model="numpy")
+def _copy_block(w, wf, fs):
+    """``wf = F w'`` in the model's dtype (``wf``'s): `hypercore.adam.Adam._copy`'s conversion, the
+    same float64 product rounded once."""
+    for i in range(w.size):
+        wf[i] = _from_fixed_scalar(w[i]) * fs
+
+
 @njit(cache=True)
 def _adam_undo_weights_prepare(args, rets, n):
     # args: w, m, vh, vl, head, rw, lr, c1, c2, eps, s1, s2, sw; rets: w, head
@@ -328,9 +336,12 @@ def _adam_undo_weights_body(table, n, a, b, part):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The reverse step's second half, `Adam.undo_and_adjoint`: the adjoint of the step, all from ``m_{t+1}``,
-# ``v_{t+1}`` and ``g_t`` (`hypercore.adam._adjoint_leaf`), then the undo of the moments' updates, of
-# their renormalisations where due, and of the spill. One loop touching every array did not vectorise
+# The reverse step's second half, `Adam.undo_adjoint_then_weights`: the adjoint of the step, all from
+# ``m_{t+1}``, ``v_{t+1}`` and ``g_t`` (`hypercore.adam._adjoint_leaf`), then the undo of the moments'
+# updates, of their renormalisations where due, and of the spill; then, from the restored ``m_t, v_t``
+# still in cache, the step before's undo of the weights (`_undo_weights_loop`) and their copy in the
+# model's dtype, which the next gradient reads (the engine's reverse loop is pipelined: a pass over
+# the state and one over the weights per step saved). One loop touching every array did not vectorise
 # (about 14 arrays: too many for LLVM's overlap checks), so each block of `BLOCK` weights goes through
 # short loops, which do. The integer loops are `hypercore.adam`'s operations, bit for bit; the float
 # loop reassociates (its sums vectorise, and scalar divisions become multiplications by the
@@ -448,8 +459,12 @@ def _undo_adjoint_loop(  # noqa: PLR0913
     s1,
     r2,
     s2,
+    wf,
+    prev,
 ):
-    """The chunk's adjoint and undo, in blocks; returns its part of the gradient's fingerprint."""
+    """The chunk's adjoint and undo, then the earlier step's undo of the weights with their copy
+    ``wf`` (``prev``: that step's ``lr, c1, c2, s1, s2, sw``, the copy's scale and ``rw``), in
+    blocks; returns its part of the gradient's fingerprint."""
     om1 = np.float64(DB - n1) * INV_DB
     om2 = np.float64(DB - n2) * INV_DB
     rc1, rc2 = 1.0 / c1, 1.0 / c2
@@ -458,6 +473,8 @@ def _undo_adjoint_loop(  # noqa: PLR0913
     nd1, nd2 = np.float64(n1) * INV_DB, np.float64(n2) * INV_DB
     renorm = r1 != DB or r2 != DB
     mask = LOW32_U << shift
+    lr_p, c1_p, c2_p, s1_p, s2_p, sw_p, fs_p = prev[0], prev[1], prev[2], prev[3], prev[4], prev[5], prev[6]
+    rw_p = np.int64(prev[7])
     sums[:] = 0.0
     s_b1, s_b2 = 0.0, 0.0
     fp = np.uint64(0)
@@ -493,6 +510,8 @@ def _undo_adjoint_loop(  # noqa: PLR0913
             _unrenorm_loop(m[b], vh[b], vl[b], head[b], r1, r2)
         if do:
             _unspill_block(head[b], row[b], mask, shift)
+        _undo_weights_loop(w[b], m[b], vh[b], vl[b], head[b], rw_p, lr_p, c1_p, c2_p, eps, s1_p, s2_p, sw_p)
+        _copy_block(w[b], wf[b], fs_p)
         fp += fp_b
         sums[0] += s_lr
         s_b1 += b1
@@ -508,29 +527,30 @@ def _undo_adjoint_loop(  # noqa: PLR0913
 @njit(cache=True)
 def _adam_undo_adjoint_prepare(args, rets, n):
     # args: m, vh, vl, head, stack, g, dw, dm, dv, w, n1, n2, nf, lr, c1, c2, eps, word, shift, do, leaf,
-    # r1, s1, r2, s2, hw; rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint
+    # r1, s1, r2, s2, hw, prev (8); rets: m, vh, vl, head, dw, dm, dv, ct, sums (6), fingerprint, w, wf
     for i in range(3):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[3], args[3], n, np.uint64)
     for i in range(3):
         _aliased(rets[4 + i], args[6 + i], n, np.float64)
+    _aliased(rets[10], args[9], n, np.int64)
 
 
 @njit(cache=True, error_model="numpy")
 def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
     fp = _undo_adjoint_loop(
-        _elems(table, 26, n, np.int64)[a:b],
         _elems(table, 27, n, np.int64)[a:b],
         _elems(table, 28, n, np.int64)[a:b],
-        _elems(table, 29, n, np.uint64)[a:b],
+        _elems(table, 29, n, np.int64)[a:b],
+        _elems(table, 30, n, np.uint64)[a:b],
         _elems(table, 5, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 17, np.int64))[a:b],
-        _elems(table, 30, n, np.float64)[a:b],
-        _elems(table, 25, n, gdtype)[a:b],
         _elems(table, 31, n, np.float64)[a:b],
+        _elems(table, 25, n, gdtype)[a:b],
         _elems(table, 32, n, np.float64)[a:b],
-        _elems(table, 9, n, np.int64)[a:b],
-        _elems(table, 33, n, gdtype)[a:b],
+        _elems(table, 33, n, np.float64)[a:b],
+        _elems(table, 37, n, np.int64)[a:b],
+        _elems(table, 34, n, gdtype)[a:b],
         part[:6],
         _value(table, 10, np.int64),
         _value(table, 11, np.int64),
@@ -546,5 +566,7 @@ def _adam_undo_adjoint_body(table, n, a, b, part, gdtype):
         _value(table, 22, np.float64),
         _value(table, 23, np.int64),
         _value(table, 24, np.float64),
+        _elems(table, 38, n, gdtype)[a:b],
+        _elems(table, 26, 8, np.float64),
     )
     part[6] = _as_f64(fp)

@@ -496,7 +496,7 @@ class Adam:
     eps: float = 1e-8
     weight_decay: bool = False
     checks_weights = True  # the step's checks hold the new weights' range, in the pass that makes them
-    subtracts_hvp = True  # `undo_and_adjoint` takes the engine's last vector-Jacobian product, ``hw``
+    subtracts_hvp = True  # the reverse member takes the engine's last vector-Jacobian product, ``hw``
 
     @property
     def name(self):
@@ -722,8 +722,8 @@ class Adam:
         rw, sw, _ = self._weight_scales(hyper, len(w))
         if self._fused(
             hyper
-        ):  # `parts` are XLA's, for `adjoint_step`; `undo_and_adjoint`'s kernel recomputes
-            # them, and XLA then drops them as unused
+        ):  # `parts` are XLA's, for `adjoint_step`; the reverse kernel recomputes them, and XLA
+            # then drops them as unused
             lr, _, _, c1, c2 = hyper[:5]
             s1, s2 = self._scales(hyper)
             leaves = zip(
@@ -818,27 +818,54 @@ class Adam:
         dw_out = [f * d for f, d in zip(factors, dw, strict=True)]
         return dw_out, (dm, dv), cts, (*dhyper, dfactor, *zeros)
 
-    def undo_and_adjoint(self, state, buf, g, hyper, spilled, stacks, dw, dstate, w_aux, hw):
-        """`undo_state` then `adjoint_step`, in one call per weight array on a CPU (a float loop and an
-        integer one per block of weights, `hypercore._fused_kernels_adam`); ``dhyper`` then holds
-        each schedule's sum per array, which is all a schedule with one value per array needs. Last,
-        ``g``'s fingerprint, taken in the same pass (``None`` on XLA's path). ``w_{t+1}``'s cotangent
-        is ``dw - hw`` (`subtracts_hvp`), subtracted in the kernels' pass."""
+    def _previous(self, hyper_prev, last, leaves: int):
+        """Per leaf, the kernels' ``prev``: the step before's ``(rw, lr, c1, c2, s1, s2, sw, F)`` (``F``
+        the scale of its weights' copy, before that step), its undo of the weights made the identity
+        where ``last`` (``lr = 0``, no renormalisation: step 0 has no step before it)."""
+        lr, _, _, c1, c2 = hyper_prev[:5]
+        s1, s2 = self._scales(hyper_prev)
+        rw, sw, before = self._weight_scales(hyper_prev, leaves)
+        lr = [jnp.where(last, 0.0, x) for x in lr.per_leaf()]
+        rw = [jnp.where(last, jnp.int64(DB), n) for n, _ in rw]
+        return list(zip(rw, lr, c1.per_leaf(), c2.per_leaf(), s1, s2, sw, before, strict=True))
+
+    def undo_adjoint_then_weights(
+        self, state, buf, g, hyper, spilled, stacks, dw, dstate, hw, w, hyper_prev, last, dtypes
+    ):
+        """Step ``t``'s undo of the state and its adjoint (`undo_state`, `adjoint_step`), then step ``t
+        - 1``'s `undo_weights_with_copy` from the restored state (``hyper_prev`` its schedules; none
+        where ``last``): the engine's reverse loop pipelined (`hypercore.reversible`), so that on a CPU
+        one kernel call per weight array does both, reading the state once, and writes the weights'
+        copy in the model's dtypes (a pass each that XLA made). ``w`` is ``w_t``; ``w_{t+1}``'s
+        cotangent is ``dw - hw`` (`subtracts_hvp`). Returns ``(w, state, buf, dw, dstate, ct, dhyper,
+        fp, copy)``: ``w_{t-1}``, ``g``'s fingerprint (``None`` on XLA's path) and the copy (``None``
+        where the engine converts)."""
+        m, vh, vl = state
         if stacks is None or not self._fused(hyper, g):
+            _, parts = self._steps(m, list(zip(vh, vl, strict=True)), hyper)
             dw = [d - h.astype(jnp.float64) for d, h in zip(dw, hw, strict=True)]
             state, buf, s_aux = self.undo_state(state, buf, g, hyper, spilled, stacks)
-            return (state, buf, *self.adjoint_step(dw, dstate, g, state, hyper, w_aux, s_aux), None)
+            out = self.adjoint_step(dw, dstate, g, state, hyper, self._aux(parts, w, hyper), s_aux)
+            w_prev, _, buf_prev, _ = self.undo_weights(w, state, buf, hyper_prev, spilled, stacks)
+            w = [jnp.where(last, a, b) for a, b in zip(w, w_prev, strict=True)]
+            buf = buf._replace(
+                heads=[jnp.where(last, a, b) for a, b in zip(buf.heads, buf_prev.heads, strict=True)]
+            )
+            copy = self._copy(w, self._weight_scales(hyper_prev, len(w))[2], dtypes)
+            return (w, state, buf, *out, None, copy)
         lr, b1, b2, c1, c2 = hyper[:5]
         do, k = _fixed.unspill_slot(buf, spilled)
         leaves = zip(
-            *state,
+            m,
+            vh,
+            vl,
             buf.heads,
             stacks,
             g,
             dw,
             hw,
             *dstate,
-            w_aux[1],
+            w,
             [n for n, _ in self._numerators(b1)],
             [n for n, _ in self._numerators(b2)],
             self._decay_numerators(hyper, len(dw)),
@@ -846,24 +873,27 @@ class Adam:
             c1.per_leaf(),
             c2.per_leaf(),
             self._moment_args(hyper),
+            self._previous(hyper_prev, last, len(dw)),
             strict=True,
         )
         out = [
             _fused.on_cpu(
-                (*args, *moments, k, do),
+                (*args, *moments, k, do, prev),
                 functools.partial(_fused.adam_undo_adjoint, eps=self.eps, leaf=leaf),
-                functools.partial(_adam_undo_adjoint_leaf, eps=self.eps, leaf=leaf),
+                functools.partial(_adam_undo_adjoint_leaf, eps=self.eps, leaf=leaf, decay=self.weight_decay),
             )
-            for leaf, (*args, moments) in enumerate(leaves)
+            for leaf, (*args, moments, prev) in enumerate(leaves)
         ]
-        m, vh, vl, heads, dw, dm, dv, cts, sums, fps = (list(x) for x in zip(*out, strict=True))
+        m, vh, vl, heads, dw, dm, dv, cts, sums, fps, w, copy = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
         dhyper = tuple([s[j] for s in sums] for j in range(5))
         if self.weight_decay:  # the kernels' sum of dw w' times the scale of w_t
             _, _, before = self._weight_scales(hyper, len(sums))
             dhyper = (*dhyper, [s[5] * b for s, b in zip(sums, before, strict=True)])
         zeros = tuple([jnp.zeros((), jnp.float64)] * len(sums) for _ in range(self._no_derivative))
-        return (m, vh, vl), buf, dw, (dm, dv), cts, (*dhyper, *zeros), reversible._sum_u64(fps)
+        dhyper = (*dhyper, *zeros)
+        copy = [c.astype(dt) for c, dt in zip(copy, dtypes, strict=True)]  # ``g``'s dtypes: the model's
+        return w, (m, vh, vl), buf, dw, (dm, dv), cts, dhyper, reversible._sum_u64(fps), copy
 
 
 def _parts(m_stored, v_stored, s1, s2, c1, c2, eps):
@@ -949,7 +979,34 @@ def _adam_undo_weights_leaf(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, e
 
 
 def _adam_undo_adjoint_leaf(
-    m, vh, vl, head, stack, g, dw, hw, dm, dv, w, n1, n2, nf, lr, c1, c2, r1, s1, r2, s2, k, do, *, eps, leaf
+    m,
+    vh,
+    vl,
+    head,
+    stack,
+    g,
+    dw,
+    hw,
+    dm,
+    dv,
+    w,
+    n1,
+    n2,
+    nf,
+    lr,
+    c1,
+    c2,
+    r1,
+    s1,
+    r2,
+    s2,
+    k,
+    do,
+    prev,
+    *,
+    eps,
+    leaf,
+    decay,
 ):
     dw = dw - hw.astype(jnp.float64)
     om1, om2 = _leaf_terms(n1, n2)
@@ -964,7 +1021,12 @@ def _adam_undo_adjoint_leaf(
     f = nf.astype(jnp.float64) / DB
     sums = jnp.stack([jnp.sum(x) for x in (*dhyper, dw * _fixed.from_fixed(w))])
     fp = reversible._fingerprint_leaf(g, leaf)
-    return m, vh, vl, head, f * dw, dm, dv, ct.astype(g.dtype), sums, fp
+    rw_p, lr_p, c1_p, c2_p, s1_p, s2_p, sw_p, scale = prev  # the step before's weights, and their copy
+    w, head = _adam_undo_weights_leaf(
+        w, m, vh, vl, head, rw_p, lr_p, c1_p, c2_p, s1_p, s2_p, sw_p, eps=eps, decay=decay
+    )
+    copy = (_fixed.from_fixed(w) * scale).astype(g.dtype)
+    return m, vh, vl, head, f * dw, dm, dv, ct.astype(g.dtype), sums, fp, w, copy
 
 
 ADAM = Adam()

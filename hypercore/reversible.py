@@ -61,17 +61,22 @@ optimizer's fixed-point conversions and state range): otherwise the run is repor
 something through the buffer: the smallest value over them, with ``buffer_slots`` (bucketed by
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
-Optional members let an optimizer do more in one pass (`SGDM` and `hypercore.adam.Adam` have the
-first four, for `hypercore._fused`'s CPU kernels):
-``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the backward pass
-then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
+Optional members let an optimizer do more in one pass (for `hypercore._fused`'s CPU kernels):
+``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)`` (`SGDM`), which the
+backward pass then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
 ``(state, buf, dw, dstate, ct, dhyper, fp)``; ``forward_step_fused(w, state, buf, g, hyper)``, which
 returns what ``forward_step`` does and then ``(copy, fp)``; ``checks_weights = True``, which says
 ``checks`` already hold the new weights' range, so the engine does not test it again;
-``subtracts_hvp = True`` (`hypercore.adam.Adam`), which says ``undo_and_adjoint`` takes one more
-argument, ``hw``: the later step's vector-Jacobian product of the gradient (a list in the model's
+``subtracts_hvp = True`` (`hypercore.adam.Adam`), which says the backward pass's member takes one
+more argument, ``hw``: the later step's vector-Jacobian product of the gradient (a list in the model's
 dtypes), which ``dw`` has yet to lose (``w_{t+1}``'s cotangent is ``dw - hw``), subtracted in the
-optimizer's own pass over ``dw`` rather than in one of XLA's; and
+optimizer's own pass over ``dw`` rather than in one of XLA's;
+``undo_adjoint_then_weights(state, buf, g, hyper, record, stacks, dw, dstate, hw, w, hyper_prev, last,
+dtypes)`` (`hypercore.adam.Adam`), which pipelines the reverse loop: step ``t``'s undo of the state
+and adjoint, then step ``t - 1``'s undo of the weights (``hyper_prev`` its values; ``last``, at ``t
+= 0``, says there is none, and ``w`` comes back as it was), returning ``(w, state, buf, dw, dstate,
+ct, dhyper, fp, copy)``, so that one pass over the weights does both (the engine undoes step ``T -
+1``'s weights before its loop, with ``undo_weights``); and
 ``undo_weights_with_copy(w, state, buf, hyper, record, stacks, dtypes)``, which returns what
 ``undo_weights`` does and, last, ``copy``. ``copy`` is the new weights in the model's dtypes
 (``dtypes``, one per leaf; ``g``'s in the forward step), the copy the next gradient reads, made in the
@@ -807,19 +812,39 @@ def _make_engine(
 
     def backward(fwd: _Forward, meta_all, schedules, dw_T):
         """Algorithm 2: reverse the training and accumulate every hypergradient."""
+        stacks = fwd.buf.stacks
 
         def step(carry, xs):
-            w, state, buf, mismatch, dw, hw, dstate, dmeta = carry
-            t, leaves_t, fp, record = xs
+            w, w_model, state, buf, mismatch, dw, hw, dstate, dmeta = carry
+            t, leaves_t, leaves_prev, fp, record = xs
             hyper = hypers(leaves_t)
-            w, state, buf, w_aux, w_model = _undo_weights(
-                opt, w, state, buf, hyper, record, fwd.buf.stacks, layout.dtypes
-            )
+            if not pipelined:
+                w, state, buf, w_aux, w_model = _undo_weights(
+                    opt, w, state, buf, hyper, record, stacks, layout.dtypes
+                )
             meta, consts = meta_all
             g, vjp = jax.vjp(lambda w, m, c: grad_w(w, m, c, t), layout.to_model(w_model), meta, consts)
-            state, buf, dw, dstate, ct, dhyper, fp_now = _undo_and_adjoint(
-                opt, state, buf, g, hyper, record, fwd.buf.stacks, dw, dstate, w_aux, hw
-            )
+            if pipelined:  # this step's undo and adjoint, then the step before's weights
+                w, state, buf, dw, dstate, ct, dhyper, fp_now, copy = opt.undo_adjoint_then_weights(
+                    state,
+                    buf,
+                    g,
+                    hyper,
+                    record,
+                    stacks,
+                    dw,
+                    dstate,
+                    hw,
+                    w,
+                    hypers(leaves_prev),
+                    t == 0,
+                    layout.dtypes,
+                )
+                fp_now, w_model = _or_hashed(fp_now, g), _or_converted(copy, w, layout.dtypes)
+            else:
+                state, buf, dw, dstate, ct, dhyper, fp_now = _undo_and_adjoint(
+                    opt, state, buf, g, hyper, record, stacks, dw, dstate, w_aux, hw
+                )
             dhyper = tuple(s.reduce(d, x) for s, d, x in zip(scheds, dhyper, leaves_t, strict=True))
             h, hmeta, hconsts = vjp([c.astype(dt) for c, dt in zip(ct, layout.dtypes, strict=True)])
             if deferred:  # the next step's pass subtracts it
@@ -827,24 +852,38 @@ def _make_engine(
             else:
                 dw = _minus(dw, jax.tree.leaves(h))
             dmeta = jax.tree.map(lambda acc, h: acc - h.astype(acc.dtype), dmeta, (hmeta, hconsts))
-            return (w, state, buf, first_mismatch(mismatch, fp_now, fp, t), dw, hw, dstate, dmeta), dhyper
+            carry = (w, w_model if pipelined else None, state, buf)
+            return (*carry, first_mismatch(mismatch, fp_now, fp, t), dw, hw, dstate, dmeta), dhyper
 
         # An optimizer that ``subtracts_hvp`` takes each step's vector-Jacobian product into the next
         # (earlier) step's pass over ``dw``: ``w_t``'s cotangent is ``dw - hw``, saving an XLA pass over
         # the weights per step; the last is subtracted here.
         deferred = getattr(opt, "subtracts_hvp", False)
         hw0 = [jnp.zeros(s, dt) for s, dt in zip(layout.shapes, layout.dtypes, strict=True)]
+        # A pipelined optimizer's loop starts at ``w_{T-1}``, the last step's weights undone here, and
+        # each step undoes the weights of the step before (the values of step 0's for step 0: unused)
+        pipelined = getattr(opt, "undo_adjoint_then_weights", None) is not None
+        leaves = schedule_leaves(schedules)
+        w, w_model, state, buf = fwd.w, None, fwd.state, _carried(fwd.buf)
+        if pipelined:
+            last = jax.tree.map(lambda x: x[-1], (leaves, fwd.records))
+            w, state, buf, _, w_model = _undo_weights(
+                opt, w, state, buf, hypers(last[0]), last[1], stacks, layout.dtypes
+            )
         init = (
-            fwd.w,
-            fwd.state,
-            _carried(fwd.buf),
+            w,
+            w_model,
+            state,
+            buf,
             jnp.asarray(_NO_STEP, jnp.int32),
             dw_T,
             hw0 if deferred else None,
             opt.init_adjoint(dw_T),
             jax.tree.map(jnp.zeros_like, meta_all),
         )
-        (w, state, buf, mismatch, dw, hw, _, dmeta), dhypers = scan_backwards(step, init, fwd, schedules)
+        prev = jax.tree.map(lambda x: jnp.concatenate([x[:1], x[:-1]]), leaves) if pipelined else None
+        xs = (jnp.arange(T, dtype=jnp.int32), leaves, prev, fwd.fingerprints, fwd.records)
+        (w, _, state, buf, mismatch, dw, hw, _, dmeta), dhypers = jax.lax.scan(step, init, xs, reverse=True)
         dw = _minus(dw, hw) if deferred else dw
         return w, state, buf, mismatch, dw, dmeta, dhypers
 

@@ -32,7 +32,7 @@ def _pair(name, decay):
     """The fused kernel and its XLA formulation, compiled; the steps that read the gradient take its
     fingerprint for leaf number `LEAF`."""
     kw = {"eps": 1e-8} if name == "undo_weights" else {"eps": 1e-8, "leaf": LEAF}
-    xla_kw = kw if name == "undo_adjoint" else {**kw, "decay": decay}  # the kernels need no flag
+    xla_kw = {**kw, "decay": decay}  # the kernels need no flag
     fused = {
         "forward": _fused.adam_forward,
         "undo_weights": _fused.adam_undo_weights,
@@ -108,29 +108,71 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     np.testing.assert_array_equal(np.asarray(w0), np.asarray(theirs[0]))
     np.testing.assert_array_equal(np.asarray(h0), np.asarray(theirs[1]))
 
+    # A second step, as most are (no renormalisation, no spill), undone with its weights, then its
+    # state with the first step's weights in the same call (``prev``), then the first step's state
+    # with no step before it (``lr = 0``, no renormalisation: the weights come back as they are)
+    one = jnp.int64(adam.DB)
+    lr_b, c1_b, c2_b, sw_b = lr * 1.5, c1 * 0.75, c2 * 0.5, sw * 0.875
+    s1_b, s2_b = moments[1] * 0.75, moments[3] * 0.875  # (``s1`` is now the stack)
+    moments_b = (one, jnp.float64(s1_b), one, jnp.float64(s2_b))
+    rw_b, sw_b = (one, jnp.float64(sw_b)) if decay else (one, jnp.float64(1.0))
+    g_b = (g * 0.5).astype(g.dtype)
+    fused, xla = _pair("forward", decay)
+    hyper_b = (n1, n2, rw_b, lr_b, c1_b, c2_b, *moments_b, sw_b)
+    args = (w1, m1, vh1, vl1, h1, s1, g_b, *hyper_b, k, jnp.bool_(False))
+    ours, theirs = fused(*args), xla(*args)
+    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok", "fp"), ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"second forward: {name}")
+    w2, m2, vh2, vl2, h2, s2, ok_b, _ = ours
+    fused, xla = _pair("undo_weights", decay)
+    w1_back, h2_back = fused(w2, m2, vh2, vl2, h2, rw_b, lr_b, c1_b, c2_b, s1_b, s2_b, sw_b)
+
     fused, xla = _pair("undo_adjoint", decay)
     rng = np.random.default_rng(int(n2))
-    dw, hw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(4))
-    hw = hw.astype(g.dtype)  # the later step's vector-Jacobian product, which the kernel subtracts
-    args = (m1, vh1, vl1, h0, s1, g, dw, hw, dm, dv, w0, n1, n2, nf, lr, c1, c2, *moments, k, do)
-    ours, theirs = fused(*args), xla(*args)
-    names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums", "fp")
-    assert int(ours[9]) == int(fp), "undo_adjoint: the gradient's fingerprint"
-    for name, a, b in zip(names, ours, theirs, strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        if name in ("m", "vh", "vl", "head", "fp"):  # the integers bit for bit
-            np.testing.assert_array_equal(a, b, err_msg=f"undo_adjoint: {name}")
-        else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few of the array's
-            # scale apart (where terms cancel, as ``dw - hw`` or ``ct``'s two can, the result is
-            # smaller than its terms, and so is its relative precision)
-            assert a.dtype == b.dtype, name
-            scale = np.max(np.abs(b))
-            np.testing.assert_array_less(
-                np.abs(a - b), 1e-12 * scale + 1e-300, err_msg=f"undo_adjoint: {name}"
-            )
+    names = ("m", "vh", "vl", "head", "dw", "dm", "dv", "ct", "sums", "fp", "w", "copy")
+    scale = jnp.float64(sw * 0.5)  # the first step's copy's scale (any: the kernel multiplies by it)
 
-    if bool(ok):  # an in-range step comes back exactly: the weights, then the state and the heads
-        np.testing.assert_array_equal(np.asarray(w0), np.asarray(w))
+    def undo_adjoint(what, state, stack, g, w, hyper, k, do, prev):
+        dw, hw, dm, dv = (jnp.asarray(rng.normal(size=SHAPE) * 10.0 ** rng.integers(-3, 3)) for _ in range(4))
+        hw = hw.astype(g.dtype)  # the later step's vector-Jacobian product, which the kernel subtracts
+        args = (*state, stack, g, dw, hw, dm, dv, w, n1, n2, nf, *hyper, k, do, prev)
+        ours, theirs = fused(*args), xla(*args)
+        assert int(ours[9]) == int(reversible._fingerprint_leaf(g, LEAF)), f"{what}: the fingerprint"
+        for name, a, b in zip(names, ours, theirs, strict=True):
+            a, b = np.asarray(a), np.asarray(b)
+            if name in ("m", "vh", "vl", "head", "fp", "w", "copy"):  # integers and copies bit for bit
+                np.testing.assert_array_equal(a, b, err_msg=f"{what}: {name}")
+            else:  # the adjoint's floats: the kernel reassociates, so an ulp or a few of the array's
+                # scale apart (where terms cancel, as ``dw - hw`` or ``ct``'s two can, the result is
+                # smaller than its terms, and so is its relative precision)
+                assert a.dtype == b.dtype, name
+                scale_b = np.max(np.abs(b))
+                np.testing.assert_array_less(
+                    np.abs(a - b), 1e-12 * scale_b + 1e-300, err_msg=f"{what}: {name}"
+                )
+        return ours
+
+    first = (rw, lr, c1, c2, moments[1], moments[3], sw, scale)
+    state = (m2, vh2, vl2, h2_back)
+    back = undo_adjoint(
+        "second", state, s2, g_b, w1_back, (lr_b, c1_b, c2_b, *moments_b), k, jnp.bool_(False), first
+    )
+    none = (one, jnp.float64(0.0), c1, c2, moments[1], moments[3], sw, jnp.float64(1.0))
+    ours = undo_adjoint("first", back[:4], s1, g, back[10], (lr, c1, c2, *moments), k, do, none)
+    np.testing.assert_array_equal(np.asarray(ours[10]), np.asarray(back[10]), err_msg="no step before: w")
+    np.testing.assert_array_equal(
+        np.asarray(ours[11]), np.asarray(_fixed.from_fixed(back[10]).astype(g.dtype)), err_msg="its copy"
+    )
+    if bool(ok) and bool(ok_b):  # in-range steps come back exactly: the weights, then the state and heads
+        np.testing.assert_array_equal(np.asarray(w1_back), np.asarray(w1), err_msg="second: w")
+        for name, a, b in zip(names, back[:4], (m1, vh1, vl1, h0), strict=False):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"after the second: {name}")
+        # the first step's weights undone in the second's call, as its own kernel undoes them
+        np.testing.assert_array_equal(np.asarray(back[10]), np.asarray(w0), err_msg="first: w")
+        np.testing.assert_array_equal(np.asarray(back[10]), np.asarray(w), err_msg="first: w")
+        np.testing.assert_array_equal(
+            np.asarray(back[11]), np.asarray((_fixed.from_fixed(w) * scale).astype(g.dtype)), err_msg="copy"
+        )
         for name, a, b in zip(names, ours[:4], (m, vh, vl, heads), strict=False):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"restored: {name}")
 
@@ -212,6 +254,39 @@ def test_the_hypergradients_agree_across_paths(kind, weight_decay):
         assert rel_err(b, a) < 1e-9
 
 
+@pytest.mark.parametrize("weight_decay", [False, True])
+def test_the_pipelined_reverse_loop_matches_the_step_by_step_one(weight_decay, monkeypatch):
+    """The engine's pipelined reverse loop (`Adam.undo_adjoint_then_weights`: the last step's weights
+    undone before the loop, each step's state then the step before's weights, none at step 0) gives
+    the step-by-step loop's hypergradients (`undo_weights`, then `undo_state` and `adjoint_step`, as
+    for an optimizer without the member): bit for bit on XLA's path, where both do the same
+    operations, and to rounding with the kernels; both restore ``w_0`` exactly."""
+    loss, w0, _ = make_problem(jnp.float64)
+    lr, b1, b2 = schedules("per_array", 40, w0, "random")
+    wd = decays("per_array", 40, w0) if weight_decay else jnp.zeros(())
+
+    def objective(w0, lr, b1, b2, wd, report):
+        w_T = reversible_adam(
+            loss, w0, {}, lr, b1, b2, wd if weight_decay else 0.0, min_beta=0.5, report=report
+        )
+        return loss(w_T, {}, jnp.int32(0))
+
+    def run():
+        return jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3, 4, 5)))(w0, lr, b1, b2, wd, empty_report())
+
+    xla, fused = _paths(run)
+    with monkeypatch.context() as patch:
+        patch.setattr(adam.Adam, "undo_adjoint_then_weights", None)
+        step_by_step = _paths(run)[0]
+    for got in (xla, fused, step_by_step):
+        assert ReversalReport.from_array(got[-1]).exact
+    for a, b in zip(jax.tree.leaves(xla[:-1]), jax.tree.leaves(step_by_step[:-1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(fused[:-1]), jax.tree.leaves(step_by_step[:-1]), strict=True):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        assert rel_err(a, b) < 1e-9
+
+
 @pytest.mark.parametrize("kind", ["shared", "per_weight"])
 def test_the_engine_calls_the_kernels_where_they_apply(kind):
     loss, w0, _ = make_problem(jnp.float32)
@@ -262,6 +337,9 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay, renorm)
     moments = (r1, jnp.float64(0.6), r2, jnp.float64(0.8))
     rw = jnp.int64(8500000 if renorm and decay else adam.DB)
     sw = jnp.float64(0.9 if decay else 1.0)
+    # a step before this one, undone with its weights' copy in the reverse call: no renormalisation,
+    # so the heads come back as they were
+    prev = (jnp.int64(adam.DB), jnp.float64(2e-3), jnp.float64(0.2), jnp.float64(0.02), 0.7, 0.9, sw, 0.5)
 
     def round_trip(impl, leaves):
         out = []
@@ -271,9 +349,9 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay, renorm)
             w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
             d, hw = g.astype(jnp.float64), g * jnp.float32(0.25)
             back = impl["undo_adjoint"](
-                m1, vh1, vl1, h0, s1, g, d, hw, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do
+                m1, vh1, vl1, h0, s1, g, d, hw, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, prev
             )
-            out.append(((*step, w0, *back[:4], back[9]), back[4:9]))
+            out.append(((*step, w0, *back[:4], back[9], back[10], back[11]), back[4:9]))
         return out
 
     names = ("forward", "undo_weights", "undo_adjoint")
