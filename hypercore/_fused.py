@@ -248,19 +248,18 @@ def fingerprint(g, leaf: int):
 def adam_forward(
     w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, r1, s1, r2, s2, sw, k, do, *, eps, leaf
 ):
-    """``(w, m, vh, vl, head, stack, ok, fp)`` after one forward step of Adam or AdamW on one weight
-    array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``; ``r1, s1,
-    r2, s2, rw, sw`` are the renormalisations and scales of ``m``, ``v`` and ``w`` at this step
+    """``(w, m, vh, vl, head, stack, ok, fp, wf)`` after one forward step of Adam or AdamW on one
+    weight array (`hypercore.adam.Adam.forward_step`), the spill into slot ``k`` first if ``do``; ``r1,
+    s1, r2, s2, rw, sw`` are the renormalisations and scales of ``m``, ``v`` and ``w`` at this step
     (`hypercore.adam.renormalisations`; ``rw = 2**24``, ``sw = 1`` for Adam), ``fp`` is `fingerprint`
-    ``(g, leaf)``.
-    (Unlike SGD's, Adam's kernels make no model-dtype copy of the weights: written in their loops it
-    measured slower than XLA's pass of its own, before the state was scaled and after, at 1e6 weights:
-    docs/BENCHMARKS.md, "Scaled state".)"""
+    ``(g, leaf)``, ``wf`` the new weights in ``g``'s dtype, ``sw w'`` (the copy the next gradient
+    reads)."""
     word, shift = _slot(k)
     outs = (
         *(_like(x) for x in (w, m, vh, vl, head, stack)),
         jax.ShapeDtypeStruct((), jnp.bool_),
         jax.ShapeDtypeStruct((), _U64),
+        _like(w, g.dtype),
     )
     return _call(
         f"revtune_adam_forward_{g.dtype.name}",
@@ -468,13 +467,15 @@ def _adam_round_trip(w, m, head, stack, g, k, do, fp):
     moments_b = (one, jnp.float64(0.5), one, jnp.float64(0.65))
     vh, vl = jnp.abs(m) >> 30, jnp.abs(w) >> 2
     h = head >> jnp.uint64(4)
-    w1, m1, vh1, vl1, h1, s1, ok, fp1 = adam_forward(
+    w1, m1, vh1, vl1, h1, s1, ok, fp1, wf1 = adam_forward(
         w, m, vh, vl, h, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do, eps=1e-8, leaf=1
     )
     moved = jnp.any(w1 != w) & jnp.any(m1 != m) & jnp.any(vh1 != vh) & jnp.any(s1 != stack)
     kw = {"eps": 1e-8, "leaf": 1}
     step_b = (n1, n2, one, lr_b, c1_b, c2_b, *moments_b, sw_b)
-    w2, m2, vh2, vl2, h2, s2, ok2, fp2 = adam_forward(w1, m1, vh1, vl1, h1, s1, g, *step_b, k, False, **kw)
+    w2, m2, vh2, vl2, h2, s2, ok2, fp2, wf2 = adam_forward(
+        w1, m1, vh1, vl1, h1, s1, g, *step_b, k, False, **kw
+    )
     w_b, h_b = adam_undo_weights(w2, m2, vh2, vl2, h2, one, lr_b, c1_b, c2_b, 0.5, 0.65, sw_b, eps=1e-8)
     d = g.astype(_F64)
     adjoint = (g, d, g, d, d)  # g, dw, hw, dm, dv
@@ -487,6 +488,7 @@ def _adam_round_trip(w, m, head, stack, g, k, do, fp):
         *back[:4], s1, *adjoint, back[10], *hyper_a, none, **kw
     )
     copies = [back[11] == (from_fixed(w) * 0.5).astype(g.dtype), wf0 == from_fixed(w).astype(g.dtype)]
+    copies += [wf1 == (from_fixed(w1) * sw).astype(g.dtype), wf2 == (from_fixed(w2) * sw_b).astype(g.dtype)]
     restored = [back[10] == w, w_b == w1, back[0] == m1, back[1] == vh1, back[2] == vl1, w0 == w]
     same = [*restored, m0 == m, vh0 == vh, vl0 == vl, h0 == h, *copies, fp1 == fp, fp2 == fp, back[9] == fp]
     return ok & ok2 & moved & jnp.all(jnp.stack([jnp.all(x) for x in same])) & jnp.all(jnp.isfinite(back[8]))

@@ -203,9 +203,10 @@ def _unrenorm_loop(m, vh, vl, head, r1, r2):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1, r2, s2, rw, sw):
+def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1, r2, s2, rw, sw, wf):
     """The step on one chunk: the renormalisations where due, then the moments' updates (divided by
-    their scales ``s1``, ``s2`` after the step) and the weights' (by ``sw``). Returns the range flag
+    their scales ``s1``, ``s2`` after the step) and the weights' (by ``sw``), and the new weights'
+    copy ``wf = sw w'`` in the model's dtype, which the next gradient reads. Returns the range flag
     (of the moments and the new weights: the engine does not test the weights again) and the
     gradient's fingerprint part (from ``first``)."""
     if r1 != DB or r2 != DB or rw != DB:
@@ -228,6 +229,7 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1,
         d, ok_d = _to_fixed(kw * u)
         wi = w[i] - d
         w[i] = wi
+        wf[i] = _from_fixed(wi) * sw
         m[i] = mi
         vh[i] = vhi
         vl[i] = vlo
@@ -239,7 +241,7 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1,
 @njit(cache=True)
 def _adam_forward_prepare(args, rets, n):
     # args: w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, eps, word, shift, do, leaf, r1, s1, r2,
-    # s2, sw; rets: w, m, vh, vl, head, stack, ok, fingerprint
+    # s2, sw; rets: w, m, vh, vl, head, stack, ok, fingerprint, wf
     for i in range(4):
         _aliased(rets[i], args[i], n, np.int64)
     _aliased(rets[4], args[4], n, np.uint64)
@@ -277,6 +279,7 @@ def _adam_forward_body(table, n, a, b, part, gdtype):
         _value(table, 21, np.float64),
         _value(table, 9, np.int64),
         _value(table, 22, np.float64),
+        _elems(table, 31, n, gdtype)[a:b],
     )
     part[0] = 1.0 if ok else 0.0
     part[1] = _as_f64(fp)
@@ -306,7 +309,7 @@ def _copy_block(w, wf, fs):
     """``wf = F w'`` in the model's dtype (``wf``'s): `hypercore.adam.Adam._copy`'s conversion, the
     same float64 product rounded once."""
     for i in range(w.size):
-        wf[i] = _from_fixed_scalar(w[i]) * fs
+        wf[i] = _from_fixed(w[i]) * fs
 
 
 @njit(cache=True)

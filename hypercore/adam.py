@@ -639,10 +639,10 @@ class Adam:
         return self.forward_step_fused(w, state, buf, g, hyper)[:5]
 
     def forward_step_fused(self, w, state, buf, g, hyper):
-        """`forward_step`, then ``(copy, fp)``: AdamW's scaled weights in the model's dtypes (XLA's
-        pass; ``None`` for Adam, which the engine converts: the kernels' would cost more, see
-        `hypercore._fused.adam_forward`) and ``g``'s fingerprint where the kernels took it in the
-        step's pass (else ``None``)."""
+        """`forward_step`, then ``(copy, fp)``: the new weights in the model's dtypes (AdamW's scaled,
+        ``F w'``), made in the step's pass where the kernels take it (with XLA's list of leaves, by
+        XLA for AdamW, ``None`` for Adam, which the engine converts), and ``g``'s fingerprint where
+        the kernels took it in the step's pass (else ``None``)."""
         m, vh, vl = state
         n1, n2, om1, om2 = self._terms(hyper)
         r1, r2 = self._renorms(hyper)
@@ -680,10 +680,10 @@ class Adam:
                 )
                 for leaf, (*args, moments) in enumerate(leaves)
             ]
-            w, m, vh, vl, heads, stacks, oks, fps = (list(x) for x in zip(*out, strict=True))
+            w, m, vh, vl, heads, stacks, oks, fps, copy = (list(x) for x in zip(*out, strict=True))
             bound = _head_bound(buf.bound, factors)
             buf = buf._replace(heads=heads, stacks=stacks, bound=bound)
-            copy = self._copy(w, sw, dtypes)
+            copy = [c.astype(dt) for c, dt in zip(copy, dtypes, strict=True)]
             return w, (m, vh, vl), buf, spilled, oks, copy, reversible._sum_u64(fps)
         buf, spilled = _fixed.maybe_spill(buf, limit, by_bound=by_bound)
         heads = list(buf.heads)
@@ -967,7 +967,8 @@ def _adam_forward_leaf(
         w, head = mul_beta(w, *_with_inverse(rw), head)
     w = w - d
     ok = jnp.all(ok_m & ok_v & ok_d & _fixed.in_range(m) & in_range_v(v) & _fixed.in_range(w))
-    return w, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf)
+    copy = (_fixed.from_fixed(w) * sw).astype(g.dtype)
+    return w, m, v[0], v[1], head, stack, ok, reversible._fingerprint_leaf(g, leaf), copy
 
 
 def _adam_undo_weights_leaf(w, m, vh, vl, head, rw, lr, c1, c2, s1, s2, sw, *, eps, decay):

@@ -97,10 +97,13 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     fused, xla = _pair("forward", decay)
     args = (w, m, vh, vl, heads, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do)
     ours, theirs = fused(*args), xla(*args)
-    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok", "fp"), ours, theirs, strict=True):
+    forward_names = ("w", "m", "vh", "vl", "head", "stack", "ok", "fp", "copy")
+    for name, a, b in zip(forward_names, ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"forward: {name}")
-    w1, m1, vh1, vl1, h1, s1, ok, fp = ours
+    w1, m1, vh1, vl1, h1, s1, ok, fp, copy = ours
     assert fp.dtype == jnp.uint64 and int(fp) == int(reversible._fingerprint_leaf(g, LEAF))
+    assert copy.dtype == g.dtype  # the new weights as the next gradient reads them, ``sw w'``
+    np.testing.assert_array_equal(np.asarray(copy), np.asarray((_fixed.from_fixed(w1) * sw).astype(g.dtype)))
 
     fused, xla = _pair("undo_weights", decay)
     args = (w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
@@ -121,9 +124,9 @@ def test_each_kernel_matches_the_xla_formulation_and_undoes_the_weights(
     hyper_b = (n1, n2, rw_b, lr_b, c1_b, c2_b, *moments_b, sw_b)
     args = (w1, m1, vh1, vl1, h1, s1, g_b, *hyper_b, k, jnp.bool_(False))
     ours, theirs = fused(*args), xla(*args)
-    for name, a, b in zip(("w", "m", "vh", "vl", "head", "stack", "ok", "fp"), ours, theirs, strict=True):
+    for name, a, b in zip(forward_names, ours, theirs, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"second forward: {name}")
-    w2, m2, vh2, vl2, h2, s2, ok_b, _ = ours
+    w2, m2, vh2, vl2, h2, s2, ok_b, _, _ = ours
     fused, xla = _pair("undo_weights", decay)
     w1_back, h2_back = fused(w2, m2, vh2, vl2, h2, rw_b, lr_b, c1_b, c2_b, s1_b, s2_b, sw_b)
 
@@ -345,13 +348,13 @@ def test_large_arrays_run_in_chunks_and_match_the_xla_formulation(decay, renorm)
         out = []
         for w, m, vh, vl, head, stack, g in leaves:
             step = impl["forward"](w, m, vh, vl, head, stack, g, n1, n2, rw, lr, c1, c2, *moments, sw, k, do)
-            w1, m1, vh1, vl1, h1, s1, ok, _ = step
+            w1, m1, vh1, vl1, h1, s1, ok, _, _ = step
             w0, h0 = impl["undo_weights"](w1, m1, vh1, vl1, h1, rw, lr, c1, c2, moments[1], moments[3], sw)
             d, hw = g.astype(jnp.float64), g * jnp.float32(0.25)
             back = impl["undo_adjoint"](
                 m1, vh1, vl1, h0, s1, g, d, hw, d, d, w0, n1, n2, nf, lr, c1, c2, *moments, k, do, prev
             )
-            out.append(((*step, w0, *back[:4], back[9], back[10], back[11]), back[4:9]))
+            out.append(((*step[:8], w0, *back[:4], back[9], back[10], back[11], step[8]), back[4:9]))
         return out
 
     names = ("forward", "undo_weights", "undo_adjoint")
