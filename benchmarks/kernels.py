@@ -72,6 +72,7 @@ def loops(sgd, adam, s: dict) -> dict:
     dw, dm, dv, ct, sums = (s[k] for k in ("dw", "dm", "dv", "ct", "sums"))
     n, om, n1, n2, nf = (s[k] for k in ("n_sgd", "om_sgd", "n1", "n2", "nf"))
     off, shift = False, np.uint64(0)
+    hw0 = np.zeros(N, np.float32)
     lr, c1, c2, eps = 1e-3, 0.5, 0.3, 1e-8
 
     def has(loop, name):
@@ -101,6 +102,17 @@ def loops(sgd, adam, s: dict) -> dict:
     def by_name(loop):
         return lambda: loop(*[adamw[p] for p in inspect.signature(loop.py_func).parameters])
 
+    def sgd_reverse_step():
+        """SGD's reverse step's loops likewise: the undo with the adjoint, then the undo of the weights,
+        which the first does itself where it takes ``alpha_p`` (a zero ``hw``, so that ``dw`` comes out
+        as the base's, which leaves the subtraction to XLA)."""
+        loop = sgd._undo_adjoint_loop
+        if has(loop, "alpha_p"):
+            loop(v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, np.uint64(1), hw0, w, s["w_model"], 0.1)
+        else:
+            loop(v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, *first(loop))
+            sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop))
+
     def reverse_step():
         """A reverse step's loops: the undo of the state with the adjoint, then the undo of the
         weights, which the first does itself where it takes ``prev``."""
@@ -114,9 +126,7 @@ def loops(sgd, adam, s: dict) -> dict:
         ),
         "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop)),
         "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
-        "sgd undo_adjoint": lambda: sgd._undo_adjoint_loop(
-            v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, *first(sgd._undo_adjoint_loop)
-        ),
+        "sgd reverse step": sgd_reverse_step,
         "adamw forward": by_name(adam._forward_loop),
         "adamw undo_weights": by_name(adam._undo_weights_loop),
         "adamw reverse step": reverse_step,

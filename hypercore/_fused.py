@@ -13,7 +13,9 @@ each half of a step in one loop over the elements instead, in place:
 * `sgd_undo_state`: ``v += (1 - gamma) g``, ``v <- v D / n`` through the head, and the head's
   un-spill from the stack word the forward pass filled (for `check_reversal`'s reverse pass);
 * `sgd_undo_adjoint`: the same undo and the step's float64 adjoint in one pass (``dv``, ``ct``, and
-  ``dalpha``, ``dgamma`` summed over the array), reading ``v_{t+1}`` before it overwrites it;
+  ``dalpha``, ``dgamma`` summed over the array, ``dw - hw`` subtracted), reading ``v_{t+1}`` before it
+  overwrites it, then the step before's undo of the weights and their copy (the engine's reverse loop
+  pipelined);
 * `fingerprint`: the gradient's hash of `hypercore.reversible._fingerprint`, for any optimizer;
 * `adam_forward`, `adam_undo_weights`, `adam_undo_adjoint`: reversible Adam's and AdamW's forward
   step (after the spill, as in SGD's), the undo of its weights, and the undo of ``v`` and ``m`` with the
@@ -206,15 +208,29 @@ def sgd_undo_state(v, head, g, n, one_minus, stack, k, do):
     )
 
 
-def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do, *, leaf):
-    """`sgd_undo_state` and the step's adjoint in one pass (`SGDM.undo_and_adjoint`): ``(v, head, dv,
-    ct, dalpha, dgamma, fp)``, ``ct`` in ``g``'s dtype, ``dalpha`` and ``dgamma`` summed over the
-    array, ``fp`` `fingerprint` ``(g, leaf)``."""
+def sgd_undo_adjoint(v, head, dv, g, stack, dw, hw, w, n, one_minus, alpha, alpha_prev, k, do, *, leaf):
+    """`sgd_undo_state` and the step's adjoint in one pass, then the step before's `sgd_undo_weights`
+    (`SGDM.undo_adjoint_then_weights`): ``(v, head, dv, ct, dalpha, dgamma, fp, dw, w, w_model)``,
+    ``ct`` in ``g``'s dtype, ``dalpha`` and ``dgamma`` summed over the array, ``fp`` `fingerprint`
+    ``(g, leaf)``. ``w_{t+1}``'s cotangent is ``dw - hw`` (``hw`` in ``g``'s dtype, the later step's
+    vector-Jacobian product), returned as ``dw``; ``w`` is ``w_t``, returned as ``w_{t-1}`` with
+    ``alpha_prev`` (0: unchanged), and ``w_model`` its copy in ``g``'s dtype."""
     word, shift = _slot(k)
     scalar = jax.ShapeDtypeStruct((), _F64)
     return _call(
         f"revtune_sgd_undo_adjoint_{g.dtype.name}",
-        (_like(v), _like(head), _like(dv), _like(g), scalar, scalar, jax.ShapeDtypeStruct((), _U64)),
+        (
+            _like(v),
+            _like(head),
+            _like(dv),
+            _like(g),
+            scalar,
+            scalar,
+            jax.ShapeDtypeStruct((), _U64),
+            _like(dw),
+            _like(w),
+            _like(w, g.dtype),
+        ),
         v,
         head,
         dv,
@@ -228,7 +244,10 @@ def sgd_undo_adjoint(v, head, dv, g, stack, dw, n, one_minus, alpha, k, do, *, l
         shift,
         _scalar(do, jnp.bool_),
         _scalar(leaf, _S64),
-        aliases={0: 0, 1: 1, 2: 2},
+        hw,
+        w,
+        _scalar(alpha_prev, _F64),
+        aliases={0: 0, 1: 1, 2: 2, 5: 7, 14: 8},
     )
 
 
@@ -420,7 +439,7 @@ def _self_check() -> None:
         for dt, shape in zip(FUSED_DTYPES, ((chunked, 5), (37, 5)), strict=True)
     ]
 
-    from hypercore._fixed import from_fixed
+    from hypercore._fixed import from_fixed, to_fixed
 
     def check(problems):
         n = jnp.int64(58982)
@@ -432,8 +451,12 @@ def _self_check() -> None:
             moved = jnp.any(w1 != w) & jnp.any(v1 != v) & jnp.any(h1 != head) & jnp.any(s1 != stack)
             w_b, wm_b = sgd_undo_weights(w1, v1, a, g.dtype)
             v_b, h_b = sgd_undo_state(v1, h1, g, n, om, s1, k, do)
-            v_c, h_c, *_, fp_c = sgd_undo_adjoint(v1, h1, dv, g, s1, dv, n, om, a, k, do, leaf=1)
+            v_c, h_c, *_, fp_c, _, w_c, wm_c = sgd_undo_adjoint(
+                v1, h1, dv, g, s1, dv, g, w_b, n, om, a, 0.75, k, do, leaf=1
+            )  # and the weights of a step before, alpha 0.75, from the restored v
             copies = [wm1 == from_fixed(w1).astype(g.dtype), wm_b == from_fixed(w).astype(g.dtype)]
+            before = w - to_fixed(0.75 * from_fixed(v))[0]
+            copies += [w_c == before, wm_c == from_fixed(before).astype(g.dtype)]
             fp = fingerprint(g, 1)
             same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head, *copies, fp1 == fp, fp_c == fp]
             failures.append(~(ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))

@@ -551,7 +551,12 @@ def _sgd_undo_state_body(table, n, a, b, part, gdtype):
 # `hypercore._fused`'s check compare them). The sums are fixed by the compiled code, the same bits
 # on every run.
 @njit(cache=True, fastmath={"reassoc"})
-def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, first):
+def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, first, hw, w, wf, alpha_p):
+    """The step's undo of ``v`` with its adjoint (``dw - hw``, ``hw`` the later step's vector-Jacobian
+    product, is ``w_{t+1}``'s cotangent, and ``dw`` becomes it), then the step before's undo of the
+    weights from the restored ``v_t`` (``alpha_p``: its alpha; 0 where there is none) and their copy
+    ``wf`` in the model's dtype: the engine's reverse loop pipelined. Returns the sums of ``dalpha``,
+    ``dgamma`` and the gradient's fingerprint part."""
     nu = np.uint64(n)
     inv = 1.0 / np.float64(n)
     nd = np.float64(n) * INV_D
@@ -562,41 +567,53 @@ def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, fir
     for i in range(v.size):
         h += _fingerprint_term(g[i], first, i)
         v_next = v[i]
-        dalpha += dw[i] * _from_fixed(v_next)
+        dwi = dw[i] - np.float64(hw[i])
+        dalpha += dwi * _from_fixed(v_next)
         vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
         v[i] = vi
-        d = dv[i] + alpha * dw[i]
+        d = dv[i] + alpha * dwi
         dgamma += d * (_from_fixed(vi) + np.float64(g[i]))
         ct[i] = om * d
         dv[i] = d * nd
+        dw[i] = dwi
+        x, _ = _to_fixed(alpha_p * _from_fixed(vi))
+        wi = w[i] - x
+        w[i] = wi
+        wf[i] = _from_fixed(wi)
     return dalpha, dgamma, h
 
 
 @njit(cache=True)
 def _sgd_undo_adjoint_prepare(args, rets, n):
-    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do, leaf
-    # rets: v, head, dv, ct, dalpha, dgamma, fingerprint
+    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do, leaf, hw, w, alpha_p
+    # rets: v, head, dv, ct, dalpha, dgamma, fingerprint, dw, w, w_model
     _aliased(rets[0], args[0], n, np.int64)
     _aliased(rets[1], args[1], n, np.uint64)
     _aliased(rets[2], args[2], n, np.float64)
+    _aliased(rets[7], args[5], n, np.float64)
+    _aliased(rets[8], args[14], n, np.int64)
 
 
 @njit(cache=True)
 def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
     part[0], part[1], h = _undo_adjoint_loop(
-        _elems(table, 13, n, np.int64)[a:b],
-        _elems(table, 14, n, np.uint64)[a:b],
+        _elems(table, 16, n, np.int64)[a:b],
+        _elems(table, 17, n, np.uint64)[a:b],
         _elems(table, 3, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 9, np.int64))[a:b],
-        _elems(table, 5, n, np.float64)[a:b],
-        _elems(table, 15, n, np.float64)[a:b],
-        _elems(table, 16, n, gdtype)[a:b],
+        _elems(table, 23, n, np.float64)[a:b],
+        _elems(table, 18, n, np.float64)[a:b],
+        _elems(table, 19, n, gdtype)[a:b],
         _value(table, 6, np.int64),
         _value(table, 7, np.float64),
         _value(table, 8, np.float64),
         _value(table, 10, np.uint64),
         _value(table, 11, np.bool_),
         _fingerprint_first(a, _value(table, 12, np.int64)),
+        _elems(table, 13, n, gdtype)[a:b],
+        _elems(table, 24, n, np.int64)[a:b],
+        _elems(table, 25, n, gdtype)[a:b],
+        _value(table, 15, np.float64),
     )
     part[2] = _as_f64(h)
 

@@ -62,17 +62,17 @@ something through the buffer: the smallest value over them, with ``buffer_slots`
 `buffer_capacity(steps, min_gamma, optimizer=...)`), sizes the stack.
 
 Optional members let an optimizer do more in one pass (for `hypercore._fused`'s CPU kernels):
-``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)`` (`SGDM`), which the
+``undo_and_adjoint(state, buf, g, hyper, record, stacks, dw, dstate, w_aux)``, which the
 backward pass then calls instead of ``undo_state`` and ``adjoint_step`` and which returns
 ``(state, buf, dw, dstate, ct, dhyper, fp)``; ``forward_step_fused(w, state, buf, g, hyper)``, which
 returns what ``forward_step`` does and then ``(copy, fp)``; ``checks_weights = True``, which says
 ``checks`` already hold the new weights' range, so the engine does not test it again;
-``subtracts_hvp = True`` (`hypercore.adam.Adam`), which says the backward pass's member takes one
+``subtracts_hvp = True`` (`SGDM`, `hypercore.adam.Adam`), which says the backward pass's member takes one
 more argument, ``hw``: the later step's vector-Jacobian product of the gradient (a list in the model's
 dtypes), which ``dw`` has yet to lose (``w_{t+1}``'s cotangent is ``dw - hw``), subtracted in the
 optimizer's own pass over ``dw`` rather than in one of XLA's;
 ``undo_adjoint_then_weights(state, buf, g, hyper, record, stacks, dw, dstate, hw, w, hyper_prev, last,
-dtypes)`` (`hypercore.adam.Adam`), which pipelines the reverse loop: step ``t``'s undo of the state
+dtypes)`` (`SGDM`, `hypercore.adam.Adam`), which pipelines the reverse loop: step ``t``'s undo of the state
 and adjoint, then step ``t - 1``'s undo of the weights (``hyper_prev`` its values; ``last``, at ``t
 = 0``, says there is none, and ``w`` comes back as it was), returning ``(w, state, buf, dw, dstate,
 ct, dhyper, fp, copy)``, so that one pass over the weights does both (the engine undoes step ``T -
@@ -420,6 +420,7 @@ class SGDM:
     schedule_names = ("alphas", "gammas")
     decay_schedule = 1
     checks_weights = True  # its checks hold the new weights' range: the engine need not test them again
+    subtracts_hvp = True  # the reverse member takes the engine's last vector-Jacobian product, ``hw``
 
     def buffer_shapes(self, shapes):
         return list(shapes)
@@ -544,16 +545,25 @@ class SGDM:
         dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
         return dw, dv, ct, (dalpha, dgamma)
 
-    def undo_and_adjoint(self, v, buf, g, hyper, spilled, stacks, dw, dv, v_next):
-        """`undo_state` then `adjoint_step`, in one pass per weight array on a CPU: ``v_{t+1}`` is read
-        before it is overwritten, so nothing keeps a copy of it. Returns ``(v, buf, dw, dv, ct,
-        dhyper, fp)``; with one alpha and one gamma per array, ``dhyper`` holds their sums per array;
-        ``fp`` is ``g``'s fingerprint from the same pass, or ``None`` (XLA's path)."""
+    def undo_adjoint_then_weights(
+        self, v, buf, g, hyper, spilled, stacks, dw, dv, hw, w, hyper_prev, last, dtypes
+    ):
+        """`undo_state` then `adjoint_step` (``w_{t+1}``'s cotangent ``dw - hw``), then the step before's
+        `undo_weights_with_copy` from the restored ``v_t`` (``hyper_prev`` its values; none where
+        ``last``), in one pass per weight array on a CPU: ``v_{t+1}`` is read before it is
+        overwritten, so nothing keeps a copy of it, and the weights are read once (the engine's
+        pipelined reverse loop). Returns ``(w, v, buf, dw, dv, ct, dhyper, fp, copy)``; with one alpha
+        and one gamma per array, ``dhyper`` holds their sums per array; ``fp`` is ``g``'s fingerprint
+        from the same pass and ``copy`` the weights in ``dtypes``, or ``None`` (XLA's path)."""
         ns, one_minus = self._decay_terms(hyper[1])
         alphas = hyper[0].per_leaf()
-        if stacks is None or not self._fused(g, ns, one_minus, alphas):
+        alphas_prev = [jnp.where(last, 0.0, a) for a in hyper_prev[0].per_leaf()]
+        if stacks is None or not self._fused(g, ns, one_minus, alphas, alphas_prev):
+            v_next, dw = v, _minus(dw, hw)
             v, buf, s_aux = self.undo_state(v, buf, g, hyper, spilled, stacks)
-            return (v, buf, *self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux), None)
+            dw, dv, ct, dhyper = self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux)
+            w = [_sgd_undo_weights_leaf(wi, vi, a)[0] for wi, vi, a in zip(w, v, alphas_prev, strict=True)]
+            return w, v, buf, dw, dv, ct, dhyper, None, None
         do, k = _fixed.unspill_slot(buf, spilled)
         out = [
             _fused.on_cpu(
@@ -562,12 +572,13 @@ class SGDM:
                 functools.partial(_sgd_undo_adjoint_leaf, leaf=leaf),
             )
             for leaf, args in enumerate(
-                zip(v, buf.heads, dv, g, stacks, dw, ns, one_minus, alphas, strict=True)
+                zip(v, buf.heads, dv, g, stacks, dw, hw, w, ns, one_minus, alphas, alphas_prev, strict=True)
             )
         ]
-        v, heads, dv, ct, dalpha, dgamma, fps = (list(x) for x in zip(*out, strict=True))
+        v, heads, dv, ct, dalpha, dgamma, fps, dw, w, copy = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
-        return v, buf, dw, dv, ct, (dalpha, dgamma), _sum_u64(fps)
+        copy = [c.astype(dt) for c, dt in zip(copy, dtypes, strict=True)]  # ``g``'s dtypes: the model's
+        return w, v, buf, dw, dv, ct, (dalpha, dgamma), _sum_u64(fps), copy
 
 
 # One weight array's steps in XLA's operations, as `hypercore._fused`'s kernels compute them: the
@@ -601,14 +612,16 @@ def _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do):
     return v, _fixed.unspill_from(head, stack, k, do)
 
 
-def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, n, om, alpha, k, do, *, leaf):
+def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, hw, w, n, om, alpha, alpha_prev, k, do, *, leaf):
+    dw = dw - hw.astype(jnp.float64)
     dalpha = jnp.sum(dw * _fixed.from_fixed(v))
     v, head = _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do)
     dv = dv + alpha * dw
     dgamma = jnp.sum(dv * (_fixed.from_fixed(v) + g.astype(jnp.float64)))
     ct = (om * dv).astype(g.dtype)
     fp = _fingerprint_leaf(g, leaf)
-    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma, fp
+    w, copy = _sgd_undo_weights_leaf(w, v, alpha_prev, g.dtype)
+    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma, fp, dw, w, copy
 
 
 OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}

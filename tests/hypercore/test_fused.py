@@ -142,11 +142,15 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
         np.testing.assert_array_equal(np.asarray(v_back), np.asarray(v))
         np.testing.assert_array_equal(np.asarray(h_back), np.asarray(heads))
 
+    # the undo with the adjoint, ``dw - hw`` the cotangent, then a step before's weights (alpha_p) from
+    # the restored v: the weights and their copy bit for bit, as the undo of the weights makes them
     rng = np.random.default_rng(int(n))
     dw, dv = (jnp.asarray(rng.normal(size=SHAPE)) for _ in range(2))
+    hw = jnp.asarray(rng.normal(size=SHAPE) * 0.1, dtype)
+    alpha_p = jnp.float64(alpha * 0.5)
     fused, xla = _pair("undo_adjoint")
-    ours = fused(v1, h1, dv, g, s1, dw, n, om, alpha, k, do)
-    theirs = xla(v1, h1, dv, g, s1, dw, n, om, alpha, k, do)
+    args = (v1, h1, dv, g, s1, dw, hw, w_back, n, om, alpha, alpha_p, k, do)
+    ours, theirs = fused(*args), xla(*args)
     np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(v_xla))
     np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(h_xla))
     assert int(ours[6]) == int(theirs[6]) == int(fp), "undo_adjoint: the gradient's fingerprint"
@@ -154,6 +158,12 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
         np.testing.assert_allclose(
             np.asarray(a), np.asarray(b), rtol=1e-6 if name == "ct" else 1e-12, err_msg=name
         )
+    np.testing.assert_array_equal(np.asarray(ours[7]), np.asarray(dw - hw.astype(jnp.float64)))
+    before = reversible._sgd_undo_weights_leaf(w_back, v_xla, alpha_p, g.dtype)
+    for name, a, b, c in zip(("w", "w_model"), ours[8:], theirs[8:], before, strict=True):
+        assert a.dtype == c.dtype, name
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"undo_adjoint: {name}")
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=f"undo_adjoint: {name}")
 
 
 # The large shapes run in chunks (`hypercore._fused_launch.chunk_count`) that start and end inside rows
@@ -207,6 +217,37 @@ def test_the_hypergradients_agree_across_paths(kind):
     for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(fused), strict=True):
         assert bool(jnp.all(jnp.isfinite(b)))
         assert rel_err(b, a) < 1e-9
+
+
+def test_the_pipelined_reverse_loop_matches_the_step_by_step_one(monkeypatch):
+    """The engine's pipelined reverse loop (`SGDM.undo_adjoint_then_weights`: the last step's weights
+    undone before the loop, each step's state then the step before's weights, none at step 0) gives
+    the step-by-step loop's hypergradients (`undo_weights`, then `undo_state` and `adjoint_step`, as
+    for an optimizer without the member): bit for bit on XLA's path, where both do the same
+    operations, and to rounding with the kernels; all three restore ``w_0`` exactly."""
+    loss, w0, X = make_problem(jnp.float64)
+    alphas, gammas = schedules("per_array", 60, w0, GAMMAS["random"])
+    meta = {"l2": jnp.full(w0["W"].shape, 1e-3), "X": X}
+
+    def objective(w0, meta, alphas, gammas, report):
+        w_T = hypercore.reversible_sgd(loss, w0, meta, alphas, gammas, min_gamma=0.3, report=report)
+        return loss(w_T, meta, jnp.int32(0))
+
+    def run():
+        grad = jax.jit(jax.grad(objective, argnums=(0, 1, 2, 3, 4)))
+        return grad(w0, meta, alphas, gammas, hypercore.empty_report())
+
+    xla, fused = _paths(run)
+    with monkeypatch.context() as patch:
+        patch.setattr(reversible.SGDM, "undo_adjoint_then_weights", None)
+        step_by_step = _paths(run)[0]
+    for got in (xla, fused, step_by_step):
+        assert hypercore.ReversalReport.from_array(got[-1]).exact
+    for a, b in zip(jax.tree.leaves(xla[:-1]), jax.tree.leaves(step_by_step[:-1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(fused[:-1]), jax.tree.leaves(step_by_step[:-1]), strict=True):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        assert rel_err(a, b) < 1e-9
 
 
 def _custom_calls(fn, *args) -> set[str]:
@@ -352,8 +393,10 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
             w1, v1, h1, s1, copy1, ok, fp1 = impl["forward"](w, v, head, stack, g, n, om, a, k, do, leaf=2)
             w0, copy0 = impl["undo_weights"](w1, v1, a, g.dtype)
             v0, h0 = impl["undo_state"](v1, h1, g, n, om, s1, k, do)
-            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, n, om, a, k, do, leaf=2)
-            out.append(((w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0, fp1, adj[6]), adj[2:6]))
+            hw = (g * 0.5).astype(g.dtype)  # a later step's product, and the weights of a step before
+            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, hw, w0, n, om, a, a * 0.5, k, do, leaf=2)
+            ints = (w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0, fp1, adj[6], *adj[8:])
+            out.append((ints, (*adj[2:6], adj[7])))
         return out
 
     fused = {
