@@ -102,16 +102,45 @@ def loops(sgd, adam, s: dict) -> dict:
     def by_name(loop):
         return lambda: loop(*[adamw[p] for p in inspect.signature(loop.py_func).parameters])
 
-    def sgd_reverse_step():
+    def sgd_reverse_step(n=n, om=om):
         """SGD's reverse step's loops likewise: the undo with the adjoint, then the undo of the weights,
         which the first does itself where it takes ``alpha_p`` (a zero ``hw``, so that ``dw`` comes out
-        as the base's, which leaves the subtraction to XLA)."""
+        as the base's, which leaves the subtraction to XLA). Where it takes the rule's own values
+        (``s0``: the scaled velocity, since 2026-12-08), those of the unscaled rule, so that the
+        adjoint is the base's."""
         loop = sgd._undo_adjoint_loop
+        rule = (om, np.float64(n) / 2**16, 1.0, 1.0) if has(loop, "s0") else ()
         if has(loop, "alpha_p"):
-            loop(v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, np.uint64(1), hw0, w, s["w_model"], 0.1)
+            args = (
+                v,
+                head,
+                g,
+                row,
+                dw,
+                dv,
+                ct,
+                n,
+                om,
+                0.1,
+                shift,
+                off,
+                np.uint64(1),
+                hw0,
+                w,
+                s["w_model"],
+                0.1,
+            )
+            loop(*args, *rule)
         else:
             loop(v, head, g, row, dw, dv, ct, n, om, 0.1, shift, off, *first(loop))
             sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop))
+
+    identity = np.int64(2**16)  # a step that multiplies the velocity by 1: the scaled velocity's most steps
+
+    def sgd_forward(n=n):
+        return sgd._forward_loop(
+            w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop), *first(sgd._forward_loop)
+        )
 
     def reverse_step():
         """A reverse step's loops: the undo of the state with the adjoint, then the undo of the
@@ -121,12 +150,12 @@ def loops(sgd, adam, s: dict) -> dict:
             by_name(adam._undo_weights_loop)()
 
     return {
-        "sgd forward": lambda: sgd._forward_loop(
-            w, v, head, g, n, om, 0.1, *copy(sgd._forward_loop), *first(sgd._forward_loop)
-        ),
+        "sgd forward": sgd_forward,
+        "sgd forward, identity": lambda: sgd_forward(identity),
         "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop)),
         "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
         "sgd reverse step": sgd_reverse_step,
+        "sgd reverse, identity": lambda: sgd_reverse_step(identity),
         "adamw forward": by_name(adam._forward_loop),
         "adamw undo_weights": by_name(adam._undo_weights_loop),
         "adamw reverse step": reverse_step,

@@ -13,7 +13,10 @@ section 3; HIPS/hypergrad ``exact_rep.py``), without Python big integers:
 * ``v * n / D`` exactly: ``r = v mod D`` (floor semantics, so ``0 <= r < D`` for negative ``v``)
   is pushed into the buffer ``B <- B * D + r``, ``v <- floor(v / D) * n``, then ``s = B mod n`` is
   popped out of the buffer into ``v <- v + s``, ``B <- floor(B / n)``. ``B`` grows by
-  ``log2(D / n)`` bits per step; the division is the same dance backwards.
+  ``log2(D / n)`` bits per step; the division is the same dance backwards. (`hypercore.reversible.SGDM`
+  stores the velocity scaled by gamma's running product and multiplies it here only by the powers
+  of two ``2**-k`` that keep the scale in ``(1/2, 1]``: ``n = 2**(16 - k)``, and ``n = D``, the
+  identity, at most steps.)
 * ``B`` is a ``uint64`` *head* per parameter. Before a push, if any head reaches ``2**48`` (so that
   ``B * D + r`` could pass ``2**64``), every head spills its low 32 bits, in lock-step, into a
   *stack* of 32-bit slots packed two per ``uint64`` word, and the step's spill flag is recorded.

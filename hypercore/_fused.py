@@ -208,8 +208,12 @@ def sgd_undo_state(v, head, g, n, one_minus, stack, k, do):
     )
 
 
-def sgd_undo_adjoint(v, head, dv, g, stack, dw, hw, w, n, one_minus, alpha, alpha_prev, k, do, *, leaf):
-    """`sgd_undo_state` and the step's adjoint in one pass, then the step before's `sgd_undo_weights`
+def sgd_undo_adjoint(
+    v, head, dv, g, stack, dw, hw, w, n, one_minus, alpha, alpha_prev, om, gamma, s1, s0, k, do, *, leaf
+):
+    """`sgd_undo_state` (``n``, ``one_minus``: the stored velocity's multiplier and increment factor)
+    and the rule's adjoint (``alpha``, ``om = 1 - gamma``, ``gamma``; ``s1``, ``s0`` the velocity's
+    scales after and before the step) in one pass, then the step before's `sgd_undo_weights`
     (`SGDM.undo_adjoint_then_weights`): ``(v, head, dv, ct, dalpha, dgamma, fp, dw, w, w_model)``,
     ``ct`` in ``g``'s dtype, ``dalpha`` and ``dgamma`` summed over the array, ``fp`` `fingerprint`
     ``(g, leaf)``. ``w_{t+1}``'s cotangent is ``dw - hw`` (``hw`` in ``g``'s dtype, the later step's
@@ -247,6 +251,7 @@ def sgd_undo_adjoint(v, head, dv, g, stack, dw, hw, w, n, one_minus, alpha, alph
         hw,
         w,
         _scalar(alpha_prev, _F64),
+        *(_scalar(x, _F64) for x in (om, gamma, s1, s0)),
         aliases={0: 0, 1: 1, 2: 2, 5: 7, 14: 8},
     )
 
@@ -451,15 +456,33 @@ def _self_check() -> None:
             moved = jnp.any(w1 != w) & jnp.any(v1 != v) & jnp.any(h1 != head) & jnp.any(s1 != stack)
             w_b, wm_b = sgd_undo_weights(w1, v1, a, g.dtype)
             v_b, h_b = sgd_undo_state(v1, h1, g, n, om, s1, k, do)
+            rule = (om, 1.0 - om, 0.9, 0.8)  # the adjoint's own values, which move no integer
             v_c, h_c, *_, fp_c, _, w_c, wm_c = sgd_undo_adjoint(
-                v1, h1, dv, g, s1, dv, g, w_b, n, om, a, 0.75, k, do, leaf=1
+                v1, h1, dv, g, s1, dv, g, w_b, n, om, a, 0.75, *rule, k, do, leaf=1
             )  # and the weights of a step before, alpha 0.75, from the restored v
             copies = [wm1 == from_fixed(w1).astype(g.dtype), wm_b == from_fixed(w).astype(g.dtype)]
             before = w - to_fixed(0.75 * from_fixed(v))[0]
             copies += [w_c == before, wm_c == from_fixed(before).astype(g.dtype)]
+            # a second step whose multiplier is the identity (the kernels' loops without the division),
+            # undone with the first's weights
+            w2, v2, h2, s2, _, ok2, fp2 = sgd_forward(w1, v1, h1, s1, g, D, om, a, k, False, leaf=1)
+            v_d, h_d, *_, fp_d, _, w_d, _ = sgd_undo_adjoint(
+                v2, h2, dv, g, s2, dv, g, w1, D, om, a, a, *rule, k, False, leaf=1
+            )
+            plain = [h2 == h1, v_d == v1, h_d == h1, w_d == w, jnp.any(w2 != w1), fp2 == fp1, fp_d == fp1]
             fp = fingerprint(g, 1)
-            same = [w_b == w, v_b == v, h_b == head, v_c == v, h_c == head, *copies, fp1 == fp, fp_c == fp]
-            failures.append(~(ok & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))
+            same = [
+                w_b == w,
+                v_b == v,
+                h_b == head,
+                v_c == v,
+                h_c == head,
+                *copies,
+                *plain,
+                fp1 == fp,
+                fp_c == fp,
+            ]
+            failures.append(~(ok & ok2 & moved & jnp.all(jnp.stack([jnp.all(x) for x in same]))))
             flipped = g.at[3, 2].set(jnp.nextafter(g[3, 2], jnp.inf))
             fp0 = fingerprint(g, 0)
             failures.append((fp0 == fingerprint(flipped, 0)) | (fp0 == fp))

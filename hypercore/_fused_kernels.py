@@ -51,7 +51,7 @@ LOW16_S = np.int64(_fixed.D - 1)
 LOW16_U = np.uint64(_fixed.D - 1)
 SLOT_BITS = np.uint64(_fixed.SLOT_BITS)
 LOW32_U = np.uint64((1 << _fixed.SLOT_BITS) - 1)
-INV_D = 1.0 / _fixed.D
+D_S = np.int64(_fixed.D)
 API_MAJOR, API_MINOR = 0, 1
 EXTENSION_METADATA = 1
 
@@ -403,11 +403,25 @@ def _spill_loop(head, row, shift):
         head[i] = h >> SLOT_BITS
 
 
+@njit(inline="always", cache=True)
+def _update(wi, vi, gi, om, alpha):
+    """The step after the velocity's multiplication: ``(w, v, ok)``."""
+    d, ok1 = _to_fixed(om * np.float64(gi))
+    vi = vi - d
+    dw, ok2 = _to_fixed(alpha * _from_fixed(vi))
+    wi = wi + dw
+    return wi, vi, ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
+
+
 @njit(cache=True)
 def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
     """The step on ``[a, b)``; ``wf`` gets the new weights in the model's dtype (``g``'s), the copy the
     next step's gradient reads, so that XLA need not pass over the weights again to make it. Returns
-    the range flag and the gradient's fingerprint part (`_fingerprint_part`, from ``first``)."""
+    the range flag and the gradient's fingerprint part (`_fingerprint_part`, from ``first``). With
+    ``n = 2**16``, the identity (the scaled velocity's steps without a renormalisation: most steps),
+    the loop skips the division and leaves the heads alone."""
+    if n == D_S:
+        return _forward_plain_loop(w, v, g, om, alpha, wf, first)
     inv = 1.0 / np.float64(n)
     ok = True
     h = np.uint64(0)
@@ -417,16 +431,27 @@ def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
         r = np.uint64(vi & LOW16_S)
         q = vi >> SHIFT_S
         quotient, s = _divmod_unsigned((head[i] << GAMMA_BITS) | r, n, inv)
-        vi = q * n + s
-        d, ok1 = _to_fixed(om * np.float64(g[i]))
-        vi = vi - d
-        dw, ok2 = _to_fixed(alpha * _from_fixed(vi))
-        wi = w[i] + dw
+        wi, vi, ok_i = _update(w[i], q * n + s, g[i], om, alpha)
         head[i] = quotient
         v[i] = vi
         w[i] = wi
         wf[i] = _from_fixed(wi)
-        ok = ok & ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
+        ok = ok & ok_i
+    return ok, h
+
+
+@njit(cache=True)
+def _forward_plain_loop(w, v, g, om, alpha, wf, first):
+    """`_forward_loop` at a step whose multiplier is the identity."""
+    ok = True
+    h = np.uint64(0)
+    for i in range(w.size):
+        h += _fingerprint_term(g[i], first, i)
+        wi, vi, ok_i = _update(w[i], v[i], g[i], om, alpha)
+        v[i] = vi
+        w[i] = wi
+        wf[i] = _from_fixed(wi)
+        ok = ok & ok_i
     return ok, h
 
 
@@ -546,20 +571,35 @@ def _sgd_undo_state_body(table, n, a, b, part, gdtype):
 
 
 # Reassociation lets LLVM vectorise the two sums (several partial sums, added at the end). Every
-# other float operation in this loop is one rounding, or a product with a power of two (exact), so
+# other float operation in these loops is one rounding, or a product with a power of two (exact), so
 # it cannot move anything else: the integer results stay XLA's, bit for bit (the engine's tests and
 # `hypercore._fused`'s check compare them). The sums are fixed by the compiled code, the same bits
 # on every run.
+@njit(inline="always", cache=True, fastmath={"reassoc"})
+def _adjoint_one(dv_i, dwi, vi, gi, alpha, c, gm, s0, w_i, alpha_p):
+    """One parameter's adjoint from the restored ``v'_t`` (``d``: ``v_{t+1}``'s whole cotangent), and
+    the step before's undo of its weight: ``(d, dgamma term, ct, dv, w)``."""
+    d = dv_i + alpha * dwi
+    x, _ = _to_fixed(alpha_p * _from_fixed(vi))
+    return d, d * (s0 * _from_fixed(vi) + np.float64(gi)), c * d, d * gm, w_i - x
+
+
 @njit(cache=True, fastmath={"reassoc"})
-def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, first, hw, w, wf, alpha_p):
-    """The step's undo of ``v`` with its adjoint (``dw - hw``, ``hw`` the later step's vector-Jacobian
-    product, is ``w_{t+1}``'s cotangent, and ``dw`` becomes it), then the step before's undo of the
-    weights from the restored ``v_t`` (``alpha_p``: its alpha; 0 where there is none) and their copy
-    ``wf`` in the model's dtype: the engine's reverse loop pipelined. Returns the sums of ``dalpha``,
-    ``dgamma`` and the gradient's fingerprint part."""
+def _undo_adjoint_loop(  # noqa: PLR0913
+    v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, first, hw, w, wf, alpha_p, c, gm, s1, s0
+):
+    """The step's undo of the stored velocity ``v'`` (``om``: its increment's factor, ``n``: its
+    multiplier) with the rule's adjoint (``alpha``, ``c = 1 - gamma``, ``gm = gamma``; ``s1``,
+    ``s0``: the scales after and before the step; ``dw - hw``, ``hw`` the later step's
+    vector-Jacobian product, is ``w_{t+1}``'s cotangent, and ``dw`` becomes it), then the step
+    before's undo of the weights from the restored ``v'_t`` (``alpha_p``: its scaled alpha; 0 where
+    there is none) and their copy ``wf`` in the model's dtype: the engine's reverse loop pipelined.
+    Returns the sums of ``dalpha``, ``dgamma`` and the gradient's fingerprint part. With ``n =
+    2**16`` and no unspill (most steps), the loop leaves the heads alone."""
+    if n == D_S and not do:
+        return _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alpha_p, c, gm, s1, s0)
     nu = np.uint64(n)
     inv = 1.0 / np.float64(n)
-    nd = np.float64(n) * INV_D
     mask = LOW32_U << shift
     dalpha = 0.0
     dgamma = 0.0
@@ -571,21 +611,39 @@ def _undo_adjoint_loop(v, head, g, row, dw, dv, ct, n, om, alpha, shift, do, fir
         dalpha += dwi * _from_fixed(v_next)
         vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
         v[i] = vi
-        d = dv[i] + alpha * dwi
-        dgamma += d * (_from_fixed(vi) + np.float64(g[i]))
-        ct[i] = om * d
-        dv[i] = d * nd
         dw[i] = dwi
-        x, _ = _to_fixed(alpha_p * _from_fixed(vi))
-        wi = w[i] - x
+        _, dg, ct[i], dv[i], wi = _adjoint_one(dv[i], dwi, vi, g[i], alpha, c, gm, s0, w[i], alpha_p)
+        dgamma += dg
         w[i] = wi
         wf[i] = _from_fixed(wi)
-    return dalpha, dgamma, h
+    return s1 * dalpha, dgamma, h
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alpha_p, c, gm, s1, s0):
+    """`_undo_adjoint_loop` at a step whose multiplier is the identity and that unspills nothing."""
+    dalpha = 0.0
+    dgamma = 0.0
+    h = np.uint64(0)
+    for i in range(v.size):
+        h += _fingerprint_term(g[i], first, i)
+        v_next = v[i]
+        dwi = dw[i] - np.float64(hw[i])
+        dalpha += dwi * _from_fixed(v_next)
+        x, _ = _to_fixed(om * np.float64(g[i]))
+        vi = v_next + x
+        v[i] = vi
+        dw[i] = dwi
+        _, dg, ct[i], dv[i], wi = _adjoint_one(dv[i], dwi, vi, g[i], alpha, c, gm, s0, w[i], alpha_p)
+        dgamma += dg
+        w[i] = wi
+        wf[i] = _from_fixed(wi)
+    return s1 * dalpha, dgamma, h
 
 
 @njit(cache=True)
 def _sgd_undo_adjoint_prepare(args, rets, n):
-    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do, leaf, hw, w, alpha_p
+    # args: v, head, dv, g, stack, dw, n, om, alpha, word, shift, do, leaf, hw, w, alpha_p, c, gm, s1, s0
     # rets: v, head, dv, ct, dalpha, dgamma, fingerprint, dw, w, w_model
     _aliased(rets[0], args[0], n, np.int64)
     _aliased(rets[1], args[1], n, np.uint64)
@@ -597,13 +655,13 @@ def _sgd_undo_adjoint_prepare(args, rets, n):
 @njit(cache=True)
 def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
     part[0], part[1], h = _undo_adjoint_loop(
-        _elems(table, 16, n, np.int64)[a:b],
-        _elems(table, 17, n, np.uint64)[a:b],
+        _elems(table, 20, n, np.int64)[a:b],
+        _elems(table, 21, n, np.uint64)[a:b],
         _elems(table, 3, n, gdtype)[a:b],
         _table_row(table, 4, n, _value(table, 9, np.int64))[a:b],
-        _elems(table, 23, n, np.float64)[a:b],
-        _elems(table, 18, n, np.float64)[a:b],
-        _elems(table, 19, n, gdtype)[a:b],
+        _elems(table, 27, n, np.float64)[a:b],
+        _elems(table, 22, n, np.float64)[a:b],
+        _elems(table, 23, n, gdtype)[a:b],
         _value(table, 6, np.int64),
         _value(table, 7, np.float64),
         _value(table, 8, np.float64),
@@ -611,9 +669,13 @@ def _sgd_undo_adjoint_body(table, n, a, b, part, gdtype):
         _value(table, 11, np.bool_),
         _fingerprint_first(a, _value(table, 12, np.int64)),
         _elems(table, 13, n, gdtype)[a:b],
-        _elems(table, 24, n, np.int64)[a:b],
-        _elems(table, 25, n, gdtype)[a:b],
+        _elems(table, 28, n, np.int64)[a:b],
+        _elems(table, 29, n, gdtype)[a:b],
         _value(table, 15, np.float64),
+        _value(table, 16, np.float64),
+        _value(table, 17, np.float64),
+        _value(table, 18, np.float64),
+        _value(table, 19, np.float64),
     )
     part[2] = _as_f64(h)
 

@@ -123,11 +123,17 @@ def bucket_slots(slots: int) -> int:
 def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
     """Stack slots (32 bits each) enough for ``steps`` steps with every gamma >= ``min_gamma``.
 
-    With ``rho = D / n_min``, a head ``h`` obeys ``h' + 1 <= rho (h + 1) + 1``, so over T steps it
-    gains at most ``G = T (log2 rho + 2**-15) + log2(T + 1)`` bits (the last term covers the steps
-    while a head is still small). The first spill happens at 48 bits and leaves at least 16, and
-    each later one needs ``32 - log2 rho`` more bits, so at most
-    ``floor((G - 48) / (32 - log2 rho)) + 1`` spills happen. With ``bucket`` the count is rounded up
+    The velocity is stored scaled (`hypercore.reversible.SGDM`): a step multiplies it by ``2**-k``
+    through the buffer, ``k`` the doublings that keep the scale ``S``, gamma's running product times
+    a power of two, in ``(1/2, 1]``. With ``rho = D / n_min``, a head ``h`` obeys ``h' + 1 <= 2**k
+    (h + 1)`` (and a margin of ``2**-50`` for the bound's rounding). From step ``s`` to ``t`` the
+    doublings are ``log2(S_t / S_s)`` (below 1) plus ``log2(1 / gamma)`` summed (at most ``(t - s)
+    log2 rho``, and float64's rounding of each product, covered by ``2**-15`` a step), so over T steps
+    a head gains at most ``G = T (log2 rho + 2**-15) + log2(T + 1) + 1`` bits (the log covers the
+    steps while a head is still small). A step's ``S gamma`` is above ``gamma / 2``, so it doubles at
+    most ``ceil(log2 rho)`` times. The first spill happens at 48 bits and leaves at least 16, each
+    later one needs ``32 - ceil(log2 rho)`` more bits, so at most ``floor((G - 48) / (32 -
+    ceil(log2 rho))) + 1`` spills happen. With ``bucket`` the count is rounded up
     to the next of 2, 3, 4, 6, 8, 12, 16, ..., so that a tuning loop whose gammas drift a little
     does not recompile.
 
@@ -139,8 +145,9 @@ def capacity_for(steps: int, min_gamma: float, *, bucket: bool = True) -> int:
         raise ValueError(f"min_gamma must be in (0, 1], got {min_gamma}")
     n_min = min(max(round(min_gamma * D), 1), D)
     step_bits = math.log2(D / n_min)
-    growth = steps * (step_bits + 2.0**-15) + math.log2(steps + 1)
-    slots = 0 if growth < HEAD_BITS else math.floor((growth - HEAD_BITS) / (SLOT_BITS - step_bits)) + 1
+    growth = steps * (step_bits + 2.0**-15) + math.log2(steps + 1) + 1.0
+    per_spill = SLOT_BITS - math.ceil(step_bits)
+    slots = 0 if growth < HEAD_BITS else math.floor((growth - HEAD_BITS) / per_spill) + 1
     slots = max(slots, 1)
     if not bucket:
         return slots

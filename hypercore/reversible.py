@@ -8,8 +8,9 @@ Learning", ICML 2015, Algorithms 1 and 2 (as corrected in HIPS/hypergrad). The f
     v_{t+1} = gamma_t v_t - (1 - gamma_t) g_t
     w_{t+1} = w_t + alpha_t v_{t+1}
 
-runs on int64 fixed-point ``w`` and ``v`` (see `hypercore._fixed`), so the backward pass can run it
-in reverse bit for bit from ``(w_T, v_T)`` and the information buffer, recomputing each ``g_t``, and
+runs on int64 fixed-point ``w`` and ``v`` (see `hypercore._fixed`; ``v`` stored scaled by gamma's
+running product, so that most steps are additions: `SGDM`), so the backward pass can run it in
+reverse bit for bit from ``(w_T, v_T)`` and the information buffer, recomputing each ``g_t``, and
 accumulate, for ``t = T-1 .. 0``::
 
     dalpha_t = dw . v_{t+1}
@@ -407,17 +408,62 @@ class TrainingOptimizer(Protocol):
         ...
 
 
+def sgd_renormalisations(gammas: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+    """SGD's scaled velocity's three schedules (see `SGDM`), from the gammas shaped as a schedule:
+    ``(renorms, scales, scales_before)``, float64, functions of the quantised gammas alone (no data,
+    no derivative: `jax.lax.stop_gradient`), so both passes read the same values.
+
+    ``scales[t] = S_{t+1}``: gamma's running product ``P_{t+1} = prod_{s<=t} n_s / 2**16`` times the
+    power of two ``2**k`` that brings it into ``(1/2, 1]``, kept so as it runs (``P`` itself
+    underflows). ``renorms[t]``: the numerator ``2**(16 - k_t)`` of the exact multiplication by
+    ``2**-k_t`` that step ``t`` applies to the stored velocity (through the buffer: ``k_t`` bits),
+    ``k_t`` the doublings the scale takes at that step; ``2**16``, the identity, at most steps (0.15
+    doublings a step at gamma 0.9). ``scales_before[t] = S_t`` (``S_0 = 1``). So ``S_{t+1} prod_{s<=t}
+    2**-k_s = P_{t+1}``, exactly but for float64's rounding of each step's product: no drift."""
+
+    def step(scale, gamma):
+        s = scale * gamma  # in (2**-17, 1]: gamma >= 2**-16, the scale above 1/2
+        mantissa, exponent = jnp.frexp(s)  # s = mantissa 2**exponent, mantissa in [1/2, 1)
+        k = jnp.where(mantissa == 0.5, 1, 0) - exponent  # the doublings into (1/2, 1]
+        return jnp.ldexp(s, k), (jnp.ldexp(jnp.float64(_fixed.D), -k), jnp.ldexp(s, k), scale)
+
+    def one(g):
+        g = jax.lax.stop_gradient(_fixed.gamma_numerator(g).astype(jnp.float64) / _fixed.D)
+        return jax.lax.scan(step, jnp.ones(g.shape[1:], jnp.float64), g)[1]
+
+    leaves, treedef = jax.tree.flatten(gammas)
+    triples = [one(g) for g in leaves]
+    return tuple(jax.tree.unflatten(treedef, [x[i] for x in triples]) for i in range(3))
+
+
+def _sgd_schedules(alphas: PyTree, gammas: PyTree) -> tuple[PyTree, ...]:
+    """`SGDM`'s five schedules from the user's two."""
+    return (alphas, gammas, *sgd_renormalisations(gammas))
+
+
 @dataclasses.dataclass(frozen=True)
 class SGDM:
     """SGD with momentum, the paper's rule: ``v <- gamma v - (1 - gamma) g; w <- w + alpha v``.
 
-    State: the velocity ``v``, one int64 array per weight leaf, ``v_0 = 0``. Multiplying by gamma
-    (``n / 2**16``) goes through the buffer (`_fixed.mul_gamma`, undone by `_fixed.div_gamma`);
-    ``record`` is that push's spill flag.
+    State: the velocity, one int64 array per weight leaf, stored scaled: ``v = S v'`` with ``S`` the
+    running product of the quantised gammas brought into ``(1/2, 1]`` by powers of two
+    (`sgd_renormalisations`, schedules with no data in them: ``renorms, scales, scales_before``), so
+    that a step's update is an addition, ``v'_{t+1} = v'_t - fixed(((1 - gamma_t) / S_{t+1}) g_t)``,
+    ``w_{t+1} = w_t + fixed((alpha_t S_{t+1}) v'_{t+1})``, and its undo a subtraction of the same
+    integers. Where the product crosses powers of two, the stored velocity is first multiplied by
+    ``2**-k`` exactly, through the buffer (`_fixed.mul_gamma` by ``2**(16 - k)``, undone by
+    `_fixed.div_gamma`; ``record`` is that push's spill flag), and the scale by ``2**k``: at gamma
+    0.9 one step in 6.6, where the paper's rule multiplied every step through the buffer. The buffer
+    takes the same bits in fewer pushes. This is AdamW's scaled state (`hypercore.adam`, "Scaled
+    state"), with SGD's factors below one half too: a change of representation, not of rule. The
+    stored velocity needs one bit of `_fixed`'s range more (``|v| < 2**13``); the true one's
+    resolution is at least as fine. ``v_0 = 0`` and ``S_0 = 1``, so the reverse pass still ends at
+    ``v_0 = 0`` exactly. The adjoint is the rule's (the hypergradients reach the gammas through the
+    rule's own terms, as before); the three derived schedules get no cotangent.
     """
 
     name = "sgd_momentum"
-    schedule_names = ("alphas", "gammas")
+    schedule_names = ("alphas", "gammas", "renorms", "scales", "scales_before")
     decay_schedule = 1
     checks_weights = True  # its checks hold the new weights' range: the engine need not test them again
     subtracts_hvp = True  # the reverse member takes the engine's last vector-Jacobian product, ``hw``
@@ -435,17 +481,26 @@ class SGDM:
         return [jnp.zeros_like(x) for x in dw_T]
 
     @staticmethod
-    def _decay_terms(gamma: Hyper):
+    def _terms(hyper):
+        """Per leaf, the step's ``(renorm, om', alpha', om, gamma, S_{t+1}, S_t)``: the stored
+        velocity's multiplier (int64) and the scaled factors of its update and of the weights', then
+        the rule's own ``1 - gamma`` and ``gamma`` (the quantised ones) and the scales."""
+        alpha, gamma, renorm, scale, before = hyper
         ns = gamma.per_leaf(_fixed.gamma_numerator)
-        one_minus = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
-        return ns, one_minus
+        rs = renorm.per_leaf(lambda x: jnp.asarray(x).astype(jnp.int64))  # exact: 2**(16 - k)
+        s1, s0 = scale.per_leaf(), before.per_leaf()
+        om = [(jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D for n in ns]
+        gm = [n.astype(jnp.float64) / _fixed.D for n in ns]
+        om_s = [o * (1.0 / s) for o, s in zip(om, s1, strict=True)]
+        alpha_s = [a * s for a, s in zip(alpha.per_leaf(), s1, strict=True)]
+        return list(zip(rs, om_s, alpha_s, om, gm, s1, s0, strict=True))
 
     @staticmethod
     def _fused(g, *per_leaf) -> bool:
         """Whether this step may go through `hypercore._fused`'s kernels on a CPU: one value of each
         schedule per weight array (not per weight) and gradients of a compiled dtype. Static."""
         return (
-            all(jnp.ndim(x) == 0 for values in per_leaf for x in values)
+            all(jnp.ndim(x) == 0 for values in per_leaf for x in jax.tree.leaves(values))
             and all(gi.dtype.name in _fused.FUSED_DTYPES for gi in g)
             and _fused.available()
         )
@@ -457,11 +512,10 @@ class SGDM:
         """`forward_step`, then the new weights in ``g``'s dtypes and ``g``'s fingerprint where the
         kernels made them in the step's own pass (``None, None`` on XLA's path, where converting the
         weights is a fusion of its own)."""
-        alpha, gamma = hyper
-        ns, one_minus = self._decay_terms(gamma)
-        alphas = alpha.per_leaf()
-        if buf.bound is not None and self._fused(g, ns, one_minus, alphas):
-            buf, spilled, do, k = _fixed.plan_mul_gamma(buf, ns)
+        terms = self._terms(hyper)
+        rs, om_s, alpha_s = ([x[i] for x in terms] for i in range(3))
+        if buf.bound is not None and self._fused(g, terms):
+            buf, spilled, do, k = _fixed.plan_mul_gamma(buf, rs)
             out = [
                 _fused.on_cpu(
                     (*args, k, do),
@@ -469,19 +523,19 @@ class SGDM:
                     functools.partial(_sgd_forward_leaf, leaf=leaf),
                 )
                 for leaf, args in enumerate(
-                    zip(w, v, buf.heads, buf.stacks, g, ns, one_minus, alphas, strict=True)
+                    zip(w, v, buf.heads, buf.stacks, g, rs, om_s, alpha_s, strict=True)
                 )
             ]
             w, v, heads, stacks, copy, oks, fps = (list(x) for x in zip(*out, strict=True))
             return w, v, buf._replace(heads=heads, stacks=stacks), spilled, oks, copy, _sum_u64(fps)
-        v, buf, spilled = _fixed.mul_gamma(v, ns, buf)
+        v, buf, spilled = _fixed.mul_gamma(v, rs, buf)
         dv, ok1 = zip(
-            *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(one_minus, g, strict=True)],
+            *[_fixed.to_fixed(om * gi.astype(jnp.float64)) for om, gi in zip(om_s, g, strict=True)],
             strict=True,
         )
         v = [vi - d for vi, d in zip(v, dv, strict=True)]
         dw, ok2 = zip(
-            *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(alphas, v, strict=True)],
+            *[_fixed.to_fixed(a * _fixed.from_fixed(vi)) for a, vi in zip(alpha_s, v, strict=True)],
             strict=True,
         )
         w = [wi + d for wi, d in zip(w, dw, strict=True)]
@@ -490,14 +544,14 @@ class SGDM:
 
     def undo_weights(self, w, v, buf, hyper, spilled, stacks):
         """Undo the weight update (no decay of ``w``: state and buffer pass through); ``w_aux`` is
-        ``v_{t+1}`` (fixed point)."""
+        ``v'_{t+1}`` (fixed point)."""
         dtypes = [jnp.float64] * len(w)  # a copy no one reads: the kernels' path takes one dtype
         return self.undo_weights_with_copy(w, v, buf, hyper, spilled, stacks, dtypes)[:4]
 
     def undo_weights_with_copy(self, w, v, buf, hyper, spilled, stacks, dtypes):
         """`undo_weights`, and the restored weights in ``dtypes`` where the kernels made them in the
         same pass (``None`` on XLA's path)."""
-        alphas = hyper[0].per_leaf()
+        alphas = [x[2] for x in self._terms(hyper)]
         if (
             all(jnp.ndim(a) == 0 for a in alphas)
             and all(jnp.dtype(dt).name in _fused.FUSED_DTYPES for dt in dtypes)
@@ -517,48 +571,56 @@ class SGDM:
         return w, v, buf, v, None
 
     def undo_state(self, v, buf, g, hyper, spilled, stacks):
-        """Undo the velocity update given the recomputed gradient; ``s_aux`` is gamma's terms."""
-        ns, one_minus = self._decay_terms(hyper[1])
-        if stacks is not None and self._fused(g, ns, one_minus):
+        """Undo the velocity's update given the recomputed gradient, then its renormalisation;
+        ``s_aux`` is the step's `_terms`."""
+        terms = self._terms(hyper)
+        rs, om_s = [x[0] for x in terms], [x[1] for x in terms]
+        if stacks is not None and self._fused(g, rs, om_s):
             do, k = _fixed.unspill_slot(buf, spilled)
             out = [
                 _fused.on_cpu((*args, k, do), _fused.sgd_undo_state, _sgd_undo_state_leaf)
-                for args in zip(v, buf.heads, g, ns, one_minus, stacks, strict=True)
+                for args in zip(v, buf.heads, g, rs, om_s, stacks, strict=True)
             ]
             v, heads = (list(x) for x in zip(*out, strict=True))
-            return v, _fixed.unspill_counters(buf._replace(heads=heads), spilled, do), (ns, one_minus)
+            return v, _fixed.unspill_counters(buf._replace(heads=heads), spilled, do), terms
         v = [
             vi + _fixed.to_fixed(om * gi.astype(jnp.float64))[0]
-            for vi, om, gi in zip(v, one_minus, g, strict=True)
+            for vi, om, gi in zip(v, om_s, g, strict=True)
         ]
-        v, buf = _fixed.div_gamma(v, ns, buf, spilled, stacks)
-        return v, buf, (ns, one_minus)
+        v, buf = _fixed.div_gamma(v, rs, buf, spilled, stacks)
+        return v, buf, terms
 
-    def adjoint_step(self, dw, dv, g, v, hyper, v_next, decay_terms):
-        ns, one_minus = decay_terms
-        dalpha = [x * _fixed.from_fixed(y) for x, y in zip(dw, v_next, strict=True)]
-        dv = [d + a * x for d, a, x in zip(dv, hyper[0].per_leaf(), dw, strict=True)]
+    def adjoint_step(self, dw, dv, g, v, hyper, v_next, terms):
+        """The rule's adjoint, from the stored velocities and their scales (``v_next`` is
+        ``v'_{t+1}``, ``v`` is ``v'_t``)."""
+        alphas = hyper[0].per_leaf()
+        _, _, _, om, gm, s1, s0 = zip(*terms, strict=True)
+        dalpha = [x * (s * _fixed.from_fixed(y)) for x, y, s in zip(dw, v_next, s1, strict=True)]
+        dv = [d + a * x for d, a, x in zip(dv, alphas, dw, strict=True)]
         dgamma = [
-            d * (_fixed.from_fixed(vi) + gi.astype(jnp.float64)) for d, vi, gi in zip(dv, v, g, strict=True)
+            d * (s * _fixed.from_fixed(vi) + gi.astype(jnp.float64))
+            for d, vi, gi, s in zip(dv, v, g, s0, strict=True)
         ]
-        ct = [om * d for om, d in zip(one_minus, dv, strict=True)]
-        dv = [d * (n.astype(jnp.float64) / _fixed.D) for d, n in zip(dv, ns, strict=True)]
-        return dw, dv, ct, (dalpha, dgamma)
+        ct = [o * d for o, d in zip(om, dv, strict=True)]
+        dv = [d * x for d, x in zip(dv, gm, strict=True)]
+        zeros = tuple([jnp.zeros_like(d) for d in dw] for _ in range(3))
+        return dw, dv, ct, (dalpha, dgamma, *zeros)
 
     def undo_adjoint_then_weights(
         self, v, buf, g, hyper, spilled, stacks, dw, dv, hw, w, hyper_prev, last, dtypes
     ):
         """`undo_state` then `adjoint_step` (``w_{t+1}``'s cotangent ``dw - hw``), then the step before's
-        `undo_weights_with_copy` from the restored ``v_t`` (``hyper_prev`` its values; none where
-        ``last``), in one pass per weight array on a CPU: ``v_{t+1}`` is read before it is
+        `undo_weights_with_copy` from the restored ``v'_t`` (``hyper_prev`` its values; none where
+        ``last``), in one pass per weight array on a CPU: ``v'_{t+1}`` is read before it is
         overwritten, so nothing keeps a copy of it, and the weights are read once (the engine's
-        pipelined reverse loop). Returns ``(w, v, buf, dw, dv, ct, dhyper, fp, copy)``; with one alpha
-        and one gamma per array, ``dhyper`` holds their sums per array; ``fp`` is ``g``'s fingerprint
-        from the same pass and ``copy`` the weights in ``dtypes``, or ``None`` (XLA's path)."""
-        ns, one_minus = self._decay_terms(hyper[1])
+        pipelined reverse loop). Returns ``(w, v, buf, dw, dv, ct, dhyper, fp, copy)``; with one value
+        of each schedule per array, ``dhyper`` holds their sums per array; ``fp`` is ``g``'s
+        fingerprint from the same pass and ``copy`` the weights in ``dtypes``, or ``None`` (XLA's
+        path)."""
+        terms = self._terms(hyper)
         alphas = hyper[0].per_leaf()
-        alphas_prev = [jnp.where(last, 0.0, a) for a in hyper_prev[0].per_leaf()]
-        if stacks is None or not self._fused(g, ns, one_minus, alphas, alphas_prev):
+        alphas_prev = [jnp.where(last, 0.0, x[2]) for x in self._terms(hyper_prev)]
+        if stacks is None or not self._fused(g, terms, alphas, alphas_prev):
             v_next, dw = v, _minus(dw, hw)
             v, buf, s_aux = self.undo_state(v, buf, g, hyper, spilled, stacks)
             dw, dv, ct, dhyper = self.adjoint_step(dw, dv, g, v, hyper, v_next, s_aux)
@@ -567,18 +629,19 @@ class SGDM:
         do, k = _fixed.unspill_slot(buf, spilled)
         out = [
             _fused.on_cpu(
-                (*args, k, do),
+                (v_i, h_i, dv_i, g_i, st_i, dw_i, hw_i, w_i, *x[:2], a, a_p, *x[3:], k, do),
                 functools.partial(_fused.sgd_undo_adjoint, leaf=leaf),
                 functools.partial(_sgd_undo_adjoint_leaf, leaf=leaf),
             )
-            for leaf, args in enumerate(
-                zip(v, buf.heads, dv, g, stacks, dw, hw, w, ns, one_minus, alphas, alphas_prev, strict=True)
+            for leaf, (v_i, h_i, dv_i, g_i, st_i, dw_i, hw_i, w_i, x, a, a_p) in enumerate(
+                zip(v, buf.heads, dv, g, stacks, dw, hw, w, terms, alphas, alphas_prev, strict=True)
             )
         ]
         v, heads, dv, ct, dalpha, dgamma, fps, dw, w, copy = (list(x) for x in zip(*out, strict=True))
         buf = _fixed.unspill_counters(buf._replace(heads=heads), spilled, do)
         copy = [c.astype(dt) for c, dt in zip(copy, dtypes, strict=True)]  # ``g``'s dtypes: the model's
-        return w, v, buf, dw, dv, ct, (dalpha, dgamma), _sum_u64(fps), copy
+        zeros = tuple([jnp.zeros((), jnp.float64)] * len(dalpha) for _ in range(3))
+        return w, v, buf, dw, dv, ct, (dalpha, dgamma, *zeros), _sum_u64(fps), copy
 
 
 # One weight array's steps in XLA's operations, as `hypercore._fused`'s kernels compute them: the
@@ -612,16 +675,21 @@ def _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do):
     return v, _fixed.unspill_from(head, stack, k, do)
 
 
-def _sgd_undo_adjoint_leaf(v, head, dv, g, stack, dw, hw, w, n, om, alpha, alpha_prev, k, do, *, leaf):
+def _sgd_undo_adjoint_leaf(
+    v, head, dv, g, stack, dw, hw, w, n, om_s, alpha, alpha_prev, om, gamma, s1, s0, k, do, *, leaf
+):
+    """`_fused.sgd_undo_adjoint` in XLA's operations: ``n``, ``om_s`` the stored velocity's multiplier
+    and increment factor, ``alpha``, ``om``, ``gamma`` the rule's, ``alpha_prev`` the step before's
+    scaled one, ``s1``, ``s0`` the scales after and before the step."""
     dw = dw - hw.astype(jnp.float64)
-    dalpha = jnp.sum(dw * _fixed.from_fixed(v))
-    v, head = _sgd_undo_state_leaf(v, head, g, n, om, stack, k, do)
+    dalpha = s1 * jnp.sum(dw * _fixed.from_fixed(v))
+    v, head = _sgd_undo_state_leaf(v, head, g, n, om_s, stack, k, do)
     dv = dv + alpha * dw
-    dgamma = jnp.sum(dv * (_fixed.from_fixed(v) + g.astype(jnp.float64)))
+    dgamma = jnp.sum(dv * (s0 * _fixed.from_fixed(v) + g.astype(jnp.float64)))
     ct = (om * dv).astype(g.dtype)
     fp = _fingerprint_leaf(g, leaf)
     w, copy = _sgd_undo_weights_leaf(w, v, alpha_prev, g.dtype)
-    return v, head, dv * (n.astype(jnp.float64) / _fixed.D), ct, dalpha, dgamma, fp, dw, w, copy
+    return v, head, dv * gamma, ct, dalpha, dgamma, fp, dw, w, copy
 
 
 OPTIMIZERS: dict[str, TrainingOptimizer] = {"sgd_momentum": SGDM()}
@@ -1074,8 +1142,18 @@ def reversible_sgd(
       ``w_T``, shaped like ``w0``; NaN if training left the fixed-point range (|w| < 2**14) or
       produced a non-finite gradient.
     """
-    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
-    return _train(engine, w0, meta_all, (alphas, gammas), report)
+    engine, meta_all, schedules = _prepare_sgd(loss, w0, meta, alphas, gammas, capacity, min_gamma)
+    return _train(engine, w0, meta_all, schedules, report)
+
+
+def _prepare_sgd(loss, w0, meta, alphas, gammas, capacity, min_gamma):
+    """`_prepare` for `SGDM`: the user's two schedules checked, then its five."""
+    steps = [_schedule.check(s, w0, name) for s, name in ((alphas, "alphas"), (gammas, "gammas"))]
+    if steps[0] != steps[1]:
+        raise ValueError("alphas and gammas must have the same number of steps")
+    schedules = _sgd_schedules(alphas, gammas)
+    engine, meta_all = _prepare(loss, w0, meta, schedules, capacity=capacity, min_gamma=min_gamma)
+    return engine, meta_all, schedules
 
 
 def _unstack(sched: PyTree, per_step: list[jax.Array]) -> PyTree:
@@ -1100,8 +1178,8 @@ def check_reversal(
 ) -> bool:
     """True iff training forward then backward restores ``w_0``, ``v_0 = 0`` and an empty buffer
     bit for bit, with every recomputed gradient identical to the forward one."""
-    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
-    return _roundtrip(engine, w0, meta_all, (alphas, gammas))
+    engine, meta_all, schedules = _prepare_sgd(loss, w0, meta, alphas, gammas, capacity, min_gamma)
+    return _roundtrip(engine, w0, meta_all, schedules)
 
 
 def _roundtrip(engine: _Engine, w0: PyTree, meta_all, schedules: tuple) -> bool:
@@ -1127,8 +1205,8 @@ def forward_state(
 ) -> _Forward:
     """The forward pass's final fixed-point state (``w``, ``v``, buffer, flags), for diagnostics and
     benchmarks: ``buf.used`` slots of ``buf.capacity`` were needed."""
-    engine, meta_all = _prepare(loss, w0, meta, (alphas, gammas), capacity=capacity, min_gamma=min_gamma)
-    return jax.jit(engine.forward)(w0, meta_all, (alphas, gammas))
+    engine, meta_all, schedules = _prepare_sgd(loss, w0, meta, alphas, gammas, capacity, min_gamma)
+    return jax.jit(engine.forward)(w0, meta_all, schedules)
 
 
 def buffer_capacity(steps: int, min_gamma: float, optimizer: str | TrainingOptimizer = "sgd_momentum") -> int:

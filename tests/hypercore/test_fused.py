@@ -148,8 +148,11 @@ def test_each_kernel_matches_the_xla_formulation_bit_for_bit(
     dw, dv = (jnp.asarray(rng.normal(size=SHAPE)) for _ in range(2))
     hw = jnp.asarray(rng.normal(size=SHAPE) * 0.1, dtype)
     alpha_p = jnp.float64(alpha * 0.5)
+    # the rule's 1 - gamma and gamma, and the velocity's scales after and before the step: the
+    # adjoint's own values, which the scaled velocity's factors above (``om``, ``alpha``) are not
+    rule = tuple(jnp.float64(x) for x in rng.uniform(0.5, 1.0, 4))
     fused, xla = _pair("undo_adjoint")
-    args = (v1, h1, dv, g, s1, dw, hw, w_back, n, om, alpha, alpha_p, k, do)
+    args = (v1, h1, dv, g, s1, dw, hw, w_back, n, om, alpha, alpha_p, *rule, k, do)
     ours, theirs = fused(*args), xla(*args)
     np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(v_xla))
     np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(h_xla))
@@ -371,10 +374,13 @@ def _large(rng, shape):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulation(dtype):
+@pytest.mark.parametrize("numerator", [58982, _fixed.D])
+def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulation(dtype, numerator):
     """An array of several chunks (`hypercore._fused_launch`: its chunks go to XLA's thread pool, the
     call returns a future) gives the XLA formulation's integers bit for bit, and its sums to rounding,
-    through a spill and back, four such arrays in one program; on one thread, every bit the same."""
+    through a spill and back (or, with the identity for a multiplier, as the scaled velocity's most
+    steps, the loops without the division and no spill), four such arrays in one program; on one
+    thread, every bit the same."""
     from hypercore import _fused_launch
 
     shape = (5 * _fused_launch.MIN_CHUNK // 128 + 3, 128)
@@ -383,7 +389,8 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
     leaves = [_large(rng, shape) for _ in range(4)]
     gs = [jnp.asarray(rng.normal(size=shape) * 3, dtype) for _ in leaves]
     dvs = [jnp.asarray(rng.normal(size=shape)) for _ in leaves]
-    n, a, k, do = jnp.int64(58982), jnp.float64(0.3), jnp.int32(1), jnp.bool_(True)
+    n, a, k, do = jnp.int64(numerator), jnp.float64(0.3), jnp.int32(1), jnp.bool_(numerator != _fixed.D)
+    rule = (jnp.float64(0.1), jnp.float64(0.9), jnp.float64(0.7), jnp.float64(0.8))
     om = (jnp.int64(_fixed.D) - n).astype(jnp.float64) / _fixed.D
 
     def round_trip(impl, leaves, gs, dvs):
@@ -394,7 +401,7 @@ def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulati
             w0, copy0 = impl["undo_weights"](w1, v1, a, g.dtype)
             v0, h0 = impl["undo_state"](v1, h1, g, n, om, s1, k, do)
             hw = (g * 0.5).astype(g.dtype)  # a later step's product, and the weights of a step before
-            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, hw, w0, n, om, a, a * 0.5, k, do, leaf=2)
+            adj = impl["undo_adjoint"](v1, h1, dv, g, s1, dv, hw, w0, n, om, a, a * 0.5, *rule, k, do, leaf=2)
             ints = (w1, v1, h1, s1, ok, w0, v0, h0, *adj[:2], copy1, copy0, fp1, adj[6], *adj[8:])
             out.append((ints, (*adj[2:6], adj[7])))
         return out

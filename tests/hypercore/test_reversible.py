@@ -292,6 +292,32 @@ def test_buffer_overflow_is_detected_and_reported():
     assert check_reversal(loss, w0, {}, jnp.full((T,), 0.05), gammas)
 
 
+def test_the_scaled_velocity_s_schedules_follow_gamma_s_running_product():
+    """`sgd_renormalisations`: each step's multiplier is ``2**16 / 2**k`` (``k`` doublings of the
+    scale, several a step for gammas below one half), the scale after it is in ``(1/2, 1]`` and the
+    one before it the previous step's, and the scale times the multipliers so far is gamma's
+    running product (the quantised one) to float64's rounding, over 5,000 steps down to gamma
+    ``2**-16`` and up to 1."""
+    from hypercore import reversible
+
+    rng = np.random.default_rng(3)
+    T = 5000
+    gammas = jnp.asarray(np.concatenate([rng.uniform(0.0, 1.0, T - 4), [2.0**-16, 0.5, 1.0, 0.25]]))
+    renorms, scales, before = reversible.sgd_renormalisations(gammas)
+    r, s, b = (np.asarray(x) for x in (renorms, scales, before))
+    k = np.log2(2.0**16 / r)
+    assert np.array_equal(k, np.round(k)) and k.min() == 0 and k.max() >= 15
+    assert np.all((s > 0.5) & (s <= 1.0))
+    assert b[0] == 1.0 and np.array_equal(b[1:], s[:-1])
+    q = np.asarray(hypercore.quantize_gamma(gammas), np.float64)
+    log_product = np.cumsum(np.log2(q))
+    np.testing.assert_allclose(np.log2(s) - np.cumsum(k), log_product, rtol=1e-12, atol=1e-9)
+    # a per-weight schedule gets one scale per weight
+    per_weight = {"W": jnp.asarray(rng.uniform(0.3, 1.0, (50, 3, 2)))}
+    shapes = [x.shape for x in jax.tree.leaves(reversible.sgd_renormalisations(per_weight))]
+    assert shapes == [(50, 3, 2)] * 3
+
+
 @pytest.mark.parametrize("gamma,T", [(0.5, 300), (0.9, 1000), (0.3, 200), (0.99, 1000)])
 def test_capacity_bound_holds_for_the_gammas_it_was_derived_from(gamma, T):
     loss, w0, _ = make_problem()
@@ -346,7 +372,7 @@ def test_an_unknown_training_optimizer_is_a_clear_error():
         reversible._prepare(
             loss, w0, {}, (jnp.ones(5), jnp.ones(5)), capacity=8, min_gamma=None, optimizer="lion"
         )
-    with pytest.raises(TypeError, match="takes 2 schedules"):
+    with pytest.raises(TypeError, match="takes 5 schedules"):
         reversible._prepare(loss, w0, {}, (jnp.ones(5),), capacity=8, min_gamma=None)
 
 
