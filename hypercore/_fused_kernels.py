@@ -45,6 +45,7 @@ SCALE = _fixed.SCALE
 INV_SCALE = 1.0 / SCALE
 RANGE = _fixed.RANGE
 LIMIT = np.int64(int(_fixed.RANGE) << _fixed.FRAC_BITS)
+LIMIT_BELOW = LIMIT - np.int64(1)
 GAMMA_BITS = np.uint64(_fixed.GAMMA_BITS)
 SHIFT_S = np.int64(_fixed.GAMMA_BITS)
 LOW16_S = np.int64(_fixed.D - 1)
@@ -158,10 +159,12 @@ def _table_row(table, i, n, word):
 # each conversion became four extracts, four scalar conversions and four inserts, about a quarter of
 # the reversible Adam step's time on an AVX2 CPU (BENCHMARKS.md). The ``_bits`` functions build the
 # float from its bits instead: an integer below 2**51 in magnitude, added to the bits of
-# ``2**52 + 2**51``, is that float's mantissa. Each gives exactly what the hardware conversion gives (a
-# 64-bit integer is split into two halves, each converted exactly, and their sum rounded once, which is
-# the correct rounding), so nothing that reads their results can tell them apart. Where the CPU
-# Numba compiles for converts vectors itself (AVX-512DQ, or not x86), the plain conversions are used.
+# ``2**52 + 2**51``, is that float's mantissa. A 64-bit integer is split into two parts, each converted
+# exactly, and their sum rounded once, which is the correct rounding; a float is split into its integer
+# part and the rest, each rounded to an integer through that mantissa. Each gives exactly what the
+# hardware conversion gives, so nothing that reads their results can tell them apart
+# (`tests/hypercore/test_fused.py` checks them against it). Where the CPU Numba compiles for converts
+# vectors itself (AVX-512DQ, or not x86), the plain conversions are used.
 MAGIC_F = 6755399441055744.0  # 2**52 + 2**51
 MAGIC_I = np.int64(0x4338000000000000)  # its bits
 TWO52_F = 4503599627370496.0  # 2**52
@@ -169,8 +172,29 @@ TWO52_I = np.int64(0x4330000000000000)
 TWO52_U = np.uint64(0x4330000000000000)
 TWO32_F = 4294967296.0
 INV_TWO32_F = 1.0 / TWO32_F
-LOW32_S = np.int64(0xFFFFFFFF)
+SCALE_HI = SCALE * INV_TWO32_F  # 2**16: `_to_fixed`'s scale, less the 32 bits `_rint_hi_bits` adds
 HALF_S = np.int64(32)
+SIGN_S = np.int64(-(2**63))
+SHIFT16_S = np.int64(16)
+HIGH16_S = np.int64(0x0000FFFF00000000)  # bits 32 to 47
+LOW48_S = np.int64(0x0000FFFFFFFFFFFF)
+
+
+def _split_constants(e: int) -> tuple[np.int64, float, np.int64]:
+    """`_i2f_split`'s constants for ``float64(x) * 2**e``: the bits of ``3 * 2**(67 + e)`` (whose
+    mantissa's spacing is ``2**(16 + e)``, so that bit 32 of an integer added to them counts
+    ``2**(48 + e)``), that float plus the offsets ``2**(63 + e)`` and ``2**(52 + e)`` taken off again,
+    and the bits of ``2**(52 + e)`` (spacing ``2**e``)."""
+    top = 3 * 2.0 ** (67 + e)
+    return (
+        np.float64(top).view(np.int64),
+        top + 2.0 ** (63 + e) + 2.0 ** (52 + e),
+        np.float64(2.0 ** (52 + e)).view(np.int64),
+    )
+
+
+I2F_TOP_I, I2F_TOP_F, I2F_LOW_I = _split_constants(0)
+FIXED_TOP_I, FIXED_TOP_F, FIXED_LOW_I = _split_constants(-_fixed.FRAC_BITS)  # `_from_fixed`'s
 
 
 def _native_conversions() -> bool:
@@ -235,6 +259,18 @@ def _llrint(typingctx, x):
     return types.int64(types.float64), codegen
 
 
+@intrinsic
+def _fmuladd(typingctx, a, b, c):
+    """LLVM's ``fmuladd``: ``a * b + c``, fused into one rounding where the CPU has FMA, in two
+    otherwise; only for a product that is exact, where both give the same bits."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType()] * 3)
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.fmuladd.f64"), args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
 @njit(inline="always", cache=True)
 def _i2f_small_bits(x):
     """``float64(x)`` for an int64 ``|x| < 2**51`` (exact)."""
@@ -242,9 +278,19 @@ def _i2f_small_bits(x):
 
 
 @njit(inline="always", cache=True)
+def _i2f_split(x, top_i, top_f, low_i):
+    """``float64(x) * 2**e`` for any int64, correctly rounded (`_split_constants(e)`): the top 16 bits
+    of ``x`` with the sign bit flipped (``x``'s top part plus ``2**15``) go into bits 32 to 47 of the
+    mantissa of ``3 * 2**(67 + e)``, the low 48 bits into that of ``2**(52 + e)``; both floats are
+    exact, and their sum, less the offsets, is rounded once. Six vector operations on AVX2."""
+    top = _as_f64((((x ^ SIGN_S) >> SHIFT16_S) & HIGH16_S) + top_i) - top_f
+    return top + _as_f64((x & LOW48_S) | low_i)
+
+
+@njit(inline="always", cache=True)
 def _i2f_bits(x):
     """``float64(x)`` for any int64, correctly rounded."""
-    return _i2f_small_bits(x >> HALF_S) * TWO32_F + (_as_f64((x & LOW32_S) | TWO52_I) - TWO52_F)
+    return _i2f_split(x, I2F_TOP_I, I2F_TOP_F, I2F_LOW_I)
 
 
 @njit(inline="always", cache=True)
@@ -261,10 +307,21 @@ def _f2i_small_bits(d):
 
 
 @njit(inline="always", cache=True)
+def _rint_hi_bits(y):
+    """``int64(rint(y * 2**32))`` for float64 ``|y| < 2**31``: the integer part ``t`` of ``y``
+    (truncated) and the rest ``(y - t) 2**32`` (``|r| < 2**32``) are both exact; ``t`` converts through
+    `MAGIC_F`'s mantissa, and so does the rest, rounded to an integer there once, half to even. As ``t
+    2**32`` is even, that is the rounding of the whole. No separate ``rint``; the multiply-add is exact
+    whether fused or not. (`MAGIC_I`'s low 32 bits are zero: the shift leaves ``t 2**32`` alone.)"""
+    t = np.trunc(y)
+    r = _as_i64(_fmuladd(y - t, TWO32_F, MAGIC_F))
+    return (_as_i64(t + MAGIC_F) << HALF_S) + r - MAGIC_I
+
+
+@njit(inline="always", cache=True)
 def _f2i_bits(d):
-    """``int64(d)`` for an integral float64 ``|d| < 2**63``."""
-    hi = np.floor(d * INV_TWO32_F)
-    return (_f2i_small_bits(hi) << HALF_S) + (_as_i64(d - hi * TWO32_F + TWO52_F) - TWO52_I)
+    """``int64(rint(d))`` for float64 ``|d| < 2**63``: ``int64(d)`` for an integral ``d``."""
+    return _rint_hi_bits(d * INV_TWO32_F)
 
 
 @njit(inline="always", cache=True)
@@ -308,19 +365,34 @@ def _f2u(d):
 @njit(inline="always", cache=True)
 def _rint_i64(d):
     """``int64(rint(d))`` for float64 ``|d| < 2**63``."""
-    return _llrint(d) if NATIVE_CONVERSIONS else _f2i(np.rint(d))
+    return _llrint(d) if NATIVE_CONVERSIONS else _f2i_bits(d)
 
 
 @njit(inline="always", cache=True)
 def _to_fixed(x):
     """`hypercore._fixed.to_fixed` for one float64: ``(value, ok)``."""
     ok = abs(x) < RANGE
-    return _rint_i64((x if ok else 0.0) * SCALE), ok
+    x = x if ok else 0.0
+    return (_llrint(x * SCALE) if NATIVE_CONVERSIONS else _rint_hi_bits(x * SCALE_HI)), ok
+
+
+@njit(inline="always", cache=True)
+def _from_fixed_bits(i):
+    """``float64(i) * 2**-48``, the scale folded into `_i2f_split`'s constants (exact)."""
+    return _i2f_split(i, FIXED_TOP_I, FIXED_TOP_F, FIXED_LOW_I)
 
 
 @njit(inline="always", cache=True)
 def _from_fixed(i):
-    return _i2f(i) * INV_SCALE
+    return np.float64(i) * INV_SCALE if NATIVE_CONVERSIONS else _from_fixed_bits(i)
+
+
+@njit(inline="always", cache=True)
+def _outside(x):
+    """Negative exactly where the fixed-point ``x`` is outside ``(-LIMIT, LIMIT)``
+    (`hypercore._fixed.in_range`): two adds, which cannot overflow inside, and no compare, so that a
+    loop ORs its elements' flags into one int64 and tests the sign once."""
+    return (x + LIMIT_BELOW) | (LIMIT_BELOW - x)
 
 
 # Exact division by gamma's numerator ``1 <= n <= 2**16`` in float64, which vectorises (a 64-bit
@@ -368,7 +440,8 @@ def _divmod_signed(x, n, inv):
 # 2 leaf + 1)`` over its elements ``e`` in C order, mod 2**64. The multiplier is odd and affine in the
 # index, so a chunk ``[a, b)`` of any kernel that reads the gradient adds its part from its first
 # multiplier (`_fingerprint_first`); uint64 arithmetic wraps, so the parts add up in any order to the
-# same bits.
+# same bits. A loop carries the multiplier ``mul`` from element to element (``mul += ELEM_MUL``): an add
+# per vector where the product ``i * ELEM_MUL`` was three 32-bit multiplies on AVX2.
 ELEM_MUL = np.uint64(_fixed.FINGERPRINT_ELEM_MUL)
 LEAF_MUL = np.uint64(_fixed.FINGERPRINT_LEAF_MUL)
 
@@ -380,17 +453,19 @@ def _fingerprint_first(a, leaf):
 
 
 @njit(inline="always", cache=True)
-def _fingerprint_term(x, first, i):
-    """Element ``i`` of a chunk's term, the chunk's first multiplier ``first``."""
-    return _bits_u64(x) * (first + np.uint64(i) * ELEM_MUL)
+def _fingerprint_term(x, mul):
+    """An element's term, its multiplier ``mul``."""
+    return _bits_u64(x) * mul
 
 
 @njit(cache=True)
 def _fingerprint_part(g, first):
     """A chunk's part of the hash (before `LEAF_MUL`), its first element's multiplier ``first``."""
     h = np.uint64(0)
+    mul = first
     for i in range(g.size):
-        h += _fingerprint_term(g[i], first, i)
+        h += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
     return h
 
 
@@ -405,12 +480,13 @@ def _spill_loop(head, row, shift):
 
 @njit(inline="always", cache=True)
 def _update(wi, vi, gi, om, alpha):
-    """The step after the velocity's multiplication: ``(w, v, ok)``."""
+    """The step after the velocity's multiplication: ``(w, v, bad)``, ``bad`` negative where the step
+    left the range (`_outside`)."""
     d, ok1 = _to_fixed(om * np.float64(gi))
     vi = vi - d
     dw, ok2 = _to_fixed(alpha * _from_fixed(vi))
     wi = wi + dw
-    return wi, vi, ok1 & ok2 & (vi < LIMIT) & (vi > -LIMIT) & (wi < LIMIT) & (wi > -LIMIT)
+    return wi, vi, _outside(vi) | _outside(wi) | (np.int64(ok1 & ok2) - np.int64(1))
 
 
 @njit(cache=True)
@@ -423,36 +499,40 @@ def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
     if n == D_S:
         return _forward_plain_loop(w, v, g, om, alpha, wf, first)
     inv = 1.0 / np.float64(n)
-    ok = True
+    bad = np.int64(0)
     h = np.uint64(0)
+    mul = first
     for i in range(w.size):
-        h += _fingerprint_term(g[i], first, i)
+        h += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
         vi = v[i]
         r = np.uint64(vi & LOW16_S)
         q = vi >> SHIFT_S
         quotient, s = _divmod_unsigned((head[i] << GAMMA_BITS) | r, n, inv)
-        wi, vi, ok_i = _update(w[i], q * n + s, g[i], om, alpha)
+        wi, vi, bad_i = _update(w[i], q * n + s, g[i], om, alpha)
         head[i] = quotient
         v[i] = vi
         w[i] = wi
         wf[i] = _from_fixed(wi)
-        ok = ok & ok_i
-    return ok, h
+        bad |= bad_i
+    return bad >= 0, h
 
 
 @njit(cache=True)
 def _forward_plain_loop(w, v, g, om, alpha, wf, first):
     """`_forward_loop` at a step whose multiplier is the identity."""
-    ok = True
+    bad = np.int64(0)
     h = np.uint64(0)
+    mul = first
     for i in range(w.size):
-        h += _fingerprint_term(g[i], first, i)
-        wi, vi, ok_i = _update(w[i], v[i], g[i], om, alpha)
+        h += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
+        wi, vi, bad_i = _update(w[i], v[i], g[i], om, alpha)
         v[i] = vi
         w[i] = wi
         wf[i] = _from_fixed(wi)
-        ok = ok & ok_i
-    return ok, h
+        bad |= bad_i
+    return bad >= 0, h
 
 
 @njit(inline="always", cache=True)
@@ -604,8 +684,10 @@ def _undo_adjoint_loop(  # noqa: PLR0913
     dalpha = 0.0
     dgamma = 0.0
     h = np.uint64(0)
+    mul = first
     for i in range(v.size):
-        h += _fingerprint_term(g[i], first, i)
+        h += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
         v_next = v[i]
         dwi = dw[i] - np.float64(hw[i])
         dalpha += dwi * _from_fixed(v_next)
@@ -625,8 +707,10 @@ def _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alph
     dalpha = 0.0
     dgamma = 0.0
     h = np.uint64(0)
+    mul = first
     for i in range(v.size):
-        h += _fingerprint_term(g[i], first, i)
+        h += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
         v_next = v[i]
         dwi = dw[i] - np.float64(hw[i])
         dalpha += dwi * _from_fixed(v_next)

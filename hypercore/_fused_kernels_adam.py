@@ -19,7 +19,6 @@ from hypercore import _fixed, adam
 from hypercore._fused_kernels import (
     ELEM_MUL,
     INV_SCALE,
-    LIMIT,
     MAGIC_F,
     MAGIC_I,
     _aliased,
@@ -31,6 +30,7 @@ from hypercore._fused_kernels import (
     _fingerprint_term,
     _from_fixed,
     _i2f,
+    _outside,
     _rint_i64,
     _size,
     _spill_loop,
@@ -46,7 +46,6 @@ DB = np.int64(adam.DB)
 INV_DB = 1.0 / adam.DB
 LIMB_BITS = np.int64(adam.LIMB_BITS)
 LIMB_MASK = np.int64((1 << adam.LIMB_BITS) - 1)
-LIMB_LIMIT = np.int64(1 << adam.LIMB_BITS)
 LIMB_UNIT = float(2**adam.LIMB_BITS)
 V_SCALE = adam.V_SCALE
 V_RANGE = adam.V_RANGE
@@ -216,10 +215,12 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1,
     om2 = np.float64(DB - n2) * INV_DB
     i1, i2 = om1 * (1.0 / s1), om2 * (1.0 / s2)  # `hypercore.adam.Adam._increments`' factors
     kw = lr * (1.0 / sw)
-    ok = True
+    bad = np.int64(0)  # negative once any element left the range (`_outside`)
     fp = np.uint64(0)
+    mul = first
     for i in range(m.size):
-        fp += _fingerprint_term(g[i], first, i)
+        fp += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
         g64 = np.float64(g[i])
         dm, ok_m = _to_fixed(i1 * g64)
         dvh, dvl, ok_v = _to_fixed_v(i2 * (g64 * g64))
@@ -233,9 +234,10 @@ def _forward_loop(w, m, vh, vl, head, g, n1, n2, lr, c1, c2, eps, first, r1, s1,
         m[i] = mi
         vh[i] = vhi
         vl[i] = vlo
-        ok = ok & ok_m & ok_v & ok_d & (mi < LIMIT) & (mi > -LIMIT) & (vhi >= 0) & (vhi < LIMB_LIMIT)
-        ok = ok & (wi < LIMIT) & (wi > -LIMIT)
-    return ok, fp
+        not_ok = np.int64(ok_m & ok_v & ok_d) - np.int64(1)  # -1 where a conversion was out of range
+        # one OR into ``bad`` per element: two statements made LLVM leave the loop scalar
+        bad |= _outside(mi) | _outside(wi) | vhi | (LIMB_MASK - vhi) | not_ok  # 0 <= vhi <= LIMB_MASK
+    return bad >= 0, fp
 
 
 @njit(cache=True)
@@ -383,8 +385,10 @@ def _adjoint_block(  # noqa: PLR0913
     divides), and its part of the gradient's fingerprint (from ``first``)."""
     s_lr, s_c1, s_c2, s_f, s_b1, s_b2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     fp = np.uint64(0)
+    mul = first
     for i in range(m.size):
-        fp += _fingerprint_term(g[i], first, i)
+        fp += _fingerprint_term(g[i], mul)
+        mul += ELEM_MUL
         g64 = np.float64(g[i])
         m_f = _from_fixed_scalar(m[i]) * s1
         v_f = _from_fixed_v_scalar(vh[i], vl[i]) * s2

@@ -527,3 +527,67 @@ def test_the_kernels_cache_is_keyed_by_every_kernel_source(tmp_path, monkeypatch
         after = _kernel_cache.sources_digest()
         assert after != before, copy
         before = after
+
+
+def test_the_roundings_and_fixed_point_conversions_give_the_formulation_s_bits():
+    """`_rint_i64` (and the bit-built `_f2i_bits`, which rounds half to even as it converts) on any
+    float, `_to_fixed` and `_from_fixed` (each also in its bit-built form, with the scale folded in)
+    and the range flag `_outside`, against numpy's ``rint``, ``int64`` and compares: ties of both
+    signs, small negative non-integers (which a rounding of the rest after a floor gets wrong),
+    values just beside multiples of 2**32 and the ends of each range."""
+    from numba import njit
+
+    from hypercore import _fused_kernels as k
+
+    def loop(fn, dtype):
+        fn = fn if hasattr(fn, "py_func") else njit(fn)
+
+        @njit
+        def run(x):
+            out = np.empty(x.size, dtype)
+            for i in range(x.size):
+                out[i] = fn(x[i])
+            return out
+
+        return run
+
+    rng = np.random.default_rng(5)
+    mags = np.exp2(rng.uniform(-60, 62.9, 200_000))
+    d = rng.choice([-1.0, 1.0], mags.size) * mags
+    ties = np.rint(rng.standard_normal(50_000) * np.exp2(rng.uniform(0, 50, 50_000))) + 0.5
+    near = np.ldexp(rng.integers(-(2**30), 2**30, 50_000).astype(np.float64), 32)
+    near = np.concatenate([near + o for o in (-0.5, -0.25, 0.5, 0.75, -1e-6)])
+    ends = [0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, -0.5 - 2**-30, -1e-300]
+    ends += [2.0**32 - 0.5, -(2.0**32) - 0.5]
+    ends += [2.0**52 - 0.5, 2.0**62, np.nextafter(2.0**63, 0), -(2.0**63), 4294967295.5, -4294967295.5]
+    d = np.concatenate([d, ties, -ties, near, ends])
+    want = np.rint(d).astype(np.int64)
+    for fn in (k._rint_i64, k._f2i_bits):
+        np.testing.assert_array_equal(loop(fn, np.int64)(d), want)
+
+    x = np.concatenate([d * 2.0**-48, rng.standard_normal(100_000) * 1e-3, [np.nan, np.inf, -np.inf]])
+    r = _fixed.RANGE
+    x = np.concatenate([x, [r, -r, np.nextafter(r, 0), -np.nextafter(r, 0), 2.0**-49, -(2.0**-49)]])
+    ok = np.abs(x) < _fixed.RANGE
+    want = np.rint(np.where(ok, x, 0.0) * _fixed.SCALE).astype(np.int64)
+    to_fixed, rint_hi, scale_hi, limit_f = k._to_fixed, k._rint_hi_bits, k.SCALE_HI, k.RANGE
+    values = loop(lambda v: to_fixed(v)[0], np.int64)(x)
+    flags = loop(lambda v: to_fixed(v)[1], np.bool_)(x)
+    bits = loop(lambda v: rint_hi((v if abs(v) < limit_f else 0.0) * scale_hi), np.int64)(x)
+    np.testing.assert_array_equal(values, want)
+    np.testing.assert_array_equal(bits, want)
+    np.testing.assert_array_equal(flags, ok)
+
+    limit = int(k.LIMIT)
+    words = rng.integers(0, 2**64, 200_000, dtype=np.uint64).view(np.int64)
+    i = np.concatenate([words, words >> rng.integers(0, 64, words.size)])
+    i = np.concatenate([i, [0, 1, -1, limit, -limit, limit - 1, 1 - limit, limit + 1, -limit - 1]])
+    i = np.concatenate([i, [2**63 - 1, -(2**63), 2**53 + 1, -(2**53) - 1, 2**62 + 2**9, -(2**62) - 2**9]])
+    want = i.astype(np.float64) * 2.0**-48
+    for fn in (k._from_fixed, k._from_fixed_bits):
+        got = loop(fn, np.float64)(i)
+        bad = np.flatnonzero(got.view(np.uint64) != want.view(np.uint64))
+        assert bad.size == 0, f"{fn}: {i[bad[:3]]} -> {got[bad[:3]]}, not {want[bad[:3]]}"
+    outside_fn = k._outside
+    outside = loop(lambda v: outside_fn(v) < 0, np.bool_)(i)
+    np.testing.assert_array_equal(outside, (i <= -limit) | (i >= limit))
