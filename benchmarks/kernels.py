@@ -1,18 +1,23 @@
 """The fused CPU kernels' loops alone (issue 21, item 1): nanoseconds per weight, one thread.
 
 Times each Numba loop of `hypercore._fused_kernels` (reversible SGD) and `_fused_kernels_adam` (AdamW)
-on one array of valid random state, the size of the 1e5 cell's first layer (100,352 weights), called
-directly from Python: no XLA, no chunks, no threads. The state is restored from a copy before each
-call and only the call is timed; the fastest of --rounds rounds of --calls calls is kept. With
+on one array of valid random state, by default the size of the 1e5 cell's first layer (100,352
+weights; ``--weights 784000``: the 1e6 cell's, whose state outgrows a 32 MiB last-level cache),
+called directly from Python: no XLA, no chunks, no threads. The state is restored from a copy before
+each call and only the call is timed; the fastest of --rounds rounds of --calls calls is kept. With
 --base, the same loops of an earlier commit (``git archive``, as `engine_ab.py` does) are timed in
 turn in the same process, and their outputs compared bit for bit (the float64 sums to rounding).
 
 The XLA-level figures (`engine_ab.py`, `engine_grid.py`) are what users get; this is the quick loop for
 kernel work, and it names the CPU's vector features, on which the loops' speed depends most (a 64-bit
-integer converts to or from a float in vectors only with AVX-512DQ).
+integer converts to or from a float in vectors only with AVX-512DQ). Each row also gives the bytes the
+head's loop moves per weight (`BYTES`: every array it reads, and every array it writes, counted once
+each, at 8 bytes a 64-bit element and 4 a float32 one) and the rate that makes, in GB/s: a loop whose
+rate falls as the arrays outgrow the cache is bound by memory, not by its arithmetic.
 
     .venv/bin/python benchmarks/kernels.py                                  # ~1 min (compiles first)
     .venv/bin/python benchmarks/kernels.py --base 322550d --out docs/figures/kernels_ab.json
+    .venv/bin/python benchmarks/kernels.py --weights 784000 --out docs/figures/kernels_1e6.json
 """
 
 from __future__ import annotations
@@ -35,28 +40,45 @@ import hypercore  # noqa: F401  (configures JAX's x64 before the kernels' module
 N = 100_352  # the 1e5 cell's 784 x 128 layer
 ROOT = Path(__file__).resolve().parent.parent
 
+# Bytes per weight each of the head's loops reads, and writes, at a step with no renormalisation and
+# no spill (most steps): int64 state, float64 adjoints and float32 model arrays (the gradient ``g``,
+# the vector-Jacobian product ``hw``, the cotangent ``ct``, the weights' copy ``wf``). The stack's row,
+# read only at an unspill, is not counted.
+I64, F32 = 8, 4
+BYTES = {
+    "sgd forward": 4 * I64 + 2 * F32 + 2 * I64,  # w v head (r+w), g, wf
+    "sgd forward, identity": 4 * I64 + 2 * F32,  # w v (r+w), g, wf
+    "sgd undo_weights": 3 * I64 + F32,  # w (r+w), v, wf
+    "sgd undo_state": 4 * I64 + F32,  # v head (r+w), g
+    "sgd reverse step": 10 * I64 + 4 * F32,  # v w dw dv head (r+w), g hw ct wf
+    "sgd reverse, identity": 8 * I64 + 4 * F32,  # v w dw dv (r+w), g hw ct wf
+    "adamw forward": 8 * I64 + 2 * F32,  # w m vh vl (r+w), g wf
+    "adamw undo_weights": 5 * I64,  # w (r+w), m vh vl
+    "adamw reverse step": 14 * I64 + 4 * F32,  # m vh vl w dw dm dv (r+w), g hw ct wf
+}
 
-def state(seed: int = 0) -> dict:
+
+def state(seed: int = 0, n: int = N) -> dict:
     """Valid state for both optimizers' loops (the ranges `tests/hypercore/test_fused*.py` use)."""
     rng = np.random.default_rng(seed)
     ints = rng.integers
     n_sgd = 58982  # gamma 0.9 on 2**16
     n1, n2, nf = (np.int64(round(b * 2**24)) for b in (0.9, 0.999, 1 - 1e-4))  # AdamW's defaults
     return {
-        "w": ints(-(2**50), 2**50, N).astype(np.int64),
-        "v": ints(-(2**50), 2**50, N).astype(np.int64),
-        "m": (rng.standard_normal(N) * 2**30).astype(np.int64),
-        "vh": ints(0, 2**20, N).astype(np.int64),
-        "vl": ints(0, 2**62, N).astype(np.int64),
-        "head": ints(2**30, 2**40, N).astype(np.uint64),
-        "row": ints(0, 2**63, N).astype(np.uint64),
-        "g": (rng.standard_normal(N) * 1e-2).astype(np.float32),
-        "dw": rng.standard_normal(N),
-        "dm": rng.standard_normal(N),
-        "dv": rng.standard_normal(N),
-        "ct": np.zeros(N, np.float32),
-        "hw": (rng.standard_normal(N) * 1e-3).astype(np.float32),  # AdamW's deferred product (2026-12-07)
-        "w_model": np.zeros(N, np.float32),
+        "w": ints(-(2**50), 2**50, n).astype(np.int64),
+        "v": ints(-(2**50), 2**50, n).astype(np.int64),
+        "m": (rng.standard_normal(n) * 2**30).astype(np.int64),
+        "vh": ints(0, 2**20, n).astype(np.int64),
+        "vl": ints(0, 2**62, n).astype(np.int64),
+        "head": ints(2**30, 2**40, n).astype(np.uint64),
+        "row": ints(0, 2**63, n).astype(np.uint64),
+        "g": (rng.standard_normal(n) * 1e-2).astype(np.float32),
+        "dw": rng.standard_normal(n),
+        "dm": rng.standard_normal(n),
+        "dv": rng.standard_normal(n),
+        "ct": np.zeros(n, np.float32),
+        "hw": (rng.standard_normal(n) * 1e-3).astype(np.float32),  # AdamW's deferred product (2026-12-07)
+        "w_model": np.zeros(n, np.float32),
         "sums": np.zeros(6),
         "n_sgd": np.int64(n_sgd),
         "om_sgd": (2**16 - n_sgd) / 2**16,
@@ -72,7 +94,7 @@ def loops(sgd, adam, s: dict) -> dict:
     dw, dm, dv, ct, sums = (s[k] for k in ("dw", "dm", "dv", "ct", "sums"))
     n, om, n1, n2, nf = (s[k] for k in ("n_sgd", "om_sgd", "n1", "n2", "nf"))
     off, shift = False, np.uint64(0)
-    hw0 = np.zeros(N, np.float32)
+    hw0 = np.zeros(w.size, np.float32)
     lr, c1, c2, eps = 1e-3, 0.5, 0.3, 1e-8
 
     def has(loop, name):
@@ -189,6 +211,7 @@ def main():
     parser.add_argument("--base", help="an earlier commit whose loops to time beside these")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--weights", type=int, default=N, help=f"elements per array (default {N:,})")
     parser.add_argument("--out", default="benchmarks/out/kernels.json")
     args = parser.parse_args()
 
@@ -198,7 +221,8 @@ def main():
 
         import_base(args.base, Path(tempfile.mkdtemp()))
         engines = {"base": modules("hypercore_base"), **engines}
-    original = state()
+    n = args.weights
+    original = state(n=n)
     states = {label: _copy(original) for label in engines}
     calls = {label: loops(*mods, states[label]) for label, mods in engines.items()}
     names = list(calls["head"])
@@ -228,21 +252,25 @@ def main():
         "avx2": bool(features.get("avx2", False)),
         "avx512dq": bool(features.get("avx512dq", False)),
         "native_conversions": bool(engines["head"][0].NATIVE_CONVERSIONS),
-        "weights": N,
+        "weights": n,
         "rows": [],
     }
-    print(f"CPU {out['cpu']} (AVX2 {out['avx2']}, AVX-512DQ {out['avx512dq']}), {N:,} weights, one thread")
+    print(f"CPU {out['cpu']} (AVX2 {out['avx2']}, AVX-512DQ {out['avx512dq']}), {n:,} weights, one thread")
     for name in names:
-        row = {"loop": name, **{f"ns_per_weight_{label}": 1e9 * best[label][name] / N for label in engines}}
+        ns = {label: 1e9 * best[label][name] / n for label in engines}
+        row = {"loop": name, **{f"ns_per_weight_{label}": t for label, t in ns.items()}}
+        row["bytes_per_weight"] = BYTES[name]
+        row["gb_per_s_head"] = BYTES[name] / ns["head"]
         if args.base:
             row["speedup"] = best["base"][name] / best["head"][name]
             row["same_integers"], row["max_rel_float_difference"] = compare(engines, name, original)
         out["rows"].append(row)
-        text = "  ".join(f"{label} {1e9 * best[label][name] / N:6.2f}" for label in engines)
+        text = "  ".join(f"{label} {t:6.2f}" for label, t in ns.items())
         extra = (
             f"  speedup {row['speedup']:.2f}, integers identical {row['same_integers']}" if args.base else ""
         )
-        print(f"{name:20s} {text} ns/weight{extra}", flush=True)
+        rate = f"  ({BYTES[name]} B/weight, {row['gb_per_s_head']:.1f} GB/s)"
+        print(f"{name:20s} {text} ns/weight{rate}{extra}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -656,12 +656,22 @@ def _sgd_undo_state_body(table, n, a, b, part, gdtype):
 # `hypercore._fused`'s check compare them). The sums are fixed by the compiled code, the same bits
 # on every run.
 @njit(inline="always", cache=True, fastmath={"reassoc"})
-def _adjoint_one(dv_i, dwi, vi, gi, alpha, c, gm, s0, w_i, alpha_p):
-    """One parameter's adjoint from the restored ``v'_t`` (``d``: ``v_{t+1}``'s whole cotangent), and
-    the step before's undo of its weight: ``(d, dgamma term, ct, dv, w)``."""
-    d = dv_i + alpha * dwi
+def _adjoint_one(i, v_next, vi, v, g, dw, hw, dv, ct, w, wf, alpha, c, gm, s0, alpha_p):
+    """Parameter ``i``'s adjoint, from ``v'_{t+1}`` (``v_next``) and the restored ``v'_t`` (``vi``,
+    stored here), and the step before's undo of its weight with the weight's copy; ``d = dv + alpha
+    dw`` is ``v_{t+1}``'s whole cotangent. Returns its ``dalpha`` (before the scale ``s1``) and
+    ``dgamma`` terms. Both reverse loops run it after their own undo of the velocity."""
+    dwi = dw[i] - np.float64(hw[i])
+    d = dv[i] + alpha * dwi
     x, _ = _to_fixed(alpha_p * _from_fixed(vi))
-    return d, d * (s0 * _from_fixed(vi) + np.float64(gi)), c * d, d * gm, w_i - x
+    wi = w[i] - x
+    v[i] = vi
+    dw[i] = dwi
+    ct[i] = c * d
+    dv[i] = d * gm
+    w[i] = wi
+    wf[i] = _from_fixed(wi)
+    return dwi * _from_fixed(v_next), d * (s0 * _from_fixed(vi) + np.float64(g[i]))
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -689,21 +699,17 @@ def _undo_adjoint_loop(  # noqa: PLR0913
         h += _fingerprint_term(g[i], mul)
         mul += ELEM_MUL
         v_next = v[i]
-        dwi = dw[i] - np.float64(hw[i])
-        dalpha += dwi * _from_fixed(v_next)
         vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
-        v[i] = vi
-        dw[i] = dwi
-        _, dg, ct[i], dv[i], wi = _adjoint_one(dv[i], dwi, vi, g[i], alpha, c, gm, s0, w[i], alpha_p)
+        da, dg = _adjoint_one(i, v_next, vi, v, g, dw, hw, dv, ct, w, wf, alpha, c, gm, s0, alpha_p)
+        dalpha += da
         dgamma += dg
-        w[i] = wi
-        wf[i] = _from_fixed(wi)
     return s1 * dalpha, dgamma, h
 
 
 @njit(cache=True, fastmath={"reassoc"})
 def _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alpha_p, c, gm, s1, s0):
-    """`_undo_adjoint_loop` at a step whose multiplier is the identity and that unspills nothing."""
+    """`_undo_adjoint_loop` at a step whose multiplier is the identity and that unspills nothing:
+    the velocity's undo is an addition."""
     dalpha = 0.0
     dgamma = 0.0
     h = np.uint64(0)
@@ -712,16 +718,10 @@ def _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alph
         h += _fingerprint_term(g[i], mul)
         mul += ELEM_MUL
         v_next = v[i]
-        dwi = dw[i] - np.float64(hw[i])
-        dalpha += dwi * _from_fixed(v_next)
         x, _ = _to_fixed(om * np.float64(g[i]))
-        vi = v_next + x
-        v[i] = vi
-        dw[i] = dwi
-        _, dg, ct[i], dv[i], wi = _adjoint_one(dv[i], dwi, vi, g[i], alpha, c, gm, s0, w[i], alpha_p)
+        da, dg = _adjoint_one(i, v_next, v_next + x, v, g, dw, hw, dv, ct, w, wf, alpha, c, gm, s0, alpha_p)
+        dalpha += da
         dgamma += dg
-        w[i] = wi
-        wf[i] = _from_fixed(wi)
     return s1 * dalpha, dgamma, h
 
 
