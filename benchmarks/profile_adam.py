@@ -9,6 +9,7 @@ arithmetic, conversions, copies). Also the same for plain ``optax.adamw`` traini
     .venv/bin/python benchmarks/profile_adam.py            # T = 100, about a minute
     .venv/bin/python benchmarks/profile_adam.py --steps 200 --top 30
     .venv/bin/python benchmarks/profile_adam.py --cell 1e5     # engine_adam.py's cells at batch 50
+    .venv/bin/python benchmarks/profile_adam.py --cell 1e6 --runs 2 --out docs/figures/profile_adam_1e6.json
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import glob
 import gzip
 import json
 import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from engine import make_problem
 from engine_adam import CELLS, adamw_scan
+from llvmlite import binding as llvm
 
 import hypercore
 
@@ -70,6 +73,7 @@ def main():
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="list the slowest kernels of the engine")
+    parser.add_argument("--out", help="also write the figures as JSON to this file")
     args = parser.parse_args()
     T = args.steps
     layers, batch = CELLS[args.cell]
@@ -100,6 +104,19 @@ def main():
     print(f"the engine's {args.top} slowest kernels (ms per step):")
     for k, v in engine.most_common(args.top):
         print(f"  {v / per / 1e3:7.3f}  {k}")
+    if args.out:
+        out = {
+            "device": jax.devices()[0].device_kind,
+            "cpu": llvm.get_host_cpu_name(),
+            "cell": args.cell,
+            "T": T,
+            "runs": args.runs,
+            "ms_per_step": {"reversible": split(engine, per), "plain": split(plain, per)},
+            "slowest_kernels_ms_per_step": {k: v / per / 1e3 for k, v in engine.most_common(args.top)},
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
