@@ -48,10 +48,12 @@ I64, F32 = 8, 4
 BYTES = {
     "sgd forward": 4 * I64 + 2 * F32 + 2 * I64,  # w v head (r+w), g, wf
     "sgd forward, identity": 4 * I64 + 2 * F32,  # w v (r+w), g, wf
+    "sgd forward, halving": 6 * I64 + 2 * F32,  # as "sgd forward"
     "sgd undo_weights": 3 * I64 + F32,  # w (r+w), v, wf
     "sgd undo_state": 4 * I64 + F32,  # v head (r+w), g
     "sgd reverse step": 10 * I64 + 4 * F32,  # v w dw dv head (r+w), g hw ct wf
     "sgd reverse, identity": 8 * I64 + 4 * F32,  # v w dw dv (r+w), g hw ct wf
+    "sgd reverse, halving": 10 * I64 + 4 * F32,  # as "sgd reverse step"
     "adamw forward": 8 * I64 + 2 * F32,  # w m vh vl (r+w), g wf
     "adamw undo_weights": 5 * I64,  # w (r+w), m vh vl
     "adamw reverse step": 14 * I64 + 4 * F32,  # m vh vl w dw dm dv (r+w), g hw ct wf
@@ -158,6 +160,7 @@ def loops(sgd, adam, s: dict) -> dict:
             sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop))
 
     identity = np.int64(2**16)  # a step that multiplies the velocity by 1: the scaled velocity's most steps
+    halving = np.int64(2**15)  # its renormalisation (one step in 6.6 at gamma 0.9)
 
     def sgd_forward(n=n):
         return sgd._forward_loop(
@@ -174,10 +177,12 @@ def loops(sgd, adam, s: dict) -> dict:
     return {
         "sgd forward": sgd_forward,
         "sgd forward, identity": lambda: sgd_forward(identity),
+        "sgd forward, halving": lambda: sgd_forward(halving),
         "sgd undo_weights": lambda: sgd._undo_weights_loop(w, v, 0.1, *copy(sgd._undo_weights_loop)),
         "sgd undo_state": lambda: sgd._undo_state_loop(v, head, g, row, n, om, shift, off),
         "sgd reverse step": sgd_reverse_step,
         "sgd reverse, identity": lambda: sgd_reverse_step(identity),
+        "sgd reverse, halving": lambda: sgd_reverse_step(halving),
         "adamw forward": by_name(adam._forward_loop),
         "adamw undo_weights": by_name(adam._undo_weights_loop),
         "adamw reverse step": reverse_step,

@@ -436,6 +436,35 @@ def _divmod_signed(x, n, inv):
     return q, r
 
 
+@njit(inline="always", cache=True)
+def _pow2_exponent(n):
+    """``j`` where gamma's numerator ``n`` is ``2**j``, else -1. The scaled velocity multiplies by
+    powers of two alone (its renormalisations, `hypercore.reversible.sgd_renormalisations`), and
+    dividing by those is a shift and a mask."""
+    if n & (n - 1) != 0:
+        return np.int64(-1)
+    j = np.int64(0)
+    while (np.int64(1) << j) < n:
+        j += 1
+    return j
+
+
+@njit(inline="always", cache=True)
+def _divmod_unsigned_by(x, n, inv, j):
+    """`_divmod_unsigned`, by a shift and a mask where ``n = 2**j`` (``j >= 0``)."""
+    if j >= 0:
+        return x >> np.uint64(j), np.int64(x & np.uint64(n - 1))
+    return _divmod_unsigned(x, n, inv)
+
+
+@njit(inline="always", cache=True)
+def _divmod_signed_by(x, n, inv, j):
+    """`_divmod_signed`, by an arithmetic shift (floor) and a mask where ``n = 2**j`` (``j >= 0``)."""
+    if j >= 0:
+        return x >> j, x & (n - 1)
+    return _divmod_signed(x, n, inv)
+
+
 # `hypercore.reversible._fingerprint`: a leaf's term is ``LEAF_MUL * sum_e bits_e * (e ELEM_MUL +
 # 2 leaf + 1)`` over its elements ``e`` in C order, mod 2**64. The multiplier is odd and affine in the
 # index, so a chunk ``[a, b)`` of any kernel that reads the gradient adds its part from its first
@@ -499,6 +528,7 @@ def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
     if n == D_S:
         return _forward_plain_loop(w, v, g, om, alpha, wf, first)
     inv = 1.0 / np.float64(n)
+    j = _pow2_exponent(n)
     bad = np.int64(0)
     h = np.uint64(0)
     mul = first
@@ -508,7 +538,7 @@ def _forward_loop(w, v, head, g, n, om, alpha, wf, first):
         vi = v[i]
         r = np.uint64(vi & LOW16_S)
         q = vi >> SHIFT_S
-        quotient, s = _divmod_unsigned((head[i] << GAMMA_BITS) | r, n, inv)
+        quotient, s = _divmod_unsigned_by((head[i] << GAMMA_BITS) | r, n, inv, j)
         wi, vi, bad_i = _update(w[i], q * n + s, g[i], om, alpha)
         head[i] = quotient
         v[i] = vi
@@ -608,10 +638,11 @@ def _sgd_undo_weights_body(table, n, a, b, part, dtype):
 
 
 @njit(inline="always", cache=True)
-def _undo_one(vi, h, gi, n, nu, inv, om, row_i, mask, shift, do):
-    """One parameter's `undo_state`: ``(v_t, head)`` from ``v_{t+1}`` and the head."""
+def _undo_one(vi, h, gi, n, nu, inv, j, om, row_i, mask, shift, do):
+    """One parameter's `undo_state`: ``(v_t, head)`` from ``v_{t+1}`` and the head (``j``:
+    `_pow2_exponent` of ``n``)."""
     d, _ = _to_fixed(om * np.float64(gi))
-    q, s = _divmod_signed(vi + d, n, inv)
+    q, s = _divmod_signed_by(vi + d, n, inv, j)
     h = h * nu + np.uint64(s)
     r = np.int64(h & LOW16_U)
     h = h >> GAMMA_BITS
@@ -624,9 +655,10 @@ def _undo_one(vi, h, gi, n, nu, inv, om, row_i, mask, shift, do):
 def _undo_state_loop(v, head, g, row, n, om, shift, do):
     nu = np.uint64(n)
     inv = 1.0 / np.float64(n)
+    j = _pow2_exponent(n)
     mask = LOW32_U << shift
     for i in range(v.size):
-        v[i], head[i] = _undo_one(v[i], head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
+        v[i], head[i] = _undo_one(v[i], head[i], g[i], n, nu, inv, j, om, row[i], mask, shift, do)
 
 
 @njit(cache=True)
@@ -690,6 +722,7 @@ def _undo_adjoint_loop(  # noqa: PLR0913
         return _undo_adjoint_plain_loop(v, g, dw, dv, ct, om, alpha, first, hw, w, wf, alpha_p, c, gm, s1, s0)
     nu = np.uint64(n)
     inv = 1.0 / np.float64(n)
+    j = _pow2_exponent(n)
     mask = LOW32_U << shift
     dalpha = 0.0
     dgamma = 0.0
@@ -699,7 +732,7 @@ def _undo_adjoint_loop(  # noqa: PLR0913
         h += _fingerprint_term(g[i], mul)
         mul += ELEM_MUL
         v_next = v[i]
-        vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, om, row[i], mask, shift, do)
+        vi, head[i] = _undo_one(v_next, head[i], g[i], n, nu, inv, j, om, row[i], mask, shift, do)
         da, dg = _adjoint_one(i, v_next, vi, v, g, dw, hw, dv, ct, w, wf, alpha, c, gm, s0, alpha_p)
         dalpha += da
         dgamma += dg

@@ -83,7 +83,9 @@ def _empty_slot(stack, k):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.one_of(st.integers(1, _fixed.D), st.sampled_from([1, 2, 3, 255, 4096, 58982, 65535, _fixed.D])),
+    n=st.one_of(  # with the powers of two, which the kernels divide by in shifts
+        st.integers(1, _fixed.D), st.sampled_from([1, 2, 3, 255, 4096, 2**14, 2**15, 58982, 65535, _fixed.D])
+    ),
     w=_ints(-(2**61), 2**61),
     v=_ints(-(2**62) + 1, 2**62 - 1),
     heads=_ints(0, 2**48 - 1),
@@ -374,13 +376,14 @@ def _large(rng, shape):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("numerator", [58982, _fixed.D])
+@pytest.mark.parametrize("numerator", [58982, 2**15, _fixed.D])
 def test_large_arrays_run_in_chunks_on_xla_s_threads_and_match_the_xla_formulation(dtype, numerator):
     """An array of several chunks (`hypercore._fused_launch`: its chunks go to XLA's thread pool, the
     call returns a future) gives the XLA formulation's integers bit for bit, and its sums to rounding,
-    through a spill and back (or, with the identity for a multiplier, as the scaled velocity's most
-    steps, the loops without the division and no spill), four such arrays in one program; on one
-    thread, every bit the same."""
+    through a spill and back (with a halving, the scaled velocity's renormalisation, the division a
+    shift; or, with the identity for a multiplier, as the scaled velocity's most steps, the loops
+    without the division and no spill), four such arrays in one program; on one thread, every bit
+    the same."""
     from hypercore import _fused_launch
 
     shape = (5 * _fused_launch.MIN_CHUNK // 128 + 3, 128)
