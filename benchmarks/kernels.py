@@ -46,18 +46,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # read only at an unspill, is not counted.
 I64, F32 = 8, 4
 BYTES = {
-    "sgd forward": 4 * I64 + 2 * F32 + 2 * I64,  # w v head (r+w), g, wf
+    "sgd forward": 6 * I64 + 2 * F32,  # w v head (r+w), g, wf
     "sgd forward, identity": 4 * I64 + 2 * F32,  # w v (r+w), g, wf
-    "sgd forward, halving": 6 * I64 + 2 * F32,  # as "sgd forward"
     "sgd undo_weights": 3 * I64 + F32,  # w (r+w), v, wf
     "sgd undo_state": 4 * I64 + F32,  # v head (r+w), g
     "sgd reverse step": 10 * I64 + 4 * F32,  # v w dw dv head (r+w), g hw ct wf
     "sgd reverse, identity": 8 * I64 + 4 * F32,  # v w dw dv (r+w), g hw ct wf
-    "sgd reverse, halving": 10 * I64 + 4 * F32,  # as "sgd reverse step"
     "adamw forward": 8 * I64 + 2 * F32,  # w m vh vl (r+w), g wf
     "adamw undo_weights": 5 * I64,  # w (r+w), m vh vl
     "adamw reverse step": 14 * I64 + 4 * F32,  # m vh vl w dw dm dv (r+w), g hw ct wf
 }
+BYTES["sgd forward, halving"] = BYTES["sgd forward"]  # the same arrays, the division a shift
+BYTES["sgd reverse, halving"] = BYTES["sgd reverse step"]
 
 
 def state(seed: int = 0, n: int = N) -> dict:
